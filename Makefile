@@ -1,0 +1,49 @@
+# The two commands of the README. Both are idempotent: they install what is
+# missing (Debian packages, the venv, the pinned Python deps) and nothing else.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.deps-installed
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
+# Build deps of libvirt-python, qemu-img for image jobs.
+RUN_PACKAGES := libvirt-dev pkg-config gcc qemu-utils
+# Tests also start a real libvirtd with QEMU.
+TEST_PACKAGES := $(RUN_PACKAGES) libvirt-daemon-system qemu-system-x86 systemd
+
+RUN_ARGS ?=
+
+.PHONY: run test lint bench system-deps-run system-deps-test clean
+
+run: system-deps-run $(STAMP)
+	$(BIN)/hostagent run --state-dir var/state --spool-dir var/spool --log-format console $(RUN_ARGS)
+
+test: system-deps-test $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest --cov --cov-report=term-missing:skip-covered
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: system-deps-run $(STAMP)
+	$(BIN)/python bench/spool.py
+
+system-deps-run:
+	@scripts/apt-ensure $(RUN_PACKAGES)
+
+system-deps-test:
+	@scripts/apt-ensure $(TEST_PACKAGES)
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || scripts/apt-ensure python3-venv
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $@
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .coverage

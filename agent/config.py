@@ -1,0 +1,119 @@
+"""The one typed configuration: TOML file, then HOSTAGENT_* environment, then flags.
+
+Nested keys are addressed with a double underscore in the environment
+(`HOSTAGENT_SPOOL__MAX_FILE_BYTES`) and with a dot everywhere else
+(`spool.max_file_bytes`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/hostagent/agent.toml")
+ENV_PREFIX = "HOSTAGENT_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SpoolConfig(_Section):
+    enabled: bool = True
+    max_file_bytes: int = Field(default=1024 * 1024, gt=0)
+    # Empty means any owner; otherwise files owned by other uids are quarantined.
+    allowed_uids: list[int] = Field(default_factory=list)
+    # A file that does not parse yet is left alone until unchanged this long
+    # (it may still be being copied in).
+    settle_seconds: float = Field(default=2.0, ge=0)
+    rescan_seconds: float = Field(default=30.0, gt=0)
+    # watchfiles' rust loop wakes every step ms; it bounds drop->claim latency.
+    watch_step_ms: int = Field(default=2, ge=1)
+    claim_batch: int = Field(default=256, ge=1)
+
+
+class Config(_Section):
+    worker_id: str = Field(default_factory=socket.gethostname)
+    state_dir: Path = Path("/var/lib/hostagent")
+    spool_dir: Path = Path("/var/spool/hostagent")
+    max_concurrent_jobs: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    max_pending_jobs: int = Field(default=100_000, ge=1)
+    default_timeout_seconds: float = Field(default=3600.0, gt=0)
+    max_timeout_seconds: float = Field(default=3600.0, gt=0)
+    max_disk_size_gb: int = Field(default=2048, ge=1)
+    log_format: Literal["json", "console"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    labels: dict[str, str] = Field(default_factory=dict)
+    spool: SpoolConfig = Field(default_factory=SpoolConfig)
+
+    @property
+    def store_path(self) -> Path:
+        return self.state_dir / "jobs.sqlite3"
+
+
+def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = target.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config: {dotted}: {part} is not a section", field=dotted)
+        target = node
+    target[leaf] = value
+
+
+def _env_value(text: str) -> Any:
+    # Lists and maps come as JSON; scalars stay strings for pydantic to coerce.
+    if text[:1] in "[{":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+    return text
+
+
+def load_config(
+    path: Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the config; raise ConfigError naming the key on anything wrong.
+
+    `path` None means the default path if it exists. `overrides` are dotted
+    keys from command-line flags and win over everything else.
+    """
+    data: dict[str, Any] = {}
+    chosen = path or (DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None)
+    if chosen is not None:
+        try:
+            data = tomllib.loads(chosen.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config: file {chosen} not found", field="config") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config: {chosen} is not valid TOML: {exc}",
+                              field="config") from exc
+    env = os.environ if environ is None else environ
+    for name, text in env.items():
+        if name.startswith(ENV_PREFIX) and name != ENV_PREFIX + "CONFIG":
+            key = name.removeprefix(ENV_PREFIX).lower().replace("__", ".")
+            _set_dotted(data, key, _env_value(text))
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(data, key, value)
+    try:
+        return Config.model_validate(data)
+    except pydantic.ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        key = ".".join(str(part) for part in first["loc"])
+        raise ConfigError(f"config: {key}: {first['msg']}", field=key,
+                          reason=first["msg"]) from exc

@@ -1,0 +1,112 @@
+"""What a handler gets besides its payload: progress, logs, services, processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import structlog
+import trio
+
+from agent.errors import HandlerError
+
+ServiceT = TypeVar("ServiceT")
+Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+
+class JobContext:
+    """Handed to a handler for one run of one job. Cancelled on timeout or cancel."""
+
+    def __init__(self, job_id: str, operation: str, *, attempt: int, emit: Emit,
+                 services: Mapping[type, object] | None = None) -> None:
+        self.job_id = job_id
+        self.operation = operation
+        self.attempt = attempt
+        self.logger = structlog.get_logger("agent.job").bind(job_id=job_id, operation=operation)
+        self._emit = emit
+        self._services = services or {}
+
+    async def progress(self, percent: float | None, message: str | None = None,
+                       **fields: Any) -> None:
+        """Report progress (0-100); stored with the job and streamed to watchers."""
+        data: dict[str, Any] = {"percent": None if percent is None else round(percent, 2)}
+        if message is not None:
+            data["message"] = message
+        data.update(fields)
+        await self._emit("progress", data)
+
+    async def log(self, message: str, *, level: str = "info", **fields: Any) -> None:
+        """A line in the job's own log (GET /jobs/{id}/logs), also sent to the agent log."""
+        self.logger.log(_LEVELS.get(level, 20), "job.log", line=message, **fields)
+        await self._emit("log", {"level": level, "message": message, **fields})
+
+    def service(self, kind: type[ServiceT]) -> ServiceT:
+        """A shared service the daemon provides (e.g. the libvirt connection)."""
+        found = self._services.get(kind)
+        if found is None:
+            raise HandlerError(f"{kind.__name__} is not available on this agent")
+        return found  # type: ignore[return-value]  # keyed by its own type
+
+    async def run_process(
+        self,
+        argv: Sequence[str],
+        *,
+        on_stdout: Callable[[bytes], Awaitable[None]] | None = None,
+        check: bool = True,
+    ) -> ProcessResult:
+        """Run a command in its own process group; the group is killed when the job
+        ends, times out or is cancelled, so nothing it started outlives the job."""
+        process = await trio.lowlevel.open_process(
+            list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, start_new_session=True)
+        out: list[bytes] = []
+        err: list[bytes] = []
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_drain, process.stdout, out, on_stdout)
+                nursery.start_soon(_drain, process.stderr, err, None)
+                await process.wait()
+                # Grandchildren may still hold the pipes open; they go with the group.
+                _kill_group(process.pid)
+        finally:
+            if process.returncode is None:
+                _kill_group(process.pid)
+                with trio.CancelScope(shield=True):
+                    await process.wait()
+        result = ProcessResult(process.returncode, b"".join(out), b"".join(err))
+        if check and result.returncode != 0:
+            tail = result.stderr.decode(errors="replace").strip()[-500:]
+            raise HandlerError(f"{argv[0]} exited with status {result.returncode}: {tail}")
+        return result
+
+
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # already gone: the outcome we want
+
+
+async def _drain(stream: trio.abc.ReceiveStream | None, sink: list[bytes],
+                 on_chunk: Callable[[bytes], Awaitable[None]] | None) -> None:
+    if stream is None:
+        return
+    async with stream:
+        while chunk := await stream.receive_some():
+            sink.append(chunk)
+            if on_chunk is not None:
+                await on_chunk(chunk)

@@ -1,0 +1,201 @@
+"""Runs jobs: priority queue, bounded concurrency, timeouts, cancellation, recovery."""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+from collections.abc import Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+import trio
+from pydantic import BaseModel
+
+from agent.context import JobContext
+from agent.errors import AgentError, Conflict
+from agent.events import EventBus
+from agent.jobs import JobDocument, JobState, JobStatus
+from agent.registry import Registry
+from agent.store import PendingJob, Store, get_job
+
+log = structlog.get_logger("agent.dispatcher")
+
+
+@dataclass
+class _Running:
+    scope: trio.CancelScope
+    done: trio.Event = field(default_factory=trio.Event)
+    cancel_requested: bool = False
+
+
+class Dispatcher:
+    def __init__(self, store: Store, registry: Registry, bus: EventBus, *,
+                 max_concurrent: int, default_timeout: float, max_timeout: float,
+                 services: Mapping[type, object] | None = None) -> None:
+        self._store = store
+        self._registry = registry
+        self._bus = bus
+        self._max_concurrent = max_concurrent
+        self._default_timeout = default_timeout
+        self._max_timeout = max_timeout
+        self._services = services or {}
+        # (-priority, seq): higher priority first, FIFO within a priority.
+        self._heap: list[tuple[int, int, PendingJob]] = []
+        self._queued: set[str] = set()
+        self._wakeup = trio.lowlevel.ParkingLot()
+        self._running: dict[str, _Running] = {}
+        self._resource_locks: dict[str, tuple[trio.Lock, int]] = {}
+        self.reruns = 0
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queued)
+
+    @property
+    def running_count(self) -> int:
+        return len(self._running)
+
+    def enqueue(self, job: PendingJob) -> None:
+        """Queue a job already recorded as Pending in the store."""
+        if job.job_id in self._queued or job.job_id in self._running:
+            return
+        self._queued.add(job.job_id)
+        heapq.heappush(self._heap, (-job.priority, job.seq, job))
+        self._wakeup.unpark()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Recover what a previous run left, then run jobs until cancelled."""
+        recovery = await self._store.recover(self._registry.rerun_safe)
+        self.reruns = len(recovery.requeued)
+        if recovery.requeued or recovery.failed:
+            log.warning("dispatcher.recovered", requeued=len(recovery.requeued),
+                        failed=len(recovery.failed))
+        for job in await self._store.pending_jobs():
+            self.enqueue(job)
+        async with trio.open_nursery() as nursery:
+            for _ in range(self._max_concurrent):
+                nursery.start_soon(self._worker)
+            task_status.started()
+
+    async def cancel(self, job_id: str) -> JobState:
+        """Cancel a pending or running job and answer its final status."""
+        while True:
+            running = self._running.get(job_id)
+            if running is not None:
+                running.cancel_requested = True
+                running.scope.cancel()
+                await running.done.wait()
+                return await self._store.read(get_job, job_id)
+            state = await self._store.read(get_job, job_id)
+            if state.status.terminal:
+                raise Conflict(f"Job {job_id} is already {state.status.value}",
+                               field="status", reason=f"Job is {state.status.value}")
+            cancelled = await self._store.finish(
+                job_id, JobStatus.CANCELLED, error="Cancelled by request",
+                only_from=(JobStatus.PENDING,))
+            if cancelled is not None:
+                self._queued.discard(job_id)
+                self._publish_status(cancelled)
+                return cancelled
+            await trio.lowlevel.checkpoint()  # it started meanwhile: cancel the running job
+
+    async def _worker(self) -> None:
+        while True:
+            while not self._heap:
+                await self._wakeup.park()
+            _, _, job = heapq.heappop(self._heap)
+            if job.job_id not in self._queued:
+                continue  # cancelled while queued
+            self._queued.discard(job.job_id)
+            await self._execute(job)
+
+    @asynccontextmanager
+    async def _resource_lock(self, key: str | None):  # type: ignore[no-untyped-def]  # generator CM
+        if key is None:
+            yield
+            return
+        lock, users = self._resource_locks.get(key, (trio.Lock(), 0))
+        self._resource_locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._resource_locks[key]
+            if users == 1:
+                del self._resource_locks[key]
+            else:
+                self._resource_locks[key] = (lock, users - 1)
+
+    async def _execute(self, job: PendingJob) -> None:
+        bound = log.bind(job_id=job.job_id, operation=job.operation)
+        try:
+            found = self._registry.get(job.operation)
+            payload: BaseModel = self._registry.validate_payload(
+                JobDocument.model_validate(job.document))
+        except AgentError as exc:
+            # The handler went away since the job was accepted (upgrade/config change).
+            state = await self._store.finish(job.job_id, JobStatus.FAILED, error=exc.message,
+                                              only_from=(JobStatus.PENDING,))
+            if state is not None:
+                self._publish_status(state)
+            return
+        timeout = min(job.timeout_seconds or self._default_timeout, self._max_timeout)
+        resource = found.resource(payload) if found.resource else None
+        running = _Running(scope=trio.CancelScope())
+        self._running[job.job_id] = running
+        try:
+            async with self._resource_lock(resource):
+                started = await self._store.mark_running(job.job_id)
+                if started is None:
+                    return  # cancelled before it could start
+                self._publish_status(started)
+                bound.info("job.started", attempt=started.attempts, timeout=timeout)
+                ctx = JobContext(job.job_id, job.operation, attempt=started.attempts,
+                                 emit=lambda kind, data: self._emit(job.job_id, kind, data),
+                                 services=self._services)
+                status, result, error = await self._run_handler(
+                    found.run, payload, ctx, running, timeout)
+                final = await self._store.finish(job.job_id, status, result=result, error=error)
+                if final is not None:
+                    self._publish_status(final)
+                    bound.info("job.finished", status=status.value, error=error)
+        finally:
+            del self._running[job.job_id]
+            running.done.set()
+
+    async def _run_handler(self, run: Any, payload: BaseModel, ctx: JobContext,
+                           running: _Running, timeout: float
+                           ) -> tuple[JobStatus, Any, str | None]:
+        with running.scope:
+            deadline = math.inf if timeout <= 0 else trio.current_time() + timeout
+            with trio.CancelScope(deadline=deadline) as timeout_scope:
+                try:
+                    value = await run(payload, ctx)
+                except AgentError as exc:
+                    return JobStatus.FAILED, None, exc.message
+                except Exception as exc:
+                    ctx.logger.exception("job.handler_crashed")
+                    return JobStatus.FAILED, None, f"{type(exc).__name__}: {exc}"
+                if isinstance(value, BaseModel):
+                    value = value.model_dump(mode="json")
+                try:
+                    json.dumps(value)
+                except (TypeError, ValueError) as exc:
+                    return JobStatus.FAILED, None, f"Handler returned a non-JSON result: {exc}"
+                return JobStatus.COMPLETED, value, None
+            if timeout_scope.cancelled_caught:
+                return JobStatus.FAILED, None, f"Job timed out after {timeout:g} seconds"
+        if running.cancel_requested:
+            return JobStatus.CANCELLED, None, "Cancelled by request"
+        raise AssertionError("handler scope ended without an outcome")
+
+    async def _emit(self, job_id: str, kind: str, data: dict[str, Any]) -> None:
+        at = await self._store.add_event(job_id, kind, data)
+        self._bus.publish({"type": kind, "job_id": job_id, "data": {**data, "at": at}})
+
+    def _publish_status(self, state: JobState) -> None:
+        self._bus.publish({"type": "status", "job_id": state.job_id,
+                           "data": state.model_dump(mode="json")})

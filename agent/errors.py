@@ -1,0 +1,71 @@
+"""The agent's error tree: every error carries its contract code and, where
+one is to blame, the field and the reason."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class AgentError(Exception):
+    """Root of every error the agent raises on purpose."""
+
+    code: ClassVar[str] = "INTERNAL_ERROR"
+    http_status: ClassVar[int] = 500
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        reason: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = dict(details or {})
+        if field is not None:
+            self.details["field"] = field
+        if reason is not None:
+            self.details["reason"] = reason
+
+    def to_dict(self) -> dict[str, Any]:
+        """The contract's error envelope."""
+        return {"error": self.code, "message": self.message, "details": self.details}
+
+
+class ValidationError(AgentError):
+    """A job document or payload does not satisfy the contract."""
+
+    code = "VALIDATION_ERROR"
+    http_status = 400
+
+
+class NotFound(AgentError):
+    code = "NOT_FOUND"
+    http_status = 404
+
+
+class Conflict(AgentError):
+    """Same job_id, different document."""
+
+    code = "CONFLICT"
+    http_status = 409
+
+
+class QueueFull(AgentError):
+    """The pending queue is at its configured bound; retry later."""
+
+    code = "QUEUE_FULL"
+    http_status = 503
+
+
+class ConfigError(AgentError):
+    """The configuration is unusable; names the key."""
+
+    code = "CONFIG_ERROR"
+
+
+class HandlerError(AgentError):
+    """A handler failed its operation; the message becomes the job's error."""
+
+    code = "JOB_FAILED"

@@ -1,0 +1,1 @@
+"""Handlers: one small async function per operation, declared with `agent.handler`."""

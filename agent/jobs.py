@@ -1,0 +1,148 @@
+"""The job document and job status of the wire contract (shared/spec/protocol.md)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from agent.errors import ValidationError
+
+JOB_ID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
+_OPERATION_PART = re.compile(r"^[a-z][a-z0-9_]*$")
+
+JobId = Annotated[str, Field(pattern=JOB_ID_PATTERN, min_length=1, max_length=128)]
+
+
+class JobStatus(StrEnum):
+    """Status words exactly as clients compare them."""
+
+    PENDING = "Pending"
+    ASSIGNED = "Assigned"
+    RUNNING = "Running"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(description="`<operation>.v<N>`")
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobDocument(BaseModel):
+    """One job, the same whichever transport brings it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: Literal["1.0"]
+    job_id: JobId | None = None
+    kind: str = Field(min_length=1, max_length=128)
+    operation: str = Field(max_length=128)
+    created_at: pydantic.AwareDatetime | None = None
+    payload: Payload
+    priority: int = Field(default=5, ge=0, le=9)
+    timeout_seconds: float | None = Field(default=None, gt=0)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("operation")
+    @classmethod
+    def _namespaced(cls, value: str) -> str:
+        parts = value.split(".")
+        if len(parts) < 2:
+            raise PydanticCustomError("operation", "Operation must be namespaced")
+        if not all(_OPERATION_PART.match(part) for part in parts):
+            raise PydanticCustomError(
+                "operation", "Each part of the operation must match [a-z][a-z0-9_]*"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _payload_type_matches(self) -> JobDocument:
+        if not re.fullmatch(re.escape(self.operation) + r"\.v[1-9][0-9]*", self.payload.type):
+            raise ValidationError(
+                "payload.type does not match the operation",
+                field="payload.type",
+                reason=f"Expected '{self.operation}.v<N>', got '{self.payload.type}'",
+            )
+        return self
+
+    @property
+    def payload_version(self) -> int:
+        return int(self.payload.type.rsplit(".v", 1)[1])
+
+
+class JobState(BaseModel):
+    """A job's status as the API answers it."""
+
+    job_id: str
+    operation: str
+    status: JobStatus
+    submitted_at: str
+    started_at: str | None = None
+    completed_at: str | None = None
+    error: str | None = None
+    progress: float | None = None
+    transport: str
+    attempts: int = 0
+    priority: int = 5
+
+
+def utc_now() -> str:
+    """RFC 3339, microseconds, Z suffix: the one timestamp format the agent writes."""
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def format_timestamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def fingerprint(raw: dict[str, Any]) -> str:
+    """Identity of a document as submitted, for the idempotency rule on job_id."""
+    canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def new_job_id() -> str:
+    return str(uuid.uuid4())
+
+
+def raise_validation_error(exc: pydantic.ValidationError, *, prefix: str = "") -> None:
+    """Turn pydantic's report into the contract's error: the first field and its reason."""
+    first = exc.errors(include_url=False)[0]
+    head = [prefix] if prefix else []
+    field = ".".join([*head, *(str(part) for part in first["loc"])])
+    reason = first["msg"]
+    others = [
+        {"field": ".".join(str(p) for p in error["loc"]), "reason": error["msg"]}
+        for error in exc.errors(include_url=False)[1:]
+    ]
+    details: dict[str, Any] = {"errors": others} if others else {}
+    raise ValidationError(f"Invalid {field or 'document'}: {reason}", field=field or None,
+                          reason=reason, details=details) from exc
+
+
+def parse_document(raw: object) -> JobDocument:
+    """Validate the document envelope (not yet the handler's payload)."""
+    if not isinstance(raw, dict):
+        raise ValidationError("A job document must be a JSON object", field="document",
+                              reason="Expected a JSON object")
+    try:
+        return JobDocument.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        raise_validation_error(exc)
+    raise AssertionError("unreachable")

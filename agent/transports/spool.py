@@ -1,0 +1,400 @@
+"""Spool directory transport (Maildir discipline, see shared/spec/protocol.md).
+
+    tmp/       writers create and fsync files here, then rename into incoming/
+    incoming/  the agent reads only this; dot-files are skipped
+    active/    claimed jobs, as <job_id>.job.json (moved here only after the
+               job is durably recorded)
+    done/      <job_id>.job.json and <job_id>.result.json of finished jobs
+    failed/    files that are not valid jobs, each with <name>.error.json
+    cancel/    an empty file named <job_id> asks the agent to cancel that job
+
+A file is opened without following links and only read if it is a regular
+file with one link, an allowed owner and a size under the limit; anything
+else is moved to failed/ unread. Events from watchfiles only say where to
+look: the directory is also rescanned at start, periodically and after very
+large bursts, and the job store's job_id idempotency makes a second look at
+the same file harmless, so every file is taken exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import re
+import stat
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+import watchfiles
+
+from agent.config import SpoolConfig
+from agent.errors import AgentError, QueueFull, ValidationError
+from agent.intake import Intake, Submission
+from agent.jobs import JOB_ID_PATTERN, JobState
+from agent.store import NewJob
+
+log = structlog.get_logger("agent.spool")
+
+SUBDIRS = ("tmp", "incoming", "active", "done", "failed", "cancel")
+# Namespace for job ids derived from a spool file that names none: the same
+# file seen again after a crash gets the same id, so it is one job.
+_SPOOL_ID_NAMESPACE = uuid.UUID("6f1c4a52-8e0b-4c44-9a53-3d2f7c1e9b10")
+# A change set this large may mean the kernel queue overflowed: rescan.
+_BURST_RESCAN = 4096
+_JOB_ID_RE = re.compile(JOB_ID_PATTERN)
+
+
+@dataclass(frozen=True)
+class _Ready:
+    name: str
+    job: NewJob
+
+
+@dataclass(frozen=True)
+class _Refused:
+    name: str
+    error: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Unsettled:
+    name: str
+    retry_in: float
+
+
+def document_name(job_id: str) -> str:
+    return f"{job_id}.job.json"
+
+
+def result_name(job_id: str) -> str:
+    return f"{job_id}.result.json"
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Write a file so that a reader (or a crash) never sees it half-written."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    temporary.replace(path)
+
+
+def _error(code: str, reason: str, field: str | None = None) -> dict[str, Any]:
+    return {"error": code, "field": field, "reason": reason}
+
+
+class SpoolTransport:
+    name = "spool"
+
+    def __init__(self, root: Path, config: SpoolConfig) -> None:
+        self.root = root
+        self.config = config
+        self.dirs = {name: root / name for name in SUBDIRS}
+        self.quarantined = 0
+        self._candidates: dict[str, None] = {}  # ordered set of names in incoming/
+        self._unsettled: dict[str, float] = {}  # name -> trio time to look again
+        self._wakeup = trio.Event()
+        self._claiming: set[str] = set()
+        self._finished_while_claiming: set[str] = set()
+        self._to_finalize: dict[str, None] = {}
+        self._finalize_wakeup = trio.Event()
+        self._nursery: trio.Nursery
+
+    # -- the task --
+
+    async def run(self, intake: Intake, *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await trio.to_thread.run_sync(self._make_dirs)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self._follow_completions, intake)
+            await self._reconcile_active(intake)
+            self._rescan()
+            await self._claim_available(intake)  # ready means the spool was scanned
+            nursery.start_soon(self._claim_forever, intake)
+            nursery.start_soon(self._finalize_forever, intake)
+            await nursery.start(self._watch, intake)
+            nursery.start_soon(self._rescan_periodically, intake)
+            log.info("spool.ready", root=str(self.root))
+            task_status.started()
+
+    def _make_dirs(self) -> None:
+        for path in self.dirs.values():
+            path.mkdir(parents=True, exist_ok=True)
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+
+    def _rescan(self) -> None:
+        with os.scandir(self.dirs["incoming"]) as entries:
+            for entry in entries:
+                if not entry.name.startswith("."):
+                    self._candidates[entry.name] = None
+        self._wake()
+
+    async def _watch(self, intake: Intake, *,
+                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        incoming, cancel = str(self.dirs["incoming"]), str(self.dirs["cancel"])
+        started = False
+        async for changes in watchfiles.awatch(
+                incoming, cancel, watch_filter=None, step=self.config.watch_step_ms,
+                debounce=50, recursive=False, yield_on_timeout=True, rust_timeout=1000):
+            if not started:
+                task_status.started()
+                started = True
+            for change, path in changes:
+                if change == watchfiles.Change.deleted:
+                    continue
+                directory, _, name = path.rpartition("/")
+                if name.startswith("."):
+                    continue
+                if directory == incoming:
+                    self._candidates[name] = None
+                elif directory == cancel:
+                    self._nursery.start_soon(self._cancel_requested, intake, name)
+            if len(changes) >= _BURST_RESCAN:
+                self._rescan()
+            self._wake()
+
+    async def _rescan_periodically(self, intake: Intake) -> None:
+        while True:
+            await trio.sleep(self.config.rescan_seconds)
+            self._rescan()
+            for name in await trio.to_thread.run_sync(os.listdir, self.dirs["cancel"]):
+                self._nursery.start_soon(self._cancel_requested, intake, name)
+            await self._reconcile_active(intake)
+
+    # -- claiming --
+
+    async def _claim_forever(self, intake: Intake) -> None:
+        while True:
+            await self._claim_available(intake)
+            self._wakeup = trio.Event()
+            if self._candidates:
+                continue
+            due = min(self._unsettled.values(), default=None)
+            if due is None:
+                await self._wakeup.wait()
+            else:
+                with trio.move_on_at(due):
+                    await self._wakeup.wait()
+
+    async def _claim_available(self, intake: Intake) -> None:
+        now = trio.current_time()
+        for name, due in list(self._unsettled.items()):
+            if due <= now:
+                del self._unsettled[name]
+                self._candidates[name] = None
+        while self._candidates:
+            names = list(self._candidates)[: self.config.claim_batch]
+            for name in names:
+                del self._candidates[name]
+            looked = await trio.to_thread.run_sync(self._examine_all, intake, names)
+            ready = [item for item in looked if isinstance(item, _Ready)]
+            refused = [item for item in looked if isinstance(item, _Refused)]
+            for item in looked:
+                if isinstance(item, _Unsettled):
+                    self._unsettled[item.name] = trio.current_time() + item.retry_in
+            if ready:
+                try:
+                    answers = await intake.submit_prepared([item.job for item in ready])
+                except QueueFull:
+                    # Leave the files where they are; look again when the queue drains.
+                    for item in ready:
+                        self._unsettled[item.name] = trio.current_time() + 1.0
+                    log.warning("spool.queue_full", waiting=len(ready))
+                    answers = []
+                    ready = []
+                claimed: list[tuple[str, Submission]] = []
+                for item, answer in zip(ready, answers, strict=True):
+                    if isinstance(answer, AgentError):
+                        refused.append(_Refused(item.name, {**answer.to_dict()["details"],
+                                                            "error": answer.code,
+                                                            "message": answer.message}))
+                    else:
+                        claimed.append((item.name, answer))
+                        self._claiming.add(answer.state.job_id)
+                await trio.to_thread.run_sync(self._move_to_active, claimed)
+                for _, answer in claimed:
+                    job_id = answer.state.job_id
+                    self._claiming.discard(job_id)
+                    if answer.state.status.terminal or job_id in self._finished_while_claiming:
+                        self._finished_while_claiming.discard(job_id)
+                        self._queue_finalize(job_id)
+            if refused:
+                await trio.to_thread.run_sync(self._quarantine_all, refused)
+
+    def _examine_all(self, intake: Intake, names: list[str]) -> list[_Ready | _Refused | _Unsettled]:
+        looked: list[_Ready | _Refused | _Unsettled] = []
+        for name in names:
+            item = self._examine(intake, name)
+            if item is not None:
+                looked.append(item)
+        return looked
+
+    def _examine(self, intake: Intake, name: str) -> _Ready | _Refused | _Unsettled | None:
+        """Decide about one file in incoming/; None when it is gone."""
+        try:
+            name.encode()
+        except UnicodeEncodeError:
+            return _Refused(name, _error("BAD_REQUEST", "file name is not valid UTF-8", "name"))
+        path = self.dirs["incoming"] / name
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+                         | os.O_NOCTTY)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            reason = ("symbolic links are refused" if exc.errno == errno.ELOOP
+                      else f"cannot open: {os.strerror(exc.errno or 0)}")
+            return _Refused(name, _error("FORBIDDEN", reason, "file"))
+        try:
+            info = os.fstat(fd)
+            refusal = self._refusal(info)
+            if refusal is not None:
+                return _Refused(name, _error("FORBIDDEN", refusal, "file"))
+            data = os.read(fd, self.config.max_file_bytes + 1)
+        finally:
+            os.close(fd)
+        if len(data) > self.config.max_file_bytes:
+            return _Refused(name, _error("PAYLOAD_TOO_LARGE", "file grew over the size limit",
+                                         "file"))
+        try:
+            raw = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            unchanged_for = time.time() - info.st_mtime
+            if unchanged_for < self.config.settle_seconds:
+                # Possibly still being copied in: look again once it has settled.
+                return _Unsettled(name, self.config.settle_seconds - unchanged_for + 0.05)
+            return _Refused(name, _error("VALIDATION_ERROR", f"not valid JSON: {exc}",
+                                         "document"))
+        stable_id = uuid.uuid5(_SPOOL_ID_NAMESPACE, "\0".join((
+            name, str(info.st_ino), str(info.st_ctime_ns), hashlib.sha256(data).hexdigest())))
+        try:
+            job = intake.prepare(raw, transport=self.name, job_id=str(stable_id))
+        except ValidationError as exc:
+            return _Refused(name, {**exc.details, "error": exc.code, "message": exc.message})
+        return _Ready(name, job)
+
+    def _refusal(self, info: os.stat_result) -> str | None:
+        if stat.S_ISDIR(info.st_mode):
+            return "not a regular file (a directory)"
+        if not stat.S_ISREG(info.st_mode):
+            return "not a regular file (a FIFO, socket or device)"
+        if info.st_nlink != 1:
+            return f"hard-linked files are refused ({info.st_nlink} links)"
+        if self.config.allowed_uids and info.st_uid not in self.config.allowed_uids:
+            return f"owner uid {info.st_uid} is not allowed"
+        if info.st_size > self.config.max_file_bytes:
+            return (f"file is {info.st_size} bytes, over the limit of "
+                    f"{self.config.max_file_bytes}")
+        return None
+
+    def _move_to_active(self, claimed: list[tuple[str, Submission]]) -> None:
+        for name, answer in claimed:
+            with contextlib.suppress(FileNotFoundError):  # a twin file already moved it
+                os.rename(self.dirs["incoming"] / name,
+                          self.dirs["active"] / document_name(answer.state.job_id))
+
+    def _quarantine_all(self, refused: list[_Refused]) -> None:
+        for item in refused:
+            safe = item.name.encode(errors="surrogateescape").decode(errors="replace")
+            safe = safe.replace("/", "_") or "unnamed"
+            target = self.dirs["failed"] / safe
+            if target.exists() or target.is_symlink():
+                target = target.with_name(f"{safe}.{time.time_ns()}")
+            try:
+                os.rename(self.dirs["incoming"] / item.name, target)
+            except FileNotFoundError:
+                continue
+            report = {"file": item.name.encode(errors="surrogateescape").decode(errors="replace"),
+                      "quarantined_as": target.name, "at": time.time(), **item.error}
+            write_durably(target.with_name(f"{target.name}.error.json"),
+                          json.dumps(report, indent=2).encode())
+            self.quarantined += 1
+            log.warning("spool.quarantined", file=report["file"], reason=item.error.get("reason"),
+                        field=item.error.get("field"))
+
+    # -- finishing --
+
+    async def _follow_completions(self, intake: Intake, *,
+                                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                                  ) -> None:
+        first = True
+        while True:
+            with intake.events(buffer=65536) as subscription:
+                if first:
+                    task_status.started()
+                    first = False
+                else:
+                    await self._reconcile_active(intake)  # we lagged: catch up from the store
+                async for event in subscription.receive:
+                    data = event["data"]
+                    if (event["type"] == "status" and data.get("transport") == self.name
+                            and data["status"] in ("Completed", "Failed", "Cancelled")):
+                        job_id = event["job_id"]
+                        if job_id in self._claiming:
+                            self._finished_while_claiming.add(job_id)
+                        else:
+                            self._queue_finalize(job_id)
+
+    def _queue_finalize(self, job_id: str) -> None:
+        self._to_finalize[job_id] = None
+        self._finalize_wakeup.set()
+
+    async def _finalize_forever(self, intake: Intake) -> None:
+        while True:
+            await self._finalize_wakeup.wait()
+            self._finalize_wakeup = trio.Event()
+            while self._to_finalize:
+                job_ids = list(self._to_finalize)[:512]
+                for job_id in job_ids:
+                    del self._to_finalize[job_id]
+                outcomes = await intake.outcomes(job_ids)
+                await trio.to_thread.run_sync(self._write_results, outcomes)
+
+    def _write_results(self, outcomes: list[tuple[JobState, Any]]) -> None:
+        for state, result in outcomes:
+            job_id = state.job_id
+            record = {**state.model_dump(mode="json"), "result": result}
+            write_durably(self.dirs["done"] / result_name(job_id),
+                          json.dumps(record, indent=2).encode())
+            with contextlib.suppress(FileNotFoundError):  # already moved on an earlier pass
+                os.rename(self.dirs["active"] / document_name(job_id),
+                          self.dirs["done"] / document_name(job_id))
+
+    async def _reconcile_active(self, intake: Intake) -> None:
+        """Finish moving jobs that ended while their files were not followed."""
+        names = await trio.to_thread.run_sync(os.listdir, self.dirs["active"])
+        job_ids = [name.removesuffix(".job.json") for name in names
+                   if name.endswith(".job.json") and not name.startswith(".")]
+        for start in range(0, len(job_ids), 512):
+            outcomes = await intake.outcomes(job_ids[start:start + 512])
+            finished = [item for item in outcomes if item[0].status.terminal]
+            if finished:
+                await trio.to_thread.run_sync(self._write_results, finished)
+
+    async def _cancel_requested(self, intake: Intake, name: str) -> None:
+        path = self.dirs["cancel"] / name
+        with contextlib.suppress(FileNotFoundError):
+            await trio.to_thread.run_sync(path.unlink)
+        if not _JOB_ID_RE.match(name):
+            log.warning("spool.cancel_ignored", file=name, reason="not a job id")
+            return
+        try:
+            state = await intake.cancel(name)
+        except AgentError as exc:
+            log.info("spool.cancel_refused", job_id=name, reason=exc.message)
+        else:
+            log.info("spool.cancelled", job_id=name, status=state.status.value)

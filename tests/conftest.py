@@ -1,0 +1,30 @@
+"""Shared fixtures: a real agent on a temporary state dir and spool."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from agent.config import Config, SpoolConfig
+from agent.daemon import Agent
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    return Config(
+        state_dir=tmp_path / "state",
+        spool_dir=tmp_path / "spool",
+        max_concurrent_jobs=2,
+        spool=SpoolConfig(settle_seconds=0.3, rescan_seconds=5),
+    )
+
+
+@pytest.fixture
+async def agent(config: Config) -> AsyncIterator[Agent]:
+    async with trio.open_nursery() as nursery:
+        running: Agent = await nursery.start(Agent(config).run)
+        yield running
+        nursery.cancel_scope.cancel()
