@@ -15,8 +15,11 @@ from agent.jobs import new_job_id
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="TOML config file "
-                        "(default /etc/hostagent/agent.toml if present)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="TOML config file (default /etc/hostagent/agent.toml if present)",
+    )
     parser.add_argument("--state-dir", type=Path, help="where the job store lives")
     parser.add_argument("--spool-dir", type=Path, help="the spool directory")
 
@@ -50,9 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--operation")
     jobs.add_argument("--limit", type=int, default=50)
 
-    for name, text in (("status", "a job's status"), ("result", "a job's result"),
-                       ("logs", "a job's log lines and progress"),
-                       ("cancel", "cancel a pending or running job")):
+    for name, text in (
+        ("status", "a job's status"),
+        ("result", "a job's result"),
+        ("logs", "a job's log lines and progress"),
+        ("cancel", "cancel a pending or running job"),
+    ):
         command = commands.add_parser(name, help=text)
         _common(command)
         command.add_argument("job_id")
@@ -113,10 +119,17 @@ def _document(args: argparse.Namespace) -> dict[str, Any]:
             data = json.loads(args.data)
         except json.JSONDecodeError as exc:
             raise AgentError(f"--data is not valid JSON: {exc}", field="data") from exc
-        document = {"version": "1.0", "kind": args.kind, "operation": args.op,
-                    "payload": {"type": f"{args.op}.v1", "data": data}}
-    for key, value in (("job_id", args.job_id), ("priority", args.priority),
-                       ("timeout_seconds", args.timeout)):
+        document = {
+            "version": "1.0",
+            "kind": args.kind,
+            "operation": args.op,
+            "payload": {"type": f"{args.op}.v1", "data": data},
+        }
+    for key, value in (
+        ("job_id", args.job_id),
+        ("priority", args.priority),
+        ("timeout_seconds", args.timeout),
+    ):
         if value is not None:
             document[key] = value
     # Name the job here so the command can print its id before the agent sees it.
@@ -149,8 +162,15 @@ def _wait_for_outcome(spool: Path, job_id: str, timeout: float) -> int:
     refused = spool / "failed" / f"{job_id}.json.error.json"
     deadline = time.monotonic() + timeout
     watched = [str(spool / "done"), str(spool / "failed")]
-    for _ in watchfiles.watch(*watched, recursive=False, yield_on_timeout=True,
-                              rust_timeout=1000, step=5, debounce=50, watch_filter=None):
+    for _ in watchfiles.watch(
+        *watched,
+        recursive=False,
+        yield_on_timeout=True,
+        rust_timeout=1000,
+        step=5,
+        debounce=50,
+        watch_filter=None,
+    ):
         if result.exists():
             record = json.loads(result.read_text())
             _print(record)
@@ -168,8 +188,9 @@ def _read(config: Config, query: Any, *args: Any, **kwargs: Any) -> Any:
     from agent.store import connect
 
     if not config.store_path.exists():
-        raise AgentError(f"no job store at {config.store_path} (is --state-dir right?)",
-                         field="state_dir")
+        raise AgentError(
+            f"no job store at {config.store_path} (is --state-dir right?)", field="state_dir"
+        )
     conn = connect(config.store_path, readonly=True)
     try:
         return query(conn, *args, **kwargs)
@@ -180,8 +201,9 @@ def _read(config: Config, query: Any, *args: Any, **kwargs: Any) -> Any:
 def _jobs(args: argparse.Namespace, config: Config) -> int:
     from agent.store import list_jobs
 
-    jobs, total, _ = _read(config, list_jobs, status=args.status, operation=args.operation,
-                           limit=args.limit)
+    jobs, total, _ = _read(
+        config, list_jobs, status=args.status, operation=args.operation, limit=args.limit
+    )
     for job in jobs:
         print(f"{job.job_id:40} {job.status.value:10} {job.operation:24} {job.submitted_at}")
     print(f"({len(jobs)} of {total})", file=sys.stderr)
@@ -232,13 +254,20 @@ def _validate(args: argparse.Namespace, config: Config) -> int:
         raw = json.loads(args.file.read_bytes())
     except (OSError, ValueError) as exc:
         raise AgentError(f"{args.file}: not readable JSON: {exc}", field="document") from exc
-    job = prepare_job(build_registry(), raw, transport="cli",
-                      max_timeout=config.max_timeout_seconds)
+    job = prepare_job(
+        build_registry(), raw, transport="cli", max_timeout=config.max_timeout_seconds
+    )
     print(f"{args.file}: valid {job.operation} job {job.job_id}")
     return 0
 
 
 _COMMANDS = {
-    "run": _run, "submit": _submit, "jobs": _jobs, "status": _status, "result": _result,
-    "logs": _logs, "cancel": _cancel, "validate": _validate,
+    "run": _run,
+    "submit": _submit,
+    "jobs": _jobs,
+    "status": _status,
+    "result": _result,
+    "logs": _logs,
+    "cancel": _cancel,
+    "validate": _validate,
 }

@@ -100,8 +100,7 @@ def load_config(
         except FileNotFoundError as exc:
             raise ConfigError(f"config: file {chosen} not found", field="config") from exc
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config: {chosen} is not valid TOML: {exc}",
-                              field="config") from exc
+            raise ConfigError(f"config: {chosen} is not valid TOML: {exc}", field="config") from exc
     env = os.environ if environ is None else environ
     for name, text in env.items():
         if name.startswith(ENV_PREFIX) and name != ENV_PREFIX + "CONFIG":
@@ -115,5 +114,4 @@ def load_config(
     except pydantic.ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         key = ".".join(str(part) for part in first["loc"])
-        raise ConfigError(f"config: {key}: {first['msg']}", field=key,
-                          reason=first["msg"]) from exc
+        raise ConfigError(f"config: {key}: {first['msg']}", field=key, reason=first["msg"]) from exc

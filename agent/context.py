@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -28,8 +29,15 @@ class ProcessResult:
 class JobContext:
     """Handed to a handler for one run of one job. Cancelled on timeout or cancel."""
 
-    def __init__(self, job_id: str, operation: str, *, attempt: int, emit: Emit,
-                 services: Mapping[type, object] | None = None) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        operation: str,
+        *,
+        attempt: int,
+        emit: Emit,
+        services: Mapping[type, object] | None = None,
+    ) -> None:
         self.job_id = job_id
         self.operation = operation
         self.attempt = attempt
@@ -37,8 +45,9 @@ class JobContext:
         self._emit = emit
         self._services = services or {}
 
-    async def progress(self, percent: float | None, message: str | None = None,
-                       **fields: Any) -> None:
+    async def progress(
+        self, percent: float | None, message: str | None = None, **fields: Any
+    ) -> None:
         """Report progress (0-100); stored with the job and streamed to watchers."""
         data: dict[str, Any] = {"percent": None if percent is None else round(percent, 2)}
         if message is not None:
@@ -68,8 +77,12 @@ class JobContext:
         """Run a command in its own process group; the group is killed when the job
         ends, times out or is cancelled, so nothing it started outlives the job."""
         process = await trio.lowlevel.open_process(
-            list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, start_new_session=True)
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         out: list[bytes] = []
         err: list[bytes] = []
         try:
@@ -84,7 +97,9 @@ class JobContext:
                 _kill_group(process.pid)
                 with trio.CancelScope(shield=True):
                     await process.wait()
-        result = ProcessResult(process.returncode, b"".join(out), b"".join(err))
+        returncode = process.returncode
+        assert returncode is not None  # waited for above
+        result = ProcessResult(returncode, b"".join(out), b"".join(err))
         if check and result.returncode != 0:
             tail = result.stderr.decode(errors="replace").strip()[-500:]
             raise HandlerError(f"{argv[0]} exited with status {result.returncode}: {tail}")
@@ -95,18 +110,19 @@ _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
 
 def _kill_group(pgid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):  # already gone: the outcome we want
         os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass  # already gone: the outcome we want
 
 
-async def _drain(stream: trio.abc.ReceiveStream | None, sink: list[bytes],
-                 on_chunk: Callable[[bytes], Awaitable[None]] | None) -> None:
+async def _drain(
+    stream: trio.abc.ReceiveStream | None,
+    sink: list[bytes],
+    on_chunk: Callable[[bytes], Awaitable[None]] | None,
+) -> None:
     if stream is None:
         return
     async with stream:
-        while chunk := await stream.receive_some():
+        while chunk := bytes(await stream.receive_some()):
             sink.append(chunk)
             if on_chunk is not None:
                 await on_chunk(chunk)

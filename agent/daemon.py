@@ -34,13 +34,21 @@ class Agent:
         self.registry = build_registry()
         self.store = Store(config.store_path)
         self.dispatcher = Dispatcher(
-            self.store, self.registry, self.bus,
+            self.store,
+            self.registry,
+            self.bus,
             max_concurrent=config.max_concurrent_jobs,
             default_timeout=config.default_timeout_seconds,
-            max_timeout=config.max_timeout_seconds)
-        self.intake = Intake(self.registry, self.store, self.dispatcher, self.bus,
-                             max_pending=config.max_pending_jobs,
-                             max_timeout=config.max_timeout_seconds)
+            max_timeout=config.max_timeout_seconds,
+        )
+        self.intake = Intake(
+            self.registry,
+            self.store,
+            self.dispatcher,
+            self.bus,
+            max_pending=config.max_pending_jobs,
+            max_timeout=config.max_timeout_seconds,
+        )
         self.transports: list[Transport] = []
         if config.spool.enabled:
             self.spool: SpoolTransport | None = SpoolTransport(config.spool_dir, config.spool)
@@ -48,18 +56,20 @@ class Agent:
         else:
             self.spool = None
 
-    async def run(self, *, task_status: trio.TaskStatus[Agent] = trio.TASK_STATUS_IGNORED
-                  ) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[Agent] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled; started() once every transport is taking jobs."""
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.dispatcher.run)
                 for transport in self.transports:
                     await nursery.start(transport.run, self.intake)
-                log.info("agent.ready", worker_id=self.config.worker_id,
-                         operations=len(self.registry.operations),
-                         max_concurrent_jobs=self.config.max_concurrent_jobs,
-                         reruns=self.dispatcher.reruns)
+                log.info(
+                    "agent.ready",
+                    worker_id=self.config.worker_id,
+                    operations=len(self.registry.operations),
+                    max_concurrent_jobs=self.config.max_concurrent_jobs,
+                    reruns=self.dispatcher.reruns,
+                )
                 task_status.started(self)
         finally:
             self.bus.close()

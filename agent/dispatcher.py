@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import heapq
 import json
-import math
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ import trio
 from pydantic import BaseModel
 
 from agent.context import JobContext
-from agent.errors import AgentError, Conflict
+from agent.errors import AgentError, ConflictError
 from agent.events import EventBus
 from agent.jobs import JobDocument, JobState, JobStatus
 from agent.registry import Registry
@@ -32,9 +31,17 @@ class _Running:
 
 
 class Dispatcher:
-    def __init__(self, store: Store, registry: Registry, bus: EventBus, *,
-                 max_concurrent: int, default_timeout: float, max_timeout: float,
-                 services: Mapping[type, object] | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        bus: EventBus,
+        *,
+        max_concurrent: int,
+        default_timeout: float,
+        max_timeout: float,
+        services: Mapping[type, object] | None = None,
+    ) -> None:
         self._store = store
         self._registry = registry
         self._bus = bus
@@ -71,8 +78,9 @@ class Dispatcher:
         recovery = await self._store.recover(self._registry.rerun_safe)
         self.reruns = len(recovery.requeued)
         if recovery.requeued or recovery.failed:
-            log.warning("dispatcher.recovered", requeued=len(recovery.requeued),
-                        failed=len(recovery.failed))
+            log.warning(
+                "dispatcher.recovered", requeued=len(recovery.requeued), failed=len(recovery.failed)
+            )
         for job in await self._store.pending_jobs():
             self.enqueue(job)
         async with trio.open_nursery() as nursery:
@@ -91,11 +99,17 @@ class Dispatcher:
                 return await self._store.read(get_job, job_id)
             state = await self._store.read(get_job, job_id)
             if state.status.terminal:
-                raise Conflict(f"Job {job_id} is already {state.status.value}",
-                               field="status", reason=f"Job is {state.status.value}")
+                raise ConflictError(
+                    f"Job {job_id} is already {state.status.value}",
+                    field="status",
+                    reason=f"Job is {state.status.value}",
+                )
             cancelled = await self._store.finish(
-                job_id, JobStatus.CANCELLED, error="Cancelled by request",
-                only_from=(JobStatus.PENDING,))
+                job_id,
+                JobStatus.CANCELLED,
+                error="Cancelled by request",
+                only_from=(JobStatus.PENDING,),
+            )
             if cancelled is not None:
                 self._queued.discard(job_id)
                 self._publish_status(cancelled)
@@ -134,11 +148,13 @@ class Dispatcher:
         try:
             found = self._registry.get(job.operation)
             payload: BaseModel = self._registry.validate_payload(
-                JobDocument.model_validate(job.document))
+                JobDocument.model_validate(job.document)
+            )
         except AgentError as exc:
             # The handler went away since the job was accepted (upgrade/config change).
-            state = await self._store.finish(job.job_id, JobStatus.FAILED, error=exc.message,
-                                              only_from=(JobStatus.PENDING,))
+            state = await self._store.finish(
+                job.job_id, JobStatus.FAILED, error=exc.message, only_from=(JobStatus.PENDING,)
+            )
             if state is not None:
                 self._publish_status(state)
             return
@@ -153,11 +169,16 @@ class Dispatcher:
                     return  # cancelled before it could start
                 self._publish_status(started)
                 bound.info("job.started", attempt=started.attempts, timeout=timeout)
-                ctx = JobContext(job.job_id, job.operation, attempt=started.attempts,
-                                 emit=lambda kind, data: self._emit(job.job_id, kind, data),
-                                 services=self._services)
+                ctx = JobContext(
+                    job.job_id,
+                    job.operation,
+                    attempt=started.attempts,
+                    emit=lambda kind, data: self._emit(job.job_id, kind, data),
+                    services=self._services,
+                )
                 status, result, error = await self._run_handler(
-                    found.run, payload, ctx, running, timeout)
+                    found.run, payload, ctx, running, timeout
+                )
                 final = await self._store.finish(job.job_id, status, result=result, error=error)
                 if final is not None:
                     self._publish_status(final)
@@ -166,11 +187,11 @@ class Dispatcher:
             del self._running[job.job_id]
             running.done.set()
 
-    async def _run_handler(self, run: Any, payload: BaseModel, ctx: JobContext,
-                           running: _Running, timeout: float
-                           ) -> tuple[JobStatus, Any, str | None]:
+    async def _run_handler(
+        self, run: Any, payload: BaseModel, ctx: JobContext, running: _Running, time_limit: float
+    ) -> tuple[JobStatus, Any, str | None]:
         with running.scope:
-            deadline = math.inf if timeout <= 0 else trio.current_time() + timeout
+            deadline = trio.current_time() + time_limit
             with trio.CancelScope(deadline=deadline) as timeout_scope:
                 try:
                     value = await run(payload, ctx)
@@ -187,7 +208,7 @@ class Dispatcher:
                     return JobStatus.FAILED, None, f"Handler returned a non-JSON result: {exc}"
                 return JobStatus.COMPLETED, value, None
             if timeout_scope.cancelled_caught:
-                return JobStatus.FAILED, None, f"Job timed out after {timeout:g} seconds"
+                return JobStatus.FAILED, None, f"Job timed out after {time_limit:g} seconds"
         if running.cancel_requested:
             return JobStatus.CANCELLED, None, "Cancelled by request"
         raise AssertionError("handler scope ended without an outcome")
@@ -197,5 +218,6 @@ class Dispatcher:
         self._bus.publish({"type": kind, "job_id": job_id, "data": {**data, "at": at}})
 
     def _publish_status(self, state: JobState) -> None:
-        self._bus.publish({"type": "status", "job_id": state.job_id,
-                           "data": state.model_dump(mode="json")})
+        self._bus.publish(
+            {"type": "status", "job_id": state.job_id, "data": state.model_dump(mode="json")}
+        )

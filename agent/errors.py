@@ -40,19 +40,19 @@ class ValidationError(AgentError):
     http_status = 400
 
 
-class NotFound(AgentError):
+class NotFoundError(AgentError):
     code = "NOT_FOUND"
     http_status = 404
 
 
-class Conflict(AgentError):
+class ConflictError(AgentError):
     """Same job_id, different document."""
 
     code = "CONFLICT"
     http_status = 409
 
 
-class QueueFull(AgentError):
+class QueueFullError(AgentError):
     """The pending queue is at its configured bound; retry later."""
 
     code = "QUEUE_FULL"

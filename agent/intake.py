@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.dispatcher import Dispatcher
-from agent.errors import AgentError, QueueFull
+from agent.errors import AgentError, QueueFullError
 from agent.events import EventBus, Subscription
 from agent.jobs import JobState, fingerprint, format_timestamp, new_job_id, parse_document, utc_now
 from agent.registry import Registry
@@ -33,8 +33,14 @@ class Submission:
     created: bool  # False: the same document was already accepted under this job_id
 
 
-def prepare_job(registry: Registry, raw: object, *, transport: str, job_id: str | None = None,
-                max_timeout: float) -> NewJob:
+def prepare_job(
+    registry: Registry,
+    raw: object,
+    *,
+    transport: str,
+    job_id: str | None = None,
+    max_timeout: float,
+) -> NewJob:
     """Validate a document completely (envelope and handler payload).
 
     `job_id` is the id to use when the document has none (a transport that
@@ -45,20 +51,32 @@ def prepare_job(registry: Registry, raw: object, *, transport: str, job_id: str 
     assert isinstance(raw, dict)
     normalized = document.model_dump(mode="json")
     normalized["job_id"] = document.job_id or job_id or new_job_id()
-    normalized["created_at"] = (format_timestamp(document.created_at)
-                                if document.created_at else utc_now())
+    normalized["created_at"] = (
+        format_timestamp(document.created_at) if document.created_at else utc_now()
+    )
     timeout = document.timeout_seconds
     return NewJob(
-        job_id=normalized["job_id"], operation=document.operation,
-        priority=document.priority, transport=transport, document=normalized,
+        job_id=normalized["job_id"],
+        operation=document.operation,
+        priority=document.priority,
+        transport=transport,
+        document=normalized,
         fingerprint=fingerprint(raw),
         timeout_seconds=None if timeout is None else min(timeout, max_timeout),
     )
 
 
 class Intake:
-    def __init__(self, registry: Registry, store: Store, dispatcher: Dispatcher, bus: EventBus,
-                 *, max_pending: int, max_timeout: float) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        store: Store,
+        dispatcher: Dispatcher,
+        bus: EventBus,
+        *,
+        max_pending: int,
+        max_timeout: float,
+    ) -> None:
         self.registry = registry
         self._store = store
         self._dispatcher = dispatcher
@@ -67,14 +85,15 @@ class Intake:
         self._max_timeout = max_timeout
 
     def prepare(self, raw: object, *, transport: str, job_id: str | None = None) -> NewJob:
-        return prepare_job(self.registry, raw, transport=transport, job_id=job_id,
-                           max_timeout=self._max_timeout)
+        return prepare_job(
+            self.registry, raw, transport=transport, job_id=job_id, max_timeout=self._max_timeout
+        )
 
-    async def submit(self, raw: object, *, transport: str, job_id: str | None = None
-                     ) -> Submission:
+    async def submit(self, raw: object, *, transport: str, job_id: str | None = None) -> Submission:
         """Accept one job; returns once it is durable. Raises the AgentError for it."""
-        outcome = (await self.submit_prepared([self.prepare(raw, transport=transport,
-                                                            job_id=job_id)]))[0]
+        outcome = (
+            await self.submit_prepared([self.prepare(raw, transport=transport, job_id=job_id)])
+        )[0]
         if isinstance(outcome, AgentError):
             raise outcome
         return outcome
@@ -82,8 +101,10 @@ class Intake:
     async def submit_prepared(self, jobs: Sequence[NewJob]) -> list[Submission | AgentError]:
         """Record prepared jobs in one transaction, then queue the new ones."""
         if self._dispatcher.queue_depth + len(jobs) > self._max_pending:
-            raise QueueFull(f"The pending queue is full ({self._max_pending} jobs)",
-                            details={"queue_depth": self._dispatcher.queue_depth})
+            raise QueueFullError(
+                f"The pending queue is full ({self._max_pending} jobs)",
+                details={"queue_depth": self._dispatcher.queue_depth},
+            )
         outcomes = await self._store.insert_jobs(jobs)
         answers: list[Submission | AgentError] = []
         for outcome in outcomes:
@@ -92,8 +113,13 @@ class Intake:
                 continue
             state, pending = outcome
             if pending is not None:
-                self._bus.publish({"type": "created", "job_id": state.job_id,
-                                   "data": state.model_dump(mode="json")})
+                self._bus.publish(
+                    {
+                        "type": "created",
+                        "job_id": state.job_id,
+                        "data": state.model_dump(mode="json"),
+                    }
+                )
                 self._dispatcher.enqueue(pending)
             answers.append(Submission(state=state, created=pending is not None))
         return answers
@@ -111,11 +137,17 @@ class Intake:
     async def logs(self, job_id: str) -> list[dict[str, Any]]:
         return await self._store.read(get_events, job_id)
 
-    async def list_jobs(self, *, status: str | None = None, operation: str | None = None,
-                   limit: int = 100, after_seq: int = 0
-                   ) -> tuple[list[JobState], int, int | None]:
-        return await self._store.read(list_jobs, status=status, operation=operation,
-                                      limit=limit, after_seq=after_seq)
+    async def list_jobs(
+        self,
+        *,
+        status: str | None = None,
+        operation: str | None = None,
+        limit: int = 100,
+        after_seq: int = 0,
+    ) -> tuple[list[JobState], int, int | None]:
+        return await self._store.read(
+            list_jobs, status=status, operation=operation, limit=limit, after_seq=after_seq
+        )
 
     async def cancel(self, job_id: str) -> JobState:
         return await self._dispatcher.cancel(job_id)

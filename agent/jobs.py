@@ -132,15 +132,22 @@ def raise_validation_error(exc: pydantic.ValidationError, *, prefix: str = "") -
         for error in exc.errors(include_url=False)[1:]
     ]
     details: dict[str, Any] = {"errors": others} if others else {}
-    raise ValidationError(f"Invalid {field or 'document'}: {reason}", field=field or None,
-                          reason=reason, details=details) from exc
+    raise ValidationError(
+        f"Invalid {field or 'document'}: {reason}",
+        field=field or None,
+        reason=reason,
+        details=details,
+    ) from exc
 
 
 def parse_document(raw: object) -> JobDocument:
     """Validate the document envelope (not yet the handler's payload)."""
     if not isinstance(raw, dict):
-        raise ValidationError("A job document must be a JSON object", field="document",
-                              reason="Expected a JSON object")
+        raise ValidationError(
+            "A job document must be a JSON object",
+            field="document",
+            reason="Expected a JSON object",
+        )
     try:
         return JobDocument.model_validate(raw)
     except pydantic.ValidationError as exc:

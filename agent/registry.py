@@ -44,9 +44,15 @@ def handler(
 
     def wrap(func: Callable[[PayloadT, JobContext], Awaitable[Any]]) -> Handler:
         summary = (func.__doc__ or "").strip().splitlines()[0] if func.__doc__ else ""
-        return Handler(operation=operation, run=func, payload_model=payload,
-                       rerun_safe=rerun_safe, version=version, summary=summary,
-                       resource=resource)
+        return Handler(
+            operation=operation,
+            run=func,
+            payload_model=payload,
+            rerun_safe=rerun_safe,
+            version=version,
+            summary=summary,
+            resource=resource,
+        )
 
     return wrap
 
@@ -67,8 +73,10 @@ class Registry:
             return self._handlers[operation]
         except KeyError:
             raise ValidationError(
-                f"No handler for operation '{operation}'", field="operation",
-                reason=f"Unknown operation '{operation}' on this agent") from None
+                f"No handler for operation '{operation}'",
+                field="operation",
+                reason=f"Unknown operation '{operation}' on this agent",
+            ) from None
 
     def rerun_safe(self, operation: str) -> bool:
         found = self._handlers.get(operation)
@@ -85,7 +93,8 @@ class Registry:
             raise ValidationError(
                 f"Unsupported payload version for {document.operation}",
                 field="payload.type",
-                reason=f"This agent speaks {document.operation}.v{found.version}")
+                reason=f"This agent speaks {document.operation}.v{found.version}",
+            )
         try:
             return found.payload_model.model_validate(document.payload.data)
         except pydantic.ValidationError as exc:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from agent.errors import AgentError, Conflict, NotFound
+from agent.errors import AgentError, ConflictError, NotFoundError
 from agent.jobs import JobState, JobStatus, utc_now
 
 SCHEMA_VERSION = 1
@@ -104,15 +104,29 @@ class Recovery:
 
 def _state(row: sqlite3.Row | tuple[Any, ...]) -> JobState:
     return JobState(
-        job_id=row[0], operation=row[1], status=JobStatus(row[2]), submitted_at=row[3],
-        started_at=row[4], completed_at=row[5], error=row[6], progress=row[7],
-        transport=row[8], attempts=row[9], priority=row[10],
+        job_id=row[0],
+        operation=row[1],
+        status=JobStatus(row[2]),
+        submitted_at=row[3],
+        started_at=row[4],
+        completed_at=row[5],
+        error=row[6],
+        progress=row[7],
+        transport=row[8],
+        attempts=row[9],
+        priority=row[10],
     )
 
 
 def _pending(row: tuple[Any, ...]) -> PendingJob:
-    return PendingJob(seq=row[0], job_id=row[1], operation=row[2], priority=row[3],
-                      document=json.loads(row[4]), timeout_seconds=row[5])
+    return PendingJob(
+        seq=row[0],
+        job_id=row[1],
+        operation=row[2],
+        priority=row[3],
+        document=json.loads(row[4]),
+        timeout_seconds=row[5],
+    )
 
 
 # --- queries: plain functions over a connection, shared by the daemon and the CLI ---
@@ -121,7 +135,7 @@ def _pending(row: tuple[Any, ...]) -> PendingJob:
 def get_job(conn: sqlite3.Connection, job_id: str) -> JobState:
     row = conn.execute(f"SELECT {_STATE_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
     if row is None:
-        raise NotFound(f"Job {job_id} not found", field="job_id")
+        raise NotFoundError(f"Job {job_id} not found", field="job_id")
     return _state(row)
 
 
@@ -145,12 +159,12 @@ def list_jobs(
             count_where.append(f"{column} = ?")
             count_args.append(value)
     rows = conn.execute(
-        f"SELECT seq, {_STATE_COLUMNS} FROM jobs WHERE {' AND '.join(where)} "  # noqa: S608 (fixed column names)
-        "ORDER BY seq LIMIT ?",
+        f"SELECT seq, {_STATE_COLUMNS} FROM jobs WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
         (*args, limit + 1),
     ).fetchall()
     total = conn.execute(
-        "SELECT count(*) FROM jobs" + (f" WHERE {' AND '.join(count_where)}" if count_where else ""),
+        "SELECT count(*) FROM jobs"
+        + (f" WHERE {' AND '.join(count_where)}" if count_where else ""),
         count_args,
     ).fetchone()[0]
     more = len(rows) > limit
@@ -162,19 +176,19 @@ def list_jobs(
 def get_result(conn: sqlite3.Connection, job_id: str) -> Any:
     row = conn.execute("SELECT result, status FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
     if row is None:
-        raise NotFound(f"Job {job_id} not found", field="job_id")
+        raise NotFoundError(f"Job {job_id} not found", field="job_id")
     if row[0] is None:
-        raise NotFound(f"Job {job_id} has no result (status {row[1]})", field="job_id")
+        raise NotFoundError(f"Job {job_id} has no result (status {row[1]})", field="job_id")
     return json.loads(row[0])
 
 
-def get_outcomes(conn: sqlite3.Connection, job_ids: Sequence[str]
-                 ) -> list[tuple[JobState, Any]]:
+def get_outcomes(conn: sqlite3.Connection, job_ids: Sequence[str]) -> list[tuple[JobState, Any]]:
     """State and result of each existing job among `job_ids`."""
     outcomes = []
     for job_id in job_ids:
-        row = conn.execute(f"SELECT {_STATE_COLUMNS}, result FROM jobs WHERE job_id = ?",
-                           (job_id,)).fetchone()
+        row = conn.execute(
+            f"SELECT {_STATE_COLUMNS}, result FROM jobs WHERE job_id = ?", (job_id,)
+        ).fetchone()
         if row is not None:
             outcomes.append((_state(row[:-1]), None if row[-1] is None else json.loads(row[-1])))
     return outcomes
@@ -202,8 +216,9 @@ def count_by_status(conn: sqlite3.Connection) -> dict[str, int]:
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """A connection with the agent's pragmas; migrations run on read-write opens."""
     if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
-                               check_same_thread=False)
+        conn = sqlite3.connect(
+            f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+        )
         conn.execute("PRAGMA busy_timeout = 5000")
         return conn
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -231,25 +246,34 @@ def _migrate(conn: sqlite3.Connection) -> None:
 # --- write operations: each runs inside the group transaction ---
 
 
-def _record_transition(conn: sqlite3.Connection, job_id: str, status: JobStatus, at: str,
-                       reason: str | None = None) -> None:
-    conn.execute("INSERT INTO transitions (job_id, status, at, reason) VALUES (?, ?, ?, ?)",
-                 (job_id, status.value, at, reason))
+def _record_transition(
+    conn: sqlite3.Connection, job_id: str, status: JobStatus, at: str, reason: str | None = None
+) -> None:
+    conn.execute(
+        "INSERT INTO transitions (job_id, status, at, reason) VALUES (?, ?, ?, ?)",
+        (job_id, status.value, at, reason),
+    )
 
 
-def _insert_jobs(conn: sqlite3.Connection, jobs: Sequence[NewJob]
-                 ) -> list[tuple[JobState, PendingJob | None] | AgentError]:
-    """Per job: (state, pending-if-new) or the Conflict; never aborts the batch."""
+def _insert_jobs(
+    conn: sqlite3.Connection, jobs: Sequence[NewJob]
+) -> list[tuple[JobState, PendingJob | None] | AgentError]:
+    """Per job: (state, pending-if-new) or the ConflictError; never aborts the batch."""
     outcomes: list[tuple[JobState, PendingJob | None] | AgentError] = []
     now = utc_now()
     for job in jobs:
-        existing = conn.execute("SELECT fingerprint FROM jobs WHERE job_id = ?",
-                                (job.job_id,)).fetchone()
+        existing = conn.execute(
+            "SELECT fingerprint FROM jobs WHERE job_id = ?", (job.job_id,)
+        ).fetchone()
         if existing is not None:
             if existing[0] != job.fingerprint:
-                outcomes.append(Conflict(
-                    f"Job {job.job_id} already exists with a different document",
-                    field="job_id", reason="job_id is taken by a different document"))
+                outcomes.append(
+                    ConflictError(
+                        f"Job {job.job_id} already exists with a different document",
+                        field="job_id",
+                        reason="job_id is taken by a different document",
+                    )
+                )
             else:
                 outcomes.append((get_job(conn, job.job_id), None))
             continue
@@ -257,15 +281,37 @@ def _insert_jobs(conn: sqlite3.Connection, jobs: Sequence[NewJob]
         cursor = conn.execute(
             "INSERT INTO jobs (job_id, operation, status, priority, transport, document, "
             "fingerprint, timeout_seconds, submitted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (job.job_id, job.operation, JobStatus.PENDING.value, job.priority, job.transport,
-             document, job.fingerprint, job.timeout_seconds, now),
+            (
+                job.job_id,
+                job.operation,
+                JobStatus.PENDING.value,
+                job.priority,
+                job.transport,
+                document,
+                job.fingerprint,
+                job.timeout_seconds,
+                now,
+            ),
         )
-        _record_transition(conn, job.job_id, JobStatus.PENDING, now, f"submitted via {job.transport}")
-        state = JobState(job_id=job.job_id, operation=job.operation, status=JobStatus.PENDING,
-                         submitted_at=now, transport=job.transport, priority=job.priority)
-        pending = PendingJob(seq=cursor.lastrowid or 0, job_id=job.job_id,
-                             operation=job.operation, priority=job.priority,
-                             document=job.document, timeout_seconds=job.timeout_seconds)
+        _record_transition(
+            conn, job.job_id, JobStatus.PENDING, now, f"submitted via {job.transport}"
+        )
+        state = JobState(
+            job_id=job.job_id,
+            operation=job.operation,
+            status=JobStatus.PENDING,
+            submitted_at=now,
+            transport=job.transport,
+            priority=job.priority,
+        )
+        pending = PendingJob(
+            seq=cursor.lastrowid or 0,
+            job_id=job.job_id,
+            operation=job.operation,
+            priority=job.priority,
+            document=job.document,
+            timeout_seconds=job.timeout_seconds,
+        )
         outcomes.append((state, pending))
     return outcomes
 
@@ -283,16 +329,29 @@ def _mark_running(conn: sqlite3.Connection, job_id: str) -> JobState | None:
     return get_job(conn, job_id)
 
 
-def _finish(conn: sqlite3.Connection, job_id: str, status: JobStatus, result: Any,
-            error: str | None, only_from: Iterable[JobStatus]) -> JobState | None:
+def _finish(
+    conn: sqlite3.Connection,
+    job_id: str,
+    *,
+    status: JobStatus,
+    result: Any,
+    error: str | None,
+    only_from: Iterable[JobStatus],
+) -> JobState | None:
     now = utc_now()
     allowed = [s.value for s in only_from]
     marks = ",".join("?" * len(allowed))
     updated = conn.execute(
-        f"UPDATE jobs SET status = ?, completed_at = ?, result = ?, error = ? "  # noqa: S608 (placeholders only)
+        f"UPDATE jobs SET status = ?, completed_at = ?, result = ?, error = ? "
         f"WHERE job_id = ? AND status IN ({marks})",
-        (status.value, now, None if result is None else json.dumps(result), error, job_id,
-         *allowed),
+        (
+            status.value,
+            now,
+            None if result is None else json.dumps(result),
+            error,
+            job_id,
+            *allowed,
+        ),
     ).rowcount
     if not updated:
         return None
@@ -302,8 +361,10 @@ def _finish(conn: sqlite3.Connection, job_id: str, status: JobStatus, result: An
 
 def _add_event(conn: sqlite3.Connection, job_id: str, kind: str, data: dict[str, Any]) -> str:
     now = utc_now()
-    conn.execute("INSERT INTO job_events (job_id, at, type, data) VALUES (?, ?, ?, ?)",
-                 (job_id, now, kind, json.dumps(data)))
+    conn.execute(
+        "INSERT INTO job_events (job_id, at, type, data) VALUES (?, ?, ?, ?)",
+        (job_id, now, kind, json.dumps(data)),
+    )
     if kind == "progress" and data.get("percent") is not None:
         conn.execute("UPDATE jobs SET progress = ? WHERE job_id = ?", (data["percent"], job_id))
     return now
@@ -313,19 +374,30 @@ def _recover(conn: sqlite3.Connection, rerun_safe: Callable[[str], bool]) -> Rec
     now = utc_now()
     requeued: list[str] = []
     failed: list[str] = []
-    rows = conn.execute("SELECT job_id, operation FROM jobs WHERE status IN (?, ?)",
-                        (JobStatus.RUNNING.value, JobStatus.ASSIGNED.value)).fetchall()
+    rows = conn.execute(
+        "SELECT job_id, operation FROM jobs WHERE status IN (?, ?)",
+        (JobStatus.RUNNING.value, JobStatus.ASSIGNED.value),
+    ).fetchall()
     for job_id, operation in rows:
         if rerun_safe(operation):
-            conn.execute("UPDATE jobs SET status = ?, progress = NULL WHERE job_id = ?",
-                         (JobStatus.PENDING.value, job_id))
-            _record_transition(conn, job_id, JobStatus.PENDING, now,
-                               "agent restarted mid-job; re-queued (safe to re-run)")
+            conn.execute(
+                "UPDATE jobs SET status = ?, progress = NULL WHERE job_id = ?",
+                (JobStatus.PENDING.value, job_id),
+            )
+            _record_transition(
+                conn,
+                job_id,
+                JobStatus.PENDING,
+                now,
+                "agent restarted mid-job; re-queued (safe to re-run)",
+            )
             requeued.append(job_id)
         else:
             error = "The agent restarted while the job was running; it is not safe to re-run"
-            conn.execute("UPDATE jobs SET status = ?, completed_at = ?, error = ? "
-                         "WHERE job_id = ?", (JobStatus.FAILED.value, now, error, job_id))
+            conn.execute(
+                "UPDATE jobs SET status = ?, completed_at = ?, error = ? WHERE job_id = ?",
+                (JobStatus.FAILED.value, now, error, job_id),
+            )
             _record_transition(conn, job_id, JobStatus.FAILED, now, error)
             failed.append(job_id)
     return Recovery(requeued=requeued, failed=failed)
@@ -334,7 +406,9 @@ def _recover(conn: sqlite3.Connection, rerun_safe: Callable[[str], bool]) -> Rec
 def _pending_jobs(conn: sqlite3.Connection) -> list[PendingJob]:
     rows = conn.execute(
         "SELECT seq, job_id, operation, priority, document, timeout_seconds FROM jobs "
-        "WHERE status = ? ORDER BY seq", (JobStatus.PENDING.value,)).fetchall()
+        "WHERE status = ? ORDER BY seq",
+        (JobStatus.PENDING.value,),
+    ).fetchall()
     return [_pending(row) for row in rows]
 
 
@@ -366,7 +440,8 @@ class Store:
     async def read(self, query: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
         """Run one of this module's query functions off the trio thread."""
         return await trio.to_thread.run_sync(
-            lambda: query(self._reader, *args, **kwargs), limiter=self._read_limiter)
+            lambda: query(self._reader, *args, **kwargs), limiter=self._read_limiter
+        )
 
     # -- writes --
 
@@ -409,10 +484,12 @@ class Store:
             for item in batch:
                 item.error = AgentError(f"job store write failed: {exc}")
 
-    async def insert_jobs(self, jobs: Sequence[NewJob]
-                          ) -> list[tuple[JobState, PendingJob | None] | AgentError]:
+    async def insert_jobs(
+        self, jobs: Sequence[NewJob]
+    ) -> list[tuple[JobState, PendingJob | None] | AgentError]:
         result: list[tuple[JobState, PendingJob | None] | AgentError] = await self._write(
-            lambda conn: _insert_jobs(conn, jobs))
+            lambda conn: _insert_jobs(conn, jobs)
+        )
         return result
 
     async def mark_running(self, job_id: str) -> JobState | None:
@@ -420,13 +497,22 @@ class Store:
         state: JobState | None = await self._write(lambda conn: _mark_running(conn, job_id))
         return state
 
-    async def finish(self, job_id: str, status: JobStatus, *, result: Any = None,
-                     error: str | None = None,
-                     only_from: Iterable[JobStatus] = (JobStatus.RUNNING,)) -> JobState | None:
+    async def finish(
+        self,
+        job_id: str,
+        status: JobStatus,
+        *,
+        result: Any = None,
+        error: str | None = None,
+        only_from: Iterable[JobStatus] = (JobStatus.RUNNING,),
+    ) -> JobState | None:
         """Record a terminal status; None if the job was not in one of `only_from`."""
         allowed = tuple(only_from)
         state: JobState | None = await self._write(
-            lambda conn: _finish(conn, job_id, status, result, error, allowed))
+            lambda conn: _finish(
+                conn, job_id, status=status, result=result, error=error, only_from=allowed
+            )
+        )
         return state
 
     async def add_event(self, job_id: str, kind: str, data: dict[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shutil
@@ -32,8 +33,10 @@ class SleepPayload(BaseModel):
 
     seconds: float = Field(ge=0, le=7 * 24 * 3600)
     child_process: bool = Field(
-        default=False, description="Sleep in a child process (`sleep`), to test that "
-        "timeouts and cancellation stop processes a handler started")
+        default=False,
+        description="Sleep in a child process (`sleep`), to test that "
+        "timeouts and cancellation stop processes a handler started",
+    )
 
 
 @handler("system.sleep", payload=SleepPayload, rerun_safe=True)
@@ -43,8 +46,10 @@ async def sleep(payload: SleepPayload, ctx: JobContext) -> dict[str, Any]:
 
     async def report_each_second() -> None:
         while (elapsed := trio.current_time() - started) < payload.seconds:
-            await ctx.progress(100 * elapsed / payload.seconds if payload.seconds else 100,
-                               elapsed_seconds=round(elapsed, 3))
+            await ctx.progress(
+                100 * elapsed / payload.seconds if payload.seconds else 100,
+                elapsed_seconds=round(elapsed, 3),
+            )
             await trio.sleep(min(1.0, payload.seconds - elapsed))
 
     async with trio.open_nursery() as nursery:
@@ -64,7 +69,7 @@ class InfoPayload(BaseModel):
 
 def _meminfo() -> dict[str, int]:
     facts: dict[str, int] = {}
-    with open("/proc/meminfo") as meminfo:  # noqa: PTH123 (a /proc read, not a path API)
+    with open("/proc/meminfo") as meminfo:
         for line in meminfo:
             key, _, rest = line.partition(":")
             if key in ("MemTotal", "MemAvailable", "SwapTotal"):
@@ -75,34 +80,39 @@ def _meminfo() -> dict[str, int]:
 def _disks() -> list[dict[str, Any]]:
     disks = []
     seen: set[int] = set()
-    with open("/proc/mounts") as mounts:  # noqa: PTH123
+    with open("/proc/mounts") as mounts:
         for line in mounts:
             device, mountpoint, fstype = line.split()[:3]
             if not device.startswith("/dev/"):
                 continue
             try:
-                dev = os.stat(mountpoint).st_dev  # noqa: PTH116
+                dev = os.stat(mountpoint).st_dev
                 usage = shutil.disk_usage(mountpoint)
             except OSError:
                 continue
             if dev in seen:
                 continue
             seen.add(dev)
-            disks.append({"device": device, "mountpoint": mountpoint, "fstype": fstype,
-                          "total_bytes": usage.total, "free_bytes": usage.free})
+            disks.append(
+                {
+                    "device": device,
+                    "mountpoint": mountpoint,
+                    "fstype": fstype,
+                    "total_bytes": usage.total,
+                    "free_bytes": usage.free,
+                }
+            )
     return disks
 
 
 def host_facts() -> dict[str, Any]:
     """Facts about this host; blocking (reads /proc), so call it in a thread."""
     memory = _meminfo()
-    with open("/proc/uptime") as uptime:  # noqa: PTH123
+    with open("/proc/uptime") as uptime:
         uptime_seconds = float(uptime.read().split()[0])
     os_release: dict[str, str] = {}
-    try:
+    with contextlib.suppress(OSError):  # not every system has one; kernel facts still stand
         os_release = platform.freedesktop_os_release()
-    except OSError:
-        pass  # not every system has one; the kernel facts still stand
     return {
         "hostname": socket.gethostname(),
         "os": os_release.get("PRETTY_NAME", platform.system()),

@@ -13,8 +13,9 @@ if TYPE_CHECKING:
 class Transport(Protocol):
     name: str
 
-    async def run(self, intake: Intake, *,
-                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, intake: Intake, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Serve until cancelled; call task_status.started() once taking jobs."""
 
 

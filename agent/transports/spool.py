@@ -36,7 +36,7 @@ import trio
 import watchfiles
 
 from agent.config import SpoolConfig
-from agent.errors import AgentError, QueueFull, ValidationError
+from agent.errors import AgentError, QueueFullError, ValidationError
 from agent.intake import Intake, Submission
 from agent.jobs import JOB_ID_PATTERN, JobState
 from agent.store import NewJob
@@ -90,8 +90,24 @@ def write_durably(path: Path, data: bytes) -> None:
     temporary.replace(path)
 
 
-def _error(code: str, reason: str, field: str | None = None) -> dict[str, Any]:
-    return {"error": code, "field": field, "reason": reason}
+def _error_of(exc: AgentError) -> dict[str, Any]:
+    return {**exc.details, "error": exc.code, "message": exc.message}
+
+
+class _RefusedError(Exception):
+    """A spool entry that is not a job, with the report for failed/."""
+
+    def __init__(self, code: str, reason: str, field: str) -> None:
+        super().__init__(reason)
+        self.error: dict[str, Any] = {"error": code, "field": field, "reason": reason}
+
+    @classmethod
+    def of(cls, exc: AgentError) -> _RefusedError:
+        refusal = cls(
+            exc.code, exc.details.get("reason", exc.message), exc.details.get("field", "")
+        )
+        refusal.error = _error_of(exc)
+        return refusal
 
 
 class SpoolTransport:
@@ -113,8 +129,9 @@ class SpoolTransport:
 
     # -- the task --
 
-    async def run(self, intake: Intake, *,
-                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, intake: Intake, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         await trio.to_thread.run_sync(self._make_dirs)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -143,13 +160,21 @@ class SpoolTransport:
                     self._candidates[entry.name] = None
         self._wake()
 
-    async def _watch(self, intake: Intake, *,
-                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def _watch(
+        self, intake: Intake, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         incoming, cancel = str(self.dirs["incoming"]), str(self.dirs["cancel"])
         started = False
         async for changes in watchfiles.awatch(
-                incoming, cancel, watch_filter=None, step=self.config.watch_step_ms,
-                debounce=50, recursive=False, yield_on_timeout=True, rust_timeout=1000):
+            incoming,
+            cancel,
+            watch_filter=None,
+            step=self.config.watch_step_ms,
+            debounce=50,
+            recursive=False,
+            yield_on_timeout=True,
+            rust_timeout=1000,
+        ):
             if not started:
                 task_status.started()
                 started = True
@@ -207,69 +232,62 @@ class SpoolTransport:
                 if isinstance(item, _Unsettled):
                     self._unsettled[item.name] = trio.current_time() + item.retry_in
             if ready:
-                try:
-                    answers = await intake.submit_prepared([item.job for item in ready])
-                except QueueFull:
-                    # Leave the files where they are; look again when the queue drains.
-                    for item in ready:
-                        self._unsettled[item.name] = trio.current_time() + 1.0
-                    log.warning("spool.queue_full", waiting=len(ready))
-                    answers = []
-                    ready = []
-                claimed: list[tuple[str, Submission]] = []
-                for item, answer in zip(ready, answers, strict=True):
-                    if isinstance(answer, AgentError):
-                        refused.append(_Refused(item.name, {**answer.to_dict()["details"],
-                                                            "error": answer.code,
-                                                            "message": answer.message}))
-                    else:
-                        claimed.append((item.name, answer))
-                        self._claiming.add(answer.state.job_id)
-                await trio.to_thread.run_sync(self._move_to_active, claimed)
-                for _, answer in claimed:
-                    job_id = answer.state.job_id
-                    self._claiming.discard(job_id)
-                    if answer.state.status.terminal or job_id in self._finished_while_claiming:
-                        self._finished_while_claiming.discard(job_id)
-                        self._queue_finalize(job_id)
+                refused += await self._claim(intake, ready)
             if refused:
                 await trio.to_thread.run_sync(self._quarantine_all, refused)
 
-    def _examine_all(self, intake: Intake, names: list[str]) -> list[_Ready | _Refused | _Unsettled]:
+    async def _claim(self, intake: Intake, ready: list[_Ready]) -> list[_Refused]:
+        """Record the jobs, then move their files to active/; answers what was refused."""
+        try:
+            answers = await intake.submit_prepared([item.job for item in ready])
+        except QueueFullError:
+            # Leave the files where they are; look again when the queue drains.
+            for item in ready:
+                self._unsettled[item.name] = trio.current_time() + 1.0
+            log.warning("spool.queue_full", waiting=len(ready))
+            return []
+        claimed: list[tuple[str, Submission]] = []
+        refused: list[_Refused] = []
+        for item, answer in zip(ready, answers, strict=True):
+            if isinstance(answer, AgentError):
+                refused.append(_Refused(item.name, _error_of(answer)))
+            else:
+                claimed.append((item.name, answer))
+                self._claiming.add(answer.state.job_id)
+        await trio.to_thread.run_sync(self._move_to_active, claimed)
+        for _, answer in claimed:
+            job_id = answer.state.job_id
+            self._claiming.discard(job_id)
+            if answer.state.status.terminal or job_id in self._finished_while_claiming:
+                self._finished_while_claiming.discard(job_id)
+                self._queue_finalize(job_id)
+        return refused
+
+    def _examine_all(
+        self, intake: Intake, names: list[str]
+    ) -> list[_Ready | _Refused | _Unsettled]:
         looked: list[_Ready | _Refused | _Unsettled] = []
         for name in names:
-            item = self._examine(intake, name)
+            item: _Ready | _Refused | _Unsettled | None
+            try:
+                item = self._examine(intake, name)
+            except _RefusedError as refusal:
+                item = _Refused(name, refusal.error)
             if item is not None:
                 looked.append(item)
         return looked
 
-    def _examine(self, intake: Intake, name: str) -> _Ready | _Refused | _Unsettled | None:
-        """Decide about one file in incoming/; None when it is gone."""
+    def _examine(self, intake: Intake, name: str) -> _Ready | _Unsettled | None:
+        """Decide about one file in incoming/: None when it is gone, _RefusedError
+        when it is not a job."""
         try:
             name.encode()
         except UnicodeEncodeError:
-            return _Refused(name, _error("BAD_REQUEST", "file name is not valid UTF-8", "name"))
-        path = self.dirs["incoming"] / name
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-                         | os.O_NOCTTY)
-        except FileNotFoundError:
+            raise _RefusedError("BAD_REQUEST", "file name is not valid UTF-8", "name") from None
+        read = self._read_safely(self.dirs["incoming"] / name)
+        if read is None:
             return None
-        except OSError as exc:
-            reason = ("symbolic links are refused" if exc.errno == errno.ELOOP
-                      else f"cannot open: {os.strerror(exc.errno or 0)}")
-            return _Refused(name, _error("FORBIDDEN", reason, "file"))
-        try:
-            info = os.fstat(fd)
-            refusal = self._refusal(info)
-            if refusal is not None:
-                return _Refused(name, _error("FORBIDDEN", refusal, "file"))
-            data = os.read(fd, self.config.max_file_bytes + 1)
-        finally:
-            os.close(fd)
-        if len(data) > self.config.max_file_bytes:
-            return _Refused(name, _error("PAYLOAD_TOO_LARGE", "file grew over the size limit",
-                                         "file"))
+        data, info = read
         try:
             raw = json.loads(data)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -277,15 +295,36 @@ class SpoolTransport:
             if unchanged_for < self.config.settle_seconds:
                 # Possibly still being copied in: look again once it has settled.
                 return _Unsettled(name, self.config.settle_seconds - unchanged_for + 0.05)
-            return _Refused(name, _error("VALIDATION_ERROR", f"not valid JSON: {exc}",
-                                         "document"))
-        stable_id = uuid.uuid5(_SPOOL_ID_NAMESPACE, "\0".join((
-            name, str(info.st_ino), str(info.st_ctime_ns), hashlib.sha256(data).hexdigest())))
+            raise _RefusedError("VALIDATION_ERROR", f"not valid JSON: {exc}", "document") from exc
+        identity = (name, str(info.st_ino), str(info.st_ctime_ns), hashlib.sha256(data).hexdigest())
+        stable_id = uuid.uuid5(_SPOOL_ID_NAMESPACE, "\0".join(identity))
         try:
-            job = intake.prepare(raw, transport=self.name, job_id=str(stable_id))
+            return _Ready(name, intake.prepare(raw, transport=self.name, job_id=str(stable_id)))
         except ValidationError as exc:
-            return _Refused(name, {**exc.details, "error": exc.code, "message": exc.message})
-        return _Ready(name, job)
+            raise _RefusedError.of(exc) from exc
+
+    def _read_safely(self, path: Path) -> tuple[bytes, os.stat_result] | None:
+        """The file's bytes, never through a link nor from anything but a plain file."""
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+        try:
+            fd = os.open(path, flags)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise _RefusedError("FORBIDDEN", "symbolic links are refused", "file") from exc
+            raise _RefusedError("FORBIDDEN", f"cannot open: {exc.strerror}", "file") from exc
+        try:
+            info = os.fstat(fd)
+            refusal = self._refusal(info)
+            if refusal is not None:
+                raise _RefusedError("FORBIDDEN", refusal, "file")
+            data = os.read(fd, self.config.max_file_bytes + 1)
+        finally:
+            os.close(fd)
+        if len(data) > self.config.max_file_bytes:
+            raise _RefusedError("PAYLOAD_TOO_LARGE", "file grew over the size limit", "file")
+        return data, info
 
     def _refusal(self, info: os.stat_result) -> str | None:
         if stat.S_ISDIR(info.st_mode):
@@ -297,15 +336,16 @@ class SpoolTransport:
         if self.config.allowed_uids and info.st_uid not in self.config.allowed_uids:
             return f"owner uid {info.st_uid} is not allowed"
         if info.st_size > self.config.max_file_bytes:
-            return (f"file is {info.st_size} bytes, over the limit of "
-                    f"{self.config.max_file_bytes}")
+            return f"file is {info.st_size} bytes, over the limit of {self.config.max_file_bytes}"
         return None
 
     def _move_to_active(self, claimed: list[tuple[str, Submission]]) -> None:
         for name, answer in claimed:
             with contextlib.suppress(FileNotFoundError):  # a twin file already moved it
-                os.rename(self.dirs["incoming"] / name,
-                          self.dirs["active"] / document_name(answer.state.job_id))
+                os.rename(
+                    self.dirs["incoming"] / name,
+                    self.dirs["active"] / document_name(answer.state.job_id),
+                )
 
     def _quarantine_all(self, refused: list[_Refused]) -> None:
         for item in refused:
@@ -318,19 +358,28 @@ class SpoolTransport:
                 os.rename(self.dirs["incoming"] / item.name, target)
             except FileNotFoundError:
                 continue
-            report = {"file": item.name.encode(errors="surrogateescape").decode(errors="replace"),
-                      "quarantined_as": target.name, "at": time.time(), **item.error}
-            write_durably(target.with_name(f"{target.name}.error.json"),
-                          json.dumps(report, indent=2).encode())
+            report = {
+                "file": item.name.encode(errors="surrogateescape").decode(errors="replace"),
+                "quarantined_as": target.name,
+                "at": time.time(),
+                **item.error,
+            }
+            write_durably(
+                target.with_name(f"{target.name}.error.json"), json.dumps(report, indent=2).encode()
+            )
             self.quarantined += 1
-            log.warning("spool.quarantined", file=report["file"], reason=item.error.get("reason"),
-                        field=item.error.get("field"))
+            log.warning(
+                "spool.quarantined",
+                file=report["file"],
+                reason=item.error.get("reason"),
+                field=item.error.get("field"),
+            )
 
     # -- finishing --
 
-    async def _follow_completions(self, intake: Intake, *,
-                                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                                  ) -> None:
+    async def _follow_completions(
+        self, intake: Intake, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         first = True
         while True:
             with intake.events(buffer=65536) as subscription:
@@ -341,8 +390,11 @@ class SpoolTransport:
                     await self._reconcile_active(intake)  # we lagged: catch up from the store
                 async for event in subscription.receive:
                     data = event["data"]
-                    if (event["type"] == "status" and data.get("transport") == self.name
-                            and data["status"] in ("Completed", "Failed", "Cancelled")):
+                    if (
+                        event["type"] == "status"
+                        and data.get("transport") == self.name
+                        and data["status"] in ("Completed", "Failed", "Cancelled")
+                    ):
                         job_id = event["job_id"]
                         if job_id in self._claiming:
                             self._finished_while_claiming.add(job_id)
@@ -368,19 +420,25 @@ class SpoolTransport:
         for state, result in outcomes:
             job_id = state.job_id
             record = {**state.model_dump(mode="json"), "result": result}
-            write_durably(self.dirs["done"] / result_name(job_id),
-                          json.dumps(record, indent=2).encode())
+            write_durably(
+                self.dirs["done"] / result_name(job_id), json.dumps(record, indent=2).encode()
+            )
             with contextlib.suppress(FileNotFoundError):  # already moved on an earlier pass
-                os.rename(self.dirs["active"] / document_name(job_id),
-                          self.dirs["done"] / document_name(job_id))
+                os.rename(
+                    self.dirs["active"] / document_name(job_id),
+                    self.dirs["done"] / document_name(job_id),
+                )
 
     async def _reconcile_active(self, intake: Intake) -> None:
         """Finish moving jobs that ended while their files were not followed."""
         names = await trio.to_thread.run_sync(os.listdir, self.dirs["active"])
-        job_ids = [name.removesuffix(".job.json") for name in names
-                   if name.endswith(".job.json") and not name.startswith(".")]
+        job_ids = [
+            name.removesuffix(".job.json")
+            for name in names
+            if name.endswith(".job.json") and not name.startswith(".")
+        ]
         for start in range(0, len(job_ids), 512):
-            outcomes = await intake.outcomes(job_ids[start:start + 512])
+            outcomes = await intake.outcomes(job_ids[start : start + 512])
             finished = [item for item in outcomes if item[0].status.terminal]
             if finished:
                 await trio.to_thread.run_sync(self._write_results, finished)
