@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import signal
+from typing import Any
 
 import structlog
 import trio
 
+from agent.capabilities import Capabilities
 from agent.config import Config
 from agent.dispatcher import Dispatcher
 from agent.events import EventBus
 from agent.handlers import system
+from agent.health import Health, Status
 from agent.intake import Intake
 from agent.registry import Registry
-from agent.store import Store
+from agent.store import Store, count_by_status
 from agent.transports import Transport
 from agent.transports.spool import SpoolTransport
 
@@ -41,6 +44,9 @@ class Agent:
             default_timeout=config.default_timeout_seconds,
             max_timeout=config.max_timeout_seconds,
         )
+        self.capabilities = Capabilities(config, self.registry)
+        self.health = Health()
+        self.health.add("store", self._store_health)
         self.intake = Intake(
             self.registry,
             self.store,
@@ -48,6 +54,8 @@ class Agent:
             self.bus,
             max_pending=config.max_pending_jobs,
             max_timeout=config.max_timeout_seconds,
+            capabilities=self.capabilities,
+            health=self.health,
         )
         self.transports: list[Transport] = []
         if config.spool.enabled:
@@ -55,6 +63,15 @@ class Agent:
             self.transports.append(self.spool)
         else:
             self.spool = None
+
+    async def _store_health(self) -> tuple[Status, str, dict[str, Any]]:
+        counts = await self.store.read(count_by_status)
+        figures = {
+            "queue_depth": self.dispatcher.queue_depth,
+            "running": self.dispatcher.running_count,
+            "jobs": counts,
+        }
+        return "healthy", "job store answers", figures
 
     async def run(self, *, task_status: trio.TaskStatus[Agent] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled; started() once every transport is taking jobs."""

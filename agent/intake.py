@@ -11,9 +11,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from agent.capabilities import Capabilities
 from agent.dispatcher import Dispatcher
 from agent.errors import AgentError, QueueFullError
 from agent.events import EventBus, Subscription
+from agent.health import Health
 from agent.jobs import JobState, fingerprint, format_timestamp, new_job_id, parse_document, utc_now
 from agent.registry import Registry
 from agent.store import (
@@ -76,6 +78,8 @@ class Intake:
         *,
         max_pending: int,
         max_timeout: float,
+        capabilities: Capabilities,
+        health: Health,
     ) -> None:
         self.registry = registry
         self._store = store
@@ -83,6 +87,10 @@ class Intake:
         self._bus = bus
         self._max_pending = max_pending
         self._max_timeout = max_timeout
+        self._capabilities = capabilities
+        self._health = health
+        # False while the agent drains for shutdown: transports stop taking jobs.
+        self.accepting = True
 
     def prepare(self, raw: object, *, transport: str, job_id: str | None = None) -> NewJob:
         return prepare_job(
@@ -151,6 +159,12 @@ class Intake:
 
     async def cancel(self, job_id: str) -> JobState:
         return await self._dispatcher.cancel(job_id)
+
+    async def capabilities(self) -> dict[str, Any]:
+        return await self._capabilities.describe()
+
+    async def health(self) -> dict[str, Any]:
+        return await self._health.report()
 
     @contextmanager
     def events(self, *, buffer: int = 1024) -> Iterator[Subscription]:
