@@ -38,7 +38,7 @@ class SpoolConfig(_Section):
     settle_seconds: float = Field(default=2.0, ge=0)
     rescan_seconds: float = Field(default=30.0, gt=0)
     # watchfiles' rust loop wakes every step ms; it bounds drop->claim latency.
-    watch_step_ms: int = Field(default=2, ge=1)
+    watch_step_ms: int = Field(default=1, ge=1)
     claim_batch: int = Field(default=256, ge=1)
 
 

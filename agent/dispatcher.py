@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import pydantic
 import structlog
 import trio
 from pydantic import BaseModel
@@ -16,7 +17,7 @@ from pydantic import BaseModel
 from agent.context import JobContext
 from agent.errors import AgentError, ConflictError
 from agent.events import EventBus
-from agent.jobs import JobDocument, JobState, JobStatus
+from agent.jobs import JobState, JobStatus
 from agent.registry import Registry
 from agent.store import PendingJob, Store, get_job
 
@@ -147,13 +148,12 @@ class Dispatcher:
         bound = log.bind(job_id=job.job_id, operation=job.operation)
         try:
             found = self._registry.get(job.operation)
-            payload: BaseModel = self._registry.validate_payload(
-                JobDocument.model_validate(job.document)
-            )
-        except AgentError as exc:
+            # Validated at intake already; parsed again into the handler's model.
+            payload: BaseModel = found.payload_model.model_validate(job.document["payload"]["data"])
+        except (AgentError, pydantic.ValidationError) as exc:
             # The handler went away since the job was accepted (upgrade/config change).
             state = await self._store.finish(
-                job.job_id, JobStatus.FAILED, error=exc.message, only_from=(JobStatus.PENDING,)
+                job.job_id, JobStatus.FAILED, error=str(exc), only_from=(JobStatus.PENDING,)
             )
             if state is not None:
                 self._publish_status(state)

@@ -318,15 +318,15 @@ def _insert_jobs(
 
 def _mark_running(conn: sqlite3.Connection, job_id: str) -> JobState | None:
     now = utc_now()
-    updated = conn.execute(
+    row = conn.execute(
         "UPDATE jobs SET status = ?, started_at = ?, attempts = attempts + 1, progress = NULL "
-        "WHERE job_id = ? AND status = ?",
+        f"WHERE job_id = ? AND status = ? RETURNING {_STATE_COLUMNS}",
         (JobStatus.RUNNING.value, now, job_id, JobStatus.PENDING.value),
-    ).rowcount
-    if not updated:
+    ).fetchone()
+    if row is None:
         return None
     _record_transition(conn, job_id, JobStatus.RUNNING, now)
-    return get_job(conn, job_id)
+    return _state(row)
 
 
 def _finish(
@@ -341,9 +341,9 @@ def _finish(
     now = utc_now()
     allowed = [s.value for s in only_from]
     marks = ",".join("?" * len(allowed))
-    updated = conn.execute(
+    row = conn.execute(
         f"UPDATE jobs SET status = ?, completed_at = ?, result = ?, error = ? "
-        f"WHERE job_id = ? AND status IN ({marks})",
+        f"WHERE job_id = ? AND status IN ({marks}) RETURNING {_STATE_COLUMNS}",
         (
             status.value,
             now,
@@ -352,11 +352,11 @@ def _finish(
             job_id,
             *allowed,
         ),
-    ).rowcount
-    if not updated:
+    ).fetchone()
+    if row is None:
         return None
     _record_transition(conn, job_id, status, now, error)
-    return get_job(conn, job_id)
+    return _state(row)
 
 
 def _add_event(conn: sqlite3.Connection, job_id: str, kind: str, data: dict[str, Any]) -> str:

@@ -50,6 +50,8 @@ _SPOOL_ID_NAMESPACE = uuid.UUID("6f1c4a52-8e0b-4c44-9a53-3d2f7c1e9b10")
 # A change set this large may mean the kernel queue overflowed: rescan.
 _BURST_RESCAN = 4096
 _JOB_ID_RE = re.compile(JOB_ID_PATTERN)
+_FINALIZE_THREADS = 4
+_FINALIZE_CHUNK = 64
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,8 @@ def result_name(job_id: str) -> str:
 
 def write_durably(path: Path, data: bytes) -> None:
     """Write a file so that a reader (or a crash) never sees it half-written."""
-    temporary = path.with_name(f".{path.name}.tmp")
+    # Unique per writer: two writers of the same file must not share a temporary.
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
     try:
         os.write(fd, data)
@@ -296,10 +299,17 @@ class SpoolTransport:
                 # Possibly still being copied in: look again once it has settled.
                 return _Unsettled(name, self.config.settle_seconds - unchanged_for + 0.05)
             raise _RefusedError("VALIDATION_ERROR", f"not valid JSON: {exc}", "document") from exc
-        identity = (name, str(info.st_ino), str(info.st_ctime_ns), hashlib.sha256(data).hexdigest())
-        stable_id = uuid.uuid5(_SPOOL_ID_NAMESPACE, "\0".join(identity))
+        stable_id = None
+        if isinstance(raw, dict) and not raw.get("job_id"):
+            identity = (
+                name,
+                str(info.st_ino),
+                str(info.st_ctime_ns),
+                hashlib.sha256(data).hexdigest(),
+            )
+            stable_id = str(uuid.uuid5(_SPOOL_ID_NAMESPACE, "\0".join(identity)))
         try:
-            return _Ready(name, intake.prepare(raw, transport=self.name, job_id=str(stable_id)))
+            return _Ready(name, intake.prepare(raw, transport=self.name, job_id=stable_id))
         except ValidationError as exc:
             raise _RefusedError.of(exc) from exc
 
@@ -406,28 +416,43 @@ class SpoolTransport:
         self._finalize_wakeup.set()
 
     async def _finalize_forever(self, intake: Intake) -> None:
-        while True:
-            await self._finalize_wakeup.wait()
-            self._finalize_wakeup = trio.Event()
-            while self._to_finalize:
-                job_ids = list(self._to_finalize)[:512]
-                for job_id in job_ids:
-                    del self._to_finalize[job_id]
-                outcomes = await intake.outcomes(job_ids)
-                await trio.to_thread.run_sync(self._write_results, outcomes)
+        # Result files are fsynced one by one; several threads at once let the
+        # filesystem journal commit their fsyncs together.
+        slots = trio.Semaphore(_FINALIZE_THREADS)
+        async with trio.open_nursery() as nursery:
+            while True:
+                await self._finalize_wakeup.wait()
+                self._finalize_wakeup = trio.Event()
+                while self._to_finalize:
+                    job_ids = list(self._to_finalize)[:_FINALIZE_CHUNK]
+                    for job_id in job_ids:
+                        del self._to_finalize[job_id]
+                    await slots.acquire()
+                    nursery.start_soon(self._finalize, intake, job_ids, slots)
+
+    async def _finalize(self, intake: Intake, job_ids: list[str], slot: trio.Semaphore) -> None:
+        try:
+            outcomes = await intake.outcomes(job_ids)
+            await trio.to_thread.run_sync(self._write_results, outcomes)
+        finally:
+            slot.release()
 
     def _write_results(self, outcomes: list[tuple[JobState, Any]]) -> None:
         for state, result in outcomes:
             job_id = state.job_id
             record = {**state.model_dump(mode="json"), "result": result}
-            write_durably(
-                self.dirs["done"] / result_name(job_id), json.dumps(record, indent=2).encode()
-            )
-            with contextlib.suppress(FileNotFoundError):  # already moved on an earlier pass
-                os.rename(
-                    self.dirs["active"] / document_name(job_id),
-                    self.dirs["done"] / document_name(job_id),
+            try:
+                write_durably(
+                    self.dirs["done"] / result_name(job_id), json.dumps(record, indent=2).encode()
                 )
+                with contextlib.suppress(FileNotFoundError):  # moved on an earlier pass
+                    os.rename(
+                        self.dirs["active"] / document_name(job_id),
+                        self.dirs["done"] / document_name(job_id),
+                    )
+            except OSError as exc:
+                # The job stays in active/; the periodic reconcile tries again.
+                log.error("spool.result_write_failed", job_id=job_id, error=str(exc))
 
     async def _reconcile_active(self, intake: Intake) -> None:
         """Finish moving jobs that ended while their files were not followed."""
