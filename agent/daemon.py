@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterable
 from typing import Any
 
 import structlog
@@ -15,7 +16,7 @@ from agent.events import EventBus
 from agent.handlers import system
 from agent.health import Health, Status
 from agent.intake import Intake
-from agent.registry import Registry
+from agent.registry import Handler, Registry
 from agent.store import Store, count_by_status
 from agent.transports import Transport
 from agent.transports.spool import SpoolTransport
@@ -31,10 +32,12 @@ def build_registry() -> Registry:
 class Agent:
     """The running agent's parts, for the daemon and for tests."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, extra_handlers: Iterable[Handler] = ()) -> None:
         self.config = config
         self.bus = EventBus()
         self.registry = build_registry()
+        for extra in extra_handlers:
+            self.registry.add(extra)
         self.store = Store(config.store_path)
         self.dispatcher = Dispatcher(
             self.store,

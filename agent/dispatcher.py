@@ -31,6 +31,14 @@ class _Running:
     cancel_requested: bool = False
 
 
+def _failure_reason(exc: BaseException) -> str | BaseException:
+    """The message of a deliberate failure (an AgentError, possibly inside the
+    exception group of a handler's nursery); otherwise the unexpected exception."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc.message if isinstance(exc, AgentError) else exc
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -195,11 +203,12 @@ class Dispatcher:
             with trio.CancelScope(deadline=deadline) as timeout_scope:
                 try:
                     value = await run(payload, ctx)
-                except AgentError as exc:
-                    return JobStatus.FAILED, None, exc.message
                 except Exception as exc:
-                    ctx.logger.exception("job.handler_crashed")
-                    return JobStatus.FAILED, None, f"{type(exc).__name__}: {exc}"
+                    reason = _failure_reason(exc)
+                    if not isinstance(reason, str):
+                        ctx.logger.exception("job.handler_crashed")
+                        reason = f"{type(reason).__name__}: {reason}"
+                    return JobStatus.FAILED, None, reason
                 if isinstance(value, BaseModel):
                     value = value.model_dump(mode="json")
                 try:

@@ -11,7 +11,14 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from agent.errors import ValidationError
@@ -19,7 +26,18 @@ from agent.errors import ValidationError
 JOB_ID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
 _OPERATION_PART = re.compile(r"^[a-z][a-z0-9_]*$")
 
-JobId = Annotated[str, Field(pattern=JOB_ID_PATTERN, min_length=1, max_length=128)]
+_JOB_ID = re.compile(JOB_ID_PATTERN)
+
+
+def _check_job_id(value: str) -> str:
+    if not _JOB_ID.match(value):
+        raise PydanticCustomError(
+            "job_id", "job_id must be 1-128 characters of [A-Za-z0-9._-], not starting with '.'"
+        )
+    return value
+
+
+JobId = Annotated[str, AfterValidator(_check_job_id)]
 
 
 class JobStatus(StrEnum):

@@ -55,7 +55,7 @@ async def sleep(payload: SleepPayload, ctx: JobContext) -> dict[str, Any]:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(report_each_second)
         if payload.child_process:
-            await ctx.run_process(["sleep", str(payload.seconds)])
+            await ctx.run_process(["sleep", f"{abs(payload.seconds):f}"])
         else:
             await trio.sleep(payload.seconds)
         nursery.cancel_scope.cancel()

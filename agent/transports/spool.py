@@ -33,7 +33,8 @@ from typing import Any
 
 import structlog
 import trio
-import watchfiles
+from watchfiles import Change
+from watchfiles._rust_notify import RustNotify
 
 from agent.config import SpoolConfig
 from agent.errors import AgentError, QueueFullError, ValidationError
@@ -113,6 +114,13 @@ class _RefusedError(Exception):
         return refusal
 
 
+async def _set_when_cancelled(event: trio.Event) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        event.set()
+
+
 class SpoolTransport:
     name = "spool"
 
@@ -139,12 +147,12 @@ class SpoolTransport:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self._follow_completions, intake)
+            await nursery.start(self._watch, intake)
             await self._reconcile_active(intake)
             self._rescan()
             await self._claim_available(intake)  # ready means the spool was scanned
             nursery.start_soon(self._claim_forever, intake)
             nursery.start_soon(self._finalize_forever, intake)
-            await nursery.start(self._watch, intake)
             nursery.start_soon(self._rescan_periodically, intake)
             log.info("spool.ready", root=str(self.root))
             task_status.started()
@@ -166,34 +174,43 @@ class SpoolTransport:
     async def _watch(
         self, intake: Intake, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        incoming, cancel = str(self.dirs["incoming"]), str(self.dirs["cancel"])
-        started = False
-        async for changes in watchfiles.awatch(
-            incoming,
-            cancel,
-            watch_filter=None,
-            step=self.config.watch_step_ms,
-            debounce=50,
-            recursive=False,
-            yield_on_timeout=True,
-            rust_timeout=1000,
-        ):
-            if not started:
+        # watchfiles' own backend, used directly (awatch wraps the same loop) so
+        # that the watches exist before started(): the start-up scan then
+        # covers exactly the files that arrived before them.
+        watcher = RustNotify(
+            [str(self.dirs["incoming"]), str(self.dirs["cancel"])], False, False, 0, False, False
+        )
+        # The wait runs in a thread cancellation cannot interrupt; the stop
+        # event, set as soon as this task is cancelled, ends it within a step.
+        stop = trio.Event()
+        with watcher:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_set_when_cancelled, stop)
                 task_status.started()
-                started = True
-            for change, path in changes:
-                if change == watchfiles.Change.deleted:
-                    continue
-                directory, _, name = path.rpartition("/")
-                if name.startswith("."):
-                    continue
-                if directory == incoming:
-                    self._candidates[name] = None
-                elif directory == cancel:
-                    self._nursery.start_soon(self._cancel_requested, intake, name)
-            if len(changes) >= _BURST_RESCAN:
-                self._rescan()
-            self._wake()
+                while True:
+                    raw = await trio.to_thread.run_sync(
+                        watcher.watch, 50, self.config.watch_step_ms, 5000, stop
+                    )
+                    if raw == "stop":
+                        return
+                    if isinstance(raw, set):
+                        self._note_changes(raw, intake)
+
+    def _note_changes(self, changes: set[tuple[int, str]], intake: Intake) -> None:
+        incoming, cancel = str(self.dirs["incoming"]), str(self.dirs["cancel"])
+        for change, path in changes:
+            if change == Change.deleted:
+                continue
+            directory, _, name = path.rpartition("/")
+            if name.startswith("."):
+                continue
+            if directory == incoming:
+                self._candidates[name] = None
+            elif directory == cancel:
+                self._nursery.start_soon(self._cancel_requested, intake, name)
+        if len(changes) >= _BURST_RESCAN:
+            self._rescan()
+        self._wake()
 
     async def _rescan_periodically(self, intake: Intake) -> None:
         while True:
