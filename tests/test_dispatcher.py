@@ -36,9 +36,12 @@ async def wait_terminal(agent: Agent, job_id: str) -> JobState:
         if state.status.terminal:
             return state
         async for event in subscription.receive:
-            if event["job_id"] == job_id and event["type"] == "status":
-                if JobStatus(event["data"]["status"]).terminal:
-                    return await agent.intake.status(job_id)
+            if (
+                event["job_id"] == job_id
+                and event["type"] == "status"
+                and JobStatus(event["data"]["status"]).terminal
+            ):
+                return await agent.intake.status(job_id)
     raise AssertionError("event stream ended")
 
 

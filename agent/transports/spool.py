@@ -469,7 +469,7 @@ class SpoolTransport:
                     )
             except OSError as exc:
                 # The job stays in active/; the periodic reconcile tries again.
-                log.error("spool.result_write_failed", job_id=job_id, error=str(exc))
+                log.warning("spool.result_write_failed", job_id=job_id, error=str(exc))
 
     async def _reconcile_active(self, intake: Intake) -> None:
         """Finish moving jobs that ended while their files were not followed."""
