@@ -34,7 +34,7 @@ from typing import Any
 import structlog
 import trio
 from watchfiles import Change
-from watchfiles._rust_notify import RustNotify
+from watchfiles._rust_notify import RustNotify, WatchfilesRustInternalError
 
 from agent.config import SpoolConfig
 from agent.errors import AgentError, QueueFullError, ValidationError
@@ -149,8 +149,9 @@ class SpoolTransport:
             await nursery.start(self._follow_completions, intake)
             await nursery.start(self._watch, intake)
             await self._reconcile_active(intake)
-            self._rescan()
-            await self._claim_available(intake)  # ready means the spool was scanned
+            # Ready means scanned: every file already there is a candidate, and
+            # the claimer takes them (a cold start may find thousands) from here.
+            await self._rescan()
             nursery.start_soon(self._claim_forever, intake)
             nursery.start_soon(self._finalize_forever, intake)
             nursery.start_soon(self._rescan_periodically, intake)
@@ -160,41 +161,62 @@ class SpoolTransport:
     def _make_dirs(self) -> None:
         for path in self.dirs.values():
             path.mkdir(parents=True, exist_ok=True)
+        # Temporaries of ours that a crash left half-written (see write_durably).
+        for owned in ("done", "failed"):
+            for leftover in self.dirs[owned].glob(".*.tmp"):
+                leftover.unlink(missing_ok=True)
 
     def _wake(self) -> None:
         self._wakeup.set()
 
-    def _rescan(self) -> None:
-        with os.scandir(self.dirs["incoming"]) as entries:
-            for entry in entries:
-                if not entry.name.startswith("."):
-                    self._candidates[entry.name] = None
+    async def _rescan(self) -> None:
+        """Make every file in incoming/ a candidate (start, periodically, after trouble)."""
+        names = await trio.to_thread.run_sync(os.listdir, self.dirs["incoming"])
+        for name in names:
+            if not name.startswith("."):
+                self._candidates[name] = None
         self._wake()
 
     async def _watch(
         self, intake: Intake, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        # watchfiles' own backend, used directly (awatch wraps the same loop) so
-        # that the watches exist before started(): the start-up scan then
-        # covers exactly the files that arrived before them.
-        watcher = RustNotify(
-            [str(self.dirs["incoming"]), str(self.dirs["cancel"])], False, False, 0, False, False
-        )
         # The wait runs in a thread cancellation cannot interrupt; the stop
         # event, set as soon as this task is cancelled, ends it within a step.
         stop = trio.Event()
-        with watcher:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_set_when_cancelled, stop)
-                task_status.started()
-                while True:
-                    raw = await trio.to_thread.run_sync(
-                        watcher.watch, 50, self.config.watch_step_ms, 5000, stop
-                    )
-                    if raw == "stop":
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_set_when_cancelled, stop)
+            while True:
+                # watchfiles' own backend, used directly (awatch wraps the same
+                # loop) so that the watches exist before started(): the start-up
+                # scan then covers exactly the files that arrived before them.
+                with self._new_watcher() as watcher:
+                    task_status.started()
+                    task_status = trio.TASK_STATUS_IGNORED
+                    if await self._follow_watcher(watcher, stop, intake):
                         return
-                    if isinstance(raw, set):
-                        self._note_changes(raw, intake)
+                # The watcher gave up on a change set: whatever it held, a rescan finds.
+                await self._rescan()
+
+    def _new_watcher(self) -> RustNotify:
+        return RustNotify(
+            [str(self.dirs["incoming"]), str(self.dirs["cancel"])], False, False, 0, False, False
+        )
+
+    async def _follow_watcher(self, watcher: RustNotify, stop: trio.Event, intake: Intake) -> bool:
+        """Feed changes to the claimer; True when stopped, False when the watcher broke."""
+        while True:
+            try:
+                raw = await trio.to_thread.run_sync(
+                    watcher.watch, 50, self.config.watch_step_ms, 5000, stop
+                )
+            except WatchfilesRustInternalError as exc:
+                # e.g. a file name that is not UTF-8: the claimer quarantines it.
+                log.warning("spool.watcher_error", error=str(exc))
+                return False
+            if raw == "stop":
+                return True
+            if isinstance(raw, set):
+                self._note_changes(raw, intake)
 
     def _note_changes(self, changes: set[tuple[int, str]], intake: Intake) -> None:
         incoming, cancel = str(self.dirs["incoming"]), str(self.dirs["cancel"])
@@ -209,13 +231,13 @@ class SpoolTransport:
             elif directory == cancel:
                 self._nursery.start_soon(self._cancel_requested, intake, name)
         if len(changes) >= _BURST_RESCAN:
-            self._rescan()
+            self._nursery.start_soon(self._rescan)
         self._wake()
 
     async def _rescan_periodically(self, intake: Intake) -> None:
         while True:
             await trio.sleep(self.config.rescan_seconds)
-            self._rescan()
+            await self._rescan()
             for name in await trio.to_thread.run_sync(os.listdir, self.dirs["cancel"]):
                 self._nursery.start_soon(self._cancel_requested, intake, name)
             await self._reconcile_active(intake)
