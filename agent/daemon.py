@@ -8,6 +8,7 @@ from typing import Any
 import structlog
 import trio
 
+from agent import metrics
 from agent.capabilities import Capabilities
 from agent.config import Config
 from agent.dispatcher import Dispatcher
@@ -75,6 +76,16 @@ class Agent:
 
     async def run(self, *, task_status: trio.TaskStatus[Agent] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled; started() once every transport is taking jobs."""
+        spool = self.spool
+        untrack = metrics.track(
+            metrics.Sources(
+                queue_depth=lambda: self.dispatcher.queue_depth,
+                running=lambda: self.dispatcher.running_count,
+                quarantined=None if spool is None else (lambda: spool.quarantined),
+            ),
+            transports=[transport.name for transport in self.transports],
+            operations=self.registry.operations,
+        )
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.dispatcher.run)
@@ -89,6 +100,7 @@ class Agent:
                 )
                 task_status.started(self)
         finally:
+            untrack()
             self.bus.close()
             self.store.close()
 

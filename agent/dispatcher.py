@@ -13,6 +13,7 @@ import structlog
 import trio
 from pydantic import BaseModel
 
+from agent import metrics
 from agent.context import JobContext
 from agent.errors import AgentError, ConflictError
 from agent.events import EventBus
@@ -218,6 +219,8 @@ class Dispatcher:
         self._bus.publish({"type": kind, "job_id": job_id, "data": {**data, "at": at}})
 
     def _publish_status(self, state: JobState) -> None:
+        if state.status.terminal:
+            metrics.record_finished(state)
         self._bus.publish(
             {"type": "status", "job_id": state.job_id, "data": state.model_dump(mode="json")}
         )

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from agent import metrics
 from agent.capabilities import Capabilities
 from agent.dispatcher import Dispatcher
 from agent.errors import AgentError, QueueFullError
@@ -129,6 +130,7 @@ class Intake:
                     }
                 )
                 self._dispatcher.enqueue(pending)
+                metrics.record_accepted(state.transport)
             answers.append(Submission(state=state, created=pending is not None))
         return answers
 
