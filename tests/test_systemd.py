@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -351,6 +352,25 @@ def test_the_daemon_speaks_sd_notify(service: Service) -> None:
     assert max(intervals) < 0.4  # never a whole WATCHDOG_USEC without a ping
     statuses = [n.fields["STATUS"] for n in service.notifications if "STATUS" in n.fields]
     assert any("0 running" in text for text in statuses[statuses.index(busy.fields["STATUS"]) :])
+
+    # Wedge the dispatcher: hold the job store's write lock, as a hung disk would.
+    blocker = sqlite3.connect(service.state_dir / "jobs.sqlite3", isolation_level=None)
+    with contextlib.closing(blocker):
+        blocker.execute("BEGIN EXCLUSIVE")
+        held_at = service.now()
+        service.receive(1.2)
+        blocker.execute("COMMIT")
+        released_at = service.now()
+        service.expect(lambda n: n.fields == {"WATCHDOG": "1"}, within=5)
+    pings = [n.at for n in service.notifications if n.fields == {"WATCHDOG": "1"}]
+    silent = [b - a for a, b in itertools.pairwise(pings) if b > held_at]
+    resumed = next(at for at in pings if at > released_at) - released_at
+    print(
+        f"store write lock held {released_at - held_at:.3f}s: longest gap between pings "
+        f"{max(silent):.3f}s, first ping {resumed:.3f}s after release"
+    )
+    assert max(silent) >= 1.0  # no ping while the store could not write
+    assert resumed < 1.0
 
     service.signal(signal.SIGHUP)
     service.expect(lambda n: n.fields.get("RELOADING") == "1", within=10)
