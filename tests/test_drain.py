@@ -68,7 +68,7 @@ def transitions(agent: Agent, job_id: str) -> list[tuple[str, str | None]]:
 
 @pytest.fixture
 def drain_config(config: Config) -> Config:
-    config.service = ServiceConfig(drain_seconds=0.5, cancel_grace_seconds=5)
+    config.service = ServiceConfig(drain_seconds=1.0, cancel_grace_seconds=5)
     return config
 
 
@@ -76,16 +76,16 @@ async def test_drain_finishes_short_jobs_and_interrupts_long_ones(drain_config: 
     async with trio.open_nursery() as nursery:
         agent: Agent = await nursery.start(Agent(drain_config).run)
         await agent.intake.submit(sleep_job("short", 0.2), transport="test")
-        await agent.intake.submit(sleep_job("long", 1.5), transport="test")
+        await agent.intake.submit(sleep_job("long", 2.0), transport="test")
         await agent.intake.submit(sleep_job("queued", 0.1), transport="test")
         await wait_for(agent, "short", JobStatus.RUNNING)
         await wait_for(agent, "long", JobStatus.RUNNING)
         began = trio.current_time()
         interrupted = await agent.drain()
         took = trio.current_time() - began
-        print(f"drain took {took:.3f}s with a budget of 0.5s")
+        print(f"drain took {took:.3f}s with a budget of 1s")
         assert interrupted == ["long"]
-        assert took < 0.5 + 5
+        assert took < 1 + 5
         assert (await agent.intake.status("short")).status is JobStatus.COMPLETED
         assert (await agent.intake.status("long")).status is JobStatus.RUNNING
         assert (await agent.intake.status("queued")).status is JobStatus.PENDING
@@ -157,13 +157,13 @@ async def test_a_handler_that_ignores_cancellation_is_abandoned_after_the_grace(
     agent.registry.add(stubborn)
     async with trio.open_nursery() as nursery:
         await nursery.start(agent.run)
-        document = {**hold_job("stubborn", 0.6), "operation": "test.stubborn"}
+        document = {**hold_job("stubborn", 1.0), "operation": "test.stubborn"}
         document["payload"]["type"] = "test.stubborn.v1"
         await agent.intake.submit(document, transport="test")
         await wait_for(agent, "stubborn", JobStatus.RUNNING)
         began = trio.current_time()
         assert await agent.drain() == []
-        assert trio.current_time() - began < 0.6  # gave up before the handler ended
+        assert trio.current_time() - began < 1.0  # gave up before the handler ended
         nursery.cancel_scope.cancel()
 
 
