@@ -264,8 +264,23 @@ async def serve(
     command line first read it). A second SIGTERM/SIGINT ends the drain at once.
     `notify` defaults to systemd's notification socket, if the environment names one.
     """
+    if notify is not None:
+        await _serve(config, load_config, notify, task_status)
+        return
+    notifier = Notifier.from_environment(os.environ)
+    try:
+        await _serve(config, load_config, notifier, task_status)
+    finally:
+        notifier.close()
+
+
+async def _serve(
+    config: Config,
+    load_config: Callable[[], Config] | None,
+    notifier: Notify,
+    task_status: trio.TaskStatus[Agent],
+) -> None:
     began = trio.current_time()
-    notifier = Notifier.from_environment(os.environ) if notify is None else notify
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             agent: Agent = await nursery.start(Agent(config).run)
