@@ -283,6 +283,7 @@ async def _serve(
     began = trio.current_time()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
+            await notifier.send("STATUS=Starting: recovering jobs, scanning the spool")
             agent: Agent = await nursery.start(Agent(config).run)
             # Every child said started: store open, spool scanned, listeners bound.
             status = agent.status_line()

@@ -277,7 +277,8 @@ async def test_serve_notifies_reloads_and_drains(config: Config, tmp_path: Path)
                 config, load_config=reread, notify=recorder, task_status=task_status
             )
         )
-        assert recorder.texts()[0].startswith("READY=1\nSTATUS=Taking jobs: 0 queued")
+        assert recorder.texts()[0].startswith("STATUS=Starting")
+        assert recorder.texts()[1].startswith("READY=1\nSTATUS=Taking jobs: 0 queued")
         config_file.write_text('log_level = "debug"\nmax_concurrent_jobs = 3\n')
         os.kill(os.getpid(), signal.SIGHUP)
         with trio.fail_after(5):
@@ -335,7 +336,12 @@ def test_the_daemon_speaks_sd_notify(service: Service) -> None:
     service.environment = {"HOSTAGENT_SERVICE__STATUS_INTERVAL_SECONDS": "0.05"}
     service.start()
     ready = service.expect(lambda n: n.fields.get("READY") == "1", within=30)
-    print(f"READY=1 after {ready.at:.3f}s (from process start)")
+    starting = service.notifications[0]
+    print(
+        f"READY=1 after {ready.at:.3f}s from process start "
+        f"({ready.at - starting.at:.3f}s after the first STATUS=, sent as serve() began)"
+    )
+    assert starting.fields["STATUS"].startswith("Starting")
     assert ready.at < 30
     assert ready.fields["STATUS"].startswith("Taking jobs: 0 queued, 0 running")
     assert (service.state_dir / "jobs.sqlite3").exists()  # store open before READY
