@@ -93,6 +93,8 @@ class Dispatcher:
             log.warning(
                 "dispatcher.recovered", requeued=len(recovery.requeued), failed=len(recovery.failed)
             )
+        for job_id in recovery.failed:  # they reached a final status: count and announce it
+            self._publish_status(await self._store.read(get_job, job_id))
         for job in await self._store.pending_jobs():
             self.enqueue(job)
         async with trio.open_nursery() as nursery:

@@ -13,6 +13,7 @@ import pytest
 import trio
 from pydantic import BaseModel
 
+from agent import metrics
 from agent.config import Config, ServiceConfig
 from agent.context import JobContext
 from agent.daemon import Agent
@@ -133,8 +134,11 @@ async def test_interrupted_unsafe_job_fails_on_restart_and_waiting_job_stays_pen
         assert (waiter.status, waiter.attempts) == (JobStatus.PENDING, 0)
         nursery.cancel_scope.cancel()
 
+    failed = ("hostagent_jobs_finished_total", {"operation": "test.hold", "status": "Failed"})
+    before = metrics.REGISTRY.get_sample_value(*failed) or 0
     async with trio.open_nursery() as nursery:
         restarted: Agent = await nursery.start(with_test_handlers(drain_config).run)
+        assert metrics.REGISTRY.get_sample_value(*failed) == before + 1
         holder = await restarted.intake.status("holder")
         await wait_for(restarted, "waiter", JobStatus.COMPLETED)
         nursery.cancel_scope.cancel()
