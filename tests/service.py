@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,29 +74,24 @@ class Service:
                 stderr=log,
             )
 
-    def receive(self, seconds: float) -> list[Notification]:
-        """Every notification arriving within `seconds`."""
+    def _arrivals(self, seconds: float) -> Iterator[Notification]:
+        """Notifications as they arrive, for `seconds`; each is also recorded."""
         end = time.monotonic() + seconds
-        got: list[Notification] = []
         while (left := end - time.monotonic()) > 0:
             self.socket.settimeout(left)
             try:
                 data = self.socket.recv(4096)
             except TimeoutError:
-                break
-            got.append(self._record(data))
-        return got
+                return
+            yield self._record(data)
+
+    def receive(self, seconds: float) -> list[Notification]:
+        """Every notification arriving within `seconds`."""
+        return list(self._arrivals(seconds))
 
     def expect(self, wanted: Callable[[Notification], bool], *, within: float) -> Notification:
         """Wait for a notification satisfying `wanted` (earlier ones are kept too)."""
-        end = time.monotonic() + within
-        while (left := end - time.monotonic()) > 0:
-            self.socket.settimeout(left)
-            try:
-                data = self.socket.recv(4096)
-            except TimeoutError:
-                break
-            notification = self._record(data)
+        for notification in self._arrivals(within):
             if wanted(notification):
                 return notification
         raise AssertionError(
@@ -146,11 +141,16 @@ class Service:
         self.socket.close()
 
 
-def sleep_job(job_id: str, seconds: float) -> dict[str, Any]:
+def job_document(job_id: str, operation: str, **data: Any) -> dict[str, Any]:
+    """A version 1.0 job document for `operation` (payload version 1)."""
     return {
         "version": "1.0",
         "job_id": job_id,
         "kind": "VMOperation",
-        "operation": "system.sleep",
-        "payload": {"type": "system.sleep.v1", "data": {"seconds": seconds}},
+        "operation": operation,
+        "payload": {"type": f"{operation}.v1", "data": data},
     }
+
+
+def sleep_job(job_id: str, seconds: float) -> dict[str, Any]:
+    return job_document(job_id, "system.sleep", seconds=seconds)

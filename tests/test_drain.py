@@ -21,7 +21,7 @@ from agent.errors import QueueFullError
 from agent.jobs import JobState, JobStatus
 from agent.registry import handler
 from agent.store import connect, get_job, get_transitions
-from tests.service import Service, sleep_job
+from tests.service import Service, job_document, sleep_job
 
 
 class HoldPayload(BaseModel):
@@ -37,13 +37,7 @@ async def hold(payload: HoldPayload, ctx: JobContext) -> dict[str, Any]:
 
 
 def hold_job(job_id: str, seconds: float) -> dict[str, Any]:
-    return {
-        "version": "1.0",
-        "job_id": job_id,
-        "kind": "VMOperation",
-        "operation": "test.hold",
-        "payload": {"type": "test.hold.v1", "data": {"seconds": seconds}},
-    }
+    return job_document(job_id, "test.hold", seconds=seconds)
 
 
 def with_test_handlers(config: Config) -> Agent:
@@ -161,8 +155,7 @@ async def test_a_handler_that_ignores_cancellation_is_abandoned_after_the_grace(
     agent.registry.add(stubborn)
     async with trio.open_nursery() as nursery:
         await nursery.start(agent.run)
-        document = {**hold_job("stubborn", 1.0), "operation": "test.stubborn"}
-        document["payload"]["type"] = "test.stubborn.v1"
+        document = job_document("stubborn", "test.stubborn", seconds=1.0)
         await agent.intake.submit(document, transport="test")
         await wait_for(agent, "stubborn", JobStatus.RUNNING)
         began = trio.current_time()

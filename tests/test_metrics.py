@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent import metrics
 from agent.daemon import Agent
 from agent.jobs import JobStatus
-from tests.service import sleep_job
+from tests.service import job_document, sleep_job
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -31,13 +31,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 
 def echo_job(job_id: str) -> dict[str, Any]:
-    return {
-        "version": "1.0",
-        "job_id": job_id,
-        "kind": "VMOperation",
-        "operation": "system.echo",
-        "payload": {"type": "system.echo.v1", "data": {"n": job_id}},
-    }
+    return job_document(job_id, "system.echo", n=job_id)
 
 
 async def wait_until_final(agent: Agent, job_ids: list[str]) -> None:
