@@ -21,6 +21,10 @@ class Capabilities:
         self._registry = registry
         self._contributors: list[Contributor] = []
 
+    def reload(self, config: Config) -> None:
+        """Describe a reloaded config (labels, limits) from now on."""
+        self._config = config
+
     def contribute(self, contributor: Contributor) -> None:
         self._contributors.append(contributor)
 

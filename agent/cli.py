@@ -99,13 +99,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, config: Config) -> int:
+    import faulthandler
+    from functools import partial
+
     import trio
 
     from agent.daemon import serve
     from agent.logs import configure_logging
 
     configure_logging(config.log_format, config.log_level)
-    trio.run(serve, config)
+    # When the systemd watchdog gives up it sends SIGABRT: the journal then shows
+    # where every thread was stuck.
+    faulthandler.enable()
+    # SIGHUP reads the config again the same way: file, environment, these flags.
+    trio.run(partial(serve, config, load_config=lambda: _config(args)))
     return 0
 
 

@@ -42,6 +42,21 @@ class SpoolConfig(_Section):
     claim_batch: int = Field(default=256, ge=1)
 
 
+class ServiceConfig(_Section):
+    """How the agent stops, reports and is watched as a system service."""
+
+    # Running jobs get this long to finish after SIGTERM before they are
+    # interrupted (and left for restart recovery); keep it well under the
+    # unit's TimeoutStopSec.
+    drain_seconds: float = Field(default=30.0, ge=0)
+    # After interrupting, how long handlers get to unwind before the agent exits anyway.
+    cancel_grace_seconds: float = Field(default=5.0, ge=0)
+    # How often the STATUS= line sent to systemd is refreshed (when it changed).
+    status_interval_seconds: float = Field(default=2.0, gt=0)
+    # The watchdog is withheld when jobs have waited this long while workers sat idle.
+    watchdog_stall_seconds: float = Field(default=30.0, gt=0)
+
+
 class Config(_Section):
     worker_id: str = Field(default_factory=socket.gethostname)
     state_dir: Path = Path("/var/lib/hostagent")
@@ -55,6 +70,7 @@ class Config(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     labels: dict[str, str] = Field(default_factory=dict)
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
+    service: ServiceConfig = Field(default_factory=ServiceConfig)
 
     @property
     def store_path(self) -> Path:

@@ -2,26 +2,54 @@
 
 from __future__ import annotations
 
+import inspect
+import os
 import signal
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterable
+from functools import partial
+from typing import Any, Protocol, runtime_checkable
 
 import structlog
 import trio
 
+from agent import metrics
 from agent.capabilities import Capabilities
 from agent.config import Config
 from agent.dispatcher import Dispatcher
+from agent.errors import AgentError
 from agent.events import EventBus
 from agent.handlers import system
 from agent.health import Health, Status
 from agent.intake import Intake
+from agent.logs import set_log_level
 from agent.registry import Handler, Registry
 from agent.store import Store, count_by_status
+from agent.systemd import Notifier, Notify, feed_watchdog, monotonic_usec, report_status
 from agent.transports import Transport
 from agent.transports.spool import SpoolTransport
 
 log = structlog.get_logger("agent.daemon")
+
+# Settings read once at start: a reload keeps their running values and says so.
+RESTART_REQUIRED = frozenset(
+    {
+        "worker_id",
+        "state_dir",
+        "spool_dir",
+        "log_format",
+        "spool.enabled",
+        "spool.watch_step_ms",
+        "service.status_interval_seconds",
+    }
+)
+
+
+@runtime_checkable
+class Reloadable(Protocol):
+    """A part of the agent (or a transport) that applies a reloaded config (SIGHUP)."""
+
+    def reload(self, config: Config) -> object:
+        """Apply `config`; may be a coroutine function."""
 
 
 def build_registry() -> Registry:
@@ -76,8 +104,84 @@ class Agent:
         }
         return "healthy", "job store answers", figures
 
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=."""
+        queued, running = self.dispatcher.queue_depth, self.dispatcher.running_count
+        if self.dispatcher.draining:
+            return f"Draining: {running} running, {queued} queued for the next start"
+        limit = self.config.max_concurrent_jobs
+        return f"Taking jobs: {queued} queued, {running} running (max {limit})"
+
+    async def wedged(self) -> str | None:
+        """Why the agent cannot make progress, or None (the watchdog's probe)."""
+        return await self.dispatcher.wedged(stall_after=self.config.service.watchdog_stall_seconds)
+
+    async def drain(self) -> list[str]:
+        """Take no new jobs; give running ones the drain budget to finish, then
+        interrupt them, leaving them Running for restart recovery to resolve.
+
+        Answers the ids of the interrupted jobs.
+        """
+        service = self.config.service
+        self.intake.accepting = False
+        began = trio.current_time()
+        deadline = began + service.drain_seconds
+        log.info(
+            "agent.draining",
+            running=self.dispatcher.running_count,
+            queued=self.dispatcher.queue_depth,
+            budget_seconds=service.drain_seconds,
+        )
+        interrupted: list[str] = []
+        with trio.move_on_at(deadline + service.cancel_grace_seconds) as grace:
+            interrupted = await self.dispatcher.drain(deadline)
+        if grace.cancelled_caught:
+            # Handlers that ignore cancellation; recovery treats them as after a crash.
+            log.error("agent.drain_abandoned", still_running=self.dispatcher.running_count)
+            interrupted = list(self.dispatcher.interrupted)
+        log.info(
+            "agent.drained",
+            seconds=round(trio.current_time() - began, 3),
+            interrupted=interrupted,
+            left_queued=self.dispatcher.queue_depth,
+        )
+        return interrupted
+
+    def hurry(self) -> None:
+        """End the drain now: interrupt whatever still runs."""
+        self.dispatcher.set_drain_deadline(trio.current_time())
+
+    async def reload(self, config: Config) -> None:
+        """Apply a reloaded config without dropping jobs: log level, limits,
+        labels, and whatever each transport reloads (tokens, certificates)."""
+        applied, changed, kept = _reconcile(self.config, config)
+        self.config = applied
+        set_log_level(applied.log_level)
+        for part in (self.dispatcher, self.intake, self.capabilities, *self.transports):
+            if not isinstance(part, Reloadable):
+                continue
+            try:
+                outcome = part.reload(applied)
+                if inspect.isawaitable(outcome):
+                    await outcome
+            except Exception:  # one part failing to reload must not stop the agent
+                log.exception("agent.reload_part_failed", part=type(part).__name__)
+        if kept:
+            log.warning("agent.reload_restart_required", keys=kept)
+        log.info("agent.reloaded", changed=changed)
+
     async def run(self, *, task_status: trio.TaskStatus[Agent] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled; started() once every transport is taking jobs."""
+        spool = self.spool
+        untrack = metrics.track(
+            metrics.Sources(
+                queue_depth=lambda: self.dispatcher.queue_depth,
+                running=lambda: self.dispatcher.running_count,
+                quarantined=None if spool is None else (lambda: spool.quarantined),
+            ),
+            transports=[transport.name for transport in self.transports],
+            operations=self.registry.operations,
+        )
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.dispatcher.run)
@@ -92,16 +196,120 @@ class Agent:
                 )
                 task_status.started(self)
         finally:
+            untrack()
             self.bus.close()
             self.store.close()
 
 
-async def serve(config: Config) -> None:
-    """The daemon's main: run the agent until SIGTERM or SIGINT."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _reconcile(old: Config, new: Config) -> tuple[Config, list[str], list[str]]:
+    """The config to apply (restart-only keys keep their old values), the keys
+    that changed, and the changed keys that wait for a restart."""
+    before, after = _flatten(old.model_dump()), _flatten(new.model_dump())
+    changed = sorted(
+        key for key in before.keys() | after.keys() if before.get(key) != after.get(key)
+    )
+    kept = [key for key in changed if key in RESTART_REQUIRED]
+    data = new.model_dump()
+    for key in kept:
+        *parents, leaf = key.split(".")
+        node = data
+        for part in parents:
+            node = node[part]
+        node[leaf] = before[key]
+    return Config.model_validate(data), changed, kept
+
+
+async def _reload(agent: Agent, load_config: Callable[[], Config] | None, notify: Notify) -> None:
+    if load_config is None:
+        log.warning("agent.reload_unsupported", reason="no way to read the config again")
+        return
+    await notify.send("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec()}")
+    try:
+        config = await trio.to_thread.run_sync(load_config)
+    except AgentError as exc:
+        # A mistake in the file: its message says which key; a traceback would not help.
+        log.error("agent.reload_failed", error=exc.message, **exc.details)  # noqa: TRY400
+    else:
+        await agent.reload(config)
+    await notify.send("READY=1", f"STATUS={agent.status_line()}")
+
+
+async def _hurry_on_signal(agent: Agent, signals: AsyncIterator[int]) -> None:
+    async for signum in signals:
+        if signum == signal.SIGHUP:
+            log.warning("agent.reload_ignored", reason="draining for shutdown")
+            continue
+        log.warning("agent.drain_cut_short", signal=signal.Signals(signum).name)
+        agent.hurry()
+
+
+async def serve(
+    config: Config,
+    *,
+    load_config: Callable[[], Config] | None = None,
+    notify: Notify | None = None,
+    task_status: trio.TaskStatus[Agent] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The daemon's main: run the agent until SIGTERM or SIGINT, then drain.
+
+    SIGHUP applies `load_config()` (the configuration read again the way the
+    command line first read it). A second SIGTERM/SIGINT ends the drain at once.
+    `notify` defaults to systemd's notification socket, if the environment names one.
+    """
+    if notify is not None:
+        await _serve(config, load_config, notify, task_status)
+        return
+    notifier = Notifier.from_environment(os.environ)
+    try:
+        await _serve(config, load_config, notifier, task_status)
+    finally:
+        notifier.close()
+
+
+async def _serve(
+    config: Config,
+    load_config: Callable[[], Config] | None,
+    notifier: Notify,
+    task_status: trio.TaskStatus[Agent],
+) -> None:
+    began = trio.current_time()
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(Agent(config).run)
+            await notifier.send("STATUS=Starting: recovering jobs, scanning the spool")
+            agent: Agent = await nursery.start(Agent(config).run)
+            # Every child said started: store open, spool scanned, listeners bound.
+            status = agent.status_line()
+            await notifier.send("READY=1", f"STATUS={status}")
+            log.info("agent.notified_ready", startup_seconds=round(trio.current_time() - began, 3))
+            every = config.service.status_interval_seconds
+            nursery.start_soon(
+                partial(report_status, notifier, agent.status_line, every=every, last=status)
+            )
+            if notifier.watchdog_interval is not None:
+                nursery.start_soon(
+                    partial(feed_watchdog, notifier, agent.wedged, every=notifier.watchdog_interval)
+                )
+            task_status.started(agent)
             async for signum in signals:
-                log.info("agent.stopping", signal=signal.Signals(signum).name)
-                nursery.cancel_scope.cancel()
-                break
+                if signum != signal.SIGHUP:
+                    log.info("agent.stopping", signal=signal.Signals(signum).name)
+                    break
+                await _reload(agent, load_config, notifier)
+            await notifier.send(
+                "STOPPING=1", f"STATUS=Draining: {agent.dispatcher.running_count} running"
+            )
+            async with trio.open_nursery() as draining:
+                draining.start_soon(_hurry_on_signal, agent, signals)
+                await agent.drain()
+                draining.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()

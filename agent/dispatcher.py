@@ -7,19 +7,23 @@ import json
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydantic
 import structlog
 import trio
 from pydantic import BaseModel
 
+from agent import metrics
 from agent.context import JobContext
 from agent.errors import AgentError, ConflictError
 from agent.events import EventBus
 from agent.jobs import JobState, JobStatus
 from agent.registry import Registry
 from agent.store import PendingJob, Store, get_job
+
+if TYPE_CHECKING:
+    from agent.config import Config
 
 log = structlog.get_logger("agent.dispatcher")
 
@@ -65,6 +69,14 @@ class Dispatcher:
         self._running: dict[str, _Running] = {}
         self._resource_locks: dict[str, tuple[trio.Lock, int]] = {}
         self.reruns = 0
+        self._nursery: trio.Nursery | None = None
+        self._workers = 0  # alive, including any about to leave after a reload
+        self._idle = 0  # parked, waiting for a job
+        self._picked = 0  # jobs taken off the queue so far
+        self._starved: tuple[float, int] | None = None  # (since, picked then)
+        self._draining = False
+        # Ids of jobs interrupted by the shutdown drain, left Running for recovery.
+        self.interrupted: list[str] = []
 
     @property
     def queue_depth(self) -> int:
@@ -90,12 +102,69 @@ class Dispatcher:
             log.warning(
                 "dispatcher.recovered", requeued=len(recovery.requeued), failed=len(recovery.failed)
             )
+        for job_id in recovery.failed:  # they reached a final status: count and announce it
+            self._publish_status(await self._store.read(get_job, job_id))
         for job in await self._store.pending_jobs():
             self.enqueue(job)
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             for _ in range(self._max_concurrent):
-                nursery.start_soon(self._worker)
+                self._spawn_worker()
             task_status.started()
+
+    def reload(self, config: Config) -> None:
+        """Apply the concurrency and timeout settings of a reloaded config."""
+        self._default_timeout = config.default_timeout_seconds
+        self._max_timeout = config.max_timeout_seconds
+        self._max_concurrent = config.max_concurrent_jobs
+        if self._nursery is not None:
+            while self._workers < self._max_concurrent:
+                self._spawn_worker()
+        self._wakeup.unpark_all()  # surplus workers notice and leave when idle
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    async def drain(self, deadline: float) -> list[str]:
+        """Take no more jobs; let the running ones finish until `deadline` (trio
+        time), then interrupt them. Queued jobs stay Pending for the next start.
+
+        Answers the ids of the interrupted jobs, once each is recorded as such.
+        """
+        self._draining = True
+        self.set_drain_deadline(deadline)
+        while self._running:
+            await next(iter(self._running.values())).done.wait()
+        return list(self.interrupted)
+
+    def set_drain_deadline(self, deadline: float) -> None:
+        """Bring the drain's end forward (or set it): running jobs get until then."""
+        for running in self._running.values():
+            running.scope.deadline = min(running.scope.deadline, deadline)
+
+    async def wedged(self, *, stall_after: float) -> str | None:
+        """Why the dispatcher cannot make progress, or None: the watchdog's probe.
+
+        It is wedged when the job store does not finish a write (a hung disk or
+        a held lock: no job could be recorded), or when jobs have waited
+        `stall_after` seconds with workers idle and none taken off the queue.
+        """
+        try:
+            await self._store.ping()
+        except AgentError as exc:
+            return f"job store: {exc.message}"
+        if self._draining or not self._queued or self._idle == 0:
+            self._starved = None
+            return None
+        now = trio.current_time()
+        if self._starved is None or self._starved[1] != self._picked:
+            self._starved = (now, self._picked)
+            return None
+        waited = now - self._starved[0]
+        if waited < stall_after:
+            return None
+        return f"{len(self._queued)} jobs waited {waited:.0f}s while {self._idle} workers idled"
 
     async def cancel(self, job_id: str) -> JobState:
         """Cancel a pending or running job and answer its final status."""
@@ -125,15 +194,30 @@ class Dispatcher:
                 return cancelled
             await trio.lowlevel.checkpoint()  # it started meanwhile: cancel the running job
 
+    def _spawn_worker(self) -> None:
+        assert self._nursery is not None
+        self._workers += 1
+        self._nursery.start_soon(self._worker)
+
     async def _worker(self) -> None:
-        while True:
-            while not self._heap:
-                await self._wakeup.park()
-            _, _, job = heapq.heappop(self._heap)
-            if job.job_id not in self._queued:
-                continue  # cancelled while queued
-            self._queued.discard(job.job_id)
-            await self._execute(job)
+        try:
+            while self._workers <= self._max_concurrent:
+                if self._draining or not self._heap:
+                    self._idle += 1
+                    try:
+                        await self._wakeup.park()
+                    finally:
+                        self._idle -= 1
+                    continue
+                _, _, job = heapq.heappop(self._heap)
+                if job.job_id not in self._queued:
+                    continue  # cancelled while queued
+                self._queued.discard(job.job_id)
+                self._picked += 1
+                await self._execute(job)
+        finally:
+            self._workers -= 1
+            self._wakeup.unpark()  # pass on a wakeup this worker may have taken
 
     @asynccontextmanager
     async def _resource_lock(self, key: str | None):  # type: ignore[no-untyped-def]  # generator CM
@@ -172,6 +256,8 @@ class Dispatcher:
         self._running[job.job_id] = running
         try:
             async with self._resource_lock(resource):
+                if self._draining:
+                    return  # it waited for its resource past shutdown: stays Pending
                 started = await self._store.mark_running(job.job_id)
                 if started is None:
                     return  # cancelled before it could start
@@ -187,6 +273,11 @@ class Dispatcher:
                 status, result, error = await self._run_handler(
                     found.run, payload, ctx, running, timeout
                 )
+                if status is JobStatus.RUNNING:
+                    await self._store.note_interrupted(job.job_id, error or "interrupted")
+                    self.interrupted.append(job.job_id)
+                    bound.warning("job.interrupted", reason=error)
+                    return
                 final = await self._store.finish(job.job_id, status, result=result, error=error)
                 if final is not None:
                     self._publish_status(final)
@@ -218,8 +309,15 @@ class Dispatcher:
                 return JobStatus.COMPLETED, value, None
             if timeout_scope.cancelled_caught:
                 return JobStatus.FAILED, None, f"Job timed out after {time_limit:g} seconds"
+        return self._stopped_outcome(running)
+
+    def _stopped_outcome(self, running: _Running) -> tuple[JobStatus, Any, str | None]:
+        """Why a handler's scope was cancelled from outside: by request, or by the drain."""
         if running.cancel_requested:
             return JobStatus.CANCELLED, None, "Cancelled by request"
+        if self._draining:
+            # Still Running: restart recovery re-queues or fails it.
+            return JobStatus.RUNNING, None, "Interrupted by shutdown after the drain budget"
         raise AssertionError("handler scope ended without an outcome")
 
     async def _emit(self, job_id: str, kind: str, data: dict[str, Any]) -> None:
@@ -227,6 +325,8 @@ class Dispatcher:
         self._bus.publish({"type": kind, "job_id": job_id, "data": {**data, "at": at}})
 
     def _publish_status(self, state: JobState) -> None:
+        if state.status.terminal:
+            metrics.record_finished(state)
         self._bus.publish(
             {"type": "status", "job_id": state.job_id, "data": state.model_dump(mode="json")}
         )

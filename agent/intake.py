@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from agent import metrics
 from agent.capabilities import Capabilities
 from agent.dispatcher import Dispatcher
 from agent.errors import AgentError, QueueFullError
@@ -27,6 +28,9 @@ from agent.store import (
     get_result,
     list_jobs,
 )
+
+if TYPE_CHECKING:
+    from agent.config import Config
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,11 @@ class Intake:
         # False while the agent drains for shutdown: transports stop taking jobs.
         self.accepting = True
 
+    def reload(self, config: Config) -> None:
+        """Apply the queue bound and timeout cap of a reloaded config."""
+        self._max_pending = config.max_pending_jobs
+        self._max_timeout = config.max_timeout_seconds
+
     def prepare(self, raw: object, *, transport: str, job_id: str | None = None) -> NewJob:
         return prepare_job(
             self.registry, raw, transport=transport, job_id=job_id, max_timeout=self._max_timeout
@@ -108,6 +117,12 @@ class Intake:
 
     async def submit_prepared(self, jobs: Sequence[NewJob]) -> list[Submission | AgentError]:
         """Record prepared jobs in one transaction, then queue the new ones."""
+        if not self.accepting:
+            # Same answer as a full queue: nothing recorded, try again later (elsewhere).
+            raise QueueFullError(
+                "The agent is shutting down and takes no new jobs",
+                details={"reason": "draining"},
+            )
         if self._dispatcher.queue_depth + len(jobs) > self._max_pending:
             raise QueueFullError(
                 f"The pending queue is full ({self._max_pending} jobs)",
@@ -129,6 +144,7 @@ class Intake:
                     }
                 )
                 self._dispatcher.enqueue(pending)
+                metrics.record_accepted(state.transport)
             answers.append(Submission(state=state, created=pending is not None))
         return answers
 

@@ -1,10 +1,41 @@
-"""Prometheus metrics of the agent (one registry, standard names)."""
+"""Prometheus metrics of the agent (one registry, standard names).
+
+Counters and the duration histogram are updated in one place each: a job
+is counted as accepted where the Intake records it, and as finished where
+the Dispatcher publishes a terminal status. Gauges of the running agent
+(queue depth, running jobs, quarantined spool files) are read at scrape
+time from whatever `track()` was given, so nothing else has to update them.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+import importlib.metadata
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from agent.jobs import JobState, JobStatus
 
 REGISTRY = CollectorRegistry()
+
+# The standard process_*, python_gc_* and python_info series, in our own registry.
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+GCCollector(registry=REGISTRY)
 
 HTTP_REQUESTS = Counter(
     "hostagent_http_requests",
@@ -12,6 +43,121 @@ HTTP_REQUESTS = Counter(
     ["method", "route", "code"],
     registry=REGISTRY,
 )
+
+# prometheus-client appends _total to counter names itself.
+JOBS_ACCEPTED = Counter(
+    "hostagent_jobs_accepted",
+    "Jobs accepted (durably recorded), by the transport that brought them",
+    ["transport"],
+    registry=REGISTRY,
+)
+JOBS_FINISHED = Counter(
+    "hostagent_jobs_finished",
+    "Jobs that reached a final status, by operation and status",
+    ["operation", "status"],
+    registry=REGISTRY,
+)
+JOB_DURATION = Histogram(
+    "hostagent_job_duration_seconds",
+    "Time from a job's start to its final status, by operation",
+    ["operation"],
+    # Jobs range from an echo (milliseconds) to an image conversion (an hour).
+    buckets=(0.005, 0.025, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 1800, 3600, 4 * 3600),
+    registry=REGISTRY,
+)
+BUILD_INFO = Info("hostagent_build", "The running agent's version", registry=REGISTRY)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("hostagent")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown"
+
+
+BUILD_INFO.info({"version": _version()})
+
+_FINAL = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+def record_accepted(transport: str) -> None:
+    """A new job was durably recorded."""
+    JOBS_ACCEPTED.labels(transport=transport).inc()
+
+
+def record_finished(state: JobState) -> None:
+    """A job reached a final status (the state as recorded, with its timestamps)."""
+    JOBS_FINISHED.labels(operation=state.operation, status=state.status.value).inc()
+    if state.started_at is not None and state.completed_at is not None:
+        elapsed = datetime.fromisoformat(state.completed_at) - datetime.fromisoformat(
+            state.started_at
+        )
+        JOB_DURATION.labels(operation=state.operation).observe(max(elapsed.total_seconds(), 0.0))
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where the running agent's gauges are read at scrape time."""
+
+    queue_depth: Callable[[], int]
+    running: Callable[[], int]
+    quarantined: Callable[[], int] | None = None
+
+
+class _LiveCollector(Collector):
+    def __init__(self) -> None:
+        self.sources: Sources | None = None
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        sources = self.sources
+        if sources is None:
+            return []  # no agent running in this process
+        queue_depth, running, quarantined = self._families()
+        queue_depth.add_metric([], sources.queue_depth())
+        running.add_metric([], sources.running())
+        if sources.quarantined is None:
+            return [queue_depth, running]
+        quarantined.add_metric([], sources.quarantined())
+        return [queue_depth, running, quarantined]
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, CounterMetricFamily]:
+        return (
+            GaugeMetricFamily("hostagent_queue_depth", "Jobs queued, waiting for a worker"),
+            GaugeMetricFamily("hostagent_jobs_running", "Jobs running now"),
+            CounterMetricFamily(
+                "hostagent_spool_quarantined",
+                "Spool files refused and moved to failed/ since the agent started",
+            ),
+        )
+
+
+_LIVE = _LiveCollector()
+REGISTRY.register(_LIVE)
+
+
+def track(
+    sources: Sources, *, transports: Iterable[str] = (), operations: Iterable[str] = ()
+) -> Callable[[], None]:
+    """Expose a running agent's gauges until the returned function is called.
+
+    The named transports and operations get their counter series at zero
+    from the start, so rate() and absent() work before the first job.
+    """
+    for transport in transports:
+        JOBS_ACCEPTED.labels(transport=transport)
+    for operation in operations:
+        for status in _FINAL:
+            JOBS_FINISHED.labels(operation=operation, status=status.value)
+    previous, _LIVE.sources = _LIVE.sources, sources
+
+    def untrack() -> None:
+        _LIVE.sources = previous
+
+    return untrack
 
 
 def render() -> tuple[bytes, str]:

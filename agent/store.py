@@ -515,6 +515,16 @@ class Store:
         )
         return state
 
+    async def note_interrupted(self, job_id: str, reason: str) -> None:
+        """Leave a Running job for restart recovery, recording why it stopped."""
+        await self._write(
+            lambda conn: _record_transition(conn, job_id, JobStatus.RUNNING, utc_now(), reason)
+        )
+
+    async def ping(self) -> None:
+        """A write round trip that changes nothing: answers once the writer is free."""
+        await self._write(lambda conn: None)
+
     async def add_event(self, job_id: str, kind: str, data: dict[str, Any]) -> str:
         at: str = await self._write(lambda conn: _add_event(conn, job_id, kind, data))
         return at

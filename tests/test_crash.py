@@ -56,8 +56,8 @@ def test_kill_9_at_random_moments_loses_no_job(tmp_path: Path) -> None:
 
     assert len(results(spool)) == total
     assert list((spool / "failed").iterdir()) == []
-    assert [p for p in (spool / "incoming").iterdir()] == []
-    assert [p for p in (spool / "active").iterdir()] == []
+    assert list((spool / "incoming").iterdir()) == []
+    assert list((spool / "active").iterdir()) == []
     conn = sqlite3.connect(state / "jobs.sqlite3")
     statuses = dict(conn.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall())
     assert statuses == {"Completed": total}

@@ -36,7 +36,7 @@ import trio
 from watchfiles import Change
 from watchfiles._rust_notify import RustNotify, WatchfilesRustInternalError
 
-from agent.config import SpoolConfig
+from agent.config import Config, SpoolConfig
 from agent.errors import AgentError, QueueFullError, ValidationError
 from agent.intake import Intake, Submission
 from agent.jobs import JOB_ID_PATTERN, JobState
@@ -137,6 +137,10 @@ class SpoolTransport:
         self._to_finalize: dict[str, None] = {}
         self._finalize_wakeup = trio.Event()
         self._nursery: trio.Nursery
+
+    def reload(self, config: Config) -> None:
+        """Apply a reloaded config's spool limits (size, owners, settle, rescan)."""
+        self.config = config.spool
 
     # -- the task --
 
@@ -248,7 +252,7 @@ class SpoolTransport:
         while True:
             await self._claim_available(intake)
             self._wakeup = trio.Event()
-            if self._candidates:
+            if self._candidates and intake.accepting:
                 continue
             due = min(self._unsettled.values(), default=None)
             if due is None:
@@ -263,7 +267,8 @@ class SpoolTransport:
             if due <= now:
                 del self._unsettled[name]
                 self._candidates[name] = None
-        while self._candidates:
+        # While draining for shutdown, files stay in incoming/ for the next start.
+        while self._candidates and intake.accepting:
             names = list(self._candidates)[: self.config.claim_batch]
             for name in names:
                 del self._candidates[name]

@@ -1,0 +1,117 @@
+"""SIGHUP: a reloaded config is applied without dropping jobs."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import trio
+
+from agent.config import Config, SpoolConfig
+from agent.daemon import Agent
+from agent.jobs import JobStatus
+from agent.logs import _LEVEL_FILTER, configure_logging, set_log_level
+from tests.service import sleep_job
+
+
+class ReloadingTransport:
+    """A transport with an async reload (as the HTTP transport reloads TLS certificates)."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.reloaded: list[Config] = []
+
+    async def run(self, intake: object, *, task_status: trio.TaskStatus[None]) -> None:
+        task_status.started()
+        await trio.sleep_forever()
+
+    async def reload(self, config: Config) -> None:
+        await trio.lowlevel.checkpoint()
+        self.reloaded.append(config)
+
+
+class BrokenTransport:
+    name = "broken"
+
+    async def run(self, intake: object, *, task_status: trio.TaskStatus[None]) -> None:
+        task_status.started()
+        await trio.sleep_forever()
+
+    def reload(self, config: Config) -> None:
+        raise OSError("certificate file unreadable")
+
+
+async def test_reload_applies_limits_labels_and_transports(config: Config, tmp_path: Path) -> None:
+    agent = Agent(config)
+    fake, broken = ReloadingTransport(), BrokenTransport()
+    agent.transports += [broken, fake]  # type: ignore[list-item]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(agent.run)
+        await agent.intake.submit(sleep_job("through-reload", 0.5), transport="test")
+        new = config.model_copy(
+            update={
+                "max_concurrent_jobs": 3,
+                "max_pending_jobs": 10,
+                "labels": {"rack": "r12"},
+                "log_level": "warning",
+                "state_dir": tmp_path / "elsewhere",  # needs a restart: kept
+                "spool": SpoolConfig(settle_seconds=9, rescan_seconds=5, watch_step_ms=7),
+            }
+        )
+        await agent.reload(new)
+        assert agent.config.max_concurrent_jobs == 3
+        assert agent.config.state_dir == config.state_dir
+        assert agent.spool is not None
+        assert agent.spool.config.settle_seconds == 9
+        assert agent.spool.config.watch_step_ms == config.spool.watch_step_ms
+        assert (await agent.intake.capabilities())["labels"] == {"rack": "r12"}
+        assert fake.reloaded == [agent.config]
+        assert _LEVEL_FILTER.level == logging.WARNING
+        # More workers now: three long jobs run at once.
+        for n in range(3):
+            await agent.intake.submit(sleep_job(f"wide-{n}", 30), transport="test")
+        with trio.fail_after(10):
+            while agent.dispatcher.running_count < 3:
+                await trio.sleep(0.01)
+        for n in range(3):
+            await agent.intake.cancel(f"wide-{n}")
+        # Fewer again: surplus workers leave once idle.
+        await agent.reload(agent.config.model_copy(update={"max_concurrent_jobs": 1}))
+        for n in range(3):
+            await agent.intake.submit(sleep_job(f"narrow-{n}", 0.1), transport="test")
+        most = 0
+        with trio.fail_after(10):
+            while (await agent.intake.status("narrow-2")).status is not JobStatus.COMPLETED:
+                most = max(most, agent.dispatcher.running_count)
+                await trio.sleep(0.005)
+        assert most == 1
+        state = await agent.intake.status("through-reload")
+        assert state.status is JobStatus.COMPLETED
+        nursery.cancel_scope.cancel()
+    set_log_level("info")
+
+
+def test_log_level_filter_drops_below_the_level(capsys: pytest.CaptureFixture[str]) -> None:
+    import structlog
+
+    configure_logging("json", "warning")
+    try:
+        log = structlog.get_logger("test.reload")
+        log.info("hidden")
+        log.warning("shown")
+        set_log_level("debug")
+        log.debug("now-shown")
+        try:
+            int("boom")
+        except ValueError:
+            log.exception("failure")
+        err = capsys.readouterr().err
+        assert "hidden" not in err
+        assert "shown" in err
+        assert "now-shown" in err
+        assert "failure" in err
+    finally:
+        structlog.reset_defaults()
+        set_log_level("info")
