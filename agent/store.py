@@ -454,6 +454,9 @@ class Store:
                 # Shielded: a flusher that is cancelled still commits what others queued.
                 with trio.CancelScope(shield=True):
                     while self._queue:
+                        # One scheduler pass first: writers made ready by the same
+                        # event (a job ending, a batch arriving) join this commit.
+                        await trio.lowlevel.checkpoint()
                         batch, self._queue = self._queue, []
                         await trio.to_thread.run_sync(self._commit, batch)
                         for item in batch:

@@ -125,9 +125,10 @@ class SpoolTransport:
     name = "spool"
 
     def __init__(self, root: Path, config: SpoolConfig) -> None:
-        self.root = root
+        # Absolute: the watcher reports absolute paths, compared against these.
+        self.root = root.absolute()
         self.config = config
-        self.dirs = {name: root / name for name in SUBDIRS}
+        self.dirs = {name: self.root / name for name in SUBDIRS}
         self.quarantined = 0
         self._candidates: dict[str, None] = {}  # ordered set of names in incoming/
         self._unsettled: dict[str, float] = {}  # name -> trio time to look again
