@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 from typing import Any
 
@@ -12,8 +14,9 @@ from agent.capabilities import Capabilities
 from agent.config import Config
 from agent.dispatcher import Dispatcher
 from agent.events import EventBus
-from agent.handlers import system
+from agent.handlers import image, storage, system, vm, vm_snapshot
 from agent.health import Health, Status
+from agent.hypervisor import LibvirtConnection
 from agent.intake import Intake
 from agent.registry import Registry
 from agent.store import Store, count_by_status
@@ -25,7 +28,9 @@ log = structlog.get_logger("agent.daemon")
 
 def build_registry() -> Registry:
     """Every handler this agent ships."""
-    return Registry(system.HANDLERS)
+    return Registry(
+        (*system.HANDLERS, *vm.HANDLERS, *vm_snapshot.HANDLERS, *storage.HANDLERS, *image.HANDLERS)
+    )
 
 
 class Agent:
@@ -36,6 +41,7 @@ class Agent:
         self.bus = EventBus()
         self.registry = build_registry()
         self.store = Store(config.store_path)
+        self.libvirt = LibvirtConnection(config.libvirt)
         self.dispatcher = Dispatcher(
             self.store,
             self.registry,
@@ -43,10 +49,15 @@ class Agent:
             max_concurrent=config.max_concurrent_jobs,
             default_timeout=config.default_timeout_seconds,
             max_timeout=config.max_timeout_seconds,
+            services={LibvirtConnection: self.libvirt, Config: config},
         )
-        self.capabilities = Capabilities(config, self.registry)
+        self.capabilities = Capabilities(config, self.registry, self.bus)
+        self.capabilities.contribute(self.libvirt.facts)
+        self.capabilities.contribute(image.qemu_img_facts)
+        self.libvirt.on_change(self.capabilities.request_refresh)
         self.health = Health()
         self.health.add("store", self._store_health)
+        self.health.add("libvirt", self.libvirt.health)
         self.intake = Intake(
             self.registry,
             self.store,
@@ -61,6 +72,7 @@ class Agent:
         if config.spool.enabled:
             self.spool: SpoolTransport | None = SpoolTransport(config.spool_dir, config.spool)
             self.transports.append(self.spool)
+            self.health.add("spool", self._spool_health)
         else:
             self.spool = None
 
@@ -73,10 +85,24 @@ class Agent:
         }
         return "healthy", "job store answers", figures
 
+    async def _spool_health(self) -> tuple[Status, str, dict[str, Any]]:
+        spool = self.config.spool_dir
+        incoming = spool / "incoming"
+        if not os.access(incoming, os.W_OK | os.X_OK):
+            return "unhealthy", f"{incoming} is missing or not writable", {}
+        usage = await trio.to_thread.run_sync(shutil.disk_usage, spool)
+        figures = {"free_bytes": usage.free, "total_bytes": usage.total}
+        # Below 1% free a job file may not fit and results cannot be written.
+        if usage.free < usage.total // 100:
+            return "degraded", "spool filesystem almost full", figures
+        return "healthy", "spool directory writable", figures
+
     async def run(self, *, task_status: trio.TaskStatus[Agent] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled; started() once every transport is taking jobs."""
         try:
             async with trio.open_nursery() as nursery:
+                await nursery.start(self.libvirt.run)
+                await nursery.start(self.capabilities.run)
                 await nursery.start(self.dispatcher.run)
                 for transport in self.transports:
                     await nursery.start(transport.run, self.intake)
