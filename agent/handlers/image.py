@@ -106,6 +106,8 @@ async def check(payload: CheckPayload, ctx: JobContext) -> dict[str, Any]:
     argv += ["-U"] if payload.force_share else []
     result = await ctx.run_process([*argv, payload.path], check=False)
     finding = _CHECK_FINDINGS.get(result.returncode)
+    if result.returncode == 63:
+        raise HandlerError(f"{payload.path}: its format has no consistency checks")
     if finding is None:
         tail = result.stderr.decode(errors="replace").strip()[-500:]
         raise HandlerError(f"qemu-img check could not check {payload.path}: {tail}")

@@ -124,9 +124,11 @@ class PoolDefinePayload(BaseModel):
     autostart: bool = False
 
 
-def _pool_xml(spec: PoolDefinePayload) -> str:
+def _pool_xml(spec: PoolDefinePayload, uuid: str | None) -> str:
     root = ET.Element("pool", type=spec.type)
     ET.SubElement(root, "name").text = spec.name
+    if uuid is not None:  # redefining keeps the pool's identity
+        ET.SubElement(root, "uuid").text = uuid
     ET.SubElement(ET.SubElement(root, "target"), "path").text = spec.path
     return ET.tostring(root, encoding="unicode")
 
@@ -141,14 +143,14 @@ async def pool_define(payload: PoolDefinePayload, ctx: JobContext) -> dict[str, 
     """Define a directory pool (and build, start and autostart it); redefining is an update."""
 
     def run(conn: Any) -> dict[str, Any]:
-        existed = payload.name in conn.listStoragePools() + conn.listDefinedStoragePools()
-        pool = conn.storagePoolDefineXML(_pool_xml(payload), 0)
+        existing = {pool.name(): pool.UUIDString() for pool in conn.listAllStoragePools(0)}
+        pool = conn.storagePoolDefineXML(_pool_xml(payload, existing.get(payload.name)), 0)
         if payload.build and not pool.isActive():
             pool.build(0)
         if payload.start and not pool.isActive():
             pool.create(0)
         pool.setAutostart(int(payload.autostart))
-        return {**_pool_summary(pool), "created": not existed}
+        return {**_pool_summary(pool), "created": payload.name not in existing}
 
     return await hypervisor(ctx).call(run)
 
