@@ -119,12 +119,14 @@ class PrivateLibvirtd:
         if process is None:
             return
         assert process.stdin is not None
+        assert process.stdout is not None
         process.stdin.close()
         try:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        process.stdout.close()
         self._process = None
 
 
