@@ -20,6 +20,7 @@ import structlog
 import trio
 
 from agent.config import LibvirtConfig
+from agent.context import JobContext
 from agent.errors import HypervisorError
 from agent.health import Status
 from agent.hostcaps import summarize_capabilities, summarize_domain_capabilities, version_text
@@ -150,6 +151,16 @@ def undefine_domain(dom: Any) -> None:
         dom.undefineFlags(_UNDEFINE_BASIC)
 
 
+def volume_by_path(conn: Any, path: str) -> Any | None:
+    """The volume libvirt manages at `path`, or None when it manages none there."""
+    try:
+        return conn.storageVolLookupByPath(path)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+            return None
+        raise
+
+
 def domain_state(dom: Any) -> str:
     state, _reason = dom.state()
     return DOMAIN_STATES.get(state, "unknown")
@@ -211,7 +222,10 @@ class LibvirtConnection:
             while True:
                 self._lost = trio.Event()
                 try:
-                    conn = await trio.to_thread.run_sync(self._open, self._generation + 1)
+                    # Abandoned on shutdown: an open to an unresponsive host may hang long.
+                    conn = await trio.to_thread.run_sync(
+                        self._open, self._generation + 1, abandon_on_cancel=True
+                    )
                 except libvirt.libvirtError as exc:
                     self.last_error = translate(exc).message
                     log.warning(
@@ -324,7 +338,12 @@ class LibvirtConnection:
         while True:
             changed = trio.Event()
             self._domain_waiters.setdefault(uuid, []).append(changed)
-            state = await self.call(lambda conn: domain_state(conn.lookupByUUIDString(uuid)))
+            try:
+                state = await self.call(lambda conn: domain_state(lookup_domain(conn, None, uuid)))
+            except HypervisorError as exc:
+                if exc.reason != "not_found":
+                    raise
+                state = "undefined"  # a transient domain is gone once it stops
             if state in states:
                 return state
             await changed.wait()
@@ -356,6 +375,11 @@ class LibvirtConnection:
         except HypervisorError as exc:
             log.warning("libvirt.facts_failed", error=exc.message)
             return {"hypervisor": None, "libvirt": {"uri": self.uri, "connected": self.connected}}
+
+
+def connection(ctx: JobContext) -> LibvirtConnection:
+    """The agent's libvirt connection, as a handler gets it."""
+    return ctx.service(LibvirtConnection)
 
 
 def _describe(conn: Any, uri: str) -> dict[str, Any]:

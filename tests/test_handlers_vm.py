@@ -135,6 +135,17 @@ async def test_vm_shutdown_reports_how_it_stopped(agent: Agent) -> None:
     assert result["method"] == "shutdown"
 
 
+async def test_vm_shutdown_of_a_transient_domain_ends_when_it_is_gone(agent: Agent) -> None:
+    name = unique("transient")
+    xml = (
+        f"<domain type='test'><name>{name}</name><memory unit='MiB'>32</memory>"
+        "<os><type>hvm</type></os></domain>"
+    )
+    await agent.libvirt.call(lambda conn: conn.createXML(xml, 0))
+    result = await ok(agent, "vm.shutdown", {"name": name, "timeout_seconds": 10})
+    assert (result["state"], result["changed"]) == ("undefined", True)
+
+
 async def test_vm_addressed_by_uuid(agent: Agent) -> None:
     created = await define(agent)
     result = await ok(agent, "vm.start", {"uuid": created["uuid"]})

@@ -12,9 +12,9 @@ from typing import Any, Literal
 import trio
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agent.config import Config
 from agent.context import JobContext
 from agent.errors import HandlerError
+from agent.handlers import check_disk_size
 from agent.registry import handler
 
 QEMU_IMG = "qemu-img"
@@ -34,7 +34,6 @@ _DISK_FORMATS = {
     "vmdk",
     "vpc",
 }
-GIB = 1024**3
 CHUNK = 4 * 1024 * 1024
 # `qemu-img convert -p` writes "    (12.34/100%)\r" records, on stdout even without a tty.
 _PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
@@ -57,15 +56,6 @@ class ImageRef(BaseModel):
 
 def image_resource(ref: ImageRef) -> str:
     return f"image:{ref.path}"
-
-
-def _check_size(ctx: JobContext, size_bytes: int) -> None:
-    limit = ctx.service(Config).max_disk_size_gb
-    if size_bytes > limit * GIB:
-        raise HandlerError(
-            f"{size_bytes} bytes is over this host's max_disk_size_gb ({limit})",
-            field="payload.data.size_bytes",
-        )
 
 
 async def _qemu_img_json(ctx: JobContext, argv: list[str]) -> Any:
@@ -127,7 +117,7 @@ class CreatePayload(ImageRef):
 @handler("image.create", payload=CreatePayload, rerun_safe=False, resource=image_resource)
 async def create(payload: CreatePayload, ctx: JobContext) -> Any:
     """qemu-img create: a new image (never over an existing file)."""
-    _check_size(ctx, payload.size_bytes)
+    check_disk_size(ctx, payload.size_bytes, field="payload.data.size_bytes")
     if await trio.Path(payload.path).exists():
         raise HandlerError(f"{payload.path} already exists", field="payload.data.path")
     argv = [QEMU_IMG, "create", "-q", "-f", payload.format]
@@ -148,7 +138,7 @@ class ResizePayload(ImageRef):
 @handler("image.resize", payload=ResizePayload, rerun_safe=True, resource=image_resource)
 async def resize(payload: ResizePayload, ctx: JobContext) -> Any:
     """qemu-img resize to an absolute virtual size."""
-    _check_size(ctx, payload.size_bytes)
+    check_disk_size(ctx, payload.size_bytes, field="payload.data.size_bytes")
     argv = [QEMU_IMG, "resize", "-q"]
     argv += ["-f", payload.format] if payload.format else []
     argv += ["--shrink"] if payload.shrink else []

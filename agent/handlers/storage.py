@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any, Literal
 from xml.etree import ElementTree as ET
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agent.config import Config
 from agent.context import JobContext
 from agent.errors import HandlerError, HypervisorError
+from agent.handlers import check_disk_size
 from agent.handlers.domain_xml import NAME_PATTERN
-from agent.handlers.vm import hypervisor
 from agent.hypervisor import (
     POOL_STATES,
     VOL_RESIZE_SHRINK,
     VOLUME_TYPES,
     WIPE_ALGORITHMS,
+    connection,
     lookup_pool,
     lookup_volume,
 )
 from agent.registry import handler
-
-GIB = 1024**3
 
 
 class PoolRef(BaseModel):
@@ -93,7 +92,7 @@ class PoolListPayload(BaseModel):
 @handler("storage.pool.list", payload=PoolListPayload, rerun_safe=True)
 async def pool_list(payload: PoolListPayload, ctx: JobContext) -> dict[str, Any]:
     """Every storage pool with its state and space."""
-    pools = await hypervisor(ctx).call(
+    pools = await connection(ctx).call(
         lambda conn: sorted(
             (_pool_summary(p) for p in conn.listAllStoragePools(0)), key=lambda p: p["name"]
         )
@@ -110,7 +109,7 @@ async def pool_info(payload: PoolRef, ctx: JobContext) -> dict[str, Any]:
         volumes = pool.numOfVolumes() if pool.isActive() else None
         return {**_pool_summary(pool), "volumes": volumes}
 
-    return await hypervisor(ctx).call(run)
+    return await connection(ctx).call(run)
 
 
 class PoolDefinePayload(BaseModel):
@@ -152,7 +151,7 @@ async def pool_define(payload: PoolDefinePayload, ctx: JobContext) -> dict[str, 
         pool.setAutostart(int(payload.autostart))
         return {**_pool_summary(pool), "created": payload.name not in existing}
 
-    return await hypervisor(ctx).call(run)
+    return await connection(ctx).call(run)
 
 
 @handler("storage.pool.start", payload=PoolRef, rerun_safe=True, resource=pool_resource)
@@ -166,7 +165,7 @@ async def pool_start(payload: PoolRef, ctx: JobContext) -> dict[str, Any]:
             pool.create(0)
         return {**_pool_summary(pool), "changed": changed}
 
-    return await hypervisor(ctx).call(run)
+    return await connection(ctx).call(run)
 
 
 @handler("storage.pool.stop", payload=PoolRef, rerun_safe=True, resource=pool_resource)
@@ -180,7 +179,7 @@ async def pool_stop(payload: PoolRef, ctx: JobContext) -> dict[str, Any]:
             pool.destroy()
         return {**_pool_summary(pool), "changed": changed}
 
-    return await hypervisor(ctx).call(run)
+    return await connection(ctx).call(run)
 
 
 class PoolDeletePayload(PoolRef):
@@ -203,13 +202,15 @@ async def pool_delete(payload: PoolDeletePayload, ctx: JobContext) -> dict[str, 
             pool.undefine()
         return {"name": payload.name, "changed": True}
 
-    return await _missing_is_done(hypervisor(ctx).call(run), {"name": payload.name})
+    return await _missing_is_done(connection(ctx).call(run), {"name": payload.name})
 
 
-async def _missing_is_done(call: Any, answer: dict[str, Any]) -> dict[str, Any]:
+async def _missing_is_done(
+    call: Awaitable[dict[str, Any]], answer: dict[str, Any]
+) -> dict[str, Any]:
     """Deleting something already gone is success with changed: false."""
     try:
-        result: dict[str, Any] = await call
+        result = await call
     except HypervisorError as exc:
         if exc.reason != "not_found":
             raise
@@ -226,7 +227,7 @@ async def volume_list(payload: PoolRef, ctx: JobContext) -> dict[str, Any]:
         pool.refresh(0)
         return sorted((_volume_summary(v) for v in pool.listAllVolumes(0)), key=lambda v: v["name"])
 
-    volumes = await hypervisor(ctx).call(run)
+    volumes = await connection(ctx).call(run)
     return {"pool": payload.name, "volumes": volumes, "total": len(volumes)}
 
 
@@ -235,17 +236,8 @@ async def volume_info(payload: VolumeRef, ctx: JobContext) -> dict[str, Any]:
     """One volume: path, type, format, capacity, allocation, backing store."""
     return {
         "pool": payload.pool,
-        **await hypervisor(ctx).call(lambda conn: _volume_summary(payload.lookup(conn))),
+        **await connection(ctx).call(lambda conn: _volume_summary(payload.lookup(conn))),
     }
-
-
-def _check_size(ctx: JobContext, size_bytes: int) -> None:
-    limit = ctx.service(Config).max_disk_size_gb
-    if size_bytes > limit * GIB:
-        raise HandlerError(
-            f"{size_bytes} bytes is over this host's max_disk_size_gb ({limit})",
-            field="payload.data.capacity_bytes",
-        )
 
 
 class VolumeCreatePayload(VolumeRef):
@@ -268,7 +260,7 @@ def _volume_xml(name: str, capacity: int, allocation: int, fmt: str) -> str:
 )
 async def volume_create(payload: VolumeCreatePayload, ctx: JobContext) -> dict[str, Any]:
     """Create a volume; one that exists with the same capacity and format is success."""
-    _check_size(ctx, payload.capacity_bytes)
+    check_disk_size(ctx, payload.capacity_bytes, field="payload.data.capacity_bytes")
 
     def run(conn: Any) -> dict[str, Any]:
         pool = lookup_pool(conn, payload.pool)
@@ -290,7 +282,7 @@ async def volume_create(payload: VolumeCreatePayload, ctx: JobContext) -> dict[s
         vol = pool.createXML(xml, 0)
         return {"pool": payload.pool, **_volume_summary(vol), "changed": True}
 
-    return await hypervisor(ctx).call(run)
+    return await connection(ctx).call(run)
 
 
 class VolumeResizePayload(VolumeRef):
@@ -303,7 +295,7 @@ class VolumeResizePayload(VolumeRef):
 )
 async def volume_resize(payload: VolumeResizePayload, ctx: JobContext) -> dict[str, Any]:
     """Set a volume's capacity; the same capacity again is success."""
-    _check_size(ctx, payload.capacity_bytes)
+    check_disk_size(ctx, payload.capacity_bytes, field="payload.data.capacity_bytes")
 
     def run(conn: Any) -> dict[str, Any]:
         vol = payload.lookup(conn)
@@ -321,7 +313,7 @@ async def volume_resize(payload: VolumeResizePayload, ctx: JobContext) -> dict[s
         )
         return {"pool": payload.pool, **_volume_summary(vol), "changed": True}
 
-    return await hypervisor(ctx).call(run)
+    return await connection(ctx).call(run)
 
 
 class VolumeWipePayload(VolumeRef):
@@ -340,7 +332,7 @@ async def volume_wipe(payload: VolumeWipePayload, ctx: JobContext) -> dict[str, 
         vol.wipePattern(WIPE_ALGORITHMS[payload.algorithm], 0)
         return {"pool": payload.pool, **_volume_summary(vol), "algorithm": payload.algorithm}
 
-    return await hypervisor(ctx).call(run)
+    return await connection(ctx).call(run)
 
 
 @handler("storage.volume.delete", payload=VolumeRef, rerun_safe=True, resource=volume_resource)
@@ -352,7 +344,7 @@ async def volume_delete(payload: VolumeRef, ctx: JobContext) -> dict[str, Any]:
         return {"pool": payload.pool, "name": payload.name, "changed": True}
 
     return await _missing_is_done(
-        hypervisor(ctx).call(run), {"pool": payload.pool, "name": payload.name}
+        connection(ctx).call(run), {"pool": payload.pool, "name": payload.name}
     )
 
 
@@ -382,7 +374,7 @@ async def volume_clone(payload: VolumeClonePayload, ctx: JobContext) -> dict[str
         clone = pool.createXMLFrom(xml, source, 0)
         return {"pool": pool.name(), **_volume_summary(clone), "source": found["path"]}
 
-    return await hypervisor(ctx).call(run)
+    return await connection(ctx).call(run)
 
 
 HANDLERS = (

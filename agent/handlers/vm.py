@@ -26,7 +26,13 @@ from agent.handlers.domain_xml import (
     spec_to_xml,
     with_uuid,
 )
-from agent.hypervisor import LibvirtConnection, domain_state, lookup_domain, undefine_domain
+from agent.hypervisor import (
+    connection,
+    domain_state,
+    lookup_domain,
+    undefine_domain,
+    volume_by_path,
+)
 from agent.registry import handler
 
 DomainState = Literal[
@@ -58,10 +64,6 @@ def domain_resource(ref: DomainRef) -> str:
     return f"domain:{ref.name or ref.uuid}"
 
 
-def hypervisor(ctx: JobContext) -> LibvirtConnection:
-    return ctx.service(LibvirtConnection)
-
-
 def summary(dom: Any, **extra: Any) -> dict[str, Any]:
     return {"name": dom.name(), "uuid": dom.UUIDString(), "state": domain_state(dom), **extra}
 
@@ -87,7 +89,7 @@ async def list_domains(payload: ListPayload, ctx: JobContext) -> dict[str, Any]:
             for dom in conn.listAllDomains(0)
         ]
 
-    domains = await hypervisor(ctx).call(run)
+    domains = await connection(ctx).call(run)
     if payload.state is not None:
         domains = [d for d in domains if d["state"] == payload.state]
     domains.sort(key=lambda d: d["name"])
@@ -117,7 +119,7 @@ async def info(payload: DomainRef, ctx: JobContext) -> dict[str, Any]:
             stats=stats,
         )
 
-    return await hypervisor(ctx).call(run)
+    return await connection(ctx).call(run)
 
 
 class DefinePayload(BaseModel):
@@ -166,7 +168,7 @@ async def define(payload: DefinePayload, ctx: JobContext) -> dict[str, Any]:
             dom.setAutostart(1)
         return summary(dom, created=payload.name not in existing)
 
-    return await hypervisor(ctx).call(run)
+    return await connection(ctx).call(run)
 
 
 @handler("vm.start", payload=DomainRef, rerun_safe=True, resource=domain_resource)
@@ -180,7 +182,7 @@ async def start(payload: DomainRef, ctx: JobContext) -> dict[str, Any]:
         dom.create()
         return summary(dom, changed=True)
 
-    return await hypervisor(ctx).call(run)
+    return await connection(ctx).call(run)
 
 
 class ShutdownPayload(DomainRef):
@@ -191,7 +193,7 @@ class ShutdownPayload(DomainRef):
 @handler("vm.shutdown", payload=ShutdownPayload, rerun_safe=True, resource=domain_resource)
 async def shutdown(payload: ShutdownPayload, ctx: JobContext) -> dict[str, Any]:
     """Ask the guest to power off, wait up to timeout_seconds, then destroy if force."""
-    hv = hypervisor(ctx)
+    hv = connection(ctx)
 
     def request(conn: Any) -> str | None:
         dom = payload.lookup(conn)
@@ -204,10 +206,18 @@ async def shutdown(payload: ShutdownPayload, ctx: JobContext) -> dict[str, Any]:
     if uuid is None:
         return {**await hv.call(lambda c: summary(payload.lookup(c))), "changed": False}
     await ctx.progress(0, "shutdown requested", timeout_seconds=payload.timeout_seconds)
-    method = "shutdown"
-    with trio.move_on_after(payload.timeout_seconds) as waited:
-        await hv.wait_domain_state(uuid, {"shutoff", "crashed"})
-    if waited.cancelled_caught:
+    method, state = "shutdown", None
+    with trio.move_on_after(payload.timeout_seconds):
+        state = await hv.wait_domain_state(uuid, {"shutoff", "crashed", "undefined"})
+    if state == "undefined":  # a transient domain: gone once it stopped
+        return {
+            "name": payload.name,
+            "uuid": uuid,
+            "state": state,
+            "changed": True,
+            "method": method,
+        }
+    if state is None:
         if not payload.force:
             raise HandlerError(
                 f"domain {payload.name or uuid} did not shut down within "
@@ -239,7 +249,7 @@ async def destroy(payload: DomainRef, ctx: JobContext) -> dict[str, Any]:
         dom = payload.lookup(conn)
         return summary(dom, changed=_destroy_if_active(dom))
 
-    return await hypervisor(ctx).call(run)
+    return await connection(ctx).call(run)
 
 
 def _transition(
@@ -260,25 +270,25 @@ def _transition(
 @handler("vm.reboot", payload=DomainRef, rerun_safe=False, resource=domain_resource)
 async def reboot(payload: DomainRef, ctx: JobContext) -> dict[str, Any]:
     """Ask the guest to reboot (ACPI); its OS has to cooperate."""
-    return await hypervisor(ctx).call(_transition(payload, lambda dom: dom.reboot(0), None))
+    return await connection(ctx).call(_transition(payload, lambda dom: dom.reboot(0), None))
 
 
 @handler("vm.reset", payload=DomainRef, rerun_safe=False, resource=domain_resource)
 async def reset(payload: DomainRef, ctx: JobContext) -> dict[str, Any]:
     """Reset the domain's virtual hardware at once (the reset button)."""
-    return await hypervisor(ctx).call(_transition(payload, lambda dom: dom.reset(0), None))
+    return await connection(ctx).call(_transition(payload, lambda dom: dom.reset(0), None))
 
 
 @handler("vm.suspend", payload=DomainRef, rerun_safe=True, resource=domain_resource)
 async def suspend(payload: DomainRef, ctx: JobContext) -> dict[str, Any]:
     """Pause a running domain's vCPUs; a paused one is left as it is."""
-    return await hypervisor(ctx).call(_transition(payload, lambda dom: dom.suspend(), "paused"))
+    return await connection(ctx).call(_transition(payload, lambda dom: dom.suspend(), "paused"))
 
 
 @handler("vm.resume", payload=DomainRef, rerun_safe=True, resource=domain_resource)
 async def resume(payload: DomainRef, ctx: JobContext) -> dict[str, Any]:
     """Resume a paused domain; a running one is left as it is."""
-    return await hypervisor(ctx).call(_transition(payload, lambda dom: dom.resume(), "running"))
+    return await connection(ctx).call(_transition(payload, lambda dom: dom.resume(), "running"))
 
 
 class UndefinePayload(DomainRef):
@@ -311,15 +321,16 @@ async def undefine(payload: UndefinePayload, ctx: JobContext) -> dict[str, Any]:
             undefine_domain(dom)
         removed, kept = [], []
         for path in disks if payload.remove_storage else []:
-            try:
-                conn.storageVolLookupByPath(path).delete(0)
-                removed.append(path)
-            except Exception:  # noqa: BLE001 (not a volume libvirt manages: left in place)
+            volume = volume_by_path(conn, path)
+            if volume is None:  # not a volume libvirt manages: left in place
                 kept.append(path)
+            else:
+                volume.delete(0)
+                removed.append(path)
         return {**ref, "changed": True, "removed_volumes": removed, "kept_disks": kept}
 
     try:
-        return await hypervisor(ctx).call(run)
+        return await connection(ctx).call(run)
     except HypervisorError as exc:
         if exc.reason != "not_found":
             raise
@@ -341,7 +352,7 @@ async def autostart(payload: AutostartPayload, ctx: JobContext) -> dict[str, Any
             dom.setAutostart(int(payload.enabled))
         return summary(dom, autostart=payload.enabled, changed=before != payload.enabled)
 
-    return await hypervisor(ctx).call(run)
+    return await connection(ctx).call(run)
 
 
 class ScreenshotPayload(DomainRef):
@@ -373,7 +384,7 @@ async def screenshot(payload: ScreenshotPayload, ctx: JobContext) -> dict[str, A
             raise
         return summary(dom, path=str(path), mime_type=mime, size_bytes=path.stat().st_size)
 
-    return await hypervisor(ctx).call(run)
+    return await connection(ctx).call(run)
 
 
 HANDLERS = (

@@ -9,7 +9,8 @@ from pydantic import Field
 
 from agent.context import JobContext
 from agent.handlers.domain_xml import NAME_PATTERN, snapshot_xml
-from agent.handlers.vm import DomainRef, domain_resource, hypervisor
+from agent.handlers.vm import DomainRef, domain_resource
+from agent.hypervisor import connection
 from agent.registry import handler
 
 
@@ -31,7 +32,7 @@ async def create(payload: SnapshotCreatePayload, ctx: JobContext) -> dict[str, A
         snap = dom.snapshotCreateXML(snapshot_xml(payload.snapshot, payload.description), 0)
         return {"name": dom.name(), "uuid": dom.UUIDString(), "snapshot": _describe(snap)}
 
-    return await hypervisor(ctx).call(run)
+    return await connection(ctx).call(run)
 
 
 def _describe(snap: Any) -> dict[str, Any]:
@@ -59,7 +60,7 @@ async def list_snapshots(payload: DomainRef, ctx: JobContext) -> dict[str, Any]:
         )
         return {"name": dom.name(), "uuid": dom.UUIDString(), "snapshots": snapshots}
 
-    return await hypervisor(ctx).call(run)
+    return await connection(ctx).call(run)
 
 
 class SnapshotRefPayload(DomainRef):
@@ -77,7 +78,7 @@ async def revert(payload: SnapshotRefPayload, ctx: JobContext) -> dict[str, Any]
         dom.revertToSnapshot(dom.snapshotLookupByName(payload.snapshot, 0), 0)
         return {"name": dom.name(), "uuid": dom.UUIDString(), "snapshot": payload.snapshot}
 
-    return await hypervisor(ctx).call(run)
+    return await connection(ctx).call(run)
 
 
 @handler(
@@ -98,7 +99,7 @@ async def delete(payload: SnapshotRefPayload, ctx: JobContext) -> dict[str, Any]
             "changed": payload.snapshot in names,
         }
 
-    return await hypervisor(ctx).call(run)
+    return await connection(ctx).call(run)
 
 
 HANDLERS = (create, list_snapshots, revert, delete)
