@@ -13,6 +13,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import libvirt
@@ -189,13 +190,39 @@ def _ensure_event_loop() -> None:
         _event_loop_running = True
 
 
+@dataclass
+class _Held:
+    """One open connection and the calls using it: it is closed only once it is
+    dropped and unused, as libvirt must not free a connection a call still uses."""
+
+    conn: Any
+    generation: int
+    users: int = 0
+    dropped: bool = False
+
+
+def _close(conn: Any) -> None:
+    try:
+        conn.unregisterCloseCallback()
+        conn.close()
+    except libvirt.libvirtError as exc:
+        log.info("libvirt.close_failed", error=str(exc))  # it is gone either way
+
+
+def _is_alive(conn: Any) -> bool:
+    try:
+        return bool(conn.isAlive())
+    except libvirt.libvirtError:
+        return False
+
+
 class LibvirtConnection:
     """Owns the agent's libvirt connection (a service handlers get from their context)."""
 
     def __init__(self, config: LibvirtConfig) -> None:
         self.config = config
         self.uri = config.uri
-        self._conn: Any = None
+        self._held: _Held | None = None
         self._generation = 0
         self._lost = trio.Event()
         self._token: trio.lowlevel.TrioToken | None = None
@@ -205,7 +232,7 @@ class LibvirtConnection:
 
     @property
     def connected(self) -> bool:
-        return self._conn is not None
+        return self._held is not None
 
     def on_change(self, listener: Callable[[], None]) -> None:
         """Call `listener` (on the trio thread) whenever the connection comes or goes."""
@@ -241,15 +268,16 @@ class LibvirtConnection:
                 if not started:
                     task_status.started()
                     started = True
-                if self._conn is not None:
+                if self._held is not None:
                     await self._lost.wait()
                     log.warning("libvirt.disconnected", uri=self.uri, reason=self.last_error)
-                    self._drop_connection()
+                    await self._drop_connection()
                     continue  # reconnect at once: a restarted libvirtd may already be back
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, self.config.reconnect_max_seconds)
         finally:
-            self._drop_connection()
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await self._drop_connection()
 
     def _open(self, generation: int) -> Any:
         conn = libvirt.open(self.uri)
@@ -269,21 +297,20 @@ class LibvirtConnection:
 
     def _set_connection(self, conn: Any) -> None:
         self._generation += 1
-        self._conn = conn
+        self._held = _Held(conn, self._generation)
         self.last_error = None
         LIBVIRT_UP.set(1)
         self._changed()
 
-    def _drop_connection(self) -> None:
-        conn, self._conn = self._conn, None
+    async def _drop_connection(self) -> None:
+        held, self._held = self._held, None
         LIBVIRT_UP.set(0)
-        if conn is None:
+        if held is None:
             return
-        try:
-            conn.close()
-        except libvirt.libvirtError as exc:
-            log.info("libvirt.close_failed", error=str(exc))  # it is gone either way
+        held.dropped = True
         self._changed()
+        if held.users == 0:
+            await trio.to_thread.run_sync(_close, held.conn, abandon_on_cancel=True)
 
     def _changed(self) -> None:
         waiters, self._domain_waiters = self._domain_waiters, {}
@@ -307,7 +334,7 @@ class LibvirtConnection:
         self._from_event_thread(self._domain_changed, dom.UUIDString())
 
     def _mark_lost(self, generation: int, reason: str) -> None:
-        if generation == self._generation and self._conn is not None:
+        if self._held is not None and self._held.generation == generation:
             self.last_error = reason
             self._lost.set()
 
@@ -317,20 +344,26 @@ class LibvirtConnection:
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(conn, *args)` in a worker thread; libvirt errors become HypervisorError."""
-        conn = self._conn
-        if conn is None:
+        held = self._held
+        if held is None:
             raise HypervisorError(
                 f"libvirt at {self.uri} is not connected: {self.last_error}", reason="unavailable"
             )
+        held.users += 1
         try:
-            return await trio.to_thread.run_sync(fn, conn, *args)
+            return await trio.to_thread.run_sync(fn, held.conn, *args)
         except libvirt.libvirtError as exc:
             error = translate(exc)
-            if error.reason == "unavailable" and conn is self._conn:
-                alive = await trio.to_thread.run_sync(conn.isAlive)
-                if not alive:
-                    self._mark_lost(self._generation, error.message)
+            if error.reason == "unavailable" and not await trio.to_thread.run_sync(
+                _is_alive, held.conn
+            ):
+                self._mark_lost(held.generation, error.message)
             raise error from exc
+        finally:
+            held.users -= 1
+            if held.dropped and held.users == 0:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(_close, held.conn)
 
     async def wait_domain_state(self, uuid: str, states: set[str]) -> str:
         """Wait for a domain to reach one of `states`, woken by libvirt's lifecycle

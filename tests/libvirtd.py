@@ -144,32 +144,32 @@ def private_libvirtd(workdir: Path) -> Iterator[PrivateLibvirtd]:
 
 
 class _Reaper:
-    """Reaps every child (libvirtd, orphaned QEMU) and remembers who exited."""
+    """Reaps every child (libvirtd, orphaned QEMU) and keeps their exit statuses."""
 
     def __init__(self) -> None:
-        self._exited: set[int] = set()
+        self._statuses: dict[int, int] = {}
         self._changed = threading.Condition()
-        self._has_children = threading.Event()
+        # A child that never exits keeps waitpid(-1) blocking instead of failing while
+        # there is no other child (between two libvirtd runs).
+        self.sentinel = os.posix_spawnp("sleep", ["sleep", "infinity"], os.environ)
         threading.Thread(target=self._reap, daemon=True).start()
 
     def _reap(self) -> None:
         while True:
-            self._has_children.wait()
             try:
-                pid, _ = os.waitpid(-1, 0)
+                pid, status = os.waitpid(-1, 0)
             except ChildProcessError:
-                self._has_children.clear()
-                continue
+                return  # the sentinel is gone: we are exiting
             with self._changed:
-                self._exited.add(pid)
+                self._statuses[pid] = status
                 self._changed.notify_all()
 
-    def expect_children(self) -> None:
-        self._has_children.set()
-
-    def wait_exit(self, pid: int, timeout: float) -> bool:
+    def wait_exit(self, pid: int, timeout: float) -> int | None:
+        """The exit status of child `pid`, or None if it is still running after `timeout`."""
         with self._changed:
-            return self._changed.wait_for(lambda: pid in self._exited, timeout)
+            if self._changed.wait_for(lambda: pid in self._statuses, timeout):
+                return self._statuses[pid]
+            return None
 
 
 def _mount_private(workdir: Path) -> None:
@@ -214,20 +214,17 @@ def _namespace_main(workdir: Path) -> None:
         with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
             pid = int(pid_file.read_text())
             os.kill(pid, signal.SIGTERM)
-            if not reaper.wait_exit(pid, 30):
+            if reaper.wait_exit(pid, 30) is None:
                 os.kill(pid, signal.SIGKILL)
                 reaper.wait_exit(pid, 10)
 
     for line in sys.stdin:
         command = line.strip()
         if command == "start":
-            reaper.expect_children()
             # --daemon returns once the daemon listens; clients then wait for its drivers.
-            done = subprocess.run(
-                ["libvirtd", "--daemon", "--config", str(conf), "--pid-file", str(pid_file)],
-                check=False,
-            )
-            print("ready" if done.returncode == 0 else f"failed {done.returncode}", flush=True)
+            argv = ["libvirtd", "--daemon", "--config", str(conf), "--pid-file", str(pid_file)]
+            status = reaper.wait_exit(os.posix_spawnp("libvirtd", argv, os.environ), 120)
+            print("ready" if status == 0 else f"failed {status}", flush=True)
         elif command == "stop":
             stop()
             print("stopped", flush=True)
