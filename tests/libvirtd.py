@@ -74,6 +74,12 @@ class PrivateLibvirtd:
         process.stdin.write(line + "\n")
         process.stdin.flush()
         answer = process.stdout.readline().strip()
+        if not answer:  # end of output: the namespace parent died
+            raise RuntimeError(
+                f"private libvirtd: its parent exited with {process.wait(30)} (unshare --mount "
+                "needs CAP_SYS_ADMIN: root on a VM or host, or a privileged container); "
+                + self.log_tail()
+            )
         if answer != expect:
             raise RuntimeError(f"private libvirtd: {line!r} answered {answer!r}; {self.log_tail()}")
 
