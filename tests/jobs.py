@@ -49,17 +49,8 @@ async def run_job(
     agent: Agent, operation: str, data: dict[str, Any], *, within: float = 60, **extra: Any
 ) -> tuple[JobState, Any]:
     """Submit, wait for the end; answer (status, result)."""
-    with agent.intake.events() as subscription:
-        job_id = await submit(agent, operation, data, **extra)
-        with trio.fail_after(within):
-            async for event in subscription.receive:
-                if (
-                    event["type"] == "status"
-                    and event["job_id"] == job_id
-                    and event["data"]["status"] in ("Completed", "Failed", "Cancelled")
-                ):
-                    break
-    state = await agent.intake.status(job_id)
+    job_id = await submit(agent, operation, data, **extra)
+    state = await wait_done(agent, job_id, within=within)
     result = await agent.intake.result(job_id) if state.status == "Completed" else None
     return state, result
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
 from typing import Any, Literal
 from xml.etree import ElementTree as ET
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.context import JobContext
-from agent.errors import HandlerError, HypervisorError
-from agent.handlers import check_disk_size
+from agent.errors import HandlerError
+from agent.handlers import check_disk_size, missing_is_done
 from agent.handlers.domain_xml import NAME_PATTERN
 from agent.hypervisor import (
     POOL_STATES,
@@ -202,20 +201,7 @@ async def pool_delete(payload: PoolDeletePayload, ctx: JobContext) -> dict[str, 
             pool.undefine()
         return {"name": payload.name, "changed": True}
 
-    return await _missing_is_done(connection(ctx).call(run), {"name": payload.name})
-
-
-async def _missing_is_done(
-    call: Awaitable[dict[str, Any]], answer: dict[str, Any]
-) -> dict[str, Any]:
-    """Deleting something already gone is success with changed: false."""
-    try:
-        result = await call
-    except HypervisorError as exc:
-        if exc.reason != "not_found":
-            raise
-        return {**answer, "changed": False}
-    return result
+    return await missing_is_done(connection(ctx).call(run), {"name": payload.name})
 
 
 @handler("storage.volume.list", payload=PoolRef, rerun_safe=True, resource=pool_resource)
@@ -343,7 +329,7 @@ async def volume_delete(payload: VolumeRef, ctx: JobContext) -> dict[str, Any]:
         payload.lookup(conn).delete(0)
         return {"pool": payload.pool, "name": payload.name, "changed": True}
 
-    return await _missing_is_done(
+    return await missing_is_done(
         connection(ctx).call(run), {"pool": payload.pool, "name": payload.name}
     )
 

@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.config import Config
 from agent.context import JobContext
-from agent.errors import HandlerError, HypervisorError
+from agent.errors import HandlerError
+from agent.handlers import missing_is_done
 from agent.handlers.domain_xml import (
     VmSpec,
     describe_devices,
@@ -329,12 +330,8 @@ async def undefine(payload: UndefinePayload, ctx: JobContext) -> dict[str, Any]:
                 removed.append(path)
         return {**ref, "changed": True, "removed_volumes": removed, "kept_disks": kept}
 
-    try:
-        return await connection(ctx).call(run)
-    except HypervisorError as exc:
-        if exc.reason != "not_found":
-            raise
-        return {"name": payload.name, "uuid": payload.uuid and str(payload.uuid), "changed": False}
+    answer = {"name": payload.name, "uuid": payload.uuid and str(payload.uuid)}
+    return await missing_is_done(connection(ctx).call(run), answer)
 
 
 class AutostartPayload(DomainRef):
