@@ -24,6 +24,7 @@ import trio
 
 from agent.config import Config, LibvirtConfig, SpoolConfig
 from agent.daemon import Agent
+from agent.metrics import REGISTRY
 from tests.jobs import failed, ok, submit, wait_done
 from tests.libvirtd import PrivateLibvirtd, private_libvirtd
 
@@ -187,6 +188,7 @@ async def test_real_libvirtd_restart_turns_health_unhealthy_then_recovers(
             health = await agent.intake.health()
             assert health["status"] == "unhealthy"
             assert health["components"]["libvirt"]["connected"] is False
+            assert REGISTRY.get_sample_value("hostagent_libvirt_up") == 0
             assert "not connected" in await failed(agent, "vm.list", {})
         finally:
             await trio.to_thread.run_sync(libvirtd.start)
@@ -195,4 +197,5 @@ async def test_real_libvirtd_restart_turns_health_unhealthy_then_recovers(
     health = await agent.intake.health()
     assert health["status"] == "healthy"
     assert health["components"]["libvirt"]["connected"] is True
+    assert REGISTRY.get_sample_value("hostagent_libvirt_up") == 1
     await ok(agent, "vm.list", {})
