@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+from functools import partial
 from typing import Any
 
 import structlog
@@ -16,6 +17,7 @@ from agent.dispatcher import Dispatcher
 from agent.events import EventBus
 from agent.handlers import image, storage, system, vm, vm_snapshot
 from agent.health import Health, Status
+from agent.hostcaps import libvirt_facts
 from agent.hypervisor import LibvirtConnection
 from agent.intake import Intake
 from agent.registry import Registry
@@ -52,7 +54,7 @@ class Agent:
             services={LibvirtConnection: self.libvirt, Config: config},
         )
         self.capabilities = Capabilities(config, self.registry, self.bus)
-        self.capabilities.contribute(self.libvirt.facts)
+        self.capabilities.contribute(partial(libvirt_facts, self.libvirt))
         self.capabilities.contribute(image.qemu_img_facts)
         self.libvirt.on_change(self.capabilities.request_refresh)
         self.health = Health()

@@ -1,9 +1,55 @@
-"""libvirt's host and domain capabilities XML, summarised for capability discovery."""
+"""What libvirt says this host can do, summarised for capability discovery."""
 
 from __future__ import annotations
 
 from typing import Any
 from xml.etree import ElementTree as ET
+
+import structlog
+
+from agent.errors import HypervisorError
+from agent.hypervisor import LibvirtConnection
+
+log = structlog.get_logger("agent.hostcaps")
+
+
+async def libvirt_facts(hv: LibvirtConnection) -> dict[str, Any]:
+    """Capability facts: hypervisor type and version, libvirt version, host and
+    domain capabilities summarised (hypervisor None while libvirt is unreachable)."""
+    down = {"hypervisor": None, "libvirt": {"uri": hv.uri, "connected": False}}
+    try:
+        kind, version, lib_version, host = await hv.call(
+            lambda conn: (
+                conn.getType(),
+                conn.getVersion(),
+                conn.getLibVersion(),
+                conn.getCapabilities(),
+            )
+        )
+        try:
+            domain = summarize_domain_capabilities(
+                await hv.call(lambda conn: conn.getDomainCapabilities())
+            )
+        except HypervisorError as exc:
+            if exc.reason == "unavailable":
+                raise
+            # The test driver has none; a host without the default emulator neither.
+            domain = {"unavailable": exc.message}
+    except HypervisorError as exc:
+        if hv.connected:
+            log.warning("libvirt.facts_failed", error=exc.message)
+        return down
+    return {
+        "features": ["libvirt"],
+        "hypervisor": {"type": kind, "version": version_text(version)},
+        "libvirt": {
+            "uri": hv.uri,
+            "connected": True,
+            "version": version_text(lib_version),
+            "host": summarize_capabilities(host),
+            "domain": domain,
+        },
+    }
 
 
 def version_text(number: int) -> str:

@@ -24,7 +24,6 @@ from agent.config import LibvirtConfig
 from agent.context import JobContext
 from agent.errors import HypervisorError
 from agent.health import Status
-from agent.hostcaps import summarize_capabilities, summarize_domain_capabilities, version_text
 from agent.metrics import LIBVIRT_UP
 
 log = structlog.get_logger("agent.hypervisor")
@@ -398,38 +397,7 @@ class LibvirtConnection:
             return "degraded", f"libvirt answers slowly ({latency_ms} ms)", figures
         return "healthy", "connected", figures
 
-    async def facts(self) -> dict[str, Any]:
-        """Capability facts: hypervisor type and version, libvirt version, host and
-        domain capabilities summarised."""
-        if not self.connected:
-            return {"hypervisor": None, "libvirt": {"uri": self.uri, "connected": False}}
-        try:
-            return await self.call(_describe, self.uri)
-        except HypervisorError as exc:
-            log.warning("libvirt.facts_failed", error=exc.message)
-            return {"hypervisor": None, "libvirt": {"uri": self.uri, "connected": self.connected}}
-
 
 def connection(ctx: JobContext) -> LibvirtConnection:
     """The agent's libvirt connection, as a handler gets it."""
     return ctx.service(LibvirtConnection)
-
-
-def _describe(conn: Any, uri: str) -> dict[str, Any]:
-    host = summarize_capabilities(conn.getCapabilities())
-    try:
-        domain = summarize_domain_capabilities(conn.getDomainCapabilities())
-    except libvirt.libvirtError as exc:
-        # The test driver has none; a host without the default emulator neither.
-        domain = {"unavailable": exc.get_error_message()}
-    return {
-        "features": ["libvirt"],
-        "hypervisor": {"type": conn.getType(), "version": version_text(conn.getVersion())},
-        "libvirt": {
-            "uri": uri,
-            "connected": True,
-            "version": version_text(conn.getLibVersion()),
-            "host": host,
-            "domain": domain,
-        },
-    }
