@@ -160,7 +160,7 @@ async def test_image_convert_reports_qemu_img_progress(agent: Agent, images: Pat
 async def test_image_convert_cancelled_leaves_no_process_and_no_partial_file(
     agent: Agent, images: Path
 ) -> None:
-    source = random_raw(images / "source.raw", 64 * MIB)
+    source = random_raw(images / "source.raw", 128 * MIB)
     output = images / "out.qcow2"
     data = {"path": str(source), "output_path": str(output), "compress": True}
     with agent.intake.events() as events:
