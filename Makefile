@@ -17,7 +17,7 @@ RUN_ARGS ?=
 .PHONY: run test lint bench system-deps-run system-deps-test clean
 
 run: system-deps-run $(STAMP)
-	$(BIN)/hostagent run --state-dir var/state --spool-dir var/spool --log-format console $(RUN_ARGS)
+	$(BIN)/hostagent run --state-dir var/state --spool-dir var/spool --log-format console --libvirt-uri test:///default $(RUN_ARGS)
 
 test: system-deps-test $(STAMP)
 	$(BIN)/ruff check .

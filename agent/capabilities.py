@@ -2,24 +2,37 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import platform
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import structlog
+import trio
+
 from agent.config import Config
+from agent.events import EventBus
 from agent.registry import Registry
+
+log = structlog.get_logger("agent.capabilities")
 
 # A contributor adds facts of its own (e.g. the hypervisor) to the description.
 Contributor = Callable[[], Awaitable[dict[str, Any]]]
 
 
 class Capabilities:
-    def __init__(self, config: Config, registry: Registry) -> None:
+    def __init__(self, config: Config, registry: Registry, bus: EventBus | None = None) -> None:
         self._config = config
         self._registry = registry
+        self._bus = bus
         self._contributors: list[Contributor] = []
+        # What the contributors said at the last fingerprint, and its hash.
+        self._facts: dict[str, Any] | None = None
+        self.fingerprint: str | None = None
+        self._refresh_requested = trio.Event()
 
     def reload(self, config: Config) -> None:
         """Describe a reloaded config (labels, limits) from now on."""
@@ -28,8 +41,50 @@ class Capabilities:
     def contribute(self, contributor: Contributor) -> None:
         self._contributors.append(contributor)
 
+    def request_refresh(self) -> None:
+        """Re-fingerprint soon (e.g. the libvirt connection came or went)."""
+        self._refresh_requested.set()
+
+    async def refresh(self) -> dict[str, Any]:
+        """Ask every contributor again; a change is logged and published as an event."""
+        facts: dict[str, Any] = {"features": []}
+        for contributor in self._contributors:
+            contributed = await contributor()
+            features = contributed.pop("features", [])
+            facts.update(contributed)
+            facts["features"] = [*facts["features"], *features]
+        fingerprint = hashlib.sha256(
+            json.dumps(facts, sort_keys=True, default=str).encode()
+        ).hexdigest()
+        previous, self._facts = self._facts, facts
+        if previous is not None and fingerprint != self.fingerprint:
+            changed = sorted(
+                key for key in previous.keys() | facts.keys() if previous.get(key) != facts.get(key)
+            )
+            log.info("capabilities.changed", changed=changed, fingerprint=fingerprint)
+            if self._bus is not None:
+                self._bus.publish(
+                    {
+                        "type": "capabilities",
+                        "data": {"changed": changed, "fingerprint": fingerprint},
+                    }
+                )
+        self.fingerprint = fingerprint
+        return facts
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Fingerprint now, then periodically and whenever a refresh is requested."""
+        await self.refresh()
+        task_status.started()
+        while True:
+            with trio.move_on_after(self._config.capabilities_refresh_seconds):
+                await self._refresh_requested.wait()
+            self._refresh_requested = trio.Event()
+            await self.refresh()
+
     async def describe(self) -> dict[str, Any]:
         """The contract's capabilities object (`GET /api/v1/capabilities` data)."""
+        facts = dict(self._facts if self._facts is not None else await self.refresh())
         description: dict[str, Any] = {
             "worker_id": self._config.worker_id,
             "operations": self._registry.operations,
@@ -44,7 +99,9 @@ class Capabilities:
             "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
             "hypervisor": None,
             "labels": dict(self._config.labels),
+            "fingerprint": self.fingerprint,
         }
-        for contributor in self._contributors:
-            description.update(await contributor())
+        features = facts.pop("features", [])
+        description.update(facts)
+        description["features"] = sorted({*description["features"], *features})
         return description

@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-concurrent", type=int, help="jobs run at once")
     run.add_argument("--log-format", choices=["json", "console"])
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--libvirt-uri", help="libvirt connection URI (default qemu:///system)")
 
     submit = commands.add_parser("submit", help="drop a job into the spool")
     _common(submit)
@@ -76,6 +77,7 @@ def _config(args: argparse.Namespace) -> Config:
         "max_concurrent_jobs": getattr(args, "max_concurrent", None),
         "log_format": getattr(args, "log_format", None),
         "log_level": getattr(args, "log_level", None),
+        "libvirt.uri": getattr(args, "libvirt_uri", None),
     }
     return load_config(args.config, overrides=overrides)
 

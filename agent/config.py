@@ -57,6 +57,19 @@ class ServiceConfig(_Section):
     watchdog_stall_seconds: float = Field(default=30.0, gt=0)
 
 
+class LibvirtConfig(_Section):
+    uri: str = "qemu:///system"
+    # libvirt keepalive: a probe every interval seconds, the connection is
+    # declared dead after count probes go unanswered (0 disables).
+    keepalive_interval: int = Field(default=5, ge=1)
+    keepalive_count: int = Field(default=3, ge=0)
+    # Reconnect backoff after the connection is lost or cannot be opened: doubles up to max.
+    reconnect_min_seconds: float = Field(default=0.5, gt=0)
+    reconnect_max_seconds: float = Field(default=30.0, gt=0)
+    # Health says degraded when a round trip to libvirtd takes longer than this.
+    degraded_latency_ms: float = Field(default=500.0, gt=0)
+
+
 class Config(_Section):
     worker_id: str = Field(default_factory=socket.gethostname)
     state_dir: Path = Path("/var/lib/hostagent")
@@ -71,6 +84,9 @@ class Config(_Section):
     labels: dict[str, str] = Field(default_factory=dict)
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
+    libvirt: LibvirtConfig = Field(default_factory=LibvirtConfig)
+    # Capabilities are re-fingerprinted this often (and when libvirt reconnects).
+    capabilities_refresh_seconds: float = Field(default=300.0, gt=0)
 
     @property
     def store_path(self) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import shutil
 import signal
 from collections.abc import AsyncIterator, Callable, Iterable
 from functools import partial
@@ -18,8 +19,10 @@ from agent.config import Config
 from agent.dispatcher import Dispatcher
 from agent.errors import AgentError
 from agent.events import EventBus
-from agent.handlers import system
+from agent.handlers import image, storage, system, vm, vm_snapshot
 from agent.health import Health, Status
+from agent.hostcaps import libvirt_facts
+from agent.hypervisor import LibvirtConnection
 from agent.intake import Intake
 from agent.logs import set_log_level
 from agent.registry import Handler, Registry
@@ -40,6 +43,10 @@ RESTART_REQUIRED = frozenset(
         "spool.enabled",
         "spool.watch_step_ms",
         "service.status_interval_seconds",
+        # The libvirt connection is opened once with these.
+        "libvirt.uri",
+        "libvirt.keepalive_interval",
+        "libvirt.keepalive_count",
     }
 )
 
@@ -54,7 +61,9 @@ class Reloadable(Protocol):
 
 def build_registry() -> Registry:
     """Every handler this agent ships."""
-    return Registry(system.HANDLERS)
+    return Registry(
+        (*system.HANDLERS, *vm.HANDLERS, *vm_snapshot.HANDLERS, *storage.HANDLERS, *image.HANDLERS)
+    )
 
 
 class Agent:
@@ -67,6 +76,7 @@ class Agent:
         for extra in extra_handlers:
             self.registry.add(extra)
         self.store = Store(config.store_path)
+        self.libvirt = LibvirtConnection(config.libvirt)
         self.dispatcher = Dispatcher(
             self.store,
             self.registry,
@@ -74,10 +84,15 @@ class Agent:
             max_concurrent=config.max_concurrent_jobs,
             default_timeout=config.default_timeout_seconds,
             max_timeout=config.max_timeout_seconds,
+            services={LibvirtConnection: self.libvirt, Config: config},
         )
-        self.capabilities = Capabilities(config, self.registry)
+        self.capabilities = Capabilities(config, self.registry, self.bus)
+        self.capabilities.contribute(partial(libvirt_facts, self.libvirt))
+        self.capabilities.contribute(image.qemu_img_facts)
+        self.libvirt.on_change(self.capabilities.request_refresh)
         self.health = Health()
         self.health.add("store", self._store_health)
+        self.health.add("libvirt", self.libvirt.health)
         self.intake = Intake(
             self.registry,
             self.store,
@@ -92,6 +107,7 @@ class Agent:
         if config.spool.enabled:
             self.spool: SpoolTransport | None = SpoolTransport(config.spool_dir, config.spool)
             self.transports.append(self.spool)
+            self.health.add("spool", self._spool_health)
         else:
             self.spool = None
 
@@ -170,6 +186,18 @@ class Agent:
             log.warning("agent.reload_restart_required", keys=kept)
         log.info("agent.reloaded", changed=changed)
 
+    async def _spool_health(self) -> tuple[Status, str, dict[str, Any]]:
+        spool = self.config.spool_dir
+        incoming = spool / "incoming"
+        if not os.access(incoming, os.W_OK | os.X_OK):
+            return "unhealthy", f"{incoming} is missing or not writable", {}
+        usage = await trio.to_thread.run_sync(shutil.disk_usage, spool)
+        figures = {"free_bytes": usage.free, "total_bytes": usage.total}
+        # Below 1% free a job file may not fit and results cannot be written.
+        if usage.free < usage.total // 100:
+            return "degraded", "spool filesystem almost full", figures
+        return "healthy", "spool directory writable", figures
+
     async def run(self, *, task_status: trio.TaskStatus[Agent] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled; started() once every transport is taking jobs."""
         spool = self.spool
@@ -184,6 +212,8 @@ class Agent:
         )
         try:
             async with trio.open_nursery() as nursery:
+                await nursery.start(self.libvirt.run)
+                await nursery.start(self.capabilities.run)
                 await nursery.start(self.dispatcher.run)
                 for transport in self.transports:
                     await nursery.start(transport.run, self.intake)

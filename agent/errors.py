@@ -69,3 +69,17 @@ class HandlerError(AgentError):
     """A handler failed its operation; the message becomes the job's error."""
 
     code = "JOB_FAILED"
+
+
+class HypervisorError(HandlerError):
+    """libvirt refused or failed an operation (translated in agent.hypervisor).
+
+    `details["reason"]` says which kind: not_found, invalid_state, unsupported,
+    invalid_argument, denied, unavailable or libvirt_error.
+    """
+
+    code = "HYPERVISOR_ERROR"
+
+    @property
+    def reason(self) -> str:
+        return str(self.details.get("reason", "libvirt_error"))

@@ -18,6 +18,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     Info,
     generate_latest,
@@ -163,3 +164,10 @@ def track(
 def render() -> tuple[bytes, str]:
     """The exposition text and its content type, for GET /metrics."""
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+LIBVIRT_UP = Gauge(
+    "hostagent_libvirt_up",
+    "1 while the agent's libvirt connection is open, 0 while it is down or reconnecting",
+    registry=REGISTRY,
+)

@@ -1,1 +1,33 @@
 """Handlers: one small async function per operation, declared with `agent.handler`."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Any
+
+from agent.config import Config
+from agent.context import JobContext
+from agent.errors import HandlerError, HypervisorError
+
+GIB = 1024**3
+
+
+def check_disk_size(ctx: JobContext, size_bytes: int, *, field: str) -> None:
+    """Refuse a disk (image or volume) larger than this host's max_disk_size_gb."""
+    limit = ctx.service(Config).max_disk_size_gb
+    if size_bytes > limit * GIB:
+        raise HandlerError(
+            f"{size_bytes} bytes is over this host's max_disk_size_gb ({limit})", field=field
+        )
+
+
+async def missing_is_done(
+    call: Awaitable[dict[str, Any]], answer: dict[str, Any]
+) -> dict[str, Any]:
+    """Removing what is already gone is success: `answer` with changed: false."""
+    try:
+        return await call
+    except HypervisorError as exc:
+        if exc.reason != "not_found":
+            raise
+        return {**answer, "changed": False}

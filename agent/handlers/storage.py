@@ -1,0 +1,380 @@
+"""storage.pool.* and storage.volume.*: libvirt storage pools and their volumes."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+from xml.etree import ElementTree as ET
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from agent.context import JobContext
+from agent.errors import HandlerError
+from agent.handlers import check_disk_size, missing_is_done
+from agent.handlers.domain_xml import NAME_PATTERN
+from agent.hypervisor import (
+    POOL_STATES,
+    VOL_RESIZE_SHRINK,
+    VOLUME_TYPES,
+    WIPE_ALGORITHMS,
+    connection,
+    lookup_pool,
+    lookup_volume,
+)
+from agent.registry import handler
+
+
+class PoolRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, description="the pool's name")
+
+    def lookup(self, conn: Any) -> Any:
+        return lookup_pool(conn, self.name)
+
+
+def pool_resource(ref: PoolRef) -> str:
+    return f"pool:{ref.name}"
+
+
+class VolumeRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pool: str = Field(min_length=1)
+    name: str = Field(min_length=1, description="the volume's name in its pool")
+
+    def lookup(self, conn: Any) -> Any:
+        return lookup_volume(conn, self.pool, self.name)
+
+
+def volume_resource(ref: VolumeRef) -> str:
+    return f"volume:{ref.pool}/{ref.name}"
+
+
+def _pool_summary(pool: Any) -> dict[str, Any]:
+    state, capacity, allocation, available = pool.info()
+    root = ET.fromstring(pool.XMLDesc(0))  # noqa: S314 (from libvirtd)
+    return {
+        "name": pool.name(),
+        "uuid": pool.UUIDString(),
+        "type": root.get("type"),
+        "state": POOL_STATES.get(state, "unknown"),
+        "active": bool(pool.isActive()),
+        "persistent": bool(pool.isPersistent()),
+        "autostart": bool(pool.autostart()),
+        "path": root.findtext("target/path"),
+        "capacity_bytes": capacity,
+        "allocation_bytes": allocation,
+        "available_bytes": available,
+    }
+
+
+def _volume_summary(vol: Any) -> dict[str, Any]:
+    kind, capacity, allocation = vol.info()
+    root = ET.fromstring(vol.XMLDesc(0))  # noqa: S314 (from libvirtd)
+    fmt = root.find("target/format")
+    return {
+        "name": vol.name(),
+        "path": vol.path(),
+        "key": vol.key(),
+        "type": VOLUME_TYPES.get(kind, "unknown"),
+        "format": fmt.get("type") if fmt is not None else None,
+        "capacity_bytes": capacity,
+        "allocation_bytes": allocation,
+        "backing_store": root.findtext("backingStore/path"),
+    }
+
+
+class PoolListPayload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@handler("storage.pool.list", payload=PoolListPayload, rerun_safe=True)
+async def pool_list(payload: PoolListPayload, ctx: JobContext) -> dict[str, Any]:
+    """Every storage pool with its state and space."""
+    pools = await connection(ctx).call(
+        lambda conn: sorted(
+            (_pool_summary(p) for p in conn.listAllStoragePools(0)), key=lambda p: p["name"]
+        )
+    )
+    return {"pools": pools, "total": len(pools)}
+
+
+@handler("storage.pool.info", payload=PoolRef, rerun_safe=True, resource=pool_resource)
+async def pool_info(payload: PoolRef, ctx: JobContext) -> dict[str, Any]:
+    """One pool: state, type, target path, space and number of volumes."""
+
+    def run(conn: Any) -> dict[str, Any]:
+        pool = payload.lookup(conn)
+        volumes = pool.numOfVolumes() if pool.isActive() else None
+        return {**_pool_summary(pool), "volumes": volumes}
+
+    return await connection(ctx).call(run)
+
+
+class PoolDefinePayload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN)
+    type: Literal["dir"] = "dir"
+    path: str = Field(pattern=r"^/", description="the directory holding the volumes")
+    build: bool = Field(default=True, description="create the directory if missing")
+    start: bool = True
+    autostart: bool = False
+
+
+def _pool_xml(spec: PoolDefinePayload, uuid: str | None) -> str:
+    root = ET.Element("pool", type=spec.type)
+    ET.SubElement(root, "name").text = spec.name
+    if uuid is not None:  # redefining keeps the pool's identity
+        ET.SubElement(root, "uuid").text = uuid
+    ET.SubElement(ET.SubElement(root, "target"), "path").text = spec.path
+    return ET.tostring(root, encoding="unicode")
+
+
+@handler(
+    "storage.pool.define",
+    payload=PoolDefinePayload,
+    rerun_safe=True,
+    resource=lambda p: f"pool:{p.name}",
+)
+async def pool_define(payload: PoolDefinePayload, ctx: JobContext) -> dict[str, Any]:
+    """Define a directory pool (and build, start and autostart it); redefining is an update."""
+
+    def run(conn: Any) -> dict[str, Any]:
+        existing = {pool.name(): pool.UUIDString() for pool in conn.listAllStoragePools(0)}
+        pool = conn.storagePoolDefineXML(_pool_xml(payload, existing.get(payload.name)), 0)
+        if payload.build and not pool.isActive():
+            pool.build(0)
+        if payload.start and not pool.isActive():
+            pool.create(0)
+        pool.setAutostart(int(payload.autostart))
+        return {**_pool_summary(pool), "created": payload.name not in existing}
+
+    return await connection(ctx).call(run)
+
+
+@handler("storage.pool.start", payload=PoolRef, rerun_safe=True, resource=pool_resource)
+async def pool_start(payload: PoolRef, ctx: JobContext) -> dict[str, Any]:
+    """Activate a pool; an active one is left as it is."""
+
+    def run(conn: Any) -> dict[str, Any]:
+        pool = payload.lookup(conn)
+        changed = not pool.isActive()
+        if changed:
+            pool.create(0)
+        return {**_pool_summary(pool), "changed": changed}
+
+    return await connection(ctx).call(run)
+
+
+@handler("storage.pool.stop", payload=PoolRef, rerun_safe=True, resource=pool_resource)
+async def pool_stop(payload: PoolRef, ctx: JobContext) -> dict[str, Any]:
+    """Deactivate a pool (its data stays); an inactive one is left as it is."""
+
+    def run(conn: Any) -> dict[str, Any]:
+        pool = payload.lookup(conn)
+        changed = bool(pool.isActive())
+        if changed:
+            pool.destroy()
+        return {**_pool_summary(pool), "changed": changed}
+
+    return await connection(ctx).call(run)
+
+
+class PoolDeletePayload(PoolRef):
+    delete_data: bool = Field(
+        default=False, description="also remove the pool's (empty) target directory"
+    )
+
+
+@handler("storage.pool.delete", payload=PoolDeletePayload, rerun_safe=True, resource=pool_resource)
+async def pool_delete(payload: PoolDeletePayload, ctx: JobContext) -> dict[str, Any]:
+    """Stop and undefine a pool; a missing one is success."""
+
+    def run(conn: Any) -> dict[str, Any]:
+        pool = payload.lookup(conn)
+        if pool.isActive():
+            pool.destroy()
+        if payload.delete_data:
+            pool.delete(0)
+        if pool.isPersistent():
+            pool.undefine()
+        return {"name": payload.name, "changed": True}
+
+    return await missing_is_done(connection(ctx).call(run), {"name": payload.name})
+
+
+@handler("storage.volume.list", payload=PoolRef, rerun_safe=True, resource=pool_resource)
+async def volume_list(payload: PoolRef, ctx: JobContext) -> dict[str, Any]:
+    """The volumes of a pool."""
+
+    def run(conn: Any) -> list[dict[str, Any]]:
+        pool = payload.lookup(conn)
+        pool.refresh(0)
+        return sorted((_volume_summary(v) for v in pool.listAllVolumes(0)), key=lambda v: v["name"])
+
+    volumes = await connection(ctx).call(run)
+    return {"pool": payload.name, "volumes": volumes, "total": len(volumes)}
+
+
+@handler("storage.volume.info", payload=VolumeRef, rerun_safe=True, resource=volume_resource)
+async def volume_info(payload: VolumeRef, ctx: JobContext) -> dict[str, Any]:
+    """One volume: path, type, format, capacity, allocation, backing store."""
+    return {
+        "pool": payload.pool,
+        **await connection(ctx).call(lambda conn: _volume_summary(payload.lookup(conn))),
+    }
+
+
+class VolumeCreatePayload(VolumeRef):
+    capacity_bytes: int = Field(gt=0)
+    format: Literal["qcow2", "raw"] = "qcow2"
+    allocation_bytes: int = Field(default=0, ge=0)
+
+
+def _volume_xml(name: str, capacity: int, allocation: int, fmt: str) -> str:
+    root = ET.Element("volume")
+    ET.SubElement(root, "name").text = name
+    ET.SubElement(root, "capacity", unit="bytes").text = str(capacity)
+    ET.SubElement(root, "allocation", unit="bytes").text = str(allocation)
+    ET.SubElement(ET.SubElement(root, "target"), "format", type=fmt)
+    return ET.tostring(root, encoding="unicode")
+
+
+@handler(
+    "storage.volume.create", payload=VolumeCreatePayload, rerun_safe=True, resource=volume_resource
+)
+async def volume_create(payload: VolumeCreatePayload, ctx: JobContext) -> dict[str, Any]:
+    """Create a volume; one that exists with the same capacity and format is success."""
+    check_disk_size(ctx, payload.capacity_bytes, field="payload.data.capacity_bytes")
+
+    def run(conn: Any) -> dict[str, Any]:
+        pool = lookup_pool(conn, payload.pool)
+        if payload.name in pool.listVolumes():
+            found = _volume_summary(pool.storageVolLookupByName(payload.name))
+            if (found["capacity_bytes"], found["format"]) != (
+                payload.capacity_bytes,
+                payload.format,
+            ):
+                raise HandlerError(
+                    f"volume {payload.pool}/{payload.name} exists with another capacity or format",
+                    reason="exists",
+                    details={"existing": found},
+                )
+            return {"pool": payload.pool, **found, "changed": False}
+        xml = _volume_xml(
+            payload.name, payload.capacity_bytes, payload.allocation_bytes, payload.format
+        )
+        vol = pool.createXML(xml, 0)
+        return {"pool": payload.pool, **_volume_summary(vol), "changed": True}
+
+    return await connection(ctx).call(run)
+
+
+class VolumeResizePayload(VolumeRef):
+    capacity_bytes: int = Field(gt=0, description="the new capacity (absolute)")
+    allow_shrink: bool = Field(default=False, description="shrinking loses data at the end")
+
+
+@handler(
+    "storage.volume.resize", payload=VolumeResizePayload, rerun_safe=True, resource=volume_resource
+)
+async def volume_resize(payload: VolumeResizePayload, ctx: JobContext) -> dict[str, Any]:
+    """Set a volume's capacity; the same capacity again is success."""
+    check_disk_size(ctx, payload.capacity_bytes, field="payload.data.capacity_bytes")
+
+    def run(conn: Any) -> dict[str, Any]:
+        vol = payload.lookup(conn)
+        before = vol.info()[1]
+        if before == payload.capacity_bytes:
+            return {"pool": payload.pool, **_volume_summary(vol), "changed": False}
+        if payload.capacity_bytes < before and not payload.allow_shrink:
+            raise HandlerError(
+                f"{payload.capacity_bytes} is smaller than the volume ({before} bytes); "
+                "pass allow_shrink: true to lose its end",
+                field="payload.data.capacity_bytes",
+            )
+        vol.resize(
+            payload.capacity_bytes, VOL_RESIZE_SHRINK if before > payload.capacity_bytes else 0
+        )
+        return {"pool": payload.pool, **_volume_summary(vol), "changed": True}
+
+    return await connection(ctx).call(run)
+
+
+class VolumeWipePayload(VolumeRef):
+    algorithm: Literal["zero", "random"] = "zero"
+
+
+@handler(
+    "storage.volume.wipe", payload=VolumeWipePayload, rerun_safe=True, resource=volume_resource
+)
+async def volume_wipe(payload: VolumeWipePayload, ctx: JobContext) -> dict[str, Any]:
+    """Overwrite a volume's data (zeros or random bytes)."""
+    await ctx.progress(None, "wiping", algorithm=payload.algorithm)
+
+    def run(conn: Any) -> dict[str, Any]:
+        vol = payload.lookup(conn)
+        vol.wipePattern(WIPE_ALGORITHMS[payload.algorithm], 0)
+        return {"pool": payload.pool, **_volume_summary(vol), "algorithm": payload.algorithm}
+
+    return await connection(ctx).call(run)
+
+
+@handler("storage.volume.delete", payload=VolumeRef, rerun_safe=True, resource=volume_resource)
+async def volume_delete(payload: VolumeRef, ctx: JobContext) -> dict[str, Any]:
+    """Delete a volume; a missing one is success."""
+
+    def run(conn: Any) -> dict[str, Any]:
+        payload.lookup(conn).delete(0)
+        return {"pool": payload.pool, "name": payload.name, "changed": True}
+
+    return await missing_is_done(
+        connection(ctx).call(run), {"pool": payload.pool, "name": payload.name}
+    )
+
+
+class VolumeClonePayload(VolumeRef):
+    new_name: str = Field(min_length=1)
+    target_pool: str | None = Field(default=None, description="default: the same pool")
+
+    @model_validator(mode="after")
+    def _different(self) -> VolumeClonePayload:
+        if self.new_name == self.name and self.target_pool in (None, self.pool):
+            raise ValueError("new_name must differ from name in the same pool")
+        return self
+
+
+@handler(
+    "storage.volume.clone", payload=VolumeClonePayload, rerun_safe=False, resource=volume_resource
+)
+async def volume_clone(payload: VolumeClonePayload, ctx: JobContext) -> dict[str, Any]:
+    """Copy a volume to a new one (same pool or another)."""
+    await ctx.progress(None, "cloning")
+
+    def run(conn: Any) -> dict[str, Any]:
+        source = payload.lookup(conn)
+        pool = lookup_pool(conn, payload.target_pool or payload.pool)
+        found = _volume_summary(source)
+        xml = _volume_xml(payload.new_name, found["capacity_bytes"], 0, found["format"] or "raw")
+        clone = pool.createXMLFrom(xml, source, 0)
+        return {"pool": pool.name(), **_volume_summary(clone), "source": found["path"]}
+
+    return await connection(ctx).call(run)
+
+
+HANDLERS = (
+    pool_list,
+    pool_info,
+    pool_define,
+    pool_start,
+    pool_stop,
+    pool_delete,
+    volume_list,
+    volume_info,
+    volume_create,
+    volume_resize,
+    volume_wipe,
+    volume_delete,
+    volume_clone,
+)

@@ -1,0 +1,219 @@
+"""image.* handlers on real image files made with qemu-img."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+import trio
+
+from agent.config import Config, SpoolConfig
+from agent.daemon import Agent
+from agent.errors import ValidationError
+from tests.jobs import failed, job_document, ok, submit, wait_done
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def config(config: Config) -> Config:
+    return config.model_copy(update={"spool": SpoolConfig(enabled=False), "max_disk_size_gb": 4})
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    return folder
+
+
+def qemu_img(*argv: str) -> None:
+    subprocess.run(["qemu-img", *argv], check=True, capture_output=True)
+
+
+def random_raw(path: Path, size: int) -> Path:
+    # Incompressible data, so that conversions (compressed ones above all) take real time.
+    with path.open("wb") as out:
+        for _ in range(size // MIB):
+            out.write(os.urandom(MIB))
+    return path
+
+
+def qemu_img_processes(needle: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if (
+                cmdline
+                and cmdline[0].endswith(b"qemu-img")
+                and needle.encode() in b" ".join(cmdline)
+            ):
+                found.append(int(entry))
+    return found
+
+
+async def test_image_create_info_check_resize(agent: Agent, images: Path) -> None:
+    path = str(images / "disk.qcow2")
+    created = await ok(agent, "image.create", {"path": path, "size_bytes": 64 * MIB})
+    assert (created["format"], created["virtual-size"]) == ("qcow2", 64 * MIB)
+    info = await ok(agent, "image.info", {"path": path})
+    assert info["format"] == "qcow2"
+    assert info["virtual-size"] == 64 * MIB
+    checked = await ok(agent, "image.check", {"path": path})
+    assert checked["result"] == "clean"
+    assert checked["check-errors"] == 0
+    resized = await ok(agent, "image.resize", {"path": path, "size_bytes": 128 * MIB})
+    assert resized["virtual-size"] == 128 * MIB
+    error = await failed(agent, "image.create", {"path": path, "size_bytes": MIB})
+    assert error == f"{path} already exists"
+
+
+async def test_image_create_with_backing_file(agent: Agent, images: Path) -> None:
+    base = images / "base.qcow2"
+    qemu_img("create", "-f", "qcow2", str(base), "16M")
+    overlay = str(images / "overlay.qcow2")
+    await ok(
+        agent, "image.create", {"path": overlay, "size_bytes": 16 * MIB, "backing_file": str(base)}
+    )
+    chain = await ok(agent, "image.info", {"path": overlay, "backing_chain": True})
+    assert [image["filename"] for image in chain] == [overlay, str(base)]
+
+
+async def test_image_check_finds_a_corrupt_image_and_fails_on_unreadable(
+    agent: Agent, images: Path
+) -> None:
+    path = images / "broken.qcow2"
+    qemu_img("create", "-f", "qcow2", str(path), "16M")
+    subprocess.run(
+        ["qemu-io", "-c", "write -P 1 0 64k", str(path)], check=True, capture_output=True
+    )
+    with path.open("r+b") as image:
+        # Zero the first refcount block: every used cluster now has refcount 0.
+        image.seek(48)
+        (table,) = struct.unpack(">Q", image.read(8))
+        image.seek(table)
+        (block,) = struct.unpack(">Q", image.read(8))
+        image.seek(block)
+        image.write(bytes(65536))
+    checked = await ok(agent, "image.check", {"path": str(path)})
+    assert checked["result"] == "corrupt"
+    assert checked["corruptions"] > 0
+    assert "could not check" in await failed(
+        agent, "image.check", {"path": str(images / "missing.qcow2")}
+    )
+    raw = images / "plain.raw"
+    raw.write_bytes(b"\0" * 4096)
+    assert await failed(agent, "image.check", {"path": str(raw), "format": "raw"}) == (
+        f"{raw}: its format has no consistency checks"
+    )
+
+
+async def test_image_size_over_max_disk_size_is_refused(agent: Agent, images: Path) -> None:
+    error = await failed(
+        agent, "image.create", {"path": str(images / "big.qcow2"), "size_bytes": 5 * 1024**3}
+    )
+    assert "max_disk_size_gb (4)" in error
+    assert not (images / "big.qcow2").exists()
+
+
+async def test_image_paths_must_be_absolute(agent: Agent) -> None:
+    with pytest.raises(ValidationError) as caught:
+        await agent.intake.submit(job_document("image.info", {"path": "disk.qcow2"}), transport="t")
+    assert caught.value.details["field"] == "payload.data.path"
+
+
+async def test_image_convert_reports_qemu_img_progress(agent: Agent, images: Path) -> None:
+    source = random_raw(images / "source.raw", 32 * MIB)
+    output = images / "out.qcow2"
+    with agent.intake.events() as events:
+        job_id = await submit(
+            agent, "image.convert", {"path": str(source), "output_path": str(output)}
+        )
+        state = await wait_done(agent, job_id)
+        assert state.status == "Completed", state.error
+        progress = []
+        while True:
+            try:
+                event = events.receive.receive_nowait()
+            except trio.WouldBlock:
+                break
+            if event["type"] == "progress" and event["job_id"] == job_id:
+                progress.append(event["data"]["percent"])
+    assert len(progress) >= 3
+    assert progress == sorted(progress)
+    assert progress[-1] == 100
+    result = await agent.intake.result(job_id)
+    assert (result["format"], result["virtual-size"]) == ("qcow2", 32 * MIB)
+    assert sorted(p.name for p in images.iterdir()) == ["out.qcow2", "source.raw"]
+    error = await failed(agent, "image.convert", {"path": str(source), "output_path": str(output)})
+    assert error == f"{output} already exists"
+
+
+async def test_image_convert_cancelled_leaves_no_process_and_no_partial_file(
+    agent: Agent, images: Path
+) -> None:
+    source = random_raw(images / "source.raw", 128 * MIB)
+    output = images / "out.qcow2"
+    data = {"path": str(source), "output_path": str(output), "compress": True}
+    with agent.intake.events() as events:
+        job_id = await submit(agent, "image.convert", data)
+        with trio.fail_after(30):
+            async for event in events.receive:
+                if (
+                    event["type"] == "progress"
+                    and event["job_id"] == job_id
+                    and 0 < event["data"]["percent"] < 100
+                ):
+                    break
+    assert qemu_img_processes(str(images)), "qemu-img should be converting now"
+    state = await agent.intake.cancel(job_id)
+    assert state.status == "Cancelled"
+    assert qemu_img_processes(str(images)) == []
+    assert sorted(p.name for p in images.iterdir()) == ["source.raw"]
+
+
+async def test_image_convert_timeout_also_cleans_up(agent: Agent, images: Path) -> None:
+    source = random_raw(images / "source.raw", 64 * MIB)
+    data = {"path": str(source), "output_path": str(images / "o.qcow2"), "compress": True}
+    job_id = await submit(agent, "image.convert", data, timeout_seconds=0.2)
+    state = await wait_done(agent, job_id)
+    assert state.status == "Failed"
+    assert state.error == "Job timed out after 0.2 seconds"
+    assert qemu_img_processes(str(images)) == []
+    assert sorted(p.name for p in images.iterdir()) == ["source.raw"]
+
+
+async def test_image_checksum_streams_with_progress_and_checks_expected(
+    agent: Agent, images: Path
+) -> None:
+    path = random_raw(images / "data.raw", 9 * MIB)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    result = await ok(agent, "image.checksum", {"path": str(path), "expected": digest.upper()})
+    assert result == {
+        "path": str(path),
+        "algorithm": "sha256",
+        "digest": digest,
+        "size_bytes": 9 * MIB,
+    }
+    wrong = "0" * 64
+    job_id = await submit(agent, "image.checksum", {"path": str(path), "expected": wrong})
+    state = await wait_done(agent, job_id)
+    assert state.status == "Failed"
+    assert state.error == f"sha256 mismatch for {path}: expected {wrong}, got {digest}"
+    events = await agent.intake.logs(job_id)
+    percents = [e["data"]["percent"] for e in events if e["type"] == "progress"]
+    assert percents[-1] == 100
+    assert len(percents) >= 3
+
+
+async def test_image_checksum_of_missing_file_fails_clearly(agent: Agent, images: Path) -> None:
+    error = await failed(agent, "image.checksum", {"path": str(images / "nope")})
+    assert error == f"cannot read {images / 'nope'}: No such file or directory"
