@@ -20,7 +20,7 @@ from agent.errors import AgentError, ConflictError
 from agent.events import EventBus
 from agent.jobs import JobState, JobStatus
 from agent.registry import Registry
-from agent.store import PendingJob, Store, get_job
+from agent.store import PendingJob, QueuedWrite, Store, get_job
 
 if TYPE_CHECKING:
     from agent.config import Config
@@ -66,7 +66,9 @@ class Dispatcher:
         self._heap: list[tuple[int, int, PendingJob]] = []
         self._queued: set[str] = set()
         self._wakeup = trio.lowlevel.ParkingLot()
+        # Jobs taken off the queue and not yet recorded as finished.
         self._running: dict[str, _Running] = {}
+        self._executing = 0
         self._resource_locks: dict[str, tuple[trio.Lock, int]] = {}
         self.reruns = 0
         self._nursery: trio.Nursery | None = None
@@ -84,7 +86,8 @@ class Dispatcher:
 
     @property
     def running_count(self) -> int:
-        return len(self._running)
+        """Handlers running now (at most max_concurrent)."""
+        return self._executing
 
     def enqueue(self, job: PendingJob) -> None:
         """Queue a job already recorded as Pending in the store."""
@@ -175,13 +178,18 @@ class Dispatcher:
                 running.scope.cancel()
                 await running.done.wait()
                 return await self._store.read(get_job, job_id)
-            state = await self._store.read(get_job, job_id)
-            if state.status.terminal:
-                raise ConflictError(
-                    f"Job {job_id} is already {state.status.value}",
-                    field="status",
-                    reason=f"Job is {state.status.value}",
-                )
+            if job_id not in self._queued:
+                state = await self._store.read(get_job, job_id)
+                if state.status.terminal:
+                    raise ConflictError(
+                        f"Job {job_id} is already {state.status.value}",
+                        field="status",
+                        reason=f"Job is {state.status.value}",
+                    )
+                if job_id in self._running or job_id in self._queued:
+                    continue  # it was taken or queued meanwhile: look again
+            # Out of the queue before anything awaits: no worker can take it now.
+            self._queued.discard(job_id)
             cancelled = await self._store.finish(
                 job_id,
                 JobStatus.CANCELLED,
@@ -189,10 +197,9 @@ class Dispatcher:
                 only_from=(JobStatus.PENDING,),
             )
             if cancelled is not None:
-                self._queued.discard(job_id)
                 self._publish_status(cancelled)
                 return cancelled
-            await trio.lowlevel.checkpoint()  # it started meanwhile: cancel the running job
+            await trio.lowlevel.checkpoint()
 
     def _spawn_worker(self) -> None:
         assert self._nursery is not None
@@ -254,36 +261,80 @@ class Dispatcher:
         resource = found.resource(payload) if found.resource else None
         running = _Running(scope=trio.CancelScope())
         self._running[job.job_id] = running
+        # A job safe to re-run needs no worker while its records reach the disk:
+        # if the agent dies first, recovery runs it again. Others wait for them.
+        bookkeeping_done_later = False
         try:
             async with self._resource_lock(resource):
                 if self._draining:
                     return  # it waited for its resource past shutdown: stays Pending
-                started = await self._store.mark_running(job.job_id)
-                if started is None:
-                    return  # cancelled before it could start
-                self._publish_status(started)
-                bound.info("job.started", attempt=started.attempts, timeout=timeout)
+                started_write = self._store.queue_mark_running(job.job_id)
+                if found.rerun_safe:
+                    self._spawn(self._announce_started, started_write, job.job_id)
+                else:
+                    started = await self._store.settle(started_write)
+                    if started is None:
+                        return  # no longer pending
+                    self._publish_status(started)
+                bound.info("job.started", attempt=job.attempts + 1, timeout=timeout)
                 ctx = JobContext(
                     job.job_id,
                     job.operation,
-                    attempt=started.attempts,
+                    attempt=job.attempts + 1,
                     emit=lambda kind, data: self._emit(job.job_id, kind, data),
                     services=self._services,
                 )
-                status, result, error = await self._run_handler(
-                    found.run, payload, ctx, running, timeout
-                )
+                self._executing += 1
+                try:
+                    status, result, error = await self._run_handler(
+                        found.run, payload, ctx, running, timeout
+                    )
+                finally:
+                    self._executing -= 1
                 if status is JobStatus.RUNNING:
+                    await self._store.settle(started_write)
                     await self._store.note_interrupted(job.job_id, error or "interrupted")
                     self.interrupted.append(job.job_id)
                     bound.warning("job.interrupted", reason=error)
                     return
-                final = await self._store.finish(job.job_id, status, result=result, error=error)
-                if final is not None:
-                    self._publish_status(final)
-                    bound.info("job.finished", status=status.value, error=error)
+                finished = self._store.queue_finish(job.job_id, status, result=result, error=error)
+                if found.rerun_safe:
+                    self._spawn(self._announce_finished, finished, job.job_id, running)
+                    bookkeeping_done_later = True
+                else:
+                    await self._announce_finished(finished, job.job_id, running)
+                    bookkeeping_done_later = True
         finally:
-            del self._running[job.job_id]
+            if not bookkeeping_done_later:
+                del self._running[job.job_id]
+                running.done.set()
+
+    def _spawn(self, *task: Any) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(*task)
+
+    async def _announce_started(self, write: QueuedWrite, job_id: str) -> None:
+        started: JobState | None = await self._store.settle(write)
+        if started is None:
+            log.warning("job.start_not_recorded", job_id=job_id)
+            return
+        self._publish_status(started)
+
+    async def _announce_finished(self, write: QueuedWrite, job_id: str, running: _Running) -> None:
+        """Publish a job's outcome once it is committed, then let go of the job."""
+        try:
+            final: JobState | None = await self._store.settle(write)
+            if final is not None:
+                self._publish_status(final)
+                log.info(
+                    "job.finished",
+                    job_id=job_id,
+                    operation=final.operation,
+                    status=final.status.value,
+                    error=final.error,
+                )
+        finally:
+            del self._running[job_id]
             running.done.set()
 
     async def _run_handler(

@@ -94,6 +94,7 @@ class PendingJob:
     priority: int
     document: dict[str, Any]
     timeout_seconds: float | None
+    attempts: int = 0  # runs so far (a job re-queued after a crash has one)
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ def _pending(row: tuple[Any, ...]) -> PendingJob:
         priority=row[3],
         document=json.loads(row[4]),
         timeout_seconds=row[5],
+        attempts=row[6],
     )
 
 
@@ -405,7 +407,7 @@ def _recover(conn: sqlite3.Connection, rerun_safe: Callable[[str], bool]) -> Rec
 
 def _pending_jobs(conn: sqlite3.Connection) -> list[PendingJob]:
     rows = conn.execute(
-        "SELECT seq, job_id, operation, priority, document, timeout_seconds FROM jobs "
+        "SELECT seq, job_id, operation, priority, document, timeout_seconds, attempts FROM jobs "
         "WHERE status = ? ORDER BY seq",
         (JobStatus.PENDING.value,),
     ).fetchall()
@@ -413,7 +415,9 @@ def _pending_jobs(conn: sqlite3.Connection) -> list[PendingJob]:
 
 
 @dataclass
-class _Write:
+class QueuedWrite:
+    """A write waiting for the next group commit; `Store.settle` awaits it."""
+
     operation: Callable[[sqlite3.Connection], Any]
     done: trio.Event = field(default_factory=trio.Event)
     value: Any = None
@@ -428,7 +432,7 @@ class Store:
         self._writer = connect(path)
         self._reader = connect(path, readonly=True)
         self._read_limiter = trio.CapacityLimiter(1)
-        self._queue: list[_Write] = []
+        self._queue: list[QueuedWrite] = []
         self._flushing = False
 
     def close(self) -> None:
@@ -445,9 +449,14 @@ class Store:
 
     # -- writes --
 
-    async def _write(self, operation: Callable[[sqlite3.Connection], Any]) -> Any:
-        write = _Write(operation)
+    def _queue_write(self, operation: Callable[[sqlite3.Connection], Any]) -> QueuedWrite:
+        """Queue a write now (writes commit in the order they are queued)."""
+        write = QueuedWrite(operation)
         self._queue.append(write)
+        return write
+
+    async def settle(self, write: QueuedWrite) -> Any:
+        """Wait until a queued write is committed (flushing, if nobody is); its value."""
         if not self._flushing:
             self._flushing = True
             try:
@@ -468,7 +477,10 @@ class Store:
             raise write.error
         return write.value
 
-    def _commit(self, batch: list[_Write]) -> None:
+    async def _write(self, operation: Callable[[sqlite3.Connection], Any]) -> Any:
+        return await self.settle(self._queue_write(operation))
+
+    def _commit(self, batch: list[QueuedWrite]) -> None:
         conn = self._writer
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -495,10 +507,33 @@ class Store:
         )
         return result
 
+    def queue_mark_running(self, job_id: str) -> QueuedWrite:
+        """Pending -> Running, queued; settles to the JobState, or None if the job
+        was no longer pending."""
+        return self._queue_write(lambda conn: _mark_running(conn, job_id))
+
     async def mark_running(self, job_id: str) -> JobState | None:
         """Pending -> Running; None if the job is no longer pending (cancelled)."""
-        state: JobState | None = await self._write(lambda conn: _mark_running(conn, job_id))
+        state: JobState | None = await self.settle(self.queue_mark_running(job_id))
         return state
+
+    def queue_finish(
+        self,
+        job_id: str,
+        status: JobStatus,
+        *,
+        result: Any = None,
+        error: str | None = None,
+        only_from: Iterable[JobStatus] = (JobStatus.RUNNING,),
+    ) -> QueuedWrite:
+        """A terminal status, queued; settles to the JobState, or None if the job
+        was not in one of `only_from`."""
+        allowed = tuple(only_from)
+        return self._queue_write(
+            lambda conn: _finish(
+                conn, job_id, status=status, result=result, error=error, only_from=allowed
+            )
+        )
 
     async def finish(
         self,
@@ -510,12 +545,8 @@ class Store:
         only_from: Iterable[JobStatus] = (JobStatus.RUNNING,),
     ) -> JobState | None:
         """Record a terminal status; None if the job was not in one of `only_from`."""
-        allowed = tuple(only_from)
-        state: JobState | None = await self._write(
-            lambda conn: _finish(
-                conn, job_id, status=status, result=result, error=error, only_from=allowed
-            )
-        )
+        queued = self.queue_finish(job_id, status, result=result, error=error, only_from=only_from)
+        state: JobState | None = await self.settle(queued)
         return state
 
     async def note_interrupted(self, job_id: str, reason: str) -> None:

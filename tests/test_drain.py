@@ -121,7 +121,8 @@ async def test_interrupted_unsafe_job_fails_on_restart_and_waiting_job_stays_pen
         await wait_for(agent, "holder", JobStatus.RUNNING)
         await agent.intake.submit(hold_job("waiter", 0.05), transport="test")
         with trio.fail_after(5):
-            while agent.dispatcher.running_count < 2:  # the waiter waits for vm-1's lock
+            # Taken off the queue while the holder runs: the waiter waits for vm-1's lock.
+            while agent.dispatcher.queue_depth > 0:
                 await trio.sleep(0.01)
         assert await agent.drain() == ["holder"]
         waiter = await agent.intake.status("waiter")
