@@ -4,10 +4,13 @@ Starts a real agent process on a temporary state dir and spool, then:
 1. latency: drops N system.echo jobs one at a time (tmp/ -> rename into
    incoming/), each after the previous one started, and reports the time
    from the rename to the job's recorded started_at (p50, p99);
-2. throughput: drops M jobs as fast as one writer can, and reports jobs/s
-   from the first rename to the last job completed.
+2. throughput: renames M staged jobs into incoming/ at once, and reports
+   jobs/s from the first rename to the last job completed.
 
-Usage: python bench/spool.py [--latency-jobs 500] [--jobs 5000]
+Files are written into tmp/ and fsynced before they are timed; the clock
+starts at the rename into incoming/, which is the moment the agent may take them.
+
+Usage: python bench/spool.py [--latency-jobs 500] [--jobs 5000] [--max-concurrent N]
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from datetime import datetime
 from pathlib import Path
 
 
-def drop(spool: Path, job_id: str) -> float:
+def stage(spool: Path, job_id: str) -> Path:
+    """Write a job file into tmp/ and fsync it: the writer's half of a drop."""
     document = {
         "version": "1.0",
         "job_id": job_id,
@@ -38,8 +42,13 @@ def drop(spool: Path, job_id: str) -> float:
     os.write(fd, json.dumps(document).encode())
     os.fsync(fd)
     os.close(fd)
+    return staged
+
+
+def drop(staged: Path) -> float:
+    """The rename into incoming/ that hands the file to the agent; when it happened."""
     dropped = time.time()
-    staged.rename(spool / "incoming" / f"{job_id}.json")
+    staged.rename(staged.parent.parent / "incoming" / staged.name)
     return dropped
 
 
@@ -122,7 +131,7 @@ def main() -> None:
         latencies = []
         for n in range(args.latency_jobs):
             job_id = f"lat-{n}"
-            dropped = drop(spool, job_id)
+            dropped = drop(stage(spool, job_id))
             wait_for(db, started, (job_id,), 1)
             (stamp,) = db.execute(
                 "SELECT started_at FROM jobs WHERE job_id = ?", (job_id,)
@@ -130,9 +139,11 @@ def main() -> None:
             latencies.append((epoch(stamp) - dropped) * 1000)
         wait_for(db, done, (), args.latency_jobs)
 
+        # Staged first, so that the figure is the agent's rate, not one writer's.
+        staged = [stage(spool, f"tput-{n}") for n in range(args.jobs)]
         first = time.time()
-        for n in range(args.jobs):
-            drop(spool, f"tput-{n}")
+        for path in staged:
+            drop(path)
         dropping = time.time() - first
         wait_for(db, done, (), args.latency_jobs + args.jobs)
         (last,) = db.execute(
@@ -152,7 +163,8 @@ def main() -> None:
             f"max={max(latencies):.2f} ms"
         )
         print(
-            f"throughput: {args.jobs} jobs dropped in {dropping:.2f} s, all completed "
+            f"throughput: {args.jobs} staged jobs renamed into incoming/ in {dropping:.2f} s, "
+            "all completed "
             f"{elapsed:.2f} s after the first drop: {args.jobs / elapsed:.0f} jobs/s "
             f"({results} result files in done/)"
         )
