@@ -80,46 +80,10 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="hostagent-bench-"))
     spool, state = root / "spool", root / "state"
-    agent = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "agent",
-            "run",
-            "--spool-dir",
-            str(spool),
-            "--state-dir",
-            str(state),
-            "--max-concurrent",
-            str(args.max_concurrent),
-            "--log-level",
-            "warning",
-            "--no-http",
-        ]
-        if "--no-http"
-        in subprocess.run(
-            [sys.executable, "-m", "agent", "run", "--help"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        else [
-            sys.executable,
-            "-m",
-            "agent",
-            "run",
-            "--spool-dir",
-            str(spool),
-            "--state-dir",
-            str(state),
-            "--max-concurrent",
-            str(args.max_concurrent),
-            "--log-level",
-            "warning",
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    argv = [sys.executable, "-m", "agent", "run", "--spool-dir", str(spool), "--state-dir"]
+    argv += [str(state), "--max-concurrent", str(args.max_concurrent), "--log-level", "warning"]
+    argv += ["--libvirt-uri", "test:///default"]
+    agent = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
     try:
         while not (state / "jobs.sqlite3").exists() or not (spool / "incoming").exists():
             time.sleep(0.05)
