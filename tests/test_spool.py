@@ -69,8 +69,10 @@ def plant_hostile_entries(spool: Path, outside: Path) -> dict[str, str]:
     drop(spool, "unknown-op.json", job("unknown", operation="vm.teleport"))
     drop(spool, "bad-payload.json", job("badpay", "system.sleep", {"seconds": "soon"}))
     drop(spool, "array.json", b"[1, 2, 3]")
-    drop(spool, "stranger.json", job("stranger"))
-    os.chown(incoming / "stranger.json", 4242, 4242)  # the tests run as root
+    stranger = spool / "tmp" / "stranger.json"
+    stranger.write_text(json.dumps(job("stranger")))
+    os.chown(stranger, 4242, 4242)  # the tests run as root
+    stranger.rename(incoming / "stranger.json")
     return {
         "stranger.json": "owner uid 4242 is not allowed",
         "symlink.json": "symbolic links are refused",
