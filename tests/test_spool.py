@@ -20,9 +20,8 @@ SECRET = "TOP-SECRET-4c1d-never-to-be-read"
 
 @pytest.fixture
 def config(config: Config) -> Config:
-    return config.model_copy(
-        update={"spool": config.spool.model_copy(update={"max_file_bytes": 4096})}
-    )
+    spool = config.spool.model_copy(update={"max_file_bytes": 4096, "allowed_uids": [os.getuid()]})
+    return config.model_copy(update={"spool": spool})
 
 
 async def test_thousand_files_mixed_writers_each_run_exactly_once(
