@@ -16,8 +16,11 @@ RUN_ARGS ?=
 
 .PHONY: run test lint bench system-deps-run system-deps-test clean
 
+# `make run` serves the HTTP API on 127.0.0.1:8080 without tokens, for local development;
+# the agent refuses --insecure-no-auth on any non-loopback address.
 run: system-deps-run $(STAMP)
-	$(BIN)/hostagent run --state-dir var/state --spool-dir var/spool --log-format console $(RUN_ARGS)
+	$(BIN)/hostagent run --state-dir var/state --spool-dir var/spool --log-format console \
+		--insecure-no-auth $(RUN_ARGS)
 
 test: system-deps-test $(STAMP)
 	$(BIN)/ruff check .

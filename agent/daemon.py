@@ -18,6 +18,7 @@ from agent.intake import Intake
 from agent.registry import Registry
 from agent.store import Store, count_by_status
 from agent.transports import Transport
+from agent.transports.http import HttpTransport
 from agent.transports.spool import SpoolTransport
 
 log = structlog.get_logger("agent.daemon")
@@ -63,6 +64,11 @@ class Agent:
             self.transports.append(self.spool)
         else:
             self.spool = None
+        self.http: HttpTransport | None = None
+        if config.http.enabled:
+            # Checks the exposure rules (no open API off loopback) before anything starts.
+            self.http = HttpTransport(config.http)
+            self.transports.append(self.http)
 
     async def _store_health(self) -> tuple[Status, str, dict[str, Any]]:
         counts = await self.store.read(count_by_status)

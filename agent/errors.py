@@ -69,3 +69,29 @@ class HandlerError(AgentError):
     """A handler failed its operation; the message becomes the job's error."""
 
     code = "JOB_FAILED"
+
+
+class BadRequestError(AgentError):
+    """A request the API cannot read (not JSON, bad query, body too slow)."""
+
+    code = "BAD_REQUEST"
+    http_status = 400
+
+
+class UnauthorizedError(AgentError):
+    """No token, or one the agent does not know."""
+
+    code = "UNAUTHORIZED"
+    http_status = 401
+
+
+class ForbiddenError(AgentError):
+    """A known token without the scope the endpoint needs."""
+
+    code = "FORBIDDEN"
+    http_status = 403
+
+
+class PayloadTooLargeError(AgentError):
+    code = "PAYLOAD_TOO_LARGE"
+    http_status = 413

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent.config import Config, SpoolConfig
+from agent.config import Config, HttpConfig, SpoolConfig
 from agent.daemon import Agent
 
 
@@ -19,6 +19,8 @@ def config(tmp_path: Path) -> Config:
         spool_dir=tmp_path / "spool",
         max_concurrent_jobs=2,
         spool=SpoolConfig(settle_seconds=0.3, rescan_seconds=5),
+        # The HTTP API is on by default; an ephemeral port keeps parallel runs apart.
+        http=HttpConfig(bind="127.0.0.1:0"),
     )
 
 
