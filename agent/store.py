@@ -427,7 +427,8 @@ class Store:
         self.path = path
         self._writer = connect(path)
         self._reader = connect(path, readonly=True)
-        self._read_limiter = trio.CapacityLimiter(1)
+        self._read_queue: list[_Write] = []
+        self._reading = False
         self._queue: list[_Write] = []
         self._flushing = False
 
@@ -438,10 +439,37 @@ class Store:
     # -- reads --
 
     async def read(self, query: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
-        """Run one of this module's query functions off the trio thread."""
-        return await trio.to_thread.run_sync(
-            lambda: query(self._reader, *args, **kwargs), limiter=self._read_limiter
-        )
+        """Run one of this module's query functions off the trio thread.
+
+        Reads queued while a batch runs go together in the next thread hop, as
+        writes are group-committed: the hop costs far more than a point query.
+        """
+        read = _Write(lambda conn: query(conn, *args, **kwargs))
+        self._read_queue.append(read)
+        if not self._reading:
+            self._reading = True
+            try:
+                # Shielded: this task runs the reads others queued behind it.
+                with trio.CancelScope(shield=True):
+                    while self._read_queue:
+                        batch, self._read_queue = self._read_queue, []
+                        await trio.to_thread.run_sync(self._run_reads, batch)
+                        for item in batch:
+                            item.done.set()
+            finally:
+                self._reading = False
+        await read.done.wait()
+        if read.error is not None:
+            raise read.error
+        value: _T = read.value
+        return value
+
+    def _run_reads(self, batch: list[_Write]) -> None:
+        for item in batch:
+            try:
+                item.value = item.operation(self._reader)
+            except Exception as exc:  # noqa: BLE001 (delivered to the caller who queued it)
+                item.error = exc
 
     # -- writes --
 

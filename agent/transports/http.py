@@ -15,6 +15,7 @@ import logging
 import socket
 import ssl
 from functools import partial
+from typing import Any
 
 import structlog
 import trio
@@ -123,6 +124,40 @@ class _Hypercorn(HypercornConfig):
         return self._context
 
 
+def hypercorn_settings(config: HttpConfig, context: ssl.SSLContext | None) -> HypercornConfig:
+    """The hypercorn settings the agent serves with (also used by bench/http.py's baseline)."""
+    settings = _Hypercorn(context)
+    settings.accesslog = None
+    settings.errorlog = logging.getLogger("hypercorn.error")
+    settings.keep_alive_timeout = config.keep_alive_seconds
+    settings.keep_alive_max_requests = 1_000_000
+    settings.ssl_handshake_timeout = 10.0
+    settings.graceful_timeout = 1.0
+    return settings
+
+
+async def serve_asgi(
+    app: Any,
+    listener: socket.socket,
+    settings: HypercornConfig,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve an ASGI app on a listening socket with hypercorn's trio worker, until cancelled."""
+    tls = settings.create_ssl_context() is not None
+    sockets = Sockets(
+        secure_sockets=[listener] if tls else [],
+        insecure_sockets=[] if tls else [listener],
+        quic_sockets=[],
+    )
+    await worker_serve(
+        wrap_app(app, settings.wsgi_max_body_size, None),
+        settings,
+        sockets=sockets,
+        task_status=task_status,
+    )
+
+
 class HttpTransport:
     name = "http"
 
@@ -162,27 +197,9 @@ class HttpTransport:
         listener = self._bind()
         self._api = ApiState(intake, self.config, self._tokens)
         app = build_app(self._api)
-        settings = _Hypercorn(self._context)
-        settings.accesslog = None
-        settings.errorlog = logging.getLogger("hypercorn.error")
-        settings.keep_alive_timeout = self.config.keep_alive_seconds
-        settings.keep_alive_max_requests = 1_000_000
-        settings.ssl_handshake_timeout = 10.0
-        settings.graceful_timeout = 1.0
-        sockets = Sockets(
-            secure_sockets=[listener] if self._context else [],
-            insecure_sockets=[] if self._context else [listener],
-            quic_sockets=[],
-        )
+        settings = hypercorn_settings(self.config, self._context)
         async with trio.open_nursery() as nursery:
-            await nursery.start(
-                partial(
-                    worker_serve,
-                    wrap_app(app, settings.wsgi_max_body_size, None),
-                    settings,
-                    sockets=sockets,
-                )
-            )
+            await nursery.start(partial(serve_asgi, app, listener, settings))
             log.info(
                 "http.ready",
                 url=self.url,
