@@ -189,10 +189,10 @@ def _sse_messages(response: httpx.Response) -> Iterator[dict[str, Any] | None]:
 class ProgressView:
     """Progress bar and log lines of a followed job (on a terminal; plain lines otherwise)."""
 
-    def __init__(self, out: TextIO = sys.stderr, *, width: int = 30) -> None:
-        self.out = out
+    def __init__(self, out: TextIO | None = None, *, width: int = 30) -> None:
+        self.out = out or sys.stderr
         self.width = width
-        self.tty = out.isatty()
+        self.tty = self.out.isatty()
         self._bar = ""
 
     def show(self, message: dict[str, Any]) -> None:

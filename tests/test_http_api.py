@@ -390,3 +390,14 @@ async def test_openapi_documents_every_route_from_the_models(served: Agent) -> N
     assert "text/html" in docs.headers["content-type"]
     assert "<script" not in docs.text  # nothing to fetch from a CDN
     assert "/api/v1/jobs/{job_id}/cancel" in docs.text
+
+
+async def test_keep_alive_survives_answers_sent_before_the_body_was_needed(
+    served: Agent,
+) -> None:
+    # Regression: a 401 sent before the body was read could stall the connection.
+    async with client(served, "hat_wrong") as http:
+        with trio.fail_after(20):
+            for _ in range(20):
+                assert (await http.post("/api/v1/jobs", json=echo())).status_code == 401
+                assert (await http.get("/api/v1/health")).status_code == 200

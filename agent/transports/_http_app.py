@@ -40,6 +40,10 @@ def build_app(api: ApiState) -> QuartTrio:
 
     @app.before_request
     async def check_token() -> None:
+        if request.content_length or "Transfer-Encoding" in request.headers:
+            # Take the whole body before any answer: hypercorn can leave a keep-alive
+            # connection stalled when the answer (a 401, say) goes out first.
+            await request.get_data(cache=True)
         spec = by_endpoint.get(request.endpoint or "")
         if spec is not None:
             authorize(spec, request.headers, request.args)
