@@ -194,6 +194,7 @@ class ProgressView:
         self.width = width
         self.tty = self.out.isatty()
         self._bar = ""
+        self._status: str | None = None
 
     def show(self, message: dict[str, Any]) -> None:
         kind = message["type"]
@@ -203,8 +204,9 @@ class ProgressView:
             self._draw(percent, data.get("message"))
         elif kind == "log":
             self._line(f"[{data.get('level', 'info')}] {data.get('message', '')}")
-        elif kind in ("initial_status", "status"):
-            self._line(f"{data.get('job_id', message.get('job_id'))}: {data.get('status')}")
+        elif kind in ("initial_status", "status") and data.get("status") != self._status:
+            self._status = data.get("status")
+            self._line(f"{data.get('job_id', message.get('job_id'))}: {self._status}")
         elif kind == "error":
             self._line(f"error: {data.get('message')}")
 
