@@ -257,7 +257,7 @@ async def submit_batch() -> Response:
         try:
             prepared.append(api.intake.prepare(item, transport="http"))
             positions.append(index)
-        except ValidationError as exc:
+        except AgentError as exc:  # one bad job is that job's answer, not the batch's
             answers[index] = _batch_failure(exc, index)
     outcomes = await api.intake.submit_prepared(prepared) if prepared else []
     for index, outcome in zip(positions, outcomes, strict=True):

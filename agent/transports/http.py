@@ -181,6 +181,11 @@ class HttpTransport:
         """Take new tokens and TLS cert/key (SIGHUP); the bind address needs a restart."""
         check_exposure(config)
         tokens = TokenTable(config.tokens, required=not config.insecure_no_auth)
+        if config.bind != self.config.bind or (config.tls_cert is None) != (self._context is None):
+            log.warning(
+                "http.reload_needs_restart",
+                reason="the bind address and turning TLS on or off take a restart",
+            )
         if self._context is not None and config.tls_cert is not None:
             # Loaded into the live context: new handshakes use the new files.
             _load_tls_files(self._context, config)
