@@ -14,10 +14,13 @@ TEST_PACKAGES := $(RUN_PACKAGES) libvirt-daemon-system qemu-system-x86 systemd
 
 RUN_ARGS ?=
 
-.PHONY: run test lint bench system-deps-run system-deps-test clean
+.PHONY: run test lint bench bench-http system-deps-run system-deps-test clean
 
+# `make run` serves the HTTP API on 127.0.0.1:8080 without tokens, for local development;
+# the agent refuses --insecure-no-auth on any non-loopback address.
 run: system-deps-run $(STAMP)
-	$(BIN)/hostagent run --state-dir var/state --spool-dir var/spool --log-format console --libvirt-uri test:///default $(RUN_ARGS)
+	$(BIN)/hostagent run --state-dir var/state --spool-dir var/spool --log-format console \
+		--libvirt-uri test:///default --insecure-no-auth $(RUN_ARGS)
 
 test: system-deps-test $(STAMP)
 	$(BIN)/ruff check .
@@ -32,6 +35,9 @@ lint: $(STAMP)
 
 bench: system-deps-run $(STAMP)
 	$(BIN)/python bench/spool.py
+
+bench-http: system-deps-run $(STAMP)
+	$(BIN)/python bench/http.py
 
 system-deps-run:
 	@scripts/apt-ensure $(RUN_PACKAGES)

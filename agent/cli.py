@@ -7,11 +7,14 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config import Config, load_config
 from agent.errors import AgentError
-from agent.jobs import new_job_id
+from agent.jobs import JobState, new_job_id
+
+if TYPE_CHECKING:
+    from agent.client import AgentClient
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +27,19 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spool-dir", type=Path, help="the spool directory")
 
 
+def _client(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("talking to a running agent over HTTP")
+    group.add_argument(
+        "--url", help="the agent's HTTP API, e.g. http://127.0.0.1:8080 (or HOSTAGENT_URL)"
+    )
+    group.add_argument(
+        "--token-file", type=Path, help="file holding the API token (or HOSTAGENT_TOKEN)"
+    )
+    group.add_argument("--ca-file", type=Path, help="CA bundle to verify the agent's certificate")
+    group.add_argument("--client-cert", type=Path, help="client certificate (mTLS)")
+    group.add_argument("--client-key", type=Path, help="client certificate key (mTLS)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hostagent", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -34,9 +50,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-format", choices=["json", "console"])
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     run.add_argument("--libvirt-uri", help="libvirt connection URI (default qemu:///system)")
+    run.add_argument("--http-bind", metavar="HOST:PORT", help="HTTP API address (127.0.0.1:8080)")
+    run.add_argument(
+        "--no-http", dest="http_enabled", action="store_false", default=None, help="no HTTP API"
+    )
+    run.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        default=None,
+        help="HTTP API without tokens (development; loopback addresses only)",
+    )
 
-    submit = commands.add_parser("submit", help="drop a job into the spool")
+    submit = commands.add_parser("submit", help="submit a job (spool, or HTTP with --url)")
     _common(submit)
+    _client(submit)
     source = submit.add_mutually_exclusive_group(required=True)
     source.add_argument("file", nargs="?", type=Path, help="a job document (JSON)")
     source.add_argument("--op", help="operation, e.g. system.echo")
@@ -46,10 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--priority", type=int)
     submit.add_argument("--timeout", type=float, help="timeout_seconds")
     submit.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    submit.add_argument(
+        "--follow",
+        action="store_true",
+        help="with --url: show progress and logs live, then print the result",
+    )
     submit.add_argument("--wait-timeout", type=float, default=3600.0)
 
     jobs = commands.add_parser("jobs", help="list jobs")
     _common(jobs)
+    _client(jobs)
     jobs.add_argument("--status")
     jobs.add_argument("--operation")
     jobs.add_argument("--limit", type=int, default=50)
@@ -62,7 +95,28 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         command = commands.add_parser(name, help=text)
         _common(command)
+        _client(command)
         command.add_argument("job_id")
+
+    for name, text in (
+        ("caps", "the agent's capabilities (HTTP)"),
+        ("health", "the agent's health (HTTP)"),
+    ):
+        command = commands.add_parser(name, help=text)
+        _common(command)
+        _client(command)
+
+    token = commands.add_parser("token", help="API tokens")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    create = token_commands.add_parser(
+        "create", help="print a new random token once, and the config entry that admits it"
+    )
+    create.add_argument(
+        "--scopes",
+        required=True,
+        help="comma-separated: read, submit, cancel, admin (admin holds all)",
+    )
+    create.add_argument("--name", help="a name for the token (default: token-<date>)")
 
     validate = commands.add_parser("validate", help="check a job file without submitting it")
     _common(validate)
@@ -72,14 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config(args: argparse.Namespace) -> Config:
     overrides: dict[str, Any] = {
-        "state_dir": args.state_dir,
-        "spool_dir": args.spool_dir,
+        "state_dir": getattr(args, "state_dir", None),
+        "spool_dir": getattr(args, "spool_dir", None),
         "max_concurrent_jobs": getattr(args, "max_concurrent", None),
         "log_format": getattr(args, "log_format", None),
         "log_level": getattr(args, "log_level", None),
         "libvirt.uri": getattr(args, "libvirt_uri", None),
+        "http.bind": getattr(args, "http_bind", None),
+        "http.enabled": getattr(args, "http_enabled", None),
+        "http.insecure_no_auth": getattr(args, "insecure_no_auth", None),
     }
-    return load_config(args.config, overrides=overrides)
+    return load_config(getattr(args, "config", None), overrides=overrides)
 
 
 def _print(value: Any) -> None:
@@ -113,9 +170,22 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     # When the systemd watchdog gives up it sends SIGABRT: the journal then shows
     # where every thread was stuck.
     faulthandler.enable()
-    # SIGHUP reads the config again the same way: file, environment, these flags.
-    trio.run(partial(serve, config, load_config=lambda: _config(args)))
+    try:
+        # SIGHUP reads the config again the same way: file, environment, these flags.
+        trio.run(partial(serve, config, load_config=lambda: _config(args)))
+    except BaseExceptionGroup as group:
+        # A task's AgentError (e.g. a transport refusing its config) arrives wrapped
+        # by the nurseries; report it like any other.
+        found, rest = group.split(AgentError)
+        if found is None or rest is not None:
+            raise
+        raise _first_leaf(found) from group
     return 0
+
+
+def _first_leaf(group: BaseExceptionGroup[AgentError]) -> AgentError:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _document(args: argparse.Namespace) -> dict[str, Any]:
@@ -150,6 +220,11 @@ def _submit(args: argparse.Namespace, config: Config) -> int:
     from agent.transports.spool import write_durably
 
     document = _document(args)
+    remote = _remote(args)
+    if remote is not None:
+        return _submit_http(args, remote, document)
+    if args.follow:
+        raise AgentError("--follow needs --url (a running agent's HTTP API)", field="url")
     job_id = str(document["job_id"])
     spool = config.spool_dir
     (spool / "tmp").mkdir(parents=True, exist_ok=True)
@@ -210,9 +285,15 @@ def _read(config: Config, query: Any, *args: Any, **kwargs: Any) -> Any:
 def _jobs(args: argparse.Namespace, config: Config) -> int:
     from agent.store import list_jobs
 
-    jobs, total, _ = _read(
-        config, list_jobs, status=args.status, operation=args.operation, limit=args.limit
-    )
+    remote = _remote(args)
+    if remote is not None:
+        with remote:
+            page = remote.jobs(status=args.status, operation=args.operation, limit=args.limit)
+        jobs, total = [JobState.model_validate(job) for job in page["jobs"]], page["total"]
+    else:
+        jobs, total, _ = _read(
+            config, list_jobs, status=args.status, operation=args.operation, limit=args.limit
+        )
     for job in jobs:
         print(f"{job.job_id:40} {job.status.value:10} {job.operation:24} {job.submitted_at}")
     print(f"({len(jobs)} of {total})", file=sys.stderr)
@@ -222,6 +303,10 @@ def _jobs(args: argparse.Namespace, config: Config) -> int:
 def _status(args: argparse.Namespace, config: Config) -> int:
     from agent.store import get_job
 
+    if (remote := _remote(args)) is not None:
+        with remote:
+            _print(remote.status(args.job_id))
+        return 0
     _print(_read(config, get_job, args.job_id).model_dump(mode="json"))
     return 0
 
@@ -229,6 +314,10 @@ def _status(args: argparse.Namespace, config: Config) -> int:
 def _result(args: argparse.Namespace, config: Config) -> int:
     from agent.store import get_result
 
+    if (remote := _remote(args)) is not None:
+        with remote:
+            _print(remote.result(args.job_id))
+        return 0
     _print(_read(config, get_result, args.job_id))
     return 0
 
@@ -236,7 +325,12 @@ def _result(args: argparse.Namespace, config: Config) -> int:
 def _logs(args: argparse.Namespace, config: Config) -> int:
     from agent.store import get_events
 
-    for event in _read(config, get_events, args.job_id):
+    if (remote := _remote(args)) is not None:
+        with remote:
+            events = remote.logs(args.job_id)
+    else:
+        events = _read(config, get_events, args.job_id)
+    for event in events:
         print(json.dumps(event))
     return 0
 
@@ -245,6 +339,10 @@ def _cancel(args: argparse.Namespace, config: Config) -> int:
     # The running agent watches spool/cancel/ and cancels the job named by the file.
     from agent.store import get_job
 
+    if (remote := _remote(args)) is not None:
+        with remote:
+            _print(remote.cancel(args.job_id))
+        return 0
     state = _read(config, get_job, args.job_id)
     if state.status.terminal:
         raise AgentError(f"Job {args.job_id} is already {state.status.value}", field="status")
@@ -270,6 +368,95 @@ def _validate(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _caps(args: argparse.Namespace, config: Config) -> int:
+    with _require_remote(args) as remote:
+        _print(remote.capabilities())
+    return 0
+
+
+def _health(args: argparse.Namespace, config: Config) -> int:
+    with _require_remote(args) as remote:
+        report = remote.health()
+    _print(report)
+    return 0 if report.get("status") == "healthy" else 1
+
+
+def _token(args: argparse.Namespace, config: Config) -> int:
+    from datetime import UTC, datetime
+
+    from agent.auth import SCOPES, create_token, token_entry_toml
+
+    scopes = [scope.strip() for scope in args.scopes.split(",") if scope.strip()]
+    unknown = [scope for scope in scopes if scope not in SCOPES]
+    if unknown or not scopes:
+        raise AgentError(
+            f"--scopes: unknown scope(s) {', '.join(unknown) or '(none given)'}",
+            field="scopes",
+            reason=f"Expected some of {', '.join(SCOPES)}",
+        )
+    name = args.name or f"token-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    token, entry = create_token(name, scopes)
+    print(token)
+    print()
+    print(token_entry_toml(entry), end="")
+    print(
+        "\nThe token is shown once and stored nowhere; the agent keeps only its SHA-256.\n"
+        "Add the entry to the agent's config (or HOSTAGENT_HTTP__TOKENS as JSON) and restart "
+        "or reload it. Clients send 'Authorization: Bearer <token>'.",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _remote(args: argparse.Namespace) -> AgentClient | None:
+    """The HTTP client when --url (or HOSTAGENT_URL) names a running agent."""
+    import os
+
+    from agent.client import AgentClient
+
+    url = getattr(args, "url", None) or os.environ.get("HOSTAGENT_URL")
+    if not url:
+        return None
+    token = os.environ.get("HOSTAGENT_TOKEN")
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text().strip()
+        except OSError as exc:
+            raise AgentError(f"--token-file: {exc}", field="token_file") from exc
+    cert = None
+    if args.client_cert is not None:
+        cert = (str(args.client_cert), str(args.client_key or args.client_cert))
+    verify: str | bool = str(args.ca_file) if args.ca_file is not None else True
+    return AgentClient(url, token=token, verify=verify, cert=cert)
+
+
+def _require_remote(args: argparse.Namespace) -> AgentClient:
+    remote = _remote(args)
+    if remote is None:
+        raise AgentError(f"{args.command} needs --url (or HOSTAGENT_URL)", field="url")
+    return remote
+
+
+def _submit_http(args: argparse.Namespace, remote: AgentClient, document: dict[str, Any]) -> int:
+    from agent.client import ProgressView
+
+    with remote:
+        answer = remote.submit(document)
+        job_id = answer["job_id"]
+        print(job_id)
+        if not (args.wait or args.follow):
+            return 0
+        view = ProgressView() if args.follow else None
+        try:
+            state = remote.follow(job_id, deadline=time.monotonic() + args.wait_timeout, view=view)
+        finally:
+            if view is not None:
+                view.finish()
+        result = remote.result(job_id) if state["status"] == "Completed" else None
+    _print({**state, "result": result})
+    return 0 if state["status"] == "Completed" else 1
+
+
 _COMMANDS = {
     "run": _run,
     "submit": _submit,
@@ -279,4 +466,7 @@ _COMMANDS = {
     "logs": _logs,
     "cancel": _cancel,
     "validate": _validate,
+    "caps": _caps,
+    "health": _health,
+    "token": _token,
 }

@@ -22,6 +22,8 @@ from agent.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/hostagent/agent.toml")
 ENV_PREFIX = "HOSTAGENT_"
+# HOSTAGENT_* variables that are not config keys (the CLI's client settings).
+_NOT_CONFIG = {"HOSTAGENT_CONFIG", "HOSTAGENT_TOKEN", "HOSTAGENT_URL"}
 
 
 class _Section(BaseModel):
@@ -70,6 +72,39 @@ class LibvirtConfig(_Section):
     degraded_latency_ms: float = Field(default=500.0, gt=0)
 
 
+Scope = Literal["read", "submit", "cancel", "admin"]
+
+
+class TokenConfig(_Section):
+    """One API token: only its SHA-256 is stored (`hostagent token create` prints both)."""
+
+    name: str = Field(min_length=1, max_length=64)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    scopes: list[Scope] = Field(min_length=1)
+
+
+class HttpConfig(_Section):
+    enabled: bool = True
+    bind: str = "127.0.0.1:8080"
+    tokens: list[TokenConfig] = Field(default_factory=list)
+    # Local development and legacy clients only; refused on a non-loopback bind.
+    insecure_no_auth: bool = False
+    # GET /api/v1/health without a token (for load balancers and probes).
+    open_health: bool = True
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Set: clients must present a certificate signed by this CA (mTLS).
+    tls_client_ca: Path | None = None
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    # The whole request body must arrive within this many seconds.
+    body_timeout_seconds: float = Field(default=30.0, gt=0)
+    max_batch_jobs: int = Field(default=1000, ge=1)
+    # Live events buffered per websocket/SSE client; a client further behind is cut off.
+    event_buffer: int = Field(default=1024, ge=1)
+    retry_after_seconds: int = Field(default=1, ge=0)
+    keep_alive_seconds: float = Field(default=75.0, gt=0)
+
+
 class Config(_Section):
     worker_id: str = Field(default_factory=socket.gethostname)
     state_dir: Path = Path("/var/lib/hostagent")
@@ -87,6 +122,7 @@ class Config(_Section):
     libvirt: LibvirtConfig = Field(default_factory=LibvirtConfig)
     # Capabilities are re-fingerprinted this often (and when libvirt reconnects).
     capabilities_refresh_seconds: float = Field(default=300.0, gt=0)
+    http: HttpConfig = Field(default_factory=HttpConfig)
 
     @property
     def store_path(self) -> Path:
@@ -135,7 +171,7 @@ def load_config(
             raise ConfigError(f"config: {chosen} is not valid TOML: {exc}", field="config") from exc
     env = os.environ if environ is None else environ
     for name, text in env.items():
-        if name.startswith(ENV_PREFIX) and name != ENV_PREFIX + "CONFIG":
+        if name.startswith(ENV_PREFIX) and name not in _NOT_CONFIG:
             key = name.removeprefix(ENV_PREFIX).lower().replace("__", ".")
             _set_dotted(data, key, _env_value(text))
     for key, value in (overrides or {}).items():

@@ -20,7 +20,7 @@ from agent.errors import AgentError, ConflictError
 from agent.events import EventBus
 from agent.jobs import JobState, JobStatus
 from agent.registry import Registry
-from agent.store import PendingJob, QueuedWrite, Store, get_job
+from agent.store import PendingJob, Queued, Store, get_job
 
 if TYPE_CHECKING:
     from agent.config import Config
@@ -313,14 +313,14 @@ class Dispatcher:
         assert self._nursery is not None
         self._nursery.start_soon(*task)
 
-    async def _announce_started(self, write: QueuedWrite, job_id: str) -> None:
+    async def _announce_started(self, write: Queued, job_id: str) -> None:
         started: JobState | None = await self._store.settle(write)
         if started is None:
             log.warning("job.start_not_recorded", job_id=job_id)
             return
         self._publish_status(started)
 
-    async def _announce_finished(self, write: QueuedWrite, job_id: str, running: _Running) -> None:
+    async def _announce_finished(self, write: Queued, job_id: str, running: _Running) -> None:
         """Publish a job's outcome once it is committed, then let go of the job."""
         try:
             final: JobState | None = await self._store.settle(write)

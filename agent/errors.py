@@ -83,3 +83,29 @@ class HypervisorError(HandlerError):
     @property
     def reason(self) -> str:
         return str(self.details.get("reason", "libvirt_error"))
+
+
+class BadRequestError(AgentError):
+    """A request the API cannot read (not JSON, bad query, body too slow)."""
+
+    code = "BAD_REQUEST"
+    http_status = 400
+
+
+class UnauthorizedError(AgentError):
+    """No token, or one the agent does not know."""
+
+    code = "UNAUTHORIZED"
+    http_status = 401
+
+
+class ForbiddenError(AgentError):
+    """A known token without the scope the endpoint needs."""
+
+    code = "FORBIDDEN"
+    http_status = 403
+
+
+class PayloadTooLargeError(AgentError):
+    code = "PAYLOAD_TOO_LARGE"
+    http_status = 413

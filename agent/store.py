@@ -415,13 +415,52 @@ def _pending_jobs(conn: sqlite3.Connection) -> list[PendingJob]:
 
 
 @dataclass
-class QueuedWrite:
-    """A write waiting for the next group commit; `Store.settle` awaits it."""
+class Queued:
+    """A read or write waiting for its batch; `Store.settle` awaits a write."""
 
     operation: Callable[[sqlite3.Connection], Any]
     done: trio.Event = field(default_factory=trio.Event)
     value: Any = None
     error: BaseException | None = None
+
+
+class _Batcher:
+    """Runs queued operations in batches, one thread hop per batch: whoever
+    finds nobody running the queue runs it until it is empty. A hop costs far
+    more than a point query, and a commit's fsync the same for one row or many."""
+
+    def __init__(self, run_batch: Callable[[list[Queued]], None]) -> None:
+        self._run_batch = run_batch
+        self._queue: list[Queued] = []
+        self._running = False
+
+    def queue(self, operation: Callable[[sqlite3.Connection], Any]) -> Queued:
+        """Queue now: operations run in the order they are queued."""
+        item = Queued(operation)
+        self._queue.append(item)
+        return item
+
+    async def settle(self, item: Queued) -> Any:
+        """Wait until `item` has run (running the queue if nobody is); its value."""
+        if not self._running:
+            self._running = True
+            try:
+                # Shielded: this task runs what others queued behind it.
+                with trio.CancelScope(shield=True):
+                    while self._queue:
+                        # One scheduler pass first: operations made ready by the
+                        # same event (a job ending, a batch arriving) join this batch.
+                        await trio.lowlevel.checkpoint()
+                        batch, self._queue = self._queue, []
+                        await trio.to_thread.run_sync(self._run_batch, batch)
+                        for queued in batch:
+                            queued.done.set()
+            finally:
+                self._running = False
+        await item.done.wait()
+        if item.error is not None:
+            raise item.error
+        return item.value
 
 
 class Store:
@@ -431,9 +470,8 @@ class Store:
         self.path = path
         self._writer = connect(path)
         self._reader = connect(path, readonly=True)
-        self._read_limiter = trio.CapacityLimiter(1)
-        self._queue: list[QueuedWrite] = []
-        self._flushing = False
+        self._reads = _Batcher(self._run_reads)
+        self._writes = _Batcher(self._commit)
 
     def close(self) -> None:
         self._writer.close()
@@ -443,44 +481,32 @@ class Store:
 
     async def read(self, query: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
         """Run one of this module's query functions off the trio thread."""
-        return await trio.to_thread.run_sync(
-            lambda: query(self._reader, *args, **kwargs), limiter=self._read_limiter
+        value: _T = await self._reads.settle(
+            self._reads.queue(lambda conn: query(conn, *args, **kwargs))
         )
+        return value
+
+    def _run_reads(self, batch: list[Queued]) -> None:
+        for item in batch:
+            try:
+                item.value = item.operation(self._reader)
+            except Exception as exc:  # noqa: BLE001 (delivered to the caller who queued it)
+                item.error = exc
 
     # -- writes --
 
-    def _queue_write(self, operation: Callable[[sqlite3.Connection], Any]) -> QueuedWrite:
+    def _queue_write(self, operation: Callable[[sqlite3.Connection], Any]) -> Queued:
         """Queue a write now (writes commit in the order they are queued)."""
-        write = QueuedWrite(operation)
-        self._queue.append(write)
-        return write
+        return self._writes.queue(operation)
 
-    async def settle(self, write: QueuedWrite) -> Any:
-        """Wait until a queued write is committed (flushing, if nobody is); its value."""
-        if not self._flushing:
-            self._flushing = True
-            try:
-                # Shielded: a flusher that is cancelled still commits what others queued.
-                with trio.CancelScope(shield=True):
-                    while self._queue:
-                        # One scheduler pass first: writers made ready by the same
-                        # event (a job ending, a batch arriving) join this commit.
-                        await trio.lowlevel.checkpoint()
-                        batch, self._queue = self._queue, []
-                        await trio.to_thread.run_sync(self._commit, batch)
-                        for item in batch:
-                            item.done.set()
-            finally:
-                self._flushing = False
-        await write.done.wait()
-        if write.error is not None:
-            raise write.error
-        return write.value
+    async def settle(self, write: Queued) -> Any:
+        """Wait until a queued write is committed; its value."""
+        return await self._writes.settle(write)
 
     async def _write(self, operation: Callable[[sqlite3.Connection], Any]) -> Any:
         return await self.settle(self._queue_write(operation))
 
-    def _commit(self, batch: list[QueuedWrite]) -> None:
+    def _commit(self, batch: list[Queued]) -> None:
         conn = self._writer
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -507,7 +533,7 @@ class Store:
         )
         return result
 
-    def queue_mark_running(self, job_id: str) -> QueuedWrite:
+    def queue_mark_running(self, job_id: str) -> Queued:
         """Pending -> Running, queued; settles to the JobState, or None if the job
         was no longer pending."""
         return self._queue_write(lambda conn: _mark_running(conn, job_id))
@@ -525,7 +551,7 @@ class Store:
         result: Any = None,
         error: str | None = None,
         only_from: Iterable[JobStatus] = (JobStatus.RUNNING,),
-    ) -> QueuedWrite:
+    ) -> Queued:
         """A terminal status, queued; settles to the JobState, or None if the job
         was not in one of `only_from`."""
         allowed = tuple(only_from)

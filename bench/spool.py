@@ -82,7 +82,7 @@ def main() -> None:
     spool, state = root / "spool", root / "state"
     argv = [sys.executable, "-m", "agent", "run", "--spool-dir", str(spool), "--state-dir"]
     argv += [str(state), "--max-concurrent", str(args.max_concurrent), "--log-level", "warning"]
-    argv += ["--libvirt-uri", "test:///default"]
+    argv += ["--libvirt-uri", "test:///default", "--no-http"]
     agent = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
     try:
         while not (state / "jobs.sqlite3").exists() or not (spool / "incoming").exists():

@@ -24,6 +24,10 @@ class AgentProcess:
             str(spool),
             "--log-format",
             "json",
+            # The spool is what these tests drive; the HTTP API has its own daemon tests.
+            "--no-http",
+            "--libvirt-uri",
+            "test:///default",
             *extra,
         ]
         self.process: subprocess.Popen[str] | None = None

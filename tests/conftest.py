@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent.config import Config, LibvirtConfig, SpoolConfig
+from agent.config import Config, HttpConfig, LibvirtConfig, SpoolConfig
 from agent.daemon import Agent
 
 
@@ -21,6 +21,8 @@ def config(tmp_path: Path) -> Config:
         spool=SpoolConfig(settle_seconds=0.3, rescan_seconds=5),
         # libvirt's in-process test driver: no daemon, shared by the whole test process.
         libvirt=LibvirtConfig(uri="test:///default"),
+        # The HTTP API is on by default; an ephemeral port keeps parallel runs apart.
+        http=HttpConfig(bind="127.0.0.1:0"),
     )
 
 

@@ -67,6 +67,12 @@ class Service:
                     str(self.state_dir),
                     "--spool-dir",
                     str(self.spool_dir),
+                    # READY=1 also waits for this listener (an ephemeral port).
+                    "--http-bind",
+                    "127.0.0.1:0",
+                    "--insecure-no-auth",
+                    "--libvirt-uri",
+                    "test:///default",
                 ],
                 env=env,
                 stdin=subprocess.DEVNULL,

@@ -40,7 +40,8 @@ async def test_capabilities_list_every_operation_and_the_test_hypervisor(agent: 
     assert "not supported" in caps["libvirt"]["domain"]["unavailable"]
     assert {"qcow2", "raw"} <= set(caps["disk_formats"])
     assert "throttle" not in caps["disk_formats"]
-    assert {"libvirt", "qemu-img"} <= set(caps["features"])
+    assert {"libvirt", "qemu-img", "http", "websocket", "sse"} <= set(caps["features"])
+    assert "spool" not in caps["features"]  # turned off in this config
     assert caps["labels"] == {"rack": "r1"}
     assert caps["max_disk_size_gb"] == agent.config.max_disk_size_gb
     assert caps["max_concurrent_jobs"] == 2
@@ -54,6 +55,7 @@ async def test_health_reports_libvirt_connected_with_latency(agent: Agent) -> No
     assert (libvirt["status"], libvirt["connected"]) == ("healthy", True)
     assert libvirt["latency_ms"] >= 0
     assert health["components"]["store"]["status"] == "healthy"
+    assert health["components"]["http"]["status"] == "healthy"
 
 
 async def test_unreachable_libvirt_makes_health_unhealthy_and_jobs_fail_clearly(

@@ -1,0 +1,72 @@
+"""The quart-trio app: the routes of the job API, live events and docs, one auth hook,
+one metrics hook, and every error answered with the contract's JSON envelope."""
+
+from __future__ import annotations
+
+import structlog
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from agent import metrics
+from agent.errors import AgentError, QueueFullError
+from agent.transports import _http_api, _http_docs, _http_events
+from agent.transports._http_api import (
+    ApiState,
+    authorize,
+    error_response,
+    http_error_response,
+)
+
+log = structlog.get_logger("agent.http")
+
+
+def build_app(api: ApiState) -> QuartTrio:
+    app = QuartTrio("hostagent")
+    app.config["MAX_CONTENT_LENGTH"] = api.config.max_body_bytes
+    app.config["BODY_TIMEOUT"] = api.config.body_timeout_seconds
+    # Streams (SSE) lift this for themselves; no plain answer should take this long.
+    app.config["RESPONSE_TIMEOUT"] = 60
+    app.extensions["hostagent"] = api
+    routes = [*_http_api.ROUTES, *_http_events.ROUTES]
+    by_endpoint = {spec.endpoint: spec for spec in routes}
+    for spec in routes:
+        if spec.websocket:
+            app.add_websocket(spec.rule, spec.endpoint, spec.view)
+        else:
+            app.add_url_rule(spec.rule, spec.endpoint, spec.view, methods=[spec.method])
+    _http_docs.install(app, routes)
+    _http_events.install(app, by_endpoint)
+
+    @app.before_request
+    async def check_token() -> None:
+        if request.content_length or "Transfer-Encoding" in request.headers:
+            # Take the whole body before any answer: hypercorn can leave a keep-alive
+            # connection stalled when the answer (a 401, say) goes out first.
+            await request.get_data(cache=True)
+        spec = by_endpoint.get(request.endpoint or "")
+        if spec is not None:
+            authorize(spec, request.headers, request.args)
+
+    @app.after_request
+    async def count_request(response: Response) -> Response:
+        rule = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+        metrics.HTTP_REQUESTS.labels(request.method, rule, str(response.status_code)).inc()
+        return response
+
+    @app.errorhandler(AgentError)
+    async def agent_error(exc: AgentError) -> Response:
+        if exc.http_status >= 500 and not isinstance(exc, QueueFullError):
+            log.error("http.agent_error", code=exc.code, message=exc.message, path=request.path)
+        return error_response(exc)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        return http_error_response(exc)
+
+    @app.errorhandler(Exception)
+    async def unexpected_error(exc: Exception) -> Response:
+        log.exception("http.unexpected_error", path=request.path, method=request.method)
+        return error_response(AgentError("Internal error", reason=type(exc).__name__))
+
+    return app

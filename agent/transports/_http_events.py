@@ -1,0 +1,283 @@
+"""Live job events over a websocket (/api/v1/ws) and Server-Sent Events (/api/v1/events).
+
+Both read one subscription of the in-process event bus per client. The bus
+never waits for a client: a client whose bounded buffer fills is cut off
+(SSE: a final `error` event, then the stream ends; websocket: closed with
+1013 "try again later"), so a slow reader cannot slow the dispatcher.
+
+Websocket protocol (client -> server): `{"type": "ping"}`,
+`{"type": "subscribe_job", "job_id": ...}`, and two additions,
+`{"type": "unsubscribe_job", "job_id": ...}` and `{"type": "subscribe_all"}`.
+Server -> client: `pong`, `initial_status` (the job's status when the
+subscription starts), then `created`/`status`/`progress`/`log` events of the
+subscribed jobs, and `error` for a message it could not act on.
+
+SSE: `?job_id=...` (repeatable) limits the stream to those jobs (each gets
+an `initial_status` first); without it every event is sent.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import ExitStack
+from typing import Any
+
+import structlog
+import trio
+from quart import Response, request, websocket
+from quart_trio import QuartTrio
+
+from agent import metrics
+from agent.errors import AgentError, BadRequestError, NotFoundError
+from agent.events import Event, Subscription
+from agent.intake import Intake
+from agent.transports._http_api import API, Route, authorize, error_response, state
+
+log = structlog.get_logger("agent.http.events")
+
+# SSE comment line sent when nothing else was, so proxies keep the stream open.
+KEEPALIVE_SECONDS = 15.0
+# A websocket client that does not take a message within this long is cut off.
+SEND_TIMEOUT_SECONDS = 10.0
+WS_TRY_AGAIN_LATER = 1013
+WS_GOING_AWAY = 1001
+
+_LAGGED = {
+    "error": "RATE_LIMITED",
+    "message": "Events were dropped because this client fell behind; reconnect",
+    "details": {"reason": "Client buffer full"},
+}
+
+
+def _encode(message: Mapping[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"))
+
+
+class _Filter:
+    """Which jobs a client follows; a job already terminal gets no stale events."""
+
+    def __init__(self, *, everything: bool) -> None:
+        self.everything = everything
+        self.jobs: set[str] = set()
+        self._final: set[str] = set()
+
+    def follow(self, job_id: str, status: dict[str, Any]) -> None:
+        self.jobs.add(job_id)
+        if status.get("status") in ("Completed", "Failed", "Cancelled"):
+            self._final.add(job_id)
+        else:
+            self._final.discard(job_id)
+
+    def wants(self, event: Event) -> bool:
+        job_id = event.get("job_id")
+        if not self.everything and job_id not in self.jobs:
+            return False
+        # Events queued before initial_status was read may be older than it.
+        return job_id not in self._final
+
+
+async def _initial_status(intake: Intake, job_id: str) -> dict[str, Any]:
+    state_ = await intake.status(job_id)
+    return {"type": "initial_status", "job_id": job_id, "data": state_.model_dump(mode="json")}
+
+
+# --- Server-Sent Events ---
+
+
+async def event_stream() -> Response:
+    api = state()
+    job_ids = request.args.getlist("job_id")
+    stack = ExitStack()
+    # Subscribe before reading statuses, so nothing between the two is missed.
+    subscription = stack.enter_context(api.intake.events(buffer=api.config.event_buffer))
+    try:
+        initial = [await _initial_status(api.intake, job_id) for job_id in job_ids]
+    except BaseException:
+        stack.close()
+        raise
+    chosen = _Filter(everything=not job_ids)
+    for message in initial:
+        chosen.follow(message["job_id"], message["data"])
+
+    async def generate() -> AsyncIterator[bytes]:
+        with stack:
+            yield b"retry: 2000\n\n"
+            for message in initial:
+                yield f"data: {_encode(message)}\n\n".encode()
+            async for chunk in _sse_events(subscription, chosen):
+                yield chunk
+
+    response = Response(
+        generate(),
+        content_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+    response.timeout = None  # a stream lasts as long as the client wants
+    return response
+
+
+async def _sse_events(subscription: Subscription, chosen: _Filter) -> AsyncIterator[bytes]:
+    while True:
+        with trio.move_on_after(KEEPALIVE_SECONDS) as idle:
+            try:
+                event = await subscription.receive.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                if subscription.lagged:
+                    yield f"data: {_encode({'type': 'error', 'data': _LAGGED})}\n\n".encode()
+                return
+        if idle.cancelled_caught:
+            yield b": keepalive\n\n"
+        elif chosen.wants(event):
+            yield f"data: {_encode(event)}\n\n".encode()
+
+
+# --- websocket ---
+
+
+async def event_socket() -> None:
+    api = state()
+    await websocket.accept()
+    chosen = _Filter(everything=False)
+    send_lock = trio.Lock()
+
+    async def send(message: Mapping[str, Any]) -> bool:
+        """False if the client did not take it in time (then it is cut off)."""
+        with trio.move_on_after(SEND_TIMEOUT_SECONDS):
+            async with send_lock:
+                await websocket.send(_encode(message))
+            return True
+        return False
+
+    with api.intake.events(buffer=api.config.event_buffer) as subscription:
+        async with trio.open_nursery() as nursery:
+
+            async def forward() -> None:
+                slow = False
+                async for event in subscription.receive:
+                    if chosen.wants(event) and not await send(event):
+                        slow = True
+                        break
+                # The stream ended: the client fell behind, or the agent is stopping.
+                with trio.move_on_after(SEND_TIMEOUT_SECONDS):
+                    if slow or subscription.lagged:
+                        await websocket.close(WS_TRY_AGAIN_LATER, "client fell behind; reconnect")
+                    else:
+                        await websocket.close(WS_GOING_AWAY, "agent stopping")
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(forward)
+            while True:
+                text = await websocket.receive()
+                reply = await _answer(api.intake, chosen, text)
+                if reply is not None and not await send(reply):
+                    break
+            nursery.cancel_scope.cancel()
+
+
+async def _answer(intake: Intake, chosen: _Filter, text: str | bytes) -> dict[str, Any] | None:
+    """The reply to one client message (None: nothing to say)."""
+    try:
+        try:
+            message = json.loads(text)
+        except ValueError as exc:
+            raise BadRequestError(f"Not JSON: {exc}", field="message", reason=str(exc)) from exc
+        if not isinstance(message, dict):
+            raise BadRequestError("A message must be a JSON object", field="message")
+        act = _ACTIONS.get(message.get("type"))  # type: ignore[arg-type]  # any JSON value
+        if act is None:
+            raise BadRequestError(
+                "Unknown message type",
+                field="type",
+                reason="Expected ping, subscribe_job, unsubscribe_job or subscribe_all",
+            )
+        return await act(intake, chosen, message)
+    except AgentError as exc:
+        return _error(exc)
+
+
+async def _ping(intake: Intake, chosen: _Filter, message: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "pong"}
+
+
+async def _subscribe_all(intake: Intake, chosen: _Filter, message: dict[str, Any]) -> None:
+    chosen.everything = True
+
+
+async def _subscribe_job(
+    intake: Intake, chosen: _Filter, message: dict[str, Any]
+) -> dict[str, Any]:
+    job_id = _job_id(message)
+    try:
+        initial = await _initial_status(intake, job_id)
+    except NotFoundError as exc:
+        return {**_error(exc), "job_id": job_id}
+    chosen.follow(job_id, initial["data"])
+    return initial
+
+
+async def _unsubscribe_job(intake: Intake, chosen: _Filter, message: dict[str, Any]) -> None:
+    chosen.jobs.discard(_job_id(message))
+
+
+def _job_id(message: dict[str, Any]) -> str:
+    job_id = message.get("job_id")
+    if not isinstance(job_id, str):
+        raise BadRequestError(
+            f"{message['type']} needs a job_id", field="job_id", reason="Expected a string"
+        )
+    return job_id
+
+
+_ACTIONS: dict[str, Callable[[Intake, _Filter, dict[str, Any]], Awaitable[dict[str, Any] | None]]]
+_ACTIONS = {
+    "ping": _ping,
+    "subscribe_all": _subscribe_all,
+    "subscribe_job": _subscribe_job,
+    "unsubscribe_job": _unsubscribe_job,
+}
+
+
+def _error(exc: AgentError) -> dict[str, Any]:
+    return {"type": "error", "data": exc.to_dict()}
+
+
+ROUTES = [
+    Route(
+        method="GET",
+        rule=f"{API}/events",
+        view=event_stream,
+        scope="read",
+        summary="Live job events as Server-Sent Events (?job_id= to follow given jobs)",
+        errors=(401, 403, 404),
+        token_in_query=True,
+        raw="text/event-stream",
+    ),
+    Route(
+        method="GET",
+        rule=f"{API}/ws",
+        view=event_socket,  # type: ignore[arg-type]  # websocket views answer nothing
+        scope="read",
+        summary="Live job events over a websocket (ping, subscribe_job)",
+        errors=(401, 403),
+        token_in_query=True,
+        websocket=True,
+    ),
+]
+
+
+def install(app: QuartTrio, by_endpoint: Mapping[str, Route]) -> None:
+    """Websocket auth and metrics (plain requests get theirs in build_app)."""
+
+    @app.before_websocket
+    async def check_token() -> Response | None:
+        spec = by_endpoint.get(websocket.endpoint or "")
+        if spec is None:
+            return None
+        try:
+            authorize(spec, websocket.headers, websocket.args)
+        except AgentError as exc:
+            metrics.HTTP_REQUESTS.labels("GET", spec.rule, str(exc.http_status)).inc()
+            return error_response(exc)
+        metrics.HTTP_REQUESTS.labels("GET", spec.rule, "101").inc()
+        return None

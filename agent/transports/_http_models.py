@@ -1,0 +1,136 @@
+"""Models of the HTTP API's requests and answers: they validate and they document.
+
+The job document itself is `agent.jobs.JobDocument` (validated by the
+Intake); the models here are the API's own envelopes and query strings.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.errors import ValidationError
+from agent.jobs import JobDocument, JobState, JobStatus, raise_validation_error
+
+
+class ErrorBody(BaseModel):
+    """Every error answer."""
+
+    error: str = Field(description="VALIDATION_ERROR, BAD_REQUEST, UNAUTHORIZED, ...")
+    message: str
+    details: dict[str, Any] = Field(description="`field` and `reason` where one is to blame")
+
+
+class Submitted(BaseModel):
+    """Answer to a submit; an identical re-submit answers the same, with created=false."""
+
+    job_id: str
+    status: Literal["submitted"] = "submitted"
+    message: str
+    created: bool = Field(description="false: this document was already accepted under job_id")
+    job: JobState
+
+
+class BatchRequest(BaseModel):
+    jobs: list[JobDocument] = Field(min_length=1)
+
+
+class BatchItem(BaseModel):
+    """One job's answer in a batch: `data` as for POST /jobs, or the error's fields."""
+
+    success: bool
+    data: Submitted | None = None
+    error: str | None = None
+    message: str | None = None
+    details: dict[str, Any] | None = None
+
+
+class BatchAnswer(BaseModel):
+    results: list[BatchItem] = Field(description="one per job, in the order sent")
+    submitted: int
+    failed: int
+
+
+class JobListQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: JobStatus | None = None
+    operation: str | None = Field(default=None, max_length=128)
+    limit: int = Field(default=100, ge=1, le=1000)
+    cursor: str | None = Field(
+        default=None, max_length=64, description="`next_cursor` of the previous page"
+    )
+
+    @classmethod
+    def from_args(cls, args: dict[str, str]) -> JobListQuery:
+        try:
+            return cls.model_validate(args)
+        except pydantic.ValidationError as exc:
+            raise_validation_error(exc)
+        raise AssertionError("unreachable")
+
+
+class JobList(BaseModel):
+    jobs: list[JobState]
+    total: int = Field(description="jobs matching the filters, all pages")
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null: last")
+
+
+class LogEntry(BaseModel):
+    at: str
+    type: str = Field(description="log or progress")
+    data: dict[str, Any]
+
+
+class JobLogs(BaseModel):
+    job_id: str
+    logs: list[LogEntry]
+
+
+class HealthReport(BaseModel):
+    status: Literal["healthy", "degraded", "unhealthy"]
+    timestamp: str
+    components: dict[str, Any]
+
+
+class CapabilitiesReport(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    worker_id: str
+    operations: list[str]
+    features: list[str]
+    disk_formats: list[str]
+    max_concurrent_jobs: int
+    max_disk_size_gb: int
+    labels: dict[str, str]
+
+
+class AnyResult(BaseModel):
+    """The handler's result object, as the handler returned it."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, binascii.Error) as exc:
+        raise _bad_cursor() from exc
+    kind, _, number = text.partition(":")
+    if kind != "seq" or not number.isdigit() or len(number) > 18:
+        raise _bad_cursor()
+    return int(number)
+
+
+def _bad_cursor() -> ValidationError:
+    return ValidationError(
+        "Invalid cursor", field="cursor", reason="Not a cursor this agent issued"
+    )

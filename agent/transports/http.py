@@ -1,0 +1,234 @@
+"""HTTP transport: the /api/v1 job API, live events, auth and TLS, served by
+hypercorn's trio worker inside the daemon's nursery.
+
+Secure by default: every endpoint but health needs a bearer token with the
+right scope, and the agent refuses to listen on a non-loopback address
+without tokens (`insecure_no_auth` is for loopback only). The listening
+socket is bound before the transport says it started, so "ready" means
+connections are accepted, and a bind with port 0 reports the port it got.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import ssl
+from functools import partial
+from typing import Any
+
+import structlog
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.config import Sockets
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
+
+from agent.auth import TokenTable
+from agent.config import Config, HttpConfig
+from agent.errors import ConfigError
+from agent.intake import Intake
+from agent.transports._http_api import ApiState
+from agent.transports._http_app import build_app
+
+log = structlog.get_logger("agent.http")
+
+
+def parse_bind(bind: str) -> tuple[str, int]:
+    """HOST:PORT or [IPv6]:PORT -> (host, port)."""
+    host, sep, port = bind.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(
+            f"config: http.bind: expected HOST:PORT, got {bind!r}",
+            field="http.bind",
+            reason="Expected HOST:PORT",
+        )
+    host = host.removeprefix("[").removesuffix("]")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name other than localhost may resolve to anything
+
+
+def check_exposure(config: HttpConfig) -> None:
+    """Refuse settings that would open the API to the network without auth."""
+    host, _ = parse_bind(config.bind)
+    if config.tls_key is not None and config.tls_cert is None:
+        raise ConfigError(
+            "config: http.tls_key is set without http.tls_cert", field="http.tls_cert"
+        )
+    if config.tls_cert is not None and config.tls_key is None:
+        raise ConfigError("config: http.tls_cert is set without http.tls_key", field="http.tls_key")
+    if config.tls_client_ca is not None and config.tls_cert is None:
+        raise ConfigError(
+            "config: http.tls_client_ca (mTLS) needs http.tls_cert and http.tls_key",
+            field="http.tls_cert",
+        )
+    if is_loopback(host):
+        return
+    if config.insecure_no_auth:
+        raise ConfigError(
+            f"refusing --insecure-no-auth on {config.bind}: it is allowed on a loopback "
+            "address only (127.0.0.1, ::1, localhost)",
+            field="http.insecure_no_auth",
+            reason="Unauthenticated API on a non-loopback address",
+        )
+    if not config.tokens:
+        raise ConfigError(
+            f"refusing to listen on {config.bind} without API tokens: create one with "
+            "`hostagent token create --scopes read,submit` and add the printed entry to "
+            "the config, or bind to 127.0.0.1",
+            field="http.tokens",
+            reason="No tokens configured for a non-loopback address",
+        )
+
+
+def build_ssl_context(config: HttpConfig) -> ssl.SSLContext | None:
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    _load_tls_files(context, config)
+    return context
+
+
+def _load_tls_files(context: ssl.SSLContext, config: HttpConfig) -> None:
+    assert config.tls_cert is not None
+    assert config.tls_key is not None
+    try:
+        context.load_cert_chain(certfile=config.tls_cert, keyfile=config.tls_key)
+        if config.tls_client_ca is not None:
+            context.load_verify_locations(cafile=config.tls_client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"config: http TLS files unusable: {exc}", field="http.tls_cert", reason=str(exc)
+        ) from exc
+
+
+class _Hypercorn(HypercornConfig):
+    """hypercorn's config, with the TLS context made (and reloaded) by the transport."""
+
+    def __init__(self, context: ssl.SSLContext | None) -> None:
+        super().__init__()
+        self._context = context
+
+    def create_ssl_context(self) -> ssl.SSLContext | None:
+        return self._context
+
+
+def hypercorn_settings(config: HttpConfig, context: ssl.SSLContext | None) -> HypercornConfig:
+    """The hypercorn settings the agent serves with (also used by bench/http.py's baseline)."""
+    settings = _Hypercorn(context)
+    settings.accesslog = None
+    settings.errorlog = logging.getLogger("hypercorn.error")
+    settings.keep_alive_timeout = config.keep_alive_seconds
+    settings.keep_alive_max_requests = 1_000_000
+    settings.ssl_handshake_timeout = 10.0
+    settings.graceful_timeout = 1.0
+    return settings
+
+
+async def serve_asgi(
+    app: Any,
+    listener: socket.socket,
+    settings: HypercornConfig,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve an ASGI app on a listening socket with hypercorn's trio worker, until cancelled."""
+    tls = settings.create_ssl_context() is not None
+    sockets = Sockets(
+        secure_sockets=[listener] if tls else [],
+        insecure_sockets=[] if tls else [listener],
+        quic_sockets=[],
+    )
+    await worker_serve(
+        wrap_app(app, settings.wsgi_max_body_size, None),
+        settings,
+        sockets=sockets,
+        task_status=task_status,
+    )
+
+
+class HttpTransport:
+    name = "http"
+
+    def __init__(self, config: HttpConfig) -> None:
+        check_exposure(config)
+        self.config = config
+        self._context = build_ssl_context(config)
+        self._api: ApiState | None = None
+        self._tokens = TokenTable(config.tokens, required=not config.insecure_no_auth)
+        # Set once listening (port 0 binds report the port the kernel chose).
+        self.address: tuple[str, int] | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.address is not None, "not listening yet"
+        host, port = self.address
+        host = f"[{host}]" if ":" in host else host
+        return f"{'https' if self._context else 'http'}://{host}:{port}"
+
+    def reload(self, full: Config) -> None:
+        """Take new tokens and TLS cert/key (SIGHUP); the bind address needs a restart."""
+        config = full.http
+        check_exposure(config)
+        tokens = TokenTable(config.tokens, required=not config.insecure_no_auth)
+        if config.bind != self.config.bind or (config.tls_cert is None) != (self._context is None):
+            log.warning(
+                "http.reload_needs_restart",
+                reason="the bind address and turning TLS on or off take a restart",
+            )
+        if self._context is not None and config.tls_cert is not None:
+            # Loaded into the live context: new handshakes use the new files.
+            _load_tls_files(self._context, config)
+        self.config = config
+        self._tokens = tokens
+        if self._api is not None:
+            self._api.config = config
+            self._api.tokens = tokens
+        log.info("http.reloaded", tokens=len(config.tokens))
+
+    async def run(
+        self, intake: Intake, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        listener = self._bind()
+        self._api = ApiState(intake, self.config, self._tokens)
+        app = build_app(self._api)
+        settings = hypercorn_settings(self.config, self._context)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(serve_asgi, app, listener, settings))
+            log.info(
+                "http.ready",
+                url=self.url,
+                auth="none (loopback development)" if self.config.insecure_no_auth else "tokens",
+                mtls=self.config.tls_client_ca is not None,
+            )
+            task_status.started()
+
+    def _bind(self) -> socket.socket:
+        host, port = parse_bind(self.config.bind)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((host, port))
+            listener.listen(1024)
+        except OSError as exc:
+            listener.close()
+            raise ConfigError(
+                f"config: http.bind: cannot listen on {self.config.bind}: {exc.strerror}",
+                field="http.bind",
+                reason=str(exc.strerror),
+            ) from exc
+        listener.setblocking(False)
+        self.address = listener.getsockname()[:2]
+        return listener

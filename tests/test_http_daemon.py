@@ -1,0 +1,315 @@
+"""The running daemon process over HTTP: the CLI's client mode end to end, and a
+property test that drives every operation of /openapi.json and never gets a 5xx."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent.cli import main
+from agent.jobs import JOB_ID_PATTERN
+from tests.http_helpers import ADMIN, READ, TOKEN_ENTRIES, echo, sleep_job
+
+AGENT = [
+    sys.executable,
+    "-m",
+    "agent",
+    "run",
+    "--log-format",
+    "json",
+    "--libvirt-uri",
+    "test:///default",
+]
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `hostagent run` process on an ephemeral port; yields its URL."""
+    work = tmp_path_factory.mktemp("daemon")
+    env = {
+        **os.environ,
+        "HOSTAGENT_HTTP__TOKENS": json.dumps([entry.model_dump() for entry in TOKEN_ENTRIES]),
+        "HOSTAGENT_HTTP__BIND": "127.0.0.1:0",
+    }
+    process = subprocess.Popen(
+        [*AGENT, "--state-dir", str(work / "state"), "--spool-dir", str(work / "spool")],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    url = None
+    for line in process.stderr:  # the agent logs one JSON object per line
+        event = json.loads(line)
+        if event.get("event") == "http.ready":
+            url = event["url"]
+        if event.get("event") == "agent.ready":
+            break
+    assert url is not None, "the daemon did not start"
+    try:
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        process.stderr.close()
+
+
+@pytest.fixture
+def cli(daemon: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("HOSTAGENT_TOKEN", ADMIN)
+    monkeypatch.setenv("HOSTAGENT_URL", daemon)
+    return daemon
+
+
+def _out(capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:
+    captured = capsys.readouterr()
+    return captured.out, captured.err
+
+
+def test_cli_submit_wait_prints_the_result(cli: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["submit", "--op", "system.echo", "--data", '{"n": 7}', "--job-id", "w1", "--wait"])
+    out, _ = _out(capsys)
+    assert code == 0
+    first, _, rest = out.partition("\n")
+    assert first == "w1"
+    record = json.loads(rest)
+    assert record["status"] == "Completed"
+    assert record["result"] == {"n": 7}
+
+
+def test_cli_submit_follow_shows_progress_and_status(
+    cli: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    document = tmp_path / "job.json"
+    document.write_text(json.dumps(sleep_job("followed", 0.2)))
+    code = main(["submit", str(document), "--follow"])
+    out, err = _out(capsys)
+    assert code == 0
+    assert "100.0%" in err
+    assert "followed: Completed" in err
+    assert json.loads(out.partition("\n")[2])["status"] == "Completed"
+
+
+def test_cli_status_jobs_result_logs_caps_health(
+    cli: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["submit", "--op", "system.echo", "--job-id", "seen", "--wait"]) == 0
+    _out(capsys)
+    assert main(["status", "seen"]) == 0
+    assert json.loads(_out(capsys)[0])["status"] == "Completed"
+    assert main(["result", "seen"]) == 0
+    assert json.loads(_out(capsys)[0]) == {}
+    assert main(["jobs", "--operation", "system.echo"]) == 0
+    out, err = _out(capsys)
+    assert "seen" in out
+    assert "of" in err
+    assert main(["logs", "seen"]) == 0
+    _out(capsys)
+    assert main(["caps"]) == 0
+    assert "system.echo" in json.loads(_out(capsys)[0])["operations"]
+    assert main(["health"]) == 0
+    assert json.loads(_out(capsys)[0])["status"] == "healthy"
+
+
+def test_cli_cancel_over_http(cli: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    document = tmp_path / "long.json"
+    document.write_text(json.dumps(sleep_job("long", 60)))
+    assert main(["submit", str(document)]) == 0
+    assert main(["cancel", "long"]) == 0
+    assert json.loads(_out(capsys)[0].partition("\n")[2])["status"] == "Cancelled"
+    assert main(["cancel", "long"]) == 1
+    assert "already Cancelled" in _out(capsys)[1]
+
+
+def test_cli_reports_remote_errors(
+    cli: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert main(["status", "nobody"]) == 1
+    assert "Job nobody not found" in _out(capsys)[1]
+    assert main(["submit", "--op", "echo"]) == 1
+    assert "namespaced" in _out(capsys)[1]
+    token_file = tmp_path / "token"
+    token_file.write_text("hat_wrong\n")
+    assert main(["jobs", "--token-file", str(token_file)]) == 1
+    assert "not valid" in _out(capsys)[1]
+    monkeypatch.setenv("HOSTAGENT_TOKEN", READ)
+    assert main(["submit", "--op", "system.echo"]) == 1
+    assert "lacks the 'submit' scope" in _out(capsys)[1]
+
+
+def test_cli_without_a_reachable_agent(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["health", "--url", "http://127.0.0.1:9"]) == 1
+    assert "cannot reach" in _out(capsys)[1]
+    assert main(["caps"]) == 1
+    assert "needs --url" in _out(capsys)[1]
+
+
+# --- property test: nothing the API is sent answers 5xx ---
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _from_schema(  # noqa: PLR0911, PLR0912 (one branch per schema keyword)
+    schema: dict[str, Any], components: dict[str, Any], depth: int = 0
+) -> Any:
+    """A strategy for values of a (simple) JSON schema; anything goes past a depth."""
+    if depth > 4:
+        return _JSON
+    if "$ref" in schema:
+        return _from_schema(components[schema["$ref"].rsplit("/", 1)[1]], components, depth + 1)
+    for key in ("anyOf", "oneOf"):
+        if key in schema:
+            return st.one_of([_from_schema(s, components, depth + 1) for s in schema[key]])
+    if "const" in schema:
+        return st.just(schema["const"])
+    if "enum" in schema:
+        return st.sampled_from(schema["enum"])
+    kind = schema.get("type")
+    if kind == "object":
+        properties = schema.get("properties", {})
+        required = set(schema.get("required", []))
+        return st.fixed_dictionaries(
+            {
+                k: _from_schema(v, components, depth + 1)
+                for k, v in properties.items()
+                if k in required
+            },
+            optional={
+                k: _from_schema(v, components, depth + 1)
+                for k, v in properties.items()
+                if k not in required
+            },
+        )
+    if kind == "array":
+        return st.lists(_from_schema(schema.get("items", {}), components, depth + 1), max_size=3)
+    if kind == "string":
+        return st.text(max_size=30)
+    if kind == "integer":
+        return st.integers(schema.get("minimum", -(2**40)), schema.get("maximum", 2**40))
+    if kind == "number":
+        return st.floats(allow_nan=False, allow_infinity=False)
+    if kind == "boolean":
+        return st.booleans()
+    if kind == "null":
+        return st.none()
+    return _JSON
+
+
+_HTTP = httpx.Client()  # one keep-alive pool for every example
+_VALID = echo()
+_NEARLY_VALID = st.builds(
+    lambda key, value: {**_VALID, key: value}, st.sampled_from(sorted(_VALID)), _JSON
+)
+
+
+@pytest.fixture(scope="module")
+def openapi(daemon: str) -> dict[str, Any]:
+    document: dict[str, Any] = httpx.get(f"{daemon}/openapi.json").json()
+    return document
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_no_request_gets_a_5xx(daemon: str, openapi: dict[str, Any], data: st.DataObject) -> None:
+    operations = [
+        (method, path, operation)
+        for path, methods in openapi["paths"].items()
+        for method, operation in methods.items()
+        if path not in ("/api/v1/ws", "/api/v1/events")  # endless streams
+    ]
+    method, path, operation = data.draw(st.sampled_from(operations))
+    components = openapi["components"]["schemas"]
+    params: dict[str, Any] = {}
+    for parameter in operation.get("parameters", []):
+        if parameter["in"] == "path":
+            value = data.draw(st.text(min_size=1, max_size=20) | st.from_regex(JOB_ID_PATTERN))
+            path = path.replace(f"{{{parameter['name']}}}", urllib.parse.quote(value, safe=""))
+        elif data.draw(st.booleans()):
+            params[parameter["name"]] = data.draw(
+                _from_schema(parameter["schema"], components) | st.text(max_size=10)
+            )
+    body: Any = None
+    if "requestBody" in operation:
+        schema = operation["requestBody"]["content"]["application/json"]["schema"]
+        body = data.draw(
+            _from_schema(schema, components)
+            | _NEARLY_VALID
+            | _JSON
+            | st.builds(lambda jobs: {"jobs": jobs}, st.lists(_NEARLY_VALID, max_size=3))
+        )
+    token = data.draw(st.sampled_from([ADMIN, READ, None, "hat_wrong"]))
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    params = {
+        key: value if isinstance(value, str) else json.dumps(value) for key, value in params.items()
+    }
+    response = _HTTP.request(
+        method.upper(),
+        daemon + path,
+        params=params,
+        content=None if body is None else json.dumps(body),
+        headers=headers,
+        timeout=30,
+    )
+    assert response.status_code < 500, (method, path, params, body, response.text)
+    if response.headers.get("content-type", "").startswith("application/json"):
+        answer = response.json()
+        if response.status_code >= 400:
+            assert set(answer) == {"error", "message", "details"}
+        else:
+            assert answer["success"] is True
+
+
+def test_the_daemon_stops_promptly_on_sigterm(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [
+            *AGENT,
+            "--state-dir",
+            str(tmp_path / "s"),
+            "--spool-dir",
+            str(tmp_path / "p"),
+            "--http-bind",
+            "127.0.0.1:0",
+            "--insecure-no-auth",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    url = None
+    for line in process.stderr:
+        event = json.loads(line)
+        url = event.get("url", url)
+        if event.get("event") == "agent.ready":
+            break
+    assert url is not None
+    # An open event stream must not hold the shutdown up.
+    with httpx.stream("GET", f"{url}/api/v1/events") as stream:
+        assert stream.status_code == 200
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    process.stderr.close()
+    assert time.monotonic() - started < 20
