@@ -69,6 +69,8 @@ class Dispatcher:
         # Jobs taken off the queue and not yet recorded as finished.
         self._running: dict[str, _Running] = {}
         self._executing = 0
+        # Finished jobs whose outcome is not yet committed and published.
+        self._unannounced = trio.Semaphore(256)
         self._resource_locks: dict[str, tuple[trio.Lock, int]] = {}
         self.reruns = 0
         self._nursery: trio.Nursery | None = None
@@ -222,6 +224,9 @@ class Dispatcher:
                 self._queued.discard(job.job_id)
                 self._picked += 1
                 await self._execute(job)
+                # A handler that never awaits (system.echo) would otherwise let a
+                # worker run the whole queue without giving any other task a turn.
+                await trio.lowlevel.checkpoint()
         finally:
             self._workers -= 1
             self._wakeup.unpark()  # pass on a wakeup this worker may have taken
@@ -298,12 +303,14 @@ class Dispatcher:
                     bound.warning("job.interrupted", reason=error)
                     return
                 finished = self._store.queue_finish(job.job_id, status, result=result, error=error)
+                # Bounded, so that a backlog of instant jobs cannot flood the
+                # scheduler with announcements and starve the API's requests.
+                await self._unannounced.acquire()
+                bookkeeping_done_later = True
                 if found.rerun_safe:
                     self._spawn(self._announce_finished, finished, job.job_id, running)
-                    bookkeeping_done_later = True
                 else:
                     await self._announce_finished(finished, job.job_id, running)
-                    bookkeeping_done_later = True
         finally:
             if not bookkeeping_done_later:
                 del self._running[job.job_id]
@@ -336,6 +343,7 @@ class Dispatcher:
         finally:
             del self._running[job_id]
             running.done.set()
+            self._unannounced.release()
 
     async def _run_handler(
         self, run: Any, payload: BaseModel, ctx: JobContext, running: _Running, time_limit: float

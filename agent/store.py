@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -419,20 +419,25 @@ class Queued:
     """A read or write waiting for its batch; `Store.settle` awaits a write."""
 
     operation: Callable[[sqlite3.Connection], Any]
-    done: trio.Event = field(default_factory=trio.Event)
+    finished: bool = False
     value: Any = None
     error: BaseException | None = None
 
 
 class _Batcher:
-    """Runs queued operations in batches, one thread hop per batch: whoever
-    finds nobody running the queue runs it until it is empty. A hop costs far
-    more than a point query, and a commit's fsync the same for one row or many."""
+    """Runs queued operations in batches, one thread hop per batch. A hop costs
+    far more than a point query, and a commit's fsync the same for one row or
+    many, so everything queued while one batch runs goes in the next.
+
+    There is no batch task: one of the waiting callers runs each batch, then
+    steps down, so no caller is kept longer than the batch holding its own
+    operation (plus the one already running when it queued)."""
 
     def __init__(self, run_batch: Callable[[list[Queued]], None]) -> None:
         self._run_batch = run_batch
         self._queue: list[Queued] = []
         self._running = False
+        self._batch_ended = trio.Event()
 
     def queue(self, operation: Callable[[sqlite3.Connection], Any]) -> Queued:
         """Queue now: operations run in the order they are queued."""
@@ -441,23 +446,26 @@ class _Batcher:
         return item
 
     async def settle(self, item: Queued) -> Any:
-        """Wait until `item` has run (running the queue if nobody is); its value."""
-        if not self._running:
+        """Wait until `item` has run (running a batch when none is); its value."""
+        while not item.finished:
+            if self._running:
+                await self._batch_ended.wait()
+                continue
             self._running = True
             try:
-                # Shielded: this task runs what others queued behind it.
+                # Shielded: the batch holds others' operations too.
                 with trio.CancelScope(shield=True):
-                    while self._queue:
-                        # One scheduler pass first: operations made ready by the
-                        # same event (a job ending, a batch arriving) join this batch.
-                        await trio.lowlevel.checkpoint()
-                        batch, self._queue = self._queue, []
-                        await trio.to_thread.run_sync(self._run_batch, batch)
-                        for queued in batch:
-                            queued.done.set()
+                    # One scheduler pass first: operations made ready by the same
+                    # event (a job ending, a batch arriving) join this batch.
+                    await trio.lowlevel.checkpoint()
+                    batch, self._queue = self._queue, []
+                    await trio.to_thread.run_sync(self._run_batch, batch)
+                    for queued in batch:
+                        queued.finished = True
             finally:
                 self._running = False
-        await item.done.wait()
+                ended, self._batch_ended = self._batch_ended, trio.Event()
+                ended.set()
         if item.error is not None:
             raise item.error
         return item.value

@@ -151,6 +151,9 @@ def main() -> int:
         "HOSTAGENT_HTTP__TOKENS": json.dumps([entry.model_dump()]),
         "HOSTAGENT_MAX_PENDING_JOBS": "1000000",
         "HOSTAGENT_MAX_CONCURRENT_JOBS": str(WORKERS),
+        # Its long "hold" jobs are interrupted at the end rather than waited for.
+        "HOSTAGENT_SERVICE__DRAIN_SECONDS": "1",
+        "HOSTAGENT_LIBVIRT__URI": "test:///default",
     }
     profile = ["-m", "cProfile", "-o", str(args.profile)] if args.profile else []
     agent = subprocess.Popen(

@@ -290,10 +290,14 @@ async def test_metrics_scrape_sees_the_job_counters_move(served: Agent) -> None:
     durations = ("hostagent_job_duration_seconds_count", 'operation="system.echo"')
     async with client(served) as http:
         before = (await http.get("/metrics")).text
-        for n in range(3):
-            assert (await http.post("/api/v1/jobs", json=echo(f"m-{n}"))).status_code == 201
-        for n in range(3):
-            await wait_terminal(served, f"m-{n}")
+        with served.intake.events() as subscription:
+            for n in range(3):
+                assert (await http.post("/api/v1/jobs", json=echo(f"m-{n}"))).status_code == 201
+            completed = 0
+            async for event in subscription.receive:  # published once counted
+                completed += event["type"] == "status" and event["data"]["status"] == "Completed"
+                if completed == 3:
+                    break
         after = (await http.get("/metrics")).text
     for name, labels in (accepted, finished, durations):
         assert _sample(after, name, labels) == _sample(before, name, labels) + 3, name

@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent import metrics
 from agent.daemon import Agent
+from agent.events import Subscription
 from agent.jobs import JobStatus
 from tests.service import job_document, sleep_job
 
@@ -34,21 +35,26 @@ def echo_job(job_id: str) -> dict[str, Any]:
     return job_document(job_id, "system.echo", n=job_id)
 
 
-async def wait_until_final(agent: Agent, job_ids: list[str]) -> None:
+async def wait_until_final(subscription: Subscription, job_ids: list[str]) -> None:
+    """Until each job's final status was published: metrics are counted just before."""
+    waiting = set(job_ids)
     with trio.fail_after(15):
-        for job_id in job_ids:
-            while not (await agent.intake.status(job_id)).status.terminal:
-                await trio.sleep(0.01)
+        async for event in subscription.receive:
+            if event["type"] == "status" and JobStatus(event["data"]["status"]).terminal:
+                waiting.discard(event["job_id"])
+            if not waiting:
+                return
 
 
 async def test_counters_move_when_jobs_run(agent: Agent) -> None:
     before = scrape()
-    for n in range(3):
-        await agent.intake.submit(echo_job(f"echo-{n}"), transport="test")
-    timed_out = {**sleep_job("sleepy", 30), "timeout_seconds": 0.05}
-    await agent.intake.submit(timed_out, transport="test")
-    await agent.intake.submit(echo_job("echo-0"), transport="test")  # the same job again
-    await wait_until_final(agent, ["echo-0", "echo-1", "echo-2", "sleepy"])
+    with agent.intake.events() as subscription:
+        for n in range(3):
+            await agent.intake.submit(echo_job(f"echo-{n}"), transport="test")
+        timed_out = {**sleep_job("sleepy", 30), "timeout_seconds": 0.05}
+        await agent.intake.submit(timed_out, transport="test")
+        await agent.intake.submit(echo_job("echo-0"), transport="test")  # the same job again
+        await wait_until_final(subscription, ["echo-0", "echo-1", "echo-2", "sleepy"])
     assert (await agent.intake.status("sleepy")).status is JobStatus.FAILED
     after = scrape()
 
