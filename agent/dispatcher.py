@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pydantic
 import structlog
@@ -15,15 +15,13 @@ import trio
 from pydantic import BaseModel
 
 from agent import metrics
+from agent.config import Config
 from agent.context import JobContext
 from agent.errors import AgentError, ConflictError
 from agent.events import EventBus
 from agent.jobs import JobState, JobStatus
 from agent.registry import Registry
 from agent.store import PendingJob, Queued, Store, get_job
-
-if TYPE_CHECKING:
-    from agent.config import Config
 
 log = structlog.get_logger("agent.dispatcher")
 
@@ -61,7 +59,7 @@ class Dispatcher:
         self._max_concurrent = max_concurrent
         self._default_timeout = default_timeout
         self._max_timeout = max_timeout
-        self._services = services or {}
+        self._services = dict(services or {})
         # (-priority, seq): higher priority first, FIFO within a priority.
         self._heap: list[tuple[int, int, PendingJob]] = []
         self._queued: set[str] = set()
@@ -122,6 +120,8 @@ class Dispatcher:
         self._default_timeout = config.default_timeout_seconds
         self._max_timeout = config.max_timeout_seconds
         self._max_concurrent = config.max_concurrent_jobs
+        if Config in self._services:  # handlers read limits (max_disk_size_gb) from it
+            self._services[Config] = config
         if self._nursery is not None:
             while self._workers < self._max_concurrent:
                 self._spawn_worker()

@@ -12,7 +12,7 @@ from agent.config import Config, SpoolConfig
 from agent.daemon import Agent
 from agent.jobs import JobStatus
 from agent.logs import _LEVEL_FILTER, configure_logging, set_log_level
-from tests.service import sleep_job
+from tests.service import job_document, sleep_job
 
 
 class ReloadingTransport:
@@ -115,3 +115,19 @@ def test_log_level_filter_drops_below_the_level(capsys: pytest.CaptureFixture[st
     finally:
         structlog.reset_defaults()
         set_log_level("info")
+
+
+async def test_reload_reaches_the_limits_handlers_read(config: Config, tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        agent: Agent = await nursery.start(Agent(config).run)
+        await agent.reload(agent.config.model_copy(update={"max_disk_size_gb": 1}))
+        image = {"path": str(tmp_path / "big.qcow2"), "size_bytes": 2 * 1024**3}
+        await agent.intake.submit(job_document("big", "image.create", **image), transport="test")
+        with trio.fail_after(10):
+            while not (state := await agent.intake.status("big")).status.terminal:
+                await trio.sleep(0.01)
+        assert state.status is JobStatus.FAILED
+        assert state.error is not None
+        assert "max_disk_size_gb (1)" in state.error
+        assert not (tmp_path / "big.qcow2").exists()
+        nursery.cancel_scope.cancel()
