@@ -16,11 +16,11 @@ RUN_ARGS ?=
 
 .PHONY: run test lint bench bench-http system-deps-run system-deps-test clean
 
-# `make run` serves the HTTP API on 127.0.0.1:8080 without tokens, for local development;
-# the agent refuses --insecure-no-auth on any non-loopback address.
+# `make run` runs the agent of ./hostagent.toml: state and spool under ./var, the local
+# API on var/state/api.sock (the CLI finds it from the checkout), HTTP on 127.0.0.1:8080
+# without tokens (development only; refused on any non-loopback address).
 run: system-deps-run $(STAMP)
-	$(BIN)/hostagent run --state-dir var/state --spool-dir var/spool --log-format console \
-		--libvirt-uri test:///default --insecure-no-auth $(RUN_ARGS)
+	$(BIN)/hostagent run --config hostagent.toml $(RUN_ARGS)
 
 test: system-deps-test $(STAMP)
 	$(BIN)/ruff check .

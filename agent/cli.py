@@ -4,124 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.cli_commands import print_json as _print
+from agent.cli_parser import build_parser
+from agent.cli_support import config_path, run_command
 from agent.config import Config, load_config
-from agent.errors import AgentError
-from agent.jobs import JobState, new_job_id
+from agent.errors import AgentError, UnreachableError
+from agent.jobs import new_job_id
 
 if TYPE_CHECKING:
     from agent.client import AgentClient
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        type=Path,
-        help="TOML config file (default /etc/hostagent/agent.toml if present)",
-    )
-    parser.add_argument("--state-dir", type=Path, help="where the job store lives")
-    parser.add_argument("--spool-dir", type=Path, help="the spool directory")
-
-
-def _client(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("talking to a running agent over HTTP")
-    group.add_argument(
-        "--url", help="the agent's HTTP API, e.g. http://127.0.0.1:8080 (or HOSTAGENT_URL)"
-    )
-    group.add_argument(
-        "--token-file", type=Path, help="file holding the API token (or HOSTAGENT_TOKEN)"
-    )
-    group.add_argument("--ca-file", type=Path, help="CA bundle to verify the agent's certificate")
-    group.add_argument("--client-cert", type=Path, help="client certificate (mTLS)")
-    group.add_argument("--client-key", type=Path, help="client certificate key (mTLS)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hostagent", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    run = commands.add_parser("run", help="run the agent in the foreground")
-    _common(run)
-    run.add_argument("--max-concurrent", type=int, help="jobs run at once")
-    run.add_argument("--log-format", choices=["json", "console"])
-    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    run.add_argument("--libvirt-uri", help="libvirt connection URI (default qemu:///system)")
-    run.add_argument("--http-bind", metavar="HOST:PORT", help="HTTP API address (127.0.0.1:8080)")
-    run.add_argument(
-        "--no-http", dest="http_enabled", action="store_false", default=None, help="no HTTP API"
-    )
-    run.add_argument(
-        "--insecure-no-auth",
-        action="store_true",
-        default=None,
-        help="HTTP API without tokens (development; loopback addresses only)",
-    )
-
-    submit = commands.add_parser("submit", help="submit a job (spool, or HTTP with --url)")
-    _common(submit)
-    _client(submit)
-    source = submit.add_mutually_exclusive_group(required=True)
-    source.add_argument("file", nargs="?", type=Path, help="a job document (JSON)")
-    source.add_argument("--op", help="operation, e.g. system.echo")
-    submit.add_argument("--data", default="{}", help="payload data as JSON (with --op)")
-    submit.add_argument("--kind", default="VMOperation")
-    submit.add_argument("--job-id")
-    submit.add_argument("--priority", type=int)
-    submit.add_argument("--timeout", type=float, help="timeout_seconds")
-    submit.add_argument("--wait", action="store_true", help="wait for the result and print it")
-    submit.add_argument(
-        "--follow",
-        action="store_true",
-        help="with --url: show progress and logs live, then print the result",
-    )
-    submit.add_argument("--wait-timeout", type=float, default=3600.0)
-
-    jobs = commands.add_parser("jobs", help="list jobs")
-    _common(jobs)
-    _client(jobs)
-    jobs.add_argument("--status")
-    jobs.add_argument("--operation")
-    jobs.add_argument("--limit", type=int, default=50)
-
-    for name, text in (
-        ("status", "a job's status"),
-        ("result", "a job's result"),
-        ("logs", "a job's log lines and progress"),
-        ("cancel", "cancel a pending or running job"),
-    ):
-        command = commands.add_parser(name, help=text)
-        _common(command)
-        _client(command)
-        command.add_argument("job_id")
-
-    for name, text in (
-        ("caps", "the agent's capabilities (HTTP)"),
-        ("health", "the agent's health (HTTP)"),
-    ):
-        command = commands.add_parser(name, help=text)
-        _common(command)
-        _client(command)
-
-    token = commands.add_parser("token", help="API tokens")
-    token_commands = token.add_subparsers(dest="token_command", required=True)
-    create = token_commands.add_parser(
-        "create", help="print a new random token once, and the config entry that admits it"
-    )
-    create.add_argument(
-        "--scopes",
-        required=True,
-        help="comma-separated: read, submit, cancel, admin (admin holds all)",
-    )
-    create.add_argument("--name", help="a name for the token (default: token-<date>)")
-
-    validate = commands.add_parser("validate", help="check a job file without submitting it")
-    _common(validate)
-    validate.add_argument("file", type=Path)
-    return parser
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -136,25 +33,33 @@ def _config(args: argparse.Namespace) -> Config:
         "http.enabled": getattr(args, "http_enabled", None),
         "http.insecure_no_auth": getattr(args, "insecure_no_auth", None),
     }
-    return load_config(getattr(args, "config", None), overrides=overrides)
-
-
-def _print(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=False))
+    # `run` reads what the service reads; other commands also find a checkout's hostagent.toml.
+    path = config_path(getattr(args, "config", None), discover=args.command != "run")
+    return load_config(path, overrides=overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+
+    def command() -> int:
+        if args.command == "completion":
+            from agent.cli_commands import completion
+
+            return completion(args, parser)
+        if args.command == "config" and args.config_command == "check":
+            from agent.cli_commands import config_check
+
+            return config_check(args)
+        return int(_COMMANDS[args.command](args, _config(args)) or 0)
+
+    code = run_command(command)
     try:
-        config = _config(args)
-        return int(_COMMANDS[args.command](args, config) or 0)
-    except AgentError as exc:
-        print(f"hostagent: {exc.message}", file=sys.stderr)
-        if exc.details:
-            print(json.dumps(exc.details), file=sys.stderr)
-        return 2 if exc.code == "CONFIG_ERROR" else 1
-    except KeyboardInterrupt:
-        return 130
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader of a pipe left before the last buffered line went out.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return code
 
 
 def _run(args: argparse.Namespace, config: Config) -> int:
@@ -217,17 +122,20 @@ def _document(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _submit(args: argparse.Namespace, config: Config) -> int:
-    from agent.transports.spool.transport import write_durably
-
     document = _document(args)
-    remote = _remote(args)
+    remote = _remote(args, config)
     if remote is not None:
         return _submit_http(args, remote, document)
-    if args.follow:
-        raise AgentError("--follow needs --url (a running agent's HTTP API)", field="url")
-    job_id = str(document["job_id"])
+    # No agent to talk to: the spool, if this user may write to it. The CLI never
+    # creates the spool's directories: they belong to the agent (or tmpfiles).
     spool = config.spool_dir
-    (spool / "tmp").mkdir(parents=True, exist_ok=True)
+    if not (spool / "incoming").is_dir() or not os.access(spool / "tmp", os.W_OK):
+        raise _no_agent(config, "submit")
+    if args.follow:
+        raise AgentError("--follow needs a running agent's socket or --url", field="follow")
+    from agent.transports.spool.transport import write_durably
+
+    job_id = str(document["job_id"])
     staged = spool / "tmp" / f"{job_id}.json"
     write_durably(staged, json.dumps(document).encode())
     staged.replace(spool / "incoming" / f"{job_id}.json")
@@ -240,6 +148,8 @@ def _submit(args: argparse.Namespace, config: Config) -> int:
 def _wait_for_outcome(spool: Path, job_id: str, timeout: float) -> int:
     import watchfiles
 
+    from agent.cli_commands import outcome_code
+    from agent.cli_support import EXIT_FAILED, EXIT_TIMEOUT
     from agent.transports.spool.transport import result_name
 
     result = spool / "done" / result_name(job_id)
@@ -258,22 +168,27 @@ def _wait_for_outcome(spool: Path, job_id: str, timeout: float) -> int:
         if result.exists():
             record = json.loads(result.read_text())
             _print(record)
-            return 0 if record["status"] == "Completed" else 1
+            return outcome_code(record["status"])
         if refused.exists():
             _print(json.loads(refused.read_text()))
-            return 1
+            return EXIT_FAILED
         if time.monotonic() > deadline:
             print(f"hostagent: no result for {job_id} after {timeout:g}s", file=sys.stderr)
-            return 1
-    return 1
+            return EXIT_TIMEOUT
+    return EXIT_FAILED
 
 
 def _read(config: Config, query: Any, *args: Any, **kwargs: Any) -> Any:
+    """Read the job store directly (no agent running), if this user may."""
     from agent.store import connect
 
     if not config.store_path.exists():
-        raise AgentError(
-            f"no job store at {config.store_path} (is --state-dir right?)", field="state_dir"
+        raise _no_agent(config, "reading jobs")
+    if not os.access(config.store_path, os.R_OK):
+        raise PermissionError(
+            13,
+            "no agent socket, and the job store is not readable by this user",
+            str(config.store_path),
         )
     conn = connect(config.store_path, readonly=True)
     try:
@@ -282,28 +197,76 @@ def _read(config: Config, query: Any, *args: Any, **kwargs: Any) -> Any:
         conn.close()
 
 
+def _no_agent(config: Config, command: str) -> UnreachableError:
+    from agent.cli_support import no_agent
+
+    return no_agent(config, command)
+
+
 def _jobs(args: argparse.Namespace, config: Config) -> int:
+    from agent.cli_commands import print_jobs
+
+    remote = _remote(args, config)
+    if remote is None:
+        return _jobs_from_store(args, config)
+    cursor, first = args.cursor, True
+    with remote:
+        while True:
+            page = remote.jobs(
+                status=args.status,
+                operation=args.operation,
+                limit=args.limit,
+                cursor=cursor,
+                order="newest",
+            )
+            if args.json:
+                print(json.dumps(page) if args.all else json.dumps(page, indent=2))
+            else:
+                print_jobs(page["jobs"], header=first)
+            first, cursor = False, page["next_cursor"]
+            if not (args.all and cursor):
+                break
+    if not args.json:
+        more = f"; more: --cursor {cursor}" if cursor else ""
+        print(f"({page['total']} jobs{more})", file=sys.stderr)
+    return 0
+
+
+def _jobs_from_store(args: argparse.Namespace, config: Config) -> int:
+    from agent.cli_commands import print_jobs
     from agent.store import list_jobs
 
-    remote = _remote(args)
-    if remote is not None:
-        with remote:
-            page = remote.jobs(status=args.status, operation=args.operation, limit=args.limit)
-        jobs, total = [JobState.model_validate(job) for job in page["jobs"]], page["total"]
-    else:
-        jobs, total, _ = _read(
-            config, list_jobs, status=args.status, operation=args.operation, limit=args.limit
+    after = int(args.cursor) if args.cursor else 0
+    first = True
+    while True:
+        jobs, total, after_seq = _read(
+            config,
+            list_jobs,
+            status=args.status,
+            operation=args.operation,
+            limit=args.limit,
+            after_seq=after,
+            newest_first=True,
         )
-    for job in jobs:
-        print(f"{job.job_id:40} {job.status.value:10} {job.operation:24} {job.submitted_at}")
-    print(f"({len(jobs)} of {total})", file=sys.stderr)
+        rows = [job.model_dump(mode="json") for job in jobs]
+        if args.json:
+            print(json.dumps({"jobs": rows, "total": total, "next_cursor": after_seq}))
+        else:
+            print_jobs(rows, header=first)
+        first = False
+        if not (args.all and after_seq):
+            break
+        after = after_seq
+    if not args.json:
+        more = f"; more: --cursor {after_seq}" if after_seq else ""
+        print(f"({total} jobs{more})", file=sys.stderr)
     return 0
 
 
 def _status(args: argparse.Namespace, config: Config) -> int:
     from agent.store import get_job
 
-    if (remote := _remote(args)) is not None:
+    if (remote := _remote(args, config)) is not None:
         with remote:
             _print(remote.status(args.job_id))
         return 0
@@ -314,7 +277,7 @@ def _status(args: argparse.Namespace, config: Config) -> int:
 def _result(args: argparse.Namespace, config: Config) -> int:
     from agent.store import get_result
 
-    if (remote := _remote(args)) is not None:
+    if (remote := _remote(args, config)) is not None:
         with remote:
             _print(remote.result(args.job_id))
         return 0
@@ -325,7 +288,7 @@ def _result(args: argparse.Namespace, config: Config) -> int:
 def _logs(args: argparse.Namespace, config: Config) -> int:
     from agent.store import get_events
 
-    if (remote := _remote(args)) is not None:
+    if (remote := _remote(args, config)) is not None:
         with remote:
             events = remote.logs(args.job_id)
     else:
@@ -336,21 +299,34 @@ def _logs(args: argparse.Namespace, config: Config) -> int:
 
 
 def _cancel(args: argparse.Namespace, config: Config) -> int:
-    # The running agent watches spool/cancel/ and cancels the job named by the file.
     from agent.store import get_job
 
-    if (remote := _remote(args)) is not None:
+    if (remote := _remote(args, config)) is not None:
         with remote:
-            _print(remote.cancel(args.job_id))
+            answer = remote.cancel(args.job_id)
+        if args.json:
+            _print(answer)
+        else:
+            print(f"{args.job_id}: {answer['status']}")
         return 0
+    # The running agent watches spool/cancel/ and cancels the job named by the file.
     state = _read(config, get_job, args.job_id)
     if state.status.terminal:
         raise AgentError(f"Job {args.job_id} is already {state.status.value}", field="status")
     request = config.spool_dir / "cancel" / args.job_id
-    request.parent.mkdir(parents=True, exist_ok=True)
+    if not request.parent.is_dir():
+        raise _no_agent(config, "cancel")
     request.touch()
     print(f"cancel requested for {args.job_id}")
     return 0
+
+
+def _follow(args: argparse.Namespace, config: Config) -> int:
+    from agent.cli_commands import follow
+
+    remote = _require_remote(args, config)
+    with remote:
+        return follow(remote, args.job_id, timeout=args.wait_timeout, progress=True)
 
 
 def _validate(args: argparse.Namespace, config: Config) -> int:
@@ -369,19 +345,47 @@ def _validate(args: argparse.Namespace, config: Config) -> int:
 
 
 def _caps(args: argparse.Namespace, config: Config) -> int:
-    with _require_remote(args) as remote:
-        _print(remote.capabilities())
+    from agent.cli_commands import caps_summary
+
+    with _require_remote(args, config) as remote:
+        caps = remote.capabilities()
+    if args.json:
+        _print(caps)
+    else:
+        caps_summary(caps)
     return 0
 
 
 def _health(args: argparse.Namespace, config: Config) -> int:
-    with _require_remote(args) as remote:
+    from agent.cli_commands import health_summary
+
+    with _require_remote(args, config) as remote:
         report = remote.health()
-    _print(report)
+    if args.json:
+        _print(report)
+    else:
+        health_summary(report)
     return 0 if report.get("status") == "healthy" else 1
 
 
 def _token(args: argparse.Namespace, config: Config) -> int:
+    from agent import cli_commands
+
+    action = args.token_command
+    if action == "list":
+        return cli_commands.token_list(args, config)
+    if action == "revoke":
+        return cli_commands.token_revoke(args, config)
+    return _token_create(args, config)
+
+
+def _config_show(args: argparse.Namespace, config: Config) -> int:
+    from agent.cli_commands import config_show
+
+    return config_show(args, config)
+
+
+def _token_create(args: argparse.Namespace, config: Config) -> int:
     from datetime import UTC, datetime
 
     from agent.transports.http.auth import SCOPES, create_token, token_entry_toml
@@ -408,53 +412,30 @@ def _token(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _remote(args: argparse.Namespace) -> AgentClient | None:
-    """The HTTP client when --url (or HOSTAGENT_URL) names a running agent."""
-    import os
+def _remote(args: argparse.Namespace, config: Config) -> AgentClient | None:
+    """The running agent: its socket (from the config), --url or HOSTAGENT_URL."""
+    from agent.cli_support import connect
 
-    from agent.client import AgentClient
-
-    url = getattr(args, "url", None) or os.environ.get("HOSTAGENT_URL")
-    if not url:
-        return None
-    token = os.environ.get("HOSTAGENT_TOKEN")
-    if args.token_file is not None:
-        try:
-            token = args.token_file.read_text().strip()
-        except OSError as exc:
-            raise AgentError(f"--token-file: {exc}", field="token_file") from exc
-    cert = None
-    if args.client_cert is not None:
-        cert = (str(args.client_cert), str(args.client_key or args.client_cert))
-    verify: str | bool = str(args.ca_file) if args.ca_file is not None else True
-    return AgentClient(url, token=token, verify=verify, cert=cert)
+    return connect(args, config)
 
 
-def _require_remote(args: argparse.Namespace) -> AgentClient:
-    remote = _remote(args)
+def _require_remote(args: argparse.Namespace, config: Config) -> AgentClient:
+    remote = _remote(args, config)
     if remote is None:
-        raise AgentError(f"{args.command} needs --url (or HOSTAGENT_URL)", field="url")
+        raise _no_agent(config, args.command)
     return remote
 
 
 def _submit_http(args: argparse.Namespace, remote: AgentClient, document: dict[str, Any]) -> int:
-    from agent.client import ProgressView
+    from agent.cli_commands import follow
 
     with remote:
         answer = remote.submit(document)
         job_id = answer["job_id"]
-        print(job_id)
+        print(job_id, flush=True)
         if not (args.wait or args.follow):
             return 0
-        view = ProgressView() if args.follow else None
-        try:
-            state = remote.follow(job_id, deadline=time.monotonic() + args.wait_timeout, view=view)
-        finally:
-            if view is not None:
-                view.finish()
-        result = remote.result(job_id) if state["status"] == "Completed" else None
-    _print({**state, "result": result})
-    return 0 if state["status"] == "Completed" else 1
+        return follow(remote, job_id, timeout=args.wait_timeout, progress=args.follow)
 
 
 _COMMANDS = {
@@ -465,8 +446,10 @@ _COMMANDS = {
     "result": _result,
     "logs": _logs,
     "cancel": _cancel,
+    "follow": _follow,
     "validate": _validate,
     "caps": _caps,
     "health": _health,
     "token": _token,
+    "config": _config_show,
 }

@@ -24,6 +24,7 @@ from agent.errors import (
     PayloadTooLargeError,
     QueueFullError,
     UnauthorizedError,
+    UnreachableError,
     ValidationError,
 )
 
@@ -79,8 +80,8 @@ class AgentClient:
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self._http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise AgentError(f"cannot reach the agent at {self.url}: {exc}") from exc
+        except httpx.TransportError as exc:
+            raise UnreachableError(f"cannot reach the agent at {self.url}: {exc}") from exc
         return _data(response)
 
     def submit(self, document: dict[str, Any]) -> dict[str, Any]:
@@ -133,8 +134,8 @@ class AgentClient:
                     response.read()
                     _data(response)
                 yield _sse_messages(response)
-        except httpx.HTTPError as exc:
-            raise AgentError(f"event stream from {self.url} failed: {exc}") from exc
+        except httpx.TransportError as exc:
+            raise UnreachableError(f"event stream from {self.url} failed: {exc}") from exc
 
     def follow(
         self, job_id: str, *, deadline: float, view: ProgressView | None = None

@@ -103,6 +103,15 @@ class HttpConfig(_Section):
     event_buffer: int = Field(default=1024, ge=1)
     retry_after_seconds: int = Field(default=1, ge=0)
     keep_alive_seconds: float = Field(default=75.0, gt=0)
+    # The local API: the same routes over this Unix socket, authorised by the
+    # peer's uid instead of a token; unset: /run/hostagent/api.sock for the system
+    # agent (state_dir /var/lib/hostagent), else <state_dir>/api.sock. (restart)
+    socket: Path | None = None
+    socket_enabled: bool = True
+    # Members of this group are admins over the socket (root always is).
+    socket_admin_group: str = ""
+    # Members may submit and read over the socket, and cancel their own jobs.
+    socket_submit_group: str = "hostagent-submit"
 
 
 class Config(_Section):

@@ -118,7 +118,7 @@ class Agent:
         self.http: HttpTransport | None = None
         if config.http.enabled:
             # Checks the exposure rules (no open API off loopback) before anything starts.
-            self.http = HttpTransport(config.http)
+            self.http = HttpTransport(config.http, state_dir=config.state_dir)
             self.transports.append(self.http)
             self.health.add("http", self._http_health)
 

@@ -325,6 +325,7 @@ class Dispatcher:
         if started is None:
             log.warning("job.start_not_recorded", job_id=job_id)
             return
+        metrics.record_started(started)
         self._publish_status(started)
 
     async def _announce_finished(self, write: Queued, job_id: str, running: _Running) -> None:
@@ -333,12 +334,15 @@ class Dispatcher:
             final: JobState | None = await self._store.settle(write)
             if final is not None:
                 self._publish_status(final)
-                log.info(
+                # Failures at warning, so `journalctl -p warning` lists them.
+                emit = log.warning if final.status is JobStatus.FAILED else log.info
+                emit(
                     "job.finished",
                     job_id=job_id,
                     operation=final.operation,
                     status=final.status.value,
                     error=final.error,
+                    duration_seconds=metrics.job_duration(final),
                 )
         finally:
             del self._running[job_id]

@@ -109,3 +109,10 @@ class ForbiddenError(AgentError):
 class PayloadTooLargeError(AgentError):
     code = "PAYLOAD_TOO_LARGE"
     http_status = 413
+
+
+class UnreachableError(AgentError):
+    """The CLI could not reach the agent (no socket, connection refused, timed out)."""
+
+    code = "AGENT_UNREACHABLE"
+    http_status = 503

@@ -168,9 +168,15 @@ class Intake:
         operation: str | None = None,
         limit: int = 100,
         after_seq: int = 0,
+        newest_first: bool = False,
     ) -> tuple[list[JobState], int, int | None]:
         return await self._store.read(
-            list_jobs, status=status, operation=operation, limit=limit, after_seq=after_seq
+            list_jobs,
+            status=status,
+            operation=operation,
+            limit=limit,
+            after_seq=after_seq,
+            newest_first=newest_first,
         )
 
     async def cancel(self, job_id: str) -> JobState:

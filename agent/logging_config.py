@@ -9,6 +9,8 @@ from typing import Any
 
 import structlog
 
+from agent.journald import PrefixedLoggerFactory
+
 _LEVELS = logging.getLevelNamesMapping()
 
 
@@ -56,6 +58,7 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # <N> priority prefixes when stderr is the journal (agent/journald.py).
+        logger_factory=PrefixedLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )

@@ -21,6 +21,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     Info,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -31,6 +32,8 @@ from prometheus_client.registry import Collector
 
 from agent.jobs import JobState, JobStatus
 
+# The *_created series double the exposition for a timestamp nobody graphs.
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in the library
 REGISTRY = CollectorRegistry()
 
 # The standard process_*, python_gc_* and python_info series, in our own registry.
@@ -66,6 +69,19 @@ JOB_DURATION = Histogram(
     buckets=(0.005, 0.025, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 1800, 3600, 4 * 3600),
     registry=REGISTRY,
 )
+QUEUE_WAIT = Histogram(
+    "hostagent_job_queue_wait_seconds",
+    "Time from a job's acceptance to its start, by operation",
+    ["operation"],
+    buckets=(0.001, 0.005, 0.025, 0.1, 0.5, 1, 5, 30, 120, 600, 3600),
+    registry=REGISTRY,
+)
+JOBS_REJECTED = Counter(
+    "hostagent_jobs_rejected",
+    "Job submissions refused before acceptance, by transport and error code",
+    ["transport", "code"],
+    registry=REGISTRY,
+)
 BUILD_INFO = Info("hostagent_build", "The running agent's version", registry=REGISTRY)
 
 
@@ -86,14 +102,36 @@ def record_accepted(transport: str) -> None:
     JOBS_ACCEPTED.labels(transport=transport).inc()
 
 
+def record_rejected(transport: str, code: str) -> None:
+    """A submission was refused (invalid, unauthorised, queue full, ...)."""
+    JOBS_REJECTED.labels(transport=transport, code=code).inc()
+
+
+def _seconds_between(start: str | None, end: str | None) -> float | None:
+    if start is None or end is None:
+        return None
+    elapsed = datetime.fromisoformat(end) - datetime.fromisoformat(start)
+    return max(elapsed.total_seconds(), 0.0)
+
+
+def job_duration(state: JobState) -> float | None:
+    """Seconds from a job's start to its final status (None if it never started)."""
+    return _seconds_between(state.started_at, state.completed_at)
+
+
+def record_started(state: JobState) -> None:
+    """A job started: how long it waited in the queue."""
+    waited = _seconds_between(state.submitted_at, state.started_at)
+    if waited is not None:
+        QUEUE_WAIT.labels(operation=state.operation).observe(waited)
+
+
 def record_finished(state: JobState) -> None:
     """A job reached a final status (the state as recorded, with its timestamps)."""
     JOBS_FINISHED.labels(operation=state.operation, status=state.status.value).inc()
-    if state.started_at is not None and state.completed_at is not None:
-        elapsed = datetime.fromisoformat(state.completed_at) - datetime.fromisoformat(
-            state.started_at
-        )
-        JOB_DURATION.labels(operation=state.operation).observe(max(elapsed.total_seconds(), 0.0))
+    elapsed = job_duration(state)
+    if elapsed is not None:
+        JOB_DURATION.labels(operation=state.operation).observe(elapsed)
 
 
 @dataclass(frozen=True)

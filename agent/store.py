@@ -148,10 +148,12 @@ def list_jobs(
     operation: str | None = None,
     limit: int = 100,
     after_seq: int = 0,
+    newest_first: bool = False,
 ) -> tuple[list[JobState], int, int | None]:
-    """A page of jobs in submission order; also the total and the next cursor."""
-    where = ["seq > ?"]
-    args: list[Any] = [after_seq]
+    """A page of jobs in submission order (or newest first); the total and the next cursor."""
+    # Newest first, the cursor is the seq to stay below (0: from the newest).
+    where = ["seq < ?" if newest_first and after_seq else "seq > ?"]
+    args: list[Any] = [after_seq if after_seq or not newest_first else 0]
     count_where: list[str] = []
     count_args: list[Any] = []
     for column, value in (("status", status), ("operation", operation)):
@@ -161,7 +163,8 @@ def list_jobs(
             count_where.append(f"{column} = ?")
             count_args.append(value)
     rows = conn.execute(
-        f"SELECT seq, {_STATE_COLUMNS} FROM jobs WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
+        f"SELECT seq, {_STATE_COLUMNS} FROM jobs WHERE {' AND '.join(where)} "
+        f"ORDER BY seq {'DESC' if newest_first else 'ASC'} LIMIT ?",
         (*args, limit + 1),
     ).fetchall()
     total = conn.execute(

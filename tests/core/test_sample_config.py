@@ -15,7 +15,7 @@ SAMPLE = Path(__file__).resolve().parents[2] / "etc" / "hostagent" / "agent.toml
 # Defaults computed on the host (its name, its CPUs): the sample shows an example.
 HOST_DEPENDENT = {"worker_id", "max_concurrent_jobs"}
 # Options whose default is "unset" (TOML has no null): the sample shows an example.
-UNSET_BY_DEFAULT = {"http.tls_cert", "http.tls_key", "http.tls_client_ca"}
+UNSET_BY_DEFAULT = {"http.tls_cert", "http.tls_key", "http.tls_client_ca", "http.socket"}
 _COMMENTED_OPTION = re.compile(r"^# ([a-z_]+ = .*)$")
 
 

@@ -293,6 +293,7 @@ async def list_jobs() -> Response:
         operation=query.operation,
         limit=query.limit,
         after_seq=after,
+        newest_first=query.order == "newest",
     )
     page = JobList(
         jobs=jobs,

@@ -4,13 +4,13 @@ one metrics hook, and every error answered with the contract's JSON envelope."""
 from __future__ import annotations
 
 import structlog
-from quart import Response, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from agent import metrics
 from agent.errors import AgentError, QueueFullError
-from agent.transports.http import api, docs, events
+from agent.transports.http import api, audit, docs, events, local_auth
 from agent.transports.http.api import (
     ApiState,
     authorize,
@@ -37,6 +37,8 @@ def build_app(state: ApiState) -> QuartTrio:
             app.add_url_rule(spec.rule, spec.endpoint, spec.view, methods=[spec.method])
     docs.install(app, routes)
     events.install(app, by_endpoint)
+    audit.install(app)
+    local_auth.install(app)
 
     @app.before_request
     async def check_token() -> None:
@@ -46,7 +48,10 @@ def build_app(state: ApiState) -> QuartTrio:
             await request.get_data(cache=True)
         spec = by_endpoint.get(request.endpoint or "")
         if spec is not None:
-            authorize(spec, request.headers, request.args)
+            # Over the local socket the peer's uid is the credential, not a token.
+            g.principal = await local_auth.authorize_local(spec, request) or authorize(
+                spec, request.headers, request.args
+            )
 
     @app.after_request
     async def count_request(response: Response) -> Response:

@@ -64,6 +64,9 @@ class JobListQuery(BaseModel):
     cursor: str | None = Field(
         default=None, max_length=64, description="`next_cursor` of the previous page"
     )
+    order: Literal["oldest", "newest"] = Field(
+        default="oldest", description="`newest`: the most recently submitted first"
+    )
 
     @classmethod
     def from_args(cls, args: dict[str, str]) -> JobListQuery:

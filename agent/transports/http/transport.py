@@ -15,6 +15,7 @@ import logging
 import socket
 import ssl
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -30,6 +31,14 @@ from agent.intake import Intake
 from agent.transports.http.api import ApiState
 from agent.transports.http.app import build_app
 from agent.transports.http.auth import TokenTable
+from agent.transports.http.local import (
+    OwnerBook,
+    PeerPolicy,
+    bind_socket,
+    local_socket_path,
+    serve_local,
+)
+from agent.transports.http.local_auth import EXTENSION, LocalAccess
 
 log = structlog.get_logger("agent.http")
 
@@ -161,14 +170,16 @@ async def serve_asgi(
 class HttpTransport:
     name = "http"
 
-    def __init__(self, config: HttpConfig) -> None:
+    def __init__(self, config: HttpConfig, *, state_dir: Path | None = None) -> None:
         check_exposure(config)
         self.config = config
+        self.socket_path = local_socket_path(config, state_dir)
         self._context = build_ssl_context(config)
         self._api: ApiState | None = None
         self._tokens = TokenTable(config.tokens, required=not config.insecure_no_auth)
         # Set once listening (port 0 binds report the port the kernel chose).
         self.address: tuple[str, int] | None = None
+        self._local: LocalAccess | None = None
 
     @property
     def url(self) -> str:
@@ -192,6 +203,8 @@ class HttpTransport:
             _load_tls_files(self._context, config)
         self.config = config
         self._tokens = tokens
+        if self._local is not None:
+            self._local.policy = PeerPolicy.from_config(config)
         if self._api is not None:
             self._api.config = config
             self._api.tokens = tokens
@@ -206,13 +219,41 @@ class HttpTransport:
         settings = hypercorn_settings(self.config, self._context)
         async with trio.open_nursery() as nursery:
             await nursery.start(partial(serve_asgi, app, listener, settings))
+            if self.socket_path is not None:
+                await nursery.start(partial(self._serve_socket, app, self.socket_path))
+            if not self.config.tokens and not self.config.insecure_no_auth:
+                log.warning(
+                    "http.no_tokens",
+                    message="every request over TCP but health is refused until a token is "
+                    "configured: `hostagent token create --scopes read,submit,cancel --name NAME`,"
+                    " then add the printed entry to the config and `systemctl reload hostagent`",
+                )
             log.info(
                 "http.ready",
                 url=self.url,
                 auth="none (loopback development)" if self.config.insecure_no_auth else "tokens",
                 mtls=self.config.tls_client_ca is not None,
+                socket=None if self.socket_path is None else str(self.socket_path),
             )
             task_status.started()
+
+    async def _serve_socket(
+        self, app: Any, path: Path, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        listener = bind_socket(path)
+        # Beside the socket: kept across restarts (RuntimeDirectoryPreserve=yes in the unit).
+        owners = await trio.to_thread.run_sync(OwnerBook, path.parent / "socket-owners.sqlite3")
+        self._local = LocalAccess(PeerPolicy.from_config(self.config), owners)
+        app.extensions[EXTENSION] = self._local
+        settings = hypercorn_settings(self.config, None)
+        await serve_local(
+            app,
+            listener,
+            settings,
+            on_close=partial(path.unlink, missing_ok=True),
+            task_status=task_status,
+        )
+        log.info("http.socket_closed", path=str(path))
 
     def _bind(self) -> socket.socket:
         host, port = parse_bind(self.config.bind)

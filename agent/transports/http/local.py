@@ -1,0 +1,304 @@
+"""The local API: the same app and routes over a Unix socket, authorised by the
+peer's credentials (SO_PEERCRED) instead of a token, as libvirt's and Docker's
+sockets are.
+
+Who may do what is decided by the connecting process's uid and its groups in
+the group database: root, the agent's own user and members of
+`http.socket_admin_group` are admins; members of `http.socket_submit_group`
+may submit and read, and cancel the jobs they submitted through the socket;
+anyone else is refused. The socket file is world-connectable on purpose: the
+check is the kernel-reported uid, not the file mode.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import socket
+import sqlite3
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import wrap_app
+
+from agent.config import HttpConfig, Scope
+from agent.errors import ConfigError, ForbiddenError
+
+log = structlog.get_logger("agent.http.local")
+
+PEER_KEY = "hostagent.peer"  # where the ASGI scope carries the peer of a socket connection
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_SUBMITTER_SCOPES = frozenset({"read", "submit", "cancel"})
+
+
+@dataclass(frozen=True)
+class Peer:
+    """The process at the other end of a local connection, as the kernel reports it."""
+
+    pid: int
+    uid: int
+    gid: int
+
+    @property
+    def user(self) -> str:
+        try:
+            return pwd.getpwuid(self.uid).pw_name
+        except KeyError:
+            return str(self.uid)
+
+    @property
+    def label(self) -> str:
+        """How audit lines and job owners name this peer."""
+        return f"uid:{self.uid}"
+
+    def groups(self) -> set[int]:
+        """The peer's primary and supplementary groups, from the group database."""
+        try:
+            return {*os.getgrouplist(pwd.getpwuid(self.uid).pw_name, self.gid), self.gid}
+        except KeyError:  # a uid with no passwd entry has only its primary group
+            return {self.gid}
+
+
+def peer_credentials(sock: socket.socket | trio.socket.SocketType) -> Peer:
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    pid, uid, gid = _UCRED.unpack(raw)
+    return Peer(pid, uid, gid)
+
+
+@dataclass(frozen=True)
+class PeerPolicy:
+    """Which groups make a peer an admin or a submitter (gids resolved once per reload)."""
+
+    admin_gid: int | None
+    submit_gid: int | None
+
+    @classmethod
+    def from_config(cls, config: HttpConfig) -> PeerPolicy:
+        return cls(_gid(config.socket_admin_group), _gid(config.socket_submit_group))
+
+    def scopes(self, peer: Peer) -> tuple[frozenset[str], bool]:
+        """The peer's scopes, and whether its cancel is limited to its own jobs."""
+        if peer.uid in (0, os.getuid()):
+            return frozenset({"admin"}), False
+        groups = peer.groups()
+        if self.admin_gid is not None and self.admin_gid in groups:
+            return frozenset({"admin"}), False
+        if self.submit_gid is not None and self.submit_gid in groups:
+            return _SUBMITTER_SCOPES, True
+        return frozenset(), False
+
+    def authorize(self, peer: Peer, scope: Scope) -> bool:
+        """Whether the peer holds `scope`; True with own_only is checked per job by the caller."""
+        scopes, _ = self.scopes(peer)
+        return "admin" in scopes or scope in scopes
+
+    def check(self, peer: Peer, scope: Scope) -> None:
+        if not self.authorize(peer, scope):
+            raise ForbiddenError(
+                f"User {peer.user} (uid {peer.uid}) may not use the local API for '{scope}'",
+                field="scope",
+                reason=f"Requires root, the admin group or the submit group for '{scope}'",
+            )
+
+
+def _gid(name: str) -> int | None:
+    if not name:
+        return None
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        # A group that does not exist (yet) grants nothing; sysusers creates it.
+        return None
+
+
+SYSTEM_STATE_DIR = Path("/var/lib/hostagent")
+SYSTEM_SOCKET = Path("/run/hostagent/api.sock")
+# sun_path holds 108 bytes with the terminating NUL.
+_MAX_SOCKET_PATH = 107
+
+
+def local_socket_path(config: HttpConfig, state_dir: Path | None) -> Path | None:
+    """Where the local API listens: http.socket, else <state_dir>/api.sock (None: no socket)."""
+    if not config.socket_enabled:
+        return None
+    if config.socket is not None:
+        return config.socket
+    if state_dir is None:
+        return None
+    if state_dir == SYSTEM_STATE_DIR:
+        # The system agent: in its RuntimeDirectory, where local users can reach it
+        # (the state directory is closed to them).
+        return SYSTEM_SOCKET
+    path = state_dir / "api.sock"
+    if len(os.fsencode(path.absolute())) > _MAX_SOCKET_PATH:
+        # Only the default is skipped; an explicitly configured path that is too long
+        # fails at bind time with the key named.
+        log.warning("http.socket_path_too_long", path=str(path), hint="set http.socket")
+        return None
+    return path
+
+
+def peer_of(scope: Mapping[str, Any]) -> Peer | None:
+    """The peer of a request that came over the local socket (None: over TCP)."""
+    peer = scope.get(PEER_KEY)
+    return peer if isinstance(peer, Peer) else None
+
+
+class OwnerBook:
+    """Which peer submitted which job over the socket, so submitters cancel only their own.
+
+    Kept in its own small SQLite file beside the job store: a restart must
+    not turn a submitter's job into nobody's.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with self._connect() as conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS owners (job_id TEXT PRIMARY KEY, uid INTEGER NOT NULL)"
+            )
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, timeout=10)
+
+    def _record(self, job_ids: list[str], uid: int) -> None:
+        with self._connect() as conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO owners (job_id, uid) VALUES (?, ?)",
+                [(job_id, uid) for job_id in job_ids],
+            )
+
+    def _owner(self, job_id: str) -> int | None:
+        with self._connect() as conn:
+            row = conn.execute("SELECT uid FROM owners WHERE job_id = ?", (job_id,)).fetchone()
+        return None if row is None else int(row[0])
+
+    async def record(self, job_ids: list[str], uid: int) -> None:
+        await trio.to_thread.run_sync(self._record, job_ids, uid)
+
+    async def owner(self, job_id: str) -> int | None:
+        return await trio.to_thread.run_sync(self._owner, job_id)
+
+
+def submitted_ids(endpoint: str, body: bytes) -> list[str]:
+    """The job ids a successful submit answer names (single or batch)."""
+    data = json.loads(body).get("data") or {}
+    if endpoint == "submit_job":
+        return [data["job_id"]] if data.get("created") else []
+    return [
+        item["data"]["job_id"]
+        for item in data.get("results", [])
+        if item and item.get("success") and item["data"].get("created")
+    ]
+
+
+class _PeerApp:
+    """hypercorn's app wrapper for one connection: puts its peer into every scope."""
+
+    def __init__(self, app: Any, peer: Peer) -> None:
+        self._app = app
+        self._peer = peer
+
+    async def __call__(
+        self, scope: Any, receive: Any, send: Any, sync_spawn: Any, call_soon: Any
+    ) -> None:
+        scope[PEER_KEY] = self._peer
+        await self._app(scope, receive, send, sync_spawn, call_soon)
+
+
+def bind_socket(path: Path) -> socket.socket:
+    """Listen on `path`, replacing a stale socket a previous run left behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_socket():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # nobody answers: stale
+        else:
+            probe.close()
+            raise ConfigError(
+                f"config: http.socket: {path} is in use by another agent",
+                field="http.socket",
+                reason="Socket in use",
+            )
+        finally:
+            probe.close()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(str(path))
+        # Connecting is open to all local users; what they may do is decided by uid.
+        path.chmod(0o666)
+        listener.listen(128)
+    except OSError as exc:
+        listener.close()
+        raise ConfigError(
+            f"config: http.socket: cannot listen on {path}: {exc.strerror}",
+            field="http.socket",
+            reason=str(exc.strerror),
+        ) from exc
+    listener.setblocking(False)
+    return listener
+
+
+async def serve_local(
+    app: Any,
+    listener: socket.socket,
+    settings: HypercornConfig,
+    *,
+    on_close: Callable[[], None],
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the app on the Unix socket until cancelled (the TCP server runs the lifespan)."""
+    wrapped = wrap_app(app, settings.wsgi_max_body_size, None)
+    context = WorkerContext(None)
+    trio_listener = trio.SocketListener(trio.socket.from_stdlib_socket(listener))
+
+    async def connection(stream: trio.SocketStream) -> None:
+        try:
+            peer = peer_credentials(stream.socket)
+        except OSError as exc:
+            log.warning("http.local_peer_unknown", error=str(exc))
+            await stream.aclose()
+            return
+        server = TCPServer(
+            _PeerApp(wrapped, peer),
+            settings,
+            context,
+            ConnectionState({}),
+            stream,  # type: ignore[arg-type]  # hypercorn serves plain streams as well
+        )
+        await server.run()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(trio.serve_listeners, connection, [trio_listener]))
+            task_status.started()
+    finally:
+        on_close()
+
+
+__all__ = [
+    "PEER_KEY",
+    "OwnerBook",
+    "Peer",
+    "PeerPolicy",
+    "bind_socket",
+    "local_socket_path",
+    "peer_credentials",
+    "peer_of",
+    "serve_local",
+    "submitted_ids",
+]
