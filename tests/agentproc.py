@@ -31,6 +31,7 @@ class AgentProcess:
             *extra,
         ]
         self.process: subprocess.Popen[str] | None = None
+        self.env: dict[str, str] | None = None  # None: this process's environment
         self.lines: list[str] = []
         self._ready = threading.Event()
 
@@ -42,6 +43,7 @@ class AgentProcess:
             text=True,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
+            env=self.env,
         )
         threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
         if not self._ready.wait(timeout):
