@@ -41,7 +41,7 @@ def _read_answer(client: socket.socket) -> bytes:
 
 
 def request_as(
-    uid: int, gid: int, path: Path, method: str, target: str, body: Any = None
+    uid: int, gid: int, path: Path, method: str, target: str, *, body: Any = None
 ) -> tuple[int, dict[str, Any]]:
     """One HTTP request over the Unix socket from a child process running as uid:gid."""
     payload = b"" if body is None else json.dumps(body).encode()

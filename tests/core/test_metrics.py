@@ -69,6 +69,8 @@ async def test_counters_move_when_jobs_run(agent: Agent) -> None:
     assert moved("hostagent_job_duration_seconds_count", operation="system.echo") == 3
     assert moved("hostagent_job_duration_seconds_count", operation="system.sleep") == 1
     assert moved("hostagent_job_duration_seconds_sum", operation="system.sleep") >= 0.05
+    # Each job that started was timed in the queue.
+    assert moved("hostagent_job_queue_wait_seconds_count", operation="system.echo") == 3
     assert value(after, "hostagent_queue_depth") == 0
     assert value(after, "hostagent_jobs_running") == 0
     # Known transports and operations have their series from the start.
@@ -155,3 +157,13 @@ def test_a_job_that_never_started_counts_as_finished_without_a_duration() -> Non
         value(before, "hostagent_jobs_finished_total", **labels) + 1
     )
     assert value(after, "hostagent_job_duration_seconds_count", operation="test.metrics") == 0
+
+
+def test_no_created_series_and_the_queue_wait_and_rejections_are_exposed() -> None:
+    from agent import metrics as exposed
+
+    exposed.record_rejected("http", "VALIDATION_ERROR")
+    text = exposed.render()[0].decode()
+    assert "_created" not in text
+    assert "# TYPE hostagent_job_queue_wait_seconds histogram" in text
+    assert 'hostagent_jobs_rejected_total{code="VALIDATION_ERROR",transport="http"}' in text

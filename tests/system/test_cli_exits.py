@@ -186,7 +186,9 @@ def test_config_check_show_and_tokens(tmp_path: Path) -> None:
         '[[http.tokens]]\nname = "fleet"\nsha256 = "' + "a" * 64 + '"\nscopes = ["read"]\n'
         '[[http.tokens]]\nname = "ci"\nsha256 = "' + "b" * 64 + '"\nscopes = ["submit"]\n',
     )
-    ok = subprocess.run([*HOSTAGENT, "config", "check", str(config)], capture_output=True)
+    ok = subprocess.run(
+        [*HOSTAGENT, "config", "check", str(config)], capture_output=True, check=False
+    )
     assert ok.returncode == EXIT_OK
     bad = tmp_path / "bad.toml"
     bad.write_text("[spool]\nmax_file_bytes = -1\n")
@@ -196,14 +198,20 @@ def test_config_check_show_and_tokens(tmp_path: Path) -> None:
     assert checked.returncode == EXIT_USAGE
     assert "spool.max_file_bytes" in checked.stderr
     shown = subprocess.run(
-        [*HOSTAGENT, "config", "show", "--config", str(config)], capture_output=True, text=True
+        [*HOSTAGENT, "config", "show", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     effective = json.loads(shown.stdout)
     assert effective["libvirt"]["uri"] == "test:///default"
     assert "a" * 64 not in shown.stdout
     assert effective["http"]["tokens"][0]["sha256"] == "<redacted>"
     listed = subprocess.run(
-        [*HOSTAGENT, "token", "list", "--config", str(config)], capture_output=True, text=True
+        [*HOSTAGENT, "token", "list", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert listed.stdout.splitlines()[1:] == [
         "fleet                    read",
@@ -213,6 +221,7 @@ def test_config_check_show_and_tokens(tmp_path: Path) -> None:
         [*HOSTAGENT, "token", "revoke", "ci", "--config", str(config)],
         capture_output=True,
         text=True,
+        check=False,
     )
     assert revoked.returncode == EXIT_OK, revoked.stderr
     assert "ci" not in config.read_text()
@@ -221,13 +230,14 @@ def test_config_check_show_and_tokens(tmp_path: Path) -> None:
         [*HOSTAGENT, "token", "revoke", "ci", "--config", str(config)],
         capture_output=True,
         text=True,
+        check=False,
     )
     assert again.returncode == EXIT_FAILED
 
 
 def test_version_caps_summary_and_completion(agent: tuple[AgentProcess, Path]) -> None:
     _, root = agent
-    version = subprocess.run([*HOSTAGENT, "--version"], capture_output=True, text=True)
+    version = subprocess.run([*HOSTAGENT, "--version"], capture_output=True, text=True, check=False)
     assert version.stdout.startswith("hostagent ")
     summary = run(root, "caps")
     assert summary.returncode == 0
@@ -235,6 +245,8 @@ def test_version_caps_summary_and_completion(agent: tuple[AgentProcess, Path]) -
     assert "operation_schemas" not in summary.stdout
     full = json.loads(run(root, "caps", "--json").stdout)
     assert "system.echo" in full["operation_schemas"]
-    bash = subprocess.run([*HOSTAGENT, "completion", "bash"], capture_output=True, text=True)
+    bash = subprocess.run(
+        [*HOSTAGENT, "completion", "bash"], capture_output=True, text=True, check=False
+    )
     assert "complete" in bash.stdout
     assert "follow" in bash.stdout

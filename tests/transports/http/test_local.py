@@ -86,7 +86,7 @@ def test_a_submitter_submits_reads_and_cancels_only_their_own(
     agent: AgentProcess, tmp_path: Path
 ) -> None:
     sock = tmp_path / "state" / "api.sock"
-    status, _ = request_as(NOBODY, NOBODY, sock, "POST", "/api/v1/jobs", sleeper("theirs"))
+    status, _ = request_as(NOBODY, NOBODY, sock, "POST", "/api/v1/jobs", body=sleeper("theirs"))
     assert status == 201
     status, page = request_as(NOBODY, NOBODY, sock, "GET", "/api/v1/jobs")
     assert status == 200
