@@ -23,6 +23,7 @@ from agent.store import (
     NewJob,
     Store,
     get_events,
+    get_events_after,
     get_job,
     get_outcomes,
     get_result,
@@ -178,6 +179,12 @@ class Intake:
             after_seq=after_seq,
             newest_first=newest_first,
         )
+
+    async def events_after(
+        self, after_id: int, job_ids: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Progress and log events from the durable log after `after_id` (resumable streams)."""
+        return await self._store.read(get_events_after, after_id, job_ids)
 
     async def cancel(self, job_id: str) -> JobState:
         return await self._dispatcher.cancel(job_id)

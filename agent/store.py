@@ -207,6 +207,24 @@ def get_events(conn: sqlite3.Connection, job_id: str) -> list[dict[str, Any]]:
     return [{"at": at, "type": kind, "data": json.loads(data)} for at, kind, data in rows]
 
 
+def get_events_after(
+    conn: sqlite3.Connection, after_id: int, job_ids: Sequence[str] | None, limit: int = 500
+) -> list[dict[str, Any]]:
+    """The durable event log after `after_id` (all jobs, or those named), with each row's id."""
+    where, args = "id > ?", [after_id]
+    if job_ids is not None:
+        where += f" AND job_id IN ({', '.join('?' * len(job_ids))})"
+        args.extend(job_ids)  # type: ignore[arg-type]  # ids are str, the bound is int
+    rows = conn.execute(
+        f"SELECT id, job_id, at, type, data FROM job_events WHERE {where} ORDER BY id LIMIT ?",
+        (*args, limit),
+    ).fetchall()
+    return [
+        {"id": row_id, "job_id": job_id, "type": kind, "data": {**json.loads(data), "at": at}}
+        for row_id, job_id, at, kind, data in rows
+    ]
+
+
 def get_transitions(conn: sqlite3.Connection, job_id: str) -> list[dict[str, Any]]:
     rows = conn.execute(
         "SELECT status, at, reason FROM transitions WHERE job_id = ? ORDER BY id", (job_id,)

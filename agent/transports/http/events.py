@@ -19,19 +19,19 @@ an `initial_status` first); without it every event is sent.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import ExitStack
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import structlog
 import trio
-from quart import Response, request, websocket
+from quart import Response, websocket
 from quart_trio import QuartTrio
 
 from agent import metrics
 from agent.errors import AgentError, BadRequestError, NotFoundError
-from agent.events import Event, Subscription
+from agent.events import Event
 from agent.intake import Intake
+from agent.transports.http import sse
 from agent.transports.http.api import API, Route, authorize, error_response, state
 
 log = structlog.get_logger("agent.http.events")
@@ -80,56 +80,6 @@ class _Filter:
 async def _initial_status(intake: Intake, job_id: str) -> dict[str, Any]:
     state_ = await intake.status(job_id)
     return {"type": "initial_status", "job_id": job_id, "data": state_.model_dump(mode="json")}
-
-
-# --- Server-Sent Events ---
-
-
-async def event_stream() -> Response:
-    api = state()
-    job_ids = request.args.getlist("job_id")
-    stack = ExitStack()
-    # Subscribe before reading statuses, so nothing between the two is missed.
-    subscription = stack.enter_context(api.intake.events(buffer=api.config.event_buffer))
-    try:
-        initial = [await _initial_status(api.intake, job_id) for job_id in job_ids]
-    except BaseException:
-        stack.close()
-        raise
-    chosen = _Filter(everything=not job_ids)
-    for message in initial:
-        chosen.follow(message["job_id"], message["data"])
-
-    async def generate() -> AsyncIterator[bytes]:
-        with stack:
-            yield b"retry: 2000\n\n"
-            for message in initial:
-                yield f"data: {_encode(message)}\n\n".encode()
-            async for chunk in _sse_events(subscription, chosen):
-                yield chunk
-
-    response = Response(
-        generate(),
-        content_type="text/event-stream",
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-    )
-    response.timeout = None  # a stream lasts as long as the client wants
-    return response
-
-
-async def _sse_events(subscription: Subscription, chosen: _Filter) -> AsyncIterator[bytes]:
-    while True:
-        with trio.move_on_after(KEEPALIVE_SECONDS) as idle:
-            try:
-                event = await subscription.receive.receive()
-            except (trio.EndOfChannel, trio.ClosedResourceError):
-                if subscription.lagged:
-                    yield f"data: {_encode({'type': 'error', 'data': _LAGGED})}\n\n".encode()
-                return
-        if idle.cancelled_caught:
-            yield b": keepalive\n\n"
-        elif chosen.wants(event):
-            yield f"data: {_encode(event)}\n\n".encode()
 
 
 # --- websocket ---
@@ -246,9 +196,11 @@ ROUTES = [
     Route(
         method="GET",
         rule=f"{API}/events",
-        view=event_stream,
+        # Resumable (id:, Last-Event-ID) and ends when its jobs have: see sse.py.
+        view=sse.event_stream,
         scope="read",
-        summary="Live job events as Server-Sent Events (?job_id= to follow given jobs)",
+        summary="Live job events as Server-Sent Events (?job_id= to follow given jobs; "
+        "resumable with Last-Event-ID; a job-filtered stream ends when its jobs have)",
         errors=(401, 403, 404),
         token_in_query=True,
         raw="text/event-stream",

@@ -1,0 +1,154 @@
+"""Resumable Server-Sent Events (/api/v1/events).
+
+Every event carries an `id:`: the id of the newest row of the durable event
+log (job_events) the client has been sent. Progress and log events are read
+from that log, not from the live bus, which only says when to look; so a
+client that reconnects with `Last-Event-ID` gets every progress and log line
+it missed, then each followed job's current status. A stream that follows
+given jobs (`?job_id=`, repeatable) ends once all of them have finished.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import ExitStack, aclosing
+from typing import Any
+
+import trio
+from quart import Response, request
+
+from agent.errors import BadRequestError
+from agent.events import Subscription
+from agent.intake import Intake
+from agent.transports.http.api import state
+
+KEEPALIVE_SECONDS = 15.0
+TERMINAL = ("Completed", "Failed", "Cancelled")
+_DURABLE = ("progress", "log")
+_LAGGED = {
+    "error": "RATE_LIMITED",
+    "message": "Events were dropped because this client fell behind; reconnect",
+    "details": {"reason": "Client buffer full"},
+}
+
+
+def _frame(message: Mapping[str, Any], cursor: int) -> bytes:
+    return f"id: {cursor}\ndata: {json.dumps(message, separators=(',', ':'))}\n\n".encode()
+
+
+def _last_event_id() -> int:
+    raw = request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or "0"
+    if not raw.isdigit():
+        raise BadRequestError(
+            "Last-Event-ID must be an id this stream sent", field="Last-Event-ID", reason=raw
+        )
+    return int(raw)
+
+
+class _Stream:
+    """One client's position: which jobs, what it was sent, which have finished."""
+
+    def __init__(self, intake: Intake, job_ids: list[str], cursor: int) -> None:
+        self.intake = intake
+        self.job_ids = job_ids
+        self.cursor = cursor
+        self.finished: set[str] = set()
+
+    @property
+    def done(self) -> bool:
+        return bool(self.job_ids) and self.finished >= set(self.job_ids)
+
+    def wants(self, job_id: object) -> bool:
+        return not self.job_ids or job_id in self.job_ids
+
+    async def durable(self) -> AsyncGenerator[bytes, None]:
+        """Every logged event after the cursor, oldest first."""
+        while True:
+            rows = await self.intake.events_after(self.cursor, self.job_ids or None)
+            for row in rows:
+                self.cursor = int(row.pop("id"))
+                yield _frame(row, self.cursor)
+            if len(rows) < 500:
+                return
+
+    async def status(self, job_id: str, kind: str, data: dict[str, Any]) -> bytes:
+        if data.get("status") in TERMINAL:
+            self.finished.add(job_id)
+        return _frame({"type": kind, "job_id": job_id, "data": data}, self.cursor)
+
+
+async def event_stream() -> Response:
+    api = state()
+    job_ids = request.args.getlist("job_id")
+    stream = _Stream(api.intake, job_ids, _last_event_id())
+    resuming = stream.cursor > 0
+    stack = ExitStack()
+    # Subscribe before reading statuses, so nothing between the two is missed.
+    subscription = stack.enter_context(api.intake.events(buffer=api.config.event_buffer))
+    try:
+        initial = [(job_id, await api.intake.status(job_id)) for job_id in job_ids]
+    except BaseException:
+        stack.close()
+        raise
+
+    async def generate() -> AsyncIterator[bytes]:
+        with stack:
+            yield b"retry: 2000\n\n"
+            if resuming:
+                async with aclosing(stream.durable()) as replay:
+                    async for chunk in replay:
+                        yield chunk
+            else:
+                # A new stream starts at the log's end: the past is in /logs.
+                await _skip_to_end(stream)
+            for job_id, status in initial:
+                yield await stream.status(job_id, "initial_status", status.model_dump(mode="json"))
+            if stream.done:
+                return
+            # aclosing: the inner generators are closed with the stream, not left to the GC.
+            async with aclosing(_live(subscription, stream)) as live:
+                async for chunk in live:
+                    yield chunk
+                    if stream.done:
+                        return
+
+    response = Response(
+        generate(),
+        content_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+    response.timeout = None  # a stream lasts as long as the client wants
+    return response
+
+
+async def _skip_to_end(stream: _Stream) -> None:
+    async with aclosing(stream.durable()) as rows:
+        async for _ in rows:
+            pass
+
+
+async def _live(subscription: Subscription, stream: _Stream) -> AsyncGenerator[bytes, None]:
+    while True:
+        with trio.move_on_after(KEEPALIVE_SECONDS) as idle:
+            try:
+                event = await subscription.receive.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                if subscription.lagged:
+                    yield _frame({"type": "error", "data": _LAGGED}, stream.cursor)
+                return
+        if idle.cancelled_caught:
+            yield b": keepalive\n\n"
+            continue
+        job_id = event.get("job_id")
+        if not stream.wants(job_id) or job_id in stream.finished:
+            continue
+        if event.get("type") in (*_DURABLE, "status"):
+            # Logged events written before a status go out before it.
+            async with aclosing(stream.durable()) as rows:
+                async for chunk in rows:
+                    yield chunk
+        if event.get("type") == "status":
+            yield await stream.status(str(job_id), "status", event.get("data") or {})
+        elif event.get("type") not in _DURABLE:
+            yield _frame(event, stream.cursor)
