@@ -138,17 +138,16 @@ def socket_of(config: Config) -> Path | None:
 
 
 def connect(args: argparse.Namespace, config: Config) -> AgentClient | None:
-    """The running agent: --url, else --socket or the config's socket if it exists,
-    else HOSTAGENT_URL; None when none of them names one."""
-    if url := getattr(args, "url", None):
+    """The running agent: --url or --socket, else HOSTAGENT_URL (set on purpose), else
+    the socket the config names, if it is there; None when nothing names one."""
+    explicit = getattr(args, "socket", None)
+    if url := getattr(args, "url", None) or (None if explicit else os.environ.get("HOSTAGENT_URL")):
         return _over_http(args, url)
-    path = getattr(args, "socket", None) or socket_of(config)
+    path = explicit or socket_of(config)
     if path is not None and path.is_socket():
         return over_socket(path)
-    if getattr(args, "socket", None) is not None:
+    if explicit is not None:
         raise UnreachableError(f"no agent socket at {path}", field="socket")
-    if url := os.environ.get("HOSTAGENT_URL"):
-        return _over_http(args, url)
     return None
 
 

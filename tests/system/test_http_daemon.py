@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.cli import main
+from agent.cli_support import EXIT_DENIED, EXIT_UNREACHABLE
 from agent.jobs import JOB_ID_PATTERN
 from tests.http_helpers import ADMIN, READ, TOKEN_ENTRIES, echo, sleep_job
 
@@ -115,12 +116,12 @@ def test_cli_status_jobs_result_logs_caps_health(
     assert main(["jobs", "--operation", "system.echo"]) == 0
     out, err = _out(capsys)
     assert "seen" in out
-    assert "of" in err
+    assert "jobs)" in err
     assert main(["logs", "seen"]) == 0
     _out(capsys)
-    assert main(["caps"]) == 0
+    assert main(["caps", "--json"]) == 0
     assert "system.echo" in json.loads(_out(capsys)[0])["operations"]
-    assert main(["health"]) == 0
+    assert main(["health", "--json"]) == 0
     assert json.loads(_out(capsys)[0])["status"] == "healthy"
 
 
@@ -129,7 +130,7 @@ def test_cli_cancel_over_http(cli: str, capsys: pytest.CaptureFixture[str], tmp_
     document.write_text(json.dumps(sleep_job("long", 60)))
     assert main(["submit", str(document)]) == 0
     assert main(["cancel", "long"]) == 0
-    assert json.loads(_out(capsys)[0].partition("\n")[2])["status"] == "Cancelled"
+    assert _out(capsys)[0].splitlines()[1] == "long: Cancelled"
     assert main(["cancel", "long"]) == 1
     assert "already Cancelled" in _out(capsys)[1]
 
@@ -143,18 +144,18 @@ def test_cli_reports_remote_errors(
     assert "namespaced" in _out(capsys)[1]
     token_file = tmp_path / "token"
     token_file.write_text("hat_wrong\n")
-    assert main(["jobs", "--token-file", str(token_file)]) == 1
+    assert main(["jobs", "--token-file", str(token_file)]) == EXIT_DENIED
     assert "not valid" in _out(capsys)[1]
     monkeypatch.setenv("HOSTAGENT_TOKEN", READ)
-    assert main(["submit", "--op", "system.echo"]) == 1
+    assert main(["submit", "--op", "system.echo"]) == EXIT_DENIED
     assert "lacks the 'submit' scope" in _out(capsys)[1]
 
 
 def test_cli_without_a_reachable_agent(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["health", "--url", "http://127.0.0.1:9"]) == 1
+    assert main(["health", "--url", "http://127.0.0.1:9"]) == EXIT_UNREACHABLE
     assert "cannot reach" in _out(capsys)[1]
-    assert main(["caps"]) == 1
-    assert "needs --url" in _out(capsys)[1]
+    assert main(["caps", "--state-dir", "/nonexistent"]) == EXIT_UNREACHABLE
+    assert "no running agent" in _out(capsys)[1]
 
 
 # --- property test: nothing the API is sent answers 5xx ---

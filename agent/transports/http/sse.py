@@ -83,6 +83,10 @@ async def event_stream() -> Response:
     job_ids = request.args.getlist("job_id")
     stream = _Stream(api.intake, job_ids, _last_event_id())
     resuming = stream.cursor > 0
+    if not resuming:
+        # A new stream starts at the log's end (the past is in /logs). Found before
+        # subscribing, so what is logged from here on is sent.
+        await _skip_to_end(stream)
     stack = ExitStack()
     # Subscribe before reading statuses, so nothing between the two is missed.
     subscription = stack.enter_context(api.intake.events(buffer=api.config.event_buffer))
@@ -99,9 +103,6 @@ async def event_stream() -> Response:
                 async with aclosing(stream.durable()) as replay:
                     async for chunk in replay:
                         yield chunk
-            else:
-                # A new stream starts at the log's end: the past is in /logs.
-                await _skip_to_end(stream)
             for job_id, status in initial:
                 yield await stream.status(job_id, "initial_status", status.model_dump(mode="json"))
             if stream.done:
