@@ -280,7 +280,7 @@ def _batch_failure(exc: AgentError, index: int) -> dict[str, Any]:
     "GET",
     f"{API}/jobs",
     scope="read",
-    summary="List jobs, oldest first, with filters and cursor pagination",
+    summary="List jobs (oldest first; order=newest for newest first), filters, cursor paging",
     query=JobListQuery,
     answer=JobList,
     errors=(400, *_ERRORS_READ),

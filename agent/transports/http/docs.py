@@ -1,5 +1,6 @@
 """OpenAPI 3.1 at /openapi.json, generated from the route table and its pydantic models,
-and a self-contained docs page at /docs (no JavaScript, nothing fetched from a CDN)."""
+and a self-contained docs page at /docs/reference (no JavaScript, nothing fetched from a
+CDN); Swagger UI at /docs is in swagger.py."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from quart import Response
 from quart_trio import QuartTrio
 
 from agent import __version__
+from agent.transports.http import swagger
 from agent.transports.http.api import Route, state
 from agent.transports.http.models import ErrorBody
 
@@ -199,7 +201,7 @@ def install(app: QuartTrio, routes: Sequence[Route]) -> None:
     cache: dict[str, bytes] = {}
 
     def document() -> dict[str, Any]:
-        return build_openapi(routes, open_health=state().config.open_health)
+        return swagger.decorate(build_openapi(routes, open_health=state().config.open_health))
 
     async def openapi_json() -> Response:
         if "json" not in cache:
@@ -212,4 +214,6 @@ def install(app: QuartTrio, routes: Sequence[Route]) -> None:
         return Response(cache["html"], content_type="text/html; charset=utf-8")
 
     app.add_url_rule("/openapi.json", "openapi_json", openapi_json, methods=["GET"])
-    app.add_url_rule("/docs", "docs_page", docs_page, methods=["GET"])
+    # /docs itself is Swagger UI (swagger.py); this table needs no JavaScript.
+    app.add_url_rule("/docs/reference", "docs_page", docs_page, methods=["GET"])
+    swagger.install(app)
