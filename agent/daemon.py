@@ -20,7 +20,7 @@ from agent.config import Config
 from agent.dispatcher import Dispatcher
 from agent.errors import AgentError
 from agent.events import EventBus
-from agent.handlers import image, storage, system, vm, vm_snapshot
+from agent.handlers import guestkit, image, storage, system, vm, vm_snapshot
 from agent.health import Health, Status
 from agent.hostcaps import libvirt_facts
 from agent.hypervisor import LibvirtConnection
@@ -67,7 +67,14 @@ class Reloadable(Protocol):
 def build_registry() -> Registry:
     """Every handler this agent ships."""
     return Registry(
-        (*system.HANDLERS, *vm.HANDLERS, *vm_snapshot.HANDLERS, *storage.HANDLERS, *image.HANDLERS)
+        (
+            *system.HANDLERS,
+            *vm.HANDLERS,
+            *vm_snapshot.HANDLERS,
+            *storage.HANDLERS,
+            *image.HANDLERS,
+            *guestkit.available_handlers(),  # only where libguestfs works (looks at files)
+        )
     )
 
 
@@ -98,6 +105,7 @@ class Agent:
         self.health = Health()
         self.health.add("store", self._store_health)
         self.health.add("libvirt", self.libvirt.health)
+        guestkit.contribute(self.capabilities, self.health)  # feature `inspect`, health `guestfs`
         self.intake = Intake(
             self.registry,
             self.store,
