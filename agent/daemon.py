@@ -19,7 +19,7 @@ from agent.config import Config, restart_keys
 from agent.dispatcher import Dispatcher
 from agent.errors import AgentError
 from agent.events import EventBus
-from agent.handlers import image, storage, system, vm, vm_snapshot
+from agent.handlers import guestkit, image, storage, system, vm, vm_snapshot
 from agent.health import Health, Status
 from agent.hypervisor import LibvirtConnection
 from agent.hypervisor_facts import libvirt_facts
@@ -45,7 +45,14 @@ class Reloadable(Protocol):
 def build_registry() -> Registry:
     """Every handler this agent ships."""
     return Registry(
-        (*system.HANDLERS, *vm.HANDLERS, *vm_snapshot.HANDLERS, *storage.HANDLERS, *image.HANDLERS)
+        (
+            *system.HANDLERS,
+            *vm.HANDLERS,
+            *vm_snapshot.HANDLERS,
+            *storage.HANDLERS,
+            *image.HANDLERS,
+            *guestkit.available_handlers(),  # only where libguestfs works (looks at files)
+        )
     )
 
 
@@ -95,6 +102,7 @@ class Agent:
         self.health = Health()
         for name, check in self.services.pings().items():
             self.health.add(name, check)
+        guestkit.contribute(self.capabilities, self.health)  # feature `inspect`, health `guestfs`
         self.intake = Intake(
             self.registry,
             self.store,
