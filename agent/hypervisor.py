@@ -21,7 +21,6 @@ import structlog
 import trio
 
 from agent.config import LibvirtConfig
-from agent.context import JobContext
 from agent.errors import HypervisorError
 from agent.health import Status
 from agent.metrics import LIBVIRT_UP
@@ -396,8 +395,3 @@ class LibvirtConnection:
         if latency_ms > self.config.degraded_latency_ms:
             return "degraded", f"libvirt answers slowly ({latency_ms} ms)", figures
         return "healthy", "connected", figures
-
-
-def connection(ctx: JobContext) -> LibvirtConnection:
-    """The agent's libvirt connection, as a handler gets it."""
-    return ctx.get(LibvirtConnection)

@@ -9,14 +9,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.context import JobContext
 from agent.errors import HandlerError
-from agent.handlers import check_disk_size, missing_is_done
+from agent.handlers import check_disk_size, connection, missing_is_done
 from agent.handlers.domain_xml import NAME_PATTERN
 from agent.hypervisor import (
     POOL_STATES,
     VOL_RESIZE_SHRINK,
     VOLUME_TYPES,
     WIPE_ALGORITHMS,
-    connection,
     lookup_pool,
     lookup_volume,
 )

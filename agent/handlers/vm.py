@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from agent.config import Config
 from agent.context import JobContext
 from agent.errors import HandlerError
-from agent.handlers import missing_is_done
+from agent.handlers import connection, missing_is_done
 from agent.handlers.domain_xml import (
     VmSpec,
     describe_devices,
@@ -28,7 +28,6 @@ from agent.handlers.domain_xml import (
     with_uuid,
 )
 from agent.hypervisor import (
-    connection,
     domain_state,
     lookup_domain,
     undefine_domain,

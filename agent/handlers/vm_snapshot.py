@@ -8,9 +8,9 @@ from xml.etree import ElementTree as ET
 from pydantic import Field
 
 from agent.context import JobContext
+from agent.handlers import connection
 from agent.handlers.domain_xml import NAME_PATTERN, snapshot_xml
 from agent.handlers.vm import DomainRef, domain_resource
-from agent.hypervisor import connection
 from agent.registry import handler
 
 
