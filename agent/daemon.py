@@ -20,7 +20,7 @@ from agent.config import Config
 from agent.dispatcher import Dispatcher
 from agent.errors import AgentError
 from agent.events import EventBus
-from agent.handlers import image, storage, system, vm, vm_snapshot
+from agent.handlers import image, network, storage, system, vm, vm_snapshot
 from agent.health import Health, Status
 from agent.hypervisor import LibvirtConnection
 from agent.hypervisor_facts import libvirt_facts
@@ -67,7 +67,14 @@ class Reloadable(Protocol):
 def build_registry() -> Registry:
     """Every handler this agent ships."""
     return Registry(
-        (*system.HANDLERS, *vm.HANDLERS, *vm_snapshot.HANDLERS, *storage.HANDLERS, *image.HANDLERS)
+        (
+            *system.HANDLERS,
+            *vm.HANDLERS,
+            *vm_snapshot.HANDLERS,
+            *storage.HANDLERS,
+            *network.HANDLERS,
+            *image.HANDLERS,
+        )
     )
 
 

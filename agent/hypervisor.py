@@ -135,6 +135,10 @@ def lookup_pool(conn: Any, name: str) -> Any:
     return _lookup(f"storage pool {name!r}", lambda: conn.storagePoolLookupByName(name))
 
 
+def lookup_network(conn: Any, name: str) -> Any:
+    return _lookup(f"network {name!r}", lambda: conn.networkLookupByName(name))
+
+
 def lookup_volume(conn: Any, pool: str, name: str) -> Any:
     found = lookup_pool(conn, pool)
     return _lookup(f"volume {name!r} in pool {pool!r}", lambda: found.storageVolLookupByName(name))
