@@ -27,6 +27,7 @@ from agent.hypervisor_facts import libvirt_facts
 from agent.intake import Intake
 from agent.logging_config import set_log_level
 from agent.registry import Handler, Registry
+from agent.resources import ResourceView
 from agent.store import Store, count_by_status
 from agent.systemd import Notifier, Notify, feed_watchdog, monotonic_usec, report_status
 from agent.transports import Transport
@@ -115,6 +116,7 @@ class Agent:
             capabilities=self.capabilities,
             health=self.health,
         )
+        self.intake.resources = ResourceView(self.libvirt, config)
         self.transports: list[Transport] = []
         if config.spool.enabled:
             self.spool: SpoolTransport | None = SpoolTransport(config.spool_dir, config.spool)

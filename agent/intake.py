@@ -31,6 +31,7 @@ from agent.store import (
 
 if TYPE_CHECKING:
     from agent.config import Config
+    from agent.resources import ResourceView
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,9 @@ class Intake:
         self._health = health
         # False while the agent drains for shutdown: transports stop taking jobs.
         self.accepting = True
+        # Direct reads of VMs, pools, networks and the host (set by the daemon); their
+        # actions still come in here as jobs.
+        self.resources: ResourceView | None = None
 
     def reload(self, config: Config) -> None:
         """Apply the queue bound and timeout cap of a reloaded config."""
