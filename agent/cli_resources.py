@@ -148,7 +148,7 @@ def _body(args: argparse.Namespace) -> dict[str, Any]:
     return body
 
 
-def _run(args: argparse.Namespace, remote: AgentClient) -> int:  # noqa: PLR0911 (one per noun)
+def _run(args: argparse.Namespace, remote: AgentClient) -> int:
     noun, verb = args.command, args.verb
     base = {"vm": "/api/v1/vms", "pool": "/api/v1/storagepools", "net": "/api/v1/networks"}
     if noun == "host":
