@@ -19,13 +19,14 @@ from agent.config import Config, restart_keys
 from agent.dispatcher import Dispatcher
 from agent.errors import AgentError
 from agent.events import EventBus
-from agent.handlers import guestkit, image, storage, system, vm, vm_snapshot
+from agent.handlers import guestkit, image, network, storage, system, vm, vm_snapshot
 from agent.health import Health, Status
 from agent.hypervisor import LibvirtConnection
 from agent.hypervisor_facts import libvirt_facts
 from agent.intake import Intake
 from agent.logging_config import set_log_level
 from agent.registry import Handler, Registry
+from agent.resources import ResourceView
 from agent.services import Services
 from agent.store import JobStore, SqliteStore
 from agent.systemd import Notifier, Notify, feed_watchdog, monotonic_usec, report_status
@@ -50,6 +51,7 @@ def build_registry() -> Registry:
             *vm.HANDLERS,
             *vm_snapshot.HANDLERS,
             *storage.HANDLERS,
+            *network.HANDLERS,
             *image.HANDLERS,
             *guestkit.available_handlers(),  # only where libguestfs works (looks at files)
         )
@@ -113,6 +115,7 @@ class Agent:
             capabilities=self.capabilities,
             health=self.health,
         )
+        self.intake.resources = ResourceView(self.libvirt, config)
         # Each transport the config turns on; it brings its health, features and outbox.
         self.transports: list[Transport] = []
         for spec in transports:

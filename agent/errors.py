@@ -126,3 +126,10 @@ class ForbiddenError(AgentError):
 class PayloadTooLargeError(AgentError):
     code = "PAYLOAD_TOO_LARGE"
     http_status = 413
+
+
+class UnavailableError(AgentError):
+    """Something an answer needs (the libvirt connection) is not there now; retry later."""
+
+    code = "UNAVAILABLE"
+    http_status = 503
