@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.cli_commands import print_json as _print
-from agent.cli_parser import build_parser
+from agent.cli_parser import RESOURCE_NOUNS, build_parser
 from agent.cli_support import config_path, run_command
 from agent.config import Config, load_config
-from agent.errors import AgentError, UnreachableError
+from agent.errors import AgentError, BadRequestError, UnreachableError
 from agent.jobs import new_job_id
 
 if TYPE_CHECKING:
@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
             from agent.cli_commands import config_check
 
             return config_check(args)
+        if args.command in RESOURCE_NOUNS:
+            return _resource(args, _config(args))
         return int(_COMMANDS[args.command](args, _config(args)) or 0)
 
     code = run_command(command)
@@ -97,12 +99,12 @@ def _document(args: argparse.Namespace) -> dict[str, Any]:
     if args.file is not None:
         document = json.loads(args.file.read_text())
         if not isinstance(document, dict):
-            raise AgentError("the job file must hold a JSON object", field="file")
+            raise BadRequestError("the job file must hold a JSON object", field="file")
     else:
         try:
             data = json.loads(args.data)
         except json.JSONDecodeError as exc:
-            raise AgentError(f"--data is not valid JSON: {exc}", field="data") from exc
+            raise BadRequestError(f"--data is not valid JSON: {exc}", field="data") from exc
         document = {
             "version": "1.0",
             "kind": args.kind,
@@ -132,13 +134,11 @@ def _submit(args: argparse.Namespace, config: Config) -> int:
     if not (spool / "incoming").is_dir() or not os.access(spool / "tmp", os.W_OK):
         raise _no_agent(config, "submit")
     if args.follow:
-        raise AgentError("--follow needs a running agent's socket or --url", field="follow")
-    from agent.transports.spool.transport import write_durably
+        raise BadRequestError("--follow needs a running agent's socket or --url", field="follow")
+    from agent.transports.spool.layout import drop_job
 
     job_id = str(document["job_id"])
-    staged = spool / "tmp" / f"{job_id}.json"
-    write_durably(staged, json.dumps(document).encode())
-    staged.replace(spool / "incoming" / f"{job_id}.json")
+    drop_job(spool, f"{job_id}.json", json.dumps(document).encode())
     print(job_id)
     if not args.wait:
         return 0
@@ -150,7 +150,7 @@ def _wait_for_outcome(spool: Path, job_id: str, timeout: float) -> int:
 
     from agent.cli_commands import outcome_code
     from agent.cli_support import EXIT_FAILED, EXIT_TIMEOUT
-    from agent.transports.spool.transport import result_name
+    from agent.transports.spool.layout import result_name
 
     result = spool / "done" / result_name(job_id)
     refused = spool / "failed" / f"{job_id}.json.error.json"
@@ -180,7 +180,7 @@ def _wait_for_outcome(spool: Path, job_id: str, timeout: float) -> int:
 
 def _read(config: Config, query: Any, *args: Any, **kwargs: Any) -> Any:
     """Read the job store directly (no agent running), if this user may."""
-    from agent.store import connect
+    from agent.store.schema import connect
 
     if not config.store_path.exists():
         raise _no_agent(config, "reading jobs")
@@ -234,7 +234,7 @@ def _jobs(args: argparse.Namespace, config: Config) -> int:
 
 def _jobs_from_store(args: argparse.Namespace, config: Config) -> int:
     from agent.cli_commands import print_jobs
-    from agent.store import list_jobs
+    from agent.store.queries import list_jobs
 
     after = int(args.cursor) if args.cursor else 0
     first = True
@@ -264,7 +264,7 @@ def _jobs_from_store(args: argparse.Namespace, config: Config) -> int:
 
 
 def _status(args: argparse.Namespace, config: Config) -> int:
-    from agent.store import get_job
+    from agent.store.queries import get_job
 
     if (remote := _remote(args, config)) is not None:
         with remote:
@@ -275,7 +275,7 @@ def _status(args: argparse.Namespace, config: Config) -> int:
 
 
 def _result(args: argparse.Namespace, config: Config) -> int:
-    from agent.store import get_result
+    from agent.store.queries import get_result
 
     if (remote := _remote(args, config)) is not None:
         with remote:
@@ -286,7 +286,7 @@ def _result(args: argparse.Namespace, config: Config) -> int:
 
 
 def _logs(args: argparse.Namespace, config: Config) -> int:
-    from agent.store import get_events
+    from agent.store.queries import get_events
 
     if (remote := _remote(args, config)) is not None:
         with remote:
@@ -299,7 +299,7 @@ def _logs(args: argparse.Namespace, config: Config) -> int:
 
 
 def _cancel(args: argparse.Namespace, config: Config) -> int:
-    from agent.store import get_job
+    from agent.store.queries import get_job
 
     if (remote := _remote(args, config)) is not None:
         with remote:
@@ -312,11 +312,12 @@ def _cancel(args: argparse.Namespace, config: Config) -> int:
     # The running agent watches spool/cancel/ and cancels the job named by the file.
     state = _read(config, get_job, args.job_id)
     if state.status.terminal:
-        raise AgentError(f"Job {args.job_id} is already {state.status.value}", field="status")
-    request = config.spool_dir / "cancel" / args.job_id
-    if not request.parent.is_dir():
+        raise BadRequestError(f"Job {args.job_id} is already {state.status.value}", field="status")
+    from agent.transports.spool.layout import request_cancel
+
+    if not (config.spool_dir / "cancel").is_dir():
         raise _no_agent(config, "cancel")
-    request.touch()
+    request_cancel(config.spool_dir, args.job_id)
     print(f"cancel requested for {args.job_id}")
     return 0
 
@@ -336,7 +337,7 @@ def _validate(args: argparse.Namespace, config: Config) -> int:
     try:
         raw = json.loads(args.file.read_bytes())
     except (OSError, ValueError) as exc:
-        raise AgentError(f"{args.file}: not readable JSON: {exc}", field="document") from exc
+        raise BadRequestError(f"{args.file}: not readable JSON: {exc}", field="document") from exc
     job = prepare_job(
         build_registry(), raw, transport="cli", max_timeout=config.max_timeout_seconds
     )
@@ -393,7 +394,7 @@ def _token_create(args: argparse.Namespace, config: Config) -> int:
     scopes = [scope.strip() for scope in args.scopes.split(",") if scope.strip()]
     unknown = [scope for scope in scopes if scope not in SCOPES]
     if unknown or not scopes:
-        raise AgentError(
+        raise BadRequestError(
             f"--scopes: unknown scope(s) {', '.join(unknown) or '(none given)'}",
             field="scopes",
             reason=f"Expected some of {', '.join(SCOPES)}",
@@ -417,6 +418,12 @@ def _remote(args: argparse.Namespace, config: Config) -> AgentClient | None:
     from agent.cli_support import connect
 
     return connect(args, config)
+
+
+def _resource(args: argparse.Namespace, config: Config) -> int:
+    from agent.cli_resources import run_command as run_noun
+
+    return run_noun(args, _require_remote(args, config))
 
 
 def _require_remote(args: argparse.Namespace, config: Config) -> AgentClient:

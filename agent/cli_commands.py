@@ -21,6 +21,7 @@ from agent.cli_support import (
 )
 from agent.config import Config, load_config
 from agent.errors import AgentError, ConfigError, NotFoundError
+from agent.transports.http.settings import HttpConfig
 
 if TYPE_CHECKING:
     from agent.client import AgentClient
@@ -43,8 +44,9 @@ def config_check(args: argparse.Namespace) -> int:
     if path is None:
         print("hostagent: no config file (the built-in defaults apply)", file=sys.stderr)
     config = load_config(path)
-    if config.http.enabled:
-        check_exposure(config.http)
+    http = config.section(HttpConfig)
+    if http.enabled:
+        check_exposure(http)
     print(f"{path or '(defaults)'}: ok")
     return EXIT_OK
 
@@ -66,7 +68,7 @@ def config_show(args: argparse.Namespace, config: Config) -> int:
 
 
 def token_list(args: argparse.Namespace, config: Config) -> int:
-    tokens = config.http.tokens
+    tokens = config.section(HttpConfig).tokens
     if args.json:
         print_json([{"name": t.name, "scopes": list(t.scopes)} for t in tokens])
         return EXIT_OK
@@ -84,7 +86,7 @@ def token_revoke(args: argparse.Namespace, config: Config) -> int:
     path = config_path(args.config)
     if path is None or not path.is_file():
         raise ConfigError("token revoke: no config file to edit", field="config")
-    if args.name not in {token.name for token in config.http.tokens}:
+    if args.name not in {token.name for token in config.section(HttpConfig).tokens}:
         raise NotFoundError(f"no token named {args.name!r} in the config", field="name")
     lines = path.read_text().splitlines(keepends=True)
     kept = _without_token(lines, args.name)

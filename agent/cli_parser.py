@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.cli_resources import add_commands
 from agent.cli_support import EXIT_CODES_HELP, add_client_options
 
 DESCRIPTION = "hostagent: the per-host job agent, and the command line to talk to it."
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_submit(commands)
     _add_reads(commands)
+    RESOURCE_NOUNS.extend(add_commands(commands, _resource_options))
     _add_admin(commands)
     validate = commands.add_parser("validate", help="check a job file without submitting it")
     _common(validate)
@@ -66,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 Commands = Any  # argparse's private _SubParsersAction
+# The resource nouns (vm, pool, ...) of agent/cli_resources.py, filled by build_parser.
+RESOURCE_NOUNS: list[str] = []
+
+
+def _resource_options(parser: argparse.ArgumentParser) -> None:
+    _common(parser)
+    add_client_options(parser)
 
 
 def _add_submit(commands: Commands) -> None:

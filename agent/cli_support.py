@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from agent.config import DEFAULT_CONFIG_PATH
 from agent.errors import (
     AgentError,
+    BadRequestError,
     ConfigError,
     ForbiddenError,
     UnauthorizedError,
@@ -132,9 +133,12 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
 def socket_of(config: Config) -> Path | None:
     from agent.transports.http.local import local_socket_path
 
-    if not config.http.enabled:
+    from agent.transports.http.settings import HttpConfig
+
+    http = config.section(HttpConfig)
+    if not http.enabled:
         return None
-    return local_socket_path(config.http, config.state_dir)
+    return local_socket_path(http, config.state_dir)
 
 
 def connect(args: argparse.Namespace, config: Config) -> AgentClient | None:
@@ -169,7 +173,7 @@ def _over_http(args: argparse.Namespace, url: str) -> AgentClient:
         try:
             token = args.token_file.read_text().strip()
         except OSError as exc:
-            raise AgentError(f"--token-file: {exc}", field="token_file") from exc
+            raise BadRequestError(f"--token-file: {exc}", field="token_file") from exc
     cert = None
     if args.client_cert is not None:
         cert = (str(args.client_cert), str(args.client_key or args.client_cert))

@@ -33,7 +33,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
 
-from agent.config import HttpConfig, Scope
+from agent.transports.http.settings import HttpConfig, Scope
 from agent.errors import ConfigError, ForbiddenError
 
 log = structlog.get_logger("agent.http.local")

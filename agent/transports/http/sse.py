@@ -20,7 +20,7 @@ from quart import Response, request
 
 from agent.errors import BadRequestError
 from agent.events import Subscription
-from agent.intake import Intake
+from agent.intake import TransportIntake
 from agent.transports.http.api import state
 
 KEEPALIVE_SECONDS = 15.0
@@ -49,7 +49,7 @@ def _last_event_id() -> int:
 class _Stream:
     """One client's position: which jobs, what it was sent, which have finished."""
 
-    def __init__(self, intake: Intake, job_ids: list[str], cursor: int) -> None:
+    def __init__(self, intake: TransportIntake, job_ids: list[str], cursor: int) -> None:
         self.intake = intake
         self.job_ids = job_ids
         self.cursor = cursor

@@ -25,9 +25,10 @@ from hypercorn.config import Sockets
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
-from agent.config import Config, HttpConfig
+from agent.config import Config
 from agent.errors import ConfigError
-from agent.intake import Intake
+from agent.health import Status
+from agent.intake import TransportIntake
 from agent.transports.http.api import ApiState
 from agent.transports.http.app import build_app
 from agent.transports.http.auth import TokenTable
@@ -39,6 +40,7 @@ from agent.transports.http.local import (
     serve_local,
 )
 from agent.transports.http.local_auth import EXTENSION, LocalAccess
+from agent.transports.http.settings import HttpConfig
 
 log = structlog.get_logger("agent.http")
 
@@ -169,6 +171,7 @@ async def serve_asgi(
 
 class HttpTransport:
     name = "http"
+    outbox = None  # clients poll or watch live events: nothing durable to deliver
 
     def __init__(self, config: HttpConfig, *, state_dir: Path | None = None) -> None:
         check_exposure(config)
@@ -180,6 +183,7 @@ class HttpTransport:
         # Set once listening (port 0 binds report the port the kernel chose).
         self.address: tuple[str, int] | None = None
         self._local: LocalAccess | None = None
+        self._intake: TransportIntake | None = None
 
     @property
     def url(self) -> str:
@@ -188,9 +192,20 @@ class HttpTransport:
         host = f"[{host}]" if ":" in host else host
         return f"{'https' if self._context else 'http'}://{host}:{port}"
 
+    def features(self) -> list[str]:
+        tls = ["tls"] if self.config.tls_cert is not None else []
+        return ["http", "websocket", "sse", "batch", *tls]
+
+    async def health(self) -> tuple[Status, str, dict[str, Any]]:
+        if self.address is None or self._intake is None:
+            return "unhealthy", "not listening", {}
+        if not self._intake.accepting:
+            return "degraded", "draining: new jobs are refused", {"url": self.url}
+        return "healthy", "listening", {"url": self.url}
+
     def reload(self, full: Config) -> None:
         """Take new tokens and TLS cert/key (SIGHUP); the bind address needs a restart."""
-        config = full.http
+        config = full.section(HttpConfig)
         check_exposure(config)
         tokens = TokenTable(config.tokens, required=not config.insecure_no_auth)
         if config.bind != self.config.bind or (config.tls_cert is None) != (self._context is None):
@@ -211,8 +226,12 @@ class HttpTransport:
         log.info("http.reloaded", tokens=len(config.tokens))
 
     async def run(
-        self, intake: Intake, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        intake: TransportIntake,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        self._intake = intake
         listener = self._bind()
         self._api = ApiState(intake, self.config, self._tokens)
         app = build_app(self._api)

@@ -10,7 +10,7 @@ import httpx
 import trio
 
 from agent.config import Config
-from tests.http_helpers import READ, serving, sleep_job, wait_terminal, with_http
+from tests.http_helpers import READ, http_of, serving, sleep_job, wait_terminal, with_http
 
 
 async def read_stream(
@@ -56,15 +56,14 @@ async def test_a_reconnecting_client_gets_what_it_missed_then_the_stream_ends(
     config: Config,
 ) -> None:
     async with serving(with_http(config)) as agent:
-        assert agent.http is not None
         await agent.intake.submit(sleep_job("resumed", 2.5), transport="test")
         with trio.fail_after(30):
-            first = await read_stream(agent.http.url, "resumed", stop_after_progress=True)
+            first = await read_stream(http_of(agent).url, "resumed", stop_after_progress=True)
             seen = first[-1][0]
             assert first[-1][1]["type"] == "progress"
             assert await wait_terminal(agent, "resumed") == "Completed"
             # The job finished while nobody listened: the stream replays, then ends.
-            rest = await read_stream(agent.http.url, "resumed", last_event_id=seen)
+            rest = await read_stream(http_of(agent).url, "resumed", last_event_id=seen)
         everything = await agent.intake.logs("resumed")
     replayed = [message for _, message in rest if message["type"] == "progress"]
     # Every progress event logged after the one the client saw last, in order.
@@ -84,20 +83,18 @@ async def test_a_reconnecting_client_gets_what_it_missed_then_the_stream_ends(
 
 async def test_a_job_filtered_stream_ends_when_its_jobs_finish(config: Config) -> None:
     async with serving(with_http(config)) as agent:
-        assert agent.http is not None
         await agent.intake.submit(sleep_job("short", 0.2), transport="test")
         with trio.fail_after(20):
-            frames = await read_stream(agent.http.url, "short")
+            frames = await read_stream(http_of(agent).url, "short")
     statuses = [m["data"]["status"] for _, m in frames if m["type"] in ("status", "initial_status")]
     assert statuses[-1] == "Completed"
 
 
 async def test_a_bad_last_event_id_is_refused(config: Config) -> None:
     async with serving(with_http(config)) as agent:
-        assert agent.http is not None
         await agent.intake.submit(sleep_job("bad-id", 0), transport="test")
         headers = {"Authorization": f"Bearer {READ}", "Last-Event-ID": "yesterday"}
-        async with httpx.AsyncClient(base_url=agent.http.url, headers=headers) as http:
+        async with httpx.AsyncClient(base_url=http_of(agent).url, headers=headers) as http:
             response = await http.get("/api/v1/events", params={"job_id": "bad-id"})
     assert response.status_code == 400
     assert response.json()["details"]["field"] == "Last-Event-ID"
