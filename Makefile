@@ -12,11 +12,17 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 RUN_PACKAGES := libvirt-dev pkg-config gcc qemu-utils \
 	libguestfs-tools python3-guestfs linux-image-amd64
 # Tests also start a real libvirtd with QEMU.
-TEST_PACKAGES := $(RUN_PACKAGES) libvirt-daemon-system qemu-system-x86 systemd
+# Tests also boot systemd in a container (systemd-container: systemd-nspawn) on the
+# .deb, and render /docs in headless Chromium.
+TEST_PACKAGES := $(RUN_PACKAGES) libvirt-daemon-system qemu-system-x86 systemd \
+	systemd-container chromium python3-venv python3-dev lintian acl
+# make deb: Debian's python3 and headers for the venv under /opt/hostagent, lintian.
+DEB_PACKAGES := $(RUN_PACKAGES) python3-venv python3-dev lintian
 
 RUN_ARGS ?=
 
-.PHONY: run test lint bench bench-http bench-inspect system-deps-run system-deps-test clean
+.PHONY: run test lint bench bench-http bench-inspect deb system-deps-run system-deps-test \
+	system-deps-deb clean
 
 # `make run` runs the agent of ./hostagent.toml: state and spool under ./var, the local
 # API on var/state/api.sock (the CLI finds it from the checkout), HTTP on 127.0.0.1:8080
@@ -43,6 +49,14 @@ bench-http: system-deps-run $(STAMP)
 
 bench-inspect: system-deps-run $(STAMP)
 	$(BIN)/python bench/inspect.py
+
+# build/hostagent_<version>_amd64.deb (dpkg-deb; see packaging/build-deb), then lintian.
+deb: system-deps-deb $(STAMP)
+	$(SUDO) packaging/build-deb build
+	lintian --suppress-tags-from-file packaging/lintian-suppressed build/hostagent_*.deb
+
+system-deps-deb:
+	@scripts/apt-ensure $(DEB_PACKAGES)
 
 system-deps-run:
 	@scripts/apt-ensure $(RUN_PACKAGES)

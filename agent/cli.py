@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             return _resource(args, _config(args))
         return int(_COMMANDS[args.command](args, _config(args)) or 0)
 
-    code = run_command(command)
+    code = run_command(command, daemon=args.command == "run")
     try:
         sys.stdout.flush()
     except BrokenPipeError:

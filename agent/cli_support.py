@@ -79,8 +79,18 @@ def exit_code(exc: BaseException) -> int:
     return EXIT_SOFTWARE
 
 
-def run_command(command: Callable[[], int]) -> int:
-    """Run a command; every way it can end becomes a message and an exit code."""
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def run_command(command: Callable[[], int], *, daemon: bool = False) -> int:
+    """Run a command; every way it can end becomes a message and an exit code.
+
+    `daemon`: the agent itself, whose unexpected crash leaves its traceback in
+    the journal for whoever investigates.
+    """
     import json
 
     try:
@@ -104,13 +114,11 @@ def run_command(command: Callable[[], int]) -> int:
         print(f"hostagent: {exc.strerror or exc}{where}", file=sys.stderr)
         return exit_code(exc)
     except Exception as exc:  # noqa: BLE001  # the last line of defence: no bare traceback
-        if os.environ.get("HOSTAGENT_DEBUG"):
+        if daemon or os.environ.get("HOSTAGENT_DEBUG"):
             traceback.print_exc()
-        print(
-            f"hostagent: internal error: {type(exc).__name__}: {exc} "
-            "(HOSTAGENT_DEBUG=1 shows the traceback)",
-            file=sys.stderr,
-        )
+        causes = "; ".join(f"{type(leaf).__name__}: {leaf}" for leaf in _leaves(exc))
+        hint = "" if daemon else " (HOSTAGENT_DEBUG=1 shows the traceback)"
+        print(f"hostagent: internal error: {causes}{hint}", file=sys.stderr)
         return EXIT_SOFTWARE
 
 
@@ -132,7 +140,6 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
 
 def socket_of(config: Config) -> Path | None:
     from agent.transports.http.local import local_socket_path
-
     from agent.transports.http.settings import HttpConfig
 
     http = config.section(HttpConfig)

@@ -23,7 +23,7 @@ from agent.errors import ConfigError
 DEFAULT_CONFIG_PATH = Path("/etc/hostagent/agent.toml")
 ENV_PREFIX = "HOSTAGENT_"
 # HOSTAGENT_* variables that are not config keys (the CLI's client settings).
-_NOT_CONFIG = {"HOSTAGENT_CONFIG", "HOSTAGENT_TOKEN", "HOSTAGENT_URL"}
+_NOT_CONFIG = {"HOSTAGENT_DEBUG", "HOSTAGENT_CONFIG", "HOSTAGENT_TOKEN", "HOSTAGENT_URL"}
 
 
 class Section(BaseModel):

@@ -49,7 +49,12 @@ def _kernel_problem() -> str | None:
     if not kernels:
         return f"no kernel for the appliance in {BOOT} (Debian: linux-image-amd64)"
     versions = [kernel.name.removeprefix("vmlinuz-") for kernel in kernels]
-    if not any((MODULES / version).is_dir() for version in versions):
+    try:
+        found = any((MODULES / version).is_dir() for version in versions)
+    except PermissionError:
+        # The shipped unit's ProtectKernelModules= hides the modules: no appliance.
+        return f"cannot read {MODULES} (ProtectKernelModules= in the unit?)"
+    if not found:
         return f"no modules in {MODULES} for the kernels in {BOOT}: {', '.join(versions)}"
     if not any(os.access(kernel, os.R_OK) for kernel in kernels):
         return f"cannot read the kernels in {BOOT}"

@@ -33,8 +33,8 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
 
-from agent.transports.http.settings import HttpConfig, Scope
 from agent.errors import ConfigError, ForbiddenError
+from agent.transports.http.settings import HttpConfig, Scope
 
 log = structlog.get_logger("agent.http.local")
 
