@@ -55,10 +55,10 @@ class Container:
             f"mount -t overlay overlay -o lowerdir=/,upperdir={upper},workdir={work} {root}"
             ' && exec "$@"'
         )
+        argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh"]
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
-                ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh"]
-                + nspawn,
+                [*argv, *nspawn],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -95,7 +95,7 @@ class Container:
         user: str | None = None,
         check: bool = True,
         timeout: float = 120.0,
-        input: str | None = None,  # noqa: A002  # subprocess's own name
+        input: str | None = None,  # subprocess's own name
     ) -> subprocess.CompletedProcess[str]:
         assert self.init_pid is not None
         prefix = ["runuser", "-u", user, "--"] if user else []
