@@ -6,10 +6,9 @@ import argparse
 import json
 import os
 import sys
-import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent import cli_offline
 from agent.cli_commands import print_json as _print
 from agent.cli_parser import RESOURCE_NOUNS, build_parser
 from agent.cli_support import config_path, run_command
@@ -135,66 +134,7 @@ def _submit(args: argparse.Namespace, config: Config) -> int:
         raise _no_agent(config, "submit")
     if args.follow:
         raise BadRequestError("--follow needs a running agent's socket or --url", field="follow")
-    from agent.transports.spool.layout import drop_job
-
-    job_id = str(document["job_id"])
-    drop_job(spool, f"{job_id}.json", json.dumps(document).encode())
-    print(job_id)
-    if not args.wait:
-        return 0
-    return _wait_for_outcome(spool, job_id, args.wait_timeout)
-
-
-def _wait_for_outcome(spool: Path, job_id: str, timeout: float) -> int:
-    import watchfiles
-
-    from agent.cli_commands import outcome_code
-    from agent.cli_support import EXIT_FAILED, EXIT_TIMEOUT
-    from agent.transports.spool.layout import result_name
-
-    result = spool / "done" / result_name(job_id)
-    refused = spool / "failed" / f"{job_id}.json.error.json"
-    deadline = time.monotonic() + timeout
-    watched = [str(spool / "done"), str(spool / "failed")]
-    for _ in watchfiles.watch(
-        *watched,
-        recursive=False,
-        yield_on_timeout=True,
-        rust_timeout=1000,
-        step=5,
-        debounce=50,
-        watch_filter=None,
-    ):
-        if result.exists():
-            record = json.loads(result.read_text())
-            _print(record)
-            return outcome_code(record["status"])
-        if refused.exists():
-            _print(json.loads(refused.read_text()))
-            return EXIT_FAILED
-        if time.monotonic() > deadline:
-            print(f"hostagent: no result for {job_id} after {timeout:g}s", file=sys.stderr)
-            return EXIT_TIMEOUT
-    return EXIT_FAILED
-
-
-def _read(config: Config, query: Any, *args: Any, **kwargs: Any) -> Any:
-    """Read the job store directly (no agent running), if this user may."""
-    from agent.store.schema import connect
-
-    if not config.store_path.exists():
-        raise _no_agent(config, "reading jobs")
-    if not os.access(config.store_path, os.R_OK):
-        raise PermissionError(
-            13,
-            "no agent socket, and the job store is not readable by this user",
-            str(config.store_path),
-        )
-    conn = connect(config.store_path, readonly=True)
-    try:
-        return query(conn, *args, **kwargs)
-    finally:
-        conn.close()
+    return cli_offline.submit_to_spool(args, spool, document)
 
 
 def _no_agent(config: Config, command: str) -> UnreachableError:
@@ -208,7 +148,7 @@ def _jobs(args: argparse.Namespace, config: Config) -> int:
 
     remote = _remote(args, config)
     if remote is None:
-        return _jobs_from_store(args, config)
+        return cli_offline.jobs_from_store(args, config)
     cursor, first = args.cursor, True
     with remote:
         while True:
@@ -232,37 +172,6 @@ def _jobs(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _jobs_from_store(args: argparse.Namespace, config: Config) -> int:
-    from agent.cli_commands import print_jobs
-    from agent.store.queries import list_jobs
-
-    after = int(args.cursor) if args.cursor else 0
-    first = True
-    while True:
-        jobs, total, after_seq = _read(
-            config,
-            list_jobs,
-            status=args.status,
-            operation=args.operation,
-            limit=args.limit,
-            after_seq=after,
-            newest_first=True,
-        )
-        rows = [job.model_dump(mode="json") for job in jobs]
-        if args.json:
-            print(json.dumps({"jobs": rows, "total": total, "next_cursor": after_seq}))
-        else:
-            print_jobs(rows, header=first)
-        first = False
-        if not (args.all and after_seq):
-            break
-        after = after_seq
-    if not args.json:
-        more = f"; more: --cursor {after_seq}" if after_seq else ""
-        print(f"({total} jobs{more})", file=sys.stderr)
-    return 0
-
-
 def _status(args: argparse.Namespace, config: Config) -> int:
     from agent.store.queries import get_job
 
@@ -270,7 +179,7 @@ def _status(args: argparse.Namespace, config: Config) -> int:
         with remote:
             _print(remote.status(args.job_id))
         return 0
-    _print(_read(config, get_job, args.job_id).model_dump(mode="json"))
+    _print(cli_offline.read_store(config, get_job, args.job_id).model_dump(mode="json"))
     return 0
 
 
@@ -281,7 +190,7 @@ def _result(args: argparse.Namespace, config: Config) -> int:
         with remote:
             _print(remote.result(args.job_id))
         return 0
-    _print(_read(config, get_result, args.job_id))
+    _print(cli_offline.read_store(config, get_result, args.job_id))
     return 0
 
 
@@ -292,7 +201,7 @@ def _logs(args: argparse.Namespace, config: Config) -> int:
         with remote:
             events = remote.logs(args.job_id)
     else:
-        events = _read(config, get_events, args.job_id)
+        events = cli_offline.read_store(config, get_events, args.job_id)
     for event in events:
         print(json.dumps(event))
     return 0
@@ -310,7 +219,7 @@ def _cancel(args: argparse.Namespace, config: Config) -> int:
             print(f"{args.job_id}: {answer['status']}")
         return 0
     # The running agent watches spool/cancel/ and cancels the job named by the file.
-    state = _read(config, get_job, args.job_id)
+    state = cli_offline.read_store(config, get_job, args.job_id)
     if state.status.terminal:
         raise BadRequestError(f"Job {args.job_id} is already {state.status.value}", field="status")
     from agent.transports.spool.layout import request_cancel
@@ -377,40 +286,13 @@ def _token(args: argparse.Namespace, config: Config) -> int:
         return cli_commands.token_list(args, config)
     if action == "revoke":
         return cli_commands.token_revoke(args, config)
-    return _token_create(args, config)
+    return cli_offline.token_create(args, config)
 
 
 def _config_show(args: argparse.Namespace, config: Config) -> int:
     from agent.cli_commands import config_show
 
     return config_show(args, config)
-
-
-def _token_create(args: argparse.Namespace, config: Config) -> int:
-    from datetime import UTC, datetime
-
-    from agent.transports.http.auth import SCOPES, create_token, token_entry_toml
-
-    scopes = [scope.strip() for scope in args.scopes.split(",") if scope.strip()]
-    unknown = [scope for scope in scopes if scope not in SCOPES]
-    if unknown or not scopes:
-        raise BadRequestError(
-            f"--scopes: unknown scope(s) {', '.join(unknown) or '(none given)'}",
-            field="scopes",
-            reason=f"Expected some of {', '.join(SCOPES)}",
-        )
-    name = args.name or f"token-{datetime.now(UTC):%Y%m%d-%H%M%S}"
-    token, entry = create_token(name, scopes)
-    print(token)
-    print()
-    print(token_entry_toml(entry), end="")
-    print(
-        "\nThe token is shown once and stored nowhere; the agent keeps only its SHA-256.\n"
-        "Add the entry to the agent's config (or HOSTAGENT_HTTP__TOKENS as JSON) and restart "
-        "or reload it. Clients send 'Authorization: Bearer <token>'.",
-        file=sys.stderr,
-    )
-    return 0
 
 
 def _remote(args: argparse.Namespace, config: Config) -> AgentClient | None:
