@@ -12,7 +12,7 @@ import pytest
 
 from agent.cli import main
 from tests.agentproc import AgentProcess
-from tests.spoolkit import job
+from tests.jobs import job
 
 
 def hostagent(*args: str) -> subprocess.CompletedProcess[str]:

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.agentproc import AgentProcess
-from tests.spoolkit import drop, job
+from tests.jobs import job
+from tests.spoolkit import drop
 
 
 def wait_until(check: Callable[[], bool], limit: float, what: str) -> None:

@@ -28,7 +28,8 @@ from agent.systemd import (
     socket_address,
     watchdog_interval,
 )
-from tests.service import Service, sleep_job
+from tests.jobs import sleep_job
+from tests.service import Service
 
 ROOT = Path(__file__).resolve().parents[2]
 
