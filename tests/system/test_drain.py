@@ -188,6 +188,7 @@ def read_job(service: Service, job_id: str) -> tuple[JobState, list[dict[str, An
         conn.close()
 
 
+@pytest.mark.slow
 def test_sigterm_drains_and_restart_resolves_the_interrupted_job(service: Service) -> None:
     service.start()
     service.expect(lambda n: n.fields.get("READY") == "1", within=30)

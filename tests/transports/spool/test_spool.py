@@ -28,6 +28,7 @@ def config(config: Config) -> Config:
     return config.model_copy(update={"spool": spool})
 
 
+@pytest.mark.slow
 async def test_thousand_files_mixed_writers_each_run_exactly_once(
     agent: Agent, config: Config
 ) -> None:
