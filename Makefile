@@ -16,7 +16,7 @@ TEST_PACKAGES := $(RUN_PACKAGES) libvirt-daemon-system qemu-system-x86 systemd
 
 RUN_ARGS ?=
 
-.PHONY: run test lint bench bench-http bench-inspect system-deps-run system-deps-test clean
+.PHONY: run test test-fast lint bench bench-http bench-inspect system-deps-run system-deps-test clean
 
 # `make run` serves the HTTP API on 127.0.0.1:8080 without tokens, for local development;
 # the agent refuses --insecure-no-auth on any non-loopback address.
@@ -29,6 +29,11 @@ test: system-deps-test $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest --cov --cov-report=term-missing:skip-covered
+
+# The inner loop: everything but the real-process soak tests (marked slow); no mypy.
+test-fast: system-deps-test $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/pytest -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -128,6 +128,7 @@ def completed(outcome: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+@pytest.mark.slow
 def test_inspect_reports_the_planted_guest(
     outcomes: dict[str, dict[str, Any]], disks: dict[str, Path]
 ) -> None:
@@ -162,12 +163,14 @@ def test_inspect_reports_the_planted_guest(
     ]
 
 
+@pytest.mark.slow
 def test_inspect_reads_a_disk_a_writer_holds_locked(outcomes: dict[str, dict[str, Any]]) -> None:
     assert outcomes["lock"]["info_without_share"] != 0
     assert "lock" in outcomes["lock"]["stderr"]
     completed(outcomes["inspect"])
 
 
+@pytest.mark.slow
 def test_inspect_reports_progress_at_each_stage(outcomes: dict[str, dict[str, Any]]) -> None:
     messages = [
         event["data"].get("message")
@@ -179,6 +182,7 @@ def test_inspect_reports_progress_at_each_stage(outcomes: dict[str, dict[str, An
     assert "hashing" in messages[: messages.index("launch")]  # the checksum came first
 
 
+@pytest.mark.slow
 def test_profile_reports_exactly_the_planted_findings(
     outcomes: dict[str, dict[str, Any]],
 ) -> None:
@@ -221,6 +225,7 @@ def test_profile_reports_exactly_the_planted_findings(
     }
 
 
+@pytest.mark.slow
 def test_profile_of_a_clean_guest_finds_nothing(outcomes: dict[str, dict[str, Any]]) -> None:
     result = completed(outcomes["clean"])
     assert result["operating_system"]["hostname"] == guestdisks.CLEAN_HOSTNAME
@@ -228,6 +233,7 @@ def test_profile_of_a_clean_guest_finds_nothing(outcomes: dict[str, dict[str, An
     assert result["summary"]["total"] == 0
 
 
+@pytest.mark.slow
 def test_health_names_the_accelerator_after_a_job(outcomes: dict[str, dict[str, Any]]) -> None:
     component = outcomes["health"]["components"]["guestfs"]
     assert component["status"] == "healthy"
@@ -402,6 +408,7 @@ def test_release_end_of_life_is_read_from_the_guests_distro_info() -> None:
     assert _findings.release_rules(no_data, date(2099, 1, 1)) == []
 
 
+@pytest.mark.slow
 def test_client_flow_against_a_running_agent(tmp_path: Path, disks: dict[str, Path]) -> None:
     """As the guestkit client examples do: submit, wait, print product name and count."""
     state, spool = tmp_path / "state", tmp_path / "spool"
