@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 import sys
 from datetime import date
 from pathlib import Path
@@ -109,10 +110,14 @@ class held_open_for_writing:  # noqa: N801 (reads as the context manager it is)
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        ready = subprocess.run(
-            ["qemu-img", "info", "-U", str(self.path)], capture_output=True, check=True
-        )
-        assert ready.returncode == 0
+        # Ready once the write lock is taken: a plain `qemu-img info` is refused for it.
+        deadline = time.monotonic() + 30
+        while (
+            subprocess.run(["qemu-img", "info", str(self.path)], capture_output=True).returncode
+            == 0
+        ):
+            assert time.monotonic() < deadline, "qemu-io never took the image's lock"
+            time.sleep(0.05)
 
     def __exit__(self, *exc_info: object) -> None:
         assert self.process is not None
