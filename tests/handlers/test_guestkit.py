@@ -12,8 +12,8 @@ import hashlib
 import json
 import os
 import subprocess
-import time
 import sys
+import time
 from datetime import date
 from pathlib import Path
 from typing import Any
