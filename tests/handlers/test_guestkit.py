@@ -112,10 +112,8 @@ class held_open_for_writing:  # noqa: N801 (reads as the context manager it is)
         )
         # Ready once the write lock is taken: a plain `qemu-img info` is refused for it.
         deadline = time.monotonic() + 30
-        while (
-            subprocess.run(["qemu-img", "info", str(self.path)], capture_output=True).returncode
-            == 0
-        ):
+        probe = ["qemu-img", "info", str(self.path)]
+        while subprocess.run(probe, capture_output=True, check=False).returncode == 0:
             assert time.monotonic() < deadline, "qemu-io never took the image's lock"
             time.sleep(0.05)
 
