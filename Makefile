@@ -21,8 +21,8 @@ DEB_PACKAGES := $(RUN_PACKAGES) python3-venv python3-dev lintian
 
 RUN_ARGS ?=
 
-.PHONY: run test lint bench bench-http bench-inspect deb system-deps-run system-deps-test \
-	system-deps-deb clean
+.PHONY: run test test-fast lint bench bench-http bench-inspect deb system-deps-run \
+	system-deps-test system-deps-deb clean
 
 # `make run` runs the agent of ./hostagent.toml: state and spool under ./var, the local
 # API on var/state/api.sock (the CLI finds it from the checkout), HTTP on 127.0.0.1:8080
@@ -35,6 +35,11 @@ test: system-deps-test $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest --cov --cov-report=term-missing:skip-covered
+
+# The inner loop: everything but the real-process soak tests (marked slow); no mypy.
+test-fast: system-deps-test $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/pytest -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

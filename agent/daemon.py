@@ -19,7 +19,7 @@ from agent.config import Config, restart_keys
 from agent.dispatcher import Dispatcher
 from agent.errors import AgentError
 from agent.events import EventBus
-from agent.handlers import guestkit, image, network, storage, system, vm, vm_snapshot
+from agent.handlers import guestkit, image, network, storage, system, vm, vm_screen, vm_snapshot
 from agent.health import Health, Status
 from agent.hypervisor import LibvirtConnection
 from agent.hypervisor_facts import libvirt_facts
@@ -50,6 +50,7 @@ def build_registry() -> Registry:
             *system.HANDLERS,
             *vm.HANDLERS,
             *vm_snapshot.HANDLERS,
+            *vm_screen.HANDLERS,
             *storage.HANDLERS,
             *network.HANDLERS,
             *image.HANDLERS,

@@ -21,11 +21,12 @@ from quart import Response, request
 from agent.errors import BadRequestError
 from agent.events import Subscription
 from agent.intake import TransportIntake
+from agent.jobs import JobStatus
 from agent.transports.http.api import state
 
 KEEPALIVE_SECONDS = 15.0
-TERMINAL = ("Completed", "Failed", "Cancelled")
 _DURABLE = ("progress", "log")
+_TERMINAL = {status.value for status in JobStatus if status.terminal}
 _LAGGED = {
     "error": "RATE_LIMITED",
     "message": "Events were dropped because this client fell behind; reconnect",
@@ -73,7 +74,7 @@ class _Stream:
                 return
 
     async def status(self, job_id: str, kind: str, data: dict[str, Any]) -> bytes:
-        if data.get("status") in TERMINAL:
+        if data.get("status") in _TERMINAL:
             self.finished.add(job_id)
         return _frame({"type": kind, "job_id": job_id, "data": data}, self.cursor)
 
