@@ -82,6 +82,8 @@ class MemoryStore:
     def __init__(self) -> None:
         self._jobs: dict[str, _Job] = {}
         self._seq = 0
+        # Every job's events in one numbered log, like the job_events table's ids.
+        self._event_log: list[tuple[int, str, dict[str, Any]]] = []
         self._outbox: list[_Entry] = []
         self._outbox_id = 0
         self._consumers: dict[str, OutboxInterest] = {}
@@ -142,6 +144,21 @@ class MemoryStore:
         await trio.lowlevel.checkpoint()
         return json.loads(json.dumps(self._job(job_id).events))  # type: ignore[no-any-return]
 
+    async def get_events_after(
+        self, after_id: int, job_ids: Sequence[str] | None
+    ) -> list[dict[str, Any]]:
+        await trio.lowlevel.checkpoint()
+        return [
+            {
+                "id": event_id,
+                "job_id": job_id,
+                "type": event["type"],
+                "data": {**event["data"], "at": event["at"]},
+            }
+            for event_id, job_id, event in self._event_log[after_id:]
+            if job_ids is None or job_id in job_ids
+        ][:500]
+
     def transitions(self, job_id: str) -> list[dict[str, Any]]:
         """The job's status transitions, like agent.store.queries.get_transitions."""
         found = self._jobs.get(job_id)
@@ -162,6 +179,7 @@ class MemoryStore:
         operation: str | None = None,
         limit: int = 100,
         after_seq: int = 0,
+        newest_first: bool = False,
     ) -> tuple[list[JobState], int, int | None]:
         await trio.lowlevel.checkpoint()
         assert self._open, "store not open"
@@ -171,7 +189,12 @@ class MemoryStore:
             if (status is None or found.status.value == status)
             and (operation is None or found.new.operation == operation)
         ]
-        page = [found for found in matching if found.seq > after_seq][: limit + 1]
+        if newest_first:
+            ordered = sorted(matching, key=lambda found: -found.seq)
+            after = [found for found in ordered if not after_seq or found.seq < after_seq]
+        else:
+            after = [found for found in matching if found.seq > after_seq]
+        page = after[: limit + 1]
         more = len(page) > limit
         page = page[:limit]
         next_seq = page[-1].seq if more and page else None
@@ -327,6 +350,7 @@ class MemoryStore:
         found = self._job(job_id)
         now = utc_now()
         found.events.append({"at": now, "type": kind, "data": json.loads(json.dumps(data))})
+        self._event_log.append((len(self._event_log) + 1, job_id, found.events[-1]))
         if kind == "progress" and data.get("percent") is not None:
             found.progress = data["percent"]
         if kind == "progress" and any(item.progress for item in self._consumers.values()):

@@ -301,3 +301,23 @@ async def test_an_outbox_reader_waits_for_the_next_change(store: JobStore) -> No
         with trio.fail_after(5):
             assert await receive.receive() == ["running"]
         nursery.cancel_scope.cancel()
+
+
+async def test_jobs_page_newest_first_and_the_event_log_resumes_after_an_id(
+    store: JobStore,
+) -> None:
+    await store.insert_jobs([new_job(f"j{n}") for n in range(3)])
+    first, total, cursor = await store.list_jobs(limit=2, newest_first=True)
+    assert [job.job_id for job in first] == ["j2", "j1"]
+    assert total == 3
+    assert cursor is not None
+    rest, _, end = await store.list_jobs(limit=2, after_seq=cursor, newest_first=True)
+    assert [job.job_id for job in rest] == ["j0"]
+    assert end is None
+    for n in range(3):
+        await store.add_event("j1", "log", {"message": f"line {n}"})
+    await store.add_event("j2", "log", {"message": "other"})
+    logged = await store.get_events_after(0, ["j1"])
+    assert [event["data"]["message"] for event in logged] == ["line 0", "line 1", "line 2"]
+    later = await store.get_events_after(logged[0]["id"], None)
+    assert [event["data"]["message"] for event in later] == ["line 1", "line 2", "other"]
