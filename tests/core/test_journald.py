@@ -14,7 +14,7 @@ import structlog
 from agent.journald import PrefixedLoggerFactory, stderr_is_journal
 from agent.logging_config import configure_logging
 from tests.agentproc import AgentProcess
-from tests.spoolkit import job
+from tests.jobs import job
 
 
 def journal_stream(path: Path) -> tuple[io.TextIOWrapper, dict[str, str]]:

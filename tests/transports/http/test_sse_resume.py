@@ -10,7 +10,8 @@ import httpx
 import trio
 
 from agent.config import Config
-from tests.http_helpers import READ, http_of, serving, sleep_job, wait_terminal, with_http
+from tests.http_helpers import READ, http_of, serving, with_http
+from tests.jobs import sleep_job, wait_done
 
 
 async def read_stream(
@@ -61,7 +62,7 @@ async def test_a_reconnecting_client_gets_what_it_missed_then_the_stream_ends(
             first = await read_stream(http_of(agent).url, "resumed", stop_after_progress=True)
             seen = first[-1][0]
             assert first[-1][1]["type"] == "progress"
-            assert await wait_terminal(agent, "resumed") == "Completed"
+            assert (await wait_done(agent, "resumed")).status.value == "Completed"
             # The job finished while nobody listened: the stream replays, then ends.
             rest = await read_stream(http_of(agent).url, "resumed", last_event_id=seen)
         everything = await agent.intake.logs("resumed")
