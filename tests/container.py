@@ -69,9 +69,14 @@ class Container:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError("container did not boot:\n" + self.log.read_text()[-3000:])
             time.sleep(0.2)
-        state = self.run("systemctl", "is-system-running", "--wait", check=False, timeout=timeout)
-        assert state.stdout.strip() in ("running", "degraded"), state.stdout + state.stderr
-        return self
+        # PID 1 exists before its bus does: ask until it answers, then wait for the boot.
+        while True:
+            state = self.run("systemctl", "is-system-running", "--wait", check=False)
+            if state.stdout.strip() in ("running", "degraded"):
+                return self
+            if time.monotonic() > deadline:
+                raise AssertionError(f"container not up: {state.stdout}{state.stderr}")
+            time.sleep(0.5)
 
     def _init_pid(self) -> int | None:
         """The container's PID 1: the child of systemd-nspawn that runs systemd."""

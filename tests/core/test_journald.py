@@ -12,7 +12,6 @@ from pathlib import Path
 import structlog
 
 from agent.journald import PrefixedLoggerFactory, stderr_is_journal
-from agent.logging_config import configure_logging
 from tests.agentproc import AgentProcess
 from tests.jobs import job
 
@@ -35,24 +34,23 @@ def test_stderr_is_the_journal_only_when_journal_stream_names_it(tmp_path: Path)
 
 def test_lines_to_the_journal_carry_their_syslog_priority(tmp_path: Path) -> None:
     stream, environ = journal_stream(tmp_path / "journal")
-    old = os.environ.get("JOURNAL_STREAM")
-    os.environ["JOURNAL_STREAM"] = environ["JOURNAL_STREAM"]
-    try:
-        with stream:
-            configure_logging("json", "debug")
-            structlog.configure(logger_factory=PrefixedLoggerFactory(stream))
-            log = structlog.get_logger("test")
-            log.debug("a")
-            log.info("b")
-            log.warning("c")
-            log.error("d")
-        lines = (tmp_path / "journal").read_text().splitlines()
-    finally:
-        if old is None:
+    with stream:
+        # The factory decides from JOURNAL_STREAM, as configure_logging's does; a
+        # logger of its own keeps structlog's global configuration untouched.
+        os.environ["JOURNAL_STREAM"] = environ["JOURNAL_STREAM"]
+        try:
+            factory = PrefixedLoggerFactory(stream)
+        finally:
             del os.environ["JOURNAL_STREAM"]
-        else:
-            os.environ["JOURNAL_STREAM"] = old
-        configure_logging("json", "info")
+        log = structlog.wrap_logger(
+            factory(),
+            processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
+        )
+        log.debug("a")
+        log.info("b")
+        log.warning("c")
+        log.error("d")
+    lines = (tmp_path / "journal").read_text().splitlines()
     assert [line[:3] for line in lines] == ["<7>", "<6>", "<4>", "<3>"]
     assert json.loads(lines[2][3:])["event"] == "c"
 

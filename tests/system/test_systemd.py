@@ -470,7 +470,11 @@ def test_tmpfiles_creates_the_spool_with_its_modes(tmp_path: Path) -> None:
     (root / "etc" / "passwd").write_text(
         "root:x:0:0::/root:/bin/sh\nhostagent:x:990:990::/var/lib/hostagent:/sbin/nologin\n"
     )
-    (root / "etc" / "group").write_text("root:x:0:\nhostagent:x:990:\nhostagent-submit:x:989:\n")
+    (root / "etc" / "group").write_text(
+        "root:x:0:\nhostagent:x:990:\nhostagent-submit:x:989:\nlibvirt:x:988:\n"
+    )
+    # libvirt's image directory, as libvirt-daemon-system ships it.
+    (root / "var" / "lib" / "libvirt" / "images").mkdir(parents=True, mode=0o711)
     subprocess.run(
         [
             "systemd-tmpfiles",
@@ -495,4 +499,9 @@ def test_tmpfiles_creates_the_spool_with_its_modes(tmp_path: Path) -> None:
         "done": ("0o2750", 989),
         "failed": ("0o2750", 989),
     }
+    # The agent's own image root. (Its ACL on libvirt's image directory names the
+    # user, which tmpfiles resolves on the host, not under --root: the container
+    # test in test_service_container.py proves it, creating an image there.)
+    images = root / "var" / "lib" / "hostagent" / "images"
+    assert (oct(images.stat().st_mode & 0o7777), images.stat().st_gid) == ("0o2770", 988)
     assert all(path.stat().st_uid == 990 for path in [spool, *spool.iterdir()])
