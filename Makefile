@@ -9,8 +9,10 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 # Build deps of libvirt-python, qemu-img for image jobs.
 RUN_PACKAGES := libvirt-dev pkg-config gcc qemu-utils
-# Tests also start a real libvirtd with QEMU.
-TEST_PACKAGES := $(RUN_PACKAGES) libvirt-daemon-system qemu-system-x86 systemd
+# Tests also start a real libvirtd with QEMU, and real Kafka brokers (scripts/kafka-broker:
+# Maven fetches the pinned jars once, Java 17 runs them).
+TEST_PACKAGES := $(RUN_PACKAGES) libvirt-daemon-system qemu-system-x86 systemd \
+	openjdk-17-jre-headless maven
 
 RUN_ARGS ?=
 

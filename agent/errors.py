@@ -109,3 +109,10 @@ class ForbiddenError(AgentError):
 class PayloadTooLargeError(AgentError):
     code = "PAYLOAD_TOO_LARGE"
     http_status = 413
+
+
+class UnavailableError(AgentError):
+    """A service the agent depends on (a Kafka broker) cannot be reached or refused the work."""
+
+    code = "UNAVAILABLE"
+    http_status = 503

@@ -1,0 +1,95 @@
+"""The `[kafka]` config section."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field
+
+# Kafka's own rule for topic names (and so for the parts we build them from).
+TOPIC_PART = r"^[A-Za-z0-9._-]+$"
+
+
+class KafkaSettings(BaseModel):
+    """The fleet transport; off while `bootstrap_servers` is empty."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # host:port[,host:port...]; empty: the transport is off.
+    bootstrap_servers: str = ""
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    # The usual TLS and SASL settings, passed to librdkafka as ssl.* / sasl.* when set.
+    ssl_ca_location: str = ""
+    ssl_certificate_location: str = ""
+    ssl_key_location: str = ""
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password: str = ""
+    topic_prefix: str = Field(default="hostagent", pattern=TOPIC_PART, max_length=100)
+    # Pools this agent takes work for (<prefix>.pool.<name>.jobs, one shared group per pool).
+    pools: list[str] = Field(default_factory=list)
+    # Labels that broadcast selectors match, on top of (and overriding) the agent's `labels`.
+    selector_labels: dict[str, str] = Field(default_factory=dict)
+    # Also publish job events for jobs other transports brought in.
+    events_for_all_jobs: bool = False
+    # At most one progress event per job this often (terminal events are never held back).
+    progress_interval_seconds: float = Field(default=1.0, ge=0)
+    # Topics the agent creates when missing: partitions of job topics, and the
+    # replication factor of every topic (-1: the broker's default).
+    create_topics: bool = True
+    partitions: int = Field(default=6, ge=1)
+    replication_factor: int = Field(default=-1, ge=-1)
+    heartbeat_interval_seconds: float = Field(default=10.0, gt=0)
+    # The capabilities record is re-asserted this often even when nothing changed,
+    # and a change is published after this debounce plus up to as much again of jitter.
+    capabilities_reassert_seconds: float = Field(default=600.0, gt=0)
+    capabilities_debounce_seconds: float = Field(default=2.0, ge=0)
+    # Messages handed to the job store in one transaction.
+    intake_batch: int = Field(default=500, ge=1)
+    # Anything else for librdkafka (e.g. "session.timeout.ms"), applied last.
+    librdkafka: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.bootstrap_servers)
+
+    def client_config(self) -> dict[str, Any]:
+        """Connection settings shared by every client the transport makes."""
+        config: dict[str, Any] = {
+            "logger": LIBRDKAFKA_LOG,
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        passthrough = {
+            "ssl.ca.location": self.ssl_ca_location,
+            "ssl.certificate.location": self.ssl_certificate_location,
+            "ssl.key.location": self.ssl_key_location,
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "sasl.password": self.sasl_password,
+        }
+        config.update({key: value for key, value in passthrough.items() if value})
+        config.update(self.librdkafka)
+        return config
+
+
+class _LibrdkafkaLog:
+    """librdkafka's log lines as structured events instead of raw stderr.
+
+    Connection failures repeat every second while a broker is away: they are
+    debug here, and the transport's health says "degraded" once instead.
+    """
+
+    _log = structlog.get_logger("librdkafka")
+
+    def log(self, level: int, message: str, *args: object) -> None:
+        text = message % args if args else message
+        if level >= logging.ERROR:
+            self._log.debug("librdkafka.error", message=text)
+        elif level >= logging.WARNING:
+            self._log.debug("librdkafka.warning", message=text)
+
+
+LIBRDKAFKA_LOG = _LibrdkafkaLog()
