@@ -1,0 +1,236 @@
+"""The Kafka transport: jobs in from host, pool and broadcast topics; events out.
+
+One consumer (and group) per kind of job topic, each owned by its thread; one
+idempotent producer for events, capabilities and heartbeats. Events come from
+the durable outbox, so a broker outage or a crash delays them and loses none.
+The agent never exits because of Kafka: while no broker answers, the
+transport retries and its health component says degraded.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+import structlog
+import trio
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from agent.errors import AgentError, UnavailableError
+from agent.transports.kafka._announce import Announcer
+from agent.transports.kafka._consumer import ConsumerThread, Record
+from agent.transports.kafka._events import TERMINAL, ProgressGate, event_value
+from agent.transports.kafka._intake import TRANSPORT, Examiner
+from agent.transports.kafka._producer import EventProducer, Outgoing
+from agent.transports.kafka._settings import KafkaSettings
+from agent.transports.kafka._topics import Topics
+
+log = structlog.get_logger("agent.transports.kafka")
+
+_RETRY_SECONDS = 2.0
+# Heartbeats are only interesting for a few intervals; capabilities are compacted.
+_HEARTBEAT_RETENTION_MS = "600000"
+
+
+class KafkaTransport:
+    name = TRANSPORT
+
+    def __init__(self, settings: KafkaSettings, *, worker_id: str, labels: dict[str, str]) -> None:
+        self.settings = settings
+        self.worker_id = worker_id
+        self.labels = {**labels, **settings.selector_labels}
+        self.topics = Topics(settings.topic_prefix)
+        # Checks that worker_id and pools make legal topic names before anything starts.
+        self._consumed = {
+            "host": ([self.topics.host(worker_id)], self.topics.host_group(worker_id)),
+            "broadcast": ([self.topics.broadcast], self.topics.broadcast_group(worker_id)),
+            **{
+                f"pool:{pool}": ([self.topics.pool(pool)], self.topics.pool_group(pool))
+                for pool in settings.pools
+            },
+        }
+        self.producer: EventProducer | None = None
+        self.consumers: list[ConsumerThread] = []
+        self.topics_ready = False
+        self._gate = ProgressGate(settings.progress_interval_seconds)
+
+    def features(self) -> list[str]:
+        return ["kafka"]
+
+    async def health(self) -> tuple[Any, str, dict[str, Any]]:
+        """Degraded (never unhealthy) while no broker answers: local work goes on."""
+        producer = self.producer
+        figures: dict[str, Any] = {
+            "bootstrap_servers": self.settings.bootstrap_servers,
+            "assigned_partitions": sum(len(c.assigned) for c in self.consumers),
+            "paused": any(c.paused for c in self.consumers),
+        }
+        if producer is None:
+            return "degraded", "starting", figures
+        figures["unsent_messages"] = producer.queued
+        if producer.unreachable_since is not None:
+            seconds = round(time.monotonic() - producer.unreachable_since, 1)
+            figures["last_error"] = producer.last_error
+            return "degraded", f"no Kafka broker answers (for {seconds} s)", figures
+        if not self.topics_ready:
+            return "degraded", "waiting for the brokers to create topics", figures
+        return "healthy", "connected", figures
+
+    async def run(
+        self, intake: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve until cancelled; started at once, even while the brokers are away."""
+        config = self.settings.client_config()
+        producer = EventProducer(config, name=f"hostagent-{self.worker_id}")
+        self.producer = producer
+        capabilities = await intake.capabilities()
+        examiner = Examiner(
+            worker_id=self.worker_id,
+            events_topic=self.topics.events,
+            labels=self.labels,
+            operations=frozenset(capabilities["operations"]),
+        )
+        announcer = Announcer(
+            producer,
+            self.settings,
+            worker_id=self.worker_id,
+            labels=self.labels,
+            capabilities=intake.capabilities,
+            health=intake.health,
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(producer.run)
+            nursery.start_soon(self._deliver_outbox, intake, producer)
+            task_status.started()
+            if self.settings.create_topics:
+                await self._ensure_topics(config)
+            self.topics_ready = True
+            nursery.start_soon(announcer.run)
+            for kind, (topics, group) in self._consumed.items():
+                consumer = ConsumerThread(
+                    config,
+                    topics=topics,
+                    group_id=group,
+                    instance_id=self.worker_id,
+                    batch=self.settings.intake_batch,
+                )
+                self.consumers.append(consumer)
+                send, receive = trio.open_memory_channel[list[Record]](1)
+                await nursery.start(consumer.run, send)
+                nursery.start_soon(
+                    self._take, intake, examiner, consumer, receive, kind.partition(":")[0]
+                )
+
+    async def _take(
+        self,
+        intake: Any,
+        examiner: Examiner,
+        consumer: ConsumerThread,
+        receive: trio.MemoryReceiveChannel[list[Record]],
+        kind: str,
+    ) -> None:
+        """Make each batch durable (or answered), then let its offsets commit."""
+        async for records in receive:
+            while True:
+                try:
+                    sorted_ = await examiner.sort(intake, records, kind)
+                    await self._send(producer=self.producer, messages=sorted_.events)
+                except AgentError as exc:
+                    # Draining for shutdown, or the store refused: leave the offsets
+                    # uncommitted; these records are read again (by us or the group).
+                    log.warning("kafka.batch_not_taken", error=exc.message, **exc.details)
+                    await trio.sleep(_RETRY_SECONDS)
+                    if not intake.accepting:
+                        await trio.sleep_forever()
+                    continue
+                break
+            consumer.store(records)
+
+    async def _send(self, *, producer: EventProducer | None, messages: list[Outgoing]) -> None:
+        """Deliver, retrying until the brokers take them."""
+        assert producer is not None
+        while True:
+            try:
+                await producer.send_many(messages)
+            except UnavailableError as exc:
+                log.warning("kafka.send_failed", error=exc.message)
+                await trio.sleep(_RETRY_SECONDS)
+            else:
+                return
+
+    async def _deliver_outbox(self, intake: Any, producer: EventProducer) -> None:
+        outbox = intake.outbox(TRANSPORT)
+        async for batch in outbox:
+            messages: list[Outgoing] = []
+            for entry in batch:
+                if entry.event == "progress" and not self._gate.allow(
+                    entry.job_id,
+                    datetime.fromisoformat(entry.at.replace("Z", "+00:00")).timestamp(),
+                ):
+                    continue
+                if entry.event in TERMINAL:
+                    self._gate.forget(entry.job_id)
+                value = event_value(
+                    type=entry.event,
+                    worker_id=self.worker_id,
+                    job_id=entry.job_id,
+                    status=str(entry.status),
+                    timestamp=entry.at,
+                    data=entry.data,
+                    event_id=f"{self.worker_id}:{entry.id}",
+                )
+                messages.append((self.topics.events, entry.job_id, value))
+            await self._send(producer=producer, messages=messages)
+            await outbox.ack(batch[-1].id)
+
+    async def _ensure_topics(self, config: dict[str, Any]) -> None:
+        """Create the topics this agent uses (existing ones are left as they are)."""
+        partitions, replicas = self.settings.partitions, self.settings.replication_factor
+        wanted = [
+            NewTopic(topic, num_partitions=partitions, replication_factor=replicas)
+            for topics, _group in self._consumed.values()
+            for topic in topics
+        ]
+        wanted += [
+            NewTopic(self.topics.events, num_partitions=partitions, replication_factor=replicas),
+            NewTopic(
+                self.topics.capabilities,
+                num_partitions=1,
+                replication_factor=replicas,
+                config={
+                    "cleanup.policy": "compact",
+                    "segment.ms": "3600000",
+                    "min.cleanable.dirty.ratio": "0.1",
+                },
+            ),
+            NewTopic(
+                self.topics.heartbeats,
+                num_partitions=1,
+                replication_factor=replicas,
+                config={"retention.ms": _HEARTBEAT_RETENTION_MS, "segment.ms": "60000"},
+            ),
+        ]
+        admin = AdminClient(config)
+        while True:
+            missing = await trio.to_thread.run_sync(_create_topics, admin, wanted)
+            if not missing:
+                return
+            log.warning("kafka.topics_not_created", topics=missing)
+            await trio.sleep(_RETRY_SECONDS)
+
+
+def _create_topics(admin: AdminClient, wanted: list[NewTopic]) -> list[str]:
+    """Blocking: create `wanted`; answer the topics still missing."""
+    missing = []
+    for topic, future in admin.create_topics(wanted, operation_timeout=10).items():
+        try:
+            future.result(timeout=15)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                missing.append(topic)
+        except Exception:  # noqa: BLE001 (a timeout: the brokers are away, try again)
+            missing.append(topic)
+    return missing
