@@ -164,7 +164,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     import trio
 
     from agent.daemon import serve
-    from agent.logs import configure_logging
+    from agent.logging_config import configure_logging
 
     configure_logging(config.log_format, config.log_level)
     # When the systemd watchdog gives up it sends SIGABRT: the journal then shows
@@ -217,7 +217,7 @@ def _document(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _submit(args: argparse.Namespace, config: Config) -> int:
-    from agent.transports.spool import write_durably
+    from agent.transports.spool.transport import write_durably
 
     document = _document(args)
     remote = _remote(args)
@@ -240,7 +240,7 @@ def _submit(args: argparse.Namespace, config: Config) -> int:
 def _wait_for_outcome(spool: Path, job_id: str, timeout: float) -> int:
     import watchfiles
 
-    from agent.transports.spool import result_name
+    from agent.transports.spool.transport import result_name
 
     result = spool / "done" / result_name(job_id)
     refused = spool / "failed" / f"{job_id}.json.error.json"
@@ -384,7 +384,7 @@ def _health(args: argparse.Namespace, config: Config) -> int:
 def _token(args: argparse.Namespace, config: Config) -> int:
     from datetime import UTC, datetime
 
-    from agent.auth import SCOPES, create_token, token_entry_toml
+    from agent.transports.http.auth import SCOPES, create_token, token_entry_toml
 
     scopes = [scope.strip() for scope in args.scopes.split(",") if scope.strip()]
     unknown = [scope for scope in scopes if scope not in SCOPES]

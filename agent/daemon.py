@@ -22,16 +22,16 @@ from agent.errors import AgentError
 from agent.events import EventBus
 from agent.handlers import image, storage, system, vm, vm_snapshot
 from agent.health import Health, Status
-from agent.hostcaps import libvirt_facts
 from agent.hypervisor import LibvirtConnection
+from agent.hypervisor_facts import libvirt_facts
 from agent.intake import Intake
-from agent.logs import set_log_level
+from agent.logging_config import set_log_level
 from agent.registry import Handler, Registry
 from agent.store import Store, count_by_status
 from agent.systemd import Notifier, Notify, feed_watchdog, monotonic_usec, report_status
 from agent.transports import Transport
-from agent.transports.http import HttpTransport
-from agent.transports.spool import SpoolTransport
+from agent.transports.http.transport import HttpTransport
+from agent.transports.spool.transport import SpoolTransport
 
 log = structlog.get_logger("agent.daemon")
 

@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 import trio
 
-from agent.auth import create_token
 from agent.config import Config, HttpConfig
 from agent.daemon import Agent
+from agent.transports.http.auth import create_token
 
 READ, READ_ENTRY = create_token("reader", ["read"])
 SUBMIT, SUBMIT_ENTRY = create_token("submitter", ["submit"])

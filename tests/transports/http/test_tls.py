@@ -14,7 +14,7 @@ import trio
 from agent.config import Config
 from agent.daemon import Agent
 from agent.errors import ConfigError
-from agent.transports.http import HttpTransport
+from agent.transports.http.transport import HttpTransport
 from tests.http_helpers import READ, serving, with_http
 
 

@@ -10,8 +10,8 @@ from werkzeug.exceptions import HTTPException
 
 from agent import metrics
 from agent.errors import AgentError, QueueFullError
-from agent.transports import _http_api, _http_docs, _http_events
-from agent.transports._http_api import (
+from agent.transports.http import api, docs, events
+from agent.transports.http.api import (
     ApiState,
     authorize,
     error_response,
@@ -21,22 +21,22 @@ from agent.transports._http_api import (
 log = structlog.get_logger("agent.http")
 
 
-def build_app(api: ApiState) -> QuartTrio:
+def build_app(state: ApiState) -> QuartTrio:
     app = QuartTrio("hostagent")
-    app.config["MAX_CONTENT_LENGTH"] = api.config.max_body_bytes
-    app.config["BODY_TIMEOUT"] = api.config.body_timeout_seconds
+    app.config["MAX_CONTENT_LENGTH"] = state.config.max_body_bytes
+    app.config["BODY_TIMEOUT"] = state.config.body_timeout_seconds
     # Streams (SSE) lift this for themselves; no plain answer should take this long.
     app.config["RESPONSE_TIMEOUT"] = 60
-    app.extensions["hostagent"] = api
-    routes = [*_http_api.ROUTES, *_http_events.ROUTES]
+    app.extensions["hostagent"] = state
+    routes = [*api.ROUTES, *events.ROUTES]
     by_endpoint = {spec.endpoint: spec for spec in routes}
     for spec in routes:
         if spec.websocket:
             app.add_websocket(spec.rule, spec.endpoint, spec.view)
         else:
             app.add_url_rule(spec.rule, spec.endpoint, spec.view, methods=[spec.method])
-    _http_docs.install(app, routes)
-    _http_events.install(app, by_endpoint)
+    docs.install(app, routes)
+    events.install(app, by_endpoint)
 
     @app.before_request
     async def check_token() -> None:

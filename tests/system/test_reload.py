@@ -11,7 +11,7 @@ import trio
 from agent.config import Config, SpoolConfig
 from agent.daemon import Agent
 from agent.jobs import JobStatus
-from agent.logs import _LEVEL_FILTER, configure_logging, set_log_level
+from agent.logging_config import _LEVEL_FILTER, configure_logging, set_log_level
 from tests.service import job_document, sleep_job
 
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.auth import TokenTable, bearer_token, create_token, token_entry_toml
 from agent.cli import main
 from agent.config import Config, HttpConfig
 from agent.daemon import Agent
 from agent.errors import ConfigError, ForbiddenError, UnauthorizedError
-from agent.transports.http import check_exposure, is_loopback, parse_bind
+from agent.transports.http.auth import TokenTable, bearer_token, create_token, token_entry_toml
+from agent.transports.http.transport import check_exposure, is_loopback, parse_bind
 from tests.http_helpers import (
     ADMIN,
     ADMIN_ENTRY,

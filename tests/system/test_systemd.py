@@ -30,7 +30,7 @@ from agent.systemd import (
 )
 from tests.service import Service, sleep_job
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Recorder:

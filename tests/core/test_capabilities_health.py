@@ -15,7 +15,7 @@ from agent.cli import _config, build_parser
 from agent.config import Config, LibvirtConfig, SpoolConfig, load_config
 from agent.daemon import Agent, build_registry
 from agent.events import EventBus
-from agent.hostcaps import summarize_domain_capabilities, version_text
+from agent.hypervisor_facts import summarize_domain_capabilities, version_text
 from tests.jobs import failed
 
 

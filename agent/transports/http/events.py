@@ -32,7 +32,7 @@ from agent import metrics
 from agent.errors import AgentError, BadRequestError, NotFoundError
 from agent.events import Event, Subscription
 from agent.intake import Intake
-from agent.transports._http_api import API, Route, authorize, error_response, state
+from agent.transports.http.api import API, Route, authorize, error_response, state
 
 log = structlog.get_logger("agent.http.events")
 

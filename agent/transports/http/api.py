@@ -19,7 +19,6 @@ from quart import Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from agent import metrics
-from agent.auth import Principal, TokenTable, bearer_token
 from agent.config import HttpConfig, Scope
 from agent.errors import (
     AgentError,
@@ -31,7 +30,8 @@ from agent.errors import (
 from agent.intake import Intake, Submission
 from agent.jobs import JobDocument, JobState
 from agent.store import NewJob
-from agent.transports._http_models import (
+from agent.transports.http.auth import Principal, TokenTable, bearer_token
+from agent.transports.http.models import (
     AnyResult,
     BatchAnswer,
     BatchRequest,

@@ -24,12 +24,12 @@ from hypercorn.config import Sockets
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
-from agent.auth import TokenTable
 from agent.config import Config, HttpConfig
 from agent.errors import ConfigError
 from agent.intake import Intake
-from agent.transports._http_api import ApiState
-from agent.transports._http_app import build_app
+from agent.transports.http.api import ApiState
+from agent.transports.http.app import build_app
+from agent.transports.http.auth import TokenTable
 
 log = structlog.get_logger("agent.http")
 

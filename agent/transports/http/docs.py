@@ -15,8 +15,8 @@ from quart import Response
 from quart_trio import QuartTrio
 
 from agent import __version__
-from agent.transports._http_api import Route, state
-from agent.transports._http_models import ErrorBody
+from agent.transports.http.api import Route, state
+from agent.transports.http.models import ErrorBody
 
 _REF = "#/components/schemas/{model}"
 _ERROR_TEXT = {

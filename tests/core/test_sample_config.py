@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from agent.config import Config, load_config
 
-SAMPLE = Path(__file__).resolve().parent.parent / "etc" / "hostagent" / "agent.toml"
+SAMPLE = Path(__file__).resolve().parents[2] / "etc" / "hostagent" / "agent.toml"
 # Defaults computed on the host (its name, its CPUs): the sample shows an example.
 HOST_DEPENDENT = {"worker_id", "max_concurrent_jobs"}
 # Options whose default is "unset" (TOML has no null): the sample shows an example.

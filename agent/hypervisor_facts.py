@@ -10,7 +10,7 @@ import structlog
 from agent.errors import HypervisorError
 from agent.hypervisor import LibvirtConnection
 
-log = structlog.get_logger("agent.hostcaps")
+log = structlog.get_logger("agent.hypervisor_facts")
 
 
 async def libvirt_facts(hv: LibvirtConnection) -> dict[str, Any]:

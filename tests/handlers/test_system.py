@@ -7,7 +7,7 @@ import socket
 
 from agent.daemon import Agent
 from agent.jobs import JobStatus
-from tests.test_dispatcher import job, wait_terminal
+from tests.core.test_dispatcher import job, wait_terminal
 
 
 async def test_echo_answers_its_payload(agent: Agent) -> None:

@@ -1,0 +1,1 @@
+"""The spool transport: job files dropped into a directory (Maildir discipline)."""
