@@ -91,6 +91,8 @@ class Capabilities:
             features += ["http", "websocket", "sse", "batch"]
             if self._config.http.tls_cert is not None:
                 features.append("tls")
+        if self._config.kafka.enabled:
+            features.append("kafka")
         return features
 
     async def describe(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from agent.config import Config, load_config
 from agent.errors import AgentError
 from agent.jobs import JobState, new_job_id
+from agent.transports.kafka import _cli as kafka_cli
 
 if TYPE_CHECKING:
     from agent.client import AgentClient
@@ -79,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --url: show progress and logs live, then print the result",
     )
     submit.add_argument("--wait-timeout", type=float, default=3600.0)
+    kafka_cli.add_submit_arguments(submit)
+    kafka_cli.add_commands(commands)
+    for name in ("fleet", "decommission"):
+        _common(commands.choices[name])
 
     jobs = commands.add_parser("jobs", help="list jobs")
     _common(jobs)
@@ -220,6 +225,8 @@ def _submit(args: argparse.Namespace, config: Config) -> int:
     from agent.transports.spool.transport import write_durably
 
     document = _document(args)
+    if args.kafka or args.host or args.pool or args.broadcast:
+        return kafka_cli.submit(args, kafka_cli.settings_from(args, config.kafka), document)
     remote = _remote(args)
     if remote is not None:
         return _submit_http(args, remote, document)
@@ -469,4 +476,6 @@ _COMMANDS = {
     "caps": _caps,
     "health": _health,
     "token": _token,
+    "fleet": kafka_cli.fleet,
+    "decommission": kafka_cli.retire,
 }

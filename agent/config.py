@@ -19,6 +19,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.errors import ConfigError
+from agent.transports.kafka._settings import KafkaSettings
 
 DEFAULT_CONFIG_PATH = Path("/etc/hostagent/agent.toml")
 ENV_PREFIX = "HOSTAGENT_"
@@ -123,6 +124,8 @@ class Config(_Section):
     # Capabilities are re-fingerprinted this often (and when libvirt reconnects).
     capabilities_refresh_seconds: float = Field(default=300.0, gt=0)
     http: HttpConfig = Field(default_factory=HttpConfig)
+    # The fleet transport; off until kafka.bootstrap_servers is set.
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
 
     @property
     def store_path(self) -> Path:

@@ -30,6 +30,7 @@ from agent.registry import Handler, Registry
 from agent.store import Store, count_by_status
 from agent.systemd import Notifier, Notify, feed_watchdog, monotonic_usec, report_status
 from agent.transports import Transport
+from agent.transports import kafka as kafka_transport
 from agent.transports.http.transport import HttpTransport
 from agent.transports.spool.transport import SpoolTransport
 
@@ -38,6 +39,8 @@ log = structlog.get_logger("agent.daemon")
 # Settings read once at start: a reload keeps their running values and says so.
 RESTART_REQUIRED = frozenset(
     {
+        # The Kafka clients and their groups are made once.
+        *(f"kafka.{name}" for name in kafka_transport.KafkaSettings.model_fields),
         "worker_id",
         "state_dir",
         "spool_dir",
@@ -121,6 +124,16 @@ class Agent:
             self.http = HttpTransport(config.http)
             self.transports.append(self.http)
             self.health.add("http", self._http_health)
+        # The fleet transport (its package imports librdkafka only when configured).
+        kafka = kafka_transport.build(
+            config.kafka,
+            worker_id=config.worker_id,
+            labels=config.labels,
+            store_path=config.store_path,
+        )
+        if kafka is not None:
+            self.transports.append(kafka)
+            self.health.add("kafka", kafka.health)
 
     async def _http_health(self) -> tuple[Status, str, dict[str, Any]]:
         assert self.http is not None

@@ -6,6 +6,7 @@ without `[kafka]` configured never loads librdkafka.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.transports.kafka._settings import KafkaSettings
@@ -17,14 +18,14 @@ if TYPE_CHECKING:
 
 
 def build(
-    settings: KafkaSettings, *, worker_id: str, labels: dict[str, str]
+    settings: KafkaSettings, *, worker_id: str, labels: dict[str, str], store_path: Path
 ) -> KafkaTransport | None:
     """The transport, or None while `bootstrap_servers` is empty (off)."""
     if not settings.enabled:
         return None
     from agent.transports.kafka._transport import KafkaTransport  # noqa: PLC0415 (librdkafka)
 
-    return KafkaTransport(settings, worker_id=worker_id, labels=labels)
+    return KafkaTransport(settings, worker_id=worker_id, labels=labels, store_path=store_path)
 
 
 def read_fleet(settings: KafkaSettings, *, timeout: float = 15.0) -> list[FleetHost]:

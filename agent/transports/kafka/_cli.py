@@ -5,14 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.errors import AgentError
-from agent.transports.kafka._client import EventWatcher, decommission, send_jobs, target_topic
 from agent.transports.kafka._events import TERMINAL
-from agent.transports.kafka._fleet import read_fleet, render_table
 from agent.transports.kafka._settings import KafkaSettings
 from agent.transports.kafka._topics import parse_selector_args
+
+if TYPE_CHECKING:
+    from agent.config import Config
+
+# The commands import the clients (and librdkafka) only when they run, so that
+# building the parser costs every other hostagent command nothing.
 
 
 def add_connection_arguments(parser: argparse.ArgumentParser, *, flag: str = "--kafka") -> None:
@@ -71,6 +75,8 @@ def settings_from(args: argparse.Namespace, configured: KafkaSettings) -> KafkaS
 
 def _expected_agents(settings: KafkaSettings, document: dict[str, Any], args: Any) -> int:
     """How many live agents a broadcast reaches (its --wait waits for each of them)."""
+    from agent.transports.kafka._fleet import read_fleet  # noqa: PLC0415
+
     selector = parse_selector_args(args.selector)
     operations = [document["operation"], *selector.get("operations", [])]
     hosts = read_fleet(settings)
@@ -82,6 +88,8 @@ def _expected_agents(settings: KafkaSettings, document: dict[str, Any], args: An
 
 
 def submit(args: argparse.Namespace, settings: KafkaSettings, document: dict[str, Any]) -> int:
+    from agent.transports.kafka._client import EventWatcher, send_jobs, target_topic  # noqa: PLC0415
+
     chosen = [args.host is not None, args.pool is not None, bool(args.broadcast)]
     if sum(chosen) != 1:
         raise AgentError(
@@ -122,7 +130,11 @@ def submit(args: argparse.Namespace, settings: KafkaSettings, document: dict[str
     return outcome
 
 
-def fleet(args: argparse.Namespace, settings: KafkaSettings) -> int:
+def fleet(args: argparse.Namespace, config: Config) -> int:
+    """`hostagent fleet`: the map, filtered, as a table or JSON."""
+    from agent.transports.kafka._fleet import read_fleet, render_table  # noqa: PLC0415
+
+    settings = settings_from(args, config.kafka)
     labels = dict(parse_selector_args(args.label)["labels"])
     hosts = [
         host
@@ -136,7 +148,10 @@ def fleet(args: argparse.Namespace, settings: KafkaSettings) -> int:
     return 0
 
 
-def retire(args: argparse.Namespace, settings: KafkaSettings) -> int:
-    decommission(settings, args.worker_id)
+def retire(args: argparse.Namespace, config: Config) -> int:
+    """`hostagent decommission`: tombstones for a host that is gone for good."""
+    from agent.transports.kafka._client import decommission  # noqa: PLC0415
+
+    decommission(settings_from(args, config.kafka), args.worker_id)
     print(f"{args.worker_id} removed from the fleet map")
     return 0

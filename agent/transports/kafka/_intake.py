@@ -30,15 +30,12 @@ TRANSPORT = "kafka"
 
 
 class JobIntake(Protocol):
-    """The part of the agent's intake this module uses."""
+    """The part of the agent's intake (agent.intake.Intake) this module uses."""
 
-    def prepare(
-        self, raw: object, *, transport: str, job_id: str | None = None, origin: str | None = None
-    ) -> Any: ...
+    def prepare(self, raw: object, *, transport: str, job_id: str | None = None) -> Any: ...
 
-    async def submit_many(self, jobs: Sequence[Any]) -> list[Any]: ...
-
-    async def wait_for_room(self, count: int = 1) -> None: ...
+    # Raises QueueFullError (nothing recorded) when the pending queue has no room.
+    async def submit_prepared(self, jobs: Sequence[Any]) -> list[Any]: ...
 
     async def status(self, job_id: str) -> Any: ...
 
@@ -129,10 +126,7 @@ class Examiner:
                 return None
             deadline = _deadline(not_after)
             prepared = intake.prepare(
-                raw,
-                transport=TRANSPORT,
-                job_id=job_id or _record_job_id(record),
-                origin=f"{record.topic}/{record.partition}/{record.offset}",
+                raw, transport=TRANSPORT, job_id=job_id or _record_job_id(record)
             )
         except AgentError as exc:
             return self.rejected(record, exc, job_id)
@@ -161,8 +155,7 @@ class Examiner:
                 jobs.append(outcome)
                 job_records.append(record)
         if jobs:
-            await intake.wait_for_room(len(jobs))
-            answers = await intake.submit_many(jobs)
+            answers = await intake.submit_prepared(jobs)
             for job, record, answer in zip(jobs, job_records, answers, strict=True):
                 if isinstance(answer, AgentError):
                     events.append(self.rejected(record, answer, job.job_id))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -19,11 +20,12 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from agent.errors import AgentError, UnavailableError
+from agent.errors import QueueFullError, UnavailableError
 from agent.transports.kafka._announce import Announcer
 from agent.transports.kafka._consumer import ConsumerThread, Record
 from agent.transports.kafka._events import TERMINAL, ProgressGate, event_value
 from agent.transports.kafka._intake import TRANSPORT, Examiner
+from agent.transports.kafka._outbox import TransitionOutbox
 from agent.transports.kafka._producer import EventProducer, Outgoing
 from agent.transports.kafka._settings import KafkaSettings
 from agent.transports.kafka._topics import Topics
@@ -31,6 +33,8 @@ from agent.transports.kafka._topics import Topics
 log = structlog.get_logger("agent.transports.kafka")
 
 _RETRY_SECONDS = 2.0
+# How often a full pending queue is looked at again.
+_ROOM_POLL_SECONDS = 0.05
 # Heartbeats are only interesting for a few intervals; capabilities are compacted.
 _HEARTBEAT_RETENTION_MS = "600000"
 
@@ -38,8 +42,16 @@ _HEARTBEAT_RETENTION_MS = "600000"
 class KafkaTransport:
     name = TRANSPORT
 
-    def __init__(self, settings: KafkaSettings, *, worker_id: str, labels: dict[str, str]) -> None:
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        *,
+        worker_id: str,
+        labels: dict[str, str],
+        store_path: Path,
+    ) -> None:
         self.settings = settings
+        self.store_path = store_path
         self.worker_id = worker_id
         self.labels = {**labels, **settings.selector_labels}
         self.topics = Topics(settings.topic_prefix)
@@ -101,9 +113,38 @@ class KafkaTransport:
             capabilities=intake.capabilities,
             health=intake.health,
         )
+        outbox = TransitionOutbox(
+            self.store_path,
+            self.store_path.with_name("kafka-outbox.json"),
+            transports=None if self.settings.events_for_all_jobs else {TRANSPORT},
+        )
+        await outbox.open()
+        try:
+            await self._serve(
+                intake,
+                producer,
+                outbox=outbox,
+                announcer=announcer,
+                examiner=examiner,
+                task_status=task_status,
+            )
+        finally:
+            outbox.close()
+
+    async def _serve(
+        self,
+        intake: Any,
+        producer: EventProducer,
+        *,
+        outbox: TransitionOutbox,
+        announcer: Announcer,
+        examiner: Examiner,
+        task_status: trio.TaskStatus[None],
+    ) -> None:
+        config = self.settings.client_config()
         async with trio.open_nursery() as nursery:
             await nursery.start(producer.run)
-            nursery.start_soon(self._deliver_outbox, intake, producer)
+            nursery.start_soon(self._deliver_outbox, outbox, producer)
             task_status.started()
             if self.settings.create_topics:
                 await self._ensure_topics(config)
@@ -137,16 +178,15 @@ class KafkaTransport:
             while True:
                 try:
                     sorted_ = await examiner.sort(intake, records, kind)
-                    await self._send(producer=self.producer, messages=sorted_.events)
-                except AgentError as exc:
-                    # Draining for shutdown, or the store refused: leave the offsets
-                    # uncommitted; these records are read again (by us or the group).
-                    log.warning("kafka.batch_not_taken", error=exc.message, **exc.details)
-                    await trio.sleep(_RETRY_SECONDS)
+                except QueueFullError:
+                    # No room, or draining for shutdown: nothing was recorded. The
+                    # consumer pauses (this channel is full) and keeps its group seat.
                     if not intake.accepting:
                         await trio.sleep_forever()
+                    await trio.sleep(_ROOM_POLL_SECONDS)
                     continue
                 break
+            await self._send(producer=self.producer, messages=sorted_.events)
             consumer.store(records)
 
     async def _send(self, *, producer: EventProducer | None, messages: list[Outgoing]) -> None:
@@ -161,9 +201,8 @@ class KafkaTransport:
             else:
                 return
 
-    async def _deliver_outbox(self, intake: Any, producer: EventProducer) -> None:
-        outbox = intake.outbox(TRANSPORT)
-        async for batch in outbox:
+    async def _deliver_outbox(self, outbox: TransitionOutbox, producer: EventProducer) -> None:
+        async for batch in outbox.batches():
             messages: list[Outgoing] = []
             for entry in batch:
                 if entry.event == "progress" and not self._gate.allow(
@@ -180,11 +219,11 @@ class KafkaTransport:
                     status=str(entry.status),
                     timestamp=entry.at,
                     data=entry.data,
-                    event_id=f"{self.worker_id}:{entry.id}",
+                    event_id=f"{self.worker_id}:{entry.key}",
                 )
                 messages.append((self.topics.events, entry.job_id, value))
             await self._send(producer=producer, messages=messages)
-            await outbox.ack(batch[-1].id)
+            await outbox.ack(batch[-1])
 
     async def _ensure_topics(self, config: dict[str, Any]) -> None:
         """Create the topics this agent uses (existing ones are left as they are)."""
