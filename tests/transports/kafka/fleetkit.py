@@ -81,6 +81,7 @@ class Events:
 
     def read(self, job_ids: list[str], *, per_job: int = 1, timeout: float = 60.0) -> None:
         """Read from the topic's start until every job has `per_job` terminal events."""
+        self.by_job.clear()
         with EventWatcher(self.settings, from_beginning=True) as watcher:
             for event in watcher.until_done(job_ids, timeout=timeout, per_job=per_job):
                 self.by_job[event["job_id"]].append(event)
