@@ -16,7 +16,7 @@ TEST_PACKAGES := $(RUN_PACKAGES) libvirt-daemon-system qemu-system-x86 systemd \
 
 RUN_ARGS ?=
 
-.PHONY: run test lint bench bench-http system-deps-run system-deps-test clean
+.PHONY: run test lint bench bench-http bench-kafka system-deps-run system-deps-test clean
 
 # `make run` serves the HTTP API on 127.0.0.1:8080 without tokens, for local development;
 # the agent refuses --insecure-no-auth on any non-loopback address.
@@ -40,6 +40,9 @@ bench: system-deps-run $(STAMP)
 
 bench-http: system-deps-run $(STAMP)
 	$(BIN)/python bench/http.py
+
+bench-kafka: system-deps-test $(STAMP)
+	$(BIN)/python bench/kafka.py
 
 system-deps-run:
 	@scripts/apt-ensure $(RUN_PACKAGES)
