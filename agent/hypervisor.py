@@ -400,4 +400,4 @@ class LibvirtConnection:
 
 def connection(ctx: JobContext) -> LibvirtConnection:
     """The agent's libvirt connection, as a handler gets it."""
-    return ctx.service(LibvirtConnection)
+    return ctx.get(LibvirtConnection)

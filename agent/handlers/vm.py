@@ -362,7 +362,7 @@ _EXTENSIONS = {"image/png": "png", "image/x-portable-pixmap": "ppm"}
 @handler("vm.screenshot", payload=ScreenshotPayload, rerun_safe=True, resource=domain_resource)
 async def screenshot(payload: ScreenshotPayload, ctx: JobContext) -> dict[str, Any]:
     """Save the domain's screen as a job artifact (PNG when the driver gives PNG)."""
-    folder = ctx.service(Config).state_dir / "artifacts" / ctx.job_id
+    folder = ctx.get(Config).state_dir / "artifacts" / ctx.job_id
 
     def run(conn: Any) -> dict[str, Any]:
         dom = payload.lookup(conn)

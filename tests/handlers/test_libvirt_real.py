@@ -22,9 +22,10 @@ import libvirt
 import pytest
 import trio
 
-from agent.config import Config, LibvirtConfig, SpoolConfig
+from agent.config import Config, LibvirtConfig
 from agent.daemon import Agent
 from agent.metrics import REGISTRY
+from agent.transports.spool.settings import SpoolConfig
 from tests.jobs import failed, ok, submit, wait_done
 from tests.libvirtd import PrivateLibvirtd, private_libvirtd
 

@@ -19,17 +19,16 @@ from quart import Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from agent import metrics
-from agent.config import HttpConfig, Scope
 from agent.errors import (
     AgentError,
     BadRequestError,
+    DrainingError,
     QueueFullError,
     UnauthorizedError,
     ValidationError,
 )
-from agent.intake import Intake, Submission
-from agent.jobs import JobDocument, JobState
-from agent.store import NewJob
+from agent.intake import Submission, TransportIntake
+from agent.jobs import JobDocument, JobState, NewJob
 from agent.transports.http.auth import Principal, TokenTable, bearer_token
 from agent.transports.http.models import (
     AnyResult,
@@ -44,6 +43,7 @@ from agent.transports.http.models import (
     decode_cursor,
     encode_cursor,
 )
+from agent.transports.http.settings import HttpConfig, Scope
 
 log = structlog.get_logger("agent.http")
 
@@ -53,7 +53,7 @@ API = "/api/v1"
 class ApiState:
     """What the views need; the transport swaps `tokens` and `config` on reload."""
 
-    def __init__(self, intake: Intake, config: HttpConfig, tokens: TokenTable) -> None:
+    def __init__(self, intake: TransportIntake, config: HttpConfig, tokens: TokenTable) -> None:
         self.intake = intake
         self.config = config
         self.tokens = tokens
@@ -180,12 +180,9 @@ async def json_body() -> Any:
         ) from exc
 
 
-def require_accepting(intake: Intake) -> None:
+def require_accepting(intake: TransportIntake) -> None:
     if not intake.accepting:
-        raise QueueFullError(
-            "The agent is shutting down and takes no new jobs",
-            reason="Draining for shutdown; submit to another agent or retry later",
-        )
+        raise DrainingError
 
 
 def submitted(submission: Submission) -> Submitted:
@@ -259,7 +256,7 @@ async def submit_batch() -> Response:
             positions.append(index)
         except AgentError as exc:  # one bad job is that job's answer, not the batch's
             answers[index] = _batch_failure(exc, index)
-    outcomes = await api.intake.submit_prepared(prepared) if prepared else []
+    outcomes = await api.intake.submit_many(prepared) if prepared else []
     for index, outcome in zip(positions, outcomes, strict=True):
         if isinstance(outcome, AgentError):
             answers[index] = _batch_failure(outcome, index)

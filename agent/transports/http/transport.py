@@ -24,12 +24,14 @@ from hypercorn.config import Sockets
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
-from agent.config import Config, HttpConfig
+from agent.config import Config
 from agent.errors import ConfigError
-from agent.intake import Intake
+from agent.health import Status
+from agent.intake import TransportIntake
 from agent.transports.http.api import ApiState
 from agent.transports.http.app import build_app
 from agent.transports.http.auth import TokenTable
+from agent.transports.http.settings import HttpConfig
 
 log = structlog.get_logger("agent.http")
 
@@ -160,6 +162,7 @@ async def serve_asgi(
 
 class HttpTransport:
     name = "http"
+    outbox = None  # clients poll or watch live events: nothing durable to deliver
 
     def __init__(self, config: HttpConfig) -> None:
         check_exposure(config)
@@ -169,6 +172,7 @@ class HttpTransport:
         self._tokens = TokenTable(config.tokens, required=not config.insecure_no_auth)
         # Set once listening (port 0 binds report the port the kernel chose).
         self.address: tuple[str, int] | None = None
+        self._intake: TransportIntake | None = None
 
     @property
     def url(self) -> str:
@@ -177,9 +181,20 @@ class HttpTransport:
         host = f"[{host}]" if ":" in host else host
         return f"{'https' if self._context else 'http'}://{host}:{port}"
 
+    def features(self) -> list[str]:
+        tls = ["tls"] if self.config.tls_cert is not None else []
+        return ["http", "websocket", "sse", "batch", *tls]
+
+    async def health(self) -> tuple[Status, str, dict[str, Any]]:
+        if self.address is None or self._intake is None:
+            return "unhealthy", "not listening", {}
+        if not self._intake.accepting:
+            return "degraded", "draining: new jobs are refused", {"url": self.url}
+        return "healthy", "listening", {"url": self.url}
+
     def reload(self, full: Config) -> None:
         """Take new tokens and TLS cert/key (SIGHUP); the bind address needs a restart."""
-        config = full.http
+        config = full.section(HttpConfig)
         check_exposure(config)
         tokens = TokenTable(config.tokens, required=not config.insecure_no_auth)
         if config.bind != self.config.bind or (config.tls_cert is None) != (self._context is None):
@@ -198,8 +213,12 @@ class HttpTransport:
         log.info("http.reloaded", tokens=len(config.tokens))
 
     async def run(
-        self, intake: Intake, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        intake: TransportIntake,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        self._intake = intake
         listener = self._bind()
         self._api = ApiState(intake, self.config, self._tokens)
         app = build_app(self._api)

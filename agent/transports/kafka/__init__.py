@@ -6,26 +6,29 @@ without `[kafka]` configured never loads librdkafka.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agent.transports.base import TransportSpec
 from agent.transports.kafka._settings import KafkaSettings
 from agent.transports.kafka._topics import Selector, Topics
 
 if TYPE_CHECKING:
+    from agent.config import Config
+    from agent.transports.base import Transport
     from agent.transports.kafka._fleet import FleetHost
-    from agent.transports.kafka._transport import KafkaTransport
 
 
-def build(
-    settings: KafkaSettings, *, worker_id: str, labels: dict[str, str], store_path: Path
-) -> KafkaTransport | None:
-    """The transport, or None while `bootstrap_servers` is empty (off)."""
+def _build(config: Config) -> Transport | None:
+    settings = config.section(KafkaSettings)
     if not settings.enabled:
         return None
     from agent.transports.kafka._transport import KafkaTransport  # noqa: PLC0415 (librdkafka)
 
-    return KafkaTransport(settings, worker_id=worker_id, labels=labels, store_path=store_path)
+    # Checks that worker_id and pools make legal topic names before anything starts.
+    return KafkaTransport(settings, worker_id=config.worker_id, labels=config.labels)
+
+
+SPEC = TransportSpec(name="kafka", settings=KafkaSettings, build=_build)
 
 
 def read_fleet(settings: KafkaSettings, *, timeout: float = 15.0) -> list[FleetHost]:
@@ -35,4 +38,4 @@ def read_fleet(settings: KafkaSettings, *, timeout: float = 15.0) -> list[FleetH
     return read(settings, timeout=timeout)
 
 
-__all__ = ["KafkaSettings", "Selector", "Topics", "build", "read_fleet"]
+__all__ = ["SPEC", "KafkaSettings", "Selector", "Topics", "read_fleet"]

@@ -134,7 +134,7 @@ def fleet(args: argparse.Namespace, config: Config) -> int:
     """`hostagent fleet`: the map, filtered, as a table or JSON."""
     from agent.transports.kafka._fleet import read_fleet, render_table  # noqa: PLC0415
 
-    settings = settings_from(args, config.kafka)
+    settings = settings_from(args, config.section(KafkaSettings))
     labels = dict(parse_selector_args(args.label)["labels"])
     hosts = [
         host
@@ -152,6 +152,6 @@ def retire(args: argparse.Namespace, config: Config) -> int:
     """`hostagent decommission`: tombstones for a host that is gone for good."""
     from agent.transports.kafka._client import decommission  # noqa: PLC0415
 
-    decommission(settings_from(args, config.kafka), args.worker_id)
+    decommission(settings_from(args, config.section(KafkaSettings)), args.worker_id)
     print(f"{args.worker_id} removed from the fleet map")
     return 0

@@ -14,15 +14,19 @@ import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
 from agent.errors import AgentError, NotFoundError, ValidationError
+from agent.jobs import JobState, NewJob
 from agent.transports.kafka._consumer import Record
 from agent.transports.kafka._events import EventType, event_value
 from agent.transports.kafka._producer import Outgoing
 from agent.transports.kafka._topics import Selector
+
+if TYPE_CHECKING:
+    from agent.intake import Submission
 
 log = structlog.get_logger("agent.transports.kafka")
 
@@ -30,14 +34,18 @@ TRANSPORT = "kafka"
 
 
 class JobIntake(Protocol):
-    """The part of the agent's intake (agent.intake.Intake) this module uses."""
+    """The part of the TransportIntake this module uses."""
 
-    def prepare(self, raw: object, *, transport: str, job_id: str | None = None) -> Any: ...
+    def prepare(
+        self, raw: object, *, transport: str, job_id: str | None = None, origin: str | None = None
+    ) -> NewJob: ...
 
-    # Raises QueueFullError (nothing recorded) when the pending queue has no room.
-    async def submit_prepared(self, jobs: Sequence[Any]) -> list[Any]: ...
+    async def wait_for_room(self, count: int = 1) -> None: ...
 
-    async def status(self, job_id: str) -> Any: ...
+    # Raises QueueFullError (nothing recorded) while the agent drains.
+    async def submit_many(self, jobs: Sequence[NewJob]) -> list[Submission | AgentError]: ...
+
+    async def status(self, job_id: str) -> JobState: ...
 
 
 @dataclass
@@ -126,7 +134,10 @@ class Examiner:
                 return None
             deadline = _deadline(not_after)
             prepared = intake.prepare(
-                raw, transport=TRANSPORT, job_id=job_id or _record_job_id(record)
+                raw,
+                transport=TRANSPORT,
+                job_id=job_id or _record_job_id(record),
+                origin=f"{record.topic}/{record.partition}/{record.offset}",
             )
         except AgentError as exc:
             return self.rejected(record, exc, job_id)
@@ -155,7 +166,8 @@ class Examiner:
                 jobs.append(outcome)
                 job_records.append(record)
         if jobs:
-            answers = await intake.submit_prepared(jobs)
+            await intake.wait_for_room(len(jobs))
+            answers = await intake.submit_many(jobs)
             for job, record, answer in zip(jobs, job_records, answers, strict=True):
                 if isinstance(answer, AgentError):
                     events.append(self.rejected(record, answer, job.job_id))

@@ -6,50 +6,57 @@ import logging
 from typing import Any, Literal
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from agent.config import RESTART, Section
 
 # Kafka's own rule for topic names (and so for the parts we build them from).
 TOPIC_PART = r"^[A-Za-z0-9._-]+$"
 
 
-class KafkaSettings(BaseModel):
-    """The fleet transport; off while `bootstrap_servers` is empty."""
+class KafkaSettings(Section):
+    """The fleet transport; off while `bootstrap_servers` is empty.
 
-    model_config = ConfigDict(extra="forbid")
+    Every setting is read once at start (clients and consumer groups are made once).
+    """
 
     # host:port[,host:port...]; empty: the transport is off.
-    bootstrap_servers: str = ""
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    bootstrap_servers: str = Field(default="", json_schema_extra=RESTART)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", json_schema_extra=RESTART
+    )
     # The usual TLS and SASL settings, passed to librdkafka as ssl.* / sasl.* when set.
-    ssl_ca_location: str = ""
-    ssl_certificate_location: str = ""
-    ssl_key_location: str = ""
-    sasl_mechanism: str = ""
-    sasl_username: str = ""
-    sasl_password: str = ""
-    topic_prefix: str = Field(default="hostagent", pattern=TOPIC_PART, max_length=100)
+    ssl_ca_location: str = Field(default="", json_schema_extra=RESTART)
+    ssl_certificate_location: str = Field(default="", json_schema_extra=RESTART)
+    ssl_key_location: str = Field(default="", json_schema_extra=RESTART)
+    sasl_mechanism: str = Field(default="", json_schema_extra=RESTART)
+    sasl_username: str = Field(default="", json_schema_extra=RESTART)
+    sasl_password: str = Field(default="", json_schema_extra=RESTART)
+    topic_prefix: str = Field(
+        default="hostagent", pattern=TOPIC_PART, max_length=100, json_schema_extra=RESTART
+    )
     # Pools this agent takes work for (<prefix>.pool.<name>.jobs, one shared group per pool).
-    pools: list[str] = Field(default_factory=list)
+    pools: list[str] = Field(default_factory=list, json_schema_extra=RESTART)
     # Labels that broadcast selectors match, on top of (and overriding) the agent's `labels`.
-    selector_labels: dict[str, str] = Field(default_factory=dict)
+    selector_labels: dict[str, str] = Field(default_factory=dict, json_schema_extra=RESTART)
     # Also publish job events for jobs other transports brought in.
-    events_for_all_jobs: bool = False
+    events_for_all_jobs: bool = Field(default=False, json_schema_extra=RESTART)
     # At most one progress event per job this often (terminal events are never held back).
-    progress_interval_seconds: float = Field(default=1.0, ge=0)
+    progress_interval_seconds: float = Field(default=1.0, ge=0, json_schema_extra=RESTART)
     # Topics the agent creates when missing: partitions of job topics, and the
     # replication factor of every topic (-1: the broker's default).
-    create_topics: bool = True
-    partitions: int = Field(default=6, ge=1)
-    replication_factor: int = Field(default=-1, ge=-1)
-    heartbeat_interval_seconds: float = Field(default=10.0, gt=0)
+    create_topics: bool = Field(default=True, json_schema_extra=RESTART)
+    partitions: int = Field(default=6, ge=1, json_schema_extra=RESTART)
+    replication_factor: int = Field(default=-1, ge=-1, json_schema_extra=RESTART)
+    heartbeat_interval_seconds: float = Field(default=10.0, gt=0, json_schema_extra=RESTART)
     # The capabilities record is re-asserted this often even when nothing changed,
     # and a change is published after this debounce plus up to as much again of jitter.
-    capabilities_reassert_seconds: float = Field(default=600.0, gt=0)
-    capabilities_debounce_seconds: float = Field(default=2.0, ge=0)
+    capabilities_reassert_seconds: float = Field(default=600.0, gt=0, json_schema_extra=RESTART)
+    capabilities_debounce_seconds: float = Field(default=2.0, ge=0, json_schema_extra=RESTART)
     # Messages handed to the job store in one transaction.
-    intake_batch: int = Field(default=500, ge=1)
+    intake_batch: int = Field(default=500, ge=1, json_schema_extra=RESTART)
     # Anything else for librdkafka (e.g. "session.timeout.ms"), applied last.
-    librdkafka: dict[str, str] = Field(default_factory=dict)
+    librdkafka: dict[str, str] = Field(default_factory=dict, json_schema_extra=RESTART)
 
     @property
     def enabled(self) -> bool:

@@ -10,9 +10,7 @@ transport retries and its health component says degraded.
 from __future__ import annotations
 
 import time
-from datetime import datetime
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 import trio
@@ -21,14 +19,18 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from agent.errors import QueueFullError, UnavailableError
+from agent.jobs import OutboxEntry, utc_now
+from agent.outbox import Outbox, OutboxInterest
 from agent.transports.kafka._announce import Announcer
 from agent.transports.kafka._consumer import ConsumerThread, Record
-from agent.transports.kafka._events import TERMINAL, ProgressGate, event_value
+from agent.transports.kafka._events import TERMINAL, EventType, ProgressGate, event_value
 from agent.transports.kafka._intake import TRANSPORT, Examiner
-from agent.transports.kafka._outbox import TransitionOutbox
 from agent.transports.kafka._producer import EventProducer, Outgoing
 from agent.transports.kafka._settings import KafkaSettings
 from agent.transports.kafka._topics import Topics
+
+if TYPE_CHECKING:
+    from agent.intake import TransportIntake
 
 log = structlog.get_logger("agent.transports.kafka")
 
@@ -42,16 +44,10 @@ _HEARTBEAT_RETENTION_MS = "600000"
 class KafkaTransport:
     name = TRANSPORT
 
-    def __init__(
-        self,
-        settings: KafkaSettings,
-        *,
-        worker_id: str,
-        labels: dict[str, str],
-        store_path: Path,
-    ) -> None:
+    def __init__(self, settings: KafkaSettings, *, worker_id: str, labels: dict[str, str]) -> None:
         self.settings = settings
-        self.store_path = store_path
+        # Events of its own jobs (and of every job, if asked), progress included.
+        self.outbox = OutboxInterest(all_jobs=settings.events_for_all_jobs, progress=True)
         self.worker_id = worker_id
         self.labels = {**labels, **settings.selector_labels}
         self.topics = Topics(settings.topic_prefix)
@@ -92,7 +88,10 @@ class KafkaTransport:
         return "healthy", "connected", figures
 
     async def run(
-        self, intake: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        intake: TransportIntake,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve until cancelled; started at once, even while the brokers are away."""
         config = self.settings.client_config()
@@ -113,30 +112,21 @@ class KafkaTransport:
             capabilities=intake.capabilities,
             health=intake.health,
         )
-        outbox = TransitionOutbox(
-            self.store_path,
-            self.store_path.with_name("kafka-outbox.json"),
-            transports=None if self.settings.events_for_all_jobs else {TRANSPORT},
+        await self._serve(
+            intake,
+            producer,
+            outbox=intake.outbox(TRANSPORT),
+            announcer=announcer,
+            examiner=examiner,
+            task_status=task_status,
         )
-        await outbox.open()
-        try:
-            await self._serve(
-                intake,
-                producer,
-                outbox=outbox,
-                announcer=announcer,
-                examiner=examiner,
-                task_status=task_status,
-            )
-        finally:
-            outbox.close()
 
     async def _serve(
         self,
-        intake: Any,
+        intake: TransportIntake,
         producer: EventProducer,
         *,
-        outbox: TransitionOutbox,
+        outbox: Outbox,
         announcer: Announcer,
         examiner: Examiner,
         task_status: trio.TaskStatus[None],
@@ -167,7 +157,7 @@ class KafkaTransport:
 
     async def _take(
         self,
-        intake: Any,
+        intake: TransportIntake,
         examiner: Examiner,
         consumer: ConsumerThread,
         receive: trio.MemoryReceiveChannel[list[Record]],
@@ -201,29 +191,29 @@ class KafkaTransport:
             else:
                 return
 
-    async def _deliver_outbox(self, outbox: TransitionOutbox, producer: EventProducer) -> None:
-        async for batch in outbox.batches():
+    async def _deliver_outbox(self, outbox: Outbox, producer: EventProducer) -> None:
+        async for batch in outbox:
             messages: list[Outgoing] = []
             for entry in batch:
                 if entry.event == "progress" and not self._gate.allow(
-                    entry.job_id,
-                    datetime.fromisoformat(entry.at.replace("Z", "+00:00")).timestamp(),
+                    entry.job_id, time.monotonic()
                 ):
                     continue
                 if entry.event in TERMINAL:
                     self._gate.forget(entry.job_id)
                 value = event_value(
-                    type=entry.event,
+                    type=cast("EventType", entry.event),
                     worker_id=self.worker_id,
                     job_id=entry.job_id,
-                    status=str(entry.status),
-                    timestamp=entry.at,
+                    status=str(entry.state.status),
+                    timestamp=_when(entry),
                     data=entry.data,
-                    event_id=f"{self.worker_id}:{entry.key}",
+                    # The outbox id is stable across re-sends: readers drop repeats by it.
+                    event_id=f"{self.worker_id}:{entry.id}",
                 )
                 messages.append((self.topics.events, entry.job_id, value))
             await self._send(producer=producer, messages=messages)
-            await outbox.ack(batch[-1])
+            await outbox.ack(batch[-1].id)
 
     async def _ensure_topics(self, config: dict[str, Any]) -> None:
         """Create the topics this agent uses (existing ones are left as they are)."""
@@ -273,3 +263,13 @@ def _create_topics(admin: AdminClient, wanted: list[NewTopic]) -> list[str]:
         except Exception:  # noqa: BLE001 (a timeout: the brokers are away, try again)
             missing.append(topic)
     return missing
+
+
+def _when(entry: OutboxEntry) -> str:
+    """When the change happened, as the job's state records it."""
+    state = entry.state
+    moment = {
+        "accepted": state.submitted_at,
+        "running": state.started_at,
+    }.get(entry.event, state.completed_at if entry.event in TERMINAL else None)
+    return moment or utc_now()

@@ -29,7 +29,9 @@ def with_kafka(config: Config, bootstrap: str, prefix: str, **extra: Any) -> Con
         heartbeat_interval_seconds=1.0,
         **extra,
     )
-    return config.model_copy(update={"worker_id": "w1", "kafka": settings})
+    data = config.model_dump()
+    data.update(worker_id="w1", kafka=settings.model_dump())
+    return Config.model_validate(data)
 
 
 @asynccontextmanager
@@ -70,8 +72,8 @@ async def test_poison_messages_are_rejected_and_the_partition_moves_on(
             producer.produce(topic, value=value, key=key, partition=0)
         assert await trio.to_thread.run_sync(producer.flush, 30) == 0
         producer.close()
-        events = await read_events(config.kafka, ["not-json", "unknown-op", "bad-payload",
-                                                   long_id, "good"])  # fmt: skip
+        ids = ["not-json", "unknown-op", "bad-payload", long_id, "good"]
+        events = await read_events(config.section(KafkaSettings), ids)
         assert (await agent.intake.status("good")).status == "Completed"
     rejected = {job: events.by_job[job][0]["data"]["error"] for job in poison_ids(poison)}
     assert rejected["not-json"]["details"]["field"] == "document"
@@ -99,9 +101,9 @@ async def test_not_after_in_the_past_expires_and_never_runs(
         late = {**echo("late"), "not_after": "2020-01-01T00:00:00Z"}
         timely = {**echo("timely"), "not_after": "2999-01-01T00:00:00Z"}
         await trio.to_thread.run_sync(
-            lambda: send_jobs(config.kafka, topics.host("w1"), [late, timely])
+            lambda: send_jobs(config.section(KafkaSettings), topics.host("w1"), [late, timely])
         )
-        events = await read_events(config.kafka, ["late", "timely"])
+        events = await read_events(config.section(KafkaSettings), ["late", "timely"])
         with pytest.raises(NotFoundError):
             await agent.intake.status("late")
     assert events.types("late") == ["expired"]
@@ -129,7 +131,9 @@ async def test_broker_outage_degrades_and_loses_no_event(
 
         await wait_for(lambda: _is(kafka_status, "healthy"))
         await trio.to_thread.run_sync(
-            lambda: send_jobs(config.kafka, topics.host("w1"), [sleep(i, 2) for i in ids])
+            lambda: send_jobs(
+                config.section(KafkaSettings), topics.host("w1"), [sleep(i, 2) for i in ids]
+            )
         )
         # Wait until the jobs are durable here, then take the broker away.
         await wait_for(lambda: _all_known(agent, ids))
@@ -143,7 +147,7 @@ async def test_broker_outage_degrades_and_loses_no_event(
         await wait_for(lambda: _count_done(agent, ids, 4))
         await trio.sleep(max(0.0, 30 - (time.monotonic() - stopped)))
         await trio.to_thread.run_sync(cluster.start)
-        events = await read_events(config.kafka, ids, timeout=90)
+        events = await read_events(config.section(KafkaSettings), ids, timeout=90)
         await wait_for(lambda: _is(kafka_status, "healthy"))
     for job_id in ids:
         assert events.types(job_id)[-1] == "completed", (job_id, events.types(job_id))
@@ -178,14 +182,19 @@ async def test_three_brokers_lose_nothing_when_one_dies(
     async with running(config):
         first, second = ids[:200], ids[200:]
         await trio.to_thread.run_sync(
-            lambda: send_jobs(config.kafka, topics.host("w1"), [echo(i) for i in first])
+            lambda: send_jobs(
+                config.section(KafkaSettings), topics.host("w1"), [echo(i) for i in first]
+            )
         )
         # kill -9 one of the three while its partitions are busy.
         await trio.to_thread.run_sync(cluster.kill, cluster.nodes[0])
         await trio.to_thread.run_sync(
             lambda: send_jobs(
-                config.kafka, topics.host("w1"), [echo(i) for i in second], timeout=60
+                config.section(KafkaSettings),
+                topics.host("w1"),
+                [echo(i) for i in second],
+                timeout=60,
             )
         )
-        events = await read_events(config.kafka, ids, timeout=120)
+        events = await read_events(config.section(KafkaSettings), ids, timeout=120)
     assert all(events.types(job_id)[-1] == "completed" for job_id in ids)
