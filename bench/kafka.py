@@ -1,8 +1,10 @@
 """Kafka end to end: 10,000 no-op jobs produced to a pool topic, until their
-`completed` events are consumed, through one real broker to 1 and 3 agents.
+`completed` events are consumed, through one real broker to 1 and 3 agents;
+beside it the HTTP batch path end to end (POST /api/v1/jobs/batch of 500,
+until the agent has run them all) on the same machine.
 
-Each agent is a real process (spool on, HTTP off, max_concurrent_jobs 2);
-CPU seconds per agent come from /proc. Usage: python bench/kafka.py [--jobs N]
+Each agent is a real process (max_concurrent_jobs 2); CPU seconds per agent
+come from /proc. Usage: python bench/kafka.py [--jobs N]
 """
 
 from __future__ import annotations
@@ -10,6 +12,11 @@ from __future__ import annotations
 import argparse
 import importlib.machinery
 import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -20,6 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # shadow the standard library's `http` package.
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
+import httpx  # noqa: E402
+
+from agent.transports.http.auth import create_token  # noqa: E402
 from agent.transports.kafka import KafkaSettings  # noqa: E402
 from agent.transports.kafka._client import EventWatcher, send_jobs  # noqa: E402
 from agent.transports.kafka._topics import Topics  # noqa: E402
@@ -38,12 +48,65 @@ def load_broker_script() -> object:
     return module
 
 
+def http_end_to_end(home: Path, jobs: int, batch: int = 500) -> float:
+    """jobs/s from the first POST until the agent ran every job (one connection)."""
+    token, entry = create_token("bench", ["admin"])
+    auth = {"Authorization": f"Bearer {token}"}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        **os.environ,
+        "HOSTAGENT_HTTP__TOKENS": json.dumps([entry.model_dump()]),
+        "HOSTAGENT_MAX_PENDING_JOBS": "1000000",
+        "HOSTAGENT_MAX_CONCURRENT_JOBS": "2",
+        "HOSTAGENT_LIBVIRT__URI": "test:///default",
+    }
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--state-dir", str(home / "state"),
+         "--spool-dir", str(home / "spool"), "--http-bind", f"127.0.0.1:{port}",
+         "--log-level", "warning"],
+        env=env, cwd=ROOT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/api/v1"
+    try:
+        with httpx.Client(headers=auth, timeout=60) as client:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if client.get(f"{url}/health").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    if time.monotonic() > deadline:
+                        raise
+                time.sleep(0.05)
+            start_cpu = cpu_seconds(agent.pid)
+            began = time.monotonic()
+            for first in range(0, jobs, batch):
+                body = {"jobs": [echo(f"h-{n}") for n in range(first, min(first + batch, jobs))]}
+                client.post(f"{url}/jobs/batch", json=body).raise_for_status()
+            while True:
+                store = client.get(f"{url}/health").json()["data"]["components"]["store"]
+                if store["queue_depth"] == 0 and store["running"] == 0:
+                    break
+                time.sleep(0.02)
+            elapsed = time.monotonic() - began
+            cpu = cpu_seconds(agent.pid) - start_cpu
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(30)
+    rate = jobs / elapsed
+    print(f"http batch, 1 agent: {rate:8.0f} jobs/s end to end ({elapsed:.1f} s); "
+          f"agent CPU s: {cpu:.1f}")  # fmt: skip
+    return rate
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run(bootstrap: str, home: Path, agents: int, jobs: int) -> None:
+def run(bootstrap: str, home: Path, agents: int, jobs: int) -> float:
     prefix = f"bench{agents}"
     settings = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix)
     procs = [
@@ -69,6 +132,7 @@ def run(bootstrap: str, home: Path, agents: int, jobs: int) -> None:
             f"({done}/{jobs} completed in {elapsed:.1f} s; produce {produced:.1f} s); "
             f"agent CPU s: {', '.join(f'{c:.1f}' for c in cpu)}"
         )
+        return jobs / elapsed
     finally:
         for proc in procs:
             proc.kill()
@@ -80,14 +144,19 @@ def main() -> int:
     args = parser.parse_args()
     script = load_broker_script()
     with tempfile.TemporaryDirectory() as tmp:
+        http_rate = http_end_to_end(Path(tmp) / "http", args.jobs)
         cluster = script.Cluster.create(Path(tmp) / "kafka", 1)  # type: ignore[attr-defined]
         cluster.start()
         try:
-            for agents in (1, 3):
-                run(cluster.bootstrap, Path(tmp) / f"agents{agents}", agents, args.jobs)
+            one = run(cluster.bootstrap, Path(tmp) / "agents1", 1, args.jobs)
+            three = run(cluster.bootstrap, Path(tmp) / "agents3", 3, args.jobs)
         finally:
             cluster.stop()
-    print("HTTP batch path on the same machine: python bench/http.py (its 'batch submits' line)")
+    share = one / http_rate
+    print(
+        f"one agent / http batch {share:4.0%} (>= 80% {'ok' if share >= 0.8 else 'MISSED'}); "
+        f"three / one {three / one:4.2f} (>= 1 {'ok' if three >= one else 'MISSED'})"
+    )
     return 0
 
 

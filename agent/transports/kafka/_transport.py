@@ -18,7 +18,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from agent.errors import QueueFullError, UnavailableError
+from agent.errors import DrainingError, QueueFullError, UnavailableError
 from agent.jobs import OutboxEntry, utc_now
 from agent.outbox import Outbox, OutboxInterest
 from agent.transports.kafka._announce import Announcer
@@ -168,11 +168,13 @@ class KafkaTransport:
             while True:
                 try:
                     sorted_ = await examiner.sort(intake, records, kind)
+                except DrainingError:
+                    # Nothing was recorded and nothing is committed: the next start (or
+                    # another member of the group) reads these records again.
+                    await trio.sleep_forever()
                 except QueueFullError:
-                    # No room, or draining for shutdown: nothing was recorded. The
+                    # Another transport took the room wait_for_room saw. Meanwhile the
                     # consumer pauses (this channel is full) and keeps its group seat.
-                    if not intake.accepting:
-                        await trio.sleep_forever()
                     await trio.sleep(_ROOM_POLL_SECONDS)
                     continue
                 break

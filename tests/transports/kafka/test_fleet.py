@@ -86,6 +86,19 @@ def test_host_pool_and_broadcast_jobs_reach_the_right_agents(
         assert fleet_ids(kafka_broker, kafka_prefix) == {"a": False, "b": False, "c": False}
         assert set(fleet_ids(kafka_broker, kafka_prefix, "--label", "rack=r1")) == {"a", "c"}
         assert set(fleet_ids(kafka_broker, kafka_prefix, "--op", "system.nothing")) == set()
+        # The CLI: a host job and a broadcast, each waited for through job-events.
+        connect = ["--kafka", kafka_broker, "--topic-prefix", kafka_prefix, "--wait-timeout", "30"]
+        done = hostagent("submit", *connect, "--host", "b", "--op", "system.echo",
+                         "--data", '{"message": "cli"}', "--wait")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        answer = json.loads(done.stdout)
+        assert (answer["type"], answer["worker_id"]) == ("completed", "b")
+        assert answer["data"]["result"] == {"message": "cli"}
+        done = hostagent("submit", *connect, "--broadcast", "--selector", "rack=r1",
+                         "--op", "system.echo", "--wait")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert sorted(json.loads(ln)["worker_id"] for ln in done.stdout.splitlines()) == ["a", "c"]
+
         agents["b"].stop()
         agents["c"].stop()
         done = hostagent("decommission", "--bootstrap", kafka_broker, "--topic-prefix",
