@@ -28,12 +28,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
 import httpx  # noqa: E402
+from confluent_kafka import KafkaException  # noqa: E402
+from confluent_kafka.admin import AdminClient  # noqa: E402
 
 from agent.transports.http.auth import create_token  # noqa: E402
 from agent.transports.kafka import KafkaSettings  # noqa: E402
 from agent.transports.kafka._client import EventWatcher, send_jobs  # noqa: E402
 from agent.transports.kafka._topics import Topics  # noqa: E402
-from tests.transports.kafka.fleetkit import echo, kafka_agent  # noqa: E402
+from tests.transports.kafka.fleetkit import echo, kafka_toml  # noqa: E402
 
 
 def load_broker_script() -> object:
@@ -101,23 +103,58 @@ def http_end_to_end(home: Path, jobs: int, batch: int = 500) -> float:
     return rate
 
 
+def wait_for_group(settings: KafkaSettings, group: str, members: int) -> None:
+    admin = AdminClient(settings.client_config())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            described = admin.describe_consumer_groups([group])[group].result(timeout=10)
+        except KafkaException:
+            described = None
+        if (
+            described is not None
+            and len(described.members) == members
+            and all(member.assignment.topic_partitions for member in described.members)
+        ):
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"group {group} did not settle with {members} members")
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run(bootstrap: str, home: Path, agents: int, jobs: int) -> float:
+def run(bootstrap: str, home: Path, agents: int, jobs: int, profile: Path | None = None) -> float:
     prefix = f"bench{agents}"
     settings = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix)
-    procs = [
-        kafka_agent(home, bootstrap, prefix, f"w{i}", pools=["bench"], max_concurrent=2)
-        for i in range(agents)
-    ]
+    procs = []
+    for i in range(agents):
+        agent_home = home / f"w{i}"
+        agent_home.mkdir(parents=True)
+        (agent_home / "agent.toml").write_text(
+            kafka_toml(
+                bootstrap,
+                prefix,
+                worker_id=f"w{i}",
+                pools=["bench"],
+                log_level="warning",
+                heartbeat=10.0,
+            )
+        )
+        argv = ["--config", agent_home / "agent.toml", "--state-dir", agent_home / "state",
+                "--spool-dir", agent_home / "spool", "--no-http",
+                "--libvirt-uri", "test:///default"]  # fmt: skip
+        wrap = ["-m", "cProfile", "-o", str(profile)] if profile and i == 0 else []
+        command = [sys.executable, *wrap, "-m", "agent", "run", *map(str, argv)]
+        procs.append(subprocess.Popen(command, cwd=ROOT))
     try:
-        for proc in procs:
-            proc.start()
+        # Every agent holds pool partitions before the clock starts (a member that
+        # joins later takes its share only after a rebalance).
+        wait_for_group(settings, Topics(prefix).pool_group("bench"), agents)
         ids = [f"b{agents}-{i}" for i in range(jobs)]
-        before = {proc.process.pid: cpu_seconds(proc.process.pid) for proc in procs if proc.process}
+        before = {proc.pid: cpu_seconds(proc.pid) for proc in procs}
         with EventWatcher(settings) as watcher:
             began = time.monotonic()
             send_jobs(settings, Topics(prefix).pool("bench"), [echo(i) for i in ids], timeout=120)
@@ -135,12 +172,18 @@ def run(bootstrap: str, home: Path, agents: int, jobs: int) -> float:
         return jobs / elapsed
     finally:
         for proc in procs:
-            proc.kill()
+            # SIGTERM: a profiled agent writes its profile on the way out.
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(60)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument(
+        "--profile", type=Path, help="profile the single Kafka agent into this file"
+    )
     args = parser.parse_args()
     script = load_broker_script()
     with tempfile.TemporaryDirectory() as tmp:
@@ -148,7 +191,7 @@ def main() -> int:
         cluster = script.Cluster.create(Path(tmp) / "kafka", 1)  # type: ignore[attr-defined]
         cluster.start()
         try:
-            one = run(cluster.bootstrap, Path(tmp) / "agents1", 1, args.jobs)
+            one = run(cluster.bootstrap, Path(tmp) / "agents1", 1, args.jobs, args.profile)
             three = run(cluster.bootstrap, Path(tmp) / "agents3", 3, args.jobs)
         finally:
             cluster.stop()

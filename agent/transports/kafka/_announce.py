@@ -29,6 +29,10 @@ from agent.transports.kafka._topics import Topics
 log = structlog.get_logger("agent.transports.kafka")
 
 Describe = Callable[[], Awaitable[dict[str, Any]]]
+# Describing the agent costs ~80 ms (every handler's payload schema), and the
+# agent itself re-fingerprints only every capabilities_refresh_seconds (or when
+# libvirt comes or goes): look for a change at most this often, not every heartbeat.
+_CHANGE_CHECK_SECONDS = 30.0
 # Keys of the capabilities document that change without the host changing.
 _VOLATILE = {"generated_at", "seq"}
 
@@ -55,6 +59,7 @@ class Announcer:
         self._seq = time.time_ns() // 1_000_000
         self._published: str | None = None
         self.last_published: float | None = None
+        self._last_checked: float | None = None
 
     async def document(self) -> dict[str, Any]:
         """The capabilities record this agent publishes (without seq/generated_at)."""
@@ -107,19 +112,22 @@ class Announcer:
             await trio.sleep(interval)
 
     async def _tick(self) -> None:
-        document = await self.document()
+        now = time.monotonic()
         due = (
             self.last_published is None
-            or time.monotonic() - self.last_published
-            >= self._settings.capabilities_reassert_seconds
+            or now - self.last_published >= self._settings.capabilities_reassert_seconds
         )
-        if self._published is not None and _digest(document) != self._published:
-            debounce = self._settings.capabilities_debounce_seconds
-            await trio.sleep(debounce + random.uniform(0, debounce))  # noqa: S311 (jitter, not secrecy)
+        if due or self._last_checked is None or now - self._last_checked >= _CHANGE_CHECK_SECONDS:
+            self._last_checked = now
             document = await self.document()
-            due = True
-        if due:
-            await self.publish_capabilities(document)
+            if self._published is not None and _digest(document) != self._published:
+                # Debounced and jittered: a fleet-wide change does not arrive as one burst.
+                debounce = self._settings.capabilities_debounce_seconds
+                await trio.sleep(debounce + random.uniform(0, debounce))  # noqa: S311 (jitter)
+                document = await self.document()
+                due = True
+            if due:
+                await self.publish_capabilities(document)
         await self.heartbeat()
 
 

@@ -111,12 +111,7 @@ class EventWatcher:
             partitions = [] if described is None else list(described.partitions)
             assignment = []
             for partition in partitions:
-                if self._from_beginning:
-                    offset = 0
-                else:
-                    _low, offset = self._consumer.get_watermark_offsets(
-                        TopicPartition(self._topic, partition), timeout=15
-                    )
+                offset = 0 if self._from_beginning else self._end_of(partition)
                 assignment.append(TopicPartition(self._topic, partition, offset))
             if not assignment:
                 # Not created yet: its partitions are read from their start as they appear.
@@ -127,6 +122,22 @@ class EventWatcher:
             self._consumer.close()
             raise _unavailable(exc, f"cannot read {self._topic}") from exc
         return self
+
+    def _end_of(self, partition: int) -> int:
+        # A topic created a moment ago may still be electing its leaders.
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                _low, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(self._topic, partition), timeout=15
+                )
+            except KafkaException:
+                # NOT_LEADER_FOR_PARTITION and friends, not flagged retriable by librdkafka.
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+            else:
+                return int(high)
 
     def __exit__(
         self,

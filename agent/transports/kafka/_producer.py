@@ -28,13 +28,25 @@ _UNREACHABLE = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError.
 _FLUSH_SECONDS = 5.0
 
 
-class _Batch:
+class Delivery:
+    """Messages queued together; `wait()` returns once the brokers have them all."""
+
     __slots__ = ("done", "error", "remaining")
 
     def __init__(self, count: int) -> None:
         self.remaining = count
         self.error: KafkaError | None = None
         self.done = trio.Event()
+
+    async def wait(self) -> None:
+        """Raises UnavailableError when a message could not be delivered."""
+        await self.done.wait()
+        if self.error is not None:
+            raise UnavailableError(
+                f"Kafka did not take a message: {self.error.str()}",
+                field="kafka.bootstrap_servers",
+                reason=self.error.name(),
+            )
 
 
 class EventProducer:
@@ -96,10 +108,18 @@ class EventProducer:
 
         Raises UnavailableError when a message cannot be delivered.
         """
-        if not messages:
-            return
+        await (await self.submit(messages)).wait()
+
+    async def submit(self, messages: Sequence[Outgoing]) -> Delivery:
+        """Queue `messages` in order; the answer says when the brokers have them all.
+
+        Lets a caller keep several batches in flight instead of one round trip each.
+        """
         token = self._token or trio.lowlevel.current_trio_token()
-        batch = _Batch(len(messages))
+        batch = Delivery(len(messages))
+        if not messages:
+            batch.done.set()
+            return batch
 
         def delivered(error: KafkaError | None, _message: Message) -> None:
             # Poll thread: the only thread running callbacks, so no lock is needed.
@@ -117,13 +137,7 @@ class EventProducer:
 
         for topic, key, value in messages:
             await self._produce(topic, key, value, delivered)
-        await batch.done.wait()
-        if batch.error is not None:
-            raise UnavailableError(
-                f"Kafka did not take a message: {batch.error.str()}",
-                field="kafka.bootstrap_servers",
-                reason=batch.error.name(),
-            )
+        return batch
 
     async def _produce(
         self, topic: str, key: str | None, value: bytes | None, callback: Any

@@ -25,7 +25,7 @@ from agent.transports.kafka._announce import Announcer
 from agent.transports.kafka._consumer import ConsumerThread, Record
 from agent.transports.kafka._events import TERMINAL, EventType, ProgressGate, event_value
 from agent.transports.kafka._intake import TRANSPORT, Examiner
-from agent.transports.kafka._producer import EventProducer, Outgoing
+from agent.transports.kafka._producer import Delivery, EventProducer, Outgoing
 from agent.transports.kafka._settings import KafkaSettings
 from agent.transports.kafka._topics import Topics
 
@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger("agent.transports.kafka")
 
 _RETRY_SECONDS = 2.0
+# Outbox batches sent and not yet acknowledged by the brokers: one round trip
+# per batch at a time held the event rate to ~100 batches/s.
+_BATCHES_IN_FLIGHT = 16
 # How often a full pending queue is looked at again.
 _ROOM_POLL_SECONDS = 0.05
 # Heartbeats are only interesting for a few intervals; capabilities are compacted.
@@ -194,28 +197,51 @@ class KafkaTransport:
                 return
 
     async def _deliver_outbox(self, outbox: Outbox, producer: EventProducer) -> None:
-        async for batch in outbox:
-            messages: list[Outgoing] = []
-            for entry in batch:
-                if entry.event == "progress" and not self._gate.allow(
-                    entry.job_id, time.monotonic()
-                ):
-                    continue
-                if entry.event in TERMINAL:
-                    self._gate.forget(entry.job_id)
-                value = event_value(
-                    type=cast("EventType", entry.event),
-                    worker_id=self.worker_id,
-                    job_id=entry.job_id,
-                    status=str(entry.state.status),
-                    timestamp=_when(entry),
-                    data=entry.data,
-                    # The outbox id is stable across re-sends: readers drop repeats by it.
-                    event_id=f"{self.worker_id}:{entry.id}",
-                )
-                messages.append((self.topics.events, entry.job_id, value))
-            await self._send(producer=producer, messages=messages)
-            await outbox.ack(batch[-1].id)
+        """Outbox entries to job events, several batches in flight, acknowledged in order."""
+        send, receive = trio.open_memory_channel[tuple[Delivery, list[Outgoing], int]](
+            _BATCHES_IN_FLIGHT
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._acknowledge, outbox, producer, receive)
+            async with send:
+                async for batch in outbox:
+                    messages = self._events_of(batch)
+                    await send.send((await producer.submit(messages), messages, batch[-1].id))
+
+    async def _acknowledge(
+        self,
+        outbox: Outbox,
+        producer: EventProducer,
+        receive: trio.MemoryReceiveChannel[tuple[Delivery, list[Outgoing], int]],
+    ) -> None:
+        async for delivery, messages, last_id in receive:
+            try:
+                await delivery.wait()
+            except UnavailableError as exc:
+                # Only after message.timeout.ms: send this batch again, in order.
+                log.warning("kafka.send_failed", error=exc.message)
+                await self._send(producer=producer, messages=messages)
+            await outbox.ack(last_id)
+
+    def _events_of(self, batch: list[OutboxEntry]) -> list[Outgoing]:
+        messages: list[Outgoing] = []
+        for entry in batch:
+            if entry.event == "progress" and not self._gate.allow(entry.job_id, time.monotonic()):
+                continue
+            if entry.event in TERMINAL:
+                self._gate.forget(entry.job_id)
+            value = event_value(
+                type=cast("EventType", entry.event),
+                worker_id=self.worker_id,
+                job_id=entry.job_id,
+                status=str(entry.state.status),
+                timestamp=_when(entry),
+                data=entry.data,
+                # The outbox id is stable across re-sends: readers drop repeats by it.
+                event_id=f"{self.worker_id}:{entry.id}",
+            )
+            messages.append((self.topics.events, entry.job_id, value))
+        return messages
 
     async def _ensure_topics(self, config: dict[str, Any]) -> None:
         """Create the topics this agent uses (existing ones are left as they are)."""

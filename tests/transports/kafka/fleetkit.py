@@ -40,12 +40,15 @@ def kafka_toml(
     pools: list[str] = (),  # type: ignore[assignment]
     labels: dict[str, str] | None = None,
     max_concurrent: int = 2,
+    log_level: str = "info",
+    heartbeat: float = 1.0,
     extra: str = "",
 ) -> str:
     label_lines = "\n".join(f'{k} = "{v}"' for k, v in (labels or {}).items())
     return f"""
 worker_id = "{worker_id}"
 max_concurrent_jobs = {max_concurrent}
+log_level = "{log_level}"
 
 [labels]
 {label_lines}
@@ -54,7 +57,7 @@ max_concurrent_jobs = {max_concurrent}
 bootstrap_servers = "{bootstrap}"
 topic_prefix = "{prefix}"
 pools = {json.dumps(list(pools))}
-heartbeat_interval_seconds = 1.0
+heartbeat_interval_seconds = {heartbeat}
 capabilities_debounce_seconds = 0.1
 {extra}
 """
