@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.cli_resources import add_commands
 from agent.config import Config, load_config
 from agent.errors import AgentError, BadRequestError
 from agent.jobs import JobState, new_job_id
@@ -112,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
         _common(command)
         _client(command)
 
+    RESOURCE_NOUNS.extend(add_commands(commands, _resource_options))
+
     token = commands.add_parser("token", help="API tokens")
     token_commands = token.add_subparsers(dest="token_command", required=True)
     create = token_commands.add_parser(
@@ -128,6 +131,20 @@ def build_parser() -> argparse.ArgumentParser:
     _common(validate)
     validate.add_argument("file", type=Path)
     return parser
+
+
+RESOURCE_NOUNS: list[str] = []
+
+
+def _resource_options(parser: argparse.ArgumentParser) -> None:
+    _common(parser)
+    _client(parser)
+
+
+def _resource(args: argparse.Namespace, config: Config) -> int:
+    from agent.cli_resources import run_command
+
+    return run_command(args, _require_remote(args))
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -153,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = _config(args)
-        return int(_COMMANDS[args.command](args, config) or 0)
+        command = _resource if args.command in RESOURCE_NOUNS else _COMMANDS[args.command]
+        return int(command(args, config) or 0)
     except AgentError as exc:
         print(f"hostagent: {exc.message}", file=sys.stderr)
         if exc.details:

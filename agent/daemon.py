@@ -19,13 +19,14 @@ from agent.config import Config, restart_keys
 from agent.dispatcher import Dispatcher
 from agent.errors import AgentError
 from agent.events import EventBus
-from agent.handlers import image, storage, system, vm, vm_snapshot
+from agent.handlers import guestkit, image, network, storage, system, vm, vm_screen, vm_snapshot
 from agent.health import Health, Status
 from agent.hypervisor import LibvirtConnection
 from agent.hypervisor_facts import libvirt_facts
 from agent.intake import Intake
 from agent.logging_config import set_log_level
 from agent.registry import Handler, Registry
+from agent.resources import ResourceView
 from agent.services import Services
 from agent.store import JobStore, SqliteStore
 from agent.systemd import Notifier, Notify, feed_watchdog, monotonic_usec, report_status
@@ -45,7 +46,16 @@ class Reloadable(Protocol):
 def build_registry() -> Registry:
     """Every handler this agent ships."""
     return Registry(
-        (*system.HANDLERS, *vm.HANDLERS, *vm_snapshot.HANDLERS, *storage.HANDLERS, *image.HANDLERS)
+        (
+            *system.HANDLERS,
+            *vm.HANDLERS,
+            *vm_snapshot.HANDLERS,
+            *vm_screen.HANDLERS,
+            *storage.HANDLERS,
+            *network.HANDLERS,
+            *image.HANDLERS,
+            *guestkit.available_handlers(),  # only where libguestfs works (looks at files)
+        )
     )
 
 
@@ -95,6 +105,7 @@ class Agent:
         self.health = Health()
         for name, check in self.services.pings().items():
             self.health.add(name, check)
+        guestkit.contribute(self.capabilities, self.health)  # feature `inspect`, health `guestfs`
         self.intake = Intake(
             self.registry,
             self.store,
@@ -105,6 +116,7 @@ class Agent:
             capabilities=self.capabilities,
             health=self.health,
         )
+        self.intake.resources = ResourceView(self.libvirt, config)
         # Each transport the config turns on; it brings its health, features and outbox.
         self.transports: list[Transport] = []
         for spec in transports:

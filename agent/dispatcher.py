@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import heapq
 import json
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +19,7 @@ from agent.errors import AgentError, ConflictError
 from agent.events import EventBus
 from agent.jobs import JobState, JobStatus, PendingJob
 from agent.registry import Registry
+from agent.resource_locks import ResourceLocks
 from agent.services import Services
 from agent.store import JobStore, Queued
 
@@ -70,7 +70,7 @@ class Dispatcher:
         self._executing = 0
         # Finished jobs whose outcome is not yet committed and published.
         self._unannounced = trio.Semaphore(256)
-        self._resource_locks: dict[str, tuple[trio.Lock, int]] = {}
+        self._resource_locks = ResourceLocks()
         self.reruns = 0
         self._nursery: trio.Nursery | None = None
         self._workers = 0  # alive, including any about to leave after a reload
@@ -244,23 +244,6 @@ class Dispatcher:
             self._workers -= 1
             self._wakeup.unpark()  # pass on a wakeup this worker may have taken
 
-    @asynccontextmanager
-    async def _resource_lock(self, key: str | None):  # type: ignore[no-untyped-def]  # generator CM
-        if key is None:
-            yield
-            return
-        lock, users = self._resource_locks.get(key, (trio.Lock(), 0))
-        self._resource_locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._resource_locks[key]
-            if users == 1:
-                del self._resource_locks[key]
-            else:
-                self._resource_locks[key] = (lock, users - 1)
-
     async def _execute(self, job: PendingJob) -> None:
         try:
             found = self._registry.get(job.operation)
@@ -284,7 +267,7 @@ class Dispatcher:
         # if the agent dies first, recovery runs it again. Others wait for them.
         bookkeeping_done_later = False
         try:
-            async with self._resource_lock(resource):
+            async with self._resource_locks.hold(resource):
                 if self._draining:
                     return  # it waited for its resource past shutdown: stays Pending
                 started_write = self._store.queue_mark_running(job.job_id)

@@ -129,7 +129,8 @@ class PayloadTooLargeError(AgentError):
 
 
 class UnavailableError(AgentError):
-    """A service the agent depends on (a Kafka broker) cannot be reached or refused the work."""
+    """Something an answer needs (the libvirt connection, a Kafka broker) is not there now;
+    retry later."""
 
     code = "UNAVAILABLE"
     http_status = 503

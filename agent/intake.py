@@ -34,6 +34,7 @@ from agent.store import JobStore
 
 if TYPE_CHECKING:
     from agent.config import Config
+    from agent.resources import ResourceView
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,10 @@ class TransportIntake(Protocol):
     @property
     def accepting(self) -> bool:
         """False while the agent drains for shutdown: take no new jobs."""
+
+    @property
+    def resources(self) -> ResourceView | None:
+        """Direct reads of VMs, pools, networks and the host, where libvirt is served."""
 
     def prepare(
         self, raw: object, *, transport: str, job_id: str | None = None, origin: str | None = None
@@ -154,6 +159,9 @@ class Intake:
         self._capabilities = capabilities
         self._health = health
         self._accepting = True
+        # Direct reads of VMs, pools, networks and the host (set by the daemon); their
+        # actions still come in here as jobs.
+        self.resources: ResourceView | None = None
 
     @property
     def accepting(self) -> bool:

@@ -8,6 +8,7 @@ from typing import Any
 from agent.config import Config
 from agent.context import JobContext
 from agent.errors import HandlerError, HypervisorError
+from agent.hypervisor import LibvirtConnection
 
 GIB = 1024**3
 
@@ -31,3 +32,8 @@ async def missing_is_done(
         if exc.reason != "not_found":
             raise
         return {**answer, "changed": False}
+
+
+def connection(ctx: JobContext) -> LibvirtConnection:
+    """The agent's libvirt connection, as a handler gets it."""
+    return ctx.get(LibvirtConnection)

@@ -1,8 +1,8 @@
 """The job store: every accepted job, its transitions, events, result and outbox.
 
 `JobStore` is what the core needs of a store; `SqliteStore` is the one the
-daemon runs on (tests also use an in-memory one, tests/memstore.py). The SQL
-lives in `queries` (also read directly by the CLI), the schema in `schema`.
+daemon runs on (tests also use an in-memory one, tests/memstore.py). The SQL lives
+in `queries` (reads, also used by the CLI), `writes`, `outbox_sql` and `schema`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from agent.errors import AgentError
 from agent.jobs import JobState, JobStatus, NewJob, PendingJob
 from agent.outbox import OutboxInterest, OutboxSource
 from agent.store.batcher import Queued
-from agent.store.queries import Recovery
 from agent.store.sqlite import SqliteStore
+from agent.store.writes import Recovery
 
 
 class JobStore(OutboxSource, Protocol):

@@ -18,7 +18,7 @@ import trio
 from agent.errors import AgentError, StoreError
 from agent.jobs import JobState, JobStatus, NewJob, OutboxEntry, PendingJob, utc_now
 from agent.outbox import OutboxInterest
-from agent.store import queries
+from agent.store import outbox_sql, queries, writes
 from agent.store.batcher import Batcher, Queued
 from agent.store.schema import connect
 
@@ -36,7 +36,7 @@ class SqliteStore:
         self._reader: sqlite3.Connection | None = None
         self._reads = Batcher(self._run_reads, lambda: None)
         self._writes = Batcher(self._commit, self._wake_consumers)
-        self._targets = queries.OutboxTargets()
+        self._targets = outbox_sql.OutboxTargets()
         self._changed: dict[str, trio.Event] = {}
 
     # -- life --
@@ -50,7 +50,7 @@ class SqliteStore:
         self._writer = await trio.to_thread.run_sync(connect, self.path)
         self._reader = await trio.to_thread.run_sync(lambda: connect(self.path, readonly=True))
         dropped = await self._write(
-            lambda conn: queries.drop_unclaimed_outbox(conn, self._targets.consumers)
+            lambda conn: outbox_sql.drop_unclaimed_outbox(conn, self._targets.consumers)
         )
         if dropped:
             log.warning("store.outbox_dropped", entries=dropped, reason="consumer not configured")
@@ -164,7 +164,7 @@ class SqliteStore:
         self, jobs: Sequence[NewJob]
     ) -> list[tuple[JobState, PendingJob | None] | AgentError]:
         result: list[tuple[JobState, PendingJob | None] | AgentError] = await self._write(
-            lambda conn: queries.insert_jobs(conn, self._targets, jobs)
+            lambda conn: writes.insert_jobs(conn, self._targets, jobs)
         )
         return result
 
@@ -173,9 +173,7 @@ class SqliteStore:
         was no longer pending."""
         # The time it is queued, not committed: the handler starts right away.
         now = utc_now()
-        return self._queue_write(
-            lambda conn: queries.mark_running(conn, self._targets, job_id, now)
-        )
+        return self._queue_write(lambda conn: writes.mark_running(conn, self._targets, job_id, now))
 
     def queue_finish(
         self,
@@ -191,7 +189,7 @@ class SqliteStore:
         allowed = tuple(only_from)
         now = utc_now()
         return self._queue_write(
-            lambda conn: queries.finish(
+            lambda conn: writes.finish(
                 conn,
                 self._targets,
                 job_id,
@@ -205,7 +203,7 @@ class SqliteStore:
 
     async def note_interrupted(self, job_id: str, reason: str) -> None:
         """Leave a Running job for restart recovery, recording why it stopped."""
-        await self._write(lambda conn: queries.note_interrupted(conn, job_id, reason))
+        await self._write(lambda conn: writes.note_interrupted(conn, job_id, reason))
 
     async def ping(self) -> None:
         """A write round trip that changes nothing: answers once the writer is free."""
@@ -213,15 +211,15 @@ class SqliteStore:
 
     async def add_event(self, job_id: str, kind: str, data: dict[str, Any]) -> str:
         at: str = await self._write(
-            lambda conn: queries.add_event(conn, self._targets, job_id, kind, data)
+            lambda conn: writes.add_event(conn, self._targets, job_id, kind, data)
         )
         return at
 
-    async def recover(self, rerun_safe: Callable[[str], bool]) -> queries.Recovery:
-        recovery: queries.Recovery = await self._write(
-            lambda conn: queries.recover(conn, self._targets, rerun_safe)
+    async def recover(self, rerun_safe: Callable[[str], bool]) -> writes.Recovery:
+        recovery: writes.Recovery = await self._write(
+            lambda conn: writes.recover(conn, self._targets, rerun_safe)
         )
         return recovery
 
     async def ack_outbox(self, consumer: str, up_to_id: int) -> None:
-        await self._write(lambda conn: queries.ack_outbox(conn, consumer, up_to_id))
+        await self._write(lambda conn: outbox_sql.ack_outbox(conn, consumer, up_to_id))

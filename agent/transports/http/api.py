@@ -77,6 +77,8 @@ class Route:
     token_in_query: bool = False
     websocket: bool = False
     raw: str | None = None  # a non-JSON answer's media type
+    # Takes an Idempotency-Key header (the job_id) and answers Location: the job.
+    idempotency_key: bool = False
 
     @property
     def endpoint(self) -> str:

@@ -13,12 +13,11 @@ import hashlib
 import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from agent.errors import AgentError, NotFoundError, ValidationError
+from agent.errors import AgentError, ExpiredError, NotFoundError, ValidationError
 from agent.jobs import JobState, NewJob
 from agent.transports.kafka._consumer import Record
 from agent.transports.kafka._events import EventType, event_value
@@ -58,10 +57,10 @@ class Sorted:
 
 @dataclass(frozen=True)
 class Expired:
-    """A valid job whose not_after has passed: it is never run."""
+    """A job whose not_after has passed (the intake refused it): it is never run."""
 
-    job: Any
-    not_after: datetime
+    job_id: str
+    error: ExpiredError
 
 
 @dataclass(frozen=True)
@@ -125,25 +124,23 @@ class Examiner:
                 reason="Expected a JSON object",
             )
             return self.rejected(record, error, key)
-        # Kafka's additions to the document: addressing and a deadline, not job data.
+        # Kafka's addition to the document: addressing, not job data.
         selector = raw.pop("selector", None)
-        not_after = raw.pop("not_after", None)
         job_id = raw.get("job_id") if isinstance(raw.get("job_id"), str) else key
+        job_id = job_id or _record_job_id(record)
         try:
             if kind == "broadcast" and not self._selected(raw, selector):
                 return None
-            deadline = _deadline(not_after)
-            prepared = intake.prepare(
+            return intake.prepare(
                 raw,
                 transport=TRANSPORT,
-                job_id=job_id or _record_job_id(record),
+                job_id=job_id,
                 origin=f"{record.topic}/{record.partition}/{record.offset}",
             )
+        except ExpiredError as exc:
+            return Expired(job_id, exc)
         except AgentError as exc:
             return self.rejected(record, exc, job_id)
-        if deadline is not None and deadline < datetime.now(UTC):
-            return Expired(prepared, deadline)
-        return prepared
 
     def _selected(self, raw: dict[str, Any], selector: object) -> bool:
         chosen = Selector.parse(selector)
@@ -184,31 +181,17 @@ class Examiner:
         return Sorted(jobs=jobs, events=events)
 
     async def _expired(self, intake: JobIntake, expired: Expired, record: Record) -> Outgoing:
-        job = expired.job
         try:
-            state = await intake.status(job.job_id)
+            state = await intake.status(expired.job_id)
         except NotFoundError:
-            not_after = expired.not_after.isoformat()
-            log.info("kafka.expired", job_id=job.job_id, not_after=not_after)
-            return self.event("expired", record, job_id=job.job_id, data={"not_after": not_after})
+            log.info("kafka.expired", job_id=expired.job_id, error=expired.error.message)
+            return self.event(
+                "expired", record, job_id=expired.job_id, data={"error": expired.error.to_dict()}
+            )
         # Re-read after it was taken in time: the job exists, this copy is a repeat.
-        return self.event("duplicate", record, job_id=job.job_id, status=str(state.status), data={})
-
-
-def _deadline(value: object) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None:
-        raise ValidationError(
-            "not_after must be an RFC 3339 timestamp with a time zone",
-            field="not_after",
-            reason=f"Cannot read {value!r} as a timestamp",
+        return self.event(
+            "duplicate", record, job_id=expired.job_id, status=str(state.status), data={}
         )
-    return moment
 
 
 def _record_job_id(record: Record) -> str:
