@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 import trio
 
 from agent.transports.kafka._consumer import ConsumerThread, Record
@@ -40,6 +41,7 @@ async def collect(thread: ConsumerThread, count: int, *, store: int | None = Non
     return got
 
 
+@pytest.mark.slow
 async def test_offsets_commit_only_once_stored(kafka_broker: str, kafka_prefix: str) -> None:
     topic = f"{kafka_prefix}.jobs"
     producer = EventProducer(KafkaSettings(bootstrap_servers=kafka_broker).client_config())
@@ -56,6 +58,7 @@ async def test_offsets_commit_only_once_stored(kafka_broker: str, kafka_prefix: 
     assert [r.offset for r in second] == list(range(5, 20))
 
 
+@pytest.mark.slow
 async def test_consumer_pauses_when_full_and_stays_in_its_group(
     kafka_broker: str, kafka_prefix: str
 ) -> None:
