@@ -59,7 +59,8 @@ class EventProducer:
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 5,
-            "compression.type": "lz4",
+            # No compression: on small job events lz4 cost ~0.2 ms of agent CPU per job
+            # (bench/kafka.py); a site short of bandwidth sets it in [kafka] librdkafka.
             # A broker outage only delays delivery: keep trying for a day, the outbox
             # re-sends anything that still fails.
             "message.timeout.ms": 86_400_000,
