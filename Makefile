@@ -11,17 +11,19 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 # system Python and a kernel for its appliance (/boot may be empty) for guestkit jobs.
 RUN_PACKAGES := libvirt-dev pkg-config gcc qemu-utils \
 	libguestfs-tools python3-guestfs linux-image-amd64
-# Tests also start a real libvirtd with QEMU.
-# Tests also boot systemd in a container (systemd-container: systemd-nspawn) on the
-# .deb, and render /docs in headless Chromium.
+# Tests also start a real libvirtd with QEMU, and real Kafka brokers (scripts/kafka-broker:
+# Maven fetches the pinned jars once, Java 17 runs them); they boot systemd in a
+# container (systemd-container: systemd-nspawn) on the .deb, and render /docs in
+# headless Chromium.
 TEST_PACKAGES := $(RUN_PACKAGES) libvirt-daemon-system qemu-system-x86 systemd \
+	openjdk-17-jre-headless maven \
 	systemd-container chromium python3-venv python3-dev lintian acl
 # make deb: Debian's python3 and headers for the venv under /opt/hostagent, lintian.
 DEB_PACKAGES := $(RUN_PACKAGES) python3-venv python3-dev lintian
 
 RUN_ARGS ?=
 
-.PHONY: run test test-fast lint bench bench-http bench-inspect deb system-deps-run \
+.PHONY: run test test-fast lint bench bench-http bench-inspect bench-kafka deb system-deps-run \
 	system-deps-test system-deps-deb clean
 
 # `make run` runs the agent of ./hostagent.toml: state and spool under ./var, the local
@@ -54,6 +56,9 @@ bench-http: system-deps-run $(STAMP)
 
 bench-inspect: system-deps-run $(STAMP)
 	$(BIN)/python bench/inspect.py
+
+bench-kafka: system-deps-test $(STAMP)
+	$(BIN)/python bench/kafka.py
 
 # build/hostagent_<version>_amd64.deb (dpkg-deb; see packaging/build-deb), then lintian.
 deb: system-deps-deb $(STAMP)

@@ -124,6 +124,13 @@ def _document(args: argparse.Namespace) -> dict[str, Any]:
 
 def _submit(args: argparse.Namespace, config: Config) -> int:
     document = _document(args)
+    if args.kafka or args.host or args.pool or args.broadcast:
+        from agent.transports.kafka import KafkaSettings
+        from agent.transports.kafka import _cli as kafka_cli
+
+        return kafka_cli.submit(
+            args, kafka_cli.settings_from(args, config.section(KafkaSettings)), document
+        )
     remote = _remote(args, config)
     if remote is not None:
         return _submit_http(args, remote, document)
@@ -327,6 +334,18 @@ def _submit_http(args: argparse.Namespace, remote: AgentClient, document: dict[s
         return follow(remote, job_id, timeout=args.wait_timeout, progress=args.follow)
 
 
+def _fleet(args: argparse.Namespace, config: Config) -> int:
+    from agent.transports.kafka import _cli as kafka_cli
+
+    return kafka_cli.fleet(args, config)
+
+
+def _decommission(args: argparse.Namespace, config: Config) -> int:
+    from agent.transports.kafka import _cli as kafka_cli
+
+    return kafka_cli.retire(args, config)
+
+
 _COMMANDS = {
     "run": _run,
     "submit": _submit,
@@ -341,4 +360,6 @@ _COMMANDS = {
     "health": _health,
     "token": _token,
     "config": _config_show,
+    "fleet": _fleet,
+    "decommission": _decommission,
 }

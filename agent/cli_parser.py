@@ -9,6 +9,7 @@ from typing import Any
 from agent import __version__
 from agent.cli_resources import add_commands
 from agent.cli_support import EXIT_CODES_HELP, add_client_options
+from agent.transports.kafka import _cli as kafka_cli
 
 DESCRIPTION = "hostagent: the per-host job agent, and the command line to talk to it."
 
@@ -98,6 +99,10 @@ def _add_submit(commands: Commands) -> None:
         help="show progress and logs live, then print the result",
     )
     submit.add_argument("--wait-timeout", type=float, default=3600.0)
+    kafka_cli.add_submit_arguments(submit)
+    kafka_cli.add_commands(commands)
+    for name in ("fleet", "decommission"):
+        _common(commands.choices[name])
 
 
 def _add_reads(commands: Commands) -> None:
