@@ -72,6 +72,18 @@ class LibvirtConfig(_Section):
     degraded_latency_ms: float = Field(default=500.0, gt=0)
 
 
+class PolicyConfig(_Section):
+    """Where jobs may reach on the host (agent.policy; README "The path policy")."""
+
+    # Image files and pool directories must lie under one of these (or under
+    # the directory of a storage pool libvirt has defined, see include_pool_paths).
+    image_roots: list[Path] = Field(default_factory=lambda: [Path("/var/lib/libvirt/images")])
+    include_pool_paths: bool = True
+    # Host devices, block devices, qemu:commandline and the like in vm.define:
+    # only for admin tokens, and only when this is true.
+    allow_passthrough: bool = False
+
+
 Scope = Literal["read", "submit", "cancel", "admin"]
 
 
@@ -103,6 +115,15 @@ class HttpConfig(_Section):
     event_buffer: int = Field(default=1024, ge=1)
     retry_after_seconds: int = Field(default=1, ge=0)
     keep_alive_seconds: float = Field(default=75.0, gt=0)
+    # A request's headers must arrive within this many seconds of its first byte.
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Open connections at most (also bounded by the descriptor limit); more are
+    # closed at once and counted in hostagent_http_connections_refused_total.
+    max_connections: int = Field(default=1000, ge=1)
+    max_connections_per_client: int = Field(default=256, ge=1)
+    # Job API requests processed at once; more wait their turn (health and
+    # /metrics never wait: they answer from memory).
+    max_active_requests: int = Field(default=32, ge=1)
 
 
 class Config(_Section):
@@ -123,6 +144,10 @@ class Config(_Section):
     # Capabilities are re-fingerprinted this often (and when libvirt reconnects).
     capabilities_refresh_seconds: float = Field(default=300.0, gt=0)
     http: HttpConfig = Field(default_factory=HttpConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    # New jobs are refused (503) while the state directory's filesystem has
+    # less free space than this, so the store never fills the disk (0: off).
+    state_min_free_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
 
     @property
     def store_path(self) -> Path:

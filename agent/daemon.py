@@ -21,11 +21,13 @@ from agent.dispatcher import Dispatcher
 from agent.errors import AgentError
 from agent.events import EventBus
 from agent.handlers import image, storage, system, vm, vm_snapshot
+from agent.handlers.storage_roots import refresh_pool_roots
 from agent.health import Health, Status
 from agent.hypervisor import LibvirtConnection
 from agent.hypervisor_facts import libvirt_facts
 from agent.intake import Intake
 from agent.logging_config import set_log_level
+from agent.policy import Policy
 from agent.registry import Handler, Registry
 from agent.store import Store, count_by_status
 from agent.systemd import Notifier, Notify, feed_watchdog, monotonic_usec, report_status
@@ -77,7 +79,9 @@ class Agent:
     def __init__(self, config: Config, *, extra_handlers: Iterable[Handler] = ()) -> None:
         self.config = config
         self.bus = EventBus()
+        self.policy = Policy(config)
         self.registry = build_registry()
+        self.registry.policy = self.policy  # every handler's intake check (admit) uses it
         for extra in extra_handlers:
             self.registry.add(extra)
         self.store = Store(config.store_path)
@@ -89,11 +93,12 @@ class Agent:
             max_concurrent=config.max_concurrent_jobs,
             default_timeout=config.default_timeout_seconds,
             max_timeout=config.max_timeout_seconds,
-            services={LibvirtConnection: self.libvirt, Config: config},
+            services={LibvirtConnection: self.libvirt, Config: config, Policy: self.policy},
         )
         self.capabilities = Capabilities(config, self.registry, self.bus)
         self.capabilities.contribute(partial(libvirt_facts, self.libvirt))
         self.capabilities.contribute(image.qemu_img_facts)
+        self.capabilities.contribute(partial(refresh_pool_roots, self.libvirt, self.policy))
         self.libvirt.on_change(self.capabilities.request_refresh)
         self.health = Health()
         self.health.add("store", self._store_health)
@@ -192,7 +197,13 @@ class Agent:
         applied, changed, kept = _reconcile(self.config, config)
         self.config = applied
         set_log_level(applied.log_level)
-        for part in (self.dispatcher, self.intake, self.capabilities, *self.transports):
+        for part in (
+            self.dispatcher,
+            self.intake,
+            self.capabilities,
+            self.policy,
+            *self.transports,
+        ):
             if not isinstance(part, Reloadable):
                 continue
             try:

@@ -46,6 +46,7 @@ def prepare_job(
     transport: str,
     job_id: str | None = None,
     max_timeout: float,
+    privileged: bool = False,
 ) -> NewJob:
     """Validate a document completely (envelope and handler payload).
 
@@ -53,7 +54,8 @@ def prepare_job(
     can derive a stable one passes it, so a retry is not a new job).
     """
     document = parse_document(raw)
-    registry.validate_payload(document)
+    # The host policy (paths, domain definitions) refuses here, before anything is recorded.
+    registry.admit(document, registry.validate_payload(document), privileged=privileged)
     assert isinstance(raw, dict)
     normalized = document.model_dump(mode="json")
     normalized["job_id"] = document.job_id or job_id or new_job_id()
@@ -101,16 +103,24 @@ class Intake:
         self._max_pending = config.max_pending_jobs
         self._max_timeout = config.max_timeout_seconds
 
-    def prepare(self, raw: object, *, transport: str, job_id: str | None = None) -> NewJob:
+    def prepare(
+        self, raw: object, *, transport: str, job_id: str | None = None, privileged: bool = False
+    ) -> NewJob:
         return prepare_job(
-            self.registry, raw, transport=transport, job_id=job_id, max_timeout=self._max_timeout
+            self.registry,
+            raw,
+            transport=transport,
+            job_id=job_id,
+            max_timeout=self._max_timeout,
+            privileged=privileged,
         )
 
-    async def submit(self, raw: object, *, transport: str, job_id: str | None = None) -> Submission:
+    async def submit(
+        self, raw: object, *, transport: str, job_id: str | None = None, privileged: bool = False
+    ) -> Submission:
         """Accept one job; returns once it is durable. Raises the AgentError for it."""
-        outcome = (
-            await self.submit_prepared([self.prepare(raw, transport=transport, job_id=job_id)])
-        )[0]
+        prepared = self.prepare(raw, transport=transport, job_id=job_id, privileged=privileged)
+        outcome = (await self.submit_prepared([prepared]))[0]
         if isinstance(outcome, AgentError):
             raise outcome
         return outcome
