@@ -28,6 +28,7 @@ from agent.hypervisor_facts import libvirt_facts
 from agent.intake import Intake
 from agent.logging_config import set_log_level
 from agent.policy import Policy
+from agent.statelock import hold_state_lock
 from agent.registry import Handler, Registry
 from agent.store import Store, count_by_status
 from agent.systemd import Notifier, Notify, feed_watchdog, monotonic_usec, report_status
@@ -326,14 +327,16 @@ async def serve(
     command line first read it). A second SIGTERM/SIGINT ends the drain at once.
     `notify` defaults to systemd's notification socket, if the environment names one.
     """
-    if notify is not None:
-        await _serve(config, load_config, notify, task_status)
-        return
-    notifier = Notifier.from_environment(os.environ)
-    try:
-        await _serve(config, load_config, notifier, task_status)
-    finally:
-        notifier.close()
+    # Before the store opens: a second agent on this directory would run its jobs again.
+    with hold_state_lock(config.state_dir):
+        if notify is not None:
+            await _serve(config, load_config, notify, task_status)
+            return
+        notifier = Notifier.from_environment(os.environ)
+        try:
+            await _serve(config, load_config, notifier, task_status)
+        finally:
+            notifier.close()
 
 
 async def _serve(
