@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 import structlog
 import trio
 
-from agent import metrics
+from agent import background, metrics
 from agent.capabilities import Capabilities
 from agent.config import Config
 from agent.dispatcher import Dispatcher
@@ -28,8 +28,8 @@ from agent.hypervisor_facts import libvirt_facts
 from agent.intake import Intake
 from agent.logging_config import set_log_level
 from agent.policy import Policy
-from agent.statelock import hold_state_lock
 from agent.registry import Handler, Registry
+from agent.statelock import hold_state_lock
 from agent.store import Store, count_by_status
 from agent.systemd import Notifier, Notify, feed_watchdog, monotonic_usec, report_status
 from agent.transports import Transport
@@ -53,6 +53,11 @@ RESTART_REQUIRED = frozenset(
         # The listener is bound once.
         "http.enabled",
         "http.bind",
+        # The accept loop and the request slots are set up once.
+        "http.max_connections",
+        "http.max_connections_per_client",
+        "http.max_active_requests",
+        "http.header_timeout_seconds",
         "libvirt.keepalive_interval",
         "libvirt.keepalive_count",
     }
@@ -104,6 +109,7 @@ class Agent:
         self.health = Health()
         self.health.add("store", self._store_health)
         self.health.add("libvirt", self.libvirt.health)
+        self.health.add("background", background.health)
         self.intake = Intake(
             self.registry,
             self.store,

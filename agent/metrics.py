@@ -66,6 +66,31 @@ JOB_DURATION = Histogram(
     buckets=(0.005, 0.025, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 1800, 3600, 4 * 3600),
     registry=REGISTRY,
 )
+# Connection limits of the HTTP transport (agent.transports.http.server).
+HTTP_CONNECTIONS_OPEN = Gauge(
+    "hostagent_http_connections_open", "HTTP connections open now", registry=REGISTRY
+)
+HTTP_CONNECTIONS_REFUSED = Counter(
+    "hostagent_http_connections_refused",
+    "Connections closed on arrival: over http.max_connections or the per-client cap",
+    registry=REGISTRY,
+)
+HTTP_CONNECTIONS_TIMED_OUT = Counter(
+    "hostagent_http_connections_timed_out",
+    "Connections closed because a request's headers did not arrive in time",
+    registry=REGISTRY,
+)
+HTTP_ACCEPT_ERRORS = Counter(
+    "hostagent_http_accept_errors",
+    "accept() failures for lack of descriptors or memory (retried with backoff)",
+    registry=REGISTRY,
+)
+BACKGROUND_ERRORS = Counter(
+    "hostagent_background_errors",
+    "Errors in the agent's periodic tasks, logged and retried with backoff, by task",
+    ["task"],
+    registry=REGISTRY,
+)
 BUILD_INFO = Info("hostagent_build", "The running agent's version", registry=REGISTRY)
 
 

@@ -23,6 +23,7 @@ def test_a_second_agent_is_refused_and_nothing_runs_twice(tmp_path: Path) -> Non
             time.sleep(0.05)
         second = subprocess.run(
             AgentProcess(state, spool).argv,
+            check=False,
             capture_output=True,
             text=True,
             timeout=60,

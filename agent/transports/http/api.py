@@ -15,7 +15,7 @@ from typing import Any, cast
 import structlog
 import trio
 from pydantic import BaseModel
-from quart import Response, current_app, request
+from quart import Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from agent import metrics
@@ -25,10 +25,11 @@ from agent.errors import (
     BadRequestError,
     QueueFullError,
     UnauthorizedError,
+    UnsupportedMediaTypeError,
     ValidationError,
 )
 from agent.intake import Intake, Submission
-from agent.jobs import JobDocument, JobState
+from agent.jobs import JobDocument, JobState, parse_json
 from agent.store import NewJob
 from agent.transports.http.auth import Principal, TokenTable, bearer_token
 from agent.transports.http.models import (
@@ -171,13 +172,26 @@ def authorize(spec: Route, headers: Any, args: Any) -> Principal | None:
 
 
 async def json_body() -> Any:
+    """The request's JSON, read the way every transport reads documents (parse_json)."""
+    if request.mimetype != "application/json":
+        raise UnsupportedMediaTypeError(
+            "The request body must be JSON",
+            field="Content-Type",
+            reason=f"expected application/json, got {request.mimetype or 'none'}",
+        )
     data = await request.get_data(cache=False)
     try:
-        return json.loads(data)
+        return parse_json(data)
     except ValueError as exc:
         raise BadRequestError(
             "The request body is not valid JSON", field="body", reason=str(exc)
         ) from exc
+
+
+def privileged() -> bool:
+    """The caller holds `admin` (the domain policy lets only such callers pass through)."""
+    principal = getattr(g, "principal", None)
+    return principal is not None and principal.allows("admin")
 
 
 def require_accepting(intake: Intake) -> None:
@@ -219,7 +233,8 @@ async def submit_job() -> Response:
     api = state()
     require_accepting(api.intake)
     raw = await json_body()
-    return ok_model(submitted(await api.intake.submit(raw, transport="http")), 201)
+    submission = await api.intake.submit(raw, transport="http", privileged=privileged())
+    return ok_model(submitted(submission), 201)
 
 
 @route(
@@ -248,6 +263,7 @@ async def submit_batch() -> Response:
             field="jobs",
             reason=f"{len(items)} jobs sent, limit {api.config.max_batch_jobs}",
         )
+    admin = privileged()
     answers: list[dict[str, Any] | None] = [None] * len(items)
     prepared: list[NewJob] = []
     positions: list[int] = []
@@ -255,7 +271,7 @@ async def submit_batch() -> Response:
         if index % 64 == 63:
             await trio.lowlevel.checkpoint()  # let other requests in during a big batch
         try:
-            prepared.append(api.intake.prepare(item, transport="http"))
+            prepared.append(api.intake.prepare(item, transport="http", privileged=admin))
             positions.append(index)
         except AgentError as exc:  # one bad job is that job's answer, not the batch's
             answers[index] = _batch_failure(exc, index)

@@ -4,7 +4,7 @@ one metrics hook, and every error answered with the contract's JSON envelope."""
 from __future__ import annotations
 
 import structlog
-from quart import Response, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -46,7 +46,7 @@ def build_app(state: ApiState) -> QuartTrio:
             await request.get_data(cache=True)
         spec = by_endpoint.get(request.endpoint or "")
         if spec is not None:
-            authorize(spec, request.headers, request.args)
+            g.principal = authorize(spec, request.headers, request.args)
 
     @app.after_request
     async def count_request(response: Response) -> Response:

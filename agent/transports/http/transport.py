@@ -15,14 +15,10 @@ import logging
 import socket
 import ssl
 from functools import partial
-from typing import Any
 
 import structlog
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.config import Sockets
-from hypercorn.trio.run import worker_serve
-from hypercorn.utils import wrap_app
 
 from agent.config import Config, HttpConfig
 from agent.errors import ConfigError
@@ -30,6 +26,10 @@ from agent.intake import Intake
 from agent.transports.http.api import ApiState
 from agent.transports.http.app import build_app
 from agent.transports.http.auth import TokenTable
+from agent.transports.http.fastpath import FastPaths
+from agent.transports.http.server import ConnectionLimits, serve_asgi
+
+__all__ = ["HttpTransport", "hypercorn_settings", "serve_asgi"]
 
 log = structlog.get_logger("agent.http")
 
@@ -130,32 +130,12 @@ def hypercorn_settings(config: HttpConfig, context: ssl.SSLContext | None) -> Hy
     settings.accesslog = None
     settings.errorlog = logging.getLogger("hypercorn.error")
     settings.keep_alive_timeout = config.keep_alive_seconds
+    # h11 refuses request heads over this (431) before they take more memory.
+    settings.h11_max_incomplete_size = 16 * 1024
     settings.keep_alive_max_requests = 1_000_000
     settings.ssl_handshake_timeout = 10.0
     settings.graceful_timeout = 1.0
     return settings
-
-
-async def serve_asgi(
-    app: Any,
-    listener: socket.socket,
-    settings: HypercornConfig,
-    *,
-    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve an ASGI app on a listening socket with hypercorn's trio worker, until cancelled."""
-    tls = settings.create_ssl_context() is not None
-    sockets = Sockets(
-        secure_sockets=[listener] if tls else [],
-        insecure_sockets=[] if tls else [listener],
-        quic_sockets=[],
-    )
-    await worker_serve(
-        wrap_app(app, settings.wsgi_max_body_size, None),
-        settings,
-        sockets=sockets,
-        task_status=task_status,
-    )
 
 
 class HttpTransport:
@@ -202,10 +182,18 @@ class HttpTransport:
     ) -> None:
         listener = self._bind()
         self._api = ApiState(intake, self.config, self._tokens)
-        app = build_app(self._api)
+        front = FastPaths(
+            build_app(self._api), self._api, max_active=self.config.max_active_requests
+        )
         settings = hypercorn_settings(self.config, self._context)
+        limits = ConnectionLimits(
+            max_connections=self.config.max_connections,
+            per_client=self.config.max_connections_per_client,
+            header_timeout=self.config.header_timeout_seconds,
+        )
         async with trio.open_nursery() as nursery:
-            await nursery.start(partial(serve_asgi, app, listener, settings))
+            await nursery.start(front.refresh_health)
+            await nursery.start(partial(serve_asgi, front, listener, settings, limits=limits))
             log.info(
                 "http.ready",
                 url=self.url,

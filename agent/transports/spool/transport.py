@@ -36,10 +36,11 @@ import trio
 from watchfiles import Change
 from watchfiles._rust_notify import RustNotify, WatchfilesRustInternalError
 
+from agent import background
 from agent.config import Config, SpoolConfig
 from agent.errors import AgentError, QueueFullError, ValidationError
 from agent.intake import Intake, Submission
-from agent.jobs import JOB_ID_PATTERN, JobState
+from agent.jobs import JOB_ID_PATTERN, JobState, parse_json
 from agent.store import NewJob
 
 log = structlog.get_logger("agent.spool")
@@ -53,6 +54,8 @@ _BURST_RESCAN = 4096
 _JOB_ID_RE = re.compile(JOB_ID_PATTERN)
 _FINALIZE_THREADS = 4
 _FINALIZE_CHUNK = 64
+# Errors of the host, not of the file: the file is looked at again later.
+_NOT_THE_FILES_FAULT = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,7 @@ class SpoolTransport:
             await self._reconcile_active(intake)
             # Ready means scanned: every file already there is a candidate, and
             # the claimer takes them (a cold start may find thousands) from here.
-            await self._rescan()
+            await self._rescan(must=True)
             nursery.start_soon(self._claim_forever, intake)
             nursery.start_soon(self._finalize_forever, intake)
             nursery.start_soon(self._rescan_periodically, intake)
@@ -174,9 +177,15 @@ class SpoolTransport:
     def _wake(self) -> None:
         self._wakeup.set()
 
-    async def _rescan(self) -> None:
+    async def _rescan(self, *, must: bool = False) -> None:
         """Make every file in incoming/ a candidate (start, periodically, after trouble)."""
-        names = await trio.to_thread.run_sync(os.listdir, self.dirs["incoming"])
+        try:
+            names = await trio.to_thread.run_sync(os.listdir, self.dirs["incoming"])
+        except OSError as exc:
+            if must:
+                raise
+            background.note_failure("spool.rescan", exc)  # the periodic rescan tries again
+            return
         for name in names:
             if not name.startswith("."):
                 self._candidates[name] = None
@@ -240,12 +249,21 @@ class SpoolTransport:
         self._wake()
 
     async def _rescan_periodically(self, intake: Intake) -> None:
+        failures = 0
         while True:
-            await trio.sleep(self.config.rescan_seconds)
-            await self._rescan()
-            for name in await trio.to_thread.run_sync(os.listdir, self.dirs["cancel"]):
-                self._nursery.start_soon(self._cancel_requested, intake, name)
-            await self._reconcile_active(intake)
+            await trio.sleep(
+                background.backoff(failures) if failures else self.config.rescan_seconds
+            )
+            try:
+                await self._rescan()
+                for name in await trio.to_thread.run_sync(os.listdir, self.dirs["cancel"]):
+                    self._nursery.start_soon(self._cancel_requested, intake, name)
+                await self._reconcile_active(intake)
+            except OSError as exc:  # EMFILE, ENOSPC, EIO: never the end of the daemon
+                failures += 1
+                background.note_failure("spool.rescan", exc)
+            else:
+                failures = 0
 
     # -- claiming --
 
@@ -332,13 +350,19 @@ class SpoolTransport:
             name.encode()
         except UnicodeEncodeError:
             raise _RefusedError("BAD_REQUEST", "file name is not valid UTF-8", "name") from None
-        read = self._read_safely(self.dirs["incoming"] / name)
+        try:
+            read = self._read_safely(self.dirs["incoming"] / name)
+        except OSError as exc:  # out of descriptors or memory: a good file waits, unjudged
+            background.note_failure("spool.claim", exc)
+            return _Unsettled(name, 1.0)
         if read is None:
             return None
         data, info = read
         try:
-            raw = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raw = parse_json(data)  # the very parse HTTP uses: depth, duplicates, NaN
+        except ValidationError as exc:
+            raise _RefusedError.of(exc) from exc
+        except ValueError as exc:
             unchanged_for = time.time() - info.st_mtime
             if unchanged_for < self.config.settle_seconds:
                 # Possibly still being copied in: look again once it has settled.
@@ -355,7 +379,7 @@ class SpoolTransport:
             stable_id = str(uuid.uuid5(_SPOOL_ID_NAMESPACE, "\0".join(identity)))
         try:
             return _Ready(name, intake.prepare(raw, transport=self.name, job_id=stable_id))
-        except ValidationError as exc:
+        except AgentError as exc:  # ValidationError, or the host policy's ForbiddenError
             raise _RefusedError.of(exc) from exc
 
     def _read_safely(self, path: Path) -> tuple[bytes, os.stat_result] | None:
@@ -366,6 +390,8 @@ class SpoolTransport:
         except FileNotFoundError:
             return None
         except OSError as exc:
+            if exc.errno in _NOT_THE_FILES_FAULT:
+                raise
             if exc.errno == errno.ELOOP:
                 raise _RefusedError("FORBIDDEN", "symbolic links are refused", "file") from exc
             raise _RefusedError("FORBIDDEN", f"cannot open: {exc.strerror}", "file") from exc
@@ -517,7 +543,7 @@ class SpoolTransport:
         path = self.dirs["cancel"] / name
         with contextlib.suppress(FileNotFoundError):
             await trio.to_thread.run_sync(path.unlink)
-        if not _JOB_ID_RE.match(name):
+        if not _JOB_ID_RE.fullmatch(name):
             log.warning("spool.cancel_ignored", file=name, reason="not a job id")
             return
         try:
