@@ -123,7 +123,7 @@ class HttpConfig(_Section):
     max_connections_per_client: int = Field(default=256, ge=1)
     # Job API requests processed at once; more wait their turn (health and
     # /metrics never wait: they answer from memory).
-    max_active_requests: int = Field(default=32, ge=1)
+    max_active_requests: int = Field(default=8, ge=1)
 
 
 class Config(_Section):

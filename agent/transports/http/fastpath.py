@@ -69,6 +69,29 @@ class FastPaths:
                 started = True
             await trio.sleep(REFRESH_SECONDS)
 
+    def _too_large(self, scope: Scope) -> bool:
+        for name, value in scope["headers"]:
+            if name.lower() == b"content-length":
+                return not value.isdigit() or int(value) > self._api.config.max_body_bytes
+        return False
+
+    async def _send(
+        self,
+        send: Send,
+        status: int,
+        payload: bytes,
+        extra: list[tuple[bytes, bytes]],
+        content_type: str = "application/json",
+    ) -> None:
+        headers = [
+            (b"content-type", content_type.encode()),
+            (b"content-length", str(len(payload)).encode()),
+            (b"cache-control", b"no-store"),
+            *extra,
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
     def _health_body(self) -> tuple[bytes, str]:
         return self._health, "application/json"
 
@@ -81,6 +104,11 @@ class FastPaths:
             if path == _METRICS:
                 await self._answer(scope, send, _METRICS, open_ok=False, body=_metrics_body)
                 return
+        if scope["type"] == "http" and self._too_large(scope):
+            # Answered before a byte of the body is read; hypercorn then closes the
+            # connection instead of receiving megabytes nobody will look at.
+            await self._send(send, 413, _too_large_body(self._api.config.max_body_bytes), [])
+            return
         if scope["type"] == "http" and scope["path"].startswith(_LIMITED_PREFIX):
             async with self._slots:
                 await self._app(scope, receive, send)
@@ -109,19 +137,17 @@ class FastPaths:
             if isinstance(exc, UnauthorizedError):
                 extra.append((b"www-authenticate", b'Bearer realm="hostagent"'))
         metrics.HTTP_REQUESTS.labels("GET", route, str(status)).inc()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", content_type.encode()),
-                    (b"content-length", str(len(payload)).encode()),
-                    (b"cache-control", b"no-store"),
-                    *extra,
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
+        await self._send(send, status, payload, extra, content_type)
+
+
+def _too_large_body(limit: int) -> bytes:
+    return json.dumps(
+        {
+            "error": "PAYLOAD_TOO_LARGE",
+            "message": "The request body is larger than the configured limit",
+            "details": {"reason": "Request Entity Too Large", "max_body_bytes": limit},
+        }
+    ).encode()
 
 
 def _metrics_body() -> tuple[bytes, str]:
