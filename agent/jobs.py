@@ -31,6 +31,8 @@ MAX_JSON_DEPTH = 32
 # A year: longer is a mistake (max_timeout_seconds caps it further); shorter than
 # 10 ms is one too.
 MAX_JOB_TIMEOUT = 365 * 86400.0
+# Path segments of the HTTP API that a job id would shadow (/api/v1/jobs/batch).
+RESERVED_JOB_IDS = frozenset({"batch"})
 _OPERATION_PART = re.compile(r"^[a-z][a-z0-9_]*$")
 
 _JOB_ID = re.compile(JOB_ID_PATTERN)
@@ -42,6 +44,8 @@ def _check_job_id(value: str) -> str:
         raise PydanticCustomError(
             "job_id", "job_id must be 1-128 characters of [A-Za-z0-9._-], not starting with '.'"
         )
+    if value in RESERVED_JOB_IDS:
+        raise PydanticCustomError("job_id", "job_id '{value}' is reserved", {"value": value})
     return value
 
 

@@ -227,7 +227,7 @@ _ERRORS_JOB = (401, 403, 404)
     status=201,
     body=JobDocument,
     answer=Submitted,
-    errors=(400, 401, 403, 409, 413, 503),
+    errors=(400, 401, 403, 409, 413, 415, 503),
 )
 async def submit_job() -> Response:
     api = state()
@@ -244,7 +244,7 @@ async def submit_job() -> Response:
     summary="Submit many jobs in one transaction; one answer per job",
     body=BatchRequest,
     answer=BatchAnswer,
-    errors=(400, 401, 403, 413, 503),
+    errors=(400, 401, 403, 413, 415, 503),
 )
 async def submit_batch() -> Response:
     api = state()
@@ -257,6 +257,13 @@ async def submit_batch() -> Response:
             field="jobs",
             reason="A non-empty list of job documents is required",
         )
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):  # not a document at all: the request is malformed
+            raise ValidationError(
+                "Every item of jobs must be a job document (an object)",
+                field=f"jobs.{index}",
+                reason="Expected a JSON object",
+            )
     if len(items) > api.config.max_batch_jobs:
         raise ValidationError(
             f"At most {api.config.max_batch_jobs} jobs per batch",
@@ -320,7 +327,7 @@ async def list_jobs() -> Response:
 
 @route(
     "GET",
-    f"{API}/jobs/<job_id>",
+    f"{API}/jobs/<jobid:job_id>",
     scope="read",
     summary="A job's status",
     answer=JobState,
@@ -332,7 +339,7 @@ async def job_status(job_id: str) -> Response:
 
 @route(
     "GET",
-    f"{API}/jobs/<job_id>/result",
+    f"{API}/jobs/<jobid:job_id>/result",
     scope="read",
     summary="A job's result (404 until there is one)",
     answer=AnyResult,
@@ -344,7 +351,7 @@ async def job_result(job_id: str) -> Response:
 
 @route(
     "POST",
-    f"{API}/jobs/<job_id>/cancel",
+    f"{API}/jobs/<jobid:job_id>/cancel",
     scope="cancel",
     summary="Cancel a pending or running job; answers its status",
     answer=JobState,
@@ -356,7 +363,7 @@ async def cancel_job(job_id: str) -> Response:
 
 @route(
     "GET",
-    f"{API}/jobs/<job_id>/logs",
+    f"{API}/jobs/<jobid:job_id>/logs",
     scope="read",
     summary="A job's log lines and progress events",
     answer=JobLogs,
