@@ -7,14 +7,16 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.deps-installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-# Build deps of libvirt-python, qemu-img for image jobs.
-RUN_PACKAGES := libvirt-dev pkg-config gcc qemu-utils
+# Build deps of libvirt-python, qemu-img for image jobs; libguestfs, its binding for the
+# system Python and a kernel for its appliance (/boot may be empty) for guestkit jobs.
+RUN_PACKAGES := libvirt-dev pkg-config gcc qemu-utils \
+	libguestfs-tools python3-guestfs linux-image-amd64
 # Tests also start a real libvirtd with QEMU.
 TEST_PACKAGES := $(RUN_PACKAGES) libvirt-daemon-system qemu-system-x86 systemd
 
 RUN_ARGS ?=
 
-.PHONY: run test lint bench bench-http system-deps-run system-deps-test clean
+.PHONY: run test lint bench bench-http bench-inspect system-deps-run system-deps-test clean
 
 # `make run` serves the HTTP API on 127.0.0.1:8080 without tokens, for local development;
 # the agent refuses --insecure-no-auth on any non-loopback address.
@@ -38,6 +40,9 @@ bench: system-deps-run $(STAMP)
 
 bench-http: system-deps-run $(STAMP)
 	$(BIN)/python bench/http.py
+
+bench-inspect: system-deps-run $(STAMP)
+	$(BIN)/python bench/inspect.py
 
 system-deps-run:
 	@scripts/apt-ensure $(RUN_PACKAGES)

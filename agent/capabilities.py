@@ -92,17 +92,6 @@ class Capabilities:
             else:
                 failures = 0
 
-    def _transport_features(self) -> list[str]:
-        """How jobs can reach this agent (contributors add what handlers can do)."""
-        features = []
-        if self._config.spool.enabled:
-            features.append("spool")
-        if self._config.http.enabled:
-            features += ["http", "websocket", "sse", "batch"]
-            if self._config.http.tls_cert is not None:
-                features.append("tls")
-        return features
-
     async def describe(self) -> dict[str, Any]:
         """The contract's capabilities object (`GET /api/v1/capabilities` data)."""
         facts = dict(self._facts if self._facts is not None else await self.refresh())
@@ -110,7 +99,7 @@ class Capabilities:
             "worker_id": self._config.worker_id,
             "operations": self._registry.operations,
             "operation_schemas": self._registry.schemas(),
-            "features": self._transport_features(),
+            "features": [],
             "disk_formats": [],
             "max_concurrent_jobs": self._config.max_concurrent_jobs,
             "max_disk_size_gb": self._config.max_disk_size_gb,

@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.cli_resources import add_commands
 from agent.config import Config, load_config
-from agent.errors import AgentError
+from agent.errors import AgentError, BadRequestError
 from agent.jobs import JobState, new_job_id
 
 if TYPE_CHECKING:
@@ -106,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
         _common(command)
         _client(command)
 
+    RESOURCE_NOUNS.extend(add_commands(commands, _resource_options))
+
     token = commands.add_parser("token", help="API tokens")
     token_commands = token.add_subparsers(dest="token_command", required=True)
     create = token_commands.add_parser(
@@ -122,6 +125,20 @@ def build_parser() -> argparse.ArgumentParser:
     _common(validate)
     validate.add_argument("file", type=Path)
     return parser
+
+
+RESOURCE_NOUNS: list[str] = []
+
+
+def _resource_options(parser: argparse.ArgumentParser) -> None:
+    _common(parser)
+    _client(parser)
+
+
+def _resource(args: argparse.Namespace, config: Config) -> int:
+    from agent.cli_resources import run_command
+
+    return run_command(args, _require_remote(args))
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -147,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = _config(args)
-        return int(_COMMANDS[args.command](args, config) or 0)
+        command = _resource if args.command in RESOURCE_NOUNS else _COMMANDS[args.command]
+        return int(command(args, config) or 0)
     except AgentError as exc:
         print(f"hostagent: {exc.message}", file=sys.stderr)
         if exc.details:
@@ -192,12 +210,12 @@ def _document(args: argparse.Namespace) -> dict[str, Any]:
     if args.file is not None:
         document = json.loads(args.file.read_text())
         if not isinstance(document, dict):
-            raise AgentError("the job file must hold a JSON object", field="file")
+            raise BadRequestError("the job file must hold a JSON object", field="file")
     else:
         try:
             data = json.loads(args.data)
         except json.JSONDecodeError as exc:
-            raise AgentError(f"--data is not valid JSON: {exc}", field="data") from exc
+            raise BadRequestError(f"--data is not valid JSON: {exc}", field="data") from exc
         document = {
             "version": "1.0",
             "kind": args.kind,
@@ -217,20 +235,18 @@ def _document(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _submit(args: argparse.Namespace, config: Config) -> int:
-    from agent.transports.spool.transport import write_durably
+    from agent.transports.spool.layout import drop_job
 
     document = _document(args)
     remote = _remote(args)
     if remote is not None:
         return _submit_http(args, remote, document)
     if args.follow:
-        raise AgentError("--follow needs --url (a running agent's HTTP API)", field="url")
+        raise BadRequestError("--follow needs --url (a running agent's HTTP API)", field="url")
     job_id = str(document["job_id"])
     spool = config.spool_dir
     (spool / "tmp").mkdir(parents=True, exist_ok=True)
-    staged = spool / "tmp" / f"{job_id}.json"
-    write_durably(staged, json.dumps(document).encode())
-    staged.replace(spool / "incoming" / f"{job_id}.json")
+    drop_job(spool, f"{job_id}.json", json.dumps(document).encode())
     print(job_id)
     if not args.wait:
         return 0
@@ -240,7 +256,7 @@ def _submit(args: argparse.Namespace, config: Config) -> int:
 def _wait_for_outcome(spool: Path, job_id: str, timeout: float) -> int:
     import watchfiles
 
-    from agent.transports.spool.transport import result_name
+    from agent.transports.spool.layout import result_name
 
     result = spool / "done" / result_name(job_id)
     refused = spool / "failed" / f"{job_id}.json.error.json"
@@ -269,10 +285,10 @@ def _wait_for_outcome(spool: Path, job_id: str, timeout: float) -> int:
 
 
 def _read(config: Config, query: Any, *args: Any, **kwargs: Any) -> Any:
-    from agent.store import connect
+    from agent.store.schema import connect
 
     if not config.store_path.exists():
-        raise AgentError(
+        raise BadRequestError(
             f"no job store at {config.store_path} (is --state-dir right?)", field="state_dir"
         )
     conn = connect(config.store_path, readonly=True)
@@ -283,7 +299,7 @@ def _read(config: Config, query: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def _jobs(args: argparse.Namespace, config: Config) -> int:
-    from agent.store import list_jobs
+    from agent.store.queries import list_jobs
 
     remote = _remote(args)
     if remote is not None:
@@ -301,7 +317,7 @@ def _jobs(args: argparse.Namespace, config: Config) -> int:
 
 
 def _status(args: argparse.Namespace, config: Config) -> int:
-    from agent.store import get_job
+    from agent.store.queries import get_job
 
     if (remote := _remote(args)) is not None:
         with remote:
@@ -312,7 +328,7 @@ def _status(args: argparse.Namespace, config: Config) -> int:
 
 
 def _result(args: argparse.Namespace, config: Config) -> int:
-    from agent.store import get_result
+    from agent.store.queries import get_result
 
     if (remote := _remote(args)) is not None:
         with remote:
@@ -323,7 +339,7 @@ def _result(args: argparse.Namespace, config: Config) -> int:
 
 
 def _logs(args: argparse.Namespace, config: Config) -> int:
-    from agent.store import get_events
+    from agent.store.queries import get_events
 
     if (remote := _remote(args)) is not None:
         with remote:
@@ -337,7 +353,8 @@ def _logs(args: argparse.Namespace, config: Config) -> int:
 
 def _cancel(args: argparse.Namespace, config: Config) -> int:
     # The running agent watches spool/cancel/ and cancels the job named by the file.
-    from agent.store import get_job
+    from agent.store.queries import get_job
+    from agent.transports.spool.layout import request_cancel
 
     if (remote := _remote(args)) is not None:
         with remote:
@@ -345,10 +362,9 @@ def _cancel(args: argparse.Namespace, config: Config) -> int:
         return 0
     state = _read(config, get_job, args.job_id)
     if state.status.terminal:
-        raise AgentError(f"Job {args.job_id} is already {state.status.value}", field="status")
-    request = config.spool_dir / "cancel" / args.job_id
-    request.parent.mkdir(parents=True, exist_ok=True)
-    request.touch()
+        raise BadRequestError(f"Job {args.job_id} is already {state.status.value}", field="status")
+    (config.spool_dir / "cancel").mkdir(parents=True, exist_ok=True)
+    request_cancel(config.spool_dir, args.job_id)
     print(f"cancel requested for {args.job_id}")
     return 0
 
@@ -360,7 +376,7 @@ def _validate(args: argparse.Namespace, config: Config) -> int:
     try:
         raw = json.loads(args.file.read_bytes())
     except (OSError, ValueError) as exc:
-        raise AgentError(f"{args.file}: not readable JSON: {exc}", field="document") from exc
+        raise BadRequestError(f"{args.file}: not readable JSON: {exc}", field="document") from exc
     job = prepare_job(
         build_registry(), raw, transport="cli", max_timeout=config.max_timeout_seconds
     )
@@ -389,7 +405,7 @@ def _token(args: argparse.Namespace, config: Config) -> int:
     scopes = [scope.strip() for scope in args.scopes.split(",") if scope.strip()]
     unknown = [scope for scope in scopes if scope not in SCOPES]
     if unknown or not scopes:
-        raise AgentError(
+        raise BadRequestError(
             f"--scopes: unknown scope(s) {', '.join(unknown) or '(none given)'}",
             field="scopes",
             reason=f"Expected some of {', '.join(SCOPES)}",
@@ -422,7 +438,7 @@ def _remote(args: argparse.Namespace) -> AgentClient | None:
         try:
             token = args.token_file.read_text().strip()
         except OSError as exc:
-            raise AgentError(f"--token-file: {exc}", field="token_file") from exc
+            raise BadRequestError(f"--token-file: {exc}", field="token_file") from exc
     cert = None
     if args.client_cert is not None:
         cert = (str(args.client_cert), str(args.client_key or args.client_cert))
@@ -433,7 +449,7 @@ def _remote(args: argparse.Namespace) -> AgentClient | None:
 def _require_remote(args: argparse.Namespace) -> AgentClient:
     remote = _remote(args)
     if remote is None:
-        raise AgentError(f"{args.command} needs --url (or HOSTAGENT_URL)", field="url")
+        raise BadRequestError(f"{args.command} needs --url (or HOSTAGENT_URL)", field="url")
     return remote
 
 

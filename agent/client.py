@@ -76,6 +76,10 @@ class AgentClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Any endpoint (the resource view's nouns): the `data` of its answer."""
+        return self._call(method, path, **kwargs)
+
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self._http.request(method, path, **kwargs)

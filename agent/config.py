@@ -13,10 +13,10 @@ import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.errors import ConfigError
 
@@ -26,25 +26,19 @@ ENV_PREFIX = "HOSTAGENT_"
 _NOT_CONFIG = {"HOSTAGENT_CONFIG", "HOSTAGENT_TOKEN", "HOSTAGENT_URL"}
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """A part of the configuration; unknown keys are errors."""
+
     model_config = ConfigDict(extra="forbid")
 
 
-class SpoolConfig(_Section):
-    enabled: bool = True
-    max_file_bytes: int = Field(default=1024 * 1024, gt=0)
-    # Empty means any owner; otherwise files owned by other uids are quarantined.
-    allowed_uids: list[int] = Field(default_factory=list)
-    # A file that does not parse yet is left alone until unchanged this long
-    # (it may still be being copied in).
-    settle_seconds: float = Field(default=2.0, ge=0)
-    rescan_seconds: float = Field(default=30.0, gt=0)
-    # watchfiles' rust loop wakes every step ms; it bounds drop->claim latency.
-    watch_step_ms: int = Field(default=1, ge=1)
-    claim_batch: int = Field(default=256, ge=1)
+# Marks a setting read once at start: a reload keeps its running value and says so.
+RESTART: dict[str, Any] = {"restart": True}
+
+SectionT = TypeVar("SectionT", bound=Section)
 
 
-class ServiceConfig(_Section):
+class ServiceConfig(Section):
     """How the agent stops, reports and is watched as a system service."""
 
     # Running jobs get this long to finish after SIGTERM before they are
@@ -54,17 +48,18 @@ class ServiceConfig(_Section):
     # After interrupting, how long handlers get to unwind before the agent exits anyway.
     cancel_grace_seconds: float = Field(default=5.0, ge=0)
     # How often the STATUS= line sent to systemd is refreshed (when it changed).
-    status_interval_seconds: float = Field(default=2.0, gt=0)
+    status_interval_seconds: float = Field(default=2.0, gt=0, json_schema_extra=RESTART)
     # The watchdog is withheld when jobs have waited this long while workers sat idle.
     watchdog_stall_seconds: float = Field(default=30.0, gt=0)
 
 
-class LibvirtConfig(_Section):
-    uri: str = "qemu:///system"
+class LibvirtConfig(Section):
+    # The connection is opened once with these.
+    uri: str = Field(default="qemu:///system", json_schema_extra=RESTART)
     # libvirt keepalive: a probe every interval seconds, the connection is
     # declared dead after count probes go unanswered (0 disables).
-    keepalive_interval: int = Field(default=5, ge=1)
-    keepalive_count: int = Field(default=3, ge=0)
+    keepalive_interval: int = Field(default=5, ge=1, json_schema_extra=RESTART)
+    keepalive_count: int = Field(default=3, ge=0, json_schema_extra=RESTART)
     # Reconnect backoff after the connection is lost or cannot be opened: doubles up to max.
     reconnect_min_seconds: float = Field(default=0.5, gt=0)
     reconnect_max_seconds: float = Field(default=30.0, gt=0)
@@ -72,7 +67,7 @@ class LibvirtConfig(_Section):
     degraded_latency_ms: float = Field(default=500.0, gt=0)
 
 
-class PolicyConfig(_Section):
+class PolicyConfig(Section):
     """Where jobs may reach on the host (agent.policy; README "The path policy")."""
 
     # Image files and pool directories must lie under one of these (or under
@@ -84,74 +79,92 @@ class PolicyConfig(_Section):
     allow_passthrough: bool = False
 
 
-Scope = Literal["read", "submit", "cancel", "admin"]
+def transport_sections() -> dict[str, type[Section]]:
+    """Each transport's config section by name, from the transport table."""
+    # Imported here: the transport packages import this module for Section.
+    from agent.transports import TRANSPORTS  # noqa: PLC0415
+
+    return {spec.name: spec.settings for spec in TRANSPORTS if spec.settings is not None}
 
 
-class TokenConfig(_Section):
-    """One API token: only its SHA-256 is stored (`hostagent token create` prints both)."""
+class Config(Section):
+    """The agent's settings; each transport adds its own section (see section())."""
 
-    name: str = Field(min_length=1, max_length=64)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    scopes: list[Scope] = Field(min_length=1)
+    # Transport sections ([spool], [http], ...) are validated by _transport_sections.
+    model_config = ConfigDict(extra="allow")
 
-
-class HttpConfig(_Section):
-    enabled: bool = True
-    bind: str = "127.0.0.1:8080"
-    tokens: list[TokenConfig] = Field(default_factory=list)
-    # Local development and legacy clients only; refused on a non-loopback bind.
-    insecure_no_auth: bool = False
-    # GET /api/v1/health without a token (for load balancers and probes).
-    open_health: bool = True
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    # Set: clients must present a certificate signed by this CA (mTLS).
-    tls_client_ca: Path | None = None
-    max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
-    # The whole request body must arrive within this many seconds.
-    body_timeout_seconds: float = Field(default=30.0, gt=0)
-    max_batch_jobs: int = Field(default=1000, ge=1)
-    # Live events buffered per websocket/SSE client; a client further behind is cut off.
-    event_buffer: int = Field(default=1024, ge=1)
-    retry_after_seconds: int = Field(default=1, ge=0)
-    keep_alive_seconds: float = Field(default=75.0, gt=0)
-    # A request's headers must arrive within this many seconds of its first byte.
-    header_timeout_seconds: float = Field(default=10.0, gt=0)
-    # Open connections at most (also bounded by the descriptor limit); more are
-    # closed at once and counted in hostagent_http_connections_refused_total.
-    max_connections: int = Field(default=1000, ge=1)
-    max_connections_per_client: int = Field(default=256, ge=1)
-    # Job API requests processed at once; more wait their turn (health and
-    # /metrics never wait: they answer from memory).
-    max_active_requests: int = Field(default=8, ge=1)
-
-
-class Config(_Section):
-    worker_id: str = Field(default_factory=socket.gethostname)
-    state_dir: Path = Path("/var/lib/hostagent")
-    spool_dir: Path = Path("/var/spool/hostagent")
+    worker_id: str = Field(default_factory=socket.gethostname, json_schema_extra=RESTART)
+    state_dir: Path = Field(default=Path("/var/lib/hostagent"), json_schema_extra=RESTART)
+    spool_dir: Path = Field(default=Path("/var/spool/hostagent"), json_schema_extra=RESTART)
     max_concurrent_jobs: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     max_pending_jobs: int = Field(default=100_000, ge=1)
     default_timeout_seconds: float = Field(default=3600.0, gt=0)
     max_timeout_seconds: float = Field(default=3600.0, gt=0)
     max_disk_size_gb: int = Field(default=2048, ge=1)
-    log_format: Literal["json", "console"] = "json"
+    log_format: Literal["json", "console"] = Field(default="json", json_schema_extra=RESTART)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     labels: dict[str, str] = Field(default_factory=dict)
-    spool: SpoolConfig = Field(default_factory=SpoolConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     libvirt: LibvirtConfig = Field(default_factory=LibvirtConfig)
     # Capabilities are re-fingerprinted this often (and when libvirt reconnects).
     capabilities_refresh_seconds: float = Field(default=300.0, gt=0)
-    http: HttpConfig = Field(default_factory=HttpConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     # New jobs are refused (503) while the state directory's filesystem has
     # less free space than this, so the store never fills the disk (0: off).
     state_min_free_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _transport_sections(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        sections = transport_sections()
+        for key in data.keys() - cls.model_fields.keys() - sections.keys():
+            raise ConfigError(
+                f"config: {key}: Extra inputs are not permitted", field=key, reason="Unknown key"
+            )
+        data = dict(data)
+        for name, model in sections.items():
+            value = data.get(name, {})
+            if isinstance(value, model):
+                continue
+            try:
+                data[name] = model.model_validate(value)
+            except pydantic.ValidationError as exc:
+                raise _config_error(exc, prefix=f"{name}.") from exc
+        return data
+
+    def section(self, kind: type[SectionT]) -> SectionT:
+        """A transport's own section, by its settings class."""
+        for value in (self.model_extra or {}).values():
+            if isinstance(value, kind):
+                return value
+        raise ConfigError(f"config: no section of type {kind.__name__}", field="config")
+
     @property
     def store_path(self) -> Path:
         return self.state_dir / "jobs.sqlite3"
+
+
+def restart_keys(model: type[BaseModel] = Config, prefix: str = "") -> set[str]:
+    """Dotted keys of the settings marked RESTART, transport sections included."""
+    keys: set[str] = set()
+    fields = {name: info.annotation for name, info in model.model_fields.items()}
+    if model is Config:
+        fields.update(transport_sections())
+    for name, kind in fields.items():
+        info = model.model_fields.get(name)
+        if info is not None and info.json_schema_extra == RESTART:
+            keys.add(prefix + name)
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            keys |= restart_keys(kind, f"{prefix}{name}.")
+    return keys
+
+
+def _config_error(exc: pydantic.ValidationError, *, prefix: str = "") -> ConfigError:
+    first = exc.errors(include_url=False)[0]
+    key = prefix + ".".join(str(part) for part in first["loc"])
+    return ConfigError(f"config: {key}: {first['msg']}", field=key, reason=first["msg"])
 
 
 def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
@@ -205,6 +218,4 @@ def load_config(
     try:
         return Config.model_validate(data)
     except pydantic.ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        key = ".".join(str(part) for part in first["loc"])
-        raise ConfigError(f"config: {key}: {first['msg']}", field=key, reason=first["msg"]) from exc
+        raise _config_error(exc) from exc

@@ -6,14 +6,17 @@ import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 import trio
 
 from agent.errors import HandlerError
+
+if TYPE_CHECKING:
+    from agent.services import Services
 
 ServiceT = TypeVar("ServiceT")
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
@@ -36,14 +39,14 @@ class JobContext:
         *,
         attempt: int,
         emit: Emit,
-        services: Mapping[type, object] | None = None,
+        services: Services,
     ) -> None:
         self.job_id = job_id
         self.operation = operation
         self.attempt = attempt
         self.logger = structlog.get_logger("agent.job").bind(job_id=job_id, operation=operation)
         self._emit = emit
-        self._services = services or {}
+        self._services = services
 
     async def progress(
         self, percent: float | None, message: str | None = None, **fields: Any
@@ -60,12 +63,9 @@ class JobContext:
         self.logger.log(_LEVELS.get(level, 20), "job.log", line=message, **fields)
         await self._emit("log", {"level": level, "message": message, **fields})
 
-    def service(self, kind: type[ServiceT]) -> ServiceT:
+    def get(self, kind: type[ServiceT]) -> ServiceT:
         """A shared service the daemon provides (e.g. the libvirt connection)."""
-        found = self._services.get(kind)
-        if found is None:
-            raise HandlerError(f"{kind.__name__} is not available on this agent")
-        return found  # type: ignore[return-value]  # keyed by its own type
+        return self._services.get(kind)
 
     async def run_process(
         self,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import inspect
 import os
-import shutil
 import signal
 from collections.abc import AsyncIterator, Callable, Iterable
 from functools import partial
@@ -16,11 +15,11 @@ import trio
 
 from agent import background, metrics
 from agent.capabilities import Capabilities
-from agent.config import Config
+from agent.config import Config, restart_keys
 from agent.dispatcher import Dispatcher
 from agent.errors import AgentError
 from agent.events import EventBus
-from agent.handlers import image, storage, system, vm, vm_snapshot
+from agent.handlers import guestkit, image, network, storage, system, vm, vm_snapshot
 from agent.handlers.storage_roots import refresh_pool_roots
 from agent.health import Health, Status
 from agent.hypervisor import LibvirtConnection
@@ -29,39 +28,14 @@ from agent.intake import Intake
 from agent.logging_config import set_log_level
 from agent.policy import Policy
 from agent.registry import Handler, Registry
+from agent.resources import ResourceView
+from agent.services import Services
 from agent.statelock import hold_state_lock
-from agent.store import Store, count_by_status
+from agent.store import JobStore, SqliteStore
 from agent.systemd import Notifier, Notify, feed_watchdog, monotonic_usec, report_status
-from agent.transports import Transport
-from agent.transports.http.transport import HttpTransport
-from agent.transports.spool.transport import SpoolTransport
+from agent.transports import TRANSPORTS, Transport, TransportSpec
 
 log = structlog.get_logger("agent.daemon")
-
-# Settings read once at start: a reload keeps their running values and says so.
-RESTART_REQUIRED = frozenset(
-    {
-        "worker_id",
-        "state_dir",
-        "spool_dir",
-        "log_format",
-        "spool.enabled",
-        "spool.watch_step_ms",
-        "service.status_interval_seconds",
-        # The libvirt connection is opened once with these.
-        "libvirt.uri",
-        # The listener is bound once.
-        "http.enabled",
-        "http.bind",
-        # The accept loop and the request slots are set up once.
-        "http.max_connections",
-        "http.max_connections_per_client",
-        "http.max_active_requests",
-        "http.header_timeout_seconds",
-        "libvirt.keepalive_interval",
-        "libvirt.keepalive_count",
-    }
-)
 
 
 @runtime_checkable
@@ -75,14 +49,29 @@ class Reloadable(Protocol):
 def build_registry() -> Registry:
     """Every handler this agent ships."""
     return Registry(
-        (*system.HANDLERS, *vm.HANDLERS, *vm_snapshot.HANDLERS, *storage.HANDLERS, *image.HANDLERS)
+        (
+            *system.HANDLERS,
+            *vm.HANDLERS,
+            *vm_snapshot.HANDLERS,
+            *storage.HANDLERS,
+            *network.HANDLERS,
+            *image.HANDLERS,
+            *guestkit.available_handlers(),  # only where libguestfs works (looks at files)
+        )
     )
 
 
 class Agent:
     """The running agent's parts, for the daemon and for tests."""
 
-    def __init__(self, config: Config, *, extra_handlers: Iterable[Handler] = ()) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        extra_handlers: Iterable[Handler] = (),
+        transports: Iterable[TransportSpec] = TRANSPORTS,
+        store: JobStore | None = None,
+    ) -> None:
         self.config = config
         self.bus = EventBus()
         self.policy = Policy(config)
@@ -90,8 +79,21 @@ class Agent:
         self.registry.policy = self.policy  # every handler's intake check (admit) uses it
         for extra in extra_handlers:
             self.registry.add(extra)
-        self.store = Store(config.store_path)
+        self.store: JobStore = store if store is not None else SqliteStore(config.store_path)
         self.libvirt = LibvirtConnection(config.libvirt)
+        self.services = Services()
+        self.services.register(Config, config, name="config")
+        self.services.register(Policy, self.policy, name="policy")
+        self.services.register(
+            type(self.store),
+            self.store,
+            name="store",
+            ping=self._store_health,
+            close=self.store.aclose,
+        )
+        self.services.register(
+            LibvirtConnection, self.libvirt, name="libvirt", ping=self.libvirt.health
+        )
         self.dispatcher = Dispatcher(
             self.store,
             self.registry,
@@ -99,7 +101,7 @@ class Agent:
             max_concurrent=config.max_concurrent_jobs,
             default_timeout=config.default_timeout_seconds,
             max_timeout=config.max_timeout_seconds,
-            services={LibvirtConnection: self.libvirt, Config: config, Policy: self.policy},
+            services=self.services,
         )
         self.capabilities = Capabilities(config, self.registry, self.bus)
         self.capabilities.contribute(partial(libvirt_facts, self.libvirt))
@@ -107,9 +109,10 @@ class Agent:
         self.capabilities.contribute(partial(refresh_pool_roots, self.libvirt, self.policy))
         self.libvirt.on_change(self.capabilities.request_refresh)
         self.health = Health()
-        self.health.add("store", self._store_health)
-        self.health.add("libvirt", self.libvirt.health)
+        for name, check in self.services.pings().items():
+            self.health.add(name, check)
         self.health.add("background", background.health)
+        guestkit.contribute(self.capabilities, self.health)  # feature `inspect`, health `guestfs`
         self.intake = Intake(
             self.registry,
             self.store,
@@ -120,30 +123,28 @@ class Agent:
             capabilities=self.capabilities,
             health=self.health,
         )
+        self.intake.resources = ResourceView(self.libvirt, config)
+        # Each transport the config turns on; it brings its health, features and outbox.
         self.transports: list[Transport] = []
-        if config.spool.enabled:
-            self.spool: SpoolTransport | None = SpoolTransport(config.spool_dir, config.spool)
-            self.transports.append(self.spool)
-            self.health.add("spool", self._spool_health)
-        else:
-            self.spool = None
-        self.http: HttpTransport | None = None
-        if config.http.enabled:
-            # Checks the exposure rules (no open API off loopback) before anything starts.
-            self.http = HttpTransport(config.http)
-            self.transports.append(self.http)
-            self.health.add("http", self._http_health)
+        for spec in transports:
+            transport = spec.build(config)
+            if transport is None:
+                continue
+            self.transports.append(transport)
+            self.health.add(transport.name, transport.health)
+            self.capabilities.contribute(partial(_features_of, transport))
+            if transport.outbox is not None:
+                self.store.register_consumer(transport.name, transport.outbox)
 
-    async def _http_health(self) -> tuple[Status, str, dict[str, Any]]:
-        assert self.http is not None
-        if self.http.address is None:
-            return "unhealthy", "not listening", {}
-        if not self.intake.accepting:
-            return "degraded", "draining: new jobs are refused", {"url": self.http.url}
-        return "healthy", "listening", {"url": self.http.url}
+    def transport(self, name: str) -> Transport:
+        """The running transport called `name` (KeyError when it is off)."""
+        for transport in self.transports:
+            if transport.name == name:
+                return transport
+        raise KeyError(name)
 
     async def _store_health(self) -> tuple[Status, str, dict[str, Any]]:
-        counts = await self.store.read(count_by_status)
+        counts = await self.store.count_by_status()
         figures = {
             "queue_depth": self.dispatcher.queue_depth,
             "running": self.dispatcher.running_count,
@@ -170,7 +171,7 @@ class Agent:
         Answers the ids of the interrupted jobs.
         """
         service = self.config.service
-        self.intake.accepting = False
+        self.intake.stop_accepting()
         began = trio.current_time()
         deadline = began + service.drain_seconds
         log.info(
@@ -203,6 +204,7 @@ class Agent:
         labels, and whatever each transport reloads (tokens, certificates)."""
         applied, changed, kept = _reconcile(self.config, config)
         self.config = applied
+        self.services.replace(Config, applied)
         set_log_level(applied.log_level)
         for part in (
             self.dispatcher,
@@ -223,31 +225,18 @@ class Agent:
             log.warning("agent.reload_restart_required", keys=kept)
         log.info("agent.reloaded", changed=changed)
 
-    async def _spool_health(self) -> tuple[Status, str, dict[str, Any]]:
-        spool = self.config.spool_dir
-        incoming = spool / "incoming"
-        if not os.access(incoming, os.W_OK | os.X_OK):
-            return "unhealthy", f"{incoming} is missing or not writable", {}
-        usage = await trio.to_thread.run_sync(shutil.disk_usage, spool)
-        figures = {"free_bytes": usage.free, "total_bytes": usage.total}
-        # Below 1% free a job file may not fit and results cannot be written.
-        if usage.free < usage.total // 100:
-            return "degraded", "spool filesystem almost full", figures
-        return "healthy", "spool directory writable", figures
-
     async def run(self, *, task_status: trio.TaskStatus[Agent] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled; started() once every transport is taking jobs."""
-        spool = self.spool
         untrack = metrics.track(
             metrics.Sources(
                 queue_depth=lambda: self.dispatcher.queue_depth,
                 running=lambda: self.dispatcher.running_count,
-                quarantined=None if spool is None else (lambda: spool.quarantined),
             ),
             transports=[transport.name for transport in self.transports],
             operations=self.registry.operations,
         )
         try:
+            await self.store.open()
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.libvirt.run)
                 await nursery.start(self.capabilities.run)
@@ -265,7 +254,12 @@ class Agent:
         finally:
             untrack()
             self.bus.close()
-            self.store.close()
+            with trio.CancelScope(shield=True):
+                await self.services.aclose()
+
+
+async def _features_of(transport: Transport) -> dict[str, Any]:
+    return {"features": transport.features()}
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -285,7 +279,8 @@ def _reconcile(old: Config, new: Config) -> tuple[Config, list[str], list[str]]:
     changed = sorted(
         key for key in before.keys() | after.keys() if before.get(key) != after.get(key)
     )
-    kept = [key for key in changed if key in RESTART_REQUIRED]
+    restart_only = restart_keys()
+    kept = [key for key in changed if key in restart_only]
     data = new.model_dump()
     for key in kept:
         *parents, leaf = key.split(".")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import heapq
 import json
-from collections.abc import Mapping
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,9 +17,11 @@ from agent.config import Config
 from agent.context import JobContext
 from agent.errors import AgentError, ConflictError
 from agent.events import EventBus
-from agent.jobs import JobState, JobStatus
+from agent.jobs import JobState, JobStatus, PendingJob
 from agent.registry import Registry
-from agent.store import PendingJob, Queued, Store, get_job
+from agent.resource_locks import ResourceLocks
+from agent.services import Services
+from agent.store import JobStore, Queued
 
 log = structlog.get_logger("agent.dispatcher")
 
@@ -44,14 +44,14 @@ def _failure_reason(exc: BaseException) -> str | BaseException:
 class Dispatcher:
     def __init__(
         self,
-        store: Store,
+        store: JobStore,
         registry: Registry,
         bus: EventBus,
         *,
         max_concurrent: int,
         default_timeout: float,
         max_timeout: float,
-        services: Mapping[type, object] | None = None,
+        services: Services,
     ) -> None:
         self._store = store
         self._registry = registry
@@ -59,17 +59,18 @@ class Dispatcher:
         self._max_concurrent = max_concurrent
         self._default_timeout = default_timeout
         self._max_timeout = max_timeout
-        self._services = dict(services or {})
+        self._services = services
         # (-priority, seq): higher priority first, FIFO within a priority.
         self._heap: list[tuple[int, int, PendingJob]] = []
         self._queued: set[str] = set()
         self._wakeup = trio.lowlevel.ParkingLot()
+        self._room = trio.lowlevel.ParkingLot()  # intake waiting for the queue to shrink
         # Jobs taken off the queue and not yet recorded as finished.
         self._running: dict[str, _Running] = {}
         self._executing = 0
         # Finished jobs whose outcome is not yet committed and published.
         self._unannounced = trio.Semaphore(256)
-        self._resource_locks: dict[str, tuple[trio.Lock, int]] = {}
+        self._resource_locks = ResourceLocks()
         self.reruns = 0
         self._nursery: trio.Nursery | None = None
         self._workers = 0  # alive, including any about to leave after a reload
@@ -97,6 +98,11 @@ class Dispatcher:
         heapq.heappush(self._heap, (-job.priority, job.seq, job))
         self._wakeup.unpark()
 
+    async def wait_for_room(self, count: int, limit: int) -> None:
+        """Return once `count` more jobs fit under a queue bound of `limit`."""
+        while len(self._queued) + count > limit:
+            await self._room.park()
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Recover what a previous run left, then run jobs until cancelled."""
         recovery = await self._store.recover(self._registry.rerun_safe)
@@ -106,7 +112,7 @@ class Dispatcher:
                 "dispatcher.recovered", requeued=len(recovery.requeued), failed=len(recovery.failed)
             )
         for job_id in recovery.failed:  # they reached a final status: count and announce it
-            self._publish_status(await self._store.read(get_job, job_id))
+            self._publish_status(await self._store.get_job(job_id))
         for job in await self._store.pending_jobs():
             self.enqueue(job)
         async with trio.open_nursery() as nursery:
@@ -120,8 +126,6 @@ class Dispatcher:
         self._default_timeout = config.default_timeout_seconds
         self._max_timeout = config.max_timeout_seconds
         self._max_concurrent = config.max_concurrent_jobs
-        if Config in self._services:  # handlers read limits (max_disk_size_gb) from it
-            self._services[Config] = config
         if self._nursery is not None:
             while self._workers < self._max_concurrent:
                 self._spawn_worker()
@@ -179,9 +183,9 @@ class Dispatcher:
                 running.cancel_requested = True
                 running.scope.cancel()
                 await running.done.wait()
-                return await self._store.read(get_job, job_id)
+                return await self._store.get_job(job_id)
             if job_id not in self._queued:
-                state = await self._store.read(get_job, job_id)
+                state = await self._store.get_job(job_id)
                 if state.status.terminal:
                     raise ConflictError(
                         f"Job {job_id} is already {state.status.value}",
@@ -192,11 +196,14 @@ class Dispatcher:
                     continue  # it was taken or queued meanwhile: look again
             # Out of the queue before anything awaits: no worker can take it now.
             self._queued.discard(job_id)
-            cancelled = await self._store.finish(
-                job_id,
-                JobStatus.CANCELLED,
-                error="Cancelled by request",
-                only_from=(JobStatus.PENDING,),
+            self._room.unpark_all()
+            cancelled: JobState | None = await self._store.settle(
+                self._store.queue_finish(
+                    job_id,
+                    JobStatus.CANCELLED,
+                    error="Cancelled by request",
+                    only_from=(JobStatus.PENDING,),
+                )
             )
             if cancelled is not None:
                 self._publish_status(cancelled)
@@ -223,7 +230,13 @@ class Dispatcher:
                     continue  # cancelled while queued
                 self._queued.discard(job.job_id)
                 self._picked += 1
-                await self._execute(job)
+                if self._room:
+                    self._room.unpark_all()
+                # Every line logged while the job runs (handlers, libvirt, helpers) names it.
+                with structlog.contextvars.bound_contextvars(
+                    job_id=job.job_id, operation=job.operation
+                ):
+                    await self._execute(job)
                 # A handler that never awaits (system.echo) would otherwise let a
                 # worker run the whole queue without giving any other task a turn.
                 await trio.lowlevel.checkpoint()
@@ -231,33 +244,17 @@ class Dispatcher:
             self._workers -= 1
             self._wakeup.unpark()  # pass on a wakeup this worker may have taken
 
-    @asynccontextmanager
-    async def _resource_lock(self, key: str | None):  # type: ignore[no-untyped-def]  # generator CM
-        if key is None:
-            yield
-            return
-        lock, users = self._resource_locks.get(key, (trio.Lock(), 0))
-        self._resource_locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._resource_locks[key]
-            if users == 1:
-                del self._resource_locks[key]
-            else:
-                self._resource_locks[key] = (lock, users - 1)
-
     async def _execute(self, job: PendingJob) -> None:
-        bound = log.bind(job_id=job.job_id, operation=job.operation)
         try:
             found = self._registry.get(job.operation)
             # Validated at intake already; parsed again into the handler's model.
             payload: BaseModel = found.payload_model.model_validate(job.document["payload"]["data"])
         except (AgentError, pydantic.ValidationError) as exc:
             # The handler went away since the job was accepted (upgrade/config change).
-            state = await self._store.finish(
-                job.job_id, JobStatus.FAILED, error=str(exc), only_from=(JobStatus.PENDING,)
+            state = await self._store.settle(
+                self._store.queue_finish(
+                    job.job_id, JobStatus.FAILED, error=str(exc), only_from=(JobStatus.PENDING,)
+                )
             )
             if state is not None:
                 self._publish_status(state)
@@ -270,7 +267,7 @@ class Dispatcher:
         # if the agent dies first, recovery runs it again. Others wait for them.
         bookkeeping_done_later = False
         try:
-            async with self._resource_lock(resource):
+            async with self._resource_locks.hold(resource):
                 if self._draining:
                     return  # it waited for its resource past shutdown: stays Pending
                 started_write = self._store.queue_mark_running(job.job_id)
@@ -281,7 +278,7 @@ class Dispatcher:
                     if started is None:
                         return  # no longer pending
                     self._publish_status(started)
-                bound.info("job.started", attempt=job.attempts + 1, timeout=timeout)
+                log.info("job.started", attempt=job.attempts + 1, timeout=timeout)
                 ctx = JobContext(
                     job.job_id,
                     job.operation,
@@ -300,7 +297,7 @@ class Dispatcher:
                     await self._store.settle(started_write)
                     await self._store.note_interrupted(job.job_id, error or "interrupted")
                     self.interrupted.append(job.job_id)
-                    bound.warning("job.interrupted", reason=error)
+                    log.warning("job.interrupted", reason=error)
                     return
                 finished = self._store.queue_finish(job.job_id, status, result=result, error=error)
                 # Bounded, so that a backlog of instant jobs cannot flood the

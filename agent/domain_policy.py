@@ -160,3 +160,25 @@ def _check_disk(policy: Policy, disk: ET.Element, field: str, *, passthrough: bo
         return
     if not passthrough:
         raise _refuse(where, f"a <disk type='{kind}'> (host block device, directory or network)")
+
+
+# Forward modes that stay inside libvirt's own bridge; the others hand host NICs
+# or PCI devices to guests.
+_PLAIN_FORWARDS = {None, "nat", "route", "open"}
+
+
+def admit_network(payload: Any, gate: Admission) -> None:
+    """network.define's intake check: a complete XML must not reach the host."""
+    if payload.xml is None or (gate.privileged and gate.policy.allow_passthrough):
+        return
+    field = "payload.data.xml"
+    root = ET.fromstring(payload.xml)  # noqa: S314 (expat does not expand external entities)
+    for node in root.iter():
+        if isinstance(node.tag, str) and node.tag.startswith("{"):
+            # e.g. dnsmasq:options, which can make dnsmasq run any script as root
+            raise _refuse(field, f"<{node.tag.partition('}')[2]}> of another namespace")
+    forward = root.find("forward")
+    if forward is not None and forward.get("mode") not in _PLAIN_FORWARDS:
+        raise _refuse(field, f"<forward mode='{forward.get('mode')}'>")
+    if forward is not None and (forward.get("dev") or forward.find("interface") is not None):
+        raise _refuse(field, "forwarding through a named host interface")

@@ -40,6 +40,10 @@ class ValidationError(AgentError):
     http_status = 400
 
 
+class ExpiredError(ValidationError):
+    """The job reached the agent after its `not_after`: refused, never run."""
+
+
 class NotFoundError(AgentError):
     code = "NOT_FOUND"
     http_status = 404
@@ -57,6 +61,19 @@ class QueueFullError(AgentError):
 
     code = "QUEUE_FULL"
     http_status = 503
+
+
+class DrainingError(QueueFullError):
+    """The agent is shutting down: nothing was recorded, try again later (elsewhere)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The agent is shutting down and takes no new jobs", details={"reason": "draining"}
+        )
+
+
+class StoreError(AgentError):
+    """The job store failed a read or write (raised from the SQLite error)."""
 
 
 class ConfigError(AgentError):
@@ -109,6 +126,13 @@ class ForbiddenError(AgentError):
 class PayloadTooLargeError(AgentError):
     code = "PAYLOAD_TOO_LARGE"
     http_status = 413
+
+
+class UnavailableError(AgentError):
+    """Something an answer needs (the libvirt connection) is not there now; retry later."""
+
+    code = "UNAVAILABLE"
+    http_status = 503
 
 
 class UnsupportedMediaTypeError(AgentError):

@@ -21,7 +21,6 @@ import structlog
 import trio
 
 from agent.config import LibvirtConfig
-from agent.context import JobContext
 from agent.errors import HypervisorError
 from agent.health import Status
 from agent.metrics import LIBVIRT_UP
@@ -63,6 +62,9 @@ _UNDEFINE_ALL = (
     | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
     | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
 )
+# Listing domains by one property is one call, not one per domain (the resource view).
+LIST_AUTOSTART = libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART
+LIST_PERSISTENT = libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT
 VOL_RESIZE_SHRINK = libvirt.VIR_STORAGE_VOL_RESIZE_SHRINK
 WIPE_ALGORITHMS = {
     "zero": libvirt.VIR_STORAGE_VOL_WIPE_ALG_ZERO,
@@ -124,6 +126,16 @@ def _lookup(what: str, find: Callable[[], Any]) -> Any:
         raise error from exc
 
 
+def if_present(fn: Callable[[], T]) -> T | None:
+    """fn(), or None when what it reads vanished meanwhile (blocking; inside `call`)."""
+    try:
+        return fn()
+    except libvirt.libvirtError as exc:
+        if _REASON_BY_CODE.get(exc.get_error_code()) == "not_found":
+            return None
+        raise
+
+
 def lookup_domain(conn: Any, name: str | None, uuid: str | None) -> Any:
     """A virDomain by UUID (when given) or name (blocking; inside `call`)."""
     if uuid is not None:
@@ -133,6 +145,10 @@ def lookup_domain(conn: Any, name: str | None, uuid: str | None) -> Any:
 
 def lookup_pool(conn: Any, name: str) -> Any:
     return _lookup(f"storage pool {name!r}", lambda: conn.storagePoolLookupByName(name))
+
+
+def lookup_network(conn: Any, name: str) -> Any:
+    return _lookup(f"network {name!r}", lambda: conn.networkLookupByName(name))
 
 
 def lookup_volume(conn: Any, pool: str, name: str) -> Any:
@@ -396,8 +412,3 @@ class LibvirtConnection:
         if latency_ms > self.config.degraded_latency_ms:
             return "degraded", f"libvirt answers slowly ({latency_ms} ms)", figures
         return "healthy", "connected", figures
-
-
-def connection(ctx: JobContext) -> LibvirtConnection:
-    """The agent's libvirt connection, as a handler gets it."""
-    return ctx.service(LibvirtConnection)

@@ -1,36 +1,40 @@
 """The single door transports use: validate -> durable insert -> queue.
 
-It is also the transports' view of jobs (status, result, logs, cancel,
-live events), so a transport never touches the store or dispatcher itself.
+It is also the transports' view of jobs (status, result, logs, cancel, live
+events, the durable outbox), so a transport never touches the store or the
+dispatcher itself. Transports are written against `TransportIntake`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent import metrics
 from agent.capabilities import Capabilities
 from agent.dispatcher import Dispatcher
-from agent.errors import AgentError, QueueFullError
+from agent.errors import AgentError, DrainingError, ExpiredError, QueueFullError
 from agent.events import EventBus, Subscription
 from agent.health import Health
-from agent.jobs import JobState, fingerprint, format_timestamp, new_job_id, parse_document, utc_now
-from agent.registry import Registry
-from agent.store import (
+from agent.jobs import (
+    JobState,
     NewJob,
-    Store,
-    get_events,
-    get_job,
-    get_outcomes,
-    get_result,
-    list_jobs,
+    fingerprint,
+    format_timestamp,
+    new_job_id,
+    parse_document,
+    utc_now,
 )
+from agent.outbox import Outbox
+from agent.registry import Registry
+from agent.store import JobStore
 
 if TYPE_CHECKING:
     from agent.config import Config
+    from agent.resources import ResourceView
 
 
 @dataclass(frozen=True)
@@ -39,12 +43,77 @@ class Submission:
     created: bool  # False: the same document was already accepted under this job_id
 
 
+class TransportIntake(Protocol):
+    """Everything a transport may ask of the core."""
+
+    @property
+    def accepting(self) -> bool:
+        """False while the agent drains for shutdown: take no new jobs."""
+
+    @property
+    def resources(self) -> ResourceView | None:
+        """Direct reads of VMs, pools, networks and the host, where libvirt is served."""
+
+    def prepare(
+        self,
+        raw: object,
+        *,
+        transport: str,
+        job_id: str | None = None,
+        origin: str | None = None,
+        privileged: bool = False,
+    ) -> NewJob:
+        """Validate a document completely; raises the ValidationError naming the field,
+        or the host policy's ForbiddenError (`privileged`: the caller holds admin)."""
+
+    async def submit(
+        self,
+        raw: object,
+        *,
+        transport: str,
+        job_id: str | None = None,
+        origin: str | None = None,
+        privileged: bool = False,
+    ) -> Submission:
+        """Accept one job; returns once it is durable. Raises the AgentError for it."""
+
+    async def submit_many(self, jobs: Sequence[NewJob]) -> list[Submission | AgentError]:
+        """Record prepared jobs in one transaction; one answer per job."""
+
+    async def wait_for_room(self, count: int = 1) -> None:
+        """Return once `count` more jobs fit in the pending queue (back-pressure)."""
+
+    def outbox(self, consumer: str) -> Outbox:
+        """The durable feed of changes to the consumer's jobs (see agent.outbox)."""
+
+    async def status(self, job_id: str) -> JobState: ...
+    async def result(self, job_id: str) -> Any: ...
+    async def outcomes(self, job_ids: Sequence[str]) -> list[tuple[JobState, Any]]: ...
+    async def logs(self, job_id: str) -> list[dict[str, Any]]: ...
+    async def cancel(self, job_id: str) -> JobState: ...
+    async def capabilities(self) -> dict[str, Any]: ...
+    async def health(self) -> dict[str, Any]: ...
+
+    async def list_jobs(
+        self,
+        *,
+        status: str | None = None,
+        operation: str | None = None,
+        limit: int = 100,
+        after_seq: int = 0,
+    ) -> tuple[list[JobState], int, int | None]: ...
+
+    def events(self, *, buffer: int = 1024) -> AbstractContextManager[Subscription]:
+        """Live job events from now on: best effort, for watchers (not durable)."""
+
+
 def prepare_job(
     registry: Registry,
     raw: object,
     *,
     transport: str,
     job_id: str | None = None,
+    origin: str | None = None,
     max_timeout: float,
     privileged: bool = False,
 ) -> NewJob:
@@ -57,6 +126,12 @@ def prepare_job(
     # The host policy (paths, domain definitions) refuses here, before anything is recorded.
     registry.admit(document, registry.validate_payload(document), privileged=privileged)
     assert isinstance(raw, dict)
+    if document.not_after is not None and document.not_after <= datetime.now(UTC):
+        raise ExpiredError(
+            f"The job arrived after its not_after ({format_timestamp(document.not_after)})",
+            field="not_after",
+            reason="The job arrived too late to be run",
+        )
     normalized = document.model_dump(mode="json")
     normalized["job_id"] = document.job_id or job_id or new_job_id()
     normalized["created_at"] = (
@@ -71,14 +146,17 @@ def prepare_job(
         document=normalized,
         fingerprint=fingerprint(raw),
         timeout_seconds=None if timeout is None else min(timeout, max_timeout),
+        origin=origin,
     )
 
 
 class Intake:
+    """The daemon's TransportIntake."""
+
     def __init__(
         self,
         registry: Registry,
-        store: Store,
+        store: JobStore,
         dispatcher: Dispatcher,
         bus: EventBus,
         *,
@@ -95,8 +173,18 @@ class Intake:
         self._max_timeout = max_timeout
         self._capabilities = capabilities
         self._health = health
-        # False while the agent drains for shutdown: transports stop taking jobs.
-        self.accepting = True
+        self._accepting = True
+        # Direct reads of VMs, pools, networks and the host (set by the daemon); their
+        # actions still come in here as jobs.
+        self.resources: ResourceView | None = None
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def stop_accepting(self) -> None:
+        """Drain for shutdown: every transport's intake answers DrainingError from now on."""
+        self._accepting = False
 
     def reload(self, config: Config) -> None:
         """Apply the queue bound and timeout cap of a reloaded config."""
@@ -104,35 +192,44 @@ class Intake:
         self._max_timeout = config.max_timeout_seconds
 
     def prepare(
-        self, raw: object, *, transport: str, job_id: str | None = None, privileged: bool = False
+        self,
+        raw: object,
+        *,
+        transport: str,
+        job_id: str | None = None,
+        origin: str | None = None,
+        privileged: bool = False,
     ) -> NewJob:
         return prepare_job(
             self.registry,
             raw,
             transport=transport,
             job_id=job_id,
+            origin=origin,
             max_timeout=self._max_timeout,
             privileged=privileged,
         )
 
     async def submit(
-        self, raw: object, *, transport: str, job_id: str | None = None, privileged: bool = False
+        self,
+        raw: object,
+        *,
+        transport: str,
+        job_id: str | None = None,
+        origin: str | None = None,
+        privileged: bool = False,
     ) -> Submission:
-        """Accept one job; returns once it is durable. Raises the AgentError for it."""
-        prepared = self.prepare(raw, transport=transport, job_id=job_id, privileged=privileged)
-        outcome = (await self.submit_prepared([prepared]))[0]
+        prepared = self.prepare(
+            raw, transport=transport, job_id=job_id, origin=origin, privileged=privileged
+        )
+        outcome = (await self.submit_many([prepared]))[0]
         if isinstance(outcome, AgentError):
             raise outcome
         return outcome
 
-    async def submit_prepared(self, jobs: Sequence[NewJob]) -> list[Submission | AgentError]:
-        """Record prepared jobs in one transaction, then queue the new ones."""
-        if not self.accepting:
-            # Same answer as a full queue: nothing recorded, try again later (elsewhere).
-            raise QueueFullError(
-                "The agent is shutting down and takes no new jobs",
-                details={"reason": "draining"},
-            )
+    async def submit_many(self, jobs: Sequence[NewJob]) -> list[Submission | AgentError]:
+        if not self._accepting:
+            raise DrainingError
         if self._dispatcher.queue_depth + len(jobs) > self._max_pending:
             raise QueueFullError(
                 f"The pending queue is full ({self._max_pending} jobs)",
@@ -158,18 +255,24 @@ class Intake:
             answers.append(Submission(state=state, created=pending is not None))
         return answers
 
+    async def wait_for_room(self, count: int = 1) -> None:
+        await self._dispatcher.wait_for_room(count, self._max_pending)
+
+    def outbox(self, consumer: str) -> Outbox:
+        return Outbox(self._store, consumer)
+
     async def status(self, job_id: str) -> JobState:
-        return await self._store.read(get_job, job_id)
+        return await self._store.get_job(job_id)
 
     async def result(self, job_id: str) -> Any:
-        return await self._store.read(get_result, job_id)
+        return await self._store.get_result(job_id)
 
     async def outcomes(self, job_ids: Sequence[str]) -> list[tuple[JobState, Any]]:
         """Status and result of several jobs in one read (missing ids are left out)."""
-        return await self._store.read(get_outcomes, job_ids)
+        return await self._store.get_outcomes(job_ids)
 
     async def logs(self, job_id: str) -> list[dict[str, Any]]:
-        return await self._store.read(get_events, job_id)
+        return await self._store.get_events(job_id)
 
     async def list_jobs(
         self,
@@ -179,8 +282,8 @@ class Intake:
         limit: int = 100,
         after_seq: int = 0,
     ) -> tuple[list[JobState], int, int | None]:
-        return await self._store.read(
-            list_jobs, status=status, operation=operation, limit=limit, after_seq=after_seq
+        return await self._store.list_jobs(
+            status=status, operation=operation, limit=limit, after_seq=after_seq
         )
 
     async def cancel(self, job_id: str) -> JobState:
@@ -194,6 +297,5 @@ class Intake:
 
     @contextmanager
     def events(self, *, buffer: int = 1024) -> Iterator[Subscription]:
-        """Live job events from now on (see EventBus)."""
         with self._bus.subscribe(buffer=buffer) as subscription:
             yield subscription

@@ -7,9 +7,10 @@ import json
 import math
 import re
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NoReturn
 
 import pydantic
 from pydantic import (
@@ -91,6 +92,8 @@ class JobDocument(BaseModel):
         default=None, ge=0.01, le=MAX_JOB_TIMEOUT, allow_inf_nan=False
     )
     labels: dict[str, str] = Field(default_factory=dict)
+    # A job that reaches the agent after this moment is refused, never run.
+    not_after: pydantic.AwareDatetime | None = None
 
     @field_validator("operation")
     @classmethod
@@ -135,6 +138,54 @@ class JobState(BaseModel):
     priority: int = 5
 
 
+@dataclass(frozen=True)
+class NewJob:
+    """A validated job ready to be recorded."""
+
+    job_id: str
+    operation: str
+    priority: int
+    transport: str
+    document: dict[str, Any]
+    fingerprint: str
+    timeout_seconds: float | None
+    # The transport's own reference to where the job came from (a spool file
+    # name, a topic offset), handed back in the job's "accepted" outbox entry.
+    origin: str | None = None
+
+
+@dataclass(frozen=True)
+class PendingJob:
+    """What the dispatcher needs to run a job."""
+
+    seq: int
+    job_id: str
+    operation: str
+    priority: int
+    document: dict[str, Any]
+    timeout_seconds: float | None
+    attempts: int = 0  # runs so far (a job re-queued after a crash has one)
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """One state change a transport must hear about, from the durable outbox.
+
+    `event` is accepted, running, progress, completed, failed or cancelled;
+    `data` holds {"origin"} (accepted), {"percent", "message"} (progress),
+    {"result"} (completed) or {"error"} (failed, cancelled).
+    """
+
+    id: int  # increasing: a job's entries come in the order of its changes
+    event: str
+    state: JobState
+    data: dict[str, Any]
+
+    @property
+    def job_id(self) -> str:
+        return self.state.job_id
+
+
 def utc_now() -> str:
     """RFC 3339, microseconds, Z suffix: the one timestamp format the agent writes."""
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
@@ -154,7 +205,7 @@ def new_job_id() -> str:
     return str(uuid.uuid4())
 
 
-def raise_validation_error(exc: pydantic.ValidationError, *, prefix: str = "") -> None:
+def raise_validation_error(exc: pydantic.ValidationError, *, prefix: str = "") -> NoReturn:
     """Turn pydantic's report into the contract's error: the first field and its reason."""
     first = exc.errors(include_url=False)[0]
     head = [prefix] if prefix else []
@@ -245,4 +296,3 @@ def parse_document(raw: object) -> JobDocument:
         return JobDocument.model_validate(raw)
     except pydantic.ValidationError as exc:
         raise_validation_error(exc)
-    raise AssertionError("unreachable")

@@ -3,8 +3,9 @@
 Counters and the duration histogram are updated in one place each: a job
 is counted as accepted where the Intake records it, and as finished where
 the Dispatcher publishes a terminal status. Gauges of the running agent
-(queue depth, running jobs, quarantined spool files) are read at scrape
-time from whatever `track()` was given, so nothing else has to update them.
+(queue depth, running jobs) are read at scrape time from whatever `track()`
+was given, so nothing else has to update them. A transport registers its own
+series in REGISTRY.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from prometheus_client import (
     Info,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -127,7 +128,6 @@ class Sources:
 
     queue_depth: Callable[[], int]
     running: Callable[[], int]
-    quarantined: Callable[[], int] | None = None
 
 
 class _LiveCollector(Collector):
@@ -141,23 +141,16 @@ class _LiveCollector(Collector):
         sources = self.sources
         if sources is None:
             return []  # no agent running in this process
-        queue_depth, running, quarantined = self._families()
+        queue_depth, running = self._families()
         queue_depth.add_metric([], sources.queue_depth())
         running.add_metric([], sources.running())
-        if sources.quarantined is None:
-            return [queue_depth, running]
-        quarantined.add_metric([], sources.quarantined())
-        return [queue_depth, running, quarantined]
+        return [queue_depth, running]
 
     @staticmethod
-    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, CounterMetricFamily]:
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
         return (
             GaugeMetricFamily("hostagent_queue_depth", "Jobs queued, waiting for a worker"),
             GaugeMetricFamily("hostagent_jobs_running", "Jobs running now"),
-            CounterMetricFamily(
-                "hostagent_spool_quarantined",
-                "Spool files refused and moved to failed/ since the agent started",
-            ),
         )
 
 

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent.config import Config, HttpConfig, LibvirtConfig, PolicyConfig, SpoolConfig
+from agent.config import Config, LibvirtConfig, PolicyConfig
 from agent.daemon import Agent
+from agent.transports.http.settings import HttpConfig
+from agent.transports.spool.settings import SpoolConfig
 
 
 @pytest.fixture

@@ -9,9 +9,12 @@ from typing import Any
 import httpx
 import trio
 
-from agent.config import Config, HttpConfig
+from agent.config import Config
 from agent.daemon import Agent
 from agent.transports.http.auth import create_token
+from agent.transports.http.settings import HttpConfig
+from agent.transports.http.transport import HttpTransport
+from agent.transports.spool.settings import SpoolConfig
 
 READ, READ_ENTRY = create_token("reader", ["read"])
 SUBMIT, SUBMIT_ENTRY = create_token("submitter", ["submit"])
@@ -26,7 +29,7 @@ def with_http(config: Config, *, spool: bool = False, **settings: Any) -> Config
     The spool is off unless asked for: its watcher takes about a second to start and stop.
     """
     http = HttpConfig(bind="127.0.0.1:0", tokens=TOKEN_ENTRIES, **settings)
-    spool_config = config.spool.model_copy(update={"enabled": spool})
+    spool_config = config.section(SpoolConfig).model_copy(update={"enabled": spool})
     return config.model_copy(update={"http": http, "spool": spool_config})
 
 
@@ -39,9 +42,9 @@ async def serving(config: Config) -> AsyncIterator[Agent]:
 
 
 def client(agent: Agent, token: str | None = ADMIN, **kwargs: Any) -> httpx.AsyncClient:
-    assert agent.http is not None
+    assert http_of(agent) is not None
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.AsyncClient(base_url=agent.http.url, headers=headers, **kwargs)
+    return httpx.AsyncClient(base_url=http_of(agent).url, headers=headers, **kwargs)
 
 
 def echo(job_id: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -88,3 +91,10 @@ async def wait_running(agent: Agent, job_id: str) -> None:
         async for event in subscription.receive:
             if event["job_id"] == job_id and event["data"].get("status") == "Running":
                 return
+
+
+def http_of(agent: Agent) -> HttpTransport:
+    """The agent's HTTP transport (it must be on)."""
+    transport = agent.transport("http")
+    assert isinstance(transport, HttpTransport)
+    return transport

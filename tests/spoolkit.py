@@ -9,6 +9,9 @@ from typing import Any
 
 import trio
 
+from agent.daemon import Agent
+from agent.transports.spool.transport import SpoolTransport
+
 
 def job(
     job_id: str | None,
@@ -59,3 +62,10 @@ async def wait_for_files(
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
+
+
+def spool_of(agent: Agent) -> SpoolTransport:
+    """The agent's spool transport (it must be on)."""
+    transport = agent.transport("spool")
+    assert isinstance(transport, SpoolTransport)
+    return transport

@@ -8,13 +8,14 @@ from typing import Any
 from agent.config import Config
 from agent.context import JobContext
 from agent.errors import HandlerError, HypervisorError
+from agent.hypervisor import LibvirtConnection
 
 GIB = 1024**3
 
 
 def check_disk_size(ctx: JobContext, size_bytes: int, *, field: str) -> None:
     """Refuse a disk (image or volume) larger than this host's max_disk_size_gb."""
-    limit = ctx.service(Config).max_disk_size_gb
+    limit = ctx.get(Config).max_disk_size_gb
     if size_bytes > limit * GIB:
         raise HandlerError(
             f"{size_bytes} bytes is over this host's max_disk_size_gb ({limit})", field=field
@@ -31,3 +32,8 @@ async def missing_is_done(
         if exc.reason != "not_found":
             raise
         return {**answer, "changed": False}
+
+
+def connection(ctx: JobContext) -> LibvirtConnection:
+    """The agent's libvirt connection, as a handler gets it."""
+    return ctx.get(LibvirtConnection)

@@ -70,7 +70,7 @@ def admit_input(payload: ImageRef, gate: Admission) -> None:
 
 
 def _policy(ctx: JobContext) -> Policy:
-    return ctx.service(Policy)
+    return ctx.get(Policy)
 
 
 async def _qemu_img_json(ctx: JobContext, argv: list[str]) -> Any:

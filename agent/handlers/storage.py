@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.context import JobContext
 from agent.errors import HandlerError
-from agent.handlers import check_disk_size, missing_is_done
+from agent.handlers import check_disk_size, connection, missing_is_done
 from agent.handlers.domain_xml import NAME_PATTERN
 from agent.handlers.storage_roots import refresh_pool_roots
 from agent.hypervisor import (
@@ -17,7 +17,6 @@ from agent.hypervisor import (
     VOL_RESIZE_SHRINK,
     VOLUME_TYPES,
     WIPE_ALGORITHMS,
-    connection,
     lookup_pool,
     lookup_volume,
 )
@@ -55,7 +54,7 @@ def volume_resource(ref: VolumeRef) -> str:
     return f"volume:{ref.pool}/{ref.name}"
 
 
-def _pool_summary(pool: Any) -> dict[str, Any]:
+def pool_summary(pool: Any) -> dict[str, Any]:
     state, capacity, allocation, available = pool.info()
     root = ET.fromstring(pool.XMLDesc(0))  # noqa: S314 (from libvirtd)
     return {
@@ -73,7 +72,7 @@ def _pool_summary(pool: Any) -> dict[str, Any]:
     }
 
 
-def _volume_summary(vol: Any) -> dict[str, Any]:
+def volume_summary(vol: Any) -> dict[str, Any]:
     kind, capacity, allocation = vol.info()
     root = ET.fromstring(vol.XMLDesc(0))  # noqa: S314 (from libvirtd)
     fmt = root.find("target/format")
@@ -98,7 +97,7 @@ async def pool_list(payload: PoolListPayload, ctx: JobContext) -> dict[str, Any]
     """Every storage pool with its state and space."""
     pools = await connection(ctx).call(
         lambda conn: sorted(
-            (_pool_summary(p) for p in conn.listAllStoragePools(0)), key=lambda p: p["name"]
+            (pool_summary(p) for p in conn.listAllStoragePools(0)), key=lambda p: p["name"]
         )
     )
     return {"pools": pools, "total": len(pools)}
@@ -111,7 +110,7 @@ async def pool_info(payload: PoolRef, ctx: JobContext) -> dict[str, Any]:
     def run(conn: Any) -> dict[str, Any]:
         pool = payload.lookup(conn)
         volumes = pool.numOfVolumes() if pool.isActive() else None
-        return {**_pool_summary(pool), "volumes": volumes}
+        return {**pool_summary(pool), "volumes": volumes}
 
     return await connection(ctx).call(run)
 
@@ -153,7 +152,7 @@ def admit_pool_define(payload: PoolDefinePayload, gate: Admission) -> None:
 )
 async def pool_define(payload: PoolDefinePayload, ctx: JobContext) -> dict[str, Any]:
     """Define a directory pool (and build, start and autostart it); redefining is an update."""
-    ctx.service(Policy).check_directory(payload.path, field="payload.data.path")
+    ctx.get(Policy).check_directory(payload.path, field="payload.data.path")
 
     def run(conn: Any) -> dict[str, Any]:
         existing = {pool.name(): pool.UUIDString() for pool in conn.listAllStoragePools(0)}
@@ -163,10 +162,10 @@ async def pool_define(payload: PoolDefinePayload, ctx: JobContext) -> dict[str, 
         if payload.start and not pool.isActive():
             pool.create(0)
         pool.setAutostart(int(payload.autostart))
-        return {**_pool_summary(pool), "created": payload.name not in existing}
+        return {**pool_summary(pool), "created": payload.name not in existing}
 
     answer = await connection(ctx).call(run)
-    await refresh_pool_roots(connection(ctx), ctx.service(Policy))
+    await refresh_pool_roots(connection(ctx), ctx.get(Policy))
     return answer
 
 
@@ -179,7 +178,7 @@ async def pool_start(payload: PoolRef, ctx: JobContext) -> dict[str, Any]:
         changed = not pool.isActive()
         if changed:
             pool.create(0)
-        return {**_pool_summary(pool), "changed": changed}
+        return {**pool_summary(pool), "changed": changed}
 
     return await connection(ctx).call(run)
 
@@ -193,7 +192,7 @@ async def pool_stop(payload: PoolRef, ctx: JobContext) -> dict[str, Any]:
         changed = bool(pool.isActive())
         if changed:
             pool.destroy()
-        return {**_pool_summary(pool), "changed": changed}
+        return {**pool_summary(pool), "changed": changed}
 
     return await connection(ctx).call(run)
 
@@ -219,7 +218,7 @@ async def pool_delete(payload: PoolDeletePayload, ctx: JobContext) -> dict[str, 
         return {"name": payload.name, "changed": True}
 
     answer = await missing_is_done(connection(ctx).call(run), {"name": payload.name})
-    await refresh_pool_roots(connection(ctx), ctx.service(Policy))
+    await refresh_pool_roots(connection(ctx), ctx.get(Policy))
     return answer
 
 
@@ -230,7 +229,7 @@ async def volume_list(payload: PoolRef, ctx: JobContext) -> dict[str, Any]:
     def run(conn: Any) -> list[dict[str, Any]]:
         pool = payload.lookup(conn)
         pool.refresh(0)
-        return sorted((_volume_summary(v) for v in pool.listAllVolumes(0)), key=lambda v: v["name"])
+        return sorted((volume_summary(v) for v in pool.listAllVolumes(0)), key=lambda v: v["name"])
 
     volumes = await connection(ctx).call(run)
     return {"pool": payload.name, "volumes": volumes, "total": len(volumes)}
@@ -241,7 +240,7 @@ async def volume_info(payload: VolumeRef, ctx: JobContext) -> dict[str, Any]:
     """One volume: path, type, format, capacity, allocation, backing store."""
     return {
         "pool": payload.pool,
-        **await connection(ctx).call(lambda conn: _volume_summary(payload.lookup(conn))),
+        **await connection(ctx).call(lambda conn: volume_summary(payload.lookup(conn))),
     }
 
 
@@ -270,7 +269,7 @@ async def volume_create(payload: VolumeCreatePayload, ctx: JobContext) -> dict[s
     def run(conn: Any) -> dict[str, Any]:
         pool = lookup_pool(conn, payload.pool)
         if payload.name in pool.listVolumes():
-            found = _volume_summary(pool.storageVolLookupByName(payload.name))
+            found = volume_summary(pool.storageVolLookupByName(payload.name))
             if (found["capacity_bytes"], found["format"]) != (
                 payload.capacity_bytes,
                 payload.format,
@@ -285,7 +284,7 @@ async def volume_create(payload: VolumeCreatePayload, ctx: JobContext) -> dict[s
             payload.name, payload.capacity_bytes, payload.allocation_bytes, payload.format
         )
         vol = pool.createXML(xml, 0)
-        return {"pool": payload.pool, **_volume_summary(vol), "changed": True}
+        return {"pool": payload.pool, **volume_summary(vol), "changed": True}
 
     return await connection(ctx).call(run)
 
@@ -306,7 +305,7 @@ async def volume_resize(payload: VolumeResizePayload, ctx: JobContext) -> dict[s
         vol = payload.lookup(conn)
         before = vol.info()[1]
         if before == payload.capacity_bytes:
-            return {"pool": payload.pool, **_volume_summary(vol), "changed": False}
+            return {"pool": payload.pool, **volume_summary(vol), "changed": False}
         if payload.capacity_bytes < before and not payload.allow_shrink:
             raise HandlerError(
                 f"{payload.capacity_bytes} is smaller than the volume ({before} bytes); "
@@ -316,7 +315,7 @@ async def volume_resize(payload: VolumeResizePayload, ctx: JobContext) -> dict[s
         vol.resize(
             payload.capacity_bytes, VOL_RESIZE_SHRINK if before > payload.capacity_bytes else 0
         )
-        return {"pool": payload.pool, **_volume_summary(vol), "changed": True}
+        return {"pool": payload.pool, **volume_summary(vol), "changed": True}
 
     return await connection(ctx).call(run)
 
@@ -335,7 +334,7 @@ async def volume_wipe(payload: VolumeWipePayload, ctx: JobContext) -> dict[str, 
     def run(conn: Any) -> dict[str, Any]:
         vol = payload.lookup(conn)
         vol.wipePattern(WIPE_ALGORITHMS[payload.algorithm], 0)
-        return {"pool": payload.pool, **_volume_summary(vol), "algorithm": payload.algorithm}
+        return {"pool": payload.pool, **volume_summary(vol), "algorithm": payload.algorithm}
 
     return await connection(ctx).call(run)
 
@@ -374,10 +373,10 @@ async def volume_clone(payload: VolumeClonePayload, ctx: JobContext) -> dict[str
     def run(conn: Any) -> dict[str, Any]:
         source = payload.lookup(conn)
         pool = lookup_pool(conn, payload.target_pool or payload.pool)
-        found = _volume_summary(source)
+        found = volume_summary(source)
         xml = _volume_xml(payload.new_name, found["capacity_bytes"], 0, found["format"] or "raw")
         clone = pool.createXMLFrom(xml, source, 0)
-        return {"pool": pool.name(), **_volume_summary(clone), "source": found["path"]}
+        return {"pool": pool.name(), **volume_summary(clone), "source": found["path"]}
 
     return await connection(ctx).call(run)
 

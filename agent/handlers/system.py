@@ -8,6 +8,7 @@ import platform
 import shutil
 import socket
 import time
+from dataclasses import replace
 from typing import Any
 
 import trio
@@ -134,4 +135,7 @@ async def info(payload: InfoPayload, ctx: JobContext) -> dict[str, Any]:
     return await trio.to_thread.run_sync(host_facts)
 
 
-HANDLERS = (echo, sleep, info)
+# The guestkit worker advertises both names; clients use either.
+test_echo = replace(echo, operation="test.echo")
+
+HANDLERS = (echo, test_echo, sleep, info)

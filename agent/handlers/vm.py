@@ -19,7 +19,7 @@ from agent.config import Config
 from agent.context import JobContext
 from agent.domain_policy import DOMAIN_XML_RULES, admit_define
 from agent.errors import HandlerError
-from agent.handlers import missing_is_done
+from agent.handlers import connection, missing_is_done
 from agent.handlers.domain_xml import (
     VmSpec,
     describe_devices,
@@ -29,7 +29,6 @@ from agent.handlers.domain_xml import (
     with_uuid,
 )
 from agent.hypervisor import (
-    connection,
     domain_state,
     lookup_domain,
     undefine_domain,
@@ -364,7 +363,7 @@ _EXTENSIONS = {"image/png": "png", "image/x-portable-pixmap": "ppm"}
 @handler("vm.screenshot", payload=ScreenshotPayload, rerun_safe=True, resource=domain_resource)
 async def screenshot(payload: ScreenshotPayload, ctx: JobContext) -> dict[str, Any]:
     """Save the domain's screen as a job artifact (PNG when the driver gives PNG)."""
-    folder = ctx.service(Config).state_dir / "artifacts" / ctx.job_id
+    folder = ctx.get(Config).state_dir / "artifacts" / ctx.job_id
 
     def run(conn: Any) -> dict[str, Any]:
         dom = payload.lookup(conn)

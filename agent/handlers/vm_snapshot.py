@@ -8,9 +8,9 @@ from xml.etree import ElementTree as ET
 from pydantic import Field
 
 from agent.context import JobContext
+from agent.handlers import connection
 from agent.handlers.domain_xml import NAME_PATTERN, snapshot_xml
 from agent.handlers.vm import DomainRef, domain_resource
-from agent.hypervisor import connection
 from agent.registry import handler
 
 
@@ -30,12 +30,12 @@ async def create(payload: SnapshotCreatePayload, ctx: JobContext) -> dict[str, A
     def run(conn: Any) -> dict[str, Any]:
         dom = payload.lookup(conn)
         snap = dom.snapshotCreateXML(snapshot_xml(payload.snapshot, payload.description), 0)
-        return {"name": dom.name(), "uuid": dom.UUIDString(), "snapshot": _describe(snap)}
+        return {"name": dom.name(), "uuid": dom.UUIDString(), "snapshot": describe_snapshot(snap)}
 
     return await connection(ctx).call(run)
 
 
-def _describe(snap: Any) -> dict[str, Any]:
+def describe_snapshot(snap: Any) -> dict[str, Any]:
     root = ET.fromstring(snap.getXMLDesc(0))  # noqa: S314 (from libvirtd)
     created = root.findtext("creationTime")
     return {
@@ -55,7 +55,7 @@ async def list_snapshots(payload: DomainRef, ctx: JobContext) -> dict[str, Any]:
     def run(conn: Any) -> dict[str, Any]:
         dom = payload.lookup(conn)
         snapshots = sorted(
-            (_describe(snap) for snap in dom.listAllSnapshots(0)),
+            (describe_snapshot(snap) for snap in dom.listAllSnapshots(0)),
             key=lambda s: (s["created"] or 0, s["name"]),
         )
         return {"name": dom.name(), "uuid": dom.UUIDString(), "snapshots": snapshots}

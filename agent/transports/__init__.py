@@ -1,22 +1,10 @@
-"""Transports turn outside input into job documents and hand them to the Intake."""
+"""Transports: every way jobs reach this agent, built by the daemon from TRANSPORTS."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from agent.transports import http, spool
+from agent.transports.base import Transport, TransportSpec
 
-import trio
+TRANSPORTS: tuple[TransportSpec, ...] = (spool.SPEC, http.SPEC)
 
-if TYPE_CHECKING:
-    from agent.intake import Intake
-
-
-class Transport(Protocol):
-    name: str
-
-    async def run(
-        self, intake: Intake, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Serve until cancelled; call task_status.started() once taking jobs."""
-
-
-__all__ = ["Transport"]
+__all__ = ["TRANSPORTS", "Transport", "TransportSpec"]

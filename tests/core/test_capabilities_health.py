@@ -12,11 +12,13 @@ import trio.testing
 
 from agent.capabilities import Capabilities
 from agent.cli import _config, build_parser
-from agent.config import Config, LibvirtConfig, SpoolConfig, load_config
+from agent.config import Config, LibvirtConfig, load_config
 from agent.daemon import Agent, build_registry
 from agent.events import EventBus
 from agent.hypervisor_facts import summarize_domain_capabilities, version_text
+from agent.transports.spool.settings import SpoolConfig
 from tests.jobs import failed
+from tests.spoolkit import spool_of
 
 
 @pytest.fixture
@@ -91,11 +93,11 @@ async def test_spool_health(tmp_path: Path) -> None:
     )
     agent = Agent(config)
     (tmp_path / "spool" / "incoming").mkdir(parents=True, exist_ok=True)
-    status, reason, figures = await agent._spool_health()
+    status, reason, figures = await spool_of(agent).health()
     assert (status, reason) == ("healthy", "spool directory writable")
     assert figures["free_bytes"] > 0
     (tmp_path / "spool" / "incoming").rmdir()
-    status, reason, _ = await agent._spool_health()
+    status, reason, _ = await spool_of(agent).health()
     assert status == "unhealthy"
     assert "missing or not writable" in reason
 

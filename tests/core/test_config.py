@@ -9,6 +9,7 @@ import pytest
 from agent.cli import main
 from agent.config import load_config
 from agent.errors import ConfigError
+from agent.transports.spool.settings import SpoolConfig
 
 
 def test_file_then_environment_then_flags(tmp_path: Path) -> None:
@@ -26,8 +27,8 @@ def test_file_then_environment_then_flags(tmp_path: Path) -> None:
     config = load_config(path, environ=environ, overrides={"max_concurrent_jobs": 7})
     assert config.max_concurrent_jobs == 7  # flag over file
     assert config.log_level == "warning"  # environment over file
-    assert config.spool.max_file_bytes == 20  # nested key from the environment
-    assert config.spool.settle_seconds == 1.5  # file over default
+    assert config.section(SpoolConfig).max_file_bytes == 20  # nested key from the environment
+    assert config.section(SpoolConfig).settle_seconds == 1.5  # file over default
     assert config.labels == {"rack": "r12"}
 
 

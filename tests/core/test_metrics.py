@@ -13,6 +13,7 @@ from agent.daemon import Agent
 from agent.events import Subscription
 from agent.jobs import JobStatus
 from tests.service import job_document, sleep_job
+from tests.spoolkit import spool_of
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -94,13 +95,13 @@ async def test_gauges_show_running_and_queued_jobs(agent: Agent) -> None:
 
 
 async def test_spool_quarantine_is_counted(agent: Agent) -> None:
-    assert agent.spool is not None
+    assert spool_of(agent) is not None
     before = value(scrape(), "hostagent_spool_quarantined_total")
-    target = agent.spool.dirs["failed"] / "elsewhere.json"
+    target = spool_of(agent).dirs["failed"] / "elsewhere.json"
     target.write_text("{}")
-    os.symlink(target, agent.spool.dirs["incoming"] / "link.json")
+    os.symlink(target, spool_of(agent).dirs["incoming"] / "link.json")
     with trio.fail_after(10):
-        while agent.spool.quarantined == 0:
+        while spool_of(agent).quarantined == 0:
             await trio.sleep(0.01)
     assert value(scrape(), "hostagent_spool_quarantined_total") == before + 1
 

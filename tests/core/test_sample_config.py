@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agent.config import Config, load_config
+from agent.config import Config, load_config, transport_sections
 
 SAMPLE = Path(__file__).resolve().parents[2] / "etc" / "hostagent" / "agent.toml"
 # Defaults computed on the host (its name, its CPUs): the sample shows an example.
@@ -29,8 +29,10 @@ def uncommented() -> str:
 
 def options(model: type[BaseModel], prefix: str = "") -> set[str]:
     names: set[str] = set()
-    for name, info in model.model_fields.items():
-        kind = info.annotation
+    fields = {name: info.annotation for name, info in model.model_fields.items()}
+    if model is Config:  # each transport brings its own section
+        fields.update(transport_sections())
+    for name, kind in fields.items():
         if isinstance(kind, type) and issubclass(kind, BaseModel):
             names |= options(kind, f"{prefix}{name}.")
         else:

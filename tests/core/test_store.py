@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import trio
 
-from agent.errors import AgentError, ConflictError
-from agent.jobs import JobStatus
-from agent.store import SCHEMA_VERSION, NewJob, Store, connect, get_job, get_transitions
+from agent.errors import AgentError, ConflictError, StoreError
+from agent.jobs import JobState, JobStatus, NewJob
+from agent.outbox import Outbox, OutboxInterest
+from agent.store import SqliteStore
+from agent.store.queries import get_transitions
+from agent.store.schema import SCHEMA_VERSION, connect
 
 
 def new_job(job_id: str, operation: str = "system.echo", fingerprint: str = "a") -> NewJob:
@@ -25,13 +29,32 @@ def new_job(job_id: str, operation: str = "system.echo", fingerprint: str = "a")
     )
 
 
+async def opened(path: Path, *consumers: str) -> SqliteStore:
+    store = SqliteStore(path)
+    for name in consumers:
+        store.register_consumer(name, OutboxInterest())
+    await store.open()
+    return store
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return Store(tmp_path / "jobs.sqlite3")
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    opened_store = await opened(tmp_path / "jobs.sqlite3", "test")
+    yield opened_store
+    await opened_store.aclose()
+
+
+async def mark_running(store: SqliteStore, job_id: str) -> JobState | None:
+    state: JobState | None = await store.settle(store.queue_mark_running(job_id))
+    return state
+
+
+async def finish(store: SqliteStore, job_id: str, status: JobStatus, **outcome: object) -> object:
+    return await store.settle(store.queue_finish(job_id, status, **outcome))  # type: ignore[arg-type]
 
 
 async def test_same_id_same_document_is_one_job_and_different_document_conflicts(
-    store: Store,
+    store: SqliteStore,
 ) -> None:
     [first] = await store.insert_jobs([new_job("j1")])
     [again, conflict] = await store.insert_jobs([new_job("j1"), new_job("j1", fingerprint="b")])
@@ -40,31 +63,35 @@ async def test_same_id_same_document_is_one_job_and_different_document_conflicts
     assert not isinstance(again, AgentError)
     assert again[1] is None
     assert isinstance(conflict, ConflictError)
-    assert (await store.read(get_job, "j1")).status is JobStatus.PENDING
+    assert (await store.get_job("j1")).status is JobStatus.PENDING
 
 
-async def test_recovery_requeues_rerun_safe_and_fails_the_rest(store: Store) -> None:
+async def test_recovery_requeues_rerun_safe_and_fails_the_rest(store: SqliteStore) -> None:
     await store.insert_jobs([new_job("safe", "system.echo"), new_job("unsafe", "vm.create")])
-    assert await store.mark_running("safe") is not None
-    assert await store.mark_running("unsafe") is not None
+    assert await mark_running(store, "safe") is not None
+    assert await mark_running(store, "unsafe") is not None
     recovery = await store.recover(lambda operation: operation == "system.echo")
     assert recovery.requeued == ["safe"]
     assert recovery.failed == ["unsafe"]
-    assert (await store.read(get_job, "safe")).status is JobStatus.PENDING
-    unsafe = await store.read(get_job, "unsafe")
+    assert (await store.get_job("safe")).status is JobStatus.PENDING
+    unsafe = await store.get_job("unsafe")
     assert unsafe.status is JobStatus.FAILED
     assert unsafe.error is not None
     assert "restarted" in unsafe.error
-    steps = [step["status"] for step in await store.read(get_transitions, "safe")]
+    steps = [
+        step["status"] for step in await trio.to_thread.run_sync(transitions_of, store.path, "safe")
+    ]
     assert steps == ["Pending", "Running", "Pending"]
 
 
-async def test_concurrent_writes_all_commit_and_a_failing_one_fails_alone(store: Store) -> None:
+async def test_concurrent_writes_all_commit_and_a_failing_one_fails_alone(
+    store: SqliteStore,
+) -> None:
     await store.insert_jobs([new_job(f"j{n}") for n in range(50)])
     outcomes: dict[str, bool] = {}
 
     async def start(job_id: str) -> None:
-        outcomes[job_id] = await store.mark_running(job_id) is not None
+        outcomes[job_id] = await mark_running(store, job_id) is not None
 
     async with trio.open_nursery() as nursery:
         for n in range(50):
@@ -79,12 +106,12 @@ async def test_concurrent_writes_all_commit_and_a_failing_one_fails_alone(store:
     assert running == 50
 
 
-async def test_finish_only_from_allowed_states(store: Store) -> None:
+async def test_finish_only_from_allowed_states(store: SqliteStore) -> None:
     await store.insert_jobs([new_job("j")])
-    assert await store.finish("j", JobStatus.COMPLETED, result={"ok": 1}) is None  # not running
-    await store.mark_running("j")
-    done = await store.finish("j", JobStatus.COMPLETED, result={"ok": 1})
-    assert done is not None
+    assert await finish(store, "j", JobStatus.COMPLETED, result={"ok": 1}) is None  # not running
+    await mark_running(store, "j")
+    done = await finish(store, "j", JobStatus.COMPLETED, result={"ok": 1})
+    assert isinstance(done, JobState)
     assert done.completed_at is not None
 
 
@@ -96,6 +123,54 @@ def test_schema_version_is_recorded_and_a_newer_store_is_refused(tmp_path: Path)
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
-    with pytest.raises(AgentError, match="newer"):
+    with pytest.raises(StoreError, match="newer"):
         connect(path)
     sqlite3.connect(path).close()
+
+
+def transitions_of(path: Path, job_id: str) -> list[dict[str, object]]:
+    conn = connect(path, readonly=True)
+    try:
+        return get_transitions(conn, job_id)  # type: ignore[return-value]
+    finally:
+        conn.close()
+
+
+async def test_outbox_holds_each_change_in_order_and_ack_prunes(store: SqliteStore) -> None:
+    await store.insert_jobs([new_job("a"), new_job("b")])
+    await mark_running(store, "a")
+    await finish(store, "a", JobStatus.COMPLETED, result={"ok": 1})
+    await finish(store, "b", JobStatus.CANCELLED, error="no", only_from=(JobStatus.PENDING,))
+    outbox = Outbox(store, "test")
+    batches = aiter(outbox)
+    batch = await anext(batches)
+    assert [(entry.job_id, entry.event) for entry in batch] == [
+        ("a", "accepted"),
+        ("b", "accepted"),
+        ("a", "running"),
+        ("a", "completed"),
+        ("b", "cancelled"),
+    ]
+    assert batch[3].data == {"result": {"ok": 1}}
+    assert batch[3].state.status is JobStatus.COMPLETED
+    assert batch[4].data == {"error": "no"}
+    await outbox.ack(batch[2].id)
+    assert [entry.event for entry in await store.outbox_entries("test", 0, 10)] == [
+        "completed",
+        "cancelled",
+    ]
+
+
+async def test_outbox_resumes_after_reopen_and_ignores_other_transports(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    first = await opened(path, "test", "other")
+    await first.insert_jobs(
+        [new_job("mine"), NewJob(**{**new_job("theirs").__dict__, "transport": "other"})]
+    )
+    [accepted] = await first.outbox_entries("test", 0, 10)
+    await first.aclose()
+    again = await opened(path, "test")  # "other" is gone: its entries are dropped
+    assert [entry.job_id for entry in await again.outbox_entries("test", 0, 10)] == ["mine"]
+    assert (await again.outbox_entries("test", 0, 10))[0].id == accepted.id
+    assert await again.outbox_entries("other", 0, 10) == []
+    await again.aclose()

@@ -14,40 +14,19 @@ from __future__ import annotations
 import json
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import libvirt
 import pytest
 import trio
 
-from agent.config import Config, LibvirtConfig, SpoolConfig
+from agent.config import Config, LibvirtConfig
 from agent.daemon import Agent
 from agent.metrics import REGISTRY
+from agent.transports.spool.settings import SpoolConfig
+from tests.handlers.conftest import state_of
 from tests.jobs import failed, ok, submit, wait_done
-from tests.libvirtd import PrivateLibvirtd, private_libvirtd
-
-STATES = {libvirt.VIR_DOMAIN_RUNNING: "running", libvirt.VIR_DOMAIN_PAUSED: "paused"}
-
-
-@pytest.fixture(scope="session")
-def libvirtd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateLibvirtd]:
-    with private_libvirtd(tmp_path_factory.mktemp("libvirtd")) as daemon:
-        yield daemon
-
-
-@pytest.fixture
-def observer(libvirtd: PrivateLibvirtd) -> Iterator[Any]:
-    """An independent connection that checks what the agent did; removes leftovers."""
-    conn = libvirt.open(libvirtd.uri)
-    yield conn
-    for dom in conn.listAllDomains(0):
-        if dom.name().startswith("real-"):
-            if dom.isActive():
-                dom.destroy()
-            dom.undefine()
-    conn.close()
+from tests.libvirtd import PrivateLibvirtd
 
 
 @pytest.fixture
@@ -64,15 +43,6 @@ def config(config: Config, libvirtd: PrivateLibvirtd) -> Config:
             ),
         }
     )
-
-
-def state_of(conn: Any, name: str) -> str:
-    try:
-        dom = conn.lookupByName(name)
-    except libvirt.libvirtError:
-        return "undefined"
-    state, _ = dom.state()
-    return STATES.get(state, "shutoff" if state == libvirt.VIR_DOMAIN_SHUTOFF else str(state))
 
 
 async def define(agent: Agent, observer: Any) -> str:

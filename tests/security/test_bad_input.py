@@ -72,7 +72,7 @@ async def test_the_spool_runs_the_very_same_validation(agent: Agent, config: Con
     found = {read_json(p)["file"]: read_json(p) for p in reports}
     for case, _, field in CASES:
         report = found[f"{case}.json"]
-        assert (report["error"], report["field"]) == ("VALIDATION_ERROR", field), case
+        assert (report["error"], report["details"]["field"]) == ("VALIDATION_ERROR", field), case
     assert await agent.intake.list_jobs() == ([], 0, None)
     assert not list(Path(spool / "done").iterdir())
 

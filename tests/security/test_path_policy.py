@@ -332,7 +332,7 @@ async def test_the_spool_quarantines_what_the_policy_refuses(agent: Agent, host:
         while not report.exists():
             await trio.sleep(0.05)
     error = json.loads(report.read_text())
-    assert (error["error"], error["field"]) == ("FORBIDDEN", "payload.data.path")
+    assert (error["error"], error["details"]["field"]) == ("FORBIDDEN", "payload.data.path")
 
 
 @pytest.mark.parametrize("allow", [False, True])

@@ -20,7 +20,8 @@ from agent.daemon import Agent
 from agent.errors import QueueFullError
 from agent.jobs import JobState, JobStatus
 from agent.registry import handler
-from agent.store import connect, get_job, get_transitions
+from agent.store.queries import get_job, get_transitions
+from agent.store.schema import connect
 from tests.service import Service, job_document, sleep_job
 
 

@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent.config import Config, SpoolConfig
+from agent.config import Config
 from agent.daemon import Agent
 from agent.jobs import JobStatus
 from agent.logging_config import _LEVEL_FILTER, configure_logging, set_log_level
+from agent.transports.spool.settings import SpoolConfig
 from tests.service import job_document, sleep_job
+from tests.spoolkit import spool_of
 
 
 class ReloadingTransport:
@@ -63,9 +65,9 @@ async def test_reload_applies_limits_labels_and_transports(config: Config, tmp_p
         await agent.reload(new)
         assert agent.config.max_concurrent_jobs == 3
         assert agent.config.state_dir == config.state_dir
-        assert agent.spool is not None
-        assert agent.spool.config.settle_seconds == 9
-        assert agent.spool.config.watch_step_ms == config.spool.watch_step_ms
+        assert spool_of(agent) is not None
+        assert spool_of(agent).config.settle_seconds == 9
+        assert spool_of(agent).config.watch_step_ms == config.section(SpoolConfig).watch_step_ms
         assert (await agent.intake.capabilities())["labels"] == {"rack": "r12"}
         assert fake.reloaded == [agent.config]
         assert _LEVEL_FILTER.level == logging.WARNING

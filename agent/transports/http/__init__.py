@@ -1,1 +1,26 @@
 """The HTTP transport: the /api/v1 job API, live events, tokens and TLS."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from agent.transports.base import TransportSpec
+from agent.transports.http.settings import HttpConfig
+
+if TYPE_CHECKING:
+    from agent.config import Config
+    from agent.transports.base import Transport
+
+
+def _build(config: Config) -> Transport | None:
+    settings = config.section(HttpConfig)
+    if not settings.enabled:
+        return None
+    # hypercorn and quart are imported only when the API is on.
+    from agent.transports.http.transport import HttpTransport  # noqa: PLC0415
+
+    # Checks the exposure rules (no open API off loopback) before anything starts.
+    return HttpTransport(settings)
+
+
+SPEC = TransportSpec(name="http", settings=HttpConfig, build=_build)

@@ -19,18 +19,17 @@ from quart import Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from agent import metrics
-from agent.config import HttpConfig, Scope
 from agent.errors import (
     AgentError,
     BadRequestError,
+    DrainingError,
     QueueFullError,
     UnauthorizedError,
     UnsupportedMediaTypeError,
     ValidationError,
 )
-from agent.intake import Intake, Submission
-from agent.jobs import JobDocument, JobState, parse_json
-from agent.store import NewJob
+from agent.intake import Submission, TransportIntake
+from agent.jobs import JobDocument, JobState, NewJob, parse_json
 from agent.transports.http.auth import Principal, TokenTable, bearer_token
 from agent.transports.http.models import (
     AnyResult,
@@ -45,6 +44,7 @@ from agent.transports.http.models import (
     decode_cursor,
     encode_cursor,
 )
+from agent.transports.http.settings import HttpConfig, Scope
 
 log = structlog.get_logger("agent.http")
 
@@ -54,7 +54,7 @@ API = "/api/v1"
 class ApiState:
     """What the views need; the transport swaps `tokens` and `config` on reload."""
 
-    def __init__(self, intake: Intake, config: HttpConfig, tokens: TokenTable) -> None:
+    def __init__(self, intake: TransportIntake, config: HttpConfig, tokens: TokenTable) -> None:
         self.intake = intake
         self.config = config
         self.tokens = tokens
@@ -78,6 +78,8 @@ class Route:
     token_in_query: bool = False
     websocket: bool = False
     raw: str | None = None  # a non-JSON answer's media type
+    # Takes an Idempotency-Key header (the job_id) and answers Location: the job.
+    idempotency_key: bool = False
 
     @property
     def endpoint(self) -> str:
@@ -194,12 +196,9 @@ def privileged() -> bool:
     return principal is not None and principal.allows("admin")
 
 
-def require_accepting(intake: Intake) -> None:
+def require_accepting(intake: TransportIntake) -> None:
     if not intake.accepting:
-        raise QueueFullError(
-            "The agent is shutting down and takes no new jobs",
-            reason="Draining for shutdown; submit to another agent or retry later",
-        )
+        raise DrainingError
 
 
 def submitted(submission: Submission) -> Submitted:
@@ -282,7 +281,7 @@ async def submit_batch() -> Response:
             positions.append(index)
         except AgentError as exc:  # one bad job is that job's answer, not the batch's
             answers[index] = _batch_failure(exc, index)
-    outcomes = await api.intake.submit_prepared(prepared) if prepared else []
+    outcomes = await api.intake.submit_many(prepared) if prepared else []
     for index, outcome in zip(positions, outcomes, strict=True):
         if isinstance(outcome, AgentError):
             answers[index] = _batch_failure(outcome, index)

@@ -14,7 +14,7 @@ from werkzeug.routing import BaseConverter
 from agent import metrics
 from agent.errors import AgentError, QueueFullError
 from agent.jobs import RESERVED_JOB_IDS
-from agent.transports.http import api, docs, events
+from agent.transports.http import api, docs, events, resources
 from agent.transports.http.api import (
     ApiState,
     authorize,
@@ -43,7 +43,7 @@ def build_app(state: ApiState) -> QuartTrio:
     # Streams (SSE) lift this for themselves; no plain answer should take this long.
     app.config["RESPONSE_TIMEOUT"] = 60
     app.extensions["hostagent"] = state
-    routes = [*api.ROUTES, *events.ROUTES]
+    routes = [*api.ROUTES, *resources.ROUTES, *events.ROUTES]
     by_endpoint = {spec.endpoint: spec for spec in routes}
     for spec in routes:
         if spec.websocket:

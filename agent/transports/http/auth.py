@@ -15,8 +15,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import get_args
 
-from agent.config import Scope, TokenConfig
 from agent.errors import ForbiddenError, UnauthorizedError
+from agent.transports.http.settings import Scope, TokenConfig
 
 SCOPES: tuple[Scope, ...] = get_args(Scope)
 TOKEN_PREFIX = "hat_"  # noqa: S105 (a recognisable prefix, not a secret)

@@ -29,7 +29,8 @@ _ERROR_TEXT = {
     409: "CONFLICT",
     413: "PAYLOAD_TOO_LARGE",
     415: "UNSUPPORTED_MEDIA_TYPE: the body must be sent as application/json",
-    503: "QUEUE_FULL (with Retry-After): the pending queue is full or the agent is draining",
+    503: "QUEUE_FULL (with Retry-After): the pending queue is full or the agent is draining; "
+    "UNAVAILABLE: libvirt is not connected",
 }
 _DESCRIPTION = """\
 The hostagent job API (the guestkit worker wire contract).
@@ -121,11 +122,23 @@ def _operation(
                 "schema": {"type": "string"},
             }
         )
+    if spec.idempotency_key:
+        parameters.append(
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "description": "Becomes the job_id: the same key again answers the same job",
+                "schema": {"type": "string", "pattern": JOB_ID_PATTERN},
+            }
+        )
     if parameters:
         operation["parameters"] = parameters
     if spec.body is not None:
+        fields = spec.body.model_fields.values()
         operation["requestBody"] = {
-            "required": True,
+            # Bodies whose every field has a default may be left out (resource actions).
+            "required": any(field.is_required() for field in fields),
             "content": {"application/json": {"schema": refs[(spec.body, "validation")]}},
         }
     responses: dict[str, Any] = {}
@@ -147,6 +160,10 @@ def _operation(
             "description": spec.summary,
             "content": {"application/json": {"schema": envelope}},
         }
+        if spec.idempotency_key:
+            responses[str(spec.status)]["headers"] = {
+                "Location": {"description": "the job", "schema": {"type": "string"}}
+            }
     error = refs[(ErrorBody, "serialization")]
     for status in spec.errors:
         responses[str(status)] = {

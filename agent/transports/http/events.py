@@ -31,7 +31,7 @@ from quart_trio import QuartTrio
 from agent import metrics
 from agent.errors import AgentError, BadRequestError, NotFoundError
 from agent.events import Event, Subscription
-from agent.intake import Intake
+from agent.intake import TransportIntake
 from agent.transports.http.api import API, Route, authorize, error_response, state
 
 log = structlog.get_logger("agent.http.events")
@@ -77,7 +77,7 @@ class _Filter:
         return job_id not in self._final
 
 
-async def _initial_status(intake: Intake, job_id: str) -> dict[str, Any]:
+async def _initial_status(intake: TransportIntake, job_id: str) -> dict[str, Any]:
     state_ = await intake.status(job_id)
     return {"type": "initial_status", "job_id": job_id, "data": state_.model_dump(mode="json")}
 
@@ -175,7 +175,9 @@ async def event_socket() -> None:
             nursery.cancel_scope.cancel()
 
 
-async def _answer(intake: Intake, chosen: _Filter, text: str | bytes) -> dict[str, Any] | None:
+async def _answer(
+    intake: TransportIntake, chosen: _Filter, text: str | bytes
+) -> dict[str, Any] | None:
     """The reply to one client message (None: nothing to say)."""
     try:
         try:
@@ -196,16 +198,18 @@ async def _answer(intake: Intake, chosen: _Filter, text: str | bytes) -> dict[st
         return _error(exc)
 
 
-async def _ping(intake: Intake, chosen: _Filter, message: dict[str, Any]) -> dict[str, Any]:
+async def _ping(
+    intake: TransportIntake, chosen: _Filter, message: dict[str, Any]
+) -> dict[str, Any]:
     return {"type": "pong"}
 
 
-async def _subscribe_all(intake: Intake, chosen: _Filter, message: dict[str, Any]) -> None:
+async def _subscribe_all(intake: TransportIntake, chosen: _Filter, message: dict[str, Any]) -> None:
     chosen.everything = True
 
 
 async def _subscribe_job(
-    intake: Intake, chosen: _Filter, message: dict[str, Any]
+    intake: TransportIntake, chosen: _Filter, message: dict[str, Any]
 ) -> dict[str, Any]:
     job_id = _job_id(message)
     try:
@@ -216,7 +220,9 @@ async def _subscribe_job(
     return initial
 
 
-async def _unsubscribe_job(intake: Intake, chosen: _Filter, message: dict[str, Any]) -> None:
+async def _unsubscribe_job(
+    intake: TransportIntake, chosen: _Filter, message: dict[str, Any]
+) -> None:
     chosen.jobs.discard(_job_id(message))
 
 
@@ -229,7 +235,9 @@ def _job_id(message: dict[str, Any]) -> str:
     return job_id
 
 
-_ACTIONS: dict[str, Callable[[Intake, _Filter, dict[str, Any]], Awaitable[dict[str, Any] | None]]]
+_ACTIONS: dict[
+    str, Callable[[TransportIntake, _Filter, dict[str, Any]], Awaitable[dict[str, Any] | None]]
+]
 _ACTIONS = {
     "ping": _ping,
     "subscribe_all": _subscribe_all,

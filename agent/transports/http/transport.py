@@ -15,19 +15,22 @@ import logging
 import socket
 import ssl
 from functools import partial
+from typing import Any
 
 import structlog
 import trio
 from hypercorn.config import Config as HypercornConfig
 
-from agent.config import Config, HttpConfig
+from agent.config import Config
 from agent.errors import ConfigError
-from agent.intake import Intake
+from agent.health import Status
+from agent.intake import TransportIntake
 from agent.transports.http.api import ApiState
 from agent.transports.http.app import build_app
 from agent.transports.http.auth import TokenTable
 from agent.transports.http.fastpath import FastPaths
 from agent.transports.http.server import ConnectionLimits, serve_asgi
+from agent.transports.http.settings import HttpConfig
 
 __all__ = ["HttpTransport", "hypercorn_settings", "serve_asgi"]
 
@@ -140,6 +143,7 @@ def hypercorn_settings(config: HttpConfig, context: ssl.SSLContext | None) -> Hy
 
 class HttpTransport:
     name = "http"
+    outbox = None  # clients poll or watch live events: nothing durable to deliver
 
     def __init__(self, config: HttpConfig) -> None:
         check_exposure(config)
@@ -149,6 +153,7 @@ class HttpTransport:
         self._tokens = TokenTable(config.tokens, required=not config.insecure_no_auth)
         # Set once listening (port 0 binds report the port the kernel chose).
         self.address: tuple[str, int] | None = None
+        self._intake: TransportIntake | None = None
 
     @property
     def url(self) -> str:
@@ -157,9 +162,20 @@ class HttpTransport:
         host = f"[{host}]" if ":" in host else host
         return f"{'https' if self._context else 'http'}://{host}:{port}"
 
+    def features(self) -> list[str]:
+        tls = ["tls"] if self.config.tls_cert is not None else []
+        return ["http", "websocket", "sse", "batch", *tls]
+
+    async def health(self) -> tuple[Status, str, dict[str, Any]]:
+        if self.address is None or self._intake is None:
+            return "unhealthy", "not listening", {}
+        if not self._intake.accepting:
+            return "degraded", "draining: new jobs are refused", {"url": self.url}
+        return "healthy", "listening", {"url": self.url}
+
     def reload(self, full: Config) -> None:
         """Take new tokens and TLS cert/key (SIGHUP); the bind address needs a restart."""
-        config = full.http
+        config = full.section(HttpConfig)
         check_exposure(config)
         tokens = TokenTable(config.tokens, required=not config.insecure_no_auth)
         if config.bind != self.config.bind or (config.tls_cert is None) != (self._context is None):
@@ -178,19 +194,23 @@ class HttpTransport:
         log.info("http.reloaded", tokens=len(config.tokens))
 
     async def run(
-        self, intake: Intake, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        intake: TransportIntake,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        self._intake = intake
         listener = self._bind()
         self._api = ApiState(intake, self.config, self._tokens)
         front = FastPaths(
             build_app(self._api), self._api, max_active=self.config.max_active_requests
         )
-        settings = hypercorn_settings(self.config, self._context)
         limits = ConnectionLimits(
             max_connections=self.config.max_connections,
             per_client=self.config.max_connections_per_client,
             header_timeout=self.config.header_timeout_seconds,
         )
+        settings = hypercorn_settings(self.config, self._context)
         async with trio.open_nursery() as nursery:
             await nursery.start(front.refresh_health)
             await nursery.start(partial(serve_asgi, front, listener, settings, limits=limits))

@@ -17,12 +17,14 @@ from tests.http_helpers import (
     SUBMIT,
     client,
     echo,
+    http_of,
     serving,
     sleep_job,
     wait_running,
     wait_terminal,
     with_http,
 )
+from tests.spoolkit import spool_of
 
 
 @pytest.fixture
@@ -322,11 +324,11 @@ async def test_a_spool_job_is_visible_and_cancellable_over_http(config: Config) 
 
 
 async def _spool_job_over_http(served: Agent) -> None:
-    assert served.spool is not None
-    staged = served.spool.root / "tmp" / "from-spool.json"
+    assert spool_of(served) is not None
+    staged = spool_of(served).root / "tmp" / "from-spool.json"
     staged.write_text(json.dumps(sleep_job("from-spool", 60)))
     with served.intake.events() as subscription:
-        staged.rename(served.spool.root / "incoming" / "from-spool.json")
+        staged.rename(spool_of(served).root / "incoming" / "from-spool.json")
         async for event in subscription.receive:
             if event["job_id"] == "from-spool" and event["data"].get("status") == "Running":
                 break
@@ -356,7 +358,7 @@ async def test_full_queue_is_503_with_retry_after(config: Config) -> None:
 
 
 async def test_a_draining_agent_answers_503(served: Agent) -> None:
-    served.intake.accepting = False
+    served.intake.stop_accepting()
     async with client(served) as http:
         response = await http.post("/api/v1/jobs", json=echo("late"))
     assert response.status_code == 503
@@ -374,9 +376,9 @@ async def test_oversized_body_is_413(config: Config) -> None:
 
 async def test_a_slow_body_times_out(config: Config) -> None:
     async with serving(with_http(config, body_timeout_seconds=0.2)) as agent:
-        assert agent.http is not None
-        assert agent.http.address is not None
-        stream = await trio.open_tcp_stream(*agent.http.address)
+        assert http_of(agent) is not None
+        assert http_of(agent).address is not None
+        stream = await trio.open_tcp_stream(*http_of(agent).address)
         async with stream:
             await stream.send_all(
                 b"POST /api/v1/jobs HTTP/1.1\r\nHost: test\r\n"

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from agent.cli import main
-from agent.config import Config, HttpConfig
+from agent.config import Config
 from agent.daemon import Agent
 from agent.errors import ConfigError, ForbiddenError, UnauthorizedError
 from agent.transports.http.auth import TokenTable, bearer_token, create_token, token_entry_toml
+from agent.transports.http.settings import HttpConfig
 from agent.transports.http.transport import check_exposure, is_loopback, parse_bind
 from tests.http_helpers import (
     ADMIN,
@@ -24,6 +25,7 @@ from tests.http_helpers import (
     SUBMIT,
     client,
     echo,
+    http_of,
     serving,
     with_http,
 )
@@ -110,9 +112,9 @@ async def test_insecure_no_auth_on_loopback_needs_no_token(config: Config) -> No
 
 
 async def test_reload_swaps_tokens(served: Agent) -> None:
-    assert served.http is not None
+    assert http_of(served) is not None
     fresh, entry = create_token("fresh", ["read"])
-    renewed = served.config.http.model_copy(update={"tokens": [entry]})
+    renewed = served.config.section(HttpConfig).model_copy(update={"tokens": [entry]})
     await served.reload(served.config.model_copy(update={"http": renewed}))  # as SIGHUP
     async with client(served, READ) as http:
         assert (await http.get("/api/v1/jobs")).status_code == 401

@@ -18,12 +18,13 @@ from trio_websocket import (
 
 from agent.config import Config
 from agent.daemon import Agent
-from tests.http_helpers import READ, echo, serving, sleep_job, wait_terminal, with_http
+from tests.http_helpers import READ, echo, http_of, serving, sleep_job, wait_terminal, with_http
+from tests.spoolkit import spool_of
 
 
 def _ws_url(agent: Agent) -> str:
-    assert agent.http is not None
-    return agent.http.url.replace("http://", "ws://") + "/api/v1/ws"
+    assert http_of(agent) is not None
+    return http_of(agent).url.replace("http://", "ws://") + "/api/v1/ws"
 
 
 def _auth(token: str = READ) -> list[tuple[bytes, bytes]]:
@@ -44,14 +45,14 @@ async def served(config: Config) -> AsyncIterator[Agent]:
 
 async def test_websocket_follows_a_spool_job_through_to_completed(config: Config) -> None:
     async with serving(with_http(config, spool=True)) as agent:
-        assert agent.spool is not None
+        assert spool_of(agent) is not None
         async with open_websocket_url(_ws_url(agent), extra_headers=_auth()) as ws:
             assert await _ask(ws, {"type": "ping"}) == {"type": "pong"}
             # Everything first, so the job's creation is seen; then the job itself.
             await ws.send_message(json.dumps({"type": "subscribe_all"}))
-            staged = agent.spool.root / "tmp" / "spooled.json"
+            staged = spool_of(agent).root / "tmp" / "spooled.json"
             staged.write_text(json.dumps(sleep_job("spooled", 0.05)))
-            staged.rename(agent.spool.root / "incoming" / "spooled.json")
+            staged.rename(spool_of(agent).root / "incoming" / "spooled.json")
             statuses: list[str] = []
             initial = None
             with trio.fail_after(20):
@@ -122,7 +123,7 @@ async def test_a_finished_job_gets_no_stale_events(served: Agent) -> None:
 
 @pytest.mark.parametrize("token", [None, "hat_wrong"])
 async def test_websocket_upgrade_needs_a_read_token(served: Agent, token: str | None) -> None:
-    assert served.http is not None
+    assert http_of(served) is not None
     headers = {
         "Connection": "Upgrade",
         "Upgrade": "websocket",
@@ -131,7 +132,7 @@ async def test_websocket_upgrade_needs_a_read_token(served: Agent, token: str | 
     }
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    async with httpx.AsyncClient(base_url=served.http.url) as http:
+    async with httpx.AsyncClient(base_url=http_of(served).url) as http:
         response = await http.get("/api/v1/ws", headers=headers)
     assert response.status_code == 401
     assert response.json()["error"] == "UNAUTHORIZED"
@@ -146,7 +147,7 @@ async def test_a_lagging_websocket_client_is_cut_off_without_slowing_jobs(
             assert await _ask(ws, {"type": "ping"}) == {"type": "pong"}
             # 50 created events at once: far more than the client's buffer of 4.
             jobs = [agent.intake.prepare(echo(f"burst-{n}"), transport="test") for n in range(50)]
-            await agent.intake.submit_prepared(jobs)
+            await agent.intake.submit_many(jobs)
             with pytest.raises(ConnectionClosed) as closed:  # noqa: PT012 (drain, then closed)
                 with trio.fail_after(20):
                     while True:
@@ -168,9 +169,9 @@ class _RawSSE:
 
     @classmethod
     async def open(cls, agent: Agent, query: str = "") -> _RawSSE:
-        assert agent.http is not None
-        assert agent.http.address is not None
-        stream = await trio.open_tcp_stream(*agent.http.address)
+        assert http_of(agent) is not None
+        assert http_of(agent).address is not None
+        stream = await trio.open_tcp_stream(*http_of(agent).address)
         await stream.send_all(
             f"GET /api/v1/events{query} HTTP/1.1\r\nHost: test\r\n"
             f"Authorization: Bearer {READ}\r\n\r\n".encode()
@@ -213,9 +214,9 @@ async def test_sse_streams_a_jobs_initial_status_and_events(served: Agent) -> No
 
 
 async def test_sse_for_an_unknown_job_is_404(served: Agent) -> None:
-    assert served.http is not None
+    assert http_of(served) is not None
     headers = {"Authorization": f"Bearer {READ}"}
-    async with httpx.AsyncClient(base_url=served.http.url, headers=headers) as http:
+    async with httpx.AsyncClient(base_url=http_of(served).url, headers=headers) as http:
         response = await http.get("/api/v1/events", params={"job_id": "ghost"})
     assert response.status_code == 404
 
@@ -225,7 +226,7 @@ async def test_a_lagging_sse_client_gets_an_error_event_and_the_end(config: Conf
         sse = await _RawSSE.open(agent)
         async with sse.stream:
             jobs = [agent.intake.prepare(echo(f"sse-{n}"), transport="test") for n in range(50)]
-            await agent.intake.submit_prepared(jobs)
+            await agent.intake.submit_many(jobs)
             with trio.fail_after(20):
                 messages = [message async for message in sse.messages()]
     assert messages[-1]["type"] == "error"

@@ -15,7 +15,7 @@ from agent.config import Config
 from agent.daemon import Agent
 from agent.errors import ConfigError
 from agent.transports.http.transport import HttpTransport
-from tests.http_helpers import READ, serving, with_http
+from tests.http_helpers import READ, http_of, serving, with_http
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -88,18 +88,18 @@ async def mtls_agent(config: Config, pki: Path) -> AsyncIterator[Agent]:
 
 
 async def _health(agent: Agent, context: ssl.SSLContext) -> int:
-    assert agent.http is not None
+    assert http_of(agent) is not None
     async with httpx.AsyncClient(
         verify=context, headers={"Authorization": f"Bearer {READ}"}
     ) as http:
-        return (await http.get(f"{agent.http.url}/api/v1/jobs")).status_code
+        return (await http.get(f"{http_of(agent).url}/api/v1/jobs")).status_code
 
 
 async def test_tls_serves_https_with_the_configured_certificate(
     tls_agent: Agent, pki: Path
 ) -> None:
-    assert tls_agent.http is not None
-    assert tls_agent.http.url.startswith("https://127.0.0.1:")
+    assert http_of(tls_agent) is not None
+    assert http_of(tls_agent).url.startswith("https://127.0.0.1:")
     assert await _health(tls_agent, _context(pki)) == 200
 
 
@@ -121,9 +121,9 @@ async def test_mtls_refuses_a_client_without_a_valid_certificate(
 
 
 async def _peer_certificate(agent: Agent, pki: Path) -> bytes:
-    assert agent.http is not None
-    assert agent.http.address is not None
-    host, port = agent.http.address
+    assert http_of(agent) is not None
+    assert http_of(agent).address is not None
+    host, port = http_of(agent).address
     stream = await trio.open_ssl_over_tcp_stream(host, port, ssl_context=_context(pki))
     async with stream:
         await stream.do_handshake()
@@ -134,9 +134,9 @@ async def _peer_certificate(agent: Agent, pki: Path) -> bytes:
 async def test_reload_serves_a_new_certificate_to_new_connections(
     tls_agent: Agent, pki: Path
 ) -> None:
-    assert tls_agent.http is not None
+    assert http_of(tls_agent) is not None
     before = await _peer_certificate(tls_agent, pki)
-    renewed = tls_agent.http.config.model_copy(
+    renewed = http_of(tls_agent).config.model_copy(
         update={"tls_cert": pki / "server2.pem", "tls_key": pki / "server2.key"}
     )
     await tls_agent.reload(tls_agent.config.model_copy(update={"http": renewed}))  # as SIGHUP

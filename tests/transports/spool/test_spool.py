@@ -13,14 +13,17 @@ import trio
 from agent.config import Config
 from agent.daemon import Agent
 from agent.jobs import JobStatus
-from tests.spoolkit import drop, job, read_json, wait_for_files
+from agent.transports.spool.settings import SpoolConfig
+from tests.spoolkit import drop, job, read_json, spool_of, wait_for_files
 
 SECRET = "TOP-SECRET-4c1d-never-to-be-read"
 
 
 @pytest.fixture
 def config(config: Config) -> Config:
-    spool = config.spool.model_copy(update={"max_file_bytes": 4096, "allowed_uids": [os.getuid()]})
+    spool = config.section(SpoolConfig).model_copy(
+        update={"max_file_bytes": 4096, "allowed_uids": [os.getuid()]}
+    )
     return config.model_copy(update={"spool": spool})
 
 
@@ -109,8 +112,8 @@ async def test_hostile_entries_are_quarantined_unread_and_the_agent_keeps_going(
             if path.is_file() and not path.is_symlink():
                 assert SECRET.encode() not in path.read_bytes(), path
     assert (outside / "linked.json").exists()  # the other link is untouched
-    assert agent.spool is not None
-    assert agent.spool.quarantined == len(expected)
+    assert spool_of(agent) is not None
+    assert spool_of(agent).quarantined == len(expected)
     drop(spool, "after.json", job("after"))
     [result] = await wait_for_files(spool / "done", "after.result.json", 1)
     assert read_json(result)["status"] == "Completed"

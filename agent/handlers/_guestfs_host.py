@@ -1,0 +1,120 @@
+"""Whether libguestfs can work on this host, and which accelerator its appliance gets.
+
+The start-up check only looks at files (no appliance, no qemu): start-up stays
+fast. Whether KVM works is asked of qemu once, at the first job: /dev/kvm can
+open fine and still abort qemu when it sets up a vCPU (nested or paravirtual
+KVM, as on these build machines), and libguestfs would not fall back to TCG then.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import trio
+
+if TYPE_CHECKING:
+    from agent.capabilities import Capabilities
+    from agent.health import Health, Status
+
+BOOT = Path("/boot")
+MODULES = Path("/lib/modules")
+BINDING = Path("/usr/lib/python3/dist-packages/guestfs.py")
+# What libguestfs' direct backend starts, with the CPU model it asks for under KVM.
+QEMU = f"qemu-system-{platform.machine()}"
+KVM_PROBE = [QEMU, "-accel", "kvm", "-cpu", "max,la57=off", "-display", "none"]
+KVM_PROBE += ["-nodefaults", "-S", "-qmp", "stdio"]
+_QMP_QUIT = b'{"execute": "qmp_capabilities"}\n{"execute": "quit"}\n'
+
+
+def libguestfs_problem() -> str | None:
+    """Why libguestfs cannot work here, or None; reads a few paths, starts nothing."""
+    if not BINDING.exists():
+        return f"libguestfs' Python binding is missing ({BINDING}; Debian: python3-guestfs)"
+    supermin = Path(f"/usr/lib/{platform.machine()}-linux-gnu/guestfs/supermin.d")
+    if not supermin.is_dir():
+        return f"no libguestfs appliance ({supermin}; Debian: libguestfs-tools)"
+    if shutil.which(QEMU) is None:
+        return f"{QEMU} is not installed"
+    return _kernel_problem()
+
+
+def _kernel_problem() -> str | None:
+    """supermin builds the appliance from the host's own kernel and its modules."""
+    kernels = sorted(BOOT.glob("vmlinuz-*"))
+    if not kernels:
+        return f"no kernel for the appliance in {BOOT} (Debian: linux-image-amd64)"
+    versions = [kernel.name.removeprefix("vmlinuz-") for kernel in kernels]
+    if not any((MODULES / version).is_dir() for version in versions):
+        return f"no modules in {MODULES} for the kernels in {BOOT}: {', '.join(versions)}"
+    if not any(os.access(kernel, os.R_OK) for kernel in kernels):
+        return f"cannot read the kernels in {BOOT}"
+    return None
+
+
+@dataclass(frozen=True)
+class Choice:
+    name: Literal["kvm", "tcg"]
+    # Why not KVM, when TCG it is.
+    kvm_problem: str | None
+
+
+class Accelerator:
+    """KVM when qemu can really use it, else TCG; asked once per process."""
+
+    def __init__(self) -> None:
+        self.choice: Choice | None = None
+        self._lock = trio.Lock()
+
+    async def choose(self) -> Choice:
+        async with self._lock:
+            if self.choice is None:
+                problem = await kvm_problem()
+                self.choice = Choice("tcg" if problem else "kvm", problem)
+        return self.choice
+
+
+async def kvm_problem() -> str | None:
+    """Why qemu cannot use KVM here, or None: a paused, diskless qemu asked to quit."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "/dev/kvm is missing or not accessible"
+    with trio.move_on_after(15) as waited:
+        probe = await trio.run_process(
+            KVM_PROBE, stdin=_QMP_QUIT, capture_stdout=True, capture_stderr=True, check=False
+        )
+    if waited.cancelled_caught:
+        return "qemu with KVM did not answer within 15 s"
+    if probe.returncode != 0:
+        lines = probe.stderr.decode(errors="replace").strip().splitlines()
+        return f"qemu with KVM failed (status {probe.returncode}): {' '.join(lines[:2])}"
+    return None
+
+
+def contribute(capabilities: Capabilities, health: Health, accelerator: Accelerator) -> None:
+    """Capability facts (feature `inspect`) and the `guestfs` health component."""
+
+    async def facts() -> dict[str, Any]:
+        if libguestfs_problem() is not None:
+            return {"guestfs": None}
+        return {"features": ["inspect"], "guestfs": {"backend": "direct"}}
+
+    async def check() -> tuple[Status, str, dict[str, Any]]:
+        problem = libguestfs_problem()
+        if problem is not None:
+            # Only guestkit.* is missing: the agent itself works.
+            return "degraded", problem, {}
+        choice = accelerator.choice
+        if choice is None:
+            return "healthy", "libguestfs ready (accelerator chosen at the first job)", {}
+        return (
+            "healthy",
+            "libguestfs ready",
+            {"accelerator": choice.name, "kvm": choice.kvm_problem},
+        )
+
+    capabilities.contribute(facts)
+    health.add("guestfs", check)

@@ -1,0 +1,247 @@
+"""network.*: libvirt virtual networks (list, info, define, start, stop, delete, autostart).
+
+As for domains and pools, an action that finds the network already where it
+would move it answers `changed: false`, so retrying is safe.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Literal
+from xml.etree import ElementTree as ET
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from agent.context import JobContext
+from agent.domain_policy import admit_network
+from agent.handlers import connection, missing_is_done
+from agent.handlers.domain_xml import NAME_PATTERN
+from agent.hypervisor import lookup_network
+from agent.registry import handler
+
+
+class NetworkRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, description="the network's name")
+
+    def lookup(self, conn: Any) -> Any:
+        return lookup_network(conn, self.name)
+
+
+def network_resource(ref: NetworkRef) -> str:
+    return f"network:{ref.name}"
+
+
+def network_summary(net: Any) -> dict[str, Any]:
+    """A network's state and addressing, read from libvirt (blocking)."""
+    root = ET.fromstring(net.XMLDesc(0))  # noqa: S314 (from libvirtd)
+    forward = root.find("forward")
+    ips = []
+    for node in root.findall("ip"):
+        address, netmask, prefix = node.get("address"), node.get("netmask"), node.get("prefix")
+        if address and netmask and not prefix:
+            prefix = str(ipaddress.IPv4Network(f"0.0.0.0/{netmask}").prefixlen)
+        dhcp = node.find("dhcp/range")
+        ips.append(
+            {
+                "family": node.get("family", "ipv4"),
+                "address": address,
+                "prefix": int(prefix) if prefix else None,
+                "dhcp_start": dhcp.get("start") if dhcp is not None else None,
+                "dhcp_end": dhcp.get("end") if dhcp is not None else None,
+            }
+        )
+    bridge = root.find("bridge")
+    active = bool(net.isActive())
+    return {
+        "name": net.name(),
+        "uuid": net.UUIDString(),
+        "state": "active" if active else "inactive",
+        "active": active,
+        "persistent": bool(net.isPersistent()),
+        "autostart": bool(net.autostart()),
+        "forward": forward.get("mode", "nat") if forward is not None else "isolated",
+        "bridge": bridge.get("name") if bridge is not None else None,
+        "ips": ips,
+    }
+
+
+class NetworkListPayload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@handler("network.list", payload=NetworkListPayload, rerun_safe=True)
+async def network_list(payload: NetworkListPayload, ctx: JobContext) -> dict[str, Any]:
+    """Every virtual network with its state, forwarding and addresses."""
+    networks = await connection(ctx).call(
+        lambda conn: sorted(
+            (network_summary(net) for net in conn.listAllNetworks(0)), key=lambda n: n["name"]
+        )
+    )
+    return {"networks": networks, "total": len(networks)}
+
+
+@handler("network.info", payload=NetworkRef, rerun_safe=True, resource=network_resource)
+async def network_info(payload: NetworkRef, ctx: JobContext) -> dict[str, Any]:
+    """One network: state, forward mode, bridge, addresses and DHCP range."""
+    return await connection(ctx).call(lambda conn: network_summary(payload.lookup(conn)))
+
+
+class NetworkDefinePayload(BaseModel):
+    """A small network spec (or complete XML) that network.define turns into a network."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN)
+    xml: str | None = Field(
+        default=None,
+        description="a complete libvirt network XML instead (no hostdev/passthrough forward "
+        "modes, host interfaces or dnsmasq options unless admin and policy.allow_passthrough)",
+    )
+    forward: Literal["nat", "route", "isolated"] = "nat"
+    bridge: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,15}$")
+    ipv4_address: ipaddress.IPv4Interface | None = Field(
+        default=None, description="the host's address and prefix on it, e.g. 192.168.150.1/24"
+    )
+    dhcp: bool = Field(default=True, description="serve DHCP over the rest of the subnet")
+    start: bool = True
+    autostart: bool = False
+
+    @model_validator(mode="after")
+    def _xml_names_it(self) -> NetworkDefinePayload:
+        if self.xml is not None:
+            try:
+                root = ET.fromstring(self.xml)  # noqa: S314 (expat expands no external entities)
+            except ET.ParseError as exc:
+                raise ValueError(f"not well-formed XML: {exc}") from exc
+            if root.tag != "network" or root.findtext("name") != self.name:
+                raise ValueError("xml must be a <network> whose <name> is `name`")
+        return self
+
+
+def network_xml(spec: NetworkDefinePayload, uuid: str | None) -> str:
+    if spec.xml is not None:
+        return spec.xml
+    root = ET.Element("network")
+    ET.SubElement(root, "name").text = spec.name
+    if uuid is not None:  # redefining keeps the network's identity
+        ET.SubElement(root, "uuid").text = uuid
+    if spec.forward != "isolated":
+        ET.SubElement(root, "forward", mode=spec.forward)
+    if spec.bridge is not None:
+        ET.SubElement(root, "bridge", name=spec.bridge, stp="on", delay="0")
+    if spec.ipv4_address is not None:
+        subnet, host = spec.ipv4_address.network, spec.ipv4_address.ip
+        ip = ET.SubElement(root, "ip", address=str(host), prefix=str(subnet.prefixlen))
+        span = _dhcp_range(subnet, host) if spec.dhcp else None
+        if span is not None:
+            ET.SubElement(ET.SubElement(ip, "dhcp"), "range", start=span[0], end=span[1])
+    return ET.tostring(root, encoding="unicode")
+
+
+def _dhcp_range(
+    subnet: ipaddress.IPv4Network, host: ipaddress.IPv4Address
+) -> tuple[str, str] | None:
+    """The subnet's usable addresses on the far side of the host's, or None if too small."""
+    first, last = subnet.network_address + 1, subnet.broadcast_address - 1
+    start, end = (first, host - 1) if host == last else (max(first, host + 1), last)
+    return (str(start), str(end)) if end > start else None
+
+
+@handler(
+    "network.define",
+    payload=NetworkDefinePayload,
+    rerun_safe=True,
+    resource=lambda p: f"network:{p.name}",
+    admit=admit_network,
+)
+async def network_define(payload: NetworkDefinePayload, ctx: JobContext) -> dict[str, Any]:
+    """Define (or redefine) a virtual network, then start and autostart it as asked."""
+
+    def run(conn: Any) -> dict[str, Any]:
+        existing = {net.name(): net.UUIDString() for net in conn.listAllNetworks(0)}
+        net = conn.networkDefineXML(network_xml(payload, existing.get(payload.name)))
+        if payload.start and not net.isActive():
+            net.create()
+        net.setAutostart(int(payload.autostart))
+        return {**network_summary(net), "created": payload.name not in existing}
+
+    return await connection(ctx).call(run)
+
+
+@handler("network.start", payload=NetworkRef, rerun_safe=True, resource=network_resource)
+async def network_start(payload: NetworkRef, ctx: JobContext) -> dict[str, Any]:
+    """Start a network; an active one is left as it is."""
+
+    def run(conn: Any) -> dict[str, Any]:
+        net = payload.lookup(conn)
+        changed = not net.isActive()
+        if changed:
+            net.create()
+        return {**network_summary(net), "changed": changed}
+
+    return await connection(ctx).call(run)
+
+
+@handler("network.stop", payload=NetworkRef, rerun_safe=True, resource=network_resource)
+async def network_stop(payload: NetworkRef, ctx: JobContext) -> dict[str, Any]:
+    """Stop a network (its guests lose connectivity); an inactive one is left as it is."""
+
+    def run(conn: Any) -> dict[str, Any]:
+        net = payload.lookup(conn)
+        changed = bool(net.isActive())
+        if changed:
+            net.destroy()
+        return {**network_summary(net), "changed": changed}
+
+    return await connection(ctx).call(run)
+
+
+@handler("network.delete", payload=NetworkRef, rerun_safe=True, resource=network_resource)
+async def network_delete(payload: NetworkRef, ctx: JobContext) -> dict[str, Any]:
+    """Stop and undefine a network; a missing one is success."""
+
+    def run(conn: Any) -> dict[str, Any]:
+        net = payload.lookup(conn)
+        if net.isActive():
+            net.destroy()
+        if net.isPersistent():
+            net.undefine()
+        return {"name": payload.name, "changed": True}
+
+    return await missing_is_done(connection(ctx).call(run), {"name": payload.name})
+
+
+class NetworkAutostartPayload(NetworkRef):
+    enabled: bool = True
+
+
+@handler(
+    "network.autostart",
+    payload=NetworkAutostartPayload,
+    rerun_safe=True,
+    resource=network_resource,
+)
+async def network_autostart(payload: NetworkAutostartPayload, ctx: JobContext) -> dict[str, Any]:
+    """Turn starting the network when libvirtd starts on or off."""
+
+    def run(conn: Any) -> dict[str, Any]:
+        net = payload.lookup(conn)
+        before = bool(net.autostart())
+        if before != payload.enabled:
+            net.setAutostart(int(payload.enabled))
+        return {**network_summary(net), "changed": before != payload.enabled}
+
+    return await connection(ctx).call(run)
+
+
+HANDLERS = (
+    network_list,
+    network_info,
+    network_define,
+    network_start,
+    network_stop,
+    network_delete,
+    network_autostart,
+)

@@ -1,0 +1,72 @@
+"""Group commit: queued operations run in batches, one thread hop per batch."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+
+@dataclass
+class Queued:
+    """A read or write waiting for its batch; `JobStore.settle` awaits a write."""
+
+    operation: Callable[[sqlite3.Connection], Any]
+    finished: bool = False
+    value: Any = None
+    error: BaseException | None = None
+
+
+class Batcher:
+    """Runs queued operations in batches, one thread hop per batch. A hop costs
+    far more than a point query, and a commit's fsync the same for one row or
+    many, so everything queued while one batch runs goes in the next.
+
+    There is no batch task: one of the waiting callers runs each batch, then
+    steps down, so no caller is kept longer than the batch holding its own
+    operation (plus the one already running when it queued). `after_batch`
+    runs on the trio thread once a batch has finished."""
+
+    def __init__(
+        self, run_batch: Callable[[list[Queued]], None], after_batch: Callable[[], None]
+    ) -> None:
+        self._run_batch = run_batch
+        self._after_batch = after_batch
+        self._queue: list[Queued] = []
+        self._running = False
+        self._batch_ended = trio.Event()
+
+    def queue(self, operation: Callable[[sqlite3.Connection], Any]) -> Queued:
+        """Queue now: operations run in the order they are queued."""
+        item = Queued(operation)
+        self._queue.append(item)
+        return item
+
+    async def settle(self, item: Queued) -> Any:
+        """Wait until `item` has run (running a batch when none is); its value."""
+        while not item.finished:
+            if self._running:
+                await self._batch_ended.wait()
+                continue
+            self._running = True
+            try:
+                # Shielded: the batch holds others' operations too.
+                with trio.CancelScope(shield=True):
+                    # One scheduler pass first: operations made ready by the same
+                    # event (a job ending, a batch arriving) join this batch.
+                    await trio.lowlevel.checkpoint()
+                    batch, self._queue = self._queue, []
+                    await trio.to_thread.run_sync(self._run_batch, batch)
+                    for queued in batch:
+                        queued.finished = True
+                    self._after_batch()
+            finally:
+                self._running = False
+                ended, self._batch_ended = self._batch_ended, trio.Event()
+                ended.set()
+        if item.error is not None:
+            raise item.error
+        return item.value

@@ -1,0 +1,153 @@
+"""Reads over one connection, shared by the daemon (in its reader thread) and
+the CLI (which reads the store directly when no agent answers)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from agent.errors import NotFoundError
+from agent.jobs import JobState, JobStatus, OutboxEntry, PendingJob
+
+STATE_COLUMNS = (
+    "job_id, operation, status, submitted_at, started_at, completed_at, error, progress, "
+    "transport, attempts, priority"
+)
+
+
+def row_state(row: sqlite3.Row | tuple[Any, ...]) -> JobState:
+    return JobState(
+        job_id=row[0],
+        operation=row[1],
+        status=JobStatus(row[2]),
+        submitted_at=row[3],
+        started_at=row[4],
+        completed_at=row[5],
+        error=row[6],
+        progress=row[7],
+        transport=row[8],
+        attempts=row[9],
+        priority=row[10],
+    )
+
+
+def get_job(conn: sqlite3.Connection, job_id: str) -> JobState:
+    row = conn.execute(f"SELECT {STATE_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+    if row is None:
+        raise NotFoundError(f"Job {job_id} not found", field="job_id")
+    return row_state(row)
+
+
+def list_jobs(
+    conn: sqlite3.Connection,
+    *,
+    status: str | None = None,
+    operation: str | None = None,
+    limit: int = 100,
+    after_seq: int = 0,
+) -> tuple[list[JobState], int, int | None]:
+    """A page of jobs in submission order; also the total and the next cursor."""
+    where = ["seq > ?"]
+    args: list[Any] = [after_seq]
+    count_where: list[str] = []
+    count_args: list[Any] = []
+    for column, value in (("status", status), ("operation", operation)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+            count_where.append(f"{column} = ?")
+            count_args.append(value)
+    rows = conn.execute(
+        f"SELECT seq, {STATE_COLUMNS} FROM jobs WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
+        (*args, limit + 1),
+    ).fetchall()
+    total = conn.execute(
+        "SELECT count(*) FROM jobs"
+        + (f" WHERE {' AND '.join(count_where)}" if count_where else ""),
+        count_args,
+    ).fetchone()[0]
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_seq = rows[-1][0] if more and rows else None
+    return [row_state(row[1:]) for row in rows], total, next_seq
+
+
+def get_result(conn: sqlite3.Connection, job_id: str) -> Any:
+    row = conn.execute("SELECT result, status FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+    if row is None:
+        raise NotFoundError(f"Job {job_id} not found", field="job_id")
+    if row[0] is None:
+        raise NotFoundError(f"Job {job_id} has no result (status {row[1]})", field="job_id")
+    return json.loads(row[0])
+
+
+def get_outcomes(conn: sqlite3.Connection, job_ids: Sequence[str]) -> list[tuple[JobState, Any]]:
+    """State and result of each existing job among `job_ids`."""
+    outcomes = []
+    for job_id in job_ids:
+        row = conn.execute(
+            f"SELECT {STATE_COLUMNS}, result FROM jobs WHERE job_id = ?", (job_id,)
+        ).fetchone()
+        if row is not None:
+            outcomes.append((row_state(row[:-1]), None if row[-1] is None else json.loads(row[-1])))
+    return outcomes
+
+
+def get_events(conn: sqlite3.Connection, job_id: str) -> list[dict[str, Any]]:
+    get_job(conn, job_id)
+    rows = conn.execute(
+        "SELECT at, type, data FROM job_events WHERE job_id = ? ORDER BY id", (job_id,)
+    ).fetchall()
+    return [{"at": at, "type": kind, "data": json.loads(data)} for at, kind, data in rows]
+
+
+def get_transitions(conn: sqlite3.Connection, job_id: str) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT status, at, reason FROM transitions WHERE job_id = ? ORDER BY id", (job_id,)
+    ).fetchall()
+    return [{"status": status, "at": at, "reason": reason} for status, at, reason in rows]
+
+
+def count_by_status(conn: sqlite3.Connection) -> dict[str, int]:
+    return dict(conn.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall())
+
+
+def pending_jobs(conn: sqlite3.Connection) -> list[PendingJob]:
+    rows = conn.execute(
+        "SELECT seq, job_id, operation, priority, document, timeout_seconds, attempts FROM jobs "
+        "WHERE status = ? ORDER BY seq",
+        (JobStatus.PENDING.value,),
+    ).fetchall()
+    return [
+        PendingJob(
+            seq=row[0],
+            job_id=row[1],
+            operation=row[2],
+            priority=row[3],
+            document=json.loads(row[4]),
+            timeout_seconds=row[5],
+            attempts=row[6],
+        )
+        for row in rows
+    ]
+
+
+def outbox_entries(
+    conn: sqlite3.Connection, consumer: str, after_id: int, limit: int
+) -> list[OutboxEntry]:
+    rows = conn.execute(
+        "SELECT id, event, state, data FROM outbox WHERE consumer = ? AND id > ? "
+        "ORDER BY id LIMIT ?",
+        (consumer, after_id, limit),
+    ).fetchall()
+    return [
+        OutboxEntry(
+            id=row[0],
+            event=row[1],
+            state=JobState.model_validate_json(row[2]),
+            data=json.loads(row[3]),
+        )
+        for row in rows
+    ]

@@ -1,0 +1,225 @@
+"""The SQLite job store (WAL, synchronous=FULL): what the daemon runs on.
+
+Writes are group-committed (see Batcher): an acknowledged write is on disk,
+and a burst of writes costs one fsync. Every blocking call, opening and
+closing included, runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+import trio
+
+from agent.errors import AgentError, StoreError
+from agent.jobs import JobState, JobStatus, NewJob, OutboxEntry, PendingJob, utc_now
+from agent.outbox import OutboxInterest
+from agent.store import outbox_sql, queries, writes
+from agent.store.batcher import Batcher, Queued
+from agent.store.schema import connect
+
+log = structlog.get_logger("agent.store")
+
+_T = TypeVar("_T")
+
+
+class SqliteStore:
+    """The daemon's handle on the job store (implements agent.store.JobStore)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._reads = Batcher(self._run_reads, lambda: None)
+        self._writes = Batcher(self._commit, self._wake_consumers)
+        self._targets = outbox_sql.OutboxTargets()
+        self._changed: dict[str, trio.Event] = {}
+
+    # -- life --
+
+    def register_consumer(self, name: str, interest: OutboxInterest) -> None:
+        """From now on, record outbox entries for `name` (before open(), for recovery)."""
+        self._targets.consumers[name] = interest
+
+    async def open(self) -> None:
+        """Open (creating and migrating), and drop entries no consumer will read."""
+        self._writer = await trio.to_thread.run_sync(connect, self.path)
+        self._reader = await trio.to_thread.run_sync(lambda: connect(self.path, readonly=True))
+        dropped = await self._write(
+            lambda conn: outbox_sql.drop_unclaimed_outbox(conn, self._targets.consumers)
+        )
+        if dropped:
+            log.warning("store.outbox_dropped", entries=dropped, reason="consumer not configured")
+
+    async def aclose(self) -> None:
+        for conn in (self._writer, self._reader):
+            if conn is not None:
+                await trio.to_thread.run_sync(conn.close)
+        self._writer = self._reader = None
+
+    # -- reads --
+
+    async def _read(self, query: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
+        value: _T = await self._reads.settle(
+            self._reads.queue(lambda conn: query(conn, *args, **kwargs))
+        )
+        return value
+
+    def _run_reads(self, batch: list[Queued]) -> None:
+        assert self._reader is not None, "store not open"
+        for item in batch:
+            try:
+                item.value = item.operation(self._reader)
+            except sqlite3.Error as exc:
+                item.error = StoreError(f"job store read failed: {exc}")
+                item.error.__cause__ = exc
+            except Exception as exc:  # noqa: BLE001 (delivered to the caller who queued it)
+                item.error = exc
+
+    async def get_job(self, job_id: str) -> JobState:
+        return await self._read(queries.get_job, job_id)
+
+    async def get_result(self, job_id: str) -> Any:
+        return await self._read(queries.get_result, job_id)
+
+    async def get_outcomes(self, job_ids: Sequence[str]) -> list[tuple[JobState, Any]]:
+        return await self._read(queries.get_outcomes, job_ids)
+
+    async def get_events(self, job_id: str) -> list[dict[str, Any]]:
+        return await self._read(queries.get_events, job_id)
+
+    async def list_jobs(
+        self,
+        *,
+        status: str | None = None,
+        operation: str | None = None,
+        limit: int = 100,
+        after_seq: int = 0,
+    ) -> tuple[list[JobState], int, int | None]:
+        return await self._read(
+            queries.list_jobs, status=status, operation=operation, limit=limit, after_seq=after_seq
+        )
+
+    async def count_by_status(self) -> dict[str, int]:
+        return await self._read(queries.count_by_status)
+
+    async def pending_jobs(self) -> list[PendingJob]:
+        return await self._read(queries.pending_jobs)
+
+    async def outbox_entries(self, consumer: str, after_id: int, limit: int) -> list[OutboxEntry]:
+        return await self._read(queries.outbox_entries, consumer, after_id, limit)
+
+    # -- writes --
+
+    def _queue_write(self, operation: Callable[[sqlite3.Connection], Any]) -> Queued:
+        """Queue a write now (writes commit in the order they are queued)."""
+        return self._writes.queue(operation)
+
+    async def settle(self, write: Queued) -> Any:
+        """Wait until a queued write is committed; its value."""
+        return await self._writes.settle(write)
+
+    async def _write(self, operation: Callable[[sqlite3.Connection], Any]) -> Any:
+        return await self.settle(self._queue_write(operation))
+
+    def _commit(self, batch: list[Queued]) -> None:
+        conn = self._writer
+        assert conn is not None, "store not open"
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for item in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    item.value = item.operation(conn)
+                except sqlite3.Error:
+                    raise  # the transaction itself is in trouble: fail the batch
+                except Exception as exc:  # noqa: BLE001 (delivered to the caller who queued it)
+                    conn.execute("ROLLBACK TO op")
+                    item.error = exc
+                conn.execute("RELEASE op")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._targets.touched.clear()
+            for item in batch:
+                item.error = StoreError(f"job store write failed: {exc}")
+                item.error.__cause__ = exc
+
+    def _wake_consumers(self) -> None:
+        for name in self._targets.touched:
+            event = self._changed.pop(name, None)
+            if event is not None:
+                event.set()
+        self._targets.touched.clear()
+
+    def outbox_changed(self, consumer: str) -> trio.Event:
+        return self._changed.setdefault(consumer, trio.Event())
+
+    async def insert_jobs(
+        self, jobs: Sequence[NewJob]
+    ) -> list[tuple[JobState, PendingJob | None] | AgentError]:
+        result: list[tuple[JobState, PendingJob | None] | AgentError] = await self._write(
+            lambda conn: writes.insert_jobs(conn, self._targets, jobs)
+        )
+        return result
+
+    def queue_mark_running(self, job_id: str) -> Queued:
+        """Pending -> Running, queued; settles to the JobState, or None if the job
+        was no longer pending."""
+        # The time it is queued, not committed: the handler starts right away.
+        now = utc_now()
+        return self._queue_write(lambda conn: writes.mark_running(conn, self._targets, job_id, now))
+
+    def queue_finish(
+        self,
+        job_id: str,
+        status: JobStatus,
+        *,
+        result: Any = None,
+        error: str | None = None,
+        only_from: Iterable[JobStatus] = (JobStatus.RUNNING,),
+    ) -> Queued:
+        """A terminal status, queued; settles to the JobState, or None if the job
+        was not in one of `only_from`."""
+        allowed = tuple(only_from)
+        now = utc_now()
+        return self._queue_write(
+            lambda conn: writes.finish(
+                conn,
+                self._targets,
+                job_id,
+                status=status,
+                result=result,
+                error=error,
+                only_from=allowed,
+                now=now,
+            )
+        )
+
+    async def note_interrupted(self, job_id: str, reason: str) -> None:
+        """Leave a Running job for restart recovery, recording why it stopped."""
+        await self._write(lambda conn: writes.note_interrupted(conn, job_id, reason))
+
+    async def ping(self) -> None:
+        """A write round trip that changes nothing: answers once the writer is free."""
+        await self._write(lambda conn: None)
+
+    async def add_event(self, job_id: str, kind: str, data: dict[str, Any]) -> str:
+        at: str = await self._write(
+            lambda conn: writes.add_event(conn, self._targets, job_id, kind, data)
+        )
+        return at
+
+    async def recover(self, rerun_safe: Callable[[str], bool]) -> writes.Recovery:
+        recovery: writes.Recovery = await self._write(
+            lambda conn: writes.recover(conn, self._targets, rerun_safe)
+        )
+        return recovery
+
+    async def ack_outbox(self, consumer: str, up_to_id: int) -> None:
+        await self._write(lambda conn: outbox_sql.ack_outbox(conn, consumer, up_to_id))

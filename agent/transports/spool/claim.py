@@ -1,0 +1,203 @@
+"""Taking one file from incoming/: move it where only the agent writes, read it
+without following links, and decide: a job, not a job (quarantine), or not
+complete yet. Runs in worker threads; nothing here touches trio."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import stat
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from agent import background
+from agent.errors import (
+    AgentError,
+    BadRequestError,
+    ForbiddenError,
+    PayloadTooLargeError,
+    ValidationError,
+)
+from agent.jobs import NewJob, parse_json
+from agent.transports.spool.layout import write_atomically
+from agent.transports.spool.settings import SpoolConfig
+
+log = structlog.get_logger("agent.spool")
+
+# Namespace for job ids derived from a spool file that names none: the same
+# file seen again after a crash gets the same id, so it is one job.
+# Errors of the host, not of the file: the file is looked at again later.
+_NOT_THE_FILES_FAULT = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+_SPOOL_ID_NAMESPACE = uuid.UUID("6f1c4a52-8e0b-4c44-9a53-3d2f7c1e9b10")
+
+# Validates a document (intake.prepare): (raw, stable id for a document without one, origin).
+Prepare = Callable[[object, str | None, str], NewJob]
+
+
+@dataclass(frozen=True)
+class Ready:
+    name: str
+    job: NewJob
+
+
+@dataclass(frozen=True)
+class Refused:
+    name: str
+    error: AgentError
+
+
+@dataclass(frozen=True)
+class Unsettled:
+    name: str
+    retry_in: float
+    put_back: bool = False  # moved back to incoming/, where its writer may still append
+
+
+Examined = Ready | Refused | Unsettled
+
+
+def take(incoming: Path, claimed: Path, name: str) -> bool:
+    """Move incoming/<name> into the claimed directory; False when it is gone
+    or a file of that name is still being looked at there."""
+    if os.path.lexists(claimed / name):
+        return False  # only the agent writes there: the check cannot race
+    try:
+        os.rename(incoming / name, claimed / name)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def put_back(incoming: Path, claimed: Path, name: str) -> bool:
+    """Return a file that is not complete yet to incoming/ (a `cp` may reopen it
+    by name); False when another file took the name meanwhile."""
+    if os.path.lexists(incoming / name):
+        return False
+    os.rename(claimed / name, incoming / name)
+    return True
+
+
+def examine(claimed: Path, name: str, config: SpoolConfig, prepare: Prepare) -> Examined | None:
+    """Decide about one claimed file; None when it is gone."""
+    try:
+        read = _read_safely(claimed, name, config)
+    except AgentError as refusal:
+        return Refused(name, refusal)
+    except OSError as exc:  # out of descriptors or memory: a good file waits, unjudged
+        background.note_failure("spool.claim", exc)
+        return Unsettled(name, 1.0)
+    if read is None:
+        return None
+    return _judge(name, *read, config, prepare)
+
+
+def _judge(
+    name: str, data: bytes, info: os.stat_result, config: SpoolConfig, prepare: Prepare
+) -> Examined:
+    try:
+        raw = parse_json(data)  # the very parse HTTP uses: depth, duplicate keys, NaN
+    except ValidationError as refusal:
+        return Refused(name, refusal)
+    except ValueError as exc:  # not JSON (yet): JSONDecodeError, UnicodeDecodeError
+        unchanged_for = time.time() - info.st_mtime
+        if unchanged_for < config.settle_seconds:
+            # Possibly still being copied in: look again once it has settled.
+            return Unsettled(name, config.settle_seconds - unchanged_for + 0.05)
+        return Refused(
+            name, ValidationError(f"not valid JSON: {exc}", field="document", reason=str(exc))
+        )
+    stable_id = None
+    if isinstance(raw, dict) and not raw.get("job_id"):
+        identity = (name, str(info.st_ino), str(info.st_ctime_ns), hashlib.sha256(data).hexdigest())
+        stable_id = str(uuid.uuid5(_SPOOL_ID_NAMESPACE, "\0".join(identity)))
+    try:
+        return Ready(name, prepare(raw, stable_id, name))
+    except (ValidationError, ForbiddenError) as refusal:  # ForbiddenError: the host policy
+        return Refused(name, refusal)
+
+
+def _read_safely(
+    directory: Path, name: str, config: SpoolConfig
+) -> tuple[bytes, os.stat_result] | None:
+    """The file's bytes, never through a link nor from anything but a plain file."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        raise BadRequestError("file name is not valid UTF-8", field="name") from None
+    path = directory / name
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno in _NOT_THE_FILES_FAULT:
+            raise
+        if exc.errno == errno.ELOOP:
+            raise ForbiddenError(
+                "symbolic links are refused", field="file", reason="symbolic link"
+            ) from exc
+        raise ForbiddenError(
+            f"cannot open: {exc.strerror}", field="file", reason=str(exc.strerror)
+        ) from exc
+    try:
+        info = os.fstat(fd)
+        _check(info, config)
+        data = os.read(fd, config.max_file_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(data) > config.max_file_bytes:
+        raise PayloadTooLargeError(
+            "file grew over the size limit", field="file", reason="over max_file_bytes"
+        )
+    return data, info
+
+
+def _check(info: os.stat_result, config: SpoolConfig) -> None:
+    reason: str | None = None
+    if stat.S_ISDIR(info.st_mode):
+        reason = "not a regular file (a directory)"
+    elif not stat.S_ISREG(info.st_mode):
+        reason = "not a regular file (a FIFO, socket or device)"
+    elif info.st_nlink != 1:
+        reason = f"hard-linked files are refused ({info.st_nlink} links)"
+    elif config.allowed_uids and info.st_uid not in config.allowed_uids:
+        reason = f"owner uid {info.st_uid} is not allowed"
+    elif info.st_size > config.max_file_bytes:
+        raise PayloadTooLargeError(
+            f"file is {info.st_size} bytes, over the limit of {config.max_file_bytes}",
+            field="file",
+            reason="over max_file_bytes",
+        )
+    if reason is not None:
+        raise ForbiddenError(reason, field="file", reason=reason)
+
+
+def quarantine(claimed: Path, failed: Path, item: Refused) -> bool:
+    """Move a refused file to failed/ with <name>.error.json saying why; False if gone."""
+    shown = item.name.encode(errors="surrogateescape").decode(errors="replace")
+    safe = shown.replace("/", "_") or "unnamed"
+    target = failed / safe
+    if os.path.lexists(target):
+        target = target.with_name(f"{safe}.{time.time_ns()}")
+    try:
+        os.rename(claimed / item.name, target)
+    except FileNotFoundError:
+        return False
+    report = {"file": shown, "quarantined_as": target.name, "at": time.time()}
+    report.update(item.error.to_dict())
+    write_atomically(
+        target.with_name(f"{target.name}.error.json"), json.dumps(report, indent=2).encode()
+    )
+    details = item.error.details
+    log.warning(
+        "spool.quarantined", file=shown, reason=details.get("reason"), field=details.get("field")
+    )
+    return True
