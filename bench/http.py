@@ -43,8 +43,8 @@ import trio  # noqa: E402
 from quart import Response  # noqa: E402
 from quart_trio import QuartTrio  # noqa: E402
 
-from agent.config import HttpConfig  # noqa: E402
 from agent.transports.http.auth import create_token  # noqa: E402
+from agent.transports.http.settings import HttpConfig  # noqa: E402
 from agent.transports.http.transport import hypercorn_settings, serve_asgi  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

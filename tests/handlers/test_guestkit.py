@@ -20,10 +20,12 @@ from typing import Any
 import pytest
 import trio
 
-from agent.config import Config, HttpConfig, LibvirtConfig, SpoolConfig
+from agent.config import Config, LibvirtConfig
 from agent.daemon import Agent
 from agent.errors import ValidationError
 from agent.handlers import _findings, _guestfs_host
+from agent.transports.http.settings import HttpConfig
+from agent.transports.spool.settings import SpoolConfig
 from tests import guestdisks
 from tests.agentproc import AgentProcess
 from tests.jobs import failed, job_document, run_job, submit, wait_done

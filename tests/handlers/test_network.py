@@ -6,9 +6,10 @@ import uuid
 
 import pytest
 
-from agent.config import Config, SpoolConfig
+from agent.config import Config
 from agent.daemon import Agent
 from agent.errors import ValidationError
+from agent.transports.spool.settings import SpoolConfig
 from tests.jobs import failed, ok
 
 

@@ -14,8 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from agent.config import Config, LibvirtConfig, SpoolConfig
+from agent.config import Config, LibvirtConfig
 from agent.daemon import Agent
+from agent.transports.spool.settings import SpoolConfig
 from tests.handlers.conftest import state_of
 from tests.http_helpers import client, serving, wait_terminal, with_http
 from tests.libvirtd import PrivateLibvirtd

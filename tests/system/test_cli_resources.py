@@ -16,7 +16,7 @@ import trio
 from agent.cli import main
 from agent.config import Config
 from agent.daemon import Agent
-from tests.http_helpers import ADMIN, serving, with_http
+from tests.http_helpers import ADMIN, http_of, serving, with_http
 
 
 @pytest.fixture
@@ -25,8 +25,8 @@ async def remote(config: Config, monkeypatch: pytest.MonkeyPatch) -> AsyncIterat
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
     try:
         async with serving(with_http(config)) as agent:
-            assert agent.http is not None
-            monkeypatch.setenv("HOSTAGENT_URL", agent.http.url)
+            assert http_of(agent) is not None
+            monkeypatch.setenv("HOSTAGENT_URL", http_of(agent).url)
             monkeypatch.setenv("HOSTAGENT_TOKEN", ADMIN)
             yield agent
     finally:

@@ -95,3 +95,40 @@ def test_twenty_thousand_files_dropped_while_stopped_are_each_taken_once(tmp_pat
     assert list((spool / "failed").iterdir()) == []
     assert len(list((spool / "done").glob("*.job.json"))) == total
     print(f"\n{total} files taken exactly once in {elapsed:.1f} s ({total / elapsed:.0f} jobs/s)")
+
+
+def test_killed_between_a_jobs_end_and_its_result_file_writes_it_once_on_restart(
+    tmp_path: Path,
+) -> None:
+    state, spool = tmp_path / "state", tmp_path / "spool"
+    agent = AgentProcess(state, spool)
+    agent.start()
+    # A directory where the result file goes: every attempt to write it fails
+    # (a real fault, as a full or broken disk would give) until it is removed.
+    blocker = spool / "done" / "stuck.result.json"
+    blocker.mkdir()
+    drop(spool, "stuck.json", job("stuck", data={"answer": 42}))
+    store = sqlite3.connect(state / "jobs.sqlite3")
+
+    def completed() -> bool:
+        row = store.execute("SELECT status FROM jobs WHERE job_id = 'stuck'").fetchone()
+        return row is not None and row[0] == "Completed"
+
+    wait_until(completed, 30, "the job to complete")
+    wait_until(lambda: bool(agent.events("spool.delivery_failed")), 30, "a failed delivery")
+    agent.kill()
+    blocker.rmdir()
+    agent.start()
+    wait_until((spool / "done" / "stuck.result.json").is_file, 30, "the result file")
+    assert agent.stop() == 0
+    record = json.loads((spool / "done" / "stuck.result.json").read_text())
+    assert record["status"] == "Completed"
+    assert record["result"] == {"answer": 42}
+    assert record["attempts"] == 1
+    assert sorted(path.name for path in (spool / "done").iterdir()) == [
+        "stuck.job.json",
+        "stuck.result.json",
+    ]
+    assert list((spool / "active").iterdir()) == []
+    assert list((spool / ".claimed").iterdir()) == []
+    assert store.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0

@@ -57,7 +57,6 @@ class Refused:
 class Unsettled:
     name: str
     retry_in: float
-    put_back: bool = False  # moved back to incoming/, where its writer may still append
 
 
 Examined = Ready | Refused | Unsettled
@@ -75,13 +74,25 @@ def take(incoming: Path, claimed: Path, name: str) -> bool:
     return True
 
 
-def put_back(incoming: Path, claimed: Path, name: str) -> bool:
-    """Return a file that is not complete yet to incoming/ (a `cp` may reopen it
-    by name); False when another file took the name meanwhile."""
-    if os.path.lexists(incoming / name):
-        return False
-    os.rename(claimed / name, incoming / name)
-    return True
+def still_arriving(incoming: Path, name: str, config: SpoolConfig) -> Unsettled | None:
+    """A file in incoming/ that does not parse yet and changed within the settle
+    interval: possibly still being copied in (`cp` writes in place), so it is
+    left where its writer may still append. None: claim it. Nothing is decided
+    from this read; the file is checked and read again once claimed."""
+    try:
+        read = _read_safely(incoming, name, config)
+    except AgentError:
+        return None  # refused once claimed, with the reason
+    if read is None:
+        return None
+    data, info = read
+    try:
+        json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        unchanged_for = time.time() - info.st_mtime
+        if unchanged_for < config.settle_seconds:
+            return Unsettled(name, config.settle_seconds - unchanged_for + 0.05)
+    return None
 
 
 def examine(claimed: Path, name: str, config: SpoolConfig, prepare: Prepare) -> Examined | None:

@@ -44,15 +44,16 @@ def write_atomically(path: Path, data: bytes, *, durable: bool = True, mode: int
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
-        os.write(fd, data)
-        if durable:
-            os.fsync(fd)
+        try:
+            os.write(fd, data)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        temporary.replace(path)
     except BaseException:
-        os.close(fd)
         temporary.unlink(missing_ok=True)
         raise
-    os.close(fd)
-    temporary.replace(path)
 
 
 def sync_filesystem(path: Path) -> None:

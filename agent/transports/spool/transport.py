@@ -254,28 +254,36 @@ class SpoolTransport:
                 del self._incoming[name]
             for name in again:
                 del self._claimed[name]
-            looked = await trio.to_thread.run_sync(self._take_and_examine, intake, names, again)
+            arriving, looked = await trio.to_thread.run_sync(
+                self._take_and_examine, intake, names, again
+            )
+            for item in arriving:
+                self._later[item.name] = trio.current_time() + item.retry_in
             await self._record(intake, looked)
 
     def _take_and_examine(
         self, intake: TransportIntake, names: list[str], claimed: list[str]
-    ) -> list[claim.Examined]:
+    ) -> tuple[list[claim.Unsettled], list[claim.Examined]]:
+        """Claim what is complete among `names`, then examine it and the `claimed`;
+        answers the files left in incoming/ for now, and what was examined."""
+
         def prepare(raw: object, stable_id: str | None, origin: str) -> Any:
             return intake.prepare(raw, transport=self.name, job_id=stable_id, origin=origin)
 
-        taken = [
-            name for name in names if claim.take(self.dirs["incoming"], self.dirs[CLAIMED], name)
-        ]
         looked: list[claim.Examined] = []
+        arriving: list[claim.Unsettled] = []
+        taken = []
+        for name in names:
+            unsettled = claim.still_arriving(self.dirs["incoming"], name, self.config)
+            if unsettled is not None:
+                arriving.append(unsettled)
+            elif claim.take(self.dirs["incoming"], self.dirs[CLAIMED], name):
+                taken.append(name)
         for name in (*claimed, *taken):
             examined = claim.examine(self.dirs[CLAIMED], name, self.config, prepare)
-            if isinstance(examined, claim.Unsettled) and claim.put_back(
-                self.dirs["incoming"], self.dirs[CLAIMED], name
-            ):
-                examined = claim.Unsettled(name, examined.retry_in, put_back=True)
             if examined is not None:
                 looked.append(examined)
-        return looked
+        return arriving, looked
 
     async def _record(self, intake: TransportIntake, looked: list[claim.Examined]) -> None:
         """Submit the jobs; quarantine what is refused; look again at what is unsettled."""
@@ -283,8 +291,7 @@ class SpoolTransport:
         refused = [item for item in looked if isinstance(item, claim.Refused)]
         for item in looked:
             if isinstance(item, claim.Unsettled):
-                waiting = self._later if item.put_back else self._claimed
-                waiting[item.name] = trio.current_time() + item.retry_in
+                self._claimed[item.name] = trio.current_time() + item.retry_in
         duplicates: list[str] = []
         if ready:
             await intake.wait_for_room(len(ready))

@@ -19,7 +19,16 @@ from trio_websocket import open_websocket_url
 from agent.config import Config
 from agent.daemon import Agent
 from agent.host_stats import cpu_percent, cpu_times, meminfo
-from tests.http_helpers import ADMIN, READ, SUBMIT, client, serving, wait_terminal, with_http
+from tests.http_helpers import (
+    ADMIN,
+    READ,
+    SUBMIT,
+    client,
+    http_of,
+    serving,
+    wait_terminal,
+    with_http,
+)
 
 
 @pytest.fixture
@@ -180,8 +189,8 @@ async def test_the_same_idempotency_key_twice_is_one_job(served: Agent) -> None:
 
 
 async def test_action_events_arrive_on_the_websocket(served: Agent) -> None:
-    assert served.http is not None
-    url = served.http.url.replace("http://", "ws://") + "/api/v1/ws"
+    assert http_of(served) is not None
+    url = http_of(served).url.replace("http://", "ws://") + "/api/v1/ws"
     async with client(served, ADMIN) as http:
         name = await new_vm(served, http)
         auth = [("Authorization", f"Bearer {ADMIN}")]
