@@ -9,6 +9,7 @@ still run.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -17,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from agent.config import Config, PolicyConfig
 from agent.daemon import Agent
 from tests.http_helpers import ADMIN, READ, SUBMIT, client, serving, wait_terminal, with_http
 from tests.jobs import job_document
+from tests.spoolkit import drop
 
 SECRET = b"planted-secret-7f3c9a"
 MIB = 1024 * 1024
@@ -318,15 +321,8 @@ async def test_the_allowed_paths_still_work(agent: Agent, host: Host) -> None:
 
 
 async def test_the_spool_quarantines_what_the_policy_refuses(agent: Agent, host: Host) -> None:
-    import json
-
-    import trio
-
-    from agent.transports.spool.transport import write_durably
-
     name = "evil.json"
-    document = job_document("image.checksum", {"path": "/etc/shadow"})
-    write_durably(host.spool / "incoming" / name, json.dumps(document).encode())
+    drop(host.spool, name, job_document("image.checksum", {"path": "/etc/shadow"}))
     report = host.spool / "failed" / f"{name}.error.json"
     with trio.fail_after(10):
         while not report.exists():

@@ -83,12 +83,17 @@ def still_arriving(incoming: Path, name: str, config: SpoolConfig) -> Unsettled 
         read = _read_safely(incoming, name, config)
     except AgentError:
         return None  # refused once claimed, with the reason
+    except OSError as exc:  # out of descriptors: look again later
+        background.note_failure("spool.claim", exc)
+        return Unsettled(name, 1.0)
     if read is None:
         return None
     data, info = read
     try:
-        json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        parse_json(data)  # complete JSON the contract refuses (10,000 deep) is claimed
+    except ValidationError:
+        return None  # and refused once claimed, with the reason
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError: maybe still being written
         unchanged_for = time.time() - info.st_mtime
         if unchanged_for < config.settle_seconds:
             return Unsettled(name, config.settle_seconds - unchanged_for + 0.05)
