@@ -16,6 +16,7 @@ import trio
 from agent import background, metrics
 from agent.capabilities import Capabilities
 from agent.config import Config, restart_keys
+from agent.diskspace import SpaceFloor
 from agent.dispatcher import Dispatcher
 from agent.errors import AgentError
 from agent.events import EventBus
@@ -124,6 +125,8 @@ class Agent:
             health=self.health,
         )
         self.intake.resources = ResourceView(self.libvirt, config)
+        self.space = SpaceFloor(config.state_dir, config.state_min_free_bytes)
+        self.intake.space = self.space
         # Each transport the config turns on; it brings its health, features and outbox.
         self.transports: list[Transport] = []
         for spec in transports:
@@ -144,6 +147,9 @@ class Agent:
         raise KeyError(name)
 
     async def _store_health(self) -> tuple[Status, str, dict[str, Any]]:
+        full = self.space.status(getattr(self.store, "disk_full", False))
+        if full is not None:
+            return full  # named first: a full disk is what an operator must see
         counts = await self.store.count_by_status()
         figures = {
             "queue_depth": self.dispatcher.queue_depth,
@@ -211,6 +217,7 @@ class Agent:
             self.intake,
             self.capabilities,
             self.policy,
+            self.space,
             *self.transports,
         ):
             if not isinstance(part, Reloadable):

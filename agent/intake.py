@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from agent import metrics
 from agent.capabilities import Capabilities
+from agent.diskspace import SpaceFloor
 from agent.dispatcher import Dispatcher
 from agent.errors import AgentError, DrainingError, ExpiredError, QueueFullError
 from agent.events import EventBus, Subscription
@@ -177,6 +178,8 @@ class Intake:
         # Direct reads of VMs, pools, networks and the host (set by the daemon); their
         # actions still come in here as jobs.
         self.resources: ResourceView | None = None
+        # Refuses new jobs (503) while the state disk is below its free-space floor.
+        self.space: SpaceFloor | None = None
 
     @property
     def accepting(self) -> bool:
@@ -235,6 +238,8 @@ class Intake:
                 f"The pending queue is full ({self._max_pending} jobs)",
                 details={"queue_depth": self._dispatcher.queue_depth},
             )
+        if self.space is not None:
+            self.space.check()
         outcomes = await self._store.insert_jobs(jobs)
         answers: list[Submission | AgentError] = []
         for outcome in outcomes:

@@ -8,6 +8,7 @@ jobs are safe to run again; reboot and reset are not.
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid as uuid_module
 from collections.abc import Callable
 from typing import Any, Literal
@@ -370,9 +371,12 @@ async def screenshot(payload: ScreenshotPayload, ctx: JobContext) -> dict[str, A
         stream = conn.newStream(0)
         try:
             mime = dom.screenshot(stream, payload.screen, 0)
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(mode=0o750, parents=True, exist_ok=True)
             path = folder / f"screen.{_EXTENSIONS.get(mime, 'bin')}"
-            with path.open("wb") as out:
+            # Owner and group only, whatever the umask (a screen may show secrets).
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+            os.fchmod(fd, 0o640)
+            with os.fdopen(fd, "wb") as out:
                 while chunk := stream.recv(1 << 16):
                     out.write(chunk)
             stream.finish()

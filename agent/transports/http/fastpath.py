@@ -61,7 +61,7 @@ class FastPaths:
                 report = {
                     "status": "unhealthy",
                     "timestamp": utc_now(),
-                    "components": {"agent": {"status": "unhealthy", "message": repr(exc)}},
+                    "components": {"agent": {"status": "unhealthy", "reason": repr(exc)}},
                 }
             self._health = json.dumps({"success": True, "data": report}).encode()
             if not started:

@@ -32,7 +32,7 @@ from agent.jobs import JOB_ID_PATTERN
 from agent.outbox import Outbox, OutboxInterest
 from agent.transports.spool import claim
 from agent.transports.spool.delivery import deliver
-from agent.transports.spool.layout import CLAIMED, spool_dirs
+from agent.transports.spool.layout import CLAIMED, DIR_MODES, spool_dirs
 from agent.transports.spool.settings import SpoolConfig
 
 log = structlog.get_logger("agent.spool")
@@ -119,7 +119,10 @@ class SpoolTransport:
 
     def _make_dirs(self) -> None:
         for name, path in self.dirs.items():
-            path.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                path.mkdir(parents=True, exist_ok=True)
+                # The modes of systemd/hostagent.tmpfiles, whatever the umask.
+                path.chmod(DIR_MODES.get(name, 0o750))
             if name == CLAIMED:
                 path.chmod(0o700)
         # Temporaries of ours that a crash left half-written (see write_atomically).
