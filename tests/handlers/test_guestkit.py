@@ -45,6 +45,13 @@ def disks() -> dict[str, Path]:
     }
 
 
+@pytest.fixture
+def config(config: Config) -> Config:
+    # The cached test disks are an image root too (the path policy refuses the rest).
+    roots = [*config.policy.image_roots, guestdisks.CACHE]
+    return config.model_copy(update={"policy": PolicyConfig(image_roots=roots)})
+
+
 def module_config(root: Path) -> Config:
     return Config(
         state_dir=root / "state",
