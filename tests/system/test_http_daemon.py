@@ -307,7 +307,9 @@ def test_no_request_gets_a_5xx(daemon: str, openapi: dict[str, Any], data: st.Da
     assert response.status_code < 500, seen
     if conforming:
         assert str(response.status_code) in operation["responses"], seen
-        if method == "get" and token == ADMIN:
+        # The job API's reads (where the attack found the document wrong) must succeed;
+        # the resource view's reads depend on libvirt's state, so only their codes count.
+        if method == "get" and token == ADMIN and path.startswith("/api/v1/jobs"):
             assert response.status_code in (200, 404), seen
     if response.headers.get("content-type", "").startswith("application/json"):
         answer = response.json()
