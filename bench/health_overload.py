@@ -152,6 +152,7 @@ def main() -> int:
         load = subprocess.Popen(
             [
                 sys.executable,
+                "-P",  # bench/ on sys.path would shadow the standard library (inspect.py)
                 str(ROOT / "bench" / "_load.py"),
                 *("--port", str(port), "--path", "/api/v1/jobs", "--method", "POST"),
                 *("--body-template", str(template), "--conns", "32"),
