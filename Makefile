@@ -11,12 +11,15 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 # system Python and a kernel for its appliance (/boot may be empty) for guestkit jobs.
 RUN_PACKAGES := libvirt-dev pkg-config gcc qemu-utils \
 	libguestfs-tools python3-guestfs linux-image-amd64
-# Tests also start a real libvirtd with QEMU.
-TEST_PACKAGES := $(RUN_PACKAGES) libvirt-daemon-system qemu-system-x86 systemd
+# Tests also start a real libvirtd with QEMU, and real Kafka brokers (scripts/kafka-broker:
+# Maven fetches the pinned jars once, Java 17 runs them).
+TEST_PACKAGES := $(RUN_PACKAGES) libvirt-daemon-system qemu-system-x86 systemd \
+	openjdk-17-jre-headless maven
 
 RUN_ARGS ?=
 
-.PHONY: run test lint bench bench-http bench-inspect system-deps-run system-deps-test clean
+.PHONY: run test test-fast lint bench bench-http bench-inspect bench-kafka system-deps-run \
+	system-deps-test clean
 
 # `make run` serves the HTTP API on 127.0.0.1:8080 without tokens, for local development;
 # the agent refuses --insecure-no-auth on any non-loopback address.
@@ -29,6 +32,11 @@ test: system-deps-test $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest --cov --cov-report=term-missing:skip-covered
+
+# The inner loop: everything but the real-process soak tests (marked slow); no mypy.
+test-fast: system-deps-test $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/pytest -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -43,6 +51,9 @@ bench-http: system-deps-run $(STAMP)
 
 bench-inspect: system-deps-run $(STAMP)
 	$(BIN)/python bench/inspect.py
+
+bench-kafka: system-deps-test $(STAMP)
+	$(BIN)/python bench/kafka.py
 
 system-deps-run:
 	@scripts/apt-ensure $(RUN_PACKAGES)

@@ -13,6 +13,8 @@ from agent.cli_resources import add_commands
 from agent.config import Config, load_config
 from agent.errors import AgentError, BadRequestError
 from agent.jobs import JobState, new_job_id
+from agent.transports.kafka import KafkaSettings
+from agent.transports.kafka import _cli as kafka_cli
 
 if TYPE_CHECKING:
     from agent.client import AgentClient
@@ -80,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --url: show progress and logs live, then print the result",
     )
     submit.add_argument("--wait-timeout", type=float, default=3600.0)
+    kafka_cli.add_submit_arguments(submit)
+    kafka_cli.add_commands(commands)
+    for name in ("fleet", "decommission"):
+        _common(commands.choices[name])
 
     jobs = commands.add_parser("jobs", help="list jobs")
     _common(jobs)
@@ -238,6 +244,10 @@ def _submit(args: argparse.Namespace, config: Config) -> int:
     from agent.transports.spool.layout import drop_job
 
     document = _document(args)
+    if args.kafka or args.host or args.pool or args.broadcast:
+        return kafka_cli.submit(
+            args, kafka_cli.settings_from(args, config.section(KafkaSettings)), document
+        )
     remote = _remote(args)
     if remote is not None:
         return _submit_http(args, remote, document)
@@ -485,4 +495,6 @@ _COMMANDS = {
     "caps": _caps,
     "health": _health,
     "token": _token,
+    "fleet": kafka_cli.fleet,
+    "decommission": kafka_cli.retire,
 }

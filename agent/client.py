@@ -26,6 +26,7 @@ from agent.errors import (
     UnauthorizedError,
     ValidationError,
 )
+from agent.jobs import JobStatus
 
 _BY_CODE: dict[str, type[AgentError]] = {
     cls.code: cls
@@ -40,7 +41,6 @@ _BY_CODE: dict[str, type[AgentError]] = {
         QueueFullError,
     )
 }
-TERMINAL = ("Completed", "Failed", "Cancelled")
 
 
 class AgentClient:
@@ -155,7 +155,7 @@ class AgentClient:
                         view.show(message)
                     if message["type"] in ("initial_status", "status"):
                         state: dict[str, Any] = message["data"]
-                        if state["status"] in TERMINAL:
+                        if JobStatus(state["status"]).terminal:
                             return state
             # The stream ended early (agent restart, or this client fell behind): reopen;
             # initial_status brings the job's state up to date.

@@ -20,7 +20,7 @@ from agent.diskspace import SpaceFloor
 from agent.dispatcher import Dispatcher
 from agent.errors import AgentError
 from agent.events import EventBus
-from agent.handlers import guestkit, image, network, storage, system, vm, vm_snapshot
+from agent.handlers import guestkit, image, network, storage, system, vm, vm_screen, vm_snapshot
 from agent.handlers.storage_roots import refresh_pool_roots
 from agent.health import Health, Status
 from agent.hypervisor import LibvirtConnection
@@ -54,6 +54,7 @@ def build_registry() -> Registry:
             *system.HANDLERS,
             *vm.HANDLERS,
             *vm_snapshot.HANDLERS,
+            *vm_screen.HANDLERS,
             *storage.HANDLERS,
             *network.HANDLERS,
             *image.HANDLERS,

@@ -66,27 +66,29 @@ class SpaceFloor:
     def reload(self, config: Any) -> None:
         self.min_free = config.state_min_free_bytes
 
-    def _figures(self) -> tuple[int, int]:
+    def _figures(self) -> tuple[int, int] | None:
+        """(free, total), or None when the filesystem cannot be asked (no directory
+        yet, an in-memory store): the floor then refuses nothing."""
         at, free, total = self._checked
         now = time.monotonic()
         if now - at > _CACHE_SECONDS:
             try:
                 free, total = free_bytes(self.path)
             except OSError:
-                return free, total
+                return None
             self._checked = (now, free, total)
         return free, total
 
     def check(self) -> None:
         """StorageFullError (503) when below the floor."""
-        free, _ = self._figures()
-        if self.min_free and free < self.min_free:
-            raise storage_full(self.path, free=free)
+        figures = self._figures()
+        if figures is not None and self.min_free and figures[0] < self.min_free:
+            raise storage_full(self.path, free=figures[0])
 
     def status(self, store_full: bool) -> tuple[Status, str, dict[str, Any]] | None:
         """The store's health when its disk is the trouble, else None."""
-        free, total = self._figures()
+        free, total = self._figures() or (-1, -1)
         figures = {"path": str(self.path), "free_bytes": free, "total_bytes": total}
-        if store_full or (self.min_free and free < self.min_free):
+        if store_full or (self.min_free and 0 <= free < self.min_free):
             return "unhealthy", f"job store disk full: {self.path} ({free} bytes free)", figures
         return None

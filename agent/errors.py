@@ -129,7 +129,8 @@ class PayloadTooLargeError(AgentError):
 
 
 class UnavailableError(AgentError):
-    """Something an answer needs (the libvirt connection) is not there now; retry later."""
+    """Something an answer needs (the libvirt connection, a Kafka broker) is not there now;
+    retry later."""
 
     code = "UNAVAILABLE"
     http_status = 503

@@ -104,7 +104,7 @@ def _version() -> str:
 
 BUILD_INFO.info({"version": _version()})
 
-_FINAL = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+_FINAL = [status for status in JobStatus if status.terminal]
 
 
 def record_accepted(transport: str) -> None:

@@ -24,6 +24,7 @@ from agent.errors import ConflictError, HypervisorError, NotFoundError, Unavaila
 from agent.handlers.domain_xml import describe_devices
 from agent.handlers.network import network_summary
 from agent.handlers.storage import pool_summary, volume_summary
+from agent.handlers.vm_screen import capture_screen
 from agent.handlers.vm_snapshot import describe_snapshot
 from agent.hypervisor import (
     DOMAIN_STATES,
@@ -171,19 +172,7 @@ def _vm_description(conn: Any, name: str) -> tuple[Any, dict[str, Any]]:
 
 
 def _screenshot(conn: Any, name: str, screen: int) -> tuple[str, bytes]:
-    dom = lookup_domain(conn, name, None)
-    stream = conn.newStream(0)
-    chunks = []
-    try:
-        mime = dom.screenshot(stream, screen, 0)
-        while chunk := stream.recv(1 << 16):
-            chunks.append(chunk)
-        stream.finish()
-    except BaseException:
-        with contextlib.suppress(Exception):  # the error being raised is the one to report
-            stream.abort()
-        raise
-    return str(mime), b"".join(chunks)
+    return capture_screen(conn, lookup_domain(conn, name, None), screen)
 
 
 def _pool_info(pool: Any) -> dict[str, Any]:

@@ -47,52 +47,6 @@ def client(agent: Agent, token: str | None = ADMIN, **kwargs: Any) -> httpx.Asyn
     return httpx.AsyncClient(base_url=http_of(agent).url, headers=headers, **kwargs)
 
 
-def echo(job_id: str | None = None, **extra: Any) -> dict[str, Any]:
-    document: dict[str, Any] = {
-        "version": "1.0",
-        "kind": "VMOperation",
-        "operation": "system.echo",
-        "payload": {"type": "system.echo.v1", "data": {"message": "hello"}},
-        **extra,
-    }
-    if job_id is not None:
-        document["job_id"] = job_id
-    return document
-
-
-def sleep_job(job_id: str, seconds: float) -> dict[str, Any]:
-    return {
-        "version": "1.0",
-        "job_id": job_id,
-        "kind": "VMOperation",
-        "operation": "system.sleep",
-        "payload": {"type": "system.sleep.v1", "data": {"seconds": seconds}},
-    }
-
-
-async def wait_terminal(agent: Agent, job_id: str) -> str:
-    """The job's final status word (follows the event bus; no polling)."""
-    with agent.intake.events() as subscription:
-        state = await agent.intake.status(job_id)
-        if state.status.terminal:
-            return state.status.value
-        async for event in subscription.receive:
-            if event["job_id"] == job_id and event["type"] == "status":
-                status: str = event["data"]["status"]
-                if status in ("Completed", "Failed", "Cancelled"):
-                    return status
-    raise AssertionError("event stream ended")
-
-
-async def wait_running(agent: Agent, job_id: str) -> None:
-    with agent.intake.events() as subscription:
-        if (await agent.intake.status(job_id)).status.value == "Running":
-            return
-        async for event in subscription.receive:
-            if event["job_id"] == job_id and event["data"].get("status") == "Running":
-                return
-
-
 def http_of(agent: Agent) -> HttpTransport:
     """The agent's HTTP transport (it must be on)."""
     transport = agent.transport("http")

@@ -1,48 +1,85 @@
-"""Running one job through the intake and waiting for its end, for handler tests."""
+"""Job documents for tests, and waiting for a job to reach a status (no polling)."""
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
 
 from agent.daemon import Agent
-from agent.jobs import JobState
+from agent.jobs import JobState, JobStatus
 
 _ids = itertools.count()
 
 
-def job_document(operation: str, data: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {
+def job(
+    job_id: str | None,
+    operation: str = "system.echo",
+    data: dict[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A version 1.0 job document; without a `job_id` the agent assigns one."""
+    document: dict[str, Any] = {
         "version": "1.0",
-        "job_id": f"{operation.replace('.', '-')}-{next(_ids)}",
         "kind": "VMOperation",
         "operation": operation,
-        "payload": {"type": f"{operation}.v1", "data": data},
+        "payload": {"type": f"{operation}.v1", "data": {} if data is None else data},
         **extra,
     }
+    if job_id is not None:
+        document["job_id"] = job_id
+    return document
 
 
-async def submit(agent: Agent, operation: str, data: dict[str, Any], **extra: Any) -> str:
-    submission = await agent.intake.submit(job_document(operation, data, **extra), transport="test")
-    return submission.state.job_id
+def job_document(operation: str, data: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """A job document with an id of its own (unique in this test run)."""
+    return job(f"{operation.replace('.', '-')}-{next(_ids)}", operation, data, **extra)
 
 
-async def wait_done(agent: Agent, job_id: str, *, within: float = 60) -> JobState:
-    """The job's final status (waits on the event bus, not by polling)."""
+def echo_job(job_id: str | None = None, **extra: Any) -> dict[str, Any]:
+    return job(job_id, "system.echo", {"message": "hello"}, **extra)
+
+
+def sleep_job(job_id: str, seconds: float, **extra: Any) -> dict[str, Any]:
+    return job(job_id, "system.sleep", {"seconds": seconds}, **extra)
+
+
+async def wait_until(
+    agent: Agent, job_id: str, reached: Callable[[JobStatus], bool], *, within: float = 60
+) -> JobState:
+    """The job's state once `reached(status)` (follows the event bus, never polls)."""
     with agent.intake.events() as subscription, trio.fail_after(within):
         state = await agent.intake.status(job_id)
-        if state.status.terminal:
+        if reached(state.status):
             return state
         async for event in subscription.receive:
             if (
                 event["type"] == "status"
                 and event["job_id"] == job_id
-                and event["data"]["status"] in ("Completed", "Failed", "Cancelled")
+                and reached(JobStatus(event["data"]["status"]))
             ):
                 return await agent.intake.status(job_id)
     raise AssertionError("event stream ended")
+
+
+async def wait_done(agent: Agent, job_id: str, *, within: float = 60) -> JobState:
+    """The job's final state."""
+    return await wait_until(agent, job_id, lambda status: status.terminal, within=within)
+
+
+async def wait_running(agent: Agent, job_id: str, *, within: float = 60) -> JobState:
+    """The job's state once it has started (or, if it was quick, ended)."""
+    return await wait_until(
+        agent, job_id, lambda status: status is JobStatus.RUNNING or status.terminal, within=within
+    )
+
+
+async def submit(agent: Agent, operation: str, data: dict[str, Any], **extra: Any) -> str:
+    submission = await agent.intake.submit(job_document(operation, data, **extra), transport="test")
+    return submission.state.job_id
 
 
 async def run_job(
@@ -68,3 +105,19 @@ async def failed(agent: Agent, operation: str, data: dict[str, Any], **extra: An
     assert state.status == "Failed", f"expected failure, got {state.status}"
     assert state.error is not None
     return state.error
+
+
+@asynccontextmanager
+async def dispatching(agent: Agent) -> AsyncIterator[Agent]:
+    """The agent's store and dispatcher, running; no transports, libvirt or
+    capability refreshes (they use worker threads, which a mock clock does not
+    wait for). The store is closed after, keeping what it holds: the next
+    agent on the same store is a restart."""
+    await agent.store.open()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(agent.dispatcher.run)
+            yield agent
+            nursery.cancel_scope.cancel()
+    finally:
+        await agent.store.aclose()

@@ -145,18 +145,3 @@ class Service:
             self.process.kill()
             self.process.wait(timeout=10)
         self.socket.close()
-
-
-def job_document(job_id: str, operation: str, **data: Any) -> dict[str, Any]:
-    """A version 1.0 job document for `operation` (payload version 1)."""
-    return {
-        "version": "1.0",
-        "job_id": job_id,
-        "kind": "VMOperation",
-        "operation": operation,
-        "payload": {"type": f"{operation}.v1", "data": data},
-    }
-
-
-def sleep_job(job_id: str, seconds: float) -> dict[str, Any]:
-    return job_document(job_id, "system.sleep", seconds=seconds)

@@ -13,24 +13,6 @@ from agent.daemon import Agent
 from agent.transports.spool.transport import SpoolTransport
 
 
-def job(
-    job_id: str | None,
-    operation: str = "system.echo",
-    data: dict[str, Any] | None = None,
-    **extra: Any,
-) -> dict[str, Any]:
-    document: dict[str, Any] = {
-        "version": "1.0",
-        "kind": "Test",
-        "operation": operation,
-        "payload": {"type": f"{operation}.v1", "data": {} if data is None else data},
-        **extra,
-    }
-    if job_id is not None:
-        document["job_id"] = job_id
-    return document
-
-
 def drop(spool: Path, name: str, document: dict[str, Any] | bytes, *, direct: bool = False) -> None:
     """Write a job file: by default the Maildir way (tmp/, fsync, rename); with
     `direct`, straight into incoming/ like `cp` does."""

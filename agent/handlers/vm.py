@@ -7,8 +7,6 @@ jobs are safe to run again; reboot and reset are not.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import uuid as uuid_module
 from collections.abc import Callable
 from typing import Any, Literal
@@ -16,7 +14,6 @@ from typing import Any, Literal
 import trio
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agent.config import Config
 from agent.context import JobContext
 from agent.domain_policy import DOMAIN_XML_RULES, admit_define
 from agent.errors import HandlerError
@@ -354,41 +351,6 @@ async def autostart(payload: AutostartPayload, ctx: JobContext) -> dict[str, Any
     return await connection(ctx).call(run)
 
 
-class ScreenshotPayload(DomainRef):
-    screen: int = Field(default=0, ge=0)
-
-
-_EXTENSIONS = {"image/png": "png", "image/x-portable-pixmap": "ppm"}
-
-
-@handler("vm.screenshot", payload=ScreenshotPayload, rerun_safe=True, resource=domain_resource)
-async def screenshot(payload: ScreenshotPayload, ctx: JobContext) -> dict[str, Any]:
-    """Save the domain's screen as a job artifact (PNG when the driver gives PNG)."""
-    folder = ctx.get(Config).state_dir / "artifacts" / ctx.job_id
-
-    def run(conn: Any) -> dict[str, Any]:
-        dom = payload.lookup(conn)
-        stream = conn.newStream(0)
-        try:
-            mime = dom.screenshot(stream, payload.screen, 0)
-            folder.mkdir(mode=0o750, parents=True, exist_ok=True)
-            path = folder / f"screen.{_EXTENSIONS.get(mime, 'bin')}"
-            # Owner and group only, whatever the umask (a screen may show secrets).
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-            os.fchmod(fd, 0o640)
-            with os.fdopen(fd, "wb") as out:
-                while chunk := stream.recv(1 << 16):
-                    out.write(chunk)
-            stream.finish()
-        except BaseException:
-            with contextlib.suppress(Exception):  # the error being raised is the one to report
-                stream.abort()
-            raise
-        return summary(dom, path=str(path), mime_type=mime, size_bytes=path.stat().st_size)
-
-    return await connection(ctx).call(run)
-
-
 HANDLERS = (
     list_domains,
     info,
@@ -402,5 +364,4 @@ HANDLERS = (
     resume,
     undefine,
     autostart,
-    screenshot,
 )

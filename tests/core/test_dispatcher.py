@@ -1,48 +1,29 @@
-"""Dispatcher: priority, concurrency bound, timeouts, cancellation, child processes."""
+"""Dispatcher: priority, concurrency bound, timeouts, cancellation, recovery.
+
+Most run on trio's autojump clock with the in-memory store, so an hour's
+timeout takes milliseconds. The ones that start real processes run on the
+real clock and the SQLite store (a mock clock would jump past a process
+starting in a worker thread).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
+from structlog.testing import capture_logs
 
 from agent.config import Config
 from agent.context import JobContext
 from agent.daemon import Agent
 from agent.errors import ConflictError
 from agent.handlers.system import EchoPayload
-from agent.jobs import JobState, JobStatus
+from agent.jobs import JobStatus
+from agent.outbox import OutboxInterest
 from agent.registry import handler
-
-
-def job(
-    job_id: str, operation: str = "system.echo", data: dict[str, Any] | None = None, **extra: Any
-) -> dict[str, Any]:
-    return {
-        "version": "1.0",
-        "job_id": job_id,
-        "kind": "Test",
-        "operation": operation,
-        "payload": {"type": f"{operation}.v1", "data": data or {}},
-        **extra,
-    }
-
-
-async def wait_terminal(agent: Agent, job_id: str) -> JobState:
-    with agent.intake.events() as subscription:
-        state = await agent.intake.status(job_id)
-        if state.status.terminal:
-            return state
-        async for event in subscription.receive:
-            if (
-                event["job_id"] == job_id
-                and event["type"] == "status"
-                and JobStatus(event["data"]["status"]).terminal
-            ):
-                return await agent.intake.status(job_id)
-    raise AssertionError("event stream ended")
+from tests.jobs import dispatching, echo_job, job, sleep_job, wait_done, wait_running
+from tests.memstore import MemoryStore
 
 
 def processes_running(marker: str) -> list[int]:
@@ -60,32 +41,47 @@ def processes_running(marker: str) -> list[int]:
 
 
 @pytest.fixture
-def config(config):  # type: ignore[no-untyped-def]
+def config(config: Config) -> Config:
     return config.model_copy(update={"max_concurrent_jobs": 1})
 
 
-async def test_higher_priority_first_and_fifo_within_a_priority(agent: Agent) -> None:
-    await agent.intake.submit(job("blocker", "system.sleep", {"seconds": 0.3}), transport="t")
-    order = [("low-1", 1), ("high-1", 9), ("low-2", 1), ("high-2", 9), ("mid", 5)]
-    for job_id, priority in order:
-        await agent.intake.submit(job(job_id, priority=priority), transport="t")
-    for job_id, _ in order:
-        await wait_terminal(agent, job_id)
-    states = [await agent.intake.status(job_id) for job_id, _ in order]
-    by_start = sorted(states, key=lambda state: state.started_at or "")
-    assert [state.job_id for state in by_start] == ["high-1", "high-2", "mid", "low-1", "low-2"]
+@pytest.fixture
+def store() -> MemoryStore:
+    return MemoryStore()
 
 
-async def test_concurrency_never_exceeds_the_bound(config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    bounded = config.model_copy(update={"max_concurrent_jobs": 2})
-    async with trio.open_nursery() as nursery:
-        agent: Agent = await nursery.start(Agent(bounded).run)
-        most = 0
+@pytest.fixture
+def core(config: Config, store: MemoryStore) -> Agent:
+    """An agent on the memory store, without transports (see tests.jobs.dispatching)."""
+    return Agent(config, store=store, transports=())
+
+
+async def test_higher_priority_first_and_fifo_within_a_priority(
+    core: Agent, store: MemoryStore, autojump_clock: trio.testing.MockClock
+) -> None:
+    store.register_consumer("t", OutboxInterest())  # its "running" entries: the start order
+    async with dispatching(core):
+        await core.intake.submit(sleep_job("blocker", 30), transport="t")
+        await wait_running(core, "blocker")
+        order = [("low-1", 1), ("high-1", 9), ("low-2", 1), ("high-2", 9), ("mid", 5)]
+        for job_id, priority in order:
+            await core.intake.submit(echo_job(job_id, priority=priority), transport="t")
+        for job_id, _ in order:
+            assert (await wait_done(core, job_id)).status is JobStatus.COMPLETED
+        entries = await store.outbox_entries("t", 0, 100)
+    started = [entry.job_id for entry in entries if entry.event == "running"]
+    assert started == ["blocker", "high-1", "high-2", "mid", "low-1", "low-2"]
+
+
+async def test_concurrency_never_exceeds_the_bound(
+    config: Config, store: MemoryStore, autojump_clock: trio.testing.MockClock
+) -> None:
+    agent = Agent(config.model_copy(update={"max_concurrent_jobs": 2}), store=store, transports=())
+    most = 0
+    async with dispatching(agent):
         with agent.intake.events() as subscription:
             for n in range(5):
-                await agent.intake.submit(
-                    job(f"s{n}", "system.sleep", {"seconds": 0.05}), transport="t"
-                )
+                await agent.intake.submit(sleep_job(f"s{n}", 10), transport="t")
             finished = 0
             async for event in subscription.receive:
                 most = max(most, agent.dispatcher.running_count)
@@ -93,25 +89,116 @@ async def test_concurrency_never_exceeds_the_bound(config, tmp_path: Path) -> No
                     finished += 1
                     if finished == 5:
                         break
-        assert most == 2
-        nursery.cancel_scope.cancel()
+    assert most == 2
+    # Two at a time, ten seconds each: the last pair ends at thirty seconds.
+    assert 30 <= trio.current_time() < 31
 
 
-@pytest.mark.parametrize("child_process", [False, True])
-async def test_timeout_fails_the_job_and_stops_its_process(
-    agent: Agent, child_process: bool
+async def test_timeout_fails_the_job_at_its_deadline(
+    core: Agent, autojump_clock: trio.testing.MockClock
 ) -> None:
-    marker = "31.4159" if child_process else "31.4158"
-    await agent.intake.submit(
-        job(
-            "slow",
-            "system.sleep",
-            {"seconds": float(marker), "child_process": child_process},
-            timeout_seconds=0.5,
-        ),
-        transport="t",
-    )
-    state = await wait_terminal(agent, "slow")
+    async with dispatching(core):
+        began = trio.current_time()
+        await core.intake.submit(sleep_job("slow", 86400, timeout_seconds=600), transport="t")
+        state = await wait_done(core, "slow", within=700)
+        took = trio.current_time() - began
+        logs = await core.intake.logs("slow")
+    assert state.status is JobStatus.FAILED
+    assert state.error == "Job timed out after 600 seconds"
+    assert 600 <= took < 601
+    progress = [entry for entry in logs if entry["type"] == "progress"]
+    assert len(progress) == 600  # one a second until the deadline
+
+
+async def test_timeout_is_capped_by_max_timeout(
+    config: Config, store: MemoryStore, autojump_clock: trio.testing.MockClock
+) -> None:
+    capped_config = config.model_copy(update={"max_timeout_seconds": 60})
+    capped = Agent(capped_config, store=store, transports=())
+    async with dispatching(capped):
+        await capped.intake.submit(sleep_job("slow", 86400, timeout_seconds=3600), transport="t")
+        state = await wait_done(capped, "slow", within=120)
+    assert state.error == "Job timed out after 60 seconds"
+
+
+async def test_cancel_running_job_stops_it_and_a_second_cancel_conflicts(
+    core: Agent, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with dispatching(core):
+        await core.intake.submit(sleep_job("victim", 3600), transport="t")
+        await wait_running(core, "victim")
+        await trio.sleep(5)
+        state = await core.intake.cancel("victim")
+        assert (state.status, state.error) == (JobStatus.CANCELLED, "Cancelled by request")
+        assert 5 <= trio.current_time() < 6  # at once, not at the end of the hour
+        with pytest.raises(ConflictError):
+            await core.intake.cancel("victim")
+        assert core.dispatcher.running_count == 0
+
+
+async def test_cancel_pending_job_never_runs_it(
+    core: Agent, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with dispatching(core):
+        await core.intake.submit(sleep_job("blocker", 30), transport="t")
+        await wait_running(core, "blocker")
+        await core.intake.submit(echo_job("queued"), transport="t")
+        assert core.dispatcher.queue_depth == 1
+        state = await core.intake.cancel("queued")
+        assert state.status is JobStatus.CANCELLED
+        assert state.started_at is None
+        assert core.dispatcher.queue_depth == 0
+        assert (await wait_done(core, "blocker")).status is JobStatus.COMPLETED
+        queued = await core.intake.status("queued")
+    assert (queued.status, queued.attempts) == (JobStatus.CANCELLED, 0)
+
+
+async def test_a_handler_returning_a_non_json_result_fails_the_job(
+    config: Config, store: MemoryStore, autojump_clock: trio.testing.MockClock
+) -> None:
+    @handler("test.unjsonable", payload=EchoPayload, rerun_safe=True)
+    async def unjsonable(payload: EchoPayload, ctx: JobContext) -> object:
+        return {"when": object()}
+
+    agent = Agent(config, store=store, transports=(), extra_handlers=[unjsonable])
+    async with dispatching(agent):
+        await agent.intake.submit(job("u", "test.unjsonable"), transport="t")
+        odd = await wait_done(agent, "u")
+    assert odd.status is JobStatus.FAILED
+    assert odd.error is not None
+    assert odd.error.startswith("Handler returned a non-JSON result")
+
+
+async def test_restart_recovers_pending_and_running_jobs(
+    config: Config, store: MemoryStore, autojump_clock: trio.testing.MockClock
+) -> None:
+    first = Agent(config, store=store, transports=())  # one job at a time
+    async with dispatching(first):
+        await first.intake.submit(sleep_job("long", 30), transport="t")
+        await first.intake.submit(echo_job("after"), transport="t")
+        await wait_running(first, "long")
+    # Cancelled like a crash: "long" stays Running, "after" Pending.
+    wider = Agent(config.model_copy(update={"max_concurrent_jobs": 2}), store=store, transports=())
+    with capture_logs() as logs:
+        async with dispatching(wider):
+            assert wider.dispatcher.reruns == 1
+            assert (await wait_done(wider, "after")).status is JobStatus.COMPLETED
+            rerun = await wait_running(wider, "long")
+    assert (rerun.status, rerun.attempts) == (JobStatus.RUNNING, 2)
+    recovered = [entry for entry in logs if entry["event"] == "dispatcher.recovered"]
+    assert recovered == [
+        {"event": "dispatcher.recovered", "requeued": 1, "failed": 0, "log_level": "warning"}
+    ]
+
+
+# --- real processes, real clock, the SQLite store ---
+
+
+async def test_timeout_stops_the_process_the_handler_started(agent: Agent) -> None:
+    marker = "31.4159"
+    document = job("slow", "system.sleep", {"seconds": float(marker), "child_process": True})
+    await agent.intake.submit({**document, "timeout_seconds": 0.5}, transport="t")
+    state = await wait_done(agent, "slow")
     assert state.status is JobStatus.FAILED
     assert state.error == "Job timed out after 0.5 seconds"
     assert processes_running(marker) == []
@@ -137,54 +224,16 @@ async def test_cancel_running_job_kills_its_child_process(agent: Agent) -> None:
         await agent.intake.cancel("victim")
 
 
-async def test_cancel_pending_job_never_runs_it(agent: Agent) -> None:
-    await agent.intake.submit(job("blocker", "system.sleep", {"seconds": 0.3}), transport="t")
-    await agent.intake.submit(job("queued"), transport="t")
-    state = await agent.intake.cancel("queued")
-    assert state.status is JobStatus.CANCELLED
-    assert state.started_at is None
-    assert agent.dispatcher.queue_depth == 0
-    await wait_terminal(agent, "blocker")
-    assert (await agent.intake.status("queued")).attempts == 0
-
-
-async def test_handler_failure_inside_a_nursery_reports_the_real_reason(
-    config: Config,
-) -> None:
+async def test_handler_failure_inside_a_nursery_reports_the_real_reason(config: Config) -> None:
     @handler("test.fail", payload=EchoPayload, rerun_safe=True)
     async def fail(payload: EchoPayload, ctx: JobContext) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(ctx.run_process, ["sh", "-c", "echo disk on fire >&2; exit 3"])
 
-    @handler("test.unjsonable", payload=EchoPayload, rerun_safe=True)
-    async def unjsonable(payload: EchoPayload, ctx: JobContext) -> object:
-        return {"when": object()}
-
     async with trio.open_nursery() as nursery:
-        agent: Agent = await nursery.start(Agent(config, extra_handlers=[fail, unjsonable]).run)
+        agent: Agent = await nursery.start(Agent(config, extra_handlers=[fail]).run)
         await agent.intake.submit(job("f", "test.fail"), transport="t")
-        await agent.intake.submit(job("u", "test.unjsonable"), transport="t")
-        failed = await wait_terminal(agent, "f")
+        failed = await wait_done(agent, "f")
         assert failed.status is JobStatus.FAILED
         assert failed.error == "sh exited with status 3: disk on fire"
-        odd = await wait_terminal(agent, "u")
-        assert odd.status is JobStatus.FAILED
-        assert odd.error is not None
-        assert odd.error.startswith("Handler returned a non-JSON result")
-        nursery.cancel_scope.cancel()
-
-
-async def test_restart_recovers_pending_jobs(config: Config) -> None:
-    async with trio.open_nursery() as nursery:
-        agent: Agent = await nursery.start(Agent(config).run)  # one job at a time
-        await agent.intake.submit(job("long", "system.sleep", {"seconds": 30}), transport="t")
-        await agent.intake.submit(job("after"), transport="t")
-        nursery.cancel_scope.cancel()  # like a crash: "long" stays Running, "after" Pending
-    async with trio.open_nursery() as nursery:
-        agent = await nursery.start(Agent(config.model_copy(update={"max_concurrent_jobs": 2})).run)
-        assert agent.dispatcher.reruns == 1
-        assert (await wait_terminal(agent, "after")).status is JobStatus.COMPLETED
-        rerun = await agent.intake.status("long")
-        assert rerun.attempts == 2
-        assert rerun.status is JobStatus.RUNNING
         nursery.cancel_scope.cancel()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import trio
 from prometheus_client.parser import text_string_to_metric_families
@@ -12,7 +11,7 @@ from agent import metrics
 from agent.daemon import Agent
 from agent.events import Subscription
 from agent.jobs import JobStatus
-from tests.service import job_document, sleep_job
+from tests.jobs import echo_job, sleep_job
 from tests.spoolkit import spool_of
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -30,10 +29,6 @@ def scrape() -> Samples:
 
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def echo_job(job_id: str) -> dict[str, Any]:
-    return job_document(job_id, "system.echo", n=job_id)
 
 
 async def wait_until_final(subscription: Subscription, job_ids: list[str]) -> None:

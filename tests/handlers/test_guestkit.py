@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -117,10 +118,12 @@ class held_open_for_writing:  # noqa: N801 (reads as the context manager it is)
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        ready = subprocess.run(
-            ["qemu-img", "info", "-U", str(self.path)], capture_output=True, check=True
-        )
-        assert ready.returncode == 0
+        # Ready once the write lock is taken: a plain `qemu-img info` is refused for it.
+        deadline = time.monotonic() + 30
+        probe = ["qemu-img", "info", str(self.path)]
+        while subprocess.run(probe, capture_output=True, check=False).returncode == 0:
+            assert time.monotonic() < deadline, "qemu-io never took the image's lock"
+            time.sleep(0.05)
 
     def __exit__(self, *exc_info: object) -> None:
         assert self.process is not None
@@ -136,6 +139,7 @@ def completed(outcome: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+@pytest.mark.slow
 def test_inspect_reports_the_planted_guest(
     outcomes: dict[str, dict[str, Any]], disks: dict[str, Path]
 ) -> None:
@@ -170,12 +174,14 @@ def test_inspect_reports_the_planted_guest(
     ]
 
 
+@pytest.mark.slow
 def test_inspect_reads_a_disk_a_writer_holds_locked(outcomes: dict[str, dict[str, Any]]) -> None:
     assert outcomes["lock"]["info_without_share"] != 0
     assert "lock" in outcomes["lock"]["stderr"]
     completed(outcomes["inspect"])
 
 
+@pytest.mark.slow
 def test_inspect_reports_progress_at_each_stage(outcomes: dict[str, dict[str, Any]]) -> None:
     messages = [
         event["data"].get("message")
@@ -187,6 +193,7 @@ def test_inspect_reports_progress_at_each_stage(outcomes: dict[str, dict[str, An
     assert "hashing" in messages[: messages.index("launch")]  # the checksum came first
 
 
+@pytest.mark.slow
 def test_profile_reports_exactly_the_planted_findings(
     outcomes: dict[str, dict[str, Any]],
 ) -> None:
@@ -229,6 +236,7 @@ def test_profile_reports_exactly_the_planted_findings(
     }
 
 
+@pytest.mark.slow
 def test_profile_of_a_clean_guest_finds_nothing(outcomes: dict[str, dict[str, Any]]) -> None:
     result = completed(outcomes["clean"])
     assert result["operating_system"]["hostname"] == guestdisks.CLEAN_HOSTNAME
@@ -236,6 +244,7 @@ def test_profile_of_a_clean_guest_finds_nothing(outcomes: dict[str, dict[str, An
     assert result["summary"]["total"] == 0
 
 
+@pytest.mark.slow
 def test_health_names_the_accelerator_after_a_job(outcomes: dict[str, dict[str, Any]]) -> None:
     component = outcomes["health"]["components"]["guestfs"]
     assert component["status"] == "healthy"
@@ -411,6 +420,7 @@ def test_release_end_of_life_is_read_from_the_guests_distro_info() -> None:
     assert _findings.release_rules(no_data, date(2099, 1, 1)) == []
 
 
+@pytest.mark.slow
 def test_client_flow_against_a_running_agent(
     tmp_path: Path, disks: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -18,7 +18,8 @@ from agent.config import Config, LibvirtConfig
 from agent.daemon import Agent
 from agent.transports.spool.settings import SpoolConfig
 from tests.handlers.conftest import state_of
-from tests.http_helpers import client, serving, wait_terminal, with_http
+from tests.http_helpers import client, serving, with_http
+from tests.jobs import wait_done
 from tests.libvirtd import PrivateLibvirtd
 
 
@@ -40,7 +41,7 @@ async def act(agent: Agent, http: httpx.AsyncClient, method: str, path: str, **k
     assert response.status_code == 202, response.text
     job_id = response.json()["data"]["job_id"]
     assert response.headers["Location"] == f"/api/v1/jobs/{job_id}"
-    assert await wait_terminal(agent, job_id) == "Completed", (
+    assert (await wait_done(agent, job_id)).status.value == "Completed", (
         await http.get(f"/api/v1/jobs/{job_id}")
     ).text
     return (await http.get(f"/api/v1/jobs/{job_id}/result")).json()["data"]

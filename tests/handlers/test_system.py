@@ -7,19 +7,19 @@ import socket
 
 from agent.daemon import Agent
 from agent.jobs import JobStatus
-from tests.core.test_dispatcher import job, wait_terminal
+from tests.jobs import job, wait_done
 
 
 async def test_echo_answers_its_payload(agent: Agent) -> None:
     data = {"message": "hello", "nested": {"n": [1, 2]}}
     await agent.intake.submit(job("echo", data=data), transport="t")
-    assert (await wait_terminal(agent, "echo")).status is JobStatus.COMPLETED
+    assert (await wait_done(agent, "echo")).status is JobStatus.COMPLETED
     assert await agent.intake.result("echo") == data
 
 
 async def test_info_reports_host_facts(agent: Agent) -> None:
     await agent.intake.submit(job("info", "system.info"), transport="t")
-    assert (await wait_terminal(agent, "info")).status is JobStatus.COMPLETED
+    assert (await wait_done(agent, "info")).status is JobStatus.COMPLETED
     facts = await agent.intake.result("info")
     assert facts["hostname"] == socket.gethostname()
     assert facts["cpus"] == os.cpu_count()
@@ -32,7 +32,7 @@ async def test_info_reports_host_facts(agent: Agent) -> None:
 
 async def test_sleep_reports_progress_each_second(agent: Agent) -> None:
     await agent.intake.submit(job("nap", "system.sleep", {"seconds": 1.2}), transport="t")
-    assert (await wait_terminal(agent, "nap")).status is JobStatus.COMPLETED
+    assert (await wait_done(agent, "nap")).status is JobStatus.COMPLETED
     progress = [
         e["data"]["percent"] for e in await agent.intake.logs("nap") if e["type"] == "progress"
     ]

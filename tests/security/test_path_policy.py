@@ -22,8 +22,8 @@ import trio
 
 from agent.config import Config, PolicyConfig
 from agent.daemon import Agent
-from tests.http_helpers import ADMIN, READ, SUBMIT, client, serving, wait_terminal, with_http
-from tests.jobs import job_document
+from tests.http_helpers import ADMIN, READ, SUBMIT, client, serving, with_http
+from tests.jobs import job_document, wait_done
 from tests.spoolkit import drop
 
 SECRET = b"planted-secret-7f3c9a"
@@ -291,7 +291,7 @@ async def test_a_backing_file_outside_the_roots_fails_the_job_without_reading_it
         response = await submitter.post("/api/v1/jobs", json=document)
         assert response.status_code == 201
         job_id = response.json()["data"]["job_id"]
-        assert await wait_terminal(agent, job_id) == "Failed"
+        assert (await wait_done(agent, job_id)).status.value == "Failed"
         status = (await reader.get(f"/api/v1/jobs/{job_id}")).json()["data"]
         assert "outside the image roots" in status["error"]
     assert not (host.root / "o.raw").exists()
@@ -315,7 +315,7 @@ async def test_the_allowed_paths_still_work(agent: Agent, host: Host) -> None:
             response = await submitter.post("/api/v1/jobs", json=job_document(operation, data))
             assert response.status_code == 201, (operation, response.text)
             job_id = response.json()["data"]["job_id"]
-            assert await wait_terminal(agent, job_id) == "Completed", operation
+            assert (await wait_done(agent, job_id)).status.value == "Completed", operation
     for made in ("made.qcow2", "subdir/copy.qcow2"):
         assert (root / made).stat().st_mode & 0o777 == 0o640  # whatever the umask
 

@@ -12,7 +12,7 @@ import pytest
 
 from agent.cli import main
 from tests.agentproc import AgentProcess
-from tests.spoolkit import job
+from tests.jobs import job
 
 
 def hostagent(*args: str) -> subprocess.CompletedProcess[str]:
@@ -25,6 +25,7 @@ def hostagent(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_submit_wait_status_result_logs_and_jobs(tmp_path: Path) -> None:
     state, spool = tmp_path / "state", tmp_path / "spool"
     where = ["--state-dir", str(state), "--spool-dir", str(spool)]

@@ -11,8 +11,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.agentproc import AgentProcess
-from tests.spoolkit import drop, job
+from tests.jobs import job
+from tests.spoolkit import drop
 
 
 def wait_until(check: Callable[[], bool], limit: float, what: str) -> None:
@@ -27,6 +30,7 @@ def results(spool: Path) -> list[Path]:
     return list((spool / "done").glob("*.result.json"))
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_loses_no_job(tmp_path: Path) -> None:
     state, spool = tmp_path / "state", tmp_path / "spool"
     total, kills = 2000, 6
@@ -71,6 +75,7 @@ def test_kill_9_at_random_moments_loses_no_job(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_twenty_thousand_files_dropped_while_stopped_are_each_taken_once(tmp_path: Path) -> None:
     state, spool = tmp_path / "state", tmp_path / "spool"
     total = 20_000

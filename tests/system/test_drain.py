@@ -1,5 +1,9 @@
 """Graceful shutdown: stop intake, let running jobs finish within the drain
-budget, interrupt the rest, and let restart recovery resolve them."""
+budget, interrupt the rest, and let restart recovery resolve them.
+
+The drain logic runs on the autojump clock and the in-memory store; the real
+daemon's SIGTERM path runs once, as a process, at the end.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from typing import Any
 import pytest
 import trio
 from pydantic import BaseModel
+from structlog.testing import capture_logs
 
 from agent import metrics
 from agent.config import Config, ServiceConfig
@@ -19,10 +24,12 @@ from agent.context import JobContext
 from agent.daemon import Agent
 from agent.errors import QueueFullError
 from agent.jobs import JobState, JobStatus
-from agent.registry import handler
+from agent.registry import Handler, handler
 from agent.store.queries import get_job, get_transitions
 from agent.store.schema import connect
-from tests.service import Service, job_document, sleep_job
+from tests.jobs import dispatching, job, sleep_job, wait_done, wait_running
+from tests.memstore import MemoryStore
+from tests.service import Service
 
 
 class HoldPayload(BaseModel):
@@ -38,28 +45,7 @@ async def hold(payload: HoldPayload, ctx: JobContext) -> dict[str, Any]:
 
 
 def hold_job(job_id: str, seconds: float) -> dict[str, Any]:
-    return job_document(job_id, "test.hold", seconds=seconds)
-
-
-def with_test_handlers(config: Config) -> Agent:
-    agent = Agent(config)
-    agent.registry.add(hold)
-    return agent
-
-
-async def wait_for(agent: Agent, job_id: str, status: JobStatus) -> JobState:
-    with trio.fail_after(15):
-        while (state := await agent.intake.status(job_id)).status != status:
-            await trio.sleep(0.01)
-    return state
-
-
-def transitions(agent: Agent, job_id: str) -> list[tuple[str, str | None]]:
-    conn = connect(agent.config.store_path, readonly=True)
-    try:
-        return [(item["status"], item["reason"]) for item in get_transitions(conn, job_id)]
-    finally:
-        conn.close()
+    return job(job_id, "test.hold", {"seconds": seconds})
 
 
 @pytest.fixture
@@ -68,41 +54,56 @@ def drain_config(config: Config) -> Config:
     return config
 
 
-async def test_drain_finishes_short_jobs_and_interrupts_long_ones(drain_config: Config) -> None:
-    async with trio.open_nursery() as nursery:
-        agent: Agent = await nursery.start(Agent(drain_config).run)
-        await agent.intake.submit(sleep_job("short", 0.2), transport="test")
-        await agent.intake.submit(sleep_job("long", 2.0), transport="test")
-        await agent.intake.submit(sleep_job("queued", 0.1), transport="test")
-        await wait_for(agent, "short", JobStatus.RUNNING)
-        await wait_for(agent, "long", JobStatus.RUNNING)
-        began = trio.current_time()
-        interrupted = await agent.drain()
-        took = trio.current_time() - began
-        print(f"drain took {took:.3f}s with a budget of 1s")
-        assert interrupted == ["long"]
-        assert took < 1 + 5
-        assert (await agent.intake.status("short")).status is JobStatus.COMPLETED
-        assert (await agent.intake.status("long")).status is JobStatus.RUNNING
-        assert (await agent.intake.status("queued")).status is JobStatus.PENDING
-        assert agent.status_line() == "Draining: 0 running, 1 queued for the next start"
-        with pytest.raises(QueueFullError) as refused:
-            await agent.intake.submit(sleep_job("late", 0), transport="test")
-        assert refused.value.details == {"reason": "draining"}
-        nursery.cancel_scope.cancel()
-    assert transitions(agent, "long")[-1] == (
-        "Running",
-        "Interrupted by shutdown after the drain budget",
+@pytest.fixture
+def store() -> MemoryStore:
+    return MemoryStore()
+
+
+def on(store: MemoryStore, config: Config, *handlers: Handler) -> Agent:
+    """An agent on `store` (see tests.jobs.dispatching); a second one is a restart."""
+    return Agent(config, store=store, transports=(), extra_handlers=handlers)
+
+
+def statuses(store: MemoryStore, job_id: str) -> list[str]:
+    return [item["status"] for item in store.transitions(job_id)]
+
+
+async def test_drain_finishes_short_jobs_and_interrupts_long_ones(
+    drain_config: Config, store: MemoryStore, autojump_clock: trio.testing.MockClock
+) -> None:
+    agent = on(store, drain_config)  # two at a time
+    with capture_logs() as logs:
+        async with dispatching(agent):
+            await agent.intake.submit(sleep_job("short", 0.2), transport="test")
+            await agent.intake.submit(sleep_job("long", 2.0), transport="test")
+            await agent.intake.submit(sleep_job("queued", 0.1), transport="test")
+            await wait_running(agent, "short")
+            await wait_running(agent, "long")
+            began = trio.current_time()
+            interrupted = await agent.drain()
+            took = trio.current_time() - began
+            assert interrupted == ["long"]
+            assert 1.0 <= took < 1.01  # the budget, not the long job's two seconds
+            assert (await agent.intake.status("short")).status is JobStatus.COMPLETED
+            assert (await agent.intake.status("long")).status is JobStatus.RUNNING
+            assert (await agent.intake.status("queued")).status is JobStatus.PENDING
+            assert agent.status_line() == "Draining: 0 running, 1 queued for the next start"
+            with pytest.raises(QueueFullError) as refused:
+                await agent.intake.submit(sleep_job("late", 0), transport="test")
+            assert refused.value.details == {"reason": "draining"}
+    [drained] = [entry for entry in logs if entry["event"] == "agent.drained"]
+    assert (drained["interrupted"], drained["left_queued"]) == (["long"], 1)
+    assert store.transitions("long")[-1]["reason"] == (
+        "Interrupted by shutdown after the drain budget"
     )
 
-    async with trio.open_nursery() as nursery:
-        restarted: Agent = await nursery.start(Agent(drain_config).run)
+    restarted = on(store, drain_config)
+    async with dispatching(restarted):
         assert restarted.dispatcher.reruns == 1
-        long = await wait_for(restarted, "long", JobStatus.COMPLETED)
-        await wait_for(restarted, "queued", JobStatus.COMPLETED)
-        nursery.cancel_scope.cancel()
-    assert long.attempts == 2
-    assert [status for status, _ in transitions(restarted, "long")] == [
+        long = await wait_done(restarted, "long")
+        assert (await wait_done(restarted, "queued")).status is JobStatus.COMPLETED
+    assert (long.status, long.attempts) == (JobStatus.COMPLETED, 2)
+    assert statuses(store, "long") == [
         "Pending",
         "Running",
         "Running",  # interrupted by shutdown
@@ -113,38 +114,35 @@ async def test_drain_finishes_short_jobs_and_interrupts_long_ones(drain_config: 
 
 
 async def test_interrupted_unsafe_job_fails_on_restart_and_waiting_job_stays_pending(
-    drain_config: Config,
+    drain_config: Config, store: MemoryStore, autojump_clock: trio.testing.MockClock
 ) -> None:
     drain_config.service.drain_seconds = 0.2
-    async with trio.open_nursery() as nursery:
-        agent: Agent = await nursery.start(with_test_handlers(drain_config).run)
+    agent = on(store, drain_config, hold)
+    async with dispatching(agent):
         await agent.intake.submit(hold_job("holder", 30), transport="test")
-        await wait_for(agent, "holder", JobStatus.RUNNING)
+        await wait_running(agent, "holder")
         await agent.intake.submit(hold_job("waiter", 0.05), transport="test")
-        with trio.fail_after(5):
-            # Taken off the queue while the holder runs: the waiter waits for vm-1's lock.
-            while agent.dispatcher.queue_depth > 0:
-                await trio.sleep(0.01)
+        await trio.testing.wait_all_tasks_blocked()
+        # Taken off the queue by the free worker, it waits for vm-1's lock.
+        assert agent.dispatcher.queue_depth == 0
         assert await agent.drain() == ["holder"]
         waiter = await agent.intake.status("waiter")
         assert (waiter.status, waiter.attempts) == (JobStatus.PENDING, 0)
-        nursery.cancel_scope.cancel()
 
     failed = ("hostagent_jobs_finished_total", {"operation": "test.hold", "status": "Failed"})
     before = metrics.REGISTRY.get_sample_value(*failed) or 0
-    async with trio.open_nursery() as nursery:
-        restarted: Agent = await nursery.start(with_test_handlers(drain_config).run)
+    restarted = on(store, drain_config, hold)
+    async with dispatching(restarted):
         assert metrics.REGISTRY.get_sample_value(*failed) == before + 1
         holder = await restarted.intake.status("holder")
-        await wait_for(restarted, "waiter", JobStatus.COMPLETED)
-        nursery.cancel_scope.cancel()
+        assert (await wait_done(restarted, "waiter")).status is JobStatus.COMPLETED
     assert holder.status is JobStatus.FAILED
     assert holder.error is not None
     assert "not safe to re-run" in holder.error
 
 
 async def test_a_handler_that_ignores_cancellation_is_abandoned_after_the_grace(
-    drain_config: Config,
+    drain_config: Config, store: MemoryStore, autojump_clock: trio.testing.MockClock
 ) -> None:
     drain_config.service = ServiceConfig(drain_seconds=0.1, cancel_grace_seconds=0.2)
 
@@ -153,17 +151,18 @@ async def test_a_handler_that_ignores_cancellation_is_abandoned_after_the_grace(
         with trio.CancelScope(shield=True):
             await trio.sleep(payload.seconds)
 
-    agent = Agent(drain_config)
-    agent.registry.add(stubborn)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(agent.run)
-        document = job_document("stubborn", "test.stubborn", seconds=1.0)
-        await agent.intake.submit(document, transport="test")
-        await wait_for(agent, "stubborn", JobStatus.RUNNING)
-        began = trio.current_time()
-        assert await agent.drain() == []
-        assert trio.current_time() - began < 1.0  # gave up before the handler ended
-        nursery.cancel_scope.cancel()
+    agent = on(store, drain_config, stubborn)
+    with capture_logs() as logs:
+        async with dispatching(agent):
+            document = job("stubborn", "test.stubborn", {"seconds": 60})
+            await agent.intake.submit(document, transport="test")
+            await wait_running(agent, "stubborn")
+            began = trio.current_time()
+            assert await agent.drain() == []
+            took = trio.current_time() - began
+    assert 0.3 <= took < 0.31  # the budget and the grace, not the handler's minute
+    abandoned = [entry for entry in logs if entry["event"] == "agent.drain_abandoned"]
+    assert [entry["still_running"] for entry in abandoned] == [1]
 
 
 # --- the real daemon: SIGTERM, drain, exit 0, restart ---
@@ -189,6 +188,7 @@ def read_job(service: Service, job_id: str) -> tuple[JobState, list[dict[str, An
         conn.close()
 
 
+@pytest.mark.slow
 def test_sigterm_drains_and_restart_resolves_the_interrupted_job(service: Service) -> None:
     service.start()
     service.expect(lambda n: n.fields.get("READY") == "1", within=30)

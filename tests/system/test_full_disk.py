@@ -23,7 +23,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.spoolkit import drop, job
+from tests.jobs import job
+from tests.spoolkit import drop
 
 
 @pytest.fixture

@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 
 from agent.cli import main
 from agent.jobs import JOB_ID_PATTERN
-from tests.http_helpers import ADMIN, READ, TOKEN_ENTRIES, echo, sleep_job
+from tests.http_helpers import ADMIN, READ, TOKEN_ENTRIES
+from tests.jobs import echo_job, sleep_job
 
 AGENT = [
     sys.executable,
@@ -220,7 +221,7 @@ def _from_schema(  # noqa: PLR0911, PLR0912 (one branch per schema keyword)
 
 
 _HTTP = httpx.Client()  # one keep-alive pool for every example
-_VALID = echo()
+_VALID = echo_job()
 _NEARLY_VALID = st.builds(
     lambda key, value: {**_VALID, key: value}, st.sampled_from(sorted(_VALID)), _JSON
 )

@@ -13,7 +13,7 @@ from agent.daemon import Agent
 from agent.jobs import JobStatus
 from agent.logging_config import _LEVEL_FILTER, configure_logging, set_log_level
 from agent.transports.spool.settings import SpoolConfig
-from tests.service import job_document, sleep_job
+from tests.jobs import job, sleep_job
 from tests.spoolkit import spool_of
 
 
@@ -125,7 +125,7 @@ async def test_reload_reaches_the_limits_handlers_read(config: Config, tmp_path:
         await agent.reload(agent.config.model_copy(update={"max_disk_size_gb": 1}))
         (tmp_path / "images").mkdir()  # the test config's image root
         image = {"path": str(tmp_path / "images" / "big.qcow2"), "size_bytes": 2 * 1024**3}
-        await agent.intake.submit(job_document("big", "image.create", **image), transport="test")
+        await agent.intake.submit(job("big", "image.create", image), transport="test")
         with trio.fail_after(10):
             while not (state := await agent.intake.status("big")).status.terminal:
                 await trio.sleep(0.01)

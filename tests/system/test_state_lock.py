@@ -9,7 +9,8 @@ from pathlib import Path
 
 from agent.cli import main
 from tests.agentproc import AgentProcess
-from tests.spoolkit import drop, job
+from tests.jobs import job
+from tests.spoolkit import drop
 
 
 def test_a_second_agent_is_refused_and_nothing_runs_twice(tmp_path: Path) -> None:

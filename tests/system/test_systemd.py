@@ -28,7 +28,8 @@ from agent.systemd import (
     socket_address,
     watchdog_interval,
 )
-from tests.service import Service, sleep_job
+from tests.jobs import sleep_job
+from tests.service import Service
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -331,6 +332,7 @@ def service(tmp_path: Path) -> Iterator[Service]:
     running.close()
 
 
+@pytest.mark.slow
 def test_the_daemon_speaks_sd_notify(service: Service) -> None:
     service.watchdog_usec = 400_000  # pings expected every 0.2 s
     service.environment = {"HOSTAGENT_SERVICE__STATUS_INTERVAL_SECONDS": "0.05"}

@@ -32,6 +32,7 @@ from agent import metrics
 from agent.errors import AgentError, BadRequestError, NotFoundError
 from agent.events import Event, Subscription
 from agent.intake import TransportIntake
+from agent.jobs import JobStatus
 from agent.transports.http.api import API, Route, authorize, error_response, state
 
 log = structlog.get_logger("agent.http.events")
@@ -64,7 +65,7 @@ class _Filter:
 
     def follow(self, job_id: str, status: dict[str, Any]) -> None:
         self.jobs.add(job_id)
-        if status.get("status") in ("Completed", "Failed", "Cancelled"):
+        if JobStatus(status["status"]).terminal:
             self._final.add(job_id)
         else:
             self._final.discard(job_id)

@@ -21,8 +21,6 @@ from agent.transports.spool.layout import (
     write_atomically,
 )
 
-_FINAL_EVENTS = frozenset({"completed", "failed", "cancelled"})
-
 
 def deliver(dirs: dict[str, Path], entries: list[OutboxEntry]) -> None:
     """Apply a batch of entries in order, then make them durable with one flush."""
@@ -31,7 +29,7 @@ def deliver(dirs: dict[str, Path], entries: list[OutboxEntry]) -> None:
         if entry.event == "accepted" and entry.data.get("origin"):
             _move(dirs[".claimed"] / entry.data["origin"], dirs["active"], entry.job_id)
             changed = True
-        elif entry.event in _FINAL_EVENTS:
+        elif entry.state.status.terminal:
             changed = True
             record = {**entry.state.model_dump(mode="json"), "result": entry.data.get("result")}
             # Durable with the whole batch below: the entry is acknowledged only after.

@@ -10,20 +10,18 @@ import trio
 
 from agent.config import Config
 from agent.daemon import Agent
+from agent.jobs import JobStatus
 from tests.http_helpers import (
     ADMIN,
     CANCEL,
     READ,
     SUBMIT,
     client,
-    echo,
     http_of,
     serving,
-    sleep_job,
-    wait_running,
-    wait_terminal,
     with_http,
 )
+from tests.jobs import echo_job, sleep_job, wait_done, wait_running
 from tests.spoolkit import spool_of
 
 
@@ -35,7 +33,7 @@ async def served(config: Config) -> AsyncIterator[Agent]:
 
 async def test_submit_answers_201_once_the_job_is_durable(served: Agent) -> None:
     async with client(served, SUBMIT) as http:
-        response = await http.post("/api/v1/jobs", json=echo("job-1"))
+        response = await http.post("/api/v1/jobs", json=echo_job("job-1"))
     assert response.status_code == 201
     body = response.json()
     assert body["success"] is True
@@ -45,21 +43,21 @@ async def test_submit_answers_201_once_the_job_is_durable(served: Agent) -> None
     assert body["data"]["created"] is True
     # Durable: the store has it (the answer was sent after the commit).
     assert (await served.intake.status("job-1")).transport == "http"
-    assert await wait_terminal(served, "job-1") == "Completed"
+    assert (await wait_done(served, "job-1")).status is JobStatus.COMPLETED
 
 
 async def test_submit_without_job_id_gets_one_assigned(served: Agent) -> None:
     async with client(served, SUBMIT) as http:
-        response = await http.post("/api/v1/jobs", json=echo())
+        response = await http.post("/api/v1/jobs", json=echo_job())
     assert response.status_code == 201
     assert len(response.json()["data"]["job_id"]) == 36
 
 
 async def test_identical_resubmit_answers_the_existing_job(served: Agent) -> None:
     async with client(served, SUBMIT) as http:
-        first = await http.post("/api/v1/jobs", json=echo("same"))
-        await wait_terminal(served, "same")
-        again = await http.post("/api/v1/jobs", json=echo("same"))
+        first = await http.post("/api/v1/jobs", json=echo_job("same"))
+        await wait_done(served, "same")
+        again = await http.post("/api/v1/jobs", json=echo_job("same"))
     assert first.status_code == again.status_code == 201
     assert again.json()["data"]["created"] is False
     assert again.json()["data"]["job"]["status"] == "Completed"
@@ -67,8 +65,8 @@ async def test_identical_resubmit_answers_the_existing_job(served: Agent) -> Non
 
 async def test_same_id_different_document_is_409_conflict(served: Agent) -> None:
     async with client(served, SUBMIT) as http:
-        await http.post("/api/v1/jobs", json=echo("taken"))
-        response = await http.post("/api/v1/jobs", json=echo("taken", kind="Other"))
+        await http.post("/api/v1/jobs", json=echo_job("taken"))
+        response = await http.post("/api/v1/jobs", json=echo_job("taken", kind="Other"))
     assert response.status_code == 409
     assert response.json()["error"] == "CONFLICT"
     assert response.json()["details"]["field"] == "job_id"
@@ -90,7 +88,7 @@ async def test_validation_errors_name_the_field_and_reason(
     served: Agent, change: dict[str, object], field: str, reason: str | None
 ) -> None:
     async with client(served, SUBMIT) as http:
-        response = await http.post("/api/v1/jobs", json={**echo("v"), **change})
+        response = await http.post("/api/v1/jobs", json={**echo_job("v"), **change})
     assert response.status_code == 400
     body = response.json()
     assert body["error"] == "VALIDATION_ERROR"
@@ -101,7 +99,7 @@ async def test_validation_errors_name_the_field_and_reason(
 
 
 async def test_unknown_operation_reason_names_it(served: Agent) -> None:
-    document = {**echo("u"), "operation": "vm.nope", "payload": {"type": "vm.nope.v1"}}
+    document = {**echo_job("u"), "operation": "vm.nope", "payload": {"type": "vm.nope.v1"}}
     async with client(served, SUBMIT) as http:
         response = await http.post("/api/v1/jobs", json=document)
     assert "vm.nope" in response.json()["details"]["reason"]
@@ -118,13 +116,13 @@ async def test_unreadable_bodies_are_400(served: Agent, body: bytes) -> None:
 
 
 async def test_batch_answers_each_job_in_order(served: Agent) -> None:
-    await served.intake.submit(echo("exists"), transport="test")
+    await served.intake.submit(echo_job("exists"), transport="test")
     jobs = [
-        echo("b-1"),
+        echo_job("b-1"),
         {"version": "1.0"},
-        echo("exists"),
-        echo("exists", kind="Changed"),
-        echo("b-2"),
+        echo_job("exists"),
+        echo_job("exists", kind="Changed"),
+        echo_job("b-2"),
     ]
     async with client(served, SUBMIT) as http:
         response = await http.post("/api/v1/jobs/batch", json={"jobs": jobs})
@@ -151,14 +149,14 @@ async def test_batch_needs_a_list_of_jobs(served: Agent, body: object) -> None:
 
 async def test_batch_size_is_bounded(config: Config) -> None:
     async with serving(with_http(config, max_batch_jobs=2)) as agent, client(agent) as http:
-        response = await http.post("/api/v1/jobs/batch", json={"jobs": [echo()] * 3})
+        response = await http.post("/api/v1/jobs/batch", json={"jobs": [echo_job()] * 3})
     assert response.status_code == 400
     assert "At most 2" in response.json()["message"]
 
 
 async def test_list_filters_and_pages_with_a_cursor(served: Agent) -> None:
     for number in range(5):
-        await served.intake.submit(echo(f"list-{number}"), transport="test")
+        await served.intake.submit(echo_job(f"list-{number}"), transport="test")
     await served.intake.submit(sleep_job("other-op", 0), transport="test")
     seen: list[str] = []
     cursor = None
@@ -177,7 +175,7 @@ async def test_list_filters_and_pages_with_a_cursor(served: Agent) -> None:
             if cursor is None:
                 break
         assert seen == [f"list-{number}" for number in range(5)]
-        await wait_terminal(served, "list-4")
+        await wait_done(served, "list-4")
         done = await http.get("/api/v1/jobs", params={"status": "Completed", "limit": 100})
         assert "list-4" in [job["job_id"] for job in done.json()["data"]["jobs"]]
 
@@ -202,8 +200,8 @@ async def test_list_rejects_bad_queries(served: Agent, params: dict[str, str], f
 
 
 async def test_status_and_result_of_a_job(served: Agent) -> None:
-    await served.intake.submit(echo("s-1"), transport="test")
-    await wait_terminal(served, "s-1")
+    await served.intake.submit(echo_job("s-1"), transport="test")
+    await wait_done(served, "s-1")
     async with client(served, READ) as http:
         status = await http.get("/api/v1/jobs/s-1")
         result = await http.get("/api/v1/jobs/s-1/result")
@@ -252,7 +250,7 @@ async def test_cancel_a_running_job_then_409_when_terminal(served: Agent) -> Non
 
 async def test_logs_hold_progress_events(served: Agent) -> None:
     await served.intake.submit(sleep_job("progressing", 0), transport="test")
-    await wait_terminal(served, "progressing")
+    await wait_done(served, "progressing")
     async with client(served, READ) as http:
         response = await http.get("/api/v1/jobs/progressing/logs")
     data = response.json()["data"]
@@ -296,7 +294,7 @@ async def test_metrics_scrape_sees_the_job_counters_move(served: Agent) -> None:
         before = (await http.get("/metrics")).text
         with served.intake.events() as subscription:
             for n in range(3):
-                assert (await http.post("/api/v1/jobs", json=echo(f"m-{n}"))).status_code == 201
+                assert (await http.post("/api/v1/jobs", json=echo_job(f"m-{n}"))).status_code == 201
             completed = 0
             async for event in subscription.receive:  # published once counted
                 completed += event["type"] == "status" and event["data"]["status"] == "Completed"
@@ -346,9 +344,9 @@ async def test_full_queue_is_503_with_retry_after(config: Config) -> None:
         for number in range(2):
             await agent.intake.submit(sleep_job(f"hold-{number}", 60), transport="test")
             await wait_running(agent, f"hold-{number}")
-        assert (await http.post("/api/v1/jobs", json=echo("fits"))).status_code == 201
-        response = await http.post("/api/v1/jobs", json=echo("overflow"))
-        batch = await http.post("/api/v1/jobs/batch", json={"jobs": [echo("b-overflow")]})
+        assert (await http.post("/api/v1/jobs", json=echo_job("fits"))).status_code == 201
+        response = await http.post("/api/v1/jobs", json=echo_job("overflow"))
+        batch = await http.post("/api/v1/jobs/batch", json={"jobs": [echo_job("b-overflow")]})
         for number in range(2):
             await http.post(f"/api/v1/jobs/hold-{number}/cancel")
     assert response.status_code == 503
@@ -360,7 +358,7 @@ async def test_full_queue_is_503_with_retry_after(config: Config) -> None:
 async def test_a_draining_agent_answers_503(served: Agent) -> None:
     served.intake.stop_accepting()
     async with client(served) as http:
-        response = await http.post("/api/v1/jobs", json=echo("late"))
+        response = await http.post("/api/v1/jobs", json=echo_job("late"))
     assert response.status_code == 503
     assert response.json()["error"] == "QUEUE_FULL"
     assert "Retry-After" in response.headers
@@ -368,7 +366,7 @@ async def test_a_draining_agent_answers_503(served: Agent) -> None:
 
 async def test_oversized_body_is_413(config: Config) -> None:
     async with serving(with_http(config, max_body_bytes=1000)) as agent, client(agent) as http:
-        big = echo("big", labels={"padding": "x" * 2000})
+        big = echo_job("big", labels={"padding": "x" * 2000})
         response = await http.post("/api/v1/jobs", json=big)
     assert response.status_code == 413
     assert response.json()["error"] == "PAYLOAD_TOO_LARGE"
@@ -430,5 +428,5 @@ async def test_keep_alive_survives_answers_sent_before_the_body_was_needed(
     async with client(served, "hat_wrong") as http:
         with trio.fail_after(20):
             for _ in range(20):
-                assert (await http.post("/api/v1/jobs", json=echo())).status_code == 401
+                assert (await http.post("/api/v1/jobs", json=echo_job())).status_code == 401
                 assert (await http.get("/api/v1/health")).status_code == 200

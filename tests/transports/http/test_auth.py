@@ -24,11 +24,11 @@ from tests.http_helpers import (
     READ,
     SUBMIT,
     client,
-    echo,
     http_of,
     serving,
     with_http,
 )
+from tests.jobs import echo_job
 
 ENDPOINTS = [
     ("POST", "/api/v1/jobs", "submit"),
@@ -57,7 +57,7 @@ async def test_missing_or_unknown_token_is_401(
 ) -> None:
     for token in (None, "hat_not-a-real-token"):
         async with client(served, token) as http:
-            response = await http.request(method, path, json=echo())
+            response = await http.request(method, path, json=echo_job())
         assert response.status_code == 401, (path, token)
         assert response.json()["error"] == "UNAUTHORIZED"
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
@@ -71,7 +71,7 @@ async def test_a_token_without_the_scope_is_403(
         if name == scope:
             continue
         async with client(served, token) as http:
-            response = await http.request(method, path, json=echo())
+            response = await http.request(method, path, json=echo_job())
         assert response.status_code == 403, (path, name)
         assert response.json()["error"] == "FORBIDDEN"
         assert response.json()["details"]["reason"] == f"Requires scope '{scope}'"
@@ -80,7 +80,7 @@ async def test_a_token_without_the_scope_is_403(
 async def test_the_right_scope_and_admin_get_through(served: Agent) -> None:
     for token in (SUBMIT, ADMIN):
         async with client(served, token) as http:
-            assert (await http.post("/api/v1/jobs", json=echo())).status_code == 201
+            assert (await http.post("/api/v1/jobs", json=echo_job())).status_code == 201
     for token in (READ, ADMIN):
         async with client(served, token) as http:
             assert (await http.get("/api/v1/capabilities")).status_code == 200
@@ -108,7 +108,7 @@ async def test_insecure_no_auth_on_loopback_needs_no_token(config: Config) -> No
         update={"http": HttpConfig(bind="127.0.0.1:0", insecure_no_auth=True)}
     )
     async with serving(settings) as agent, client(agent, None) as http:
-        assert (await http.post("/api/v1/jobs", json=echo())).status_code == 201
+        assert (await http.post("/api/v1/jobs", json=echo_job())).status_code == 201
 
 
 async def test_reload_swaps_tokens(served: Agent) -> None:

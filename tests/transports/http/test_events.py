@@ -18,7 +18,9 @@ from trio_websocket import (
 
 from agent.config import Config
 from agent.daemon import Agent
-from tests.http_helpers import READ, echo, http_of, serving, sleep_job, wait_terminal, with_http
+from agent.jobs import JobStatus
+from tests.http_helpers import READ, http_of, serving, with_http
+from tests.jobs import echo_job, sleep_job, wait_done
 from tests.spoolkit import spool_of
 
 
@@ -112,8 +114,8 @@ async def test_websocket_reports_bad_messages_and_unknown_jobs(served: Agent) ->
 
 
 async def test_a_finished_job_gets_no_stale_events(served: Agent) -> None:
-    await served.intake.submit(echo("done-before"), transport="test")
-    await wait_terminal(served, "done-before")
+    await served.intake.submit(echo_job("done-before"), transport="test")
+    await wait_done(served, "done-before")
     async with open_websocket_url(_ws_url(served), extra_headers=_auth()) as ws:
         initial = await _ask(ws, {"type": "subscribe_job", "job_id": "done-before"})
         assert initial["data"]["status"] == "Completed"
@@ -146,7 +148,9 @@ async def test_a_lagging_websocket_client_is_cut_off_without_slowing_jobs(
             await ws.send_message(json.dumps({"type": "subscribe_all"}))
             assert await _ask(ws, {"type": "ping"}) == {"type": "pong"}
             # 50 created events at once: far more than the client's buffer of 4.
-            jobs = [agent.intake.prepare(echo(f"burst-{n}"), transport="test") for n in range(50)]
+            jobs = [
+                agent.intake.prepare(echo_job(f"burst-{n}"), transport="test") for n in range(50)
+            ]
             await agent.intake.submit_many(jobs)
             with pytest.raises(ConnectionClosed) as closed:  # noqa: PT012 (drain, then closed)
                 with trio.fail_after(20):
@@ -155,7 +159,7 @@ async def test_a_lagging_websocket_client_is_cut_off_without_slowing_jobs(
             assert closed.value.reason.code == 1013
             # trio-websocket (the client) leaves its socket open when the server closes first.
             await ws._stream.aclose()
-        assert await wait_terminal(agent, "burst-49") == "Completed"
+        assert (await wait_done(agent, "burst-49")).status is JobStatus.COMPLETED
 
 
 class _RawSSE:
@@ -225,7 +229,7 @@ async def test_a_lagging_sse_client_gets_an_error_event_and_the_end(config: Conf
     async with serving(with_http(config, event_buffer=4)) as agent:
         sse = await _RawSSE.open(agent)
         async with sse.stream:
-            jobs = [agent.intake.prepare(echo(f"sse-{n}"), transport="test") for n in range(50)]
+            jobs = [agent.intake.prepare(echo_job(f"sse-{n}"), transport="test") for n in range(50)]
             await agent.intake.submit_many(jobs)
             with trio.fail_after(20):
                 messages = [message async for message in sse.messages()]

@@ -26,9 +26,9 @@ from tests.http_helpers import (
     client,
     http_of,
     serving,
-    wait_terminal,
     with_http,
 )
+from tests.jobs import wait_done
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ async def act(
 
 async def finish(agent: Agent, http: httpx.AsyncClient, data: dict[str, Any]) -> dict[str, Any]:
     """Wait for the action's job; answer its status."""
-    await wait_terminal(agent, data["job_id"])
+    await wait_done(agent, data["job_id"])
     job: dict[str, Any] = (await http.get(f"/api/v1/jobs/{data['job_id']}")).json()["data"]
     return job
 

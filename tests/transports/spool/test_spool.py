@@ -14,7 +14,8 @@ from agent.config import Config
 from agent.daemon import Agent
 from agent.jobs import JobStatus
 from agent.transports.spool.settings import SpoolConfig
-from tests.spoolkit import drop, job, read_json, spool_of, wait_for_files
+from tests.jobs import job
+from tests.spoolkit import drop, read_json, spool_of, wait_for_files
 
 SECRET = "TOP-SECRET-4c1d-never-to-be-read"
 
@@ -27,6 +28,7 @@ def config(config: Config) -> Config:
     return config.model_copy(update={"spool": spool})
 
 
+@pytest.mark.slow
 async def test_thousand_files_mixed_writers_each_run_exactly_once(
     agent: Agent, config: Config
 ) -> None:

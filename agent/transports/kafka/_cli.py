@@ -1,0 +1,157 @@
+"""`hostagent submit --kafka`, `hostagent fleet` and `hostagent decommission`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import TYPE_CHECKING, Any
+
+from agent.errors import AgentError
+from agent.transports.kafka._events import TERMINAL
+from agent.transports.kafka._settings import KafkaSettings
+from agent.transports.kafka._topics import parse_selector_args
+
+if TYPE_CHECKING:
+    from agent.config import Config
+
+# The commands import the clients (and librdkafka) only when they run, so that
+# building the parser costs every other hostagent command nothing.
+
+
+def add_connection_arguments(parser: argparse.ArgumentParser, *, flag: str = "--kafka") -> None:
+    group = parser.add_argument_group("Kafka (default: the config's [kafka] section)")
+    group.add_argument(flag, dest="kafka", metavar="BOOTSTRAP", help="bootstrap servers, h:p,...")
+    group.add_argument("--topic-prefix", help="topic prefix (default hostagent)")
+
+
+def add_submit_arguments(submit: argparse.ArgumentParser) -> None:
+    add_connection_arguments(submit)
+    group = submit.add_argument_group("where a --kafka job goes (one of)")
+    group.add_argument("--host", help="to this worker_id only")
+    group.add_argument("--pool", help="to any one agent of this pool")
+    group.add_argument("--broadcast", action="store_true", help="to every agent --selector matches")
+    group.add_argument(
+        "--selector",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="with --broadcast: a label the agent must carry (op=NAME: an operation it must offer)",
+    )
+    group.add_argument("--not-after", help="RFC 3339: agents that get the job later do not run it")
+
+
+def add_commands(commands: Any) -> None:
+    fleet = commands.add_parser("fleet", help="the fleet map from Kafka: hosts, labels, pools")
+    add_connection_arguments(fleet, flag="--bootstrap")
+    fleet.add_argument("--op", action="append", default=[], help="only hosts offering this op")
+    fleet.add_argument(
+        "--label", action="append", default=[], metavar="K=V", help="only hosts with this label"
+    )
+    fleet.add_argument("--json", action="store_true", help="JSON for programs")
+    fleet.add_argument("--timeout", type=float, default=15.0)
+    retire = commands.add_parser(
+        "decommission", help="remove a host from the fleet map (stop its agent first)"
+    )
+    add_connection_arguments(retire, flag="--bootstrap")
+    retire.add_argument("worker_id")
+
+
+def settings_from(args: argparse.Namespace, configured: KafkaSettings) -> KafkaSettings:
+    update = {
+        key: value
+        for key, value in (("bootstrap_servers", args.kafka), ("topic_prefix", args.topic_prefix))
+        if value
+    }
+    settings = KafkaSettings.model_validate({**configured.model_dump(), **update})
+    if not settings.enabled:
+        raise AgentError(
+            "No Kafka brokers: pass --kafka/--bootstrap or set kafka.bootstrap_servers",
+            field="kafka.bootstrap_servers",
+            reason="empty",
+        )
+    return settings
+
+
+def _expected_agents(settings: KafkaSettings, document: dict[str, Any], args: Any) -> int:
+    """How many live agents a broadcast reaches (its --wait waits for each of them)."""
+    from agent.transports.kafka._fleet import read_fleet  # noqa: PLC0415
+
+    selector = parse_selector_args(args.selector)
+    operations = [document["operation"], *selector.get("operations", [])]
+    hosts = read_fleet(settings)
+    return sum(
+        1
+        for host in hosts
+        if not host.stale and host.matches(operations=operations, labels=selector["labels"])
+    )
+
+
+def submit(args: argparse.Namespace, settings: KafkaSettings, document: dict[str, Any]) -> int:
+    from agent.transports.kafka._client import EventWatcher, send_jobs, target_topic  # noqa: PLC0415
+
+    chosen = [args.host is not None, args.pool is not None, bool(args.broadcast)]
+    if sum(chosen) != 1:
+        raise AgentError(
+            "--kafka needs exactly one of --host, --pool or --broadcast",
+            field="target",
+            reason="choose one",
+        )
+    if args.selector and not args.broadcast:
+        raise AgentError("--selector goes with --broadcast", field="selector", reason="unused")
+    topic = target_topic(settings, host=args.host, pool=args.pool, broadcast=args.broadcast)
+    if args.broadcast:
+        document["selector"] = parse_selector_args(args.selector)
+    if args.not_after:
+        document["not_after"] = args.not_after
+    job_id = str(document["job_id"])
+    if not (args.wait or args.follow):
+        send_jobs(settings, topic, [document])
+        print(job_id)
+        return 0
+    expected = _expected_agents(settings, document, args) if args.broadcast else 1
+    with EventWatcher(settings) as watcher:
+        send_jobs(settings, topic, [document])
+        print(job_id, file=sys.stderr)
+        outcome = 0
+        ended = 0
+        for event in watcher.until_done([job_id], timeout=args.wait_timeout, per_job=expected):
+            if args.follow:
+                print(json.dumps(event), flush=True)
+            if event["type"] in TERMINAL:
+                ended += 1
+                if not args.follow:
+                    print(json.dumps(event), flush=True)
+                if event["type"] != "completed":
+                    outcome = 1
+    if ended < expected:
+        print(f"hostagent: {ended} of {expected} agents answered in time", file=sys.stderr)
+        return 1
+    return outcome
+
+
+def fleet(args: argparse.Namespace, config: Config) -> int:
+    """`hostagent fleet`: the map, filtered, as a table or JSON."""
+    from agent.transports.kafka._fleet import read_fleet, render_table  # noqa: PLC0415
+
+    settings = settings_from(args, config.section(KafkaSettings))
+    labels = dict(parse_selector_args(args.label)["labels"])
+    hosts = [
+        host
+        for host in read_fleet(settings, timeout=args.timeout)
+        if host.matches(operations=args.op, labels=labels)
+    ]
+    if args.json:
+        print(json.dumps([host.to_dict() for host in hosts], indent=2))
+    else:
+        print(render_table(hosts))
+    return 0
+
+
+def retire(args: argparse.Namespace, config: Config) -> int:
+    """`hostagent decommission`: tombstones for a host that is gone for good."""
+    from agent.transports.kafka._client import decommission  # noqa: PLC0415
+
+    decommission(settings_from(args, config.section(KafkaSettings)), args.worker_id)
+    print(f"{args.worker_id} removed from the fleet map")
+    return 0

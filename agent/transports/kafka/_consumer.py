@@ -1,0 +1,223 @@
+"""One thread owns each Consumer: every call on it happens there.
+
+Polled records cross into trio through a memory channel. When the channel is
+full (the agent's queue has no room) the thread pauses its partitions and
+keeps polling, so the group never sees it miss `max.poll.interval.ms`; it
+resumes once the held batch is taken. Offsets come back through a queue and
+are stored only then: with `enable.auto.offset.store=false`, auto-commit
+commits just what the agent made durable. Concurrent poll and close from two
+threads can hang librdkafka (#2333), hence a single owner.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+import trio
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+log = structlog.get_logger("agent.transports.kafka")
+
+# How long a revocation waits for records in the agent's hands to become durable,
+# so that the next owner of the partition does not read them again.
+_REVOKE_WAIT_SECONDS = 10.0
+_POLL_SECONDS = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed message, detached from librdkafka."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+
+
+def _record(message: Message) -> Record:
+    key = message.key()
+    value = message.value()
+    return Record(
+        topic=message.topic() or "",
+        partition=message.partition() or 0,
+        offset=message.offset() or 0,
+        key=key if isinstance(key, bytes) or key is None else str(key).encode(),
+        value=value if isinstance(value, bytes) or value is None else str(value).encode(),
+        timestamp_ms=message.timestamp()[1],
+    )
+
+
+class ConsumerThread:
+    """A Consumer in one consumer group, run by `run()` on a worker thread."""
+
+    def __init__(
+        self,
+        client_config: dict[str, Any],
+        *,
+        topics: Sequence[str],
+        group_id: str,
+        instance_id: str,
+        batch: int,
+    ) -> None:
+        self.topics = list(topics)
+        self.group_id = group_id
+        self._batch = batch
+        self._config: dict[str, Any] = {
+            "group.id": group_id,
+            # Static membership: a restart within session.timeout.ms takes its
+            # partitions back without a rebalance of the whole group.
+            "group.instance.id": instance_id,
+            "partition.assignment.strategy": "cooperative-sticky",
+            "enable.auto.offset.store": False,
+            "enable.auto.commit": True,
+            "auto.commit.interval.ms": 1000,
+            "auto.offset.reset": "earliest",
+            "error_cb": self._on_error,
+            **client_config,
+        }
+        self._commands: queue.SimpleQueue[list[TopicPartition]] = queue.SimpleQueue()
+        # Next offset handed to the agent, and next offset stored, per partition.
+        self._handed: dict[tuple[str, int], int] = {}
+        self._stored: dict[tuple[str, int], int] = {}
+        self.assigned: list[tuple[str, int]] = []
+        self.paused = False
+        # Records polled while the agent had no room, handed over once it has.
+        self._held: list[Record] = []
+        self.last_error: str | None = None
+
+    def _on_error(self, error: KafkaError) -> None:
+        # Health follows the producer (it sends a heartbeat every interval, so it
+        # notices the brokers coming back); this is kept for the health figures.
+        self.last_error = error.str()
+
+    def store(self, records: Sequence[Record]) -> None:
+        """Mark `records` done (durable, duplicate or rejected): their offsets may commit.
+
+        Thread-safe; call it in offset order per partition.
+        """
+        last: dict[tuple[str, int], int] = {}
+        for record in records:
+            last[(record.topic, record.partition)] = record.offset + 1
+        self._commands.put([TopicPartition(t, p, offset) for (t, p), offset in last.items()])
+
+    async def run(
+        self,
+        channel: trio.MemorySendChannel[list[Record]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        task_status.started()
+        with channel:
+            await trio.to_thread.run_sync(self._loop, channel, abandon_on_cancel=False)
+
+    def _apply_commands(self, consumer: Consumer) -> None:
+        while True:
+            try:
+                offsets = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            mine = [tp for tp in offsets if (tp.topic, tp.partition) in self.assigned]
+            if mine:
+                consumer.store_offsets(offsets=mine)
+            for tp in offsets:
+                self._stored[(tp.topic, tp.partition)] = tp.offset
+
+    def _hand_over(
+        self, channel: trio.MemorySendChannel[list[Record]], records: list[Record]
+    ) -> bool:
+        try:
+            trio.from_thread.run_sync(channel.send_nowait, records)
+        except trio.WouldBlock:
+            return False
+        for record in records:
+            self._handed[(record.topic, record.partition)] = record.offset + 1
+        return True
+
+    # Rebalance callbacks: librdkafka calls them on this thread, inside consume().
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assigned += [(tp.topic, tp.partition) for tp in partitions]
+        log.info("kafka.assigned", group=self.group_id, partitions=_names(partitions))
+        if self.paused:
+            consumer.pause(partitions)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        # Records not handed over yet are the next owner's to read.
+        self._held = [r for r in self._held if (r.topic, r.partition) not in gone]
+        # Records the agent holds: let it make them durable and commit them, so the
+        # next owner does not run them again.
+        deadline = time.monotonic() + _REVOKE_WAIT_SECONDS
+        while time.monotonic() < deadline and any(
+            self._handed.get(tp, 0) > self._stored.get(tp, 0) for tp in gone
+        ):
+            self._apply_commands(consumer)
+            time.sleep(0.01)
+        self._apply_commands(consumer)
+        try:
+            consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            # _NO_OFFSET: nothing stored since the last commit.
+            log.debug("kafka.revoke_commit", error=str(exc))
+        self._forget(gone)
+        log.info("kafka.revoked", group=self.group_id, partitions=_names(partitions))
+
+    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        self._held = [r for r in self._held if (r.topic, r.partition) not in gone]
+        self._forget(gone)
+        log.warning("kafka.partitions_lost", group=self.group_id, partitions=_names(partitions))
+
+    def _forget(self, gone: set[tuple[str, int]]) -> None:
+        self.assigned = [tp for tp in self.assigned if tp not in gone]
+        for tp in gone:
+            self._handed.pop(tp, None)
+            self._stored.pop(tp, None)
+
+    def _loop(self, channel: trio.MemorySendChannel[list[Record]]) -> None:
+        consumer = Consumer(self._config)
+        consumer.subscribe(
+            self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        try:
+            while True:
+                trio.from_thread.check_cancelled()
+                self._apply_commands(consumer)
+                if self._held and self._hand_over(channel, self._held):
+                    self._held = []
+                if not self._held and self.paused:
+                    consumer.resume(consumer.assignment())
+                    self.paused = False
+                messages = consumer.consume(self._batch, _POLL_SECONDS)
+                records = [_record(m) for m in messages if self._usable(m)]
+                if not records:
+                    continue
+                if self._held or not self._hand_over(channel, records):
+                    self._held += records
+                    if not self.paused:
+                        # The agent has no room: stop fetching but keep polling, so
+                        # the group still sees this member alive.
+                        consumer.pause(consumer.assignment())
+                        self.paused = True
+        finally:
+            self._apply_commands(consumer)
+            consumer.close()
+
+    def _usable(self, message: Message) -> bool:
+        error = message.error()
+        if error is None:
+            return True
+        if error.code() != KafkaError._PARTITION_EOF:
+            log.warning("kafka.consume_error", group=self.group_id, error=error.str())
+        return False
+
+
+def _names(partitions: list[TopicPartition]) -> list[str]:
+    return [f"{tp.topic}[{tp.partition}]" for tp in partitions]

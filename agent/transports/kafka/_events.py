@@ -1,0 +1,67 @@
+"""The values written to `<prefix>.job-events` (shared/spec/protocol.md, Kafka)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from agent.jobs import utc_now
+
+EventType = Literal[
+    "accepted",
+    "running",
+    "progress",
+    "completed",
+    "failed",
+    "cancelled",
+    "expired",
+    "rejected",
+    "duplicate",
+]
+TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled", "expired", "rejected"})
+
+
+def event_value(
+    *,
+    type: EventType,
+    worker_id: str,
+    job_id: str | None,
+    status: str | None,
+    data: dict[str, Any],
+    event_id: str,
+    timestamp: str | None = None,
+) -> bytes:
+    """One event. `event_id` is stable across re-sends, so readers can drop repeats
+    (delivery is at least once: an event in flight at a crash is sent again)."""
+    return json.dumps(
+        {
+            "type": type,
+            "worker_id": worker_id,
+            "job_id": job_id,
+            "status": status,
+            "timestamp": timestamp or utc_now(),
+            "data": data,
+            "event_id": event_id,
+        },
+        separators=(",", ":"),
+        default=str,
+    ).encode()
+
+
+class ProgressGate:
+    """At most one progress event per job per `interval` seconds."""
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._last: dict[str, float] = {}
+
+    def allow(self, job_id: str, now: float) -> bool:
+        last = self._last.get(job_id)
+        if last is not None and now - last < self._interval:
+            return False
+        self._last[job_id] = now
+        return True
+
+    def forget(self, job_id: str) -> None:
+        """The job ended: its next progress (after a re-run) goes out at once."""
+        self._last.pop(job_id, None)

@@ -1,0 +1,160 @@
+"""The Producer, used from trio: idempotent, acks=all, delivery reports awaited.
+
+`produce()` is thread-safe and never blocks; one worker thread polls for
+delivery reports and errors, and a batch's waiter is woken once, by its last
+report, through the trio token (a wake-up per message cost more than the send).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+import trio
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from agent.errors import UnavailableError
+
+log = structlog.get_logger("agent.transports.kafka")
+
+# One message to send: topic, key, value (None: a tombstone).
+Outgoing = tuple[str, str | None, bytes | None]
+# Errors meaning "no broker answers" rather than "this message is wrong".
+_UNREACHABLE = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE}
+# Shutdown waits this long for messages still queued (the outbox re-sends the rest).
+_FLUSH_SECONDS = 5.0
+
+
+class Delivery:
+    """Messages queued together; `wait()` returns once the brokers have them all."""
+
+    __slots__ = ("done", "error", "remaining")
+
+    def __init__(self, count: int) -> None:
+        self.remaining = count
+        self.error: KafkaError | None = None
+        self.done = trio.Event()
+
+    async def wait(self) -> None:
+        """Raises UnavailableError when a message could not be delivered."""
+        await self.done.wait()
+        if self.error is not None:
+            raise UnavailableError(
+                f"Kafka did not take a message: {self.error.str()}",
+                field="kafka.bootstrap_servers",
+                reason=self.error.name(),
+            )
+
+
+class EventProducer:
+    """Sends messages and reports when the brokers have them (`send_many`)."""
+
+    def __init__(self, client_config: dict[str, Any], *, name: str = "hostagent") -> None:
+        config: dict[str, Any] = {
+            "client.id": name,
+            # Idempotence implies acks=all and in-order retries without duplicates.
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            # No compression: on small job events lz4 cost ~0.2 ms of agent CPU per job
+            # (bench/kafka.py); a site short of bandwidth sets it in [kafka] librdkafka.
+            # A broker outage only delays delivery: keep trying for a day, the outbox
+            # re-sends anything that still fails.
+            "message.timeout.ms": 86_400_000,
+            "error_cb": self._on_error,
+            **client_config,
+        }
+        self._producer = Producer(config)
+        self._token: trio.lowlevel.TrioToken | None = None
+        # time.monotonic() when the brokers stopped answering; None while they answer.
+        self.unreachable_since: float | None = None
+        self.last_error: str | None = None
+        self.delivered = 0
+
+    def _on_error(self, error: KafkaError) -> None:
+        # Poll thread. librdkafka reconnects by itself: this is only bookkeeping.
+        self.last_error = error.str()
+        if error.code() in _UNREACHABLE and self.unreachable_since is None:
+            self.unreachable_since = time.monotonic()
+            log.warning("kafka.unreachable", error=self.last_error)
+
+    @property
+    def queued(self) -> int:
+        """Messages not yet acknowledged by the brokers."""
+        return len(self._producer)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Poll for delivery reports until cancelled."""
+        self._token = trio.lowlevel.current_trio_token()
+        task_status.started()
+        await trio.to_thread.run_sync(self._poll_loop, abandon_on_cancel=False)
+
+    def _poll_loop(self) -> None:
+        try:
+            while True:
+                trio.from_thread.check_cancelled()
+                self._producer.poll(0.1)
+        finally:
+            left = self._producer.flush(_FLUSH_SECONDS)
+            if left:
+                log.warning("kafka.producer_unflushed", messages=left)
+            # Stops librdkafka's own threads (and their reconnect attempts) now, not at GC.
+            self._producer.close()
+
+    async def send_many(self, messages: Sequence[Outgoing]) -> None:
+        """Send `messages` in order; return once every one is acknowledged.
+
+        Raises UnavailableError when a message cannot be delivered.
+        """
+        await (await self.submit(messages)).wait()
+
+    async def submit(self, messages: Sequence[Outgoing]) -> Delivery:
+        """Queue `messages` in order; the answer says when the brokers have them all.
+
+        Lets a caller keep several batches in flight instead of one round trip each.
+        """
+        token = self._token or trio.lowlevel.current_trio_token()
+        batch = Delivery(len(messages))
+        if not messages:
+            batch.done.set()
+            return batch
+
+        def delivered(error: KafkaError | None, _message: Message) -> None:
+            # Poll thread: the only thread running callbacks, so no lock is needed.
+            if error is not None:
+                batch.error = batch.error or error
+            else:
+                self.delivered += 1
+                if self.unreachable_since is not None:
+                    self.unreachable_since = None
+                    log.info("kafka.reachable")
+            batch.remaining -= 1
+            if batch.remaining == 0:
+                with contextlib.suppress(trio.RunFinishedError):
+                    token.run_sync_soon(batch.done.set)
+
+        for topic, key, value in messages:
+            await self._produce(topic, key, value, delivered)
+        return batch
+
+    async def _produce(
+        self, topic: str, key: str | None, value: bytes | None, callback: Any
+    ) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, on_delivery=callback)
+            except BufferError:
+                # The local queue is full: the poll thread drains it as the brokers answer.
+                await trio.sleep(0.01)
+            except KafkaException as exc:
+                error = exc.args[0]
+                raise UnavailableError(
+                    f"Kafka refused a message for {topic}: {error.str()}",
+                    field="topic",
+                    reason=error.name(),
+                ) from exc
+            else:
+                return

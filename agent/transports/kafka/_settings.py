@@ -1,0 +1,102 @@
+"""The `[kafka]` config section."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import structlog
+from pydantic import Field
+
+from agent.config import RESTART, Section
+
+# Kafka's own rule for topic names (and so for the parts we build them from).
+TOPIC_PART = r"^[A-Za-z0-9._-]+$"
+
+
+class KafkaSettings(Section):
+    """The fleet transport; off while `bootstrap_servers` is empty.
+
+    Every setting is read once at start (clients and consumer groups are made once).
+    """
+
+    # host:port[,host:port...]; empty: the transport is off.
+    bootstrap_servers: str = Field(default="", json_schema_extra=RESTART)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", json_schema_extra=RESTART
+    )
+    # The usual TLS and SASL settings, passed to librdkafka as ssl.* / sasl.* when set.
+    ssl_ca_location: str = Field(default="", json_schema_extra=RESTART)
+    ssl_certificate_location: str = Field(default="", json_schema_extra=RESTART)
+    ssl_key_location: str = Field(default="", json_schema_extra=RESTART)
+    sasl_mechanism: str = Field(default="", json_schema_extra=RESTART)
+    sasl_username: str = Field(default="", json_schema_extra=RESTART)
+    sasl_password: str = Field(default="", json_schema_extra=RESTART)
+    topic_prefix: str = Field(
+        default="hostagent", pattern=TOPIC_PART, max_length=100, json_schema_extra=RESTART
+    )
+    # Pools this agent takes work for (<prefix>.pool.<name>.jobs, one shared group per pool).
+    pools: list[str] = Field(default_factory=list, json_schema_extra=RESTART)
+    # Labels that broadcast selectors match, on top of (and overriding) the agent's `labels`.
+    selector_labels: dict[str, str] = Field(default_factory=dict, json_schema_extra=RESTART)
+    # Also publish job events for jobs other transports brought in.
+    events_for_all_jobs: bool = Field(default=False, json_schema_extra=RESTART)
+    # At most one progress event per job this often (terminal events are never held back).
+    progress_interval_seconds: float = Field(default=1.0, ge=0, json_schema_extra=RESTART)
+    # Topics the agent creates when missing: partitions of job topics, and the
+    # replication factor of every topic (-1: the broker's default).
+    create_topics: bool = Field(default=True, json_schema_extra=RESTART)
+    partitions: int = Field(default=6, ge=1, json_schema_extra=RESTART)
+    replication_factor: int = Field(default=-1, ge=-1, json_schema_extra=RESTART)
+    heartbeat_interval_seconds: float = Field(default=10.0, gt=0, json_schema_extra=RESTART)
+    # The capabilities record is re-asserted this often even when nothing changed,
+    # and a change is published after this debounce plus up to as much again of jitter.
+    capabilities_reassert_seconds: float = Field(default=600.0, gt=0, json_schema_extra=RESTART)
+    capabilities_debounce_seconds: float = Field(default=2.0, ge=0, json_schema_extra=RESTART)
+    # Messages handed to the job store in one transaction.
+    intake_batch: int = Field(default=500, ge=1, json_schema_extra=RESTART)
+    # Anything else for librdkafka (e.g. "session.timeout.ms"), applied last.
+    librdkafka: dict[str, str] = Field(default_factory=dict, json_schema_extra=RESTART)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.bootstrap_servers)
+
+    def client_config(self) -> dict[str, Any]:
+        """Connection settings shared by every client the transport makes."""
+        config: dict[str, Any] = {
+            "logger": LIBRDKAFKA_LOG,
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        passthrough = {
+            "ssl.ca.location": self.ssl_ca_location,
+            "ssl.certificate.location": self.ssl_certificate_location,
+            "ssl.key.location": self.ssl_key_location,
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "sasl.password": self.sasl_password,
+        }
+        config.update({key: value for key, value in passthrough.items() if value})
+        config.update(self.librdkafka)
+        return config
+
+
+class _LibrdkafkaLog:
+    """librdkafka's log lines as structured events instead of raw stderr.
+
+    Connection failures repeat every second while a broker is away: they are
+    debug here, and the transport's health says "degraded" once instead.
+    """
+
+    _log = structlog.get_logger("librdkafka")
+
+    def log(self, level: int, message: str, *args: object) -> None:
+        text = message % args if args else message
+        if level >= logging.ERROR:
+            self._log.debug("librdkafka.error", message=text)
+        elif level >= logging.WARNING:
+            self._log.debug("librdkafka.warning", message=text)
+
+
+LIBRDKAFKA_LOG = _LibrdkafkaLog()

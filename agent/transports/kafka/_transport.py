@@ -1,0 +1,303 @@
+"""The Kafka transport: jobs in from host, pool and broadcast topics; events out.
+
+One consumer (and group) per kind of job topic, each owned by its thread; one
+idempotent producer for events, capabilities and heartbeats. Events come from
+the durable outbox, so a broker outage or a crash delays them and loses none.
+The agent never exits because of Kafka: while no broker answers, the
+transport retries and its health component says degraded.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, cast
+
+import structlog
+import trio
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from agent.errors import DrainingError, QueueFullError, UnavailableError
+from agent.jobs import OutboxEntry, utc_now
+from agent.outbox import Outbox, OutboxInterest
+from agent.transports.kafka._announce import Announcer
+from agent.transports.kafka._consumer import ConsumerThread, Record
+from agent.transports.kafka._events import TERMINAL, EventType, ProgressGate, event_value
+from agent.transports.kafka._intake import TRANSPORT, Examiner
+from agent.transports.kafka._producer import Delivery, EventProducer, Outgoing
+from agent.transports.kafka._settings import KafkaSettings
+from agent.transports.kafka._topics import Topics
+
+if TYPE_CHECKING:
+    from agent.intake import TransportIntake
+
+log = structlog.get_logger("agent.transports.kafka")
+
+_RETRY_SECONDS = 2.0
+# Outbox batches sent and not yet acknowledged by the brokers: one round trip
+# per batch at a time held the event rate to ~100 batches/s.
+_BATCHES_IN_FLIGHT = 16
+# How often a full pending queue is looked at again.
+_ROOM_POLL_SECONDS = 0.05
+# Heartbeats are only interesting for a few intervals; capabilities are compacted.
+_HEARTBEAT_RETENTION_MS = "600000"
+
+
+class KafkaTransport:
+    name = TRANSPORT
+
+    def __init__(self, settings: KafkaSettings, *, worker_id: str, labels: dict[str, str]) -> None:
+        self.settings = settings
+        # Events of its own jobs (and of every job, if asked), progress included.
+        self.outbox = OutboxInterest(all_jobs=settings.events_for_all_jobs, progress=True)
+        self.worker_id = worker_id
+        self.labels = {**labels, **settings.selector_labels}
+        self.topics = Topics(settings.topic_prefix)
+        # Checks that worker_id and pools make legal topic names before anything starts.
+        self._consumed = {
+            "host": ([self.topics.host(worker_id)], self.topics.host_group(worker_id)),
+            "broadcast": ([self.topics.broadcast], self.topics.broadcast_group(worker_id)),
+            **{
+                f"pool:{pool}": ([self.topics.pool(pool)], self.topics.pool_group(pool))
+                for pool in settings.pools
+            },
+        }
+        self.producer: EventProducer | None = None
+        self.consumers: list[ConsumerThread] = []
+        self.topics_ready = False
+        self._gate = ProgressGate(settings.progress_interval_seconds)
+
+    def features(self) -> list[str]:
+        return ["kafka"]
+
+    async def health(self) -> tuple[Any, str, dict[str, Any]]:
+        """Degraded (never unhealthy) while no broker answers: local work goes on."""
+        producer = self.producer
+        figures: dict[str, Any] = {
+            "bootstrap_servers": self.settings.bootstrap_servers,
+            "assigned_partitions": sum(len(c.assigned) for c in self.consumers),
+            "paused": any(c.paused for c in self.consumers),
+        }
+        if producer is None:
+            return "degraded", "starting", figures
+        figures["unsent_messages"] = producer.queued
+        if producer.unreachable_since is not None:
+            seconds = round(time.monotonic() - producer.unreachable_since, 1)
+            figures["last_error"] = producer.last_error
+            return "degraded", f"no Kafka broker answers (for {seconds} s)", figures
+        if not self.topics_ready:
+            return "degraded", "waiting for the brokers to create topics", figures
+        return "healthy", "connected", figures
+
+    async def run(
+        self,
+        intake: TransportIntake,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until cancelled; started at once, even while the brokers are away."""
+        config = self.settings.client_config()
+        producer = EventProducer(config, name=f"hostagent-{self.worker_id}")
+        self.producer = producer
+        capabilities = await intake.capabilities()
+        examiner = Examiner(
+            worker_id=self.worker_id,
+            events_topic=self.topics.events,
+            labels=self.labels,
+            operations=frozenset(capabilities["operations"]),
+        )
+        announcer = Announcer(
+            producer,
+            self.settings,
+            worker_id=self.worker_id,
+            labels=self.labels,
+            capabilities=intake.capabilities,
+            health=intake.health,
+        )
+        await self._serve(
+            intake,
+            producer,
+            outbox=intake.outbox(TRANSPORT),
+            announcer=announcer,
+            examiner=examiner,
+            task_status=task_status,
+        )
+
+    async def _serve(
+        self,
+        intake: TransportIntake,
+        producer: EventProducer,
+        *,
+        outbox: Outbox,
+        announcer: Announcer,
+        examiner: Examiner,
+        task_status: trio.TaskStatus[None],
+    ) -> None:
+        config = self.settings.client_config()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(producer.run)
+            nursery.start_soon(self._deliver_outbox, outbox, producer)
+            task_status.started()
+            if self.settings.create_topics:
+                await self._ensure_topics(config)
+            self.topics_ready = True
+            nursery.start_soon(announcer.run)
+            for kind, (topics, group) in self._consumed.items():
+                consumer = ConsumerThread(
+                    config,
+                    topics=topics,
+                    group_id=group,
+                    instance_id=self.worker_id,
+                    batch=self.settings.intake_batch,
+                )
+                self.consumers.append(consumer)
+                send, receive = trio.open_memory_channel[list[Record]](1)
+                await nursery.start(consumer.run, send)
+                nursery.start_soon(
+                    self._take, intake, examiner, consumer, receive, kind.partition(":")[0]
+                )
+
+    async def _take(
+        self,
+        intake: TransportIntake,
+        examiner: Examiner,
+        consumer: ConsumerThread,
+        receive: trio.MemoryReceiveChannel[list[Record]],
+        kind: str,
+    ) -> None:
+        """Make each batch durable (or answered), then let its offsets commit."""
+        async for records in receive:
+            while True:
+                try:
+                    sorted_ = await examiner.sort(intake, records, kind)
+                except DrainingError:
+                    # Nothing was recorded and nothing is committed: the next start (or
+                    # another member of the group) reads these records again.
+                    await trio.sleep_forever()
+                except QueueFullError:
+                    # Another transport took the room wait_for_room saw. Meanwhile the
+                    # consumer pauses (this channel is full) and keeps its group seat.
+                    await trio.sleep(_ROOM_POLL_SECONDS)
+                    continue
+                break
+            await self._send(producer=self.producer, messages=sorted_.events)
+            consumer.store(records)
+
+    async def _send(self, *, producer: EventProducer | None, messages: list[Outgoing]) -> None:
+        """Deliver, retrying until the brokers take them."""
+        assert producer is not None
+        while True:
+            try:
+                await producer.send_many(messages)
+            except UnavailableError as exc:
+                log.warning("kafka.send_failed", error=exc.message)
+                await trio.sleep(_RETRY_SECONDS)
+            else:
+                return
+
+    async def _deliver_outbox(self, outbox: Outbox, producer: EventProducer) -> None:
+        """Outbox entries to job events, several batches in flight, acknowledged in order."""
+        send, receive = trio.open_memory_channel[tuple[Delivery, list[Outgoing], int]](
+            _BATCHES_IN_FLIGHT
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._acknowledge, outbox, producer, receive)
+            async with send:
+                async for batch in outbox:
+                    messages = self._events_of(batch)
+                    await send.send((await producer.submit(messages), messages, batch[-1].id))
+
+    async def _acknowledge(
+        self,
+        outbox: Outbox,
+        producer: EventProducer,
+        receive: trio.MemoryReceiveChannel[tuple[Delivery, list[Outgoing], int]],
+    ) -> None:
+        async for delivery, messages, last_id in receive:
+            try:
+                await delivery.wait()
+            except UnavailableError as exc:
+                # Only after message.timeout.ms: send this batch again, in order.
+                log.warning("kafka.send_failed", error=exc.message)
+                await self._send(producer=producer, messages=messages)
+            await outbox.ack(last_id)
+
+    def _events_of(self, batch: list[OutboxEntry]) -> list[Outgoing]:
+        messages: list[Outgoing] = []
+        for entry in batch:
+            if entry.event == "progress" and not self._gate.allow(entry.job_id, time.monotonic()):
+                continue
+            if entry.event in TERMINAL:
+                self._gate.forget(entry.job_id)
+            value = event_value(
+                type=cast("EventType", entry.event),
+                worker_id=self.worker_id,
+                job_id=entry.job_id,
+                status=str(entry.state.status),
+                timestamp=_when(entry),
+                data=entry.data,
+                # The outbox id is stable across re-sends: readers drop repeats by it.
+                event_id=f"{self.worker_id}:{entry.id}",
+            )
+            messages.append((self.topics.events, entry.job_id, value))
+        return messages
+
+    async def _ensure_topics(self, config: dict[str, Any]) -> None:
+        """Create the topics this agent uses (existing ones are left as they are)."""
+        partitions, replicas = self.settings.partitions, self.settings.replication_factor
+        wanted = [
+            NewTopic(topic, num_partitions=partitions, replication_factor=replicas)
+            for topics, _group in self._consumed.values()
+            for topic in topics
+        ]
+        wanted += [
+            NewTopic(self.topics.events, num_partitions=partitions, replication_factor=replicas),
+            NewTopic(
+                self.topics.capabilities,
+                num_partitions=1,
+                replication_factor=replicas,
+                config={
+                    "cleanup.policy": "compact",
+                    "segment.ms": "3600000",
+                    "min.cleanable.dirty.ratio": "0.1",
+                },
+            ),
+            NewTopic(
+                self.topics.heartbeats,
+                num_partitions=1,
+                replication_factor=replicas,
+                config={"retention.ms": _HEARTBEAT_RETENTION_MS, "segment.ms": "60000"},
+            ),
+        ]
+        admin = AdminClient(config)
+        while True:
+            missing = await trio.to_thread.run_sync(_create_topics, admin, wanted)
+            if not missing:
+                return
+            log.warning("kafka.topics_not_created", topics=missing)
+            await trio.sleep(_RETRY_SECONDS)
+
+
+def _create_topics(admin: AdminClient, wanted: list[NewTopic]) -> list[str]:
+    """Blocking: create `wanted`; answer the topics still missing."""
+    missing = []
+    for topic, future in admin.create_topics(wanted, operation_timeout=10).items():
+        try:
+            future.result(timeout=15)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                missing.append(topic)
+        except Exception:  # noqa: BLE001 (a timeout: the brokers are away, try again)
+            missing.append(topic)
+    return missing
+
+
+def _when(entry: OutboxEntry) -> str:
+    """When the change happened, as the job's state records it."""
+    state = entry.state
+    moment = {
+        "accepted": state.submitted_at,
+        "running": state.started_at,
+    }.get(entry.event, state.completed_at if entry.event in TERMINAL else None)
+    return moment or utc_now()
