@@ -13,7 +13,9 @@ from typing import Any
 import structlog
 import trio
 
+from agent import background
 from agent.config import Config
+from agent.errors import AgentError
 from agent.events import EventBus
 from agent.registry import Registry
 
@@ -76,11 +78,19 @@ class Capabilities:
         """Fingerprint now, then periodically and whenever a refresh is requested."""
         await self.refresh()
         task_status.started()
+        failures = 0
         while True:
-            with trio.move_on_after(self._config.capabilities_refresh_seconds):
+            wait = self._config.capabilities_refresh_seconds
+            with trio.move_on_after(background.backoff(failures) if failures else wait):
                 await self._refresh_requested.wait()
             self._refresh_requested = trio.Event()
-            await self.refresh()
+            try:
+                await self.refresh()
+            except (OSError, AgentError) as exc:  # EMFILE starting qemu-img: keep the last facts
+                failures += 1
+                background.note_failure("capabilities", exc)
+            else:
+                failures = 0
 
     async def describe(self) -> dict[str, Any]:
         """The contract's capabilities object (`GET /api/v1/capabilities` data)."""

@@ -21,6 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from agent.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/hostagent/agent.toml")
+# The state directory: others may pass through (the local API's socket lives there
+# for `make run`, guests' images may), not list; as the unit's StateDirectoryMode.
+STATE_DIR_MODE = 0o751
 ENV_PREFIX = "HOSTAGENT_"
 # HOSTAGENT_* variables that are not config keys (the CLI's client settings).
 _NOT_CONFIG = {"HOSTAGENT_DEBUG", "HOSTAGENT_CONFIG", "HOSTAGENT_TOKEN", "HOSTAGENT_URL"}
@@ -67,6 +70,18 @@ class LibvirtConfig(Section):
     degraded_latency_ms: float = Field(default=500.0, gt=0)
 
 
+class PolicyConfig(Section):
+    """Where jobs may reach on the host (agent.policy; README "The path policy")."""
+
+    # Image files and pool directories must lie under one of these (or under
+    # the directory of a storage pool libvirt has defined, see include_pool_paths).
+    image_roots: list[Path] = Field(default_factory=lambda: [Path("/var/lib/libvirt/images")])
+    include_pool_paths: bool = True
+    # Host devices, block devices, qemu:commandline and the like in vm.define:
+    # only for admin tokens, and only when this is true.
+    allow_passthrough: bool = False
+
+
 def transport_sections() -> dict[str, type[Section]]:
     """Each transport's config section by name, from the transport table."""
     # Imported here: the transport packages import this module for Section.
@@ -96,6 +111,10 @@ class Config(Section):
     libvirt: LibvirtConfig = Field(default_factory=LibvirtConfig)
     # Capabilities are re-fingerprinted this often (and when libvirt reconnects).
     capabilities_refresh_seconds: float = Field(default=300.0, gt=0)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    # New jobs are refused (503) while the state directory's filesystem has
+    # less free space than this, so the store never fills the disk (0: off).
+    state_min_free_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
 
     @model_validator(mode="before")
     @classmethod

@@ -13,21 +13,25 @@ from typing import Any, Protocol, runtime_checkable
 import structlog
 import trio
 
-from agent import metrics
+from agent import background, metrics
 from agent.capabilities import Capabilities
 from agent.config import Config, restart_keys
+from agent.diskspace import SpaceFloor
 from agent.dispatcher import Dispatcher
 from agent.errors import AgentError
 from agent.events import EventBus
 from agent.handlers import guestkit, image, network, storage, system, vm, vm_screen, vm_snapshot
+from agent.handlers.storage_roots import refresh_pool_roots
 from agent.health import Health, Status
 from agent.hypervisor import LibvirtConnection
 from agent.hypervisor_facts import libvirt_facts
 from agent.intake import Intake
 from agent.logging_config import set_log_level
+from agent.policy import Policy
 from agent.registry import Handler, Registry
 from agent.resources import ResourceView
 from agent.services import Services
+from agent.statelock import hold_state_lock
 from agent.store import JobStore, SqliteStore
 from agent.systemd import Notifier, Notify, feed_watchdog, monotonic_usec, report_status
 from agent.transports import TRANSPORTS, Transport, TransportSpec
@@ -72,13 +76,16 @@ class Agent:
     ) -> None:
         self.config = config
         self.bus = EventBus()
+        self.policy = Policy(config)
         self.registry = build_registry()
+        self.registry.policy = self.policy  # every handler's intake check (admit) uses it
         for extra in extra_handlers:
             self.registry.add(extra)
         self.store: JobStore = store if store is not None else SqliteStore(config.store_path)
         self.libvirt = LibvirtConnection(config.libvirt)
         self.services = Services()
         self.services.register(Config, config, name="config")
+        self.services.register(Policy, self.policy, name="policy")
         self.services.register(
             type(self.store),
             self.store,
@@ -101,10 +108,12 @@ class Agent:
         self.capabilities = Capabilities(config, self.registry, self.bus)
         self.capabilities.contribute(partial(libvirt_facts, self.libvirt))
         self.capabilities.contribute(image.qemu_img_facts)
+        self.capabilities.contribute(partial(refresh_pool_roots, self.libvirt, self.policy))
         self.libvirt.on_change(self.capabilities.request_refresh)
         self.health = Health()
         for name, check in self.services.pings().items():
             self.health.add(name, check)
+        self.health.add("background", background.health)
         guestkit.contribute(self.capabilities, self.health)  # feature `inspect`, health `guestfs`
         self.intake = Intake(
             self.registry,
@@ -117,6 +126,8 @@ class Agent:
             health=self.health,
         )
         self.intake.resources = ResourceView(self.libvirt, config)
+        self.space = SpaceFloor(config.state_dir, config.state_min_free_bytes)
+        self.intake.space = self.space
         # Each transport the config turns on; it brings its health, features and outbox.
         self.transports: list[Transport] = []
         for spec in transports:
@@ -137,6 +148,9 @@ class Agent:
         raise KeyError(name)
 
     async def _store_health(self) -> tuple[Status, str, dict[str, Any]]:
+        full = self.space.status(getattr(self.store, "disk_full", False))
+        if full is not None:
+            return full  # named first: a full disk is what an operator must see
         counts = await self.store.count_by_status()
         figures = {
             "queue_depth": self.dispatcher.queue_depth,
@@ -199,7 +213,14 @@ class Agent:
         self.config = applied
         self.services.replace(Config, applied)
         set_log_level(applied.log_level)
-        for part in (self.dispatcher, self.intake, self.capabilities, *self.transports):
+        for part in (
+            self.dispatcher,
+            self.intake,
+            self.capabilities,
+            self.policy,
+            self.space,
+            *self.transports,
+        ):
             if not isinstance(part, Reloadable):
                 continue
             try:
@@ -315,14 +336,16 @@ async def serve(
     command line first read it). A second SIGTERM/SIGINT ends the drain at once.
     `notify` defaults to systemd's notification socket, if the environment names one.
     """
-    if notify is not None:
-        await _serve(config, load_config, notify, task_status)
-        return
-    notifier = Notifier.from_environment(os.environ)
-    try:
-        await _serve(config, load_config, notifier, task_status)
-    finally:
-        notifier.close()
+    # Before the store opens: a second agent on this directory would run its jobs again.
+    with hold_state_lock(config.state_dir):
+        if notify is not None:
+            await _serve(config, load_config, notify, task_status)
+            return
+        notifier = Notifier.from_environment(os.environ)
+        try:
+            await _serve(config, load_config, notifier, task_status)
+        finally:
+            notifier.close()
 
 
 async def _serve(

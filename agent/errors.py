@@ -141,3 +141,15 @@ class UnreachableError(AgentError):
 
     code = "AGENT_UNREACHABLE"
     http_status = 503
+
+
+class UnsupportedMediaTypeError(AgentError):
+    """A body that is not `application/json` where the API takes JSON."""
+
+    code = "UNSUPPORTED_MEDIA_TYPE"
+    http_status = 415
+
+
+class StorageFullError(QueueFullError):
+    """The disk holding the job store is full (or below its free-space floor): nothing
+    was recorded; retry later. Answered as 503 with Retry-After, like a full queue."""

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from agent import metrics
 from agent.capabilities import Capabilities
+from agent.diskspace import SpaceFloor
 from agent.dispatcher import Dispatcher
 from agent.errors import AgentError, DrainingError, ExpiredError, QueueFullError
 from agent.events import EventBus, Subscription
@@ -55,12 +56,25 @@ class TransportIntake(Protocol):
         """Direct reads of VMs, pools, networks and the host, where libvirt is served."""
 
     def prepare(
-        self, raw: object, *, transport: str, job_id: str | None = None, origin: str | None = None
+        self,
+        raw: object,
+        *,
+        transport: str,
+        job_id: str | None = None,
+        origin: str | None = None,
+        privileged: bool = False,
     ) -> NewJob:
-        """Validate a document completely; raises the ValidationError naming the field."""
+        """Validate a document completely; raises the ValidationError naming the field,
+        or the host policy's ForbiddenError (`privileged`: the caller holds admin)."""
 
     async def submit(
-        self, raw: object, *, transport: str, job_id: str | None = None, origin: str | None = None
+        self,
+        raw: object,
+        *,
+        transport: str,
+        job_id: str | None = None,
+        origin: str | None = None,
+        privileged: bool = False,
     ) -> Submission:
         """Accept one job; returns once it is durable. Raises the AgentError for it."""
 
@@ -108,6 +122,7 @@ def prepare_job(
     job_id: str | None = None,
     origin: str | None = None,
     max_timeout: float,
+    privileged: bool = False,
 ) -> NewJob:
     """Validate a document completely (envelope and handler payload).
 
@@ -115,7 +130,8 @@ def prepare_job(
     can derive a stable one passes it, so a retry is not a new job).
     """
     document = parse_document(raw)
-    registry.validate_payload(document)
+    # The host policy (paths, domain definitions) refuses here, before anything is recorded.
+    registry.admit(document, registry.validate_payload(document), privileged=privileged)
     assert isinstance(raw, dict)
     if document.not_after is not None and document.not_after <= datetime.now(UTC):
         raise ExpiredError(
@@ -168,6 +184,8 @@ class Intake:
         # Direct reads of VMs, pools, networks and the host (set by the daemon); their
         # actions still come in here as jobs.
         self.resources: ResourceView | None = None
+        # Refuses new jobs (503) while the state disk is below its free-space floor.
+        self.space: SpaceFloor | None = None
 
     @property
     def accepting(self) -> bool:
@@ -183,7 +201,13 @@ class Intake:
         self._max_timeout = config.max_timeout_seconds
 
     def prepare(
-        self, raw: object, *, transport: str, job_id: str | None = None, origin: str | None = None
+        self,
+        raw: object,
+        *,
+        transport: str,
+        job_id: str | None = None,
+        origin: str | None = None,
+        privileged: bool = False,
     ) -> NewJob:
         return prepare_job(
             self.registry,
@@ -192,12 +216,21 @@ class Intake:
             job_id=job_id,
             origin=origin,
             max_timeout=self._max_timeout,
+            privileged=privileged,
         )
 
     async def submit(
-        self, raw: object, *, transport: str, job_id: str | None = None, origin: str | None = None
+        self,
+        raw: object,
+        *,
+        transport: str,
+        job_id: str | None = None,
+        origin: str | None = None,
+        privileged: bool = False,
     ) -> Submission:
-        prepared = self.prepare(raw, transport=transport, job_id=job_id, origin=origin)
+        prepared = self.prepare(
+            raw, transport=transport, job_id=job_id, origin=origin, privileged=privileged
+        )
         outcome = (await self.submit_many([prepared]))[0]
         if isinstance(outcome, AgentError):
             raise outcome
@@ -211,6 +244,8 @@ class Intake:
                 f"The pending queue is full ({self._max_pending} jobs)",
                 details={"queue_depth": self._dispatcher.queue_depth},
             )
+        if self.space is not None:
+            self.space.check()
         outcomes = await self._store.insert_jobs(jobs)
         answers: list[Submission | AgentError] = []
         for outcome in outcomes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import uuid
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     field_validator,
     model_validator,
 )
@@ -25,16 +27,26 @@ from pydantic_core import PydanticCustomError
 from agent.errors import ValidationError
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
+# Nesting deeper than this is refused before anything else looks at a document.
+MAX_JSON_DEPTH = 32
+# A year: longer is a mistake (max_timeout_seconds caps it further); shorter than
+# 10 ms is one too.
+MAX_JOB_TIMEOUT = 365 * 86400.0
+# Path segments of the HTTP API that a job id would shadow (/api/v1/jobs/batch).
+RESERVED_JOB_IDS = frozenset({"batch"})
 _OPERATION_PART = re.compile(r"^[a-z][a-z0-9_]*$")
 
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 
 
 def _check_job_id(value: str) -> str:
-    if not _JOB_ID.match(value):
+    # fullmatch: `$` would also match before a trailing newline ("abcd\n").
+    if not _JOB_ID.fullmatch(value):
         raise PydanticCustomError(
             "job_id", "job_id must be 1-128 characters of [A-Za-z0-9._-], not starting with '.'"
         )
+    if value in RESERVED_JOB_IDS:
+        raise PydanticCustomError("job_id", "job_id '{value}' is reserved", {"value": value})
     return value
 
 
@@ -74,8 +86,11 @@ class JobDocument(BaseModel):
     operation: str = Field(max_length=128)
     created_at: pydantic.AwareDatetime | None = None
     payload: Payload
-    priority: int = Field(default=5, ge=0, le=9)
-    timeout_seconds: float | None = Field(default=None, gt=0)
+    # Strict: "5", 5.0 and true are not priorities; NaN, Infinity and 1e-9 not timeouts.
+    priority: Annotated[int, Strict()] = Field(default=5, ge=0, le=9)
+    timeout_seconds: Annotated[float, Strict()] | None = Field(
+        default=None, ge=0.01, le=MAX_JOB_TIMEOUT, allow_inf_nan=False
+    )
     labels: dict[str, str] = Field(default_factory=dict)
     # A job that reaches the agent after this moment is refused, never run.
     not_after: pydantic.AwareDatetime | None = None
@@ -207,6 +222,66 @@ def raise_validation_error(exc: pydantic.ValidationError, *, prefix: str = "") -
         reason=reason,
         details=details,
     ) from exc
+
+
+def _refuse_json(reason: str) -> ValidationError:
+    return ValidationError(
+        f"The document is not acceptable JSON: {reason}", field="document", reason=reason
+    )
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
+        raise _refuse_json(f"duplicate key {duplicate!r}")
+    return found
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _refuse_json(f"number {text} is out of range")
+    return value
+
+
+def _no_constants(text: str) -> Any:
+    raise _refuse_json(f"{text} is not a JSON number")
+
+
+def _depth_ok(value: Any) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return False
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+    return True
+
+
+def parse_json(data: bytes | str) -> Any:
+    """JSON as every transport must read it: no duplicate keys, no NaN or Infinity
+    (nor numbers that overflow to them), at most MAX_JSON_DEPTH levels.
+
+    Raises ValueError (json.JSONDecodeError, UnicodeDecodeError) when it is not
+    JSON at all, ValidationError when it is JSON the contract refuses.
+    """
+    try:
+        value = json.loads(
+            data,
+            object_pairs_hook=_unique_keys,
+            parse_float=_finite,
+            parse_constant=_no_constants,
+        )
+    except RecursionError as exc:  # the C decoder's own bound, far past ours
+        raise _refuse_json(f"nested deeper than {MAX_JSON_DEPTH} levels") from exc
+    if not _depth_ok(value):
+        raise _refuse_json(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
 
 
 def parse_document(raw: object) -> JobDocument:

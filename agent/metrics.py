@@ -83,6 +83,31 @@ JOBS_REJECTED = Counter(
     ["transport", "code"],
     registry=REGISTRY,
 )
+# Connection limits of the HTTP transport (agent.transports.http.server).
+HTTP_CONNECTIONS_OPEN = Gauge(
+    "hostagent_http_connections_open", "HTTP connections open now", registry=REGISTRY
+)
+HTTP_CONNECTIONS_REFUSED = Counter(
+    "hostagent_http_connections_refused",
+    "Connections closed on arrival: over http.max_connections or the per-client cap",
+    registry=REGISTRY,
+)
+HTTP_CONNECTIONS_TIMED_OUT = Counter(
+    "hostagent_http_connections_timed_out",
+    "Connections closed because a request's headers did not arrive in time",
+    registry=REGISTRY,
+)
+HTTP_ACCEPT_ERRORS = Counter(
+    "hostagent_http_accept_errors",
+    "accept() failures for lack of descriptors or memory (retried with backoff)",
+    registry=REGISTRY,
+)
+BACKGROUND_ERRORS = Counter(
+    "hostagent_background_errors",
+    "Errors in the agent's periodic tasks, logged and retried with backoff, by task",
+    ["task"],
+    registry=REGISTRY,
+)
 BUILD_INFO = Info("hostagent_build", "The running agent's version", registry=REGISTRY)
 
 

@@ -10,8 +10,9 @@ import pydantic
 from pydantic import BaseModel
 
 from agent.context import JobContext
-from agent.errors import ValidationError
+from agent.errors import ForbiddenError, ValidationError
 from agent.jobs import JobDocument, raise_validation_error
+from agent.policy import Admission, Policy
 
 PayloadT = TypeVar("PayloadT", bound=BaseModel)
 HandlerFunc = Callable[[Any, JobContext], Awaitable[Any]]
@@ -30,6 +31,9 @@ class Handler:
     summary: str = ""
     # Key of the resource the job acts on; jobs with the same key never overlap.
     resource: Callable[[Any], str | None] | None = None
+    # Checks the payload against the host's policy at intake (paths, domain
+    # definitions); raises ForbiddenError naming the field.
+    admit: Callable[[Any, Admission], None] | None = None
 
 
 def handler(
@@ -39,6 +43,7 @@ def handler(
     rerun_safe: bool,
     version: int = 1,
     resource: Callable[[PayloadT], str | None] | None = None,
+    admit: Callable[[PayloadT, Admission], None] | None = None,
 ) -> Callable[[Callable[[PayloadT, JobContext], Awaitable[Any]]], Handler]:
     """Declare an async function `(payload, ctx) -> result` as the handler of `operation`."""
 
@@ -52,14 +57,17 @@ def handler(
             version=version,
             summary=summary,
             resource=resource,
+            admit=admit,
         )
 
     return wrap
 
 
 class Registry:
-    def __init__(self, handlers: Iterable[Handler] = ()) -> None:
+    def __init__(self, handlers: Iterable[Handler] = (), *, policy: Policy | None = None) -> None:
         self._handlers: dict[str, Handler] = {}
+        # None: operations with an admit hook are refused (no policy, no paths).
+        self.policy = policy
         for item in handlers:
             self.add(item)
 
@@ -100,6 +108,19 @@ class Registry:
         except pydantic.ValidationError as exc:
             raise_validation_error(exc, prefix="payload.data")
         raise AssertionError("unreachable")
+
+    def admit(self, document: JobDocument, payload: BaseModel, *, privileged: bool) -> None:
+        """Run the handler's policy check; ForbiddenError (field, reason) refuses the job."""
+        found = self.get(document.operation)
+        if found.admit is None:
+            return
+        if self.policy is None:
+            raise ForbiddenError(
+                f"{document.operation} needs the host policy, and this agent has none",
+                field="operation",
+                reason="no policy configured",
+            )
+        found.admit(payload, Admission(self.policy, privileged))
 
     def schemas(self) -> dict[str, dict[str, Any]]:
         """Per-operation payload JSON schema, for capability discovery."""

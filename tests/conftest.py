@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent.config import Config, LibvirtConfig
+from agent.config import Config, LibvirtConfig, PolicyConfig
 from agent.daemon import Agent
 from agent.transports.http.settings import HttpConfig
 from agent.transports.spool.settings import SpoolConfig
@@ -25,6 +25,8 @@ def config(tmp_path: Path) -> Config:
         libvirt=LibvirtConfig(uri="test:///default"),
         # The HTTP API is on by default; an ephemeral port keeps parallel runs apart.
         http=HttpConfig(bind="127.0.0.1:0"),
+        # Handler tests make their images here: the path policy's one root.
+        policy=PolicyConfig(image_roots=[tmp_path / "images"]),
     )
 
 

@@ -14,7 +14,10 @@ _BUS_PREFIX = {"virtio": "vd", "sata": "sd", "scsi": "sd", "ide": "hd"}
 class DiskSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    path: str = Field(description="Image file or block device on this host")
+    path: str = Field(
+        description="An image file under an image root (policy.image_roots or a pool's "
+        "directory); no block devices, no symbolic links, no '..'"
+    )
     format: Literal["qcow2", "raw"] = "qcow2"
     device: Literal["disk", "cdrom"] = "disk"
     bus: Literal["virtio", "sata", "scsi", "ide"] = "virtio"

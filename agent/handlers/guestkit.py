@@ -26,6 +26,7 @@ from agent.context import JobContext
 from agent.errors import HandlerError
 from agent.handlers import _findings, _guestfs_host, image
 from agent.handlers._guestfs_host import Accelerator, libguestfs_problem
+from agent.policy import Admission
 from agent.registry import Handler, handler
 
 if TYPE_CHECKING:
@@ -90,7 +91,14 @@ def _resource(payload: InspectPayload | ProfilePayload) -> str:
     return f"image:{payload.image.path}"
 
 
-@handler("guestkit.inspect", payload=InspectPayload, rerun_safe=True, resource=_resource)
+def _admit(payload: InspectPayload | ProfilePayload, gate: Admission) -> None:
+    # Regular image files under the roots only: no block devices, no /etc, no store.
+    gate.policy.check_input(payload.image.path, field="payload.data.image.path")
+
+
+@handler(
+    "guestkit.inspect", payload=InspectPayload, rerun_safe=True, resource=_resource, admit=_admit
+)
 async def inspect(payload: InspectPayload, ctx: JobContext) -> dict[str, Any]:
     """What is inside a disk image: OS, distribution, version, hostname, packages, services."""
     options = payload.options
@@ -120,7 +128,9 @@ async def inspect(payload: InspectPayload, ctx: JobContext) -> dict[str, Any]:
     return result
 
 
-@handler("guestkit.profile", payload=ProfilePayload, rerun_safe=True, resource=_resource)
+@handler(
+    "guestkit.profile", payload=ProfilePayload, rerun_safe=True, resource=_resource, admit=_admit
+)
 async def profile(payload: ProfilePayload, ctx: JobContext) -> dict[str, Any]:
     """Security and compliance findings read from a disk image's own files."""
     described, found = await _read_guest(payload.image, ["profile"], ctx)

@@ -13,8 +13,9 @@ import trio
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agent.context import JobContext
-from agent.errors import HandlerError
+from agent.errors import ForbiddenError, HandlerError
 from agent.handlers import check_disk_size
+from agent.policy import Admission, Policy
 from agent.registry import handler
 
 QEMU_IMG = "qemu-img"
@@ -46,10 +47,16 @@ def _absolute(value: str) -> str:
     return os.path.normpath(value)
 
 
+_ROOTED = (
+    "absolute path under an image root (policy.image_roots or a storage pool's directory); "
+    "no symbolic links, no '..', not in the agent's state or spool directory"
+)
+
+
 class ImageRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    path: str = Field(description="absolute path of the image file")
+    path: str = Field(description=f"an existing regular image file: {_ROOTED}")
 
     _absolute_path = field_validator("path")(_absolute)
 
@@ -58,9 +65,30 @@ def image_resource(ref: ImageRef) -> str:
     return f"image:{ref.path}"
 
 
+def admit_input(payload: ImageRef, gate: Admission) -> None:
+    gate.policy.check_input(payload.path, field="payload.data.path")
+
+
+def _policy(ctx: JobContext) -> Policy:
+    return ctx.get(Policy)
+
+
 async def _qemu_img_json(ctx: JobContext, argv: list[str]) -> Any:
     result = await ctx.run_process([QEMU_IMG, *argv])
     return json.loads(result.stdout)
+
+
+async def verified_chain(ctx: JobContext, path: str, fmt: str | None = None) -> list[Any]:
+    """Check `path` again now, and every backing file qemu-img would open with it:
+    an image's header (or a raw file that looks like one) may name any file."""
+    policy = _policy(ctx)
+    policy.check_input(path, field="payload.data.path")
+    argv = ["info", "--output=json", "--backing-chain", "-U"]
+    argv += ["-f", fmt] if fmt else []
+    chain: list[Any] = await _qemu_img_json(ctx, [*argv, path])
+    for image in chain[1:]:
+        policy.check_input(str(image.get("filename", "")), field="payload.data.path")
+    return chain
 
 
 class InfoPayload(ImageRef):
@@ -70,9 +98,10 @@ class InfoPayload(ImageRef):
     )
 
 
-@handler("image.info", payload=InfoPayload, rerun_safe=True)
+@handler("image.info", payload=InfoPayload, rerun_safe=True, admit=admit_input)
 async def info(payload: InfoPayload, ctx: JobContext) -> Any:
     """qemu-img info as JSON: format, virtual and actual size, backing file, ..."""
+    await verified_chain(ctx, payload.path)
     argv = ["info", "--output=json"]
     argv += ["--backing-chain"] if payload.backing_chain else []
     argv += ["-U"] if payload.force_share else []
@@ -88,9 +117,16 @@ class CheckPayload(ImageRef):
 _CHECK_FINDINGS = {0: "clean", 2: "corrupt", 3: "leaks"}
 
 
-@handler("image.check", payload=CheckPayload, rerun_safe=True, resource=image_resource)
+@handler(
+    "image.check",
+    payload=CheckPayload,
+    rerun_safe=True,
+    resource=image_resource,
+    admit=admit_input,
+)
 async def check(payload: CheckPayload, ctx: JobContext) -> dict[str, Any]:
     """qemu-img check: consistency of an image; corruption is a finding, not a failure."""
+    await verified_chain(ctx, payload.path, payload.format)
     argv = [QEMU_IMG, "check", "--output=json"]
     argv += ["-f", payload.format] if payload.format else []
     argv += ["-U"] if payload.force_share else []
@@ -105,28 +141,48 @@ async def check(payload: CheckPayload, ctx: JobContext) -> dict[str, Any]:
 
 
 class CreatePayload(ImageRef):
+    path: str = Field(description=f"the new image (must not exist; created 0640): {_ROOTED}")
     format: ImageFormat = "qcow2"
     size_bytes: int = Field(gt=0)
-    backing_file: str | None = None
+    backing_file: str | None = Field(default=None, description=f"an existing image: {_ROOTED}")
     backing_format: ImageFormat | None = None
     preallocation: Literal["off", "metadata", "falloc", "full"] | None = None
 
     _absolute_backing = field_validator("backing_file")(_absolute)
 
 
-@handler("image.create", payload=CreatePayload, rerun_safe=False, resource=image_resource)
+def admit_create(payload: CreatePayload, gate: Admission) -> None:
+    gate.policy.check_output(payload.path, field="payload.data.path")
+    if payload.backing_file is not None:
+        gate.policy.check_input(payload.backing_file, field="payload.data.backing_file")
+
+
+@handler(
+    "image.create",
+    payload=CreatePayload,
+    rerun_safe=False,
+    resource=image_resource,
+    admit=admit_create,
+)
 async def create(payload: CreatePayload, ctx: JobContext) -> Any:
     """qemu-img create: a new image (never over an existing file)."""
     check_disk_size(ctx, payload.size_bytes, field="payload.data.size_bytes")
-    if await trio.Path(payload.path).exists():
-        raise HandlerError(f"{payload.path} already exists", field="payload.data.path")
     argv = [QEMU_IMG, "create", "-q", "-f", payload.format]
     if payload.backing_file:
+        await verified_chain(ctx, payload.backing_file, payload.backing_format)
         argv += ["-b", payload.backing_file, "-F", payload.backing_format or payload.format]
     if payload.preallocation:
         argv += ["-o", f"preallocation={payload.preallocation}"]
-    await ctx.run_process([*argv, payload.path, str(payload.size_bytes)])
-    return await _qemu_img_json(ctx, ["info", "--output=json", payload.path])
+    # Made here first (O_EXCL, 0640): qemu-img then writes into our file, never
+    # over one that appeared since intake, and the mode does not depend on the umask.
+    path = _policy(ctx).create_output(payload.path, field="payload.data.path")
+    try:
+        await ctx.run_process([*argv, path, str(payload.size_bytes)])
+    except BaseException:
+        with trio.CancelScope(shield=True), contextlib.suppress(FileNotFoundError):
+            await trio.Path(path).unlink()
+        raise
+    return await _qemu_img_json(ctx, ["info", "--output=json", path])
 
 
 class ResizePayload(ImageRef):
@@ -135,10 +191,33 @@ class ResizePayload(ImageRef):
     shrink: bool = Field(default=False, description="allow shrinking (loses data at the end)")
 
 
-@handler("image.resize", payload=ResizePayload, rerun_safe=True, resource=image_resource)
+def admit_resize(payload: ResizePayload, gate: Admission) -> None:
+    admit_input(payload, gate)
+    if payload.shrink and payload.format is None:
+        raise ForbiddenError(
+            "image.resize: shrinking needs the image's format",
+            field="payload.data.format",
+            reason="give format with shrink: true (a file of another format is not cut)",
+        )
+
+
+@handler(
+    "image.resize",
+    payload=ResizePayload,
+    rerun_safe=True,
+    resource=image_resource,
+    admit=admit_resize,
+)
 async def resize(payload: ResizePayload, ctx: JobContext) -> Any:
     """qemu-img resize to an absolute virtual size."""
     check_disk_size(ctx, payload.size_bytes, field="payload.data.size_bytes")
+    found = (await verified_chain(ctx, payload.path))[0].get("format")
+    if found not in _DISK_FORMATS or (payload.format and found != payload.format):
+        # Only images of the expected format are resized: never truncate another file.
+        raise HandlerError(
+            f"{payload.path} is a {found} image, not {payload.format or 'a disk image'}",
+            field="payload.data.format",
+        )
     argv = [QEMU_IMG, "resize", "-q"]
     argv += ["-f", payload.format] if payload.format else []
     argv += ["--shrink"] if payload.shrink else []
@@ -147,7 +226,7 @@ async def resize(payload: ResizePayload, ctx: JobContext) -> Any:
 
 
 class ConvertPayload(ImageRef):
-    output_path: str
+    output_path: str = Field(description=f"the image to write (created 0640): {_ROOTED}")
     output_format: ImageFormat = "qcow2"
     source_format: ImageFormat | None = None
     compress: bool = False
@@ -156,20 +235,34 @@ class ConvertPayload(ImageRef):
     _absolute_output = field_validator("output_path")(_absolute)
 
 
+def admit_convert(payload: ConvertPayload, gate: Admission) -> None:
+    admit_input(payload, gate)
+    gate.policy.check_output(
+        payload.output_path, field="payload.data.output_path", overwrite=payload.overwrite
+    )
+
+
 @handler(
     "image.convert",
     payload=ConvertPayload,
     rerun_safe=True,
     resource=lambda p: f"image:{p.output_path}",
+    admit=admit_convert,
 )
 async def convert(payload: ConvertPayload, ctx: JobContext) -> Any:
     """qemu-img convert with progress; the output appears only when complete."""
-    output = trio.Path(payload.output_path)
-    if await output.exists() and not payload.overwrite:
-        raise HandlerError(f"{output} already exists", field="payload.data.output_path")
+    policy = _policy(ctx)
+    await verified_chain(ctx, payload.path, payload.source_format)
+    located = policy.check_output(
+        payload.output_path, field="payload.data.output_path", overwrite=payload.overwrite
+    )
+    output = trio.Path(located.path)
     # Written beside the output and renamed into place: no reader ever sees half an image,
     # and a rerun after a crash overwrites the same leftover.
     partial = output.with_name(f".{output.name}.{ctx.job_id}.part")
+    with contextlib.suppress(FileNotFoundError):
+        await partial.unlink()
+    policy.create_output(str(partial), field="payload.data.output_path")
     argv = [QEMU_IMG, "convert", "-p", "-O", payload.output_format]
     argv += ["-f", payload.source_format] if payload.source_format else []
     argv += ["-c"] if payload.compress else []
@@ -185,6 +278,9 @@ async def convert(payload: ConvertPayload, ctx: JobContext) -> Any:
 
     try:
         await ctx.run_process([*argv, payload.path, str(partial)], on_stdout=on_stdout)
+        policy.check_output(
+            str(output), field="payload.data.output_path", overwrite=payload.overwrite
+        )
         await partial.rename(output)
     finally:
         with trio.CancelScope(shield=True), contextlib.suppress(FileNotFoundError):
@@ -199,14 +295,20 @@ class ChecksumPayload(ImageRef):
     )
 
 
-@handler("image.checksum", payload=ChecksumPayload, rerun_safe=True, resource=image_resource)
+@handler(
+    "image.checksum",
+    payload=ChecksumPayload,
+    rerun_safe=True,
+    resource=image_resource,
+    admit=admit_input,
+)
 async def checksum(payload: ChecksumPayload, ctx: JobContext) -> dict[str, Any]:
     """sha256 of the file's bytes, streamed with progress; `expected` must match."""
     digest = hashlib.sha256()
-    try:
-        source = await trio.open_file(payload.path, "rb")
-    except OSError as exc:
-        raise HandlerError(f"cannot read {payload.path}: {exc.strerror}") from exc
+    # Hashes the very file the policy checked (its descriptor), whatever the path says later.
+    fd = _policy(ctx).open_input(payload.path, field="payload.data.path")
+    os.set_blocking(fd, True)
+    source = trio.wrap_file(os.fdopen(fd, "rb"))
     async with source:
         size = os.fstat(source.fileno()).st_size
         done, reported = 0, -1

@@ -13,6 +13,7 @@ from xml.etree import ElementTree as ET
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.context import JobContext
+from agent.domain_policy import admit_network
 from agent.handlers import connection, missing_is_done
 from agent.handlers.domain_xml import NAME_PATTERN
 from agent.hypervisor import lookup_network
@@ -93,7 +94,11 @@ class NetworkDefinePayload(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=NAME_PATTERN)
-    xml: str | None = Field(default=None, description="a complete libvirt network XML instead")
+    xml: str | None = Field(
+        default=None,
+        description="a complete libvirt network XML instead (no hostdev/passthrough forward "
+        "modes, host interfaces or dnsmasq options unless admin and policy.allow_passthrough)",
+    )
     forward: Literal["nat", "route", "isolated"] = "nat"
     bridge: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,15}$")
     ipv4_address: ipaddress.IPv4Interface | None = Field(
@@ -149,6 +154,7 @@ def _dhcp_range(
     payload=NetworkDefinePayload,
     rerun_safe=True,
     resource=lambda p: f"network:{p.name}",
+    admit=admit_network,
 )
 async def network_define(payload: NetworkDefinePayload, ctx: JobContext) -> dict[str, Any]:
     """Define (or redefine) a virtual network, then start and autostart it as asked."""

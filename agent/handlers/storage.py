@@ -11,6 +11,7 @@ from agent.context import JobContext
 from agent.errors import HandlerError
 from agent.handlers import check_disk_size, connection, missing_is_done
 from agent.handlers.domain_xml import NAME_PATTERN
+from agent.handlers.storage_roots import refresh_pool_roots
 from agent.hypervisor import (
     POOL_STATES,
     VOL_RESIZE_SHRINK,
@@ -19,7 +20,11 @@ from agent.hypervisor import (
     lookup_pool,
     lookup_volume,
 )
+from agent.policy import Admission, Policy
 from agent.registry import handler
+
+# A volume name is one path component: no '/', no leading dot (so no '..').
+VOLUME_NAME_PATTERN = r"^[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,254}$"
 
 
 class PoolRef(BaseModel):
@@ -39,7 +44,7 @@ class VolumeRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     pool: str = Field(min_length=1)
-    name: str = Field(min_length=1, description="the volume's name in its pool")
+    name: str = Field(pattern=VOLUME_NAME_PATTERN, description="the volume's name in its pool")
 
     def lookup(self, conn: Any) -> Any:
         return lookup_volume(conn, self.pool, self.name)
@@ -115,7 +120,11 @@ class PoolDefinePayload(BaseModel):
 
     name: str = Field(pattern=NAME_PATTERN)
     type: Literal["dir"] = "dir"
-    path: str = Field(pattern=r"^/", description="the directory holding the volumes")
+    path: str = Field(
+        pattern=r"^/",
+        description="the directory holding the volumes: strictly below an image root "
+        "(policy.image_roots), not the agent's state or spool directory",
+    )
     build: bool = Field(default=True, description="create the directory if missing")
     start: bool = True
     autostart: bool = False
@@ -130,14 +139,20 @@ def _pool_xml(spec: PoolDefinePayload, uuid: str | None) -> str:
     return ET.tostring(root, encoding="unicode")
 
 
+def admit_pool_define(payload: PoolDefinePayload, gate: Admission) -> None:
+    gate.policy.check_directory(payload.path, field="payload.data.path")
+
+
 @handler(
     "storage.pool.define",
     payload=PoolDefinePayload,
     rerun_safe=True,
     resource=lambda p: f"pool:{p.name}",
+    admit=admit_pool_define,
 )
 async def pool_define(payload: PoolDefinePayload, ctx: JobContext) -> dict[str, Any]:
     """Define a directory pool (and build, start and autostart it); redefining is an update."""
+    ctx.get(Policy).check_directory(payload.path, field="payload.data.path")
 
     def run(conn: Any) -> dict[str, Any]:
         existing = {pool.name(): pool.UUIDString() for pool in conn.listAllStoragePools(0)}
@@ -149,7 +164,9 @@ async def pool_define(payload: PoolDefinePayload, ctx: JobContext) -> dict[str, 
         pool.setAutostart(int(payload.autostart))
         return {**pool_summary(pool), "created": payload.name not in existing}
 
-    return await connection(ctx).call(run)
+    answer = await connection(ctx).call(run)
+    await refresh_pool_roots(connection(ctx), ctx.get(Policy))
+    return answer
 
 
 @handler("storage.pool.start", payload=PoolRef, rerun_safe=True, resource=pool_resource)
@@ -200,7 +217,9 @@ async def pool_delete(payload: PoolDeletePayload, ctx: JobContext) -> dict[str, 
             pool.undefine()
         return {"name": payload.name, "changed": True}
 
-    return await missing_is_done(connection(ctx).call(run), {"name": payload.name})
+    answer = await missing_is_done(connection(ctx).call(run), {"name": payload.name})
+    await refresh_pool_roots(connection(ctx), ctx.get(Policy))
+    return answer
 
 
 @handler("storage.volume.list", payload=PoolRef, rerun_safe=True, resource=pool_resource)
@@ -334,7 +353,7 @@ async def volume_delete(payload: VolumeRef, ctx: JobContext) -> dict[str, Any]:
 
 
 class VolumeClonePayload(VolumeRef):
-    new_name: str = Field(min_length=1)
+    new_name: str = Field(pattern=VOLUME_NAME_PATTERN)
     target_pool: str | None = Field(default=None, description="default: the same pool")
 
     @model_validator(mode="after")

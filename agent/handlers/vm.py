@@ -15,6 +15,7 @@ import trio
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.context import JobContext
+from agent.domain_policy import DOMAIN_XML_RULES, admit_define
 from agent.errors import HandlerError
 from agent.handlers import connection, missing_is_done
 from agent.handlers.domain_xml import (
@@ -123,7 +124,7 @@ async def info(payload: DomainRef, ctx: JobContext) -> dict[str, Any]:
 class DefinePayload(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    xml: str | None = Field(default=None, description="A complete libvirt domain XML")
+    xml: str | None = Field(default=None, description=DOMAIN_XML_RULES)
     spec: VmSpec | None = Field(
         default=None, description="Or a small spec the agent turns into XML"
     )
@@ -146,6 +147,7 @@ class DefinePayload(BaseModel):
     payload=DefinePayload,
     rerun_safe=True,
     resource=lambda p: f"domain:{p.name}",
+    admit=admit_define,
 )
 async def define(payload: DefinePayload, ctx: JobContext) -> dict[str, Any]:
     """Define (or redefine) a persistent domain from XML or from a small JSON spec."""

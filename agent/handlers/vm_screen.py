@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any
 
 from pydantic import Field
@@ -45,9 +46,13 @@ async def screenshot(payload: ScreenshotPayload, ctx: JobContext) -> dict[str, A
     def run(conn: Any) -> dict[str, Any]:
         dom = payload.lookup(conn)
         mime, image = capture_screen(conn, dom, payload.screen)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o750, parents=True, exist_ok=True)
         path = folder / f"screen.{_EXTENSIONS.get(mime, 'bin')}"
-        path.write_bytes(image)
+        # Owner and group only, whatever the umask (a screen may show secrets).
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+        os.fchmod(fd, 0o640)
+        with os.fdopen(fd, "wb") as out:
+            out.write(image)
         return summary(dom, path=str(path), mime_type=mime, size_bytes=len(image))
 
     return await connection(ctx).call(run)

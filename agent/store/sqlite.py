@@ -7,6 +7,8 @@ closing included, runs in a worker thread.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -15,7 +17,9 @@ from typing import Any, TypeVar
 import structlog
 import trio
 
-from agent.errors import AgentError, StoreError
+from agent.config import STATE_DIR_MODE
+from agent.diskspace import is_disk_full, storage_full
+from agent.errors import AgentError, StorageFullError, StoreError
 from agent.jobs import JobState, JobStatus, NewJob, OutboxEntry, PendingJob, utc_now
 from agent.outbox import OutboxInterest
 from agent.store import outbox_sql, queries, writes
@@ -25,6 +29,22 @@ from agent.store.schema import connect
 log = structlog.get_logger("agent.store")
 
 _T = TypeVar("_T")
+
+
+def private_files(path: Path) -> None:
+    """The store, its WAL and shared memory: 0600 whatever the umask (SQLite gives the
+    WAL and -shm files the database file's mode), in the state directory (STATE_DIR_MODE)."""
+    if not path.parent.exists():
+        path.parent.mkdir(mode=STATE_DIR_MODE, parents=True)
+        path.parent.chmod(STATE_DIR_MODE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(path.with_name(path.name + suffix), 0o600)
 
 
 class SqliteStore:
@@ -38,6 +58,8 @@ class SqliteStore:
         self._writes = Batcher(self._commit, self._wake_consumers)
         self._targets = outbox_sql.OutboxTargets()
         self._changed: dict[str, trio.Event] = {}
+        # True from a write that found the disk full until the next one that did not.
+        self.disk_full = False
 
     # -- life --
 
@@ -47,6 +69,7 @@ class SqliteStore:
 
     async def open(self) -> None:
         """Open (creating and migrating), and drop entries no consumer will read."""
+        await trio.to_thread.run_sync(private_files, self.path)
         self._writer = await trio.to_thread.run_sync(connect, self.path)
         self._reader = await trio.to_thread.run_sync(lambda: connect(self.path, readonly=True))
         dropped = await self._write(
@@ -131,8 +154,21 @@ class SqliteStore:
         return self._writes.queue(operation)
 
     async def settle(self, write: Queued) -> Any:
-        """Wait until a queued write is committed; its value."""
-        return await self._writes.settle(write)
+        """Wait until a queued write is committed; its value.
+
+        A write about a job already accepted (its start, progress, outcome) that
+        finds the disk full is tried again, with backoff, until space returns:
+        nothing acknowledged is lost and nothing waiting on it fails."""
+        attempt = 0
+        while True:
+            try:
+                return await self._writes.settle(write)
+            except StorageFullError:
+                attempt += 1
+                if attempt == 1:
+                    log.error("store.disk_full_waiting", path=str(self.path))  # noqa: TRY400 (an expected state, no traceback)
+                await trio.sleep(min(5.0, 0.1 * 2**attempt))
+                write = self._writes.queue(write.operation)
 
     async def _write(self, operation: Callable[[sqlite3.Connection], Any]) -> Any:
         return await self.settle(self._queue_write(operation))
@@ -157,9 +193,17 @@ class SqliteStore:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             self._targets.touched.clear()
+            full = is_disk_full(exc, self.path.parent)
+            self.disk_full = self.disk_full or full
             for item in batch:
-                item.error = StoreError(f"job store write failed: {exc}")
+                item.error = (
+                    storage_full(self.path.parent)
+                    if full
+                    else StoreError(f"job store write failed: {exc}")
+                )
                 item.error.__cause__ = exc
+        else:
+            self.disk_full = False
 
     def _wake_consumers(self) -> None:
         for name in self._targets.touched:
@@ -174,8 +218,9 @@ class SqliteStore:
     async def insert_jobs(
         self, jobs: Sequence[NewJob]
     ) -> list[tuple[JobState, PendingJob | None] | AgentError]:
-        result: list[tuple[JobState, PendingJob | None] | AgentError] = await self._write(
-            lambda conn: writes.insert_jobs(conn, self._targets, jobs)
+        # Not retried: a new job on a full disk is refused (503), never kept waiting.
+        result: list[tuple[JobState, PendingJob | None] | AgentError] = await self._writes.settle(
+            self._queue_write(lambda conn: writes.insert_jobs(conn, self._targets, jobs))
         )
         return result
 

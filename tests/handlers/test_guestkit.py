@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import trio
 
-from agent.config import Config, LibvirtConfig
+from agent.config import Config, LibvirtConfig, PolicyConfig
 from agent.daemon import Agent
-from agent.errors import ValidationError
+from agent.errors import ForbiddenError, ValidationError
 from agent.handlers import _findings, _guestfs_host
 from agent.transports.http.settings import HttpConfig
 from agent.transports.spool.settings import SpoolConfig
@@ -46,6 +46,13 @@ def disks() -> dict[str, Path]:
     }
 
 
+@pytest.fixture
+def config(config: Config) -> Config:
+    # The cached test disks are an image root too (the path policy refuses the rest).
+    roots = [*config.policy.image_roots, guestdisks.CACHE]
+    return config.model_copy(update={"policy": PolicyConfig(image_roots=roots)})
+
+
 def module_config(root: Path) -> Config:
     return Config(
         state_dir=root / "state",
@@ -54,6 +61,7 @@ def module_config(root: Path) -> Config:
         spool=SpoolConfig(enabled=False),
         libvirt=LibvirtConfig(uri="test:///default"),
         http=HttpConfig(enabled=False),
+        policy=PolicyConfig(image_roots=[guestdisks.CACHE]),  # the path policy's root
     )
 
 
@@ -266,19 +274,20 @@ async def test_checksum_mismatch_fails_before_any_inspection(
 
 
 async def test_missing_and_non_image_paths_fail_clearly(agent: Agent, tmp_path: Path) -> None:
-    missing = tmp_path / "missing.qcow2"
-    assert await failed(agent, "guestkit.inspect", {"image": {"path": str(missing)}}) == (
-        f"{missing} does not exist"
-    )
-    notes = tmp_path / "notes.txt"
+    images = tmp_path / "images"  # the test config's image root
+    images.mkdir()
+    missing = images / "missing.qcow2"
+    (images / "folder").mkdir()
+    for path, reason in ((missing, "no such file"), (images / "folder", "only regular files")):
+        with pytest.raises(ForbiddenError) as refused:  # the path policy, at intake
+            await submit(agent, "guestkit.inspect", {"image": {"path": str(path)}})
+        assert refused.value.details["reason"].startswith(reason)
+    notes = images / "notes.txt"
     notes.write_text("not a disk\n")
     assert await failed(agent, "guestkit.profile", {"image": {"path": str(notes)}}) == (
         f"{notes} is not a disk image: 11 bytes is not a whole number of 512-byte sectors"
     )
-    assert await failed(agent, "guestkit.inspect", {"image": {"path": str(tmp_path)}}) == (
-        f"{tmp_path} is not a file or block device"
-    )
-    bogus = tmp_path / "bogus.qcow2"
+    bogus = images / "bogus.qcow2"
     bogus.write_bytes(b"QFI\xfb" + bytes(508))
     assert "is not a disk image qemu can open" in await failed(
         agent, "guestkit.inspect", {"image": {"path": str(bogus), "format": "qcow2"}}
@@ -412,9 +421,12 @@ def test_release_end_of_life_is_read_from_the_guests_distro_info() -> None:
 
 
 @pytest.mark.slow
-def test_client_flow_against_a_running_agent(tmp_path: Path, disks: dict[str, Path]) -> None:
+def test_client_flow_against_a_running_agent(
+    tmp_path: Path, disks: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """As the guestkit client examples do: submit, wait, print product name and count."""
     state, spool = tmp_path / "state", tmp_path / "spool"
+    monkeypatch.setenv("HOSTAGENT_POLICY__IMAGE_ROOTS", json.dumps([str(guestdisks.CACHE)]))
     agent = AgentProcess(state, spool).start()
     try:
         data = {"image": {"path": str(disks["clean"]), "format": "qcow2"}}

@@ -13,7 +13,7 @@ import trio
 
 from agent.config import Config
 from agent.daemon import Agent
-from agent.errors import ValidationError
+from agent.errors import ForbiddenError, ValidationError
 from agent.transports.spool.settings import SpoolConfig
 from tests.jobs import failed, job_document, ok, submit, wait_done
 
@@ -73,8 +73,9 @@ async def test_image_create_info_check_resize(agent: Agent, images: Path) -> Non
     assert checked["check-errors"] == 0
     resized = await ok(agent, "image.resize", {"path": path, "size_bytes": 128 * MIB})
     assert resized["virtual-size"] == 128 * MIB
-    error = await failed(agent, "image.create", {"path": path, "size_bytes": MIB})
-    assert error == f"{path} already exists"
+    with pytest.raises(ForbiddenError) as caught:  # refused at intake, never a failed job
+        await submit(agent, "image.create", {"path": path, "size_bytes": MIB})
+    assert caught.value.message == f"payload.data.path: {path} already exists"
 
 
 async def test_image_create_with_backing_file(agent: Agent, images: Path) -> None:
@@ -107,9 +108,9 @@ async def test_image_check_finds_a_corrupt_image_and_fails_on_unreadable(
     checked = await ok(agent, "image.check", {"path": str(path)})
     assert checked["result"] == "corrupt"
     assert checked["corruptions"] > 0
-    assert "could not check" in await failed(
-        agent, "image.check", {"path": str(images / "missing.qcow2")}
-    )
+    with pytest.raises(ForbiddenError) as caught:
+        await submit(agent, "image.check", {"path": str(images / "missing.qcow2")})
+    assert caught.value.details["reason"] == "no such file"
     raw = images / "plain.raw"
     raw.write_bytes(b"\0" * 4096)
     assert await failed(agent, "image.check", {"path": str(raw), "format": "raw"}) == (
@@ -154,8 +155,9 @@ async def test_image_convert_reports_qemu_img_progress(agent: Agent, images: Pat
     result = await agent.intake.result(job_id)
     assert (result["format"], result["virtual-size"]) == ("qcow2", 32 * MIB)
     assert sorted(p.name for p in images.iterdir()) == ["out.qcow2", "source.raw"]
-    error = await failed(agent, "image.convert", {"path": str(source), "output_path": str(output)})
-    assert error == f"{output} already exists"
+    with pytest.raises(ForbiddenError) as caught:
+        await submit(agent, "image.convert", {"path": str(source), "output_path": str(output)})
+    assert caught.value.details["field"] == "payload.data.output_path"
 
 
 async def test_image_convert_cancelled_leaves_no_process_and_no_partial_file(
@@ -215,6 +217,9 @@ async def test_image_checksum_streams_with_progress_and_checks_expected(
     assert len(percents) >= 3
 
 
-async def test_image_checksum_of_missing_file_fails_clearly(agent: Agent, images: Path) -> None:
-    error = await failed(agent, "image.checksum", {"path": str(images / "nope")})
-    assert error == f"cannot read {images / 'nope'}: No such file or directory"
+async def test_image_checksum_of_missing_file_is_refused_clearly(
+    agent: Agent, images: Path
+) -> None:
+    with pytest.raises(ForbiddenError) as caught:
+        await submit(agent, "image.checksum", {"path": str(images / "nope")})
+    assert caught.value.details == {"field": "payload.data.path", "reason": "no such file"}

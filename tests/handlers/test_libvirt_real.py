@@ -111,7 +111,7 @@ async def test_real_jobs_on_one_domain_wait_for_each_other_but_not_for_others(
 
 async def test_real_storage_pool_and_volumes(agent: Agent, observer: Any, tmp_path: Path) -> None:
     pool = f"real-pool-{uuid.uuid4().hex[:6]}"
-    folder = tmp_path / "pool"
+    folder = tmp_path / "images" / "pool"  # under the test config's image root
     defined = await ok(agent, "storage.pool.define", {"name": pool, "path": str(folder)})
     assert (defined["state"], folder.is_dir()) == ("running", True)
     volume = {"pool": pool, "name": "disk.qcow2"}

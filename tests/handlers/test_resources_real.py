@@ -106,7 +106,7 @@ async def test_real_volume_actions_and_image_dir_usage(
     served: Agent, observer: Any, tmp_path: Path
 ) -> None:
     pool = f"real-res-{uuid.uuid4().hex[:6]}"
-    folder = tmp_path / "pool"
+    folder = tmp_path / "images" / "pool"  # under the test config's image root
     async with client(served) as http:
         await act(served, http, "POST", "/storagepools", json={"name": pool, "path": str(folder)})
         stats = (await http.get("/api/v1/host/stats", params={"window_seconds": 0.1})).json()

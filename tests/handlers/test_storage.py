@@ -40,15 +40,16 @@ async def test_pool_list_and_info(agent: Agent) -> None:
 
 async def test_pool_define_start_stop_delete(agent: Agent) -> None:
     name = unique("pool")
+    srv = str(agent.config.policy.image_roots[0])  # pools lie under an image root
     defined = await ok(
-        agent, "storage.pool.define", {"name": name, "path": f"/srv/{name}", "start": False}
+        agent, "storage.pool.define", {"name": name, "path": f"{srv}/{name}", "start": False}
     )
     assert (defined["created"], defined["state"], defined["path"]) == (
         True,
         "inactive",
-        f"/srv/{name}",
+        f"{srv}/{name}",
     )
-    assert (await ok(agent, "storage.pool.define", {"name": name, "path": f"/srv/{name}"}))[
+    assert (await ok(agent, "storage.pool.define", {"name": name, "path": f"{srv}/{name}"}))[
         "created"
     ] is False
     assert (await ok(agent, "storage.pool.start", {"name": name}))["changed"] is False

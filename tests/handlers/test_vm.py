@@ -49,8 +49,8 @@ async def test_vm_define_from_spec_builds_disks_and_nics(agent: Agent) -> None:
         agent,
         vcpus=2,
         disks=[
-            {"path": "/images/a.qcow2"},
-            {"path": "/images/b.iso", "device": "cdrom", "bus": "sata"},
+            {"path": "/default-pool/a.qcow2"},
+            {"path": "/default-pool/b.iso", "device": "cdrom", "bus": "sata"},
         ],
         networks=[{"network": "default", "mac": "52:54:00:00:00:01"}],
     )
@@ -59,8 +59,8 @@ async def test_vm_define_from_spec_builds_disks_and_nics(agent: Agent) -> None:
     assert info["vcpus"] == 2
     assert info["max_memory_kib"] == 64 * 1024
     assert [(d["target"], d["device"], d["source"]) for d in info["disks"]] == [
-        ("vda", "disk", "/images/a.qcow2"),
-        ("sda", "cdrom", "/images/b.iso"),
+        ("vda", "disk", "/default-pool/a.qcow2"),
+        ("sda", "cdrom", "/default-pool/b.iso"),
     ]
     assert info["disks"][1]["readonly"] is True
     assert info["nics"][0]["mac"] == "52:54:00:00:00:01"
@@ -195,12 +195,14 @@ async def test_vm_undefine_removes_its_volumes(agent: Agent) -> None:
         "storage.volume.create",
         {"pool": "default-pool", "name": volume, "capacity_bytes": 1 << 20},
     )
-    name = (await define(agent, disks=[{"path": created["path"]}, {"path": "/not/a/volume.raw"}]))[
-        "name"
-    ]
+    name = (
+        await define(
+            agent, disks=[{"path": created["path"]}, {"path": "/default-pool/not-a-volume.raw"}]
+        )
+    )["name"]
     result = await ok(agent, "vm.undefine", {"name": name, "remove_storage": True})
     assert result["removed_volumes"] == [created["path"]]
-    assert result["kept_disks"] == ["/not/a/volume.raw"]
+    assert result["kept_disks"] == ["/default-pool/not-a-volume.raw"]
     error = await failed(agent, "storage.volume.info", {"pool": "default-pool", "name": volume})
     assert error == f"volume {volume!r} in pool 'default-pool' not found"
 

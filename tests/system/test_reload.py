@@ -123,7 +123,8 @@ async def test_reload_reaches_the_limits_handlers_read(config: Config, tmp_path:
     async with trio.open_nursery() as nursery:
         agent: Agent = await nursery.start(Agent(config).run)
         await agent.reload(agent.config.model_copy(update={"max_disk_size_gb": 1}))
-        image = {"path": str(tmp_path / "big.qcow2"), "size_bytes": 2 * 1024**3}
+        (tmp_path / "images").mkdir()  # the test config's image root
+        image = {"path": str(tmp_path / "images" / "big.qcow2"), "size_bytes": 2 * 1024**3}
         await agent.intake.submit(job("big", "image.create", image), transport="test")
         with trio.fail_after(10):
             while not (state := await agent.intake.status("big")).status.terminal:
@@ -131,5 +132,5 @@ async def test_reload_reaches_the_limits_handlers_read(config: Config, tmp_path:
         assert state.status is JobStatus.FAILED
         assert state.error is not None
         assert "max_disk_size_gb (1)" in state.error
-        assert not (tmp_path / "big.qcow2").exists()
+        assert not (tmp_path / "images" / "big.qcow2").exists()
         nursery.cancel_scope.cancel()

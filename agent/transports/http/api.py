@@ -15,7 +15,7 @@ from typing import Any, cast
 import structlog
 import trio
 from pydantic import BaseModel
-from quart import Response, current_app, request
+from quart import Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from agent import metrics
@@ -25,10 +25,11 @@ from agent.errors import (
     DrainingError,
     QueueFullError,
     UnauthorizedError,
+    UnsupportedMediaTypeError,
     ValidationError,
 )
 from agent.intake import Submission, TransportIntake
-from agent.jobs import JobDocument, JobState, NewJob
+from agent.jobs import JobDocument, JobState, NewJob, parse_json
 from agent.transports.http.auth import Principal, TokenTable, bearer_token
 from agent.transports.http.models import (
     AnyResult,
@@ -173,13 +174,26 @@ def authorize(spec: Route, headers: Any, args: Any) -> Principal | None:
 
 
 async def json_body() -> Any:
+    """The request's JSON, read the way every transport reads documents (parse_json)."""
+    if request.mimetype != "application/json":
+        raise UnsupportedMediaTypeError(
+            "The request body must be JSON",
+            field="Content-Type",
+            reason=f"expected application/json, got {request.mimetype or 'none'}",
+        )
     data = await request.get_data(cache=False)
     try:
-        return json.loads(data)
+        return parse_json(data)
     except ValueError as exc:
         raise BadRequestError(
             "The request body is not valid JSON", field="body", reason=str(exc)
         ) from exc
+
+
+def privileged() -> bool:
+    """The caller holds `admin` (the domain policy lets only such callers pass through)."""
+    principal = getattr(g, "principal", None)
+    return principal is not None and principal.allows("admin")
 
 
 def require_accepting(intake: TransportIntake) -> None:
@@ -212,13 +226,14 @@ _ERRORS_JOB = (401, 403, 404)
     status=201,
     body=JobDocument,
     answer=Submitted,
-    errors=(400, 401, 403, 409, 413, 503),
+    errors=(400, 401, 403, 409, 413, 415, 503),
 )
 async def submit_job() -> Response:
     api = state()
     require_accepting(api.intake)
     raw = await json_body()
-    return ok_model(submitted(await api.intake.submit(raw, transport="http")), 201)
+    submission = await api.intake.submit(raw, transport="http", privileged=privileged())
+    return ok_model(submitted(submission), 201)
 
 
 @route(
@@ -228,7 +243,7 @@ async def submit_job() -> Response:
     summary="Submit many jobs in one transaction; one answer per job",
     body=BatchRequest,
     answer=BatchAnswer,
-    errors=(400, 401, 403, 413, 503),
+    errors=(400, 401, 403, 413, 415, 503),
 )
 async def submit_batch() -> Response:
     api = state()
@@ -241,12 +256,20 @@ async def submit_batch() -> Response:
             field="jobs",
             reason="A non-empty list of job documents is required",
         )
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):  # not a document at all: the request is malformed
+            raise ValidationError(
+                "Every item of jobs must be a job document (an object)",
+                field=f"jobs.{index}",
+                reason="Expected a JSON object",
+            )
     if len(items) > api.config.max_batch_jobs:
         raise ValidationError(
             f"At most {api.config.max_batch_jobs} jobs per batch",
             field="jobs",
             reason=f"{len(items)} jobs sent, limit {api.config.max_batch_jobs}",
         )
+    admin = privileged()
     answers: list[dict[str, Any] | None] = [None] * len(items)
     prepared: list[NewJob] = []
     positions: list[int] = []
@@ -254,7 +277,7 @@ async def submit_batch() -> Response:
         if index % 64 == 63:
             await trio.lowlevel.checkpoint()  # let other requests in during a big batch
         try:
-            prepared.append(api.intake.prepare(item, transport="http"))
+            prepared.append(api.intake.prepare(item, transport="http", privileged=admin))
             positions.append(index)
         except AgentError as exc:  # one bad job is that job's answer, not the batch's
             answers[index] = _batch_failure(exc, index)
@@ -304,7 +327,7 @@ async def list_jobs() -> Response:
 
 @route(
     "GET",
-    f"{API}/jobs/<job_id>",
+    f"{API}/jobs/<jobid:job_id>",
     scope="read",
     summary="A job's status",
     answer=JobState,
@@ -316,7 +339,7 @@ async def job_status(job_id: str) -> Response:
 
 @route(
     "GET",
-    f"{API}/jobs/<job_id>/result",
+    f"{API}/jobs/<jobid:job_id>/result",
     scope="read",
     summary="A job's result (404 until there is one)",
     answer=AnyResult,
@@ -328,7 +351,7 @@ async def job_result(job_id: str) -> Response:
 
 @route(
     "POST",
-    f"{API}/jobs/<job_id>/cancel",
+    f"{API}/jobs/<jobid:job_id>/cancel",
     scope="cancel",
     summary="Cancel a pending or running job; answers its status",
     answer=JobState,
@@ -340,7 +363,7 @@ async def cancel_job(job_id: str) -> Response:
 
 @route(
     "GET",
-    f"{API}/jobs/<job_id>/logs",
+    f"{API}/jobs/<jobid:job_id>/logs",
     scope="read",
     summary="A job's log lines and progress events",
     answer=JobLogs,

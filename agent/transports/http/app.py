@@ -3,13 +3,17 @@ one metrics hook, and every error answered with the contract's JSON envelope."""
 
 from __future__ import annotations
 
+import re
+
 import structlog
 from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import BaseConverter
 
 from agent import metrics
 from agent.errors import AgentError, QueueFullError
+from agent.jobs import RESERVED_JOB_IDS
 from agent.transports.http import api, audit, docs, events, local_auth, resources
 from agent.transports.http.api import (
     ApiState,
@@ -21,8 +25,19 @@ from agent.transports.http.api import (
 log = structlog.get_logger("agent.http")
 
 
+_CONVERTER = re.compile(r"<[a-z]+:")
+
+
+class JobIdConverter(BaseConverter):
+    """A job id in a path; never a reserved segment, so /jobs/batch is only the batch
+    route (405 with Allow: POST for a GET), as the OpenAPI document says."""
+
+    regex = r"(?!(?:" + "|".join(sorted(RESERVED_JOB_IDS)) + r")$)[^/]+"
+
+
 def build_app(state: ApiState) -> QuartTrio:
     app = QuartTrio("hostagent")
+    app.url_map.converters["jobid"] = JobIdConverter
     app.config["MAX_CONTENT_LENGTH"] = state.config.max_body_bytes
     app.config["BODY_TIMEOUT"] = state.config.body_timeout_seconds
     # Streams (SSE) lift this for themselves; no plain answer should take this long.
@@ -56,6 +71,7 @@ def build_app(state: ApiState) -> QuartTrio:
     @app.after_request
     async def count_request(response: Response) -> Response:
         rule = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+        rule = _CONVERTER.sub("<", rule)  # the template as documented: <job_id>
         metrics.HTTP_REQUESTS.labels(request.method, rule, str(response.status_code)).inc()
         return response
 

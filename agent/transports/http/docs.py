@@ -16,7 +16,7 @@ from quart import Response
 from quart_trio import QuartTrio
 
 from agent import __version__
-from agent.jobs import JOB_ID_PATTERN
+from agent.jobs import JOB_ID_PATTERN, RESERVED_JOB_IDS
 from agent.transports.http import swagger
 from agent.transports.http.api import Route, state
 from agent.transports.http.models import ErrorBody
@@ -25,10 +25,12 @@ _REF = "#/components/schemas/{model}"
 _ERROR_TEXT = {
     400: "VALIDATION_ERROR (details name the field and the reason) or BAD_REQUEST",
     401: "UNAUTHORIZED: no token, or an unknown one",
-    403: "FORBIDDEN: the token lacks the scope",
+    403: "FORBIDDEN: the token lacks the scope, or the host policy refuses a path or "
+    "definition in the payload (details name the field and the reason)",
     404: "NOT_FOUND",
     409: "CONFLICT",
     413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE: the body must be sent as application/json",
     503: "QUEUE_FULL (with Retry-After): the pending queue is full or the agent is draining; "
     "UNAVAILABLE: libvirt is not connected",
 }
@@ -40,6 +42,16 @@ Every success is `{"success": true, "data": ...}`; every error is
 Authenticate with `Authorization: Bearer <token>`; each endpoint names the
 scope it needs (`read`, `submit`, `cancel`; `admin` holds all).
 """
+
+
+_TEXT: dict[str, Any] = {"type": "string"}
+_PATH_SCHEMAS: dict[str, dict[str, Any]] = {
+    "jobid": {
+        "type": "string",
+        "pattern": JOB_ID_PATTERN,
+        "not": {"enum": sorted(RESERVED_JOB_IDS)},
+    }
+}
 
 
 def _path(rule: str) -> str:
@@ -88,8 +100,8 @@ def _operation(
             else [{"bearerAuth": []}]
         )
     parameters = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-        for name in re.findall(r"<(?:[a-z]+:)?([a-z_]+)>", spec.rule)
+        {"name": name, "in": "path", "required": True, "schema": _PATH_SCHEMAS.get(kind, _TEXT)}
+        for kind, name in re.findall(r"<(?:([a-z]+):)?([a-z_]+)>", spec.rule)
     ]
     if spec.query is not None:
         query = schemas[spec.query.__name__]

@@ -7,7 +7,6 @@ host) and agent.transports.http.resources_storage (pools, volumes, networks).
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -17,7 +16,7 @@ from pydantic import BaseModel
 from quart import Response, request
 
 from agent.errors import BadRequestError, NotFoundError, UnavailableError, ValidationError
-from agent.jobs import JOB_ID_PATTERN, raise_validation_error
+from agent.jobs import JOB_ID_PATTERN, parse_json, raise_validation_error
 from agent.resource_actions import (
     Action,
     job_document,
@@ -55,7 +54,7 @@ async def parse_body(model: type[ModelT]) -> ModelT:
     """The request body as `model`; no body at all means its defaults."""
     data = await request.get_data(cache=True)
     try:
-        raw = json.loads(data) if data.strip() else {}
+        raw = parse_json(data) if data.strip() else {}  # depth, duplicates, NaN: 400
     except ValueError as exc:
         raise BadRequestError(
             "The request body is not valid JSON", field="body", reason=str(exc)

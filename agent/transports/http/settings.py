@@ -50,3 +50,12 @@ class HttpConfig(Section):
     socket_admin_group: str = ""
     # Members may submit and read over the socket, and cancel their own jobs.
     socket_submit_group: str = "hostagent-submit"
+    # A request's headers must arrive within this many seconds of its first byte.
+    header_timeout_seconds: float = Field(default=10.0, gt=0, json_schema_extra=RESTART)
+    # Open connections at most (also kept below the descriptor limit); more are
+    # closed at once and counted in hostagent_http_connections_refused_total.
+    max_connections: int = Field(default=1000, ge=1, json_schema_extra=RESTART)
+    max_connections_per_client: int = Field(default=256, ge=1, json_schema_extra=RESTART)
+    # Job API requests processed at once; more wait their turn (health and
+    # /metrics never wait: they answer from memory).
+    max_active_requests: int = Field(default=8, ge=1, json_schema_extra=RESTART)

@@ -21,9 +21,6 @@ from typing import Any
 import structlog
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.config import Sockets
-from hypercorn.trio.run import worker_serve
-from hypercorn.utils import wrap_app
 
 from agent.config import Config
 from agent.errors import ConfigError
@@ -32,6 +29,7 @@ from agent.intake import TransportIntake
 from agent.transports.http.api import ApiState
 from agent.transports.http.app import build_app
 from agent.transports.http.auth import TokenTable
+from agent.transports.http.fastpath import FastPaths
 from agent.transports.http.local import (
     OwnerBook,
     PeerPolicy,
@@ -40,7 +38,10 @@ from agent.transports.http.local import (
     serve_local,
 )
 from agent.transports.http.local_auth import EXTENSION, LocalAccess
+from agent.transports.http.server import ConnectionLimits, serve_asgi
 from agent.transports.http.settings import HttpConfig
+
+__all__ = ["HttpTransport", "hypercorn_settings", "serve_asgi"]
 
 log = structlog.get_logger("agent.http")
 
@@ -141,32 +142,12 @@ def hypercorn_settings(config: HttpConfig, context: ssl.SSLContext | None) -> Hy
     settings.accesslog = None
     settings.errorlog = logging.getLogger("hypercorn.error")
     settings.keep_alive_timeout = config.keep_alive_seconds
+    # h11 refuses request heads over this (431) before they take more memory.
+    settings.h11_max_incomplete_size = 16 * 1024
     settings.keep_alive_max_requests = 1_000_000
     settings.ssl_handshake_timeout = 10.0
     settings.graceful_timeout = 1.0
     return settings
-
-
-async def serve_asgi(
-    app: Any,
-    listener: socket.socket,
-    settings: HypercornConfig,
-    *,
-    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve an ASGI app on a listening socket with hypercorn's trio worker, until cancelled."""
-    tls = settings.create_ssl_context() is not None
-    sockets = Sockets(
-        secure_sockets=[listener] if tls else [],
-        insecure_sockets=[] if tls else [listener],
-        quic_sockets=[],
-    )
-    await worker_serve(
-        wrap_app(app, settings.wsgi_max_body_size, None),
-        settings,
-        sockets=sockets,
-        task_status=task_status,
-    )
 
 
 class HttpTransport:
@@ -235,9 +216,18 @@ class HttpTransport:
         listener = self._bind()
         self._api = ApiState(intake, self.config, self._tokens)
         app = build_app(self._api)
+        # TCP clients meet the connection limits and the health fast path; the local
+        # socket's peers are few and known, and serve_local authorises them by uid.
+        front = FastPaths(app, self._api, max_active=self.config.max_active_requests)
+        limits = ConnectionLimits(
+            max_connections=self.config.max_connections,
+            per_client=self.config.max_connections_per_client,
+            header_timeout=self.config.header_timeout_seconds,
+        )
         settings = hypercorn_settings(self.config, self._context)
         async with trio.open_nursery() as nursery:
-            await nursery.start(partial(serve_asgi, app, listener, settings))
+            await nursery.start(front.refresh_health)
+            await nursery.start(partial(serve_asgi, front, listener, settings, limits=limits))
             if self.socket_path is not None:
                 await nursery.start(partial(self._serve_socket, app, self.socket_path))
             if not self.config.tokens and not self.config.insecure_no_auth:

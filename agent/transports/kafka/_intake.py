@@ -10,7 +10,6 @@ a bad message.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 
 from agent.errors import AgentError, ExpiredError, NotFoundError, ValidationError
-from agent.jobs import JobState, NewJob
+from agent.jobs import JobState, NewJob, parse_json
 from agent.transports.kafka._consumer import Record
 from agent.transports.kafka._events import EventType, event_value
 from agent.transports.kafka._producer import Outgoing
@@ -111,10 +110,14 @@ class Examiner:
         """A prepared job, an event to send instead, or None (a broadcast not for us)."""
         key = record.key.decode(errors="replace") if record.key else None
         try:
-            raw = json.loads(record.value or b"")
-        except (ValueError, UnicodeDecodeError) as exc:
-            error = ValidationError(
-                "The message is not a JSON document", field="document", reason=str(exc)
+            raw = parse_json(record.value or b"")  # as HTTP and the spool read documents
+        except (ValueError, ValidationError) as exc:  # ValidationError: 10,000 deep, NaN, ...
+            error = (
+                exc
+                if isinstance(exc, ValidationError)
+                else ValidationError(
+                    "The message is not a JSON document", field="document", reason=str(exc)
+                )
             )
             return self.rejected(record, error, key)
         if not isinstance(raw, dict):

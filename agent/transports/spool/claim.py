@@ -17,6 +17,7 @@ from pathlib import Path
 
 import structlog
 
+from agent import background
 from agent.errors import (
     AgentError,
     BadRequestError,
@@ -24,7 +25,7 @@ from agent.errors import (
     PayloadTooLargeError,
     ValidationError,
 )
-from agent.jobs import NewJob
+from agent.jobs import NewJob, parse_json
 from agent.transports.spool.layout import write_atomically
 from agent.transports.spool.settings import SpoolConfig
 
@@ -32,6 +33,8 @@ log = structlog.get_logger("agent.spool")
 
 # Namespace for job ids derived from a spool file that names none: the same
 # file seen again after a crash gets the same id, so it is one job.
+# Errors of the host, not of the file: the file is looked at again later.
+_NOT_THE_FILES_FAULT = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _SPOOL_ID_NAMESPACE = uuid.UUID("6f1c4a52-8e0b-4c44-9a53-3d2f7c1e9b10")
 
 # Validates a document (intake.prepare): (raw, stable id for a document without one, origin).
@@ -80,12 +83,17 @@ def still_arriving(incoming: Path, name: str, config: SpoolConfig) -> Unsettled 
         read = _read_safely(incoming, name, config)
     except AgentError:
         return None  # refused once claimed, with the reason
+    except OSError as exc:  # out of descriptors: look again later
+        background.note_failure("spool.claim", exc)
+        return Unsettled(name, 1.0)
     if read is None:
         return None
     data, info = read
     try:
-        json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        parse_json(data)  # complete JSON the contract refuses (10,000 deep) is claimed
+    except ValidationError:
+        return None  # and refused once claimed, with the reason
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError: maybe still being written
         unchanged_for = time.time() - info.st_mtime
         if unchanged_for < config.settle_seconds:
             return Unsettled(name, config.settle_seconds - unchanged_for + 0.05)
@@ -98,12 +106,22 @@ def examine(claimed: Path, name: str, config: SpoolConfig, prepare: Prepare) -> 
         read = _read_safely(claimed, name, config)
     except AgentError as refusal:
         return Refused(name, refusal)
+    except OSError as exc:  # out of descriptors or memory: a good file waits, unjudged
+        background.note_failure("spool.claim", exc)
+        return Unsettled(name, 1.0)
     if read is None:
         return None
-    data, info = read
+    return _judge(name, *read, config, prepare)
+
+
+def _judge(
+    name: str, data: bytes, info: os.stat_result, config: SpoolConfig, prepare: Prepare
+) -> Examined:
     try:
-        raw = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raw = parse_json(data)  # the very parse HTTP uses: depth, duplicate keys, NaN
+    except ValidationError as refusal:
+        return Refused(name, refusal)
+    except ValueError as exc:  # not JSON (yet): JSONDecodeError, UnicodeDecodeError
         unchanged_for = time.time() - info.st_mtime
         if unchanged_for < config.settle_seconds:
             # Possibly still being copied in: look again once it has settled.
@@ -117,7 +135,7 @@ def examine(claimed: Path, name: str, config: SpoolConfig, prepare: Prepare) -> 
         stable_id = str(uuid.uuid5(_SPOOL_ID_NAMESPACE, "\0".join(identity)))
     try:
         return Ready(name, prepare(raw, stable_id, name))
-    except ValidationError as refusal:
+    except (ValidationError, ForbiddenError) as refusal:  # ForbiddenError: the host policy
         return Refused(name, refusal)
 
 
@@ -136,6 +154,8 @@ def _read_safely(
     except FileNotFoundError:
         return None
     except OSError as exc:
+        if exc.errno in _NOT_THE_FILES_FAULT:
+            raise
         if exc.errno == errno.ELOOP:
             raise ForbiddenError(
                 "symbolic links are refused", field="file", reason="symbolic link"

@@ -33,6 +33,17 @@ def result_name(job_id: str) -> str:
     return f"{job_id}.result.json"
 
 
+# Each directory's mode when the agent creates it (systemd/hostagent.tmpfiles says the same).
+DIR_MODES = {
+    "tmp": 0o2770,
+    "incoming": 0o2770,
+    "cancel": 0o2770,
+    "active": 0o750,
+    "done": 0o2750,
+    "failed": 0o2750,
+}
+
+
 def spool_dirs(root: Path) -> dict[str, Path]:
     return {name: root / name for name in (*SUBDIRS, CLAIMED)}
 
@@ -45,6 +56,7 @@ def write_atomically(path: Path, data: bytes, *, durable: bool = True, mode: int
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         try:
+            os.fchmod(fd, mode)  # the mode asked for, whatever the umask
             os.write(fd, data)
             if durable:
                 os.fsync(fd)

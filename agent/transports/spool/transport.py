@@ -23,7 +23,7 @@ from prometheus_client import Counter
 from watchfiles import Change
 from watchfiles._rust_notify import RustNotify, WatchfilesRustInternalError
 
-from agent import metrics
+from agent import background, metrics
 from agent.config import Config
 from agent.errors import AgentError, QueueFullError
 from agent.health import Status
@@ -32,7 +32,7 @@ from agent.jobs import JOB_ID_PATTERN
 from agent.outbox import Outbox, OutboxInterest
 from agent.transports.spool import claim
 from agent.transports.spool.delivery import deliver
-from agent.transports.spool.layout import CLAIMED, spool_dirs
+from agent.transports.spool.layout import CLAIMED, DIR_MODES, spool_dirs
 from agent.transports.spool.settings import SpoolConfig
 
 log = structlog.get_logger("agent.spool")
@@ -111,7 +111,7 @@ class SpoolTransport:
             await nursery.start(self._watch, intake)
             # Ready means scanned: every file already there is a candidate, and
             # the claimer takes them (a cold start may find thousands) from here.
-            await self._rescan()
+            await self._rescan(must=True)
             nursery.start_soon(self._claim_forever, intake)
             nursery.start_soon(self._rescan_periodically, intake)
             log.info("spool.ready", root=str(self.root))
@@ -119,7 +119,10 @@ class SpoolTransport:
 
     def _make_dirs(self) -> None:
         for name, path in self.dirs.items():
-            path.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                path.mkdir(parents=True, exist_ok=True)
+                # The modes of systemd/hostagent.tmpfiles, whatever the umask.
+                path.chmod(DIR_MODES.get(name, 0o750))
             if name == CLAIMED:
                 path.chmod(0o700)
         # Temporaries of ours that a crash left half-written (see write_atomically).
@@ -130,9 +133,15 @@ class SpoolTransport:
     def _wake(self) -> None:
         self._wakeup.set()
 
-    async def _rescan(self) -> None:
+    async def _rescan(self, *, must: bool = False) -> None:
         """Make every file in incoming/ a candidate (start, periodically, after trouble)."""
-        names = await trio.to_thread.run_sync(os.listdir, self.dirs["incoming"])
+        try:
+            names = await trio.to_thread.run_sync(os.listdir, self.dirs["incoming"])
+        except OSError as exc:
+            if must:
+                raise
+            background.note_failure("spool.rescan", exc)  # the periodic rescan tries again
+            return
         for name in names:
             if not name.startswith("."):
                 self._incoming[name] = None
@@ -201,11 +210,20 @@ class SpoolTransport:
         self._wake()
 
     async def _rescan_periodically(self, intake: TransportIntake) -> None:
+        failures = 0
         while True:
-            await trio.sleep(self.config.rescan_seconds)
-            await self._rescan()
-            for name in await trio.to_thread.run_sync(os.listdir, self.dirs["cancel"]):
-                self._nursery.start_soon(self._cancel_requested, intake, name)
+            await trio.sleep(
+                background.backoff(failures) if failures else self.config.rescan_seconds
+            )
+            try:
+                await self._rescan()
+                for name in await trio.to_thread.run_sync(os.listdir, self.dirs["cancel"]):
+                    self._nursery.start_soon(self._cancel_requested, intake, name)
+            except OSError as exc:  # EMFILE, ENOSPC, EIO: never the end of the daemon
+                failures += 1
+                background.note_failure("spool.rescan", exc)
+            else:
+                failures = 0
 
     # -- claiming --
 
@@ -322,7 +340,7 @@ class SpoolTransport:
         path = self.dirs["cancel"] / name
         with contextlib.suppress(FileNotFoundError):
             await trio.to_thread.run_sync(path.unlink)
-        if not _JOB_ID_RE.match(name):
+        if not _JOB_ID_RE.fullmatch(name):
             log.warning("spool.cancel_ignored", file=name, reason="not a job id")
             return
         try:

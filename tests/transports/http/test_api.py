@@ -108,7 +108,9 @@ async def test_unknown_operation_reason_names_it(served: Agent) -> None:
 @pytest.mark.parametrize("body", [b"{", b"[1, 2]", b"\xff\xfe", b""])
 async def test_unreadable_bodies_are_400(served: Agent, body: bytes) -> None:
     async with client(served, SUBMIT) as http:
-        response = await http.post("/api/v1/jobs", content=body)
+        response = await http.post(
+            "/api/v1/jobs", content=body, headers={"Content-Type": "application/json"}
+        )
     assert response.status_code == 400
     assert response.json()["error"] in ("BAD_REQUEST", "VALIDATION_ERROR")
 

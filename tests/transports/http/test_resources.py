@@ -59,7 +59,12 @@ async def finish(agent: Agent, http: httpx.AsyncClient, data: dict[str, Any]) ->
 
 async def new_vm(agent: Agent, http: httpx.AsyncClient) -> str:
     name = f"res-{uuid.uuid4().hex[:8]}"
-    spec = {"name": name, "memory_mib": 128, "vcpus": 2, "disks": [{"path": f"/x/{name}.qcow2"}]}
+    spec = {
+        "name": name,
+        "memory_mib": 128,
+        "vcpus": 2,
+        "disks": [{"path": f"/default-pool/{name}.qcow2"}],
+    }
     job = await finish(agent, http, await act(http, "POST", "/vms", json={"spec": spec}))
     assert (job["operation"], job["status"]) == ("vm.define", "Completed")
     return name
@@ -87,7 +92,7 @@ async def test_list_and_describe_vms(served: Agent) -> None:
         assert (bad.status_code, bad.json()["details"]["field"]) == (400, "state")
 
         detail = (await http.get(f"/api/v1/vms/{name}")).json()["data"]
-        assert detail["disks"][0]["source"] == f"/x/{name}.qcow2"
+        assert detail["disks"][0]["source"] == f"/default-pool/{name}.qcow2"
         assert detail["graphics"][0]["type"] == "vnc"
         assert detail["stats"] is None
         assert detail["actions"] == ["start", "snapshot", "autostart"]
@@ -242,7 +247,7 @@ async def test_scopes_read_for_reads_submit_for_actions(served: Agent) -> None:
 async def test_pools_and_volumes(served: Agent, tmp_path: Path) -> None:
     pool = f"res-pool-{uuid.uuid4().hex[:6]}"
     async with client(served, ADMIN) as http:
-        define = {"name": pool, "path": str(tmp_path / "p")}
+        define = {"name": pool, "path": str(tmp_path / "images" / "p")}  # under the image root
         await finish(served, http, await act(http, "POST", "/storagepools", json=define))
         info = (await http.get(f"/api/v1/storagepools/{pool}")).json()["data"]
         assert (info["state"], info["volumes"], info["actions"]) == ("running", 0, ["deactivate"])

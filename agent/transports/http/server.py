@@ -1,0 +1,207 @@
+"""hypercorn's trio worker, with the limits a daemon on a shared host needs.
+
+hypercorn's own `worker_serve` accepts every connection and gives a client
+that started a request the whole keep-alive time (75 s) to finish its
+headers: a few thousand half-open connections used up the descriptors and
+the daemon died of EMFILE elsewhere. Here the accept loop is ours:
+
+- at most `max_connections` open (clamped below the descriptor limit so the
+  store, the spool and jobs keep theirs) and `max_connections_per_client`
+  per address; more are closed at once and counted;
+- a request's headers must be complete `header_timeout_seconds` after its
+  first byte (hypercorn's idle timer, which it stops once h11 has a request);
+- EMFILE/ENFILE/ENOBUFS/ENOMEM on accept wait with backoff instead of
+  ending the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import resource
+import socket
+import ssl
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from math import inf
+from typing import Any
+
+import structlog
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.events import Closed, RawData
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.statsd import StatsdLogger
+from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import wrap_app
+
+from agent import metrics
+
+log = structlog.get_logger("agent.http")
+
+# Descriptors kept for everything but connections: store, spool, jobs' pipes.
+RESERVED_DESCRIPTORS = 256
+_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    max_connections: int = 1000
+    per_client: int = 256
+    header_timeout: float = 10.0
+
+
+def connection_cap(wanted: int) -> int:
+    """`wanted`, lowered so connections can never take the agent's last descriptors."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, soft - RESERVED_DESCRIPTORS))
+
+
+class _Connection(TCPServer):
+    """hypercorn's connection, whose idle timer becomes a header deadline at the first byte."""
+
+    def __init__(self, *args: Any, header_timeout: float) -> None:
+        super().__init__(*args)
+        self._header_timeout = header_timeout
+        self._arrived = trio.Event()
+
+    async def _read_data(self) -> None:
+        # hypercorn's loop, noting each arrival for the header deadline.
+        while True:
+            try:
+                with trio.fail_after(self.config.read_timeout or inf):
+                    data = await self.stream.receive_some(MAX_RECV)
+            except (trio.ClosedResourceError, trio.BrokenResourceError, trio.TooSlowError):
+                break
+            self._arrived.set()
+            await self.protocol.handle(RawData(bytes(data)))
+            if data == b"":
+                break
+        await self.protocol.handle(Closed())
+
+    async def _idle_timeout(self) -> None:
+        # Runs while no request is in progress; hypercorn cancels it once h11 parsed
+        # a complete request head. Idle: keep-alive time; started a request: header time.
+        self._arrived = trio.Event()
+        with trio.move_on_after(self.config.keep_alive_timeout):
+            await self._arrived.wait()
+        if self._arrived.is_set():
+            with trio.move_on_after(self._header_timeout):
+                await self.context.terminated.wait()
+            metrics.HTTP_CONNECTIONS_TIMED_OUT.inc()
+        with trio.CancelScope(shield=True):
+            await self._initiate_server_close()
+
+
+class _Counts:
+    def __init__(self) -> None:
+        self.open = 0
+        self.per_client: Counter[str] = Counter()
+
+    @contextlib.contextmanager
+    def holding(self, client: str) -> Iterator[None]:
+        self.open += 1
+        self.per_client[client] += 1
+        metrics.HTTP_CONNECTIONS_OPEN.set(self.open)
+        try:
+            yield
+        finally:
+            self.open -= 1
+            self.per_client[client] -= 1
+            if not self.per_client[client]:
+                del self.per_client[client]
+            metrics.HTTP_CONNECTIONS_OPEN.set(self.open)
+
+
+async def serve_asgi(
+    app: Any,
+    listener: socket.socket,
+    settings: HypercornConfig,
+    *,
+    limits: ConnectionLimits | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve an ASGI app on a listening socket until cancelled (see the module doc)."""
+    limits = limits or ConnectionLimits()
+    settings.set_statsd_logger_class(StatsdLogger)
+    wrapped = wrap_app(app, settings.wsgi_max_body_size, None)
+    state: dict[str, Any] = {}
+    lifespan = Lifespan(wrapped, settings, state)
+    context = WorkerContext(None)
+    tls = settings.create_ssl_context()
+
+    async def handle(stream: trio.SocketStream) -> None:
+        served: Any = stream
+        if tls is not None:
+            served = trio.SSLStream(stream, tls, server_side=True, https_compatible=True)
+        connection = _Connection(
+            wrapped,
+            settings,
+            context,
+            ConnectionState(state.copy()),
+            served,
+            header_timeout=limits.header_timeout,
+        )
+        with contextlib.suppress(OSError, trio.BrokenResourceError, ssl.SSLError):
+            await connection.run()
+
+    with trio.socket.from_stdlib_socket(listener) as sock:
+        async with trio.open_nursery() as lifespan_nursery:
+            await lifespan_nursery.start(lifespan.handle_lifespan)
+            await lifespan.wait_for_startup()
+            async with trio.open_nursery() as connections:
+                task_status.started([])
+                try:
+                    await _accept_forever(sock, connections, handle, limits)
+                finally:
+                    await context.terminated.set()
+                    deadline = trio.current_time() + settings.graceful_timeout
+                    connections.cancel_scope.deadline = deadline
+            await lifespan.wait_for_shutdown()
+            lifespan_nursery.cancel_scope.cancel()
+
+
+async def _accept_forever(
+    sock: trio.socket.SocketType,
+    connections: trio.Nursery,
+    handle: Callable[[trio.SocketStream], Awaitable[None]],
+    limits: ConnectionLimits,
+) -> None:
+    cap = connection_cap(limits.max_connections)
+    log.info("http.limits", max_connections=cap, per_client=limits.per_client)
+    counts = _Counts()
+    backoff = 0.01
+
+    async def held(stream: trio.SocketStream, client: str) -> None:
+        try:
+            with counts.holding(client):
+                await handle(stream)
+        finally:
+            # hypercorn's close awaits (send_eof) and a cancel can skip it: the
+            # descriptor must go back whatever happened.
+            stream.socket.close()
+
+    while True:
+        try:
+            raw, address = await sock.accept()
+        except OSError as exc:
+            if exc.errno not in _CAPACITY_ERRNOS:
+                raise
+            # Out of descriptors or memory: wait, never die of it.
+            metrics.HTTP_ACCEPT_ERRORS.inc()
+            log.warning("http.accept_failed", error=exc.strerror, retry_in=backoff)
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, 1.0)
+            continue
+        backoff = 0.01
+        client = str(address[0]) if isinstance(address, tuple) else "local"
+        if counts.open >= cap or counts.per_client[client] >= limits.per_client:
+            metrics.HTTP_CONNECTIONS_REFUSED.inc()
+            raw.close()  # early: nothing read, no task, no descriptor kept
+            continue
+        connections.start_soon(held, trio.SocketStream(raw), client)
