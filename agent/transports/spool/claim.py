@@ -139,6 +139,11 @@ def _judge(
         return Refused(name, refusal)
 
 
+class LinkRefusedError(ForbiddenError):
+    """A symbolic or hard link: the entry is removed (the file it points at is another
+    owner's), never moved where the agent keeps files; the report says so."""
+
+
 def _read_safely(
     directory: Path, name: str, config: SpoolConfig
 ) -> tuple[bytes, os.stat_result] | None:
@@ -157,7 +162,7 @@ def _read_safely(
         if exc.errno in _NOT_THE_FILES_FAULT:
             raise
         if exc.errno == errno.ELOOP:
-            raise ForbiddenError(
+            raise LinkRefusedError(
                 "symbolic links are refused", field="file", reason="symbolic link"
             ) from exc
         raise ForbiddenError(
@@ -184,6 +189,7 @@ def _check(info: os.stat_result, config: SpoolConfig) -> None:
         reason = "not a regular file (a FIFO, socket or device)"
     elif info.st_nlink != 1:
         reason = f"hard-linked files are refused ({info.st_nlink} links)"
+        raise LinkRefusedError(reason, field="file", reason=reason)
     elif config.allowed_uids and info.st_uid not in config.allowed_uids:
         reason = f"owner uid {info.st_uid} is not allowed"
     elif info.st_size > config.max_file_bytes:
@@ -197,17 +203,23 @@ def _check(info: os.stat_result, config: SpoolConfig) -> None:
 
 
 def quarantine(claimed: Path, failed: Path, item: Refused) -> bool:
-    """Move a refused file to failed/ with <name>.error.json saying why; False if gone."""
+    """Move a refused file to failed/ with <name>.error.json saying why (a link is
+    removed instead, and the report says so); False if it is gone."""
     shown = item.name.encode(errors="surrogateescape").decode(errors="replace")
     safe = shown.replace("/", "_") or "unnamed"
     target = failed / safe
-    if os.path.lexists(target):
+    if os.path.lexists(target) or os.path.lexists(f"{target}.error.json"):
         target = target.with_name(f"{safe}.{time.time_ns()}")
+    removed = isinstance(item.error, LinkRefusedError)
     try:
-        os.rename(claimed / item.name, target)
+        if removed:
+            os.unlink(claimed / item.name)
+        else:
+            os.rename(claimed / item.name, target)
     except FileNotFoundError:
         return False
-    report = {"file": shown, "quarantined_as": target.name, "at": time.time()}
+    report: dict[str, object] = {"file": shown, "at": time.time()}
+    report.update({"removed": True} if removed else {"quarantined_as": target.name})
     report.update(item.error.to_dict())
     write_atomically(
         target.with_name(f"{target.name}.error.json"), json.dumps(report, indent=2).encode()

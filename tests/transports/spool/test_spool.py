@@ -104,9 +104,15 @@ async def test_hostile_entries_are_quarantined_unread_and_the_agent_keeps_going(
     reports = await wait_for_files(spool / "failed", "*.error.json", len(expected))
     by_name = {path.name.removesuffix(".error.json"): read_json(path) for path in reports}
     assert set(by_name) == set(expected)
+    links = {"symlink.json", "hardlink.json"}
     for name, reason in expected.items():
         assert reason in json.dumps(by_name[name], ensure_ascii=False), name
-        assert (spool / "failed" / name).exists() or (spool / "failed" / name).is_symlink()
+        if name in links:  # removed, never kept where the agent keeps files
+            assert by_name[name]["removed"] is True
+            assert not os.path.lexists(spool / "failed" / name)
+        else:
+            assert os.path.lexists(spool / "failed" / name), name
+    assert not [path for path in spool.rglob("*") if path.is_symlink()]
     assert list((spool / "incoming").iterdir()) == []
     # The secret was never read: no regular file under the spool or the state dir holds it.
     for root in (spool, config.state_dir):
