@@ -75,7 +75,9 @@ class PolicyConfig(Section):
 
     # Image files and pool directories must lie under one of these (or under
     # the directory of a storage pool libvirt has defined, see include_pool_paths).
-    image_roots: list[Path] = Field(default_factory=lambda: [Path("/var/lib/libvirt/images")])
+    image_roots: list[Path] = Field(
+        default_factory=lambda: [Path("/var/lib/libvirt/images"), Path("/var/lib/hostagent/images")]
+    )
     include_pool_paths: bool = True
     # Host devices, block devices, qemu:commandline and the like in vm.define:
     # only for admin tokens, and only when this is true.

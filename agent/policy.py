@@ -140,6 +140,13 @@ class Policy:
             _clean(os.path.realpath(p)) for p in (config.state_dir, config.spool_dir)
         )
 
+    def _root_inside(self, forbidden: str, path: str) -> bool:
+        """True when `path` lies under a configured root strictly inside `forbidden`."""
+        return any(
+            _under(root, forbidden) and (_under(path, root) or path == root)
+            for root in self.configured_roots
+        )
+
     def set_pool_roots(self, paths: Iterable[str]) -> None:
         """The target directories of the defined storage pools (refreshed from libvirt)."""
         self.pool_roots = tuple(sorted({_clean(p) for p in paths if p and p.startswith("/")}))
@@ -163,8 +170,13 @@ class Policy:
                 f"{field}: '..' is not allowed in paths", field=field, reason="'..' in the path"
             )
         path = _clean(value)
+        # An image root the operator configured inside the state directory (the
+        # service's /var/lib/hostagent/images) is reachable; nothing else there is:
+        # files are opened beneath their root, so the agent's own files stay out.
+        declared = any(_under(path, root) or path == root for root in self.configured_roots)
         for forbidden in self.forbidden:
-            if _under(path, forbidden) or path == forbidden:
+            inside = _under(path, forbidden) or path == forbidden
+            if inside and not (declared and self._root_inside(forbidden, path)):
                 raise ForbiddenError(
                     f"{field}: {path} is inside the agent's own state or spool directory",
                     field=field,

@@ -346,3 +346,27 @@ async def test_passthrough_needs_admin_and_the_config(
                     "/api/v1/jobs", json=job_document("vm.define", {"xml": xml})
                 )
                 assert answer.status_code == expected, (token == ADMIN, answer.text)
+
+
+async def test_an_image_root_inside_the_state_directory_reaches_only_itself(
+    config: Config,
+) -> None:
+    """The service keeps its own images in /var/lib/hostagent/images, inside its state
+    directory: that root is usable, the store beside it still is not."""
+    images = config.state_dir / "images"
+    images.mkdir(parents=True)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", str(images / "own.qcow2"), "1M"], check=True
+    )
+    config = config.model_copy(update={"policy": PolicyConfig(image_roots=[images])})
+    async with serving(with_http(config)) as served, client(served, SUBMIT) as submitter:
+        inside = job_document("image.info", {"path": f"{images}/own.qcow2"})
+        response = await submitter.post("/api/v1/jobs", json=inside)
+        assert response.status_code == 201, response.text
+        job_id = response.json()["data"]["job_id"]
+        assert (await wait_done(served, job_id)).status.value == "Completed"
+        for path in (config.store_path, f"{images}/../jobs.sqlite3"):
+            refused = job_document("image.info", {"path": str(path)})
+            answer = await submitter.post("/api/v1/jobs", json=refused)
+            assert answer.status_code == 403, (path, answer.text)
+            assert answer.json()["details"]["field"] == "payload.data.path"
