@@ -71,9 +71,20 @@ def _openat2(dir_fd: int, relative: str, flags: int, mode: int = 0) -> int:
     return fd
 
 
+def _mount_id(fd: int) -> str:
+    """The mount an open file is on (the kernel's mnt_id): unlike st_dev it is the same
+    for every file of one mount, overlayfs included, and differs across bind mounts."""
+    with open(f"/proc/self/fdinfo/{fd}") as info:
+        for line in info:
+            if line.startswith("mnt_id:"):
+                return line.split(":", 1)[1].strip()
+    raise OSError(errno.EXDEV, "the kernel does not say which mount a file is on")
+
+
 def _walk_nofollow(dir_fd: int, relative: str, flags: int, mode: int = 0) -> int:
-    """openat2's guarantees by hand: O_NOFOLLOW at every component, same device."""
-    root_dev = os.fstat(dir_fd).st_dev
+    """openat2's guarantees by hand (where a seccomp filter or an old kernel refuses
+    it): O_NOFOLLOW at every component, and every component on the root's mount."""
+    root_mount = _mount_id(dir_fd)
     parts = relative.split("/")
     current = os.dup(dir_fd)
     try:
@@ -81,10 +92,10 @@ def _walk_nofollow(dir_fd: int, relative: str, flags: int, mode: int = 0) -> int
             step = os.open(part, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY, dir_fd=current)
             os.close(current)
             current = step
-            if os.fstat(current).st_dev != root_dev:
+            if _mount_id(current) != root_mount:
                 raise OSError(errno.EXDEV, "crosses a mount point", relative)
         fd = os.open(parts[-1], flags | os.O_NOFOLLOW, mode, dir_fd=current)
-        if os.fstat(fd).st_dev != root_dev:
+        if _mount_id(fd) != root_mount:
             os.close(fd)
             raise OSError(errno.EXDEV, "crosses a mount point", relative)
         return fd
