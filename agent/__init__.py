@@ -4,14 +4,45 @@ Handler and transport authors need only the names re-exported here; every
 other module is internal to the agent.
 """
 
-from agent.context import JobContext
-from agent.errors import AgentError, HandlerError
-from agent.intake import Intake
-from agent.jobs import JobDocument, JobState, JobStatus
-from agent.registry import Handler, handler
-from agent.transports import Transport
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.context import JobContext
+    from agent.errors import AgentError, HandlerError
+    from agent.intake import Intake
+    from agent.jobs import JobDocument, JobState, JobStatus
+    from agent.registry import Handler, handler
+    from agent.transports import Transport
 
 __version__ = "0.1.0"
+
+# Imported on first use: `import agent.jobs` (the CLI, a handler module) must
+# not pull in the intake, the dispatcher and trio with it (start time, RSS).
+_LAZY = {
+    "AgentError": "agent.errors",
+    "Handler": "agent.registry",
+    "HandlerError": "agent.errors",
+    "Intake": "agent.intake",
+    "JobContext": "agent.context",
+    "JobDocument": "agent.jobs",
+    "JobState": "agent.jobs",
+    "JobStatus": "agent.jobs",
+    "Transport": "agent.transports",
+    "handler": "agent.registry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'agent' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AgentError",

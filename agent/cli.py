@@ -8,7 +8,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from agent import cli_offline
+from agent import cli_offline, cli_prune
 from agent.cli_commands import print_json as _print
 from agent.cli_parser import RESOURCE_NOUNS, build_parser
 from agent.cli_support import config_path, run_command
@@ -362,4 +362,5 @@ _COMMANDS = {
     "config": _config_show,
     "fleet": _fleet,
     "decommission": _decommission,
+    "prune": cli_prune.run,
 }

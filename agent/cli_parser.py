@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from agent import __version__
+from agent import __version__, cli_prune
 from agent.cli_resources import add_commands
 from agent.cli_support import EXIT_CODES_HELP, add_client_options
 from agent.transports.kafka import _cli as kafka_cli
@@ -173,6 +173,10 @@ def _add_admin(commands: Commands) -> None:
     check.add_argument("--config", type=Path, help=argparse.SUPPRESS)
     show = config_commands.add_parser("show", help="the effective config, secrets redacted")
     _common(show)
+
+    prune = commands.add_parser("prune", help="prune finished jobs past store.retention_days")
+    _common(prune)
+    cli_prune.add_arguments(prune)
 
     completion = commands.add_parser("completion", help="shell completion script")
     completion.add_argument("shell", choices=["bash", "zsh", "tcsh"])

@@ -84,6 +84,19 @@ class PolicyConfig(Section):
     allow_passthrough: bool = False
 
 
+class StoreConfig(Section):
+    """The job store's retention (see agent/store/retention.py)."""
+
+    # Finished jobs (with their events, outbox entries, spool done/ files and
+    # artifacts) are pruned this long after they finished; their idempotency
+    # record (job_id and fingerprint) is kept at least as long again.
+    retention_days: float = Field(default=7.0, gt=0)
+    # At most this many jobs are kept (oldest finished pruned first); 0: no cap.
+    max_jobs: int = Field(default=0, ge=0)
+    # How often retention runs; each run prunes in small batches beside the submits.
+    prune_interval_seconds: float = Field(default=600.0, gt=0)
+
+
 def transport_sections() -> dict[str, type[Section]]:
     """Each transport's config section by name, from the transport table."""
     # Imported here: the transport packages import this module for Section.
@@ -111,6 +124,7 @@ class Config(Section):
     labels: dict[str, str] = Field(default_factory=dict)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     libvirt: LibvirtConfig = Field(default_factory=LibvirtConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
     # Capabilities are re-fingerprinted this often (and when libvirt reconnects).
     capabilities_refresh_seconds: float = Field(default=300.0, gt=0)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)

@@ -33,6 +33,13 @@ from agent.resources import ResourceView
 from agent.services import Services
 from agent.statelock import hold_state_lock
 from agent.store import JobStore, SqliteStore
+from agent.store.retention import (
+    ForgetsJobs,
+    Prunable,
+    Pruner,
+    RetentionPolicy,
+    remove_artifacts,
+)
 from agent.systemd import Notifier, Notify, feed_watchdog, monotonic_usec, report_status
 from agent.transports import TRANSPORTS, Transport, TransportSpec
 
@@ -128,6 +135,18 @@ class Agent:
         self.intake.resources = ResourceView(self.libvirt, config)
         self.space = SpaceFloor(config.state_dir, config.state_min_free_bytes)
         self.intake.space = self.space
+        self.pruner = (
+            Pruner(
+                self.store,
+                lambda: RetentionPolicy(
+                    self.config.store.retention_days, self.config.store.max_jobs
+                ),
+                every=lambda: self.config.store.prune_interval_seconds,
+                forget=self._forget_jobs,
+            )
+            if isinstance(self.store, Prunable)
+            else None
+        )
         # Each transport the config turns on; it brings its health, features and outbox.
         self.transports: list[Transport] = []
         for spec in transports:
@@ -146,6 +165,14 @@ class Agent:
             if transport.name == name:
                 return transport
         raise KeyError(name)
+
+    async def _forget_jobs(self, job_ids: list[str]) -> None:
+        """Retention pruned these jobs: transports and artifacts let go of them too."""
+        for transport in self.transports:
+            if isinstance(transport, ForgetsJobs):
+                await transport.forget_jobs(job_ids)
+        artifacts = self.config.state_dir / "artifacts"
+        await trio.to_thread.run_sync(remove_artifacts, artifacts, job_ids)
 
     async def _store_health(self) -> tuple[Status, str, dict[str, Any]]:
         full = self.space.status(getattr(self.store, "disk_full", False))
@@ -251,6 +278,8 @@ class Agent:
                 await nursery.start(self.dispatcher.run)
                 for transport in self.transports:
                     await nursery.start(transport.run, self.intake)
+                if self.pruner is not None:
+                    await nursery.start(self.pruner.run)
                 log.info(
                     "agent.ready",
                     worker_id=self.config.worker_id,

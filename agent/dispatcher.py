@@ -387,6 +387,7 @@ class Dispatcher:
     def _publish_status(self, state: JobState) -> None:
         if state.status.terminal:
             metrics.record_finished(state)
-        self._bus.publish(
-            {"type": "status", "job_id": state.job_id, "data": state.model_dump(mode="json")}
-        )
+        if self._bus.listening:  # the dump costs more than the rest of the bookkeeping
+            self._bus.publish(
+                {"type": "status", "job_id": state.job_id, "data": state.model_dump(mode="json")}
+            )

@@ -254,13 +254,14 @@ class Intake:
                 continue
             state, pending = outcome
             if pending is not None:
-                self._bus.publish(
-                    {
-                        "type": "created",
-                        "job_id": state.job_id,
-                        "data": state.model_dump(mode="json"),
-                    }
-                )
+                if self._bus.listening:
+                    self._bus.publish(
+                        {
+                            "type": "created",
+                            "job_id": state.job_id,
+                            "data": state.model_dump(mode="json"),
+                        }
+                    )
                 self._dispatcher.enqueue(pending)
                 metrics.record_accepted(state.transport)
             answers.append(Submission(state=state, created=pending is not None))

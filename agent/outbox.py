@@ -23,6 +23,9 @@ class OutboxInterest:
 
     all_jobs: bool = False  # also jobs other transports brought in
     progress: bool = False  # also progress entries (most consumers want outcomes only)
+    # "running" entries: a consumer that only delivers outcomes (the spool) skips
+    # them, a third fewer rows written, read and pruned per job.
+    running: bool = True
 
 
 class OutboxSource(Protocol):

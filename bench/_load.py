@@ -16,13 +16,20 @@ is not hidden by the client waiting: no coordinated omission).
 
 from __future__ import annotations
 
-import argparse
-import json
-import selectors
-import socket
-import time
-from collections import Counter
-from dataclasses import dataclass, field
+import sys
+from pathlib import Path
+
+# Run as a script, this directory would shadow the standard library's `inspect`
+# (bench/inspect.py), which dataclasses imports.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import selectors  # noqa: E402
+import socket  # noqa: E402
+import time  # noqa: E402
+from collections import Counter  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
 
 
 @dataclass

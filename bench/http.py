@@ -259,6 +259,18 @@ def main() -> int:
                 f"p99 at half rate {paced['p99_ms']:5.2f} ms (<= {P99_TARGET_MS:g} "
                 f"{'ok' if paced['p99_ms'] <= P99_TARGET_MS else 'MISSED'})"
             )
+        # Issue 11's targets (jobs queued: the transport and intake alone).
+        for name, share, target in (
+            ("durable single submits / ceiling", queued["rate"] / ceiling["rate"], 0.8),
+            ("status GETs / ceiling", status["rate"] / ceiling["rate"], 0.9),
+            (
+                "batch jobs/s per ceiling req/s",
+                queued_batch["rate"] * args.batch / ceiling["rate"],
+                10.0,
+            ),
+        ):
+            verdict = "MET" if share >= target else "MISSED"
+            print(f"{name:36} {share:6.2f} (target >= {target:g}) {verdict}")
         return 0 if total["total"] >= acknowledged else 1
     finally:
         for process in (agent, hello):

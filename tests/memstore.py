@@ -244,7 +244,9 @@ class MemoryStore:
         for name, interest in self._consumers.items():
             if name != state.transport and not interest.all_jobs:
                 continue
-            if event == "progress" and not interest.progress:
+            if (event == "progress" and not interest.progress) or (
+                event == "running" and not interest.running
+            ):
                 continue
             self._outbox_id += 1
             self._outbox.append(

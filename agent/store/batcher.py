@@ -37,7 +37,23 @@ class Batcher:
         self._after_batch = after_batch
         self._queue: list[Queued] = []
         self._running = False
+        self._forming = False
         self._batch_ended = trio.Event()
+
+    @property
+    def busy(self) -> bool:
+        """A batch is running now."""
+        return self._running
+
+    @property
+    def forming(self) -> bool:
+        """A batch is about to be taken: what is queued now still joins it."""
+        return self._forming
+
+    @property
+    def waiting(self) -> int:
+        """Operations queued for the next batch."""
+        return len(self._queue)
 
     def queue(self, operation: Callable[[sqlite3.Connection], Any]) -> Queued:
         """Queue now: operations run in the order they are queued."""
@@ -57,7 +73,9 @@ class Batcher:
                 with trio.CancelScope(shield=True):
                     # One scheduler pass first: operations made ready by the same
                     # event (a job ending, a batch arriving) join this batch.
+                    self._forming = True
                     await trio.lowlevel.checkpoint()
+                    self._forming = False
                     batch, self._queue = self._queue, []
                     await trio.to_thread.run_sync(self._run_batch, batch)
                     for queued in batch:

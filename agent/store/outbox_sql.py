@@ -33,12 +33,14 @@ def append_outbox(
     for name, interest in targets.consumers.items():
         if name != state.transport and not interest.all_jobs:
             continue
-        if event == "progress" and not interest.progress:
+        if (event == "progress" and not interest.progress) or (
+            event == "running" and not interest.running
+        ):
             continue
         encoded = encoded or (state.model_dump_json(), json.dumps(data))
         conn.execute(
-            "INSERT INTO outbox (consumer, event, state, data) VALUES (?, ?, ?, ?)",
-            (name, event, *encoded),
+            "INSERT INTO outbox (consumer, event, state, data, job_id) VALUES (?, ?, ?, ?, ?)",
+            (name, event, *encoded, state.job_id),
         )
         targets.touched.add(name)
 

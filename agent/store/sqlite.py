@@ -11,6 +11,7 @@ import contextlib
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,8 +23,10 @@ from agent.diskspace import is_disk_full, storage_full
 from agent.errors import AgentError, StorageFullError, StoreError
 from agent.jobs import JobState, JobStatus, NewJob, OutboxEntry, PendingJob, utc_now
 from agent.outbox import OutboxInterest
-from agent.store import outbox_sql, queries, writes
+from agent.store import outbox_sql, queries, retention, writes
 from agent.store.batcher import Batcher, Queued
+from agent.store.readpool import ReadPool
+from agent.store.retention import PruneReport, RetentionPolicy
 from agent.store.schema import connect
 
 log = structlog.get_logger("agent.store")
@@ -53,8 +56,7 @@ class SqliteStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._writer: sqlite3.Connection | None = None
-        self._reader: sqlite3.Connection | None = None
-        self._reads = Batcher(self._run_reads, lambda: None)
+        self._reads = ReadPool(lambda: connect(self.path, readonly=True))
         self._writes = Batcher(self._commit, self._wake_consumers)
         self._targets = outbox_sql.OutboxTargets()
         self._changed: dict[str, trio.Event] = {}
@@ -71,7 +73,7 @@ class SqliteStore:
         """Open (creating and migrating), and drop entries no consumer will read."""
         await trio.to_thread.run_sync(private_files, self.path)
         self._writer = await trio.to_thread.run_sync(connect, self.path)
-        self._reader = await trio.to_thread.run_sync(lambda: connect(self.path, readonly=True))
+        await self._reads.open()
         dropped = await self._write(
             lambda conn: outbox_sql.drop_unclaimed_outbox(conn, self._targets.consumers)
         )
@@ -79,29 +81,15 @@ class SqliteStore:
             log.warning("store.outbox_dropped", entries=dropped, reason="consumer not configured")
 
     async def aclose(self) -> None:
-        for conn in (self._writer, self._reader):
-            if conn is not None:
-                await trio.to_thread.run_sync(conn.close)
-        self._writer = self._reader = None
+        await self._reads.aclose()
+        if self._writer is not None:
+            await trio.to_thread.run_sync(self._writer.close)
+        self._writer = None
 
     # -- reads --
 
     async def _read(self, query: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
-        value: _T = await self._reads.settle(
-            self._reads.queue(lambda conn: query(conn, *args, **kwargs))
-        )
-        return value
-
-    def _run_reads(self, batch: list[Queued]) -> None:
-        assert self._reader is not None, "store not open"
-        for item in batch:
-            try:
-                item.value = item.operation(self._reader)
-            except sqlite3.Error as exc:
-                item.error = StoreError(f"job store read failed: {exc}")
-                item.error.__cause__ = exc
-            except Exception as exc:  # noqa: BLE001 (delivered to the caller who queued it)
-                item.error = exc
+        return await self._reads.read(lambda conn: query(conn, *args, **kwargs))
 
     async def get_job(self, job_id: str) -> JobState:
         return await self._read(queries.get_job, job_id)
@@ -276,6 +264,27 @@ class SqliteStore:
             lambda conn: writes.recover(conn, self._targets, rerun_safe)
         )
         return recovery
+
+    # -- retention (see retention.py) --
+
+    async def prune(self, policy: RetentionPolicy, now: datetime) -> PruneReport:
+        """One batch of retention, committed with whatever writes are queued beside it."""
+        report: PruneReport = await self._write(
+            lambda conn: retention.prune_batch(conn, policy, now)
+        )
+        return report
+
+    async def would_prune(self, policy: RetentionPolicy, now: datetime) -> PruneReport:
+        return await self._read(retention.would_prune, policy, now)
+
+    async def reclaim_pages(self) -> None:
+        # Outside a transaction: incremental_vacuum does nothing inside BEGIN.
+        def reclaim() -> None:
+            assert self._writer is not None, "store not open"
+            retention.reclaim_pages(self._writer)
+
+        await self._writes.settle(self._writes.queue(lambda conn: None))
+        await trio.to_thread.run_sync(reclaim)
 
     async def ack_outbox(self, consumer: str, up_to_id: int) -> None:
         await self._write(lambda conn: outbox_sql.ack_outbox(conn, consumer, up_to_id))

@@ -14,6 +14,7 @@ from agent.errors import AgentError, ConflictError
 from agent.jobs import JobState, JobStatus, NewJob, PendingJob, utc_now
 from agent.store.outbox_sql import OutboxTargets, append_outbox
 from agent.store.queries import STATE_COLUMNS, get_job, row_state
+from agent.store.retention import pruned_record
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,10 @@ def insert_jobs(
         existing = conn.execute(
             "SELECT fingerprint FROM jobs WHERE job_id = ?", (job.job_id,)
         ).fetchone()
+        # A job pruned by retention is still known by its id and fingerprint.
+        pruned = None if existing is not None else pruned_record(conn, job.job_id)
+        if pruned is not None:
+            existing = (pruned[0],)
         if existing is not None:
             if existing[0] != job.fingerprint:
                 outcomes.append(
@@ -51,7 +56,7 @@ def insert_jobs(
                     )
                 )
             else:
-                outcomes.append((get_job(conn, job.job_id), None))
+                outcomes.append((pruned[1] if pruned else get_job(conn, job.job_id), None))
             continue
         document = json.dumps(job.document, separators=(",", ":"))
         cursor = conn.execute(

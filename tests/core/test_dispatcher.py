@@ -216,7 +216,10 @@ async def test_cancel_running_job_kills_its_child_process(agent: Agent) -> None:
         async for event in subscription.receive:
             if event["type"] == "progress" and event["job_id"] == "victim":
                 break
-    assert processes_running(marker)  # it really started one
+    # The first progress report races the spawn (both start at once): wait for it.
+    with trio.fail_after(30):
+        while not processes_running(marker):
+            await trio.sleep(0.05)
     state = await agent.intake.cancel("victim")
     assert state.status is JobStatus.CANCELLED
     assert processes_running(marker) == []

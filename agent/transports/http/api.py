@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+import orjson
 import structlog
 import trio
 from pydantic import BaseModel
@@ -109,8 +110,8 @@ def json_response(body: bytes, status: int = 200) -> Response:
 
 
 def ok(data: Any, status: int = 200) -> Response:
-    body = json.dumps({"success": True, "data": data}, separators=(",", ":"))
-    return json_response(body.encode(), status)
+    body = orjson.dumps({"success": True, "data": data}, option=orjson.OPT_NON_STR_KEYS)
+    return json_response(body, status)
 
 
 def ok_model(model: BaseModel, status: int = 200) -> Response:

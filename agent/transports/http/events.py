@@ -29,7 +29,7 @@ from quart_trio import QuartTrio
 
 from agent import metrics
 from agent.errors import AgentError, BadRequestError, NotFoundError
-from agent.events import Event
+from agent.events import Event, encode_json
 from agent.intake import TransportIntake
 from agent.jobs import JobStatus
 from agent.transports.http import sse
@@ -52,7 +52,7 @@ _LAGGED = {
 
 
 def _encode(message: Mapping[str, Any]) -> str:
-    return json.dumps(message, separators=(",", ":"))
+    return encode_json(message).decode()
 
 
 class _Filter:

@@ -74,11 +74,18 @@ def take(incoming: Path, claimed: Path, name: str) -> bool:
     return True
 
 
-def still_arriving(incoming: Path, name: str, config: SpoolConfig) -> Unsettled | None:
+def still_arriving(
+    incoming: Path, name: str, config: SpoolConfig, *, renamed: bool = False
+) -> Unsettled | None:
     """A file in incoming/ that does not parse yet and changed within the settle
     interval: possibly still being copied in (`cp` writes in place), so it is
     left where its writer may still append. None: claim it. Nothing is decided
-    from this read; the file is checked and read again once claimed."""
+    from this read; the file is checked and read again once claimed.
+
+    A file that arrived by rename (`renamed`), or has not changed for the settle
+    interval, is complete as far as its writer is concerned: it is not peeked at."""
+    if renamed or _settled(incoming / name, config):
+        return None
     try:
         read = _read_safely(incoming, name, config)
     except AgentError:
@@ -86,9 +93,12 @@ def still_arriving(incoming: Path, name: str, config: SpoolConfig) -> Unsettled 
     except OSError as exc:  # out of descriptors: look again later
         background.note_failure("spool.claim", exc)
         return Unsettled(name, 1.0)
-    if read is None:
-        return None
-    data, info = read
+    return None if read is None else _incomplete(name, *read, config)
+
+
+def _incomplete(
+    name: str, data: bytes, info: os.stat_result, config: SpoolConfig
+) -> Unsettled | None:
     try:
         parse_json(data)  # complete JSON the contract refuses (10,000 deep) is claimed
     except ValidationError:
@@ -98,6 +108,14 @@ def still_arriving(incoming: Path, name: str, config: SpoolConfig) -> Unsettled 
         if unchanged_for < config.settle_seconds:
             return Unsettled(name, config.settle_seconds - unchanged_for + 0.05)
     return None
+
+
+def _settled(path: Path, config: SpoolConfig) -> bool:
+    """Unchanged for the settle interval (or gone: refused with the reason once claimed)."""
+    try:
+        return time.time() - os.lstat(path).st_mtime >= config.settle_seconds
+    except OSError:
+        return True
 
 
 def examine(claimed: Path, name: str, config: SpoolConfig, prepare: Prepare) -> Examined | None:

@@ -9,9 +9,10 @@ in flight at a crash out again. Runs in a worker thread.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from pathlib import Path
+
+import orjson
 
 from agent.jobs import OutboxEntry
 from agent.transports.spool.layout import (
@@ -25,9 +26,19 @@ from agent.transports.spool.layout import (
 def deliver(dirs: dict[str, Path], entries: list[OutboxEntry]) -> None:
     """Apply a batch of entries in order, then make them durable with one flush."""
     changed = False
+    # A job that finished within the batch goes from .claimed/ straight to done/.
+    finished = {entry.job_id for entry in entries if entry.state.status.terminal}
+    in_done: set[str] = set()
     for entry in entries:
         if entry.event == "accepted" and entry.data.get("origin"):
-            _move(dirs[".claimed"] / entry.data["origin"], dirs["active"], entry.job_id)
+            early = entry.job_id in finished
+            _move(
+                dirs[".claimed"] / entry.data["origin"],
+                dirs["done" if early else "active"],
+                entry.job_id,
+            )
+            if early:
+                in_done.add(entry.job_id)
             changed = True
         elif entry.state.status.terminal:
             changed = True
@@ -35,10 +46,12 @@ def deliver(dirs: dict[str, Path], entries: list[OutboxEntry]) -> None:
             # Durable with the whole batch below: the entry is acknowledged only after.
             write_atomically(
                 dirs["done"] / result_name(entry.job_id),
-                json.dumps(record, indent=2).encode(),
+                # orjson: the standard encoder drops to pure Python when indenting.
+                orjson.dumps(record, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS),
                 durable=False,
             )
-            _move(dirs["active"] / document_name(entry.job_id), dirs["done"], entry.job_id)
+            if entry.job_id not in in_done:
+                _move(dirs["active"] / document_name(entry.job_id), dirs["done"], entry.job_id)
     if changed:
         sync_filesystem(dirs["done"])
 
@@ -46,3 +59,10 @@ def deliver(dirs: dict[str, Path], entries: list[OutboxEntry]) -> None:
 def _move(source: Path, directory: Path, job_id: str) -> None:
     with contextlib.suppress(FileNotFoundError):  # moved before a crash: done already
         os.rename(source, directory / document_name(job_id))
+
+
+def forget(dirs: dict[str, Path], job_ids: list[str]) -> None:
+    """Remove done/ files of jobs pruned from the store (retention)."""
+    for job_id in job_ids:
+        for name in (document_name(job_id), result_name(job_id)):
+            (dirs["done"] / name).unlink(missing_ok=True)

@@ -16,6 +16,6 @@ class SpoolConfig(Section):
     # (it may still be being copied in).
     settle_seconds: float = Field(default=2.0, ge=0)
     rescan_seconds: float = Field(default=30.0, gt=0)
-    # watchfiles' rust loop wakes every step ms; it bounds drop->claim latency.
+    # Ignored since the watcher sleeps on inotify itself (inotify.py); kept so old configs load.
     watch_step_ms: int = Field(default=1, ge=1, json_schema_extra=RESTART)
     claim_batch: int = Field(default=256, ge=1)

@@ -1,7 +1,7 @@
 """The spool transport: watches incoming/ and cancel/, claims files as jobs,
 and delivers its outbox as files (see layout.py for the directories).
 
-Events from watchfiles only say where to look: the directory is also
+Events from inotify only say where to look: the directory is also
 rescanned at start, periodically and after very large bursts, and the job
 store's job_id idempotency makes a second look at the same file harmless, so
 every file is taken exactly once.
@@ -20,8 +20,6 @@ from typing import Any
 import structlog
 import trio
 from prometheus_client import Counter
-from watchfiles import Change
-from watchfiles._rust_notify import RustNotify, WatchfilesRustInternalError
 
 from agent import background, metrics
 from agent.config import Config
@@ -30,8 +28,8 @@ from agent.health import Status
 from agent.intake import TransportIntake
 from agent.jobs import JOB_ID_PATTERN
 from agent.outbox import Outbox, OutboxInterest
-from agent.transports.spool import claim
-from agent.transports.spool.delivery import deliver
+from agent.transports.spool import claim, inotify
+from agent.transports.spool.delivery import deliver, forget
 from agent.transports.spool.layout import CLAIMED, DIR_MODES, spool_dirs
 from agent.transports.spool.settings import SpoolConfig
 
@@ -42,23 +40,14 @@ QUARANTINED = Counter(
     "Spool files refused and moved to failed/",
     registry=metrics.REGISTRY,
 )
-# A change set this large may mean the kernel queue overflowed: rescan.
-_BURST_RESCAN = 4096
 _JOB_ID_RE = re.compile(JOB_ID_PATTERN)
 # Delivery retries after a failed write (a full disk) back off up to this.
 _RETRY_MAX_SECONDS = 30.0
 
 
-async def _set_when_cancelled(event: trio.Event) -> None:
-    try:
-        await trio.sleep_forever()
-    finally:
-        event.set()
-
-
 class SpoolTransport:
     name = "spool"
-    outbox = OutboxInterest()
+    outbox = OutboxInterest(running=False)  # a job's file moves when accepted and when done
 
     def __init__(self, root: Path, config: SpoolConfig) -> None:
         # Absolute: the watcher reports absolute paths, compared against these.
@@ -69,6 +58,7 @@ class SpoolTransport:
         self._incoming: dict[str, None] = {}  # ordered set of names seen in incoming/
         self._claimed: dict[str, float] = {}  # name in .claimed/ -> trio time to look again
         self._later: dict[str, float] = {}  # name in incoming/, not complete -> time to look again
+        self._renamed: set[str] = set()  # names in _incoming that arrived by rename
         self._wakeup = trio.Event()
         self._nursery: trio.Nursery
 
@@ -153,61 +143,57 @@ class SpoolTransport:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        # The wait runs in a thread cancellation cannot interrupt; the stop
-        # event, set as soon as this task is cancelled, ends it within a step.
-        stop = trio.Event()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_set_when_cancelled, stop)
-            while True:
-                # watchfiles' own backend, used directly (awatch wraps the same
-                # loop) so that the watches exist before started(): the start-up
-                # scan then covers exactly the files that arrived before them.
-                with self._new_watcher() as watcher:
-                    task_status.started()
-                    task_status = trio.TASK_STATUS_IGNORED
-                    if await self._follow_watcher(watcher, stop, intake):
-                        return
-                # The watcher gave up on a change set: whatever it held, a rescan finds.
-                await self._rescan()
-
-    def _new_watcher(self) -> RustNotify:
-        return RustNotify(
-            [str(self.dirs["incoming"]), str(self.dirs["cancel"])], False, False, 0, False, False
-        )
-
-    async def _follow_watcher(
-        self, watcher: RustNotify, stop: trio.Event, intake: TransportIntake
-    ) -> bool:
-        """Feed changes to the claimer; True when stopped, False when the watcher broke."""
         while True:
-            try:
-                raw = await trio.to_thread.run_sync(
-                    watcher.watch, 50, self.config.watch_step_ms, 5000, stop
-                )
-            except WatchfilesRustInternalError as exc:
-                # e.g. a file name that is not UTF-8: the claimer quarantines it.
-                log.warning("spool.watcher_error", error=str(exc))
-                return False
-            if raw == "stop":
-                return True
-            if isinstance(raw, set):
-                self._note_changes(raw, intake)
+            # The watches exist before started(): the start-up scan then covers
+            # exactly the files that arrived before them.
+            with self._new_watcher() as watcher:
+                task_status.started()
+                task_status = trio.TASK_STATUS_IGNORED
+                try:
+                    while True:
+                        self._note_changes(await watcher.read(), intake)
+                except inotify.Overflow:
+                    log.warning("spool.watch_overflow", action="rescan")
+            # Events were lost: whatever they held, a rescan of both directories finds.
+            await self._rescan()
+            await self._scan_cancel(intake)
 
-    def _note_changes(self, changes: set[tuple[int, str]], intake: TransportIntake) -> None:
-        incoming, cancel = str(self.dirs["incoming"]), str(self.dirs["cancel"])
-        for change, path in changes:
-            if change == Change.deleted:
-                continue
-            directory, _, name = path.rpartition("/")
+    def _new_watcher(self) -> inotify.Inotify:
+        watcher = inotify.Inotify()
+        try:
+            # Renames are the Maildir drop; create and close-write catch `cp` in place.
+            watcher.watch(
+                self.dirs["incoming"],
+                inotify.IN_MOVED_TO | inotify.IN_CREATE | inotify.IN_CLOSE_WRITE,
+            )
+            watcher.watch(self.dirs["cancel"], inotify.IN_MOVED_TO | inotify.IN_CREATE)
+        except BaseException:
+            watcher.close()
+            raise
+        return watcher
+
+    def _note_changes(self, changes: list[inotify.Change], intake: TransportIntake) -> None:
+        incoming = self.dirs["incoming"]
+        for change in changes:
+            name = change.name
             if name.startswith("."):
                 continue
-            if directory == incoming:
+            if change.directory == incoming:
                 self._incoming[name] = None
-            elif directory == cancel:
+                if change.renamed_in:
+                    # Arrived whole by rename: no need to peek before claiming it.
+                    self._renamed.add(name)
+                elif change.mask & inotify.IN_CLOSE_WRITE:
+                    # Its writer closed it: look now rather than after settle_seconds.
+                    self._later.pop(name, None)
+            else:
                 self._nursery.start_soon(self._cancel_requested, intake, name)
-        if len(changes) >= _BURST_RESCAN:
-            self._nursery.start_soon(self._rescan)
-        self._wake()
+        if changes:
+            self._wake()
+
+    async def _scan_cancel(self, intake: TransportIntake) -> None:
+        for name in await trio.to_thread.run_sync(os.listdir, self.dirs["cancel"]):
+            self._nursery.start_soon(self._cancel_requested, intake, name)
 
     async def _rescan_periodically(self, intake: TransportIntake) -> None:
         failures = 0
@@ -217,8 +203,7 @@ class SpoolTransport:
             )
             try:
                 await self._rescan()
-                for name in await trio.to_thread.run_sync(os.listdir, self.dirs["cancel"]):
-                    self._nursery.start_soon(self._cancel_requested, intake, name)
+                await self._scan_cancel(intake)
             except OSError as exc:  # EMFILE, ENOSPC, EIO: never the end of the daemon
                 failures += 1
                 background.note_failure("spool.rescan", exc)
@@ -253,19 +238,21 @@ class SpoolTransport:
             names = names[: self.config.claim_batch]
             if not names and not again:
                 return
+            renamed = {name for name in names if name in self._renamed}
             for name in names:
                 del self._incoming[name]
+                self._renamed.discard(name)
             for name in again:
                 del self._claimed[name]
             arriving, looked = await trio.to_thread.run_sync(
-                self._take_and_examine, intake, names, again
+                self._take_and_examine, intake, names, again, renamed
             )
             for item in arriving:
                 self._later[item.name] = trio.current_time() + item.retry_in
             await self._record(intake, looked)
 
     def _take_and_examine(
-        self, intake: TransportIntake, names: list[str], claimed: list[str]
+        self, intake: TransportIntake, names: list[str], claimed: list[str], renamed: set[str]
     ) -> tuple[list[claim.Unsettled], list[claim.Examined]]:
         """Claim what is complete among `names`, then examine it and the `claimed`;
         answers the files left in incoming/ for now, and what was examined."""
@@ -277,7 +264,9 @@ class SpoolTransport:
         arriving: list[claim.Unsettled] = []
         taken = []
         for name in names:
-            unsettled = claim.still_arriving(self.dirs["incoming"], name, self.config)
+            unsettled = claim.still_arriving(
+                self.dirs["incoming"], name, self.config, renamed=name in renamed
+            )
             if unsettled is not None:
                 arriving.append(unsettled)
             elif claim.take(self.dirs["incoming"], self.dirs[CLAIMED], name):
@@ -335,6 +324,10 @@ class SpoolTransport:
                     await trio.sleep(retry_in)
                     retry_in = min(retry_in * 2, _RETRY_MAX_SECONDS)
             await outbox.ack(batch[-1].id)
+
+    async def forget_jobs(self, job_ids: list[str]) -> None:
+        """Pruned by retention: their done/ files go too."""
+        await trio.to_thread.run_sync(forget, self.dirs, job_ids)
 
     async def _cancel_requested(self, intake: TransportIntake, name: str) -> None:
         path = self.dirs["cancel"] / name

@@ -1,0 +1,78 @@
+"""Reads over a few read-only connections (WAL lets them run beside the writer
+and beside each other), so a long list query never holds up a point read.
+
+Each connection keeps its own Batcher: reads arriving together share one
+thread hop. A new read joins a batch being formed, else starts one on an idle
+connection, else waits on the connection with the shortest queue.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from typing import TypeVar
+
+import trio
+
+from agent.errors import StoreError
+from agent.store.batcher import Batcher, Queued
+
+_T = TypeVar("_T")
+
+
+class _Lane:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.batcher = Batcher(self._run, lambda: None)
+
+    def _run(self, batch: list[Queued]) -> None:
+        for item in batch:
+            try:
+                item.value = item.operation(self.conn)
+            except sqlite3.Error as exc:
+                item.error = StoreError(f"job store read failed: {exc}")
+                item.error.__cause__ = exc
+            except Exception as exc:  # noqa: BLE001 (delivered to the caller who queued it)
+                item.error = exc
+
+
+class ReadPool:
+    """`size` read-only connections made by `connect` (blocking; run in threads)."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection], size: int = 3) -> None:
+        self._connect = connect
+        self._size = size
+        self._lanes: list[_Lane] = []
+
+    async def open(self) -> None:
+        for _ in range(self._size):
+            self._lanes.append(_Lane(await trio.to_thread.run_sync(self._connect)))
+
+    async def aclose(self) -> None:
+        lanes, self._lanes = self._lanes, []
+        for lane in lanes:
+            await trio.to_thread.run_sync(lane.conn.close)
+
+    async def read(self, query: Callable[[sqlite3.Connection], _T]) -> _T:
+        assert self._lanes, "store not open"
+        lane = self._choose()
+        value: _T = await lane.batcher.settle(lane.batcher.queue(query))
+        return value
+
+    def _choose(self) -> _Lane:
+        # Join a batch being formed (reads arriving together share one thread hop),
+        # else start one on an idle connection; only when all are busy, queue.
+        idle = None
+        for lane in self._lanes:
+            if lane.batcher.forming:
+                return lane
+            if idle is None and not lane.batcher.busy:
+                idle = lane
+        return idle or min(self._lanes, key=lambda lane: lane.batcher.waiting)
+
+    def lanes_busy(self) -> list[bool]:
+        """Which connections are running a batch now (for tests and health)."""
+        return [lane.batcher.busy for lane in self._lanes]
+
+
+__all__ = ["ReadPool"]

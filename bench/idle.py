@@ -1,0 +1,176 @@
+"""What an idle agent costs: start time, CPU, RSS and wake-ups over a quiet minute,
+and that sleeping did not cost the spool its latency.
+
+Starts the agent as `make run` does (HTTP on loopback without tokens, the
+spool, libvirt's test driver) with a NOTIFY_SOCKET of its own, then:
+1. exec to READY=1 (the systemd notification), median of --starts starts;
+2. over --seconds of idleness: CPU seconds (utime+stime of every thread),
+   wake-ups/s (context switches of every thread, voluntary and not), RSS;
+3. drop->running latency of --latency-jobs spool jobs dropped one at a time.
+
+Usage: python bench/idle.py [--seconds 60] [--starts 3] [--latency-jobs 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+TARGETS = {"cpu_s": 0.03, "rss_mb": 50.0, "ready_s": 0.5, "drop_p50_ms": 5.0}
+
+
+def verdict(ok: bool) -> str:
+    return "MET" if ok else "MISSED"
+
+
+def start(root: Path) -> tuple[subprocess.Popen[bytes], float, socket.socket]:
+    """Start an agent; answer it once READY=1 arrived, and the seconds that took."""
+    notify_path = root / "notify.sock"
+    notify_path.unlink(missing_ok=True)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.settimeout(60)
+    argv = [sys.executable, "-m", "agent", "run", "--state-dir", str(root / "state")]
+    argv += ["--spool-dir", str(root / "spool"), "--libvirt-uri", "test:///default"]
+    argv += ["--insecure-no-auth", "--http-bind", "127.0.0.1:0", "--log-level", "warning"]
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
+    began = time.monotonic()
+    agent = subprocess.Popen(argv, env=env, stderr=subprocess.DEVNULL)
+    while True:
+        message = notify.recv(4096).decode()
+        if "READY=1" in message.split("\n"):
+            return agent, time.monotonic() - began, notify
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime+stime of the whole process (threads that ended included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def switches_by_thread(pid: int) -> dict[str, int]:
+    """Context switches (voluntary and not) of each live thread: each is a wake-up."""
+    counts = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            lines = (task / "status").read_text().splitlines()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # a thread that ended meanwhile
+        counts[task.name] = sum(
+            int(line.split()[1])
+            for line in lines
+            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"))
+        )
+    return counts
+
+
+def wakeups(before: dict[str, int], after: dict[str, int]) -> int:
+    return sum(count - before.get(tid, 0) for tid, count in after.items())
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def drop_latencies(root: Path, count: int) -> list[float]:
+    spool = root / "spool"
+    db = sqlite3.connect(root / "state" / "jobs.sqlite3")
+    latencies = []
+    for n in range(count):
+        job_id = f"idle-lat-{n}"
+        document = {
+            "version": "1.0",
+            "job_id": job_id,
+            "kind": "Bench",
+            "operation": "system.echo",
+            "payload": {"type": "system.echo.v1", "data": {}},
+        }
+        staged = spool / "tmp" / f"{job_id}.json"
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        os.write(fd, json.dumps(document).encode())
+        os.fsync(fd)
+        os.close(fd)
+        time.sleep(0.02)  # the agent idle again between drops, as in real life
+        dropped = time.time()
+        staged.rename(spool / "incoming" / staged.name)
+        deadline = time.monotonic() + 30
+        while True:
+            row = db.execute("SELECT started_at FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            if row and row[0]:
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{job_id} did not start")
+            time.sleep(0.0005)
+        started = datetime.fromisoformat(row[0].replace("Z", "+00:00")).timestamp()
+        latencies.append((started - dropped) * 1000)
+    return latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--starts", type=int, default=3)
+    parser.add_argument("--latency-jobs", type=int, default=200)
+    args = parser.parse_args()
+
+    ready_times = []
+    for _ in range(args.starts):
+        with tempfile.TemporaryDirectory(prefix="hostagent-idle-") as tmp:
+            agent, ready, notify = start(Path(tmp))
+            ready_times.append(ready)
+            agent.terminate()
+            agent.wait(timeout=60)
+            notify.close()
+
+    with tempfile.TemporaryDirectory(prefix="hostagent-idle-") as tmp:
+        root = Path(tmp)
+        agent, _, notify = start(root)
+        try:
+            time.sleep(3)  # start-up work (first capability probe, gc) settles
+            cpu0, switches0 = cpu_seconds(agent.pid), switches_by_thread(agent.pid)
+            time.sleep(args.seconds)
+            cpu1, switches1 = cpu_seconds(agent.pid), switches_by_thread(agent.pid)
+            rss = rss_mb(agent.pid)
+            latencies = drop_latencies(root, args.latency_jobs)
+        finally:
+            agent.terminate()
+            agent.wait(timeout=60)
+            notify.close()
+
+    cpu = cpu1 - cpu0
+    woke = wakeups(switches0, switches1) / args.seconds
+    ready = statistics.median(ready_times)
+    p50 = statistics.median(latencies)
+    p99 = sorted(latencies)[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+    print(f"cpus={os.cpu_count()} idle window={args.seconds:g} s")
+    print(
+        f"idle CPU: {cpu:.3f} s (target <= {TARGETS['cpu_s']}) "
+        f"{verdict(cpu <= TARGETS['cpu_s'])}; wake-ups {woke:.1f}/s"
+    )
+    print(f"idle RSS: {rss:.1f} MB (target <= {TARGETS['rss_mb']:g}) {verdict(rss <= 50)}")
+    print(
+        f"exec to READY=1: median {ready:.3f} s of {args.starts} "
+        f"({', '.join(f'{t:.3f}' for t in ready_times)}) (target <= {TARGETS['ready_s']}) "
+        f"{verdict(ready <= TARGETS['ready_s'])}"
+    )
+    print(
+        f"spool drop->running after idling: p50 {p50:.2f} ms p99 {p99:.2f} ms "
+        f"(target p50 <= {TARGETS['drop_p50_ms']:g}) {verdict(p50 <= TARGETS['drop_p50_ms'])}"
+    )
+
+
+if __name__ == "__main__":
+    main()
