@@ -11,7 +11,8 @@ import trio
 import trio.testing
 
 from agent.capabilities import Capabilities
-from agent.cli import _config, build_parser
+from agent.cli import _config
+from agent.cli_parser import build_parser
 from agent.config import Config, LibvirtConfig, load_config
 from agent.daemon import Agent, build_registry
 from agent.events import EventBus
