@@ -40,12 +40,21 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if (sys.argv[1:] if argv is None else argv)[:1] == ["run"]:
-        # The daemon's start-up builds what lives as long as it does (modules,
-        # classes, pydantic schemas); the collector would walk it ~180 times
-        # (~40 ms, a tenth of the start). It stays off until the daemon is ready
-        # (agent.daemon freezes what start-up built, then turns it on).
-        gc.disable()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] != ["run"]:
+        return _main(argv)
+    # The daemon's start-up builds what lives as long as it does (modules,
+    # classes, pydantic schemas); the collector would walk it ~180 times (~40 ms,
+    # a tenth of the start). It stays off until the daemon is ready (agent.daemon
+    # freezes what start-up built, then turns it on), or until `run` fails.
+    gc.disable()
+    try:
+        return _main(argv)
+    finally:
+        gc.enable()
+
+
+def _main(argv: list[str]) -> int:
     from agent.cli_parser import RESOURCE_NOUNS, build_parser
     from agent.cli_support import run_command
 
@@ -97,8 +106,6 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         if found is None or rest is not None:
             raise
         raise _first_leaf(found) from group
-    finally:
-        gc.enable()  # main() turned it off; the daemon may have ended before ready
     return 0
 
 
