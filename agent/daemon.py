@@ -390,7 +390,11 @@ async def _serve(
             agent: Agent = await nursery.start(Agent(config).run)
             # What start-up built lives as long as the process: keep it out of the
             # collector's full passes, which stalled requests for ~40 ms (bench/http.py).
+            # `hostagent run` starts with the collector off (agent.cli): start-up's few
+            # thousand garbage objects are frozen with the rest, cheaper than the ~50 ms
+            # full collection that would find them.
             gc.freeze()
+            gc.enable()
             # Every child said started: store open, spool scanned, listeners bound.
             status = agent.status_line()
             await notifier.send("READY=1", f"STATUS={status}")

@@ -20,7 +20,12 @@ DomainState = Literal[
 ]
 
 
-class _Query(BaseModel):
+class _Shape(BaseModel):
+    # Built on first use (a request, /openapi.json), not while the agent starts.
+    model_config = ConfigDict(defer_build=True)
+
+
+class _Query(_Shape):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -46,7 +51,7 @@ class PoolDeleteQuery(_Query):
 # --- reads ---
 
 
-class VmSummary(BaseModel):
+class VmSummary(_Shape):
     name: str
     uuid: str
     state: DomainState
@@ -58,12 +63,12 @@ class VmSummary(BaseModel):
     autostart: bool
 
 
-class VmList(BaseModel):
+class VmList(_Shape):
     vms: list[VmSummary]
     total: int
 
 
-class Disk(BaseModel):
+class Disk(_Shape):
     device: str | None
     type: str | None
     source: str | None
@@ -73,7 +78,7 @@ class Disk(BaseModel):
     readonly: bool
 
 
-class Nic(BaseModel):
+class Nic(_Shape):
     type: str | None
     mac: str | None
     source: str | None
@@ -81,14 +86,14 @@ class Nic(BaseModel):
     target: str | None
 
 
-class Graphics(BaseModel):
+class Graphics(_Shape):
     type: str | None
     port: int | None = Field(description="null until the VM runs when autoport is on")
     listen: str | None
     autoport: bool
 
 
-class Snapshot(BaseModel):
+class Snapshot(_Shape):
     name: str
     description: str | None
     state: str | None
@@ -97,7 +102,7 @@ class Snapshot(BaseModel):
     current: bool
 
 
-class VmStats(BaseModel):
+class VmStats(_Shape):
     window_seconds: float
     cpu_time_ns: int
     cpu_percent: float = Field(description="of all the VM's vCPUs together, 0-100")
@@ -116,7 +121,7 @@ class VmDetail(VmSummary):
     actions: list[str] = Field(description="the actions that would change it now")
 
 
-class PoolInfo(BaseModel):
+class PoolInfo(_Shape):
     name: str
     uuid: str
     type: str | None
@@ -132,12 +137,12 @@ class PoolInfo(BaseModel):
     actions: list[str]
 
 
-class PoolList(BaseModel):
+class PoolList(_Shape):
     pools: list[PoolInfo]
     total: int
 
 
-class VolumeInfo(BaseModel):
+class VolumeInfo(_Shape):
     pool: str
     name: str
     path: str
@@ -149,13 +154,13 @@ class VolumeInfo(BaseModel):
     backing_store: str | None
 
 
-class VolumeList(BaseModel):
+class VolumeList(_Shape):
     pool: str
     volumes: list[VolumeInfo]
     total: int
 
 
-class NetworkIp(BaseModel):
+class NetworkIp(_Shape):
     family: str
     address: str | None
     prefix: int | None
@@ -163,7 +168,7 @@ class NetworkIp(BaseModel):
     dhcp_end: str | None
 
 
-class NetworkInfo(BaseModel):
+class NetworkInfo(_Shape):
     name: str
     uuid: str
     state: Literal["active", "inactive"]
@@ -176,12 +181,12 @@ class NetworkInfo(BaseModel):
     actions: list[str]
 
 
-class NetworkList(BaseModel):
+class NetworkList(_Shape):
     networks: list[NetworkInfo]
     total: int
 
 
-class HostFacts(BaseModel):
+class HostFacts(_Shape):
     hostname: str
     worker_id: str
     os: str | None
@@ -198,7 +203,7 @@ class HostFacts(BaseModel):
     libvirt_uri: str
 
 
-class Memory(BaseModel):
+class Memory(_Shape):
     total_bytes: int
     available_bytes: int
     used_bytes: int
@@ -207,7 +212,7 @@ class Memory(BaseModel):
     swap_free_bytes: int
 
 
-class DirectoryUsage(BaseModel):
+class DirectoryUsage(_Shape):
     role: Literal["state", "spool", "images"]
     path: str
     total_bytes: int
@@ -216,7 +221,7 @@ class DirectoryUsage(BaseModel):
     percent: float
 
 
-class HostStats(BaseModel):
+class HostStats(_Shape):
     window_seconds: float
     cpus: int
     cpu_percent: float = Field(description="busy share of all CPUs over the window, 0-100")
@@ -230,7 +235,7 @@ class HostStats(BaseModel):
 # --- action bodies (all optional: an empty body takes the defaults) ---
 
 
-class _Body(BaseModel):
+class _Body(_Shape):
     model_config = ConfigDict(extra="forbid")
 
 

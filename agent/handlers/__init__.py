@@ -1,4 +1,9 @@
-"""Handlers: one small async function per operation, declared with `agent.handler`."""
+"""Handlers: one small async function per operation, declared with `agent.handler`.
+
+Payload models say `defer_build=True`: pydantic builds a model's validator when
+a job of its operation (or the capabilities' schemas) first needs it, not while
+the agent starts (bench/idle.py).
+"""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ _BUS_PREFIX = {"virtio": "vd", "sata": "sd", "scsi": "sd", "ide": "hd"}
 
 
 class DiskSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     path: str = Field(
         description="An image file under an image root (policy.image_roots or a pool's "
@@ -25,7 +25,7 @@ class DiskSpec(BaseModel):
 
 
 class NicSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     network: str | None = Field(default=None, description="A libvirt network name")
     bridge: str | None = Field(default=None, description="A host bridge")
@@ -42,7 +42,7 @@ class NicSpec(BaseModel):
 class VmSpec(BaseModel):
     """The small spec vm.define turns into domain XML."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     name: str = Field(pattern=NAME_PATTERN)
     memory_mib: int = Field(ge=16, le=16 * 1024 * 1024)

@@ -63,7 +63,7 @@ class GuestImage(image.ImageRef):
 
 
 class InspectOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     include_packages: bool = True
     include_services: bool = True
@@ -71,14 +71,14 @@ class InspectOptions(BaseModel):
 
 
 class InspectPayload(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     image: GuestImage
     options: InspectOptions = Field(default_factory=InspectOptions)
 
 
 class ProfilePayload(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     image: GuestImage
     profiles: list[Literal["security", "compliance"]] = Field(

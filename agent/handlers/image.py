@@ -54,7 +54,7 @@ _ROOTED = (
 
 
 class ImageRef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     path: str = Field(description=f"an existing regular image file: {_ROOTED}")
 

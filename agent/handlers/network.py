@@ -21,7 +21,7 @@ from agent.registry import handler
 
 
 class NetworkRef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     name: str = Field(min_length=1, description="the network's name")
 
@@ -68,7 +68,7 @@ def network_summary(net: Any) -> dict[str, Any]:
 
 
 class NetworkListPayload(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 @handler("network.list", payload=NetworkListPayload, rerun_safe=True)
@@ -91,7 +91,7 @@ async def network_info(payload: NetworkRef, ctx: JobContext) -> dict[str, Any]:
 class NetworkDefinePayload(BaseModel):
     """A small network spec (or complete XML) that network.define turns into a network."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     name: str = Field(pattern=NAME_PATTERN)
     xml: str | None = Field(

@@ -28,7 +28,7 @@ VOLUME_NAME_PATTERN = r"^[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,254}$"
 
 
 class PoolRef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     name: str = Field(min_length=1, description="the pool's name")
 
@@ -41,7 +41,7 @@ def pool_resource(ref: PoolRef) -> str:
 
 
 class VolumeRef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     pool: str = Field(min_length=1)
     name: str = Field(pattern=VOLUME_NAME_PATTERN, description="the volume's name in its pool")
@@ -89,7 +89,7 @@ def volume_summary(vol: Any) -> dict[str, Any]:
 
 
 class PoolListPayload(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 @handler("storage.pool.list", payload=PoolListPayload, rerun_safe=True)
@@ -116,7 +116,7 @@ async def pool_info(payload: PoolRef, ctx: JobContext) -> dict[str, Any]:
 
 
 class PoolDefinePayload(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     name: str = Field(pattern=NAME_PATTERN)
     type: Literal["dir"] = "dir"

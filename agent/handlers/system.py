@@ -20,7 +20,7 @@ from agent.registry import handler
 
 class EchoPayload(BaseModel):
     # Echo returns whatever it was given, as existing clients expect.
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
 
 @handler("system.echo", payload=EchoPayload, rerun_safe=True)
@@ -30,7 +30,7 @@ async def echo(payload: EchoPayload, ctx: JobContext) -> dict[str, Any]:
 
 
 class SleepPayload(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     seconds: float = Field(ge=0, le=7 * 24 * 3600)
     child_process: bool = Field(
@@ -65,7 +65,7 @@ async def sleep(payload: SleepPayload, ctx: JobContext) -> dict[str, Any]:
 
 
 class InfoPayload(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 def _meminfo() -> dict[str, int]:

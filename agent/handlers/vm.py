@@ -42,7 +42,7 @@ DomainState = Literal[
 class DomainRef(BaseModel):
     """A domain, by name or by UUID."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     name: str | None = Field(default=None, min_length=1)
     uuid: uuid_module.UUID | None = None
@@ -68,7 +68,7 @@ def summary(dom: Any, **extra: Any) -> dict[str, Any]:
 
 
 class ListPayload(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     state: DomainState | None = Field(default=None, description="only domains in this state")
 
@@ -122,7 +122,7 @@ async def info(payload: DomainRef, ctx: JobContext) -> dict[str, Any]:
 
 
 class DefinePayload(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     xml: str | None = Field(default=None, description=DOMAIN_XML_RULES)
     spec: VmSpec | None = Field(

@@ -3,6 +3,8 @@ nobody answers (recovery after a real libvirtd restart is in test_libvirt_real.p
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,8 @@ import trio
 import trio.testing
 
 from agent.capabilities import Capabilities
-from agent.cli import _config, build_parser
+from agent.cli import _config
+from agent.cli_parser import build_parser
 from agent.config import Config, LibvirtConfig, load_config
 from agent.daemon import Agent, build_registry
 from agent.events import EventBus
@@ -176,3 +179,26 @@ def test_domain_capabilities_summary() -> None:
     }
     assert version_text(9_000_000) == "9.0.0"
     assert version_text(7_002_022) == "7.2.22"
+
+
+_FIRST_USE = """
+from agent import resource_models
+from agent.daemon import build_registry
+
+registry = build_registry()
+models = [item.payload_model for item in registry._handlers.values()]
+shapes = [resource_models.VmSummary, resource_models.HostStats, resource_models.VmListQuery]
+print(sum(model.__pydantic_complete__ for model in models + shapes), len(models))
+registry.schemas()
+print(sum(model.__pydantic_complete__ for model in models))
+"""
+
+
+def test_payload_and_resource_models_are_built_on_first_use() -> None:
+    # A fresh interpreter: this one's tests built them long ago.
+    out = subprocess.run(
+        [sys.executable, "-c", _FIRST_USE], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+    built_at_start, count, built_after = (int(word) for word in out)
+    assert built_at_start == 0  # none built while the agent starts
+    assert built_after == count  # the capabilities' schemas built each of them

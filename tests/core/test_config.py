@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,7 @@ def test_run_with_bad_config_exits_2_naming_the_key(
     path.write_text("[spool]\nsettle_seconds = -1\n")
     assert main(["run", "--config", str(path)]) == 2
     assert "config: spool.settle_seconds" in capsys.readouterr().err
+    assert gc.isenabled()  # `run` turned the collector off for its start-up only
 
 
 def test_missing_explicit_config_file_is_an_error(tmp_path: Path) -> None:

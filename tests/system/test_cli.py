@@ -25,6 +25,24 @@ def hostagent(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_the_command_line_loads_only_what_its_command_needs() -> None:
+    # `hostagent run` turns the collector off before its heavy imports (agent.cli),
+    # so the module itself must not import them.
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, agent.cli; print(' '.join(sys.modules))"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
+    assert sorted(name for name in loaded if name.startswith("agent")) == [
+        "agent",
+        "agent.cli",
+        "agent.errors",
+    ]
+    assert not {"pydantic", "trio", "structlog"} & set(loaded)
+
+
 @pytest.mark.slow
 def test_submit_wait_status_result_logs_and_jobs(tmp_path: Path) -> None:
     state, spool = tmp_path / "state", tmp_path / "spool"

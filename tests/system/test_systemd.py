@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import os
 import shutil
@@ -320,6 +321,20 @@ async def test_serve_without_a_way_to_reload_ignores_sighup(config: Config) -> N
         os.kill(os.getpid(), signal.SIGINT)
     assert not any(text.startswith("RELOADING") for text in recorder.texts())
     assert recorder.texts()[-1].startswith("STOPPING=1")
+
+
+async def test_serve_turns_the_collector_back_on_once_ready(config: Config) -> None:
+    gc.disable()  # as `hostagent run` starts (agent.cli)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                lambda task_status: serve(config, notify=Recorder(), task_status=task_status)
+            )
+            assert gc.isenabled()
+            assert gc.get_freeze_count() > 0  # start-up's objects left out of full passes
+            nursery.cancel_scope.cancel()
+    finally:
+        gc.enable()
 
 
 # --- the real daemon under a fake manager ---
