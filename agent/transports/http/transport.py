@@ -26,10 +26,11 @@ from agent.config import Config
 from agent.errors import ConfigError
 from agent.health import Status
 from agent.intake import TransportIntake
-from agent.transports.http.api import ApiState
+from agent.transports.http import job_api
 from agent.transports.http.app import build_app
 from agent.transports.http.auth import TokenTable
 from agent.transports.http.fastpath import FastPaths
+from agent.transports.http.lean import LeanPath
 from agent.transports.http.local import (
     OwnerBook,
     PeerPolicy,
@@ -38,6 +39,7 @@ from agent.transports.http.local import (
     serve_local,
 )
 from agent.transports.http.local_auth import EXTENSION, LocalAccess
+from agent.transports.http.routes import ApiState
 from agent.transports.http.server import ConnectionLimits, serve_asgi
 from agent.transports.http.settings import HttpConfig
 
@@ -218,7 +220,10 @@ class HttpTransport:
         app = build_app(self._api)
         # TCP clients meet the connection limits and the health fast path; the local
         # socket's peers are few and known, and serve_local authorises them by uid.
-        front = FastPaths(app, self._api, max_active=self.config.max_active_requests)
+        # One bound on job work, shared by the lean path and the ASGI front.
+        slots = trio.Semaphore(self.config.max_active_requests)
+        front = FastPaths(app, self._api, slots=slots)
+        lean = LeanPath(self._api, job_api.ROUTES, slots)
         limits = ConnectionLimits(
             max_connections=self.config.max_connections,
             per_client=self.config.max_connections_per_client,
@@ -227,7 +232,9 @@ class HttpTransport:
         settings = hypercorn_settings(self.config, self._context)
         async with trio.open_nursery() as nursery:
             await nursery.start(front.refresh_health)
-            await nursery.start(partial(serve_asgi, front, listener, settings, limits=limits))
+            await nursery.start(
+                partial(serve_asgi, front, listener, settings, limits=limits, lean=lean)
+            )
             if self.socket_path is not None:
                 await nursery.start(partial(self._serve_socket, app, self.socket_path))
             if not self.config.tokens and not self.config.insecure_no_auth:
