@@ -119,10 +119,22 @@ async def submit_batch(call: Call) -> Answer:
         if isinstance(outcome, AgentError):
             answers[index] = _batch_failure(outcome, index)
         else:
-            data = submitted(outcome).model_dump(mode="json")
-            answers[index] = {"success": True, "data": data}
+            answers[index] = {"success": True, "data": _submitted_json(outcome)}
     failed = sum(1 for answer in answers if answer is not None and not answer["success"])
     return ok({"results": answers, "submitted": len(items) - failed, "failed": failed})
+
+
+def _submitted_json(submission: Submission) -> dict[str, Any]:
+    """`submitted(submission).model_dump(mode="json")`, without building the model
+    (a batch answers hundreds of these)."""
+    job_id = submission.state.job_id
+    return {
+        "job_id": job_id,
+        "status": "submitted",
+        "message": f"Job {job_id} submitted successfully",
+        "created": submission.created,
+        "job": submission.state.model_dump(mode="json"),
+    }
 
 
 def _batch_failure(exc: AgentError, index: int) -> dict[str, Any]:

@@ -139,8 +139,10 @@ class _LeanStream:
 
     async def start(self) -> None:
         if declared_length_too_large(self.headers, self.limit):
-            # As the ASGI front: answered before the body, then the connection closes.
-            await self.refuse(no_store(too_large(self.limit)))
+            # As the ASGI front: answered before the body (then the connection closes),
+            # before any route is looked at, so neither counted nor audited.
+            self.done = True
+            await self.protocol.write_answer(no_store(too_large(self.limit)))
 
     async def handle(self, event: Event) -> None:
         if self.done:
