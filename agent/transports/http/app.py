@@ -17,6 +17,7 @@ from agent.transports.http.api import (
     http_error_response,
     view_of,
 )
+from agent.transports.http.local import EXTENSION, LocalAccess
 
 
 class JobIdConverter(BaseConverter):
@@ -26,7 +27,8 @@ class JobIdConverter(BaseConverter):
     regex = r"(?!(?:" + "|".join(sorted(RESERVED_JOB_IDS)) + r")$)[^/]+"
 
 
-def build_app(state: ApiState) -> QuartTrio:
+def build_app(state: ApiState, *, local: LocalAccess | None = None) -> QuartTrio:
+    """The app of every route; `local`: how the local socket's peers are authorised."""
     app = QuartTrio("hostagent")
     app.url_map.converters["jobid"] = JobIdConverter
     app.config["MAX_CONTENT_LENGTH"] = state.config.max_body_bytes
@@ -34,6 +36,8 @@ def build_app(state: ApiState) -> QuartTrio:
     # Streams (SSE) lift this for themselves; no plain answer should take this long.
     app.config["RESPONSE_TIMEOUT"] = 60
     app.extensions["hostagent"] = state
+    if local is not None:
+        app.extensions[EXTENSION] = local
     routes = [*job_api.ROUTES, *resources.ROUTES, *events.ROUTES]
     by_endpoint = {spec.endpoint: spec for spec in routes}
     for spec in routes:
