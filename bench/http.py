@@ -128,7 +128,8 @@ def wrk(
     url: str, *, conns: int, seconds: float, header: str = "", template: Path | None = None
 ) -> dict[str, Any]:
     """Closed loop: `conns` connections, each sending its next request on an answer."""
-    argv = ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--timeout", "30s", "-s", str(WRK)]
+    duration = f"-d{max(1, round(seconds))}s"  # wrk takes whole seconds
+    argv = ["wrk", "-t1", f"-c{conns}", duration, "--timeout", "30s", "-s", str(WRK)]
     if header:
         argv += ["-H", header]
     argv.append(url)

@@ -15,13 +15,12 @@ from pydantic import BaseModel
 from quart import Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
-from agent.errors import AgentError, DrainingError
-from agent.intake import TransportIntake
+from agent.errors import AgentError
 from agent.transports.http import envelope
 from agent.transports.http.auth import Principal
 from agent.transports.http.envelope import Answer
 from agent.transports.http.job_api import submitted
-from agent.transports.http.routes import API, ApiState, Call, Route
+from agent.transports.http.routes import API, ApiState, Call, Route, require_accepting
 from agent.transports.http.routes import authorize as authorize_spec
 
 
@@ -74,11 +73,6 @@ def authorize(spec: Route, headers: Any, args: Any) -> Principal | None:
     return authorize_spec(
         spec, state(), headers.get("Authorization"), lambda: args.get("access_token")
     )
-
-
-def require_accepting(intake: TransportIntake) -> None:
-    if not intake.accepting:
-        raise DrainingError
 
 
 def view_of(spec: Route) -> Callable[..., Awaitable[Response]]:

@@ -10,7 +10,6 @@ paths run the very same code, authorisation and body rules included.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -28,7 +27,6 @@ if TYPE_CHECKING:
     from quart import Response  # quart views only: imported where the app is built
 
 API = "/api/v1"
-_CONVERTER = re.compile(r"<[a-z]+:")
 
 
 class ApiState:
@@ -74,8 +72,13 @@ class Call:
             ) from exc
 
     def require_accepting(self) -> None:
-        if not self.api.intake.accepting:
-            raise DrainingError
+        require_accepting(self.api.intake)
+
+
+def require_accepting(intake: TransportIntake) -> None:
+    """DrainingError (503) once the agent drains for shutdown."""
+    if not intake.accepting:
+        raise DrainingError
 
 
 Handler = Callable[[Call], Awaitable[Answer]]
@@ -115,11 +118,6 @@ class Route:
     def endpoint(self) -> str:
         code = self.view if self.view is not None else self.handler
         return code.__name__  # type: ignore[union-attr]  # one of the two is set
-
-    @property
-    def template(self) -> str:
-        """The rule as documented and counted in metrics: /api/v1/jobs/<job_id>."""
-        return _CONVERTER.sub("<", self.rule)
 
 
 def route(table: list[Route], method: str, rule: str, **spec: Any) -> Callable[[Handler], Handler]:
