@@ -41,10 +41,6 @@ class LazyApp:
         self._to_app: trio.MemorySendChannel[dict[str, Any]] | None = None
         self._from_app: trio.MemoryReceiveChannel[dict[str, Any]] | None = None
 
-    @property
-    def built(self) -> bool:
-        return self._app is not None
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)

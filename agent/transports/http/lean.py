@@ -10,9 +10,9 @@ and answered here, in the order the quart app checks a request:
 - a Content-Length over http.max_body_bytes: 413 before the body is read
   (as the ASGI front answers it);
 - the whole body (413 past the limit, 408 after http.body_timeout_seconds);
-- the token (routes.authorize: 401, 403), then the Handler, at most
-  http.max_active_requests of them at once (the slots the ASGI front's job
-  routes take too);
+- the token (routes.authorize: 401, 403), then the Handler; from its head
+  to its answer a request holds one of the http.max_active_requests slots
+  that the ASGI front's job routes take too;
 - every answer, refusals included, is an envelope.Answer, counted and
   audited by audit.record, as the quart app's hooks do.
 
@@ -70,7 +70,8 @@ class LeanRoutes:
 
 
 class LeanPath:
-    """Runs lean routes with the API's state, within the job API's slots."""
+    """Runs lean routes with the API's state; `slots` bound the job requests in hand
+    (taken by the connection for the whole request: lean_h11.py)."""
 
     def __init__(self, api: ApiState, routes: Sequence[Route], slots: trio.Semaphore) -> None:
         self.api = api
@@ -95,8 +96,7 @@ class LeanPath:
         try:
             call.principal = authorize(spec, self.api, authorization)
             assert spec.handler is not None
-            async with self.slots:
-                answer = await spec.handler(call)
+            answer = await spec.handler(call)
         except Exception as exc:  # noqa: BLE001 (every failure is answered with the envelope)
             answer = failure_answer(
                 exc,

@@ -53,7 +53,24 @@ class LeanH11Protocol(H11Protocol):
         self.stream = stream  # type: ignore[assignment]  # handles the same events
         self.keep_alive_requests += 1
         await self.context.mark_request()
-        await stream.start()
+        if declared_length_too_large(request.headers, stream.limit):
+            # As the ASGI front: answered before the body (then the connection closes)
+            # and before any route or slot is looked at, so neither counted nor audited.
+            stream.done = True
+            await self.write_answer(no_store(too_large(stream.limit)))
+            return
+        # As the ASGI front: a job request is read and answered within one of the
+        # slots, so the loop never holds more job work than max_active_requests.
+        await self.lean.slots.acquire()
+        stream.holding = True
+        # The body is due within http.body_timeout_seconds of the slot (as quart's read).
+        stream.deadline = trio.current_time() + self.lean.api.config.body_timeout_seconds
+
+    def release(self) -> None:
+        """Give back the slot of the lean request in progress, if it holds one."""
+        stream = self.stream
+        if isinstance(stream, _LeanStream):
+            stream.release()
 
     def _lean_path(self, request: h11.Request) -> str | None:
         """The request's path as hypercorn gives it to the app; None: not for the lean path."""
@@ -118,9 +135,8 @@ class _LeanStream:
         self.found = found
         config = protocol.lean.api.config
         self.limit = config.max_body_bytes
-        self.deadline = trio.current_time() + config.body_timeout_seconds
+        self.deadline = inf  # set once the request holds a slot
         self.scope = {"path": path, "client": protocol.client}  # what the audit line reads
-        self.headers = request.headers
         self.authorization: str | None = None
         content_type: str | None = None
         for name, value in request.headers:  # the first of each; h11 gives names in lower case
@@ -132,17 +148,16 @@ class _LeanStream:
         self.chunks: list[bytes] = []
         self.size = 0
         self.done = False
+        self.holding = False  # one of the job API's slots
 
     @property
     def idle(self) -> bool:
         return False
 
-    async def start(self) -> None:
-        if declared_length_too_large(self.headers, self.limit):
-            # As the ASGI front: answered before the body (then the connection closes),
-            # before any route is looked at, so neither counted nor audited.
-            self.done = True
-            await self.protocol.write_answer(no_store(too_large(self.limit)))
+    def release(self) -> None:
+        if self.holding:
+            self.holding = False
+            self.protocol.lean.slots.release()
 
     async def handle(self, event: Event) -> None:
         if self.done:
@@ -154,17 +169,25 @@ class _LeanStream:
                 await self.refuse(too_large(self.limit))
         elif isinstance(event, EndBody):
             self.done = True
-            answer = await self.protocol.lean.answer(
-                self.found,
-                authorization=self.authorization,
-                content_type=self.content_type,
-                body=b"".join(self.chunks),
-                scope=self.scope,
-            )
-            await self.protocol.write_answer(answer)
+            try:
+                answer = await self.protocol.lean.answer(
+                    self.found,
+                    authorization=self.authorization,
+                    content_type=self.content_type,
+                    body=b"".join(self.chunks),
+                    scope=self.scope,
+                )
+                await self.protocol.write_answer(answer)
+            finally:
+                self.release()
         elif isinstance(event, StreamClosed):
             self.done = True  # the client went away: nothing to answer
+            self.release()
 
     async def refuse(self, answer: Answer) -> None:
         self.done = True
-        await self.protocol.write_answer(self.protocol.lean.refuse(self.found, answer, self.scope))
+        try:
+            answer = self.protocol.lean.refuse(self.found, answer, self.scope)
+            await self.protocol.write_answer(answer)
+        finally:
+            self.release()

@@ -133,25 +133,30 @@ class _Connection(TCPServer):
     async def _read_data(self) -> None:
         # hypercorn's loop, noting each arrival for the header deadline, and giving up
         # on a lean request whose body is late.
-        while True:
+        try:
+            while True:
+                protocol = self.protocol.protocol
+                lean = protocol if isinstance(protocol, LeanH11Protocol) else None
+                try:
+                    with (
+                        trio.fail_after(self.config.read_timeout or inf),
+                        trio.move_on_at(inf if lean is None else lean.body_deadline) as waited,
+                    ):
+                        data = await self.stream.receive_some(MAX_RECV)
+                except (trio.ClosedResourceError, trio.BrokenResourceError, trio.TooSlowError):
+                    break
+                if waited.cancelled_caught:
+                    assert lean is not None
+                    await lean.body_timed_out()  # answered 408; the connection closes
+                    continue
+                self._arrived.set()
+                await self.protocol.handle(RawData(bytes(data)))
+                if data == b"":
+                    break
+        finally:
             protocol = self.protocol.protocol
-            lean = protocol if isinstance(protocol, LeanH11Protocol) else None
-            try:
-                with (
-                    trio.fail_after(self.config.read_timeout or inf),
-                    trio.move_on_at(inf if lean is None else lean.body_deadline) as waited,
-                ):
-                    data = await self.stream.receive_some(MAX_RECV)
-            except (trio.ClosedResourceError, trio.BrokenResourceError, trio.TooSlowError):
-                break
-            if waited.cancelled_caught:
-                assert lean is not None
-                await lean.body_timed_out()  # answered 408; the connection closes
-                continue
-            self._arrived.set()
-            await self.protocol.handle(RawData(bytes(data)))
-            if data == b"":
-                break
+            if isinstance(protocol, LeanH11Protocol):
+                protocol.release()  # whatever ended the connection, the slot goes back
         await self.protocol.handle(Closed())
 
     async def _idle_timeout(self) -> None:
