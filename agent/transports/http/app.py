@@ -3,29 +3,21 @@ one metrics hook, and every error answered with the contract's JSON envelope."""
 
 from __future__ import annotations
 
-import re
-
-import structlog
 from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
-from agent import metrics
-from agent.errors import AgentError, QueueFullError
 from agent.jobs import RESERVED_JOB_IDS
-from agent.transports.http import api, audit, docs, events, local_auth, resources
+from agent.transports.http import audit, docs, events, job_api, local_auth, resources
 from agent.transports.http.api import (
     ApiState,
     authorize,
-    error_response,
+    failure_response,
     http_error_response,
+    view_of,
 )
-
-log = structlog.get_logger("agent.http")
-
-
-_CONVERTER = re.compile(r"<[a-z]+:")
+from agent.transports.http.local import EXTENSION, LocalAccess
 
 
 class JobIdConverter(BaseConverter):
@@ -35,7 +27,8 @@ class JobIdConverter(BaseConverter):
     regex = r"(?!(?:" + "|".join(sorted(RESERVED_JOB_IDS)) + r")$)[^/]+"
 
 
-def build_app(state: ApiState) -> QuartTrio:
+def build_app(state: ApiState, *, local: LocalAccess | None = None) -> QuartTrio:
+    """The app of every route; `local`: how the local socket's peers are authorised."""
     app = QuartTrio("hostagent")
     app.url_map.converters["jobid"] = JobIdConverter
     app.config["MAX_CONTENT_LENGTH"] = state.config.max_body_bytes
@@ -43,16 +36,18 @@ def build_app(state: ApiState) -> QuartTrio:
     # Streams (SSE) lift this for themselves; no plain answer should take this long.
     app.config["RESPONSE_TIMEOUT"] = 60
     app.extensions["hostagent"] = state
-    routes = [*api.ROUTES, *resources.ROUTES, *events.ROUTES]
+    if local is not None:
+        app.extensions[EXTENSION] = local
+    routes = [*job_api.ROUTES, *resources.ROUTES, *events.ROUTES]
     by_endpoint = {spec.endpoint: spec for spec in routes}
     for spec in routes:
+        view = spec.view if spec.view is not None else view_of(spec)
         if spec.websocket:
-            app.add_websocket(spec.rule, spec.endpoint, spec.view)
+            app.add_websocket(spec.rule, spec.endpoint, view)
         else:
-            app.add_url_rule(spec.rule, spec.endpoint, spec.view, methods=[spec.method])
+            app.add_url_rule(spec.rule, spec.endpoint, view, methods=[spec.method])
     docs.install(app, routes)
     events.install(app, by_endpoint)
-    audit.install(app)
     local_auth.install(app)
 
     @app.before_request
@@ -69,25 +64,27 @@ def build_app(state: ApiState) -> QuartTrio:
             )
 
     @app.after_request
-    async def count_request(response: Response) -> Response:
-        rule = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
-        rule = _CONVERTER.sub("<", rule)  # the template as documented: <job_id>
-        metrics.HTTP_REQUESTS.labels(request.method, rule, str(response.status_code)).inc()
+    async def account(response: Response) -> Response:
+        status = response.status_code
+        audit.record(
+            method=request.method,
+            rule=None if request.url_rule is None else request.url_rule.rule,
+            path=request.path,
+            endpoint=request.endpoint,
+            status=status,
+            # Only a refusal's envelope is read (for the audit line's reason).
+            body=await response.get_data(as_text=False) if status in audit.AUDITED else b"",
+            scope=request.scope,
+            principal=getattr(g, "principal", None),
+        )
         return response
-
-    @app.errorhandler(AgentError)
-    async def agent_error(exc: AgentError) -> Response:
-        if exc.http_status >= 500 and not isinstance(exc, QueueFullError):
-            log.error("http.agent_error", code=exc.code, message=exc.message, path=request.path)
-        return error_response(exc)
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
         return http_error_response(exc)
 
     @app.errorhandler(Exception)
-    async def unexpected_error(exc: Exception) -> Response:
-        log.exception("http.unexpected_error", path=request.path, method=request.method)
-        return error_response(AgentError("Internal error", reason=type(exc).__name__))
+    async def failure(exc: Exception) -> Response:  # AgentError and anything unexpected
+        return failure_response(exc)
 
     return app

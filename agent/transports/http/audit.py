@@ -1,6 +1,7 @@
-"""The audit trail of refused requests: who was turned away from which route, and why.
+"""Request metrics and the audit trail of refused requests, for both serving paths.
 
-One warning line per refusal (400, 401, 403, 413, 429, 503) naming the
+Every answered request is counted by route template and status, and each
+refusal (400, 401, 403, 413, 429, 503) gets one warning line naming the
 route, the client (its address, or the socket peer's uid), the token's
 name when one was recognised (never the token) and the reason from the
 error envelope, so `journalctl -u hostagent -p warning` shows them.
@@ -9,19 +10,21 @@ error envelope, so `journalctl -u hostagent -p warning` shows them.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import structlog
-from quart import Response, g, request
-from quart_trio import QuartTrio
 
 from agent import metrics
+from agent.transports.http.auth import Principal
 from agent.transports.http.local import peer_of
 
 log = structlog.get_logger("agent.http.audit")
 
 AUDITED = frozenset({400, 401, 403, 413, 429, 503})
+_SUBMITS = ("submit_job", "submit_batch")
+_CONVERTER = re.compile(r"<[a-z]+:")  # <jobid:job_id> is counted as <job_id>, as documented
 
 
 def client_of(scope: Mapping[str, Any]) -> str:
@@ -48,25 +51,35 @@ def _reason(body: bytes) -> tuple[str | None, str | None]:
     return str(envelope.get("error")), str(reason or envelope.get("message"))
 
 
-def install(app: QuartTrio) -> None:
-    """Log every refused request (after the error envelope is made)."""
+def record(
+    *,
+    method: str,
+    rule: str | None,
+    path: str,
+    endpoint: str | None,
+    status: int,
+    body: bytes,
+    scope: Mapping[str, Any],
+    principal: Principal | None,
+) -> None:
+    """Count an answered request by its route template; audit it if it was refused.
 
-    @app.after_request
-    async def audit_refusal(response: Response) -> Response:
-        if response.status_code not in AUDITED:
-            return response
-        code, reason = _reason(await response.get_data(as_text=False))
-        principal = getattr(g, "principal", None)
-        if request.endpoint in ("submit_job", "submit_batch"):
-            metrics.record_rejected("http", code or str(response.status_code))
-        log.warning(
-            "http.refused",
-            status=response.status_code,
-            code=code,
-            method=request.method,
-            route=request.url_rule.rule if request.url_rule is not None else request.path,
-            client=client_of(request.scope),
-            token_name=getattr(principal, "name", None),
-            reason=reason,
-        )
-        return response
+    `rule` is the matched route's rule (None: no route matched), `endpoint` its name.
+    """
+    template = "<unmatched>" if rule is None else _CONVERTER.sub("<", rule)
+    metrics.HTTP_REQUESTS.labels(method, template, str(status)).inc()
+    if status not in AUDITED:
+        return
+    code, reason = _reason(body)
+    if endpoint in _SUBMITS:
+        metrics.record_rejected("http", code or str(status))
+    log.warning(
+        "http.refused",
+        status=status,
+        code=code,
+        method=method,
+        route=path if rule is None else rule,
+        client=client_of(scope),
+        token_name=getattr(principal, "name", None),
+        reason=reason,
+    )

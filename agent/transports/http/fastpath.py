@@ -1,12 +1,16 @@
-"""Health and /metrics that answer while the job API is saturated.
+"""The ASGI front of the HTTP API: health and /metrics from memory, a cap on job
+work, 413 by Content-Length, and quart for the rest.
 
-An orchestrator that probes a busy agent must not see it as dead. Two
-things made health slow under load: it queued with every other request
-through quart, and computing it read the store (behind the job writes).
+Health and /metrics must answer while the job API is saturated: an
+orchestrator that probes a busy agent must not see it as dead. Two things
+made health slow under load: it queued with every other request through
+quart, and computing it read the store (behind the job writes).
 Here health is answered before quart from a report a background task keeps
 fresh (every `REFRESH_SECONDS`), and the job API runs at most
 `max_active_requests` requests at once, so the event loop never has more
-work in hand than it can turn around between two probes.
+work in hand than it can turn around between two probes. The routes the
+table marks `lean` never get here over HTTP/1.1 (lean.py, lean_h11.py); they
+take the same slots.
 """
 
 from __future__ import annotations
@@ -19,16 +23,23 @@ import structlog
 import trio
 
 from agent import metrics
-from agent.errors import AgentError, UnauthorizedError
+from agent.errors import AgentError
 from agent.jobs import utc_now
-from agent.transports.http.api import ApiState
-from agent.transports.http.auth import bearer_token
+from agent.transports.http import audit, job_api
+from agent.transports.http.envelope import (
+    Answer,
+    declared_length_too_large,
+    error_answer,
+    no_store,
+    too_large,
+)
+from agent.transports.http.routes import ApiState, Route, authorize
 
 log = structlog.get_logger("agent.http")
 
 REFRESH_SECONDS = 1.0
-_HEALTH = "/api/v1/health"
-_METRICS = "/metrics"
+_HEALTH = next(spec for spec in job_api.ROUTES if spec.endpoint == "health")
+_METRICS = next(spec for spec in job_api.ROUTES if spec.endpoint == "prometheus_metrics")
 # Requests that do job work (validation, store writes) take a slot; streams and
 # docs do not, and health and metrics never reach quart at all.
 _LIMITED_PREFIX = "/api/v1/jobs"
@@ -41,10 +52,11 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 class FastPaths:
     """ASGI app in front of quart: health and metrics from memory, a cap on job work."""
 
-    def __init__(self, app: Any, api: ApiState, *, max_active: int) -> None:
+    def __init__(self, app: Any, api: ApiState, *, slots: trio.Semaphore) -> None:
         self._app = app
         self._api = api
-        self._slots = trio.Semaphore(max_active)
+        # Shared with the lean path (lean.py): one bound on job work, whichever path.
+        self._slots = slots
         self._health = b""
 
     async def refresh_health(
@@ -69,45 +81,23 @@ class FastPaths:
                 started = True
             await trio.sleep(REFRESH_SECONDS)
 
-    def _too_large(self, scope: Scope) -> bool:
-        for name, value in scope["headers"]:
-            if name.lower() == b"content-length":
-                return not value.isdigit() or int(value) > self._api.config.max_body_bytes
-        return False
-
-    async def _send(
-        self,
-        send: Send,
-        status: int,
-        payload: bytes,
-        extra: list[tuple[bytes, bytes]],
-        content_type: str = "application/json",
-    ) -> None:
-        headers = [
-            (b"content-type", content_type.encode()),
-            (b"content-length", str(len(payload)).encode()),
-            (b"cache-control", b"no-store"),
-            *extra,
-        ]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
-
     def _health_body(self) -> tuple[bytes, str]:
         return self._health, "application/json"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET":
             path = scope["path"]
-            if path == _HEALTH:
-                await self._answer(scope, send, _HEALTH, open_ok=True, body=self._health_body)
+            if path == _HEALTH.rule:
+                await self._answer(scope, send, _HEALTH, self._health_body)
                 return
-            if path == _METRICS:
-                await self._answer(scope, send, _METRICS, open_ok=False, body=_metrics_body)
+            if path == _METRICS.rule:
+                await self._answer(scope, send, _METRICS, _metrics_body)
                 return
-        if scope["type"] == "http" and self._too_large(scope):
+        limit = self._api.config.max_body_bytes
+        if scope["type"] == "http" and declared_length_too_large(scope["headers"], limit):
             # Answered before a byte of the body is read; hypercorn then closes the
             # connection instead of receiving megabytes nobody will look at.
-            await self._send(send, 413, _too_large_body(self._api.config.max_body_bytes), [])
+            await send_answer(send, no_store(too_large(limit)))
             return
         if scope["type"] == "http" and scope["path"].startswith(_LIMITED_PREFIX):
             async with self._slots:
@@ -119,36 +109,43 @@ class FastPaths:
         self,
         scope: Scope,
         send: Send,
-        route: str,
-        *,
-        open_ok: bool,
+        spec: Route,
         body: Callable[[], tuple[bytes, str]],
     ) -> None:
-        content_type = "application/json"
-        extra: list[tuple[bytes, bytes]] = []
+        api = self._api
+        authorization = None
+        for name, value in scope["headers"]:
+            if name.lower() == b"authorization":
+                authorization = value.decode("latin-1")
+                break
         try:
-            if not (open_ok and self._api.config.open_health):
-                headers = {k.decode("latin-1").lower(): v for k, v in scope["headers"]}
-                raw = headers.get("authorization", b"").decode("latin-1")
-                self._api.tokens.authorize(bearer_token(raw), "read")
-            (payload, content_type), status = body(), 200
+            principal = authorize(spec, api, authorization)
+            answer = Answer(200, *body())
         except AgentError as exc:
-            payload, status = json.dumps(exc.to_dict()).encode(), exc.http_status
-            if isinstance(exc, UnauthorizedError):
-                extra.append((b"www-authenticate", b'Bearer realm="hostagent"'))
-        metrics.HTTP_REQUESTS.labels("GET", route, str(status)).inc()
-        await self._send(send, status, payload, extra, content_type)
-
-
-def _too_large_body(limit: int) -> bytes:
-    return json.dumps(
-        {
-            "error": "PAYLOAD_TOO_LARGE",
-            "message": "The request body is larger than the configured limit",
-            "details": {"reason": "Request Entity Too Large", "max_body_bytes": limit},
-        }
-    ).encode()
+            principal = None
+            answer = error_answer(exc, retry_after=api.config.retry_after_seconds)
+        audit.record(
+            method="GET",
+            rule=spec.rule,
+            path=spec.rule,
+            endpoint=spec.endpoint,
+            status=answer.status,
+            body=answer.body,
+            scope=scope,
+            principal=principal,
+        )
+        await send_answer(send, no_store(answer))
 
 
 def _metrics_body() -> tuple[bytes, str]:
     return metrics.render()
+
+
+async def send_answer(send: Send, answer: Answer) -> None:
+    headers = [
+        (b"content-type", answer.content_type.encode()),
+        (b"content-length", str(len(answer.body)).encode()),
+        *((name.lower().encode(), value.encode()) for name, value in answer.headers),
+    ]
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    await send({"type": "http.response.body", "body": answer.body})

@@ -192,6 +192,17 @@ class OwnerBook:
         return await trio.to_thread.run_sync(self._owner, job_id)
 
 
+EXTENSION = "hostagent.local"  # where the quart app keeps the socket's LocalAccess
+
+
+@dataclass
+class LocalAccess:
+    """The socket's policy and owner book; the transport swaps the policy on reload."""
+
+    policy: PeerPolicy
+    owners: OwnerBook
+
+
 def submitted_ids(endpoint: str, body: bytes) -> list[str]:
     """The job ids a successful submit answer names (single or batch)."""
     data = json.loads(body).get("data") or {}
@@ -291,7 +302,9 @@ async def serve_local(
 
 
 __all__ = [
+    "EXTENSION",
     "PEER_KEY",
+    "LocalAccess",
     "OwnerBook",
     "Peer",
     "PeerPolicy",

@@ -16,18 +16,9 @@ from quart_trio import QuartTrio
 from agent.errors import ForbiddenError
 from agent.transports.http.api import Route
 from agent.transports.http.auth import Principal
-from agent.transports.http.local import OwnerBook, PeerPolicy, peer_of, submitted_ids
+from agent.transports.http.local import EXTENSION, LocalAccess, peer_of, submitted_ids
 
-EXTENSION = "hostagent.local"
 _SUBMITS = ("submit_job", "submit_batch")
-
-
-@dataclass
-class LocalAccess:
-    """The socket's policy and owner book; the transport swaps the policy on reload."""
-
-    policy: PeerPolicy
-    owners: OwnerBook
 
 
 @dataclass(frozen=True)

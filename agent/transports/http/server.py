@@ -31,14 +31,19 @@ import structlog
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, RawData
+from hypercorn.protocol import ProtocolWrapper
+from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.statsd import StatsdLogger
+from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
-from hypercorn.utils import wrap_app
+from hypercorn.utils import parse_socket_addr, wrap_app
 
 from agent import metrics
+from agent.transports.http.lean import LeanPath
+from agent.transports.http.lean_h11 import LeanH11Protocol
 
 log = structlog.get_logger("agent.http")
 
@@ -63,25 +68,95 @@ def connection_cap(wanted: int) -> int:
 
 
 class _Connection(TCPServer):
-    """hypercorn's connection, whose idle timer becomes a header deadline at the first byte."""
+    """hypercorn's connection, whose idle timer becomes a header deadline at the first
+    byte, and whose HTTP/1.1 requests for the lean routes skip the ASGI app."""
 
-    def __init__(self, *args: Any, header_timeout: float) -> None:
+    def __init__(self, *args: Any, header_timeout: float, lean: LeanPath | None) -> None:
         super().__init__(*args)
         self._header_timeout = header_timeout
         self._arrived = trio.Event()
+        self._lean = lean
+
+    async def run(self) -> None:
+        # hypercorn's, with the HTTP/1.1 protocol that serves the lean routes.
+        try:
+            try:
+                with trio.fail_after(self.config.ssl_handshake_timeout):
+                    await self.stream.do_handshake()
+            except (trio.BrokenResourceError, trio.TooSlowError):
+                return  # the handshake failed
+            alpn_protocol = self.stream.selected_alpn_protocol()
+            sock = self.stream.transport_stream.socket
+            tls = True
+        except AttributeError:  # not TLS
+            alpn_protocol = "http/1.1"
+            sock = self.stream.socket
+            tls = False
+        try:
+            client = parse_socket_addr(sock.family, sock.getpeername())
+            server = parse_socket_addr(sock.family, sock.getsockname())
+            async with TaskGroup() as task_group:
+                self._task_group = task_group
+                self.protocol = ProtocolWrapper(
+                    self.app,
+                    self.config,
+                    self.context,
+                    task_group,
+                    ConnectionState(self.state),
+                    tls,
+                    client,
+                    server,
+                    self.protocol_send,
+                    alpn_protocol,
+                )
+                if self._lean is not None and isinstance(self.protocol.protocol, H11Protocol):
+                    self.protocol.protocol = LeanH11Protocol(
+                        self.app,
+                        self.config,
+                        self.context,
+                        task_group,
+                        self.protocol.state,
+                        tls,
+                        client,
+                        server,
+                        self.protocol_send,
+                        lean=self._lean,
+                    )
+                await self.protocol.initiate()
+                await self.idle_task.restart(self._task_group, self._idle_timeout)
+                await self._read_data()
+        except OSError:
+            pass
+        finally:
+            await self._close()
 
     async def _read_data(self) -> None:
-        # hypercorn's loop, noting each arrival for the header deadline.
-        while True:
-            try:
-                with trio.fail_after(self.config.read_timeout or inf):
-                    data = await self.stream.receive_some(MAX_RECV)
-            except (trio.ClosedResourceError, trio.BrokenResourceError, trio.TooSlowError):
-                break
-            self._arrived.set()
-            await self.protocol.handle(RawData(bytes(data)))
-            if data == b"":
-                break
+        # hypercorn's loop, noting each arrival for the header deadline, and giving up
+        # on a lean request whose body is late.
+        try:
+            while True:
+                protocol = self.protocol.protocol
+                lean = protocol if isinstance(protocol, LeanH11Protocol) else None
+                try:
+                    with (
+                        trio.fail_after(self.config.read_timeout or inf),
+                        trio.move_on_at(inf if lean is None else lean.body_deadline) as waited,
+                    ):
+                        data = await self.stream.receive_some(MAX_RECV)
+                except (trio.ClosedResourceError, trio.BrokenResourceError, trio.TooSlowError):
+                    break
+                if waited.cancelled_caught:
+                    assert lean is not None
+                    await lean.body_timed_out()  # answered 408; the connection closes
+                    continue
+                self._arrived.set()
+                await self.protocol.handle(RawData(bytes(data)))
+                if data == b"":
+                    break
+        finally:
+            protocol = self.protocol.protocol
+            if isinstance(protocol, LeanH11Protocol):
+                protocol.release()  # whatever ended the connection, the slot goes back
         await self.protocol.handle(Closed())
 
     async def _idle_timeout(self) -> None:
@@ -124,9 +199,11 @@ async def serve_asgi(
     settings: HypercornConfig,
     *,
     limits: ConnectionLimits | None = None,
+    lean: LeanPath | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve an ASGI app on a listening socket until cancelled (see the module doc)."""
+    """Serve an ASGI app on a listening socket until cancelled (see the module doc);
+    HTTP/1.1 requests for `lean`'s routes are answered without it."""
     limits = limits or ConnectionLimits()
     settings.set_statsd_logger_class(StatsdLogger)
     wrapped = wrap_app(app, settings.wsgi_max_body_size, None)
@@ -146,6 +223,7 @@ async def serve_asgi(
             ConnectionState(state.copy()),
             served,
             header_timeout=limits.header_timeout,
+            lean=lean,
         )
         with contextlib.suppress(OSError, trio.BrokenResourceError, ssl.SSLError):
             await connection.run()

@@ -26,18 +26,20 @@ from agent.config import Config
 from agent.errors import ConfigError
 from agent.health import Status
 from agent.intake import TransportIntake
-from agent.transports.http.api import ApiState
-from agent.transports.http.app import build_app
+from agent.transports.http import job_api
 from agent.transports.http.auth import TokenTable
 from agent.transports.http.fastpath import FastPaths
+from agent.transports.http.lazy import App, LazyApp
+from agent.transports.http.lean import LeanPath
 from agent.transports.http.local import (
+    LocalAccess,
     OwnerBook,
     PeerPolicy,
     bind_socket,
     local_socket_path,
     serve_local,
 )
-from agent.transports.http.local_auth import EXTENSION, LocalAccess
+from agent.transports.http.routes import ApiState
 from agent.transports.http.server import ConnectionLimits, serve_asgi
 from agent.transports.http.settings import HttpConfig
 
@@ -214,11 +216,16 @@ class HttpTransport:
     ) -> None:
         self._intake = intake
         listener = self._bind()
-        self._api = ApiState(intake, self.config, self._tokens)
-        app = build_app(self._api)
+        api = self._api = ApiState(intake, self.config, self._tokens)
+        # quart only for the routes the lean path and the front do not answer, built
+        # when first needed (lazy.py); the socket's LocalAccess is set by then.
+        app = LazyApp(lambda: _build_app(api, self._local))
         # TCP clients meet the connection limits and the health fast path; the local
         # socket's peers are few and known, and serve_local authorises them by uid.
-        front = FastPaths(app, self._api, max_active=self.config.max_active_requests)
+        # One bound on job work, shared by the lean path and the ASGI front.
+        slots = trio.Semaphore(self.config.max_active_requests)
+        front = FastPaths(app, api, slots=slots)
+        lean = LeanPath(api, job_api.ROUTES, slots)
         limits = ConnectionLimits(
             max_connections=self.config.max_connections,
             per_client=self.config.max_connections_per_client,
@@ -227,9 +234,11 @@ class HttpTransport:
         settings = hypercorn_settings(self.config, self._context)
         async with trio.open_nursery() as nursery:
             await nursery.start(front.refresh_health)
-            await nursery.start(partial(serve_asgi, front, listener, settings, limits=limits))
             if self.socket_path is not None:
                 await nursery.start(partial(self._serve_socket, app, self.socket_path))
+            await nursery.start(
+                partial(serve_asgi, front, listener, settings, limits=limits, lean=lean)
+            )
             if not self.config.tokens and not self.config.insecure_no_auth:
                 log.warning(
                     "http.no_tokens",
@@ -253,7 +262,6 @@ class HttpTransport:
         # Beside the socket: kept across restarts (RuntimeDirectoryPreserve=yes in the unit).
         owners = await trio.to_thread.run_sync(OwnerBook, path.parent / "socket-owners.sqlite3")
         self._local = LocalAccess(PeerPolicy.from_config(self.config), owners)
-        app.extensions[EXTENSION] = self._local
         settings = hypercorn_settings(self.config, None)
         await serve_local(
             app,
@@ -282,3 +290,10 @@ class HttpTransport:
         listener.setblocking(False)
         self.address = listener.getsockname()[:2]
         return listener
+
+
+def _build_app(api: ApiState, local: LocalAccess | None) -> App:
+    # quart and the routes only it serves are imported here, when first needed.
+    from agent.transports.http.app import build_app  # noqa: PLC0415
+
+    return build_app(api, local=local)

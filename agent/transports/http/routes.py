@@ -1,0 +1,147 @@
+"""The route table's building blocks, shared by the quart app and the lean path.
+
+Every route is declared once, as a `Route`, with its scope and models; the
+quart app registers it, the OpenAPI document is generated from it, and the
+routes marked `lean` are also served below quart (lean.py). A route's code
+is either a quart view (streams, docs, the resource view) or a `Handler`: a
+coroutine from a `Call` to an `Answer` that knows no web framework, so both
+paths run the very same code, authorisation and body rules included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from agent.errors import BadRequestError, DrainingError, UnsupportedMediaTypeError
+from agent.intake import TransportIntake
+from agent.jobs import parse_json
+from agent.transports.http.auth import Principal, TokenTable, bearer_token
+from agent.transports.http.envelope import Answer
+from agent.transports.http.settings import HttpConfig, Scope
+
+if TYPE_CHECKING:
+    from quart import Response  # quart views only: imported where the app is built
+
+API = "/api/v1"
+
+
+class ApiState:
+    """What the routes need; the transport swaps `tokens` and `config` on reload."""
+
+    def __init__(self, intake: TransportIntake, config: HttpConfig, tokens: TokenTable) -> None:
+        self.intake = intake
+        self.config = config
+        self.tokens = tokens
+
+
+@dataclass(slots=True)
+class Call:
+    """One request as a Handler sees it, whichever path brought it."""
+
+    api: ApiState
+    principal: Principal | None
+    params: Mapping[str, str] = field(default_factory=dict)  # the path's <name> parts
+    args: Mapping[str, str] = field(default_factory=dict)  # the query (first of each)
+    content_type: str = ""  # the Content-Type header as sent
+    body: bytes = b""
+
+    @property
+    def privileged(self) -> bool:
+        """The caller holds `admin` (the domain policy lets only such callers pass through)."""
+        return self.principal is not None and self.principal.allows("admin")
+
+    def json(self) -> Any:
+        """The body as JSON, read the way every transport reads documents (parse_json)."""
+        # As werkzeug's `mimetype`: the part before any parameter, lower case.
+        mimetype = self.content_type.partition(";")[0].strip(" \t").lower()
+        if mimetype != "application/json":
+            raise UnsupportedMediaTypeError(
+                "The request body must be JSON",
+                field="Content-Type",
+                reason=f"expected application/json, got {mimetype or 'none'}",
+            )
+        try:
+            return parse_json(self.body)
+        except ValueError as exc:
+            raise BadRequestError(
+                "The request body is not valid JSON", field="body", reason=str(exc)
+            ) from exc
+
+    def require_accepting(self) -> None:
+        require_accepting(self.api.intake)
+
+
+def require_accepting(intake: TransportIntake) -> None:
+    """DrainingError (503) once the agent drains for shutdown."""
+    if not intake.accepting:
+        raise DrainingError
+
+
+Handler = Callable[[Call], Awaitable[Answer]]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    rule: str  # quart's rule syntax: /api/v1/jobs/<jobid:job_id>
+    scope: Scope | None  # None: open to anyone
+    summary: str
+    view: Callable[..., Awaitable[Response]] | None = None  # a quart view ...
+    handler: Handler | None = None  # ... or framework-neutral code (one of the two)
+    status: int = 200
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    answer: type[BaseModel] | None = None  # the `data` of the success envelope
+    errors: tuple[int, ...] = ()
+    # Health may be opened by config (http.open_health) for probes.
+    open_if_configured: bool = False
+    # Browsers cannot set headers on EventSource/WebSocket: accept ?access_token=.
+    token_in_query: bool = False
+    websocket: bool = False
+    raw: str | None = None  # a non-JSON answer's media type
+    # Takes an Idempotency-Key header (the job_id) and answers Location: the job.
+    idempotency_key: bool = False
+    # Also served below quart (lean.py): a Handler that reads no query string.
+    lean: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.view is None) == (self.handler is None):
+            raise TypeError(f"{self.rule}: a route has a view or a handler, not both")
+        if self.lean and (self.handler is None or self.query or self.token_in_query):
+            raise TypeError(f"{self.rule}: a lean route is a Handler that reads no query")
+
+    @property
+    def endpoint(self) -> str:
+        code = self.view if self.view is not None else self.handler
+        return code.__name__  # type: ignore[union-attr]  # one of the two is set
+
+
+def route(table: list[Route], method: str, rule: str, **spec: Any) -> Callable[[Handler], Handler]:
+    """Declare `handler` as the code of METHOD RULE in `table`."""
+
+    def register(handler: Handler) -> Handler:
+        table.append(Route(method=method, rule=rule, handler=handler, **spec))
+        return handler
+
+    return register
+
+
+def authorize(
+    spec: Route,
+    api: ApiState,
+    authorization: str | None,
+    access_token: Callable[[], str | None] = lambda: None,
+) -> Principal | None:
+    """The caller's principal for `spec` (None: open route); Unauthorized/ForbiddenError."""
+    if spec.scope is None:
+        return None
+    if spec.open_if_configured and api.config.open_health:
+        return None
+    token = bearer_token(authorization)
+    if token is None and spec.token_in_query:
+        token = access_token()
+    return api.tokens.authorize(token, spec.scope)
