@@ -6,7 +6,7 @@ orchestrator that probes a busy agent must not see it as dead. Two things
 made health slow under load: it queued with every other request through
 quart, and computing it read the store (behind the job writes).
 Here health is answered before quart from a report a background task keeps
-fresh (every `REFRESH_SECONDS`), and the job API runs at most
+fresh (every `REFRESH_SECONDS` while probes come), and the job API runs at most
 `max_active_requests` requests at once, so the event loop never has more
 work in hand than it can turn around between two probes. The routes the
 table marks `lean` never get here over HTTP/1.1 (lean.py, lean_h11.py); they
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from math import inf
 from typing import Any
 
 import structlog
@@ -38,6 +39,10 @@ from agent.transports.http.routes import ApiState, Route, authorize
 log = structlog.get_logger("agent.http")
 
 REFRESH_SECONDS = 1.0
+# With no probe for this long the report is no longer refreshed, so an idle agent
+# sleeps (each report pings libvirt and reads the store and the disks in threads);
+# the next probe wakes the refresher and waits for a report taken after it came.
+IDLE_AFTER_SECONDS = 30.0
 _HEALTH = next(spec for spec in job_api.ROUTES if spec.endpoint == "health")
 _METRICS = next(spec for spec in job_api.ROUTES if spec.endpoint == "prometheus_metrics")
 # Requests that do job work (validation, store writes) take a slot; streams and
@@ -58,6 +63,10 @@ class FastPaths:
         # Shared with the lean path (lean.py): one bound on job work, whichever path.
         self._slots = slots
         self._health = b""
+        self._reported_at = -inf
+        self._probed_at = trio.current_time()
+        self._reported = trio.Event()  # set by the next report
+        self._probed = trio.Event()  # set by a probe while the refresher sleeps
 
     async def refresh_health(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -76,10 +85,27 @@ class FastPaths:
                     "components": {"agent": {"status": "unhealthy", "reason": repr(exc)}},
                 }
             self._health = json.dumps({"success": True, "data": report}).encode()
+            self._reported_at = trio.current_time()
+            self._reported.set()
+            self._reported = trio.Event()
             if not started:
                 task_status.started()
                 started = True
-            await trio.sleep(REFRESH_SECONDS)
+            if trio.current_time() - self._probed_at > IDLE_AFTER_SECONDS:
+                self._probed = trio.Event()
+                await self._probed.wait()
+            else:
+                await trio.sleep(REFRESH_SECONDS)
+
+    async def _fresh_health(self) -> None:
+        """Note a probe; if the refresher slept, wake it and wait for its report."""
+        now = self._probed_at = trio.current_time()
+        if now - self._reported_at > 2 * REFRESH_SECONDS:
+            reported = self._reported
+            self._probed.set()
+            # A report that cannot be made in time is answered by the last one.
+            with trio.move_on_after(REFRESH_SECONDS):
+                await reported.wait()
 
     def _health_body(self) -> tuple[bytes, str]:
         return self._health, "application/json"
@@ -88,6 +114,7 @@ class FastPaths:
         if scope["type"] == "http" and scope["method"] == "GET":
             path = scope["path"]
             if path == _HEALTH.rule:
+                await self._fresh_health()
                 await self._answer(scope, send, _HEALTH, self._health_body)
                 return
             if path == _METRICS.rule:
