@@ -42,7 +42,8 @@ REFRESH_SECONDS = 1.0
 # With no probe for this long the report is no longer refreshed, so an idle agent
 # sleeps (each report pings libvirt and reads the store and the disks in threads);
 # the next probe wakes the refresher and waits for a report taken after it came.
-IDLE_AFTER_SECONDS = 30.0
+# Probes closer together than this (an overloaded agent's) are answered at once.
+IDLE_AFTER_SECONDS = 3.0
 _HEALTH = next(spec for spec in job_api.ROUTES if spec.endpoint == "health")
 _METRICS = next(spec for spec in job_api.ROUTES if spec.endpoint == "prometheus_metrics")
 # Requests that do job work (validation, store writes) take a slot; streams and
@@ -64,7 +65,7 @@ class FastPaths:
         self._slots = slots
         self._health = b""
         self._reported_at = -inf
-        self._probed_at = trio.current_time()
+        self._probed_at = -inf
         self._reported = trio.Event()  # set by the next report
         self._probed = trio.Event()  # set by a probe while the refresher sleeps
 
@@ -100,9 +101,9 @@ class FastPaths:
     async def _fresh_health(self) -> None:
         """Note a probe; if the refresher slept, wake it and wait for its report."""
         now = self._probed_at = trio.current_time()
+        self._probed.set()
         if now - self._reported_at > 2 * REFRESH_SECONDS:
             reported = self._reported
-            self._probed.set()
             # A report that cannot be made in time is answered by the last one.
             with trio.move_on_after(REFRESH_SECONDS):
                 await reported.wait()
