@@ -92,10 +92,11 @@ class SqliteStore:
         return await self._reads.read(lambda conn: query(conn, *args, **kwargs))
 
     async def get_job(self, job_id: str) -> JobState:
-        return await self._read(queries.get_job, job_id)
+        # A lookup by primary key: on the loop, ahead of any list (see ReadPool.read_now).
+        return await self._reads.read_now(lambda conn: queries.get_job(conn, job_id))
 
     async def get_result(self, job_id: str) -> Any:
-        return await self._read(queries.get_result, job_id)
+        return await self._reads.read_now(lambda conn: queries.get_result(conn, job_id))
 
     async def get_outcomes(self, job_ids: Sequence[str]) -> list[tuple[JobState, Any]]:
         return await self._read(queries.get_outcomes, job_ids)
