@@ -10,7 +10,9 @@ running system.echo jobs, the intake) with no transport at all, and measures:
    fingerprint, the store's insert per job in a batch transaction (no commit),
    and the answer's dump (the transport's share, for scale);
 2. one client submitting one job per call in a loop (intake.submit, each
-   answered once committed), --single jobs: jobs/s and latency p50/p99;
+   answered once committed), --single jobs, --gap seconds between an answer
+   and the next submit (an HTTP client's round trip; 0: none): jobs/s
+   (gaps included) and submit latency p50/p99;
 3. batches: --batches submit_many calls of --batch prepared jobs (prepare
    timed apart from the insert and commit): jobs/s.
 2 and 3 run first with the jobs only queued (no dispatcher), then again
@@ -24,7 +26,7 @@ for the batch, whether the core alone leaves room for the target (MET/MISSED
 against --ceiling).
 
 Usage: python bench/submit_core.py [--single 2000] [--batch 500] [--batches 10]
-       [--ceiling 1350] [--profile core.prof]
+       [--gap 0.001] [--ceiling 1350] [--profile core.prof]
 """
 
 from __future__ import annotations
@@ -148,7 +150,7 @@ def stages(registry: Registry, core: Core, jobs: int, repeat: int) -> dict[str, 
     return figures
 
 
-async def single_loop(core: Core, count: int, tag: str) -> tuple[float, float, float]:
+async def single_loop(core: Core, count: int, tag: str, gap: float) -> tuple[float, float, float]:
     bodies = [json.dumps(document(f"single-{tag}-{n}")).encode() for n in range(count)]
     latencies = []
     began = time.perf_counter()
@@ -156,6 +158,8 @@ async def single_loop(core: Core, count: int, tag: str) -> tuple[float, float, f
         start = time.perf_counter()
         await core.intake.submit(parse_json(body), transport="http")
         latencies.append(time.perf_counter() - start)
+        if gap:  # the client's round trip before its next submit (the loop sleeps meanwhile)
+            await trio.sleep(gap)
     elapsed = time.perf_counter() - began
     latencies.sort()
     return count / elapsed, latencies[len(latencies) // 2], latencies[len(latencies) * 99 // 100]
@@ -195,13 +199,13 @@ async def run(args: argparse.Namespace) -> None:
                 profile.enable()
             # Jobs only queued (no dispatcher yet): the intake alone, as bench/http.py's
             # "jobs queued" phase that the batch target is measured in.
-            figures["single, queued"] = await single_loop(core, args.single, "q")
+            figures["single, queued"] = await single_loop(core, args.single, "q", args.gap)
             figures["batch, queued"] = await batches(core, args.batch, args.batches, "q")
             async with trio.open_nursery() as nursery:
                 await nursery.start(core.dispatcher.run)
                 await drain(core)
                 # The jobs also run, as in bench/compare.py's one-job-per-request loop.
-                figures["single, run"] = await single_loop(core, args.single, "r")
+                figures["single, run"] = await single_loop(core, args.single, "r", args.gap)
                 await drain(core)
                 figures["batch, run"] = await batches(core, args.batch, args.batches, "r")
                 await drain(core)
@@ -241,6 +245,9 @@ async def run(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--single", type=int, default=2000)
+    parser.add_argument(
+        "--gap", type=float, default=0.001, help="seconds between a submit's answer and the next"
+    )
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--batches", type=int, default=10)
     parser.add_argument("--stage-jobs", type=int, default=500)
