@@ -305,7 +305,7 @@ class Dispatcher:
                 await self._unannounced.acquire()
                 bookkeeping_done_later = True
                 if found.rerun_safe:
-                    self._spawn(self._announce_finished, finished, job.job_id, running)
+                    self._spawn(self._announce_finished, finished, job.job_id, running, True)
                 else:
                     await self._announce_finished(finished, job.job_id, running)
         finally:
@@ -318,17 +318,21 @@ class Dispatcher:
         self._nursery.start_soon(*task)
 
     async def _announce_started(self, write: Queued, job_id: str) -> None:
-        started: JobState | None = await self._store.settle(write)
+        # Lazy: only this announcement waits for it (the job re-runs safely if lost).
+        started: JobState | None = await self._store.settle(write, lazy=True)
         if started is None:
             log.warning("job.start_not_recorded", job_id=job_id)
             return
         metrics.record_started(started)
         self._publish_status(started)
 
-    async def _announce_finished(self, write: Queued, job_id: str, running: _Running) -> None:
-        """Publish a job's outcome once it is committed, then let go of the job."""
+    async def _announce_finished(
+        self, write: Queued, job_id: str, running: _Running, lazy: bool = False
+    ) -> None:
+        """Publish a job's outcome once it is committed, then let go of the job
+        (`lazy`: no worker waits for it, it may share the next commit)."""
         try:
-            final: JobState | None = await self._store.settle(write)
+            final: JobState | None = await self._store.settle(write, lazy=lazy)
             if final is not None:
                 self._publish_status(final)
                 # Failures at warning, so `journalctl -p warning` lists them.

@@ -35,6 +35,9 @@ MAX_JOB_TIMEOUT = 365 * 86400.0
 # Path segments of the HTTP API that a job id would shadow (/api/v1/jobs/batch).
 RESERVED_JOB_IDS = frozenset({"batch"})
 _OPERATION_PART = re.compile(r"^[a-z][a-z0-9_]*$")
+# A well-formed operation in one match (the per-part check only runs to say what is wrong).
+_OPERATION = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)+")
+_VERSION = re.compile(r"[1-9][0-9]*")
 
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 
@@ -98,6 +101,8 @@ class JobDocument(BaseModel):
     @field_validator("operation")
     @classmethod
     def _namespaced(cls, value: str) -> str:
+        if _OPERATION.fullmatch(value):
+            return value
         parts = value.split(".")
         if len(parts) < 2:
             raise PydanticCustomError("operation", "Operation must be namespaced")
@@ -109,7 +114,9 @@ class JobDocument(BaseModel):
 
     @model_validator(mode="after")
     def _payload_type_matches(self) -> JobDocument:
-        if not re.fullmatch(re.escape(self.operation) + r"\.v[1-9][0-9]*", self.payload.type):
+        prefix = self.operation + ".v"
+        kind = self.payload.type
+        if not (kind.startswith(prefix) and _VERSION.fullmatch(kind, len(prefix))):
             raise ValidationError(
                 "payload.type does not match the operation",
                 field="payload.type",
@@ -195,10 +202,16 @@ def format_timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+# Built once: json.dumps and json.loads with options build a new coder on every call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 def fingerprint(raw: dict[str, Any]) -> str:
     """Identity of a document as submitted, for the idempotency rule on job_id."""
-    canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    # The same text as json.dumps(raw, sort_keys=True, separators=(",", ":"),
+    # ensure_ascii=False): stored fingerprints must keep matching.
+    return hashlib.sha256(_CANONICAL.encode(raw).encode()).hexdigest()
 
 
 def new_job_id() -> str:
@@ -222,6 +235,9 @@ def raise_validation_error(exc: pydantic.ValidationError, *, prefix: str = "") -
         reason=reason,
         details=details,
     ) from exc
+
+
+_CONTAINERS = (dict, list)  # what the JSON decoder makes of objects and arrays
 
 
 def _refuse_json(reason: str) -> ValidationError:
@@ -251,16 +267,26 @@ def _no_constants(text: str) -> Any:
 
 
 def _depth_ok(value: Any) -> bool:
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
+    """At most MAX_JSON_DEPTH levels, a value inside an object or array one level
+    below it (the innermost scalar counts), walked a level at a time."""
+    level = [value]
+    depth = 1
+    while level:
         if depth > MAX_JSON_DEPTH:
             return False
-        if isinstance(item, dict):
-            stack.extend((child, depth + 1) for child in item.values())
-        elif isinstance(item, list):
-            stack.extend((child, depth + 1) for child in item)
+        level = [
+            child
+            for item in level
+            if type(item) in _CONTAINERS
+            for child in (item.values() if type(item) is dict else item)
+        ]
+        depth += 1
     return True
+
+
+_STRICT = json.JSONDecoder(
+    object_pairs_hook=_unique_keys, parse_float=_finite, parse_constant=_no_constants
+)
 
 
 def parse_json(data: bytes | str) -> Any:
@@ -270,16 +296,19 @@ def parse_json(data: bytes | str) -> Any:
     Raises ValueError (json.JSONDecodeError, UnicodeDecodeError) when it is not
     JSON at all, ValidationError when it is JSON the contract refuses.
     """
+    if isinstance(data, str):
+        if data.startswith("\ufeff"):  # as json.loads refuses it
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", data, 0)
+        text = data
+    else:  # as json.loads reads bytes: UTF-8, -16 or -32, by their first bytes
+        text = data.decode(json.detect_encoding(data), "surrogatepass")
     try:
-        value = json.loads(
-            data,
-            object_pairs_hook=_unique_keys,
-            parse_float=_finite,
-            parse_constant=_no_constants,
-        )
+        value = _STRICT.decode(text)
     except RecursionError as exc:  # the C decoder's own bound, far past ours
         raise _refuse_json(f"nested deeper than {MAX_JSON_DEPTH} levels") from exc
-    if not _depth_ok(value):
+    # Each level but the innermost needs an opening bracket: with fewer brackets
+    # than levels allowed in the whole text, there is nothing to walk.
+    if text.count("{") + text.count("[") >= MAX_JSON_DEPTH and not _depth_ok(value):
         raise _refuse_json(f"nested deeper than {MAX_JSON_DEPTH} levels")
     return value
 

@@ -64,7 +64,7 @@ def stop_agent(agent: subprocess.Popen[bytes]) -> None:
 
 
 def fill(db_path: Path, start: int, stop: int) -> None:
-    """Finished jobs start..stop-1 (1% Failed), inserted in bulk; triggers keep the counts."""
+    """Finished jobs start..stop-1 (1% Failed), inserted in bulk, and their counts."""
     conn = sqlite3.connect(db_path, isolation_level=None)
     conn.execute("PRAGMA synchronous = OFF")  # a bench fixture, not the agent's writes
     document = json.dumps({"version": "1.0", "kind": "Bench", "operation": "system.echo"})
@@ -94,6 +94,14 @@ def fill(db_path: Path, start: int, stop: int) -> None:
             "fingerprint, submitted_at, started_at, completed_at, result) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
+        )
+        # The agent counts new jobs as it inserts them (no insert trigger): so does the fill.
+        conn.execute(
+            "INSERT INTO job_counts (status, operation, n) SELECT status, operation, count(*) "
+            "FROM jobs WHERE seq > (SELECT coalesce(max(seq), 0) FROM jobs) - ? "
+            "GROUP BY status, operation "
+            "ON CONFLICT (status, operation) DO UPDATE SET n = n + excluded.n",
+            (len(rows),),
         )
         conn.execute("COMMIT")
     conn.close()

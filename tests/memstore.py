@@ -255,7 +255,7 @@ class MemoryStore:
             if (changed := self._changed.pop(name, None)) is not None:
                 changed.set()
 
-    async def settle(self, write: Queued) -> Any:
+    async def settle(self, write: Queued, *, lazy: bool = False) -> Any:
         await trio.lowlevel.checkpoint()
         if write.error is not None:
             raise write.error

@@ -46,8 +46,9 @@ class JobStore(OutboxSource, Protocol):
     ) -> Queued:
         """A terminal status, queued now; settles to the state or None (not in only_from)."""
 
-    async def settle(self, write: Queued) -> Any:
-        """Wait until a queued write is committed; its value."""
+    async def settle(self, write: Queued, *, lazy: bool = False) -> Any:
+        """Wait until a queued write is committed; its value. `lazy`: nothing but
+        announcements waits for it, so it may wait a little to share a commit."""
 
     async def note_interrupted(self, job_id: str, reason: str) -> None: ...
     async def ping(self) -> None: ...

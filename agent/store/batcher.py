@@ -61,8 +61,15 @@ class Batcher:
         self._queue.append(item)
         return item
 
-    async def settle(self, item: Queued) -> Any:
-        """Wait until `item` has run (running a batch when none is); its value."""
+    async def settle(self, item: Queued, *, linger: float = 0.0) -> Any:
+        """Wait until `item` has run (running a batch when none is); its value.
+
+        `linger`: when no batch is running, first wait up to that long for someone
+        else's batch to take the item, so that it costs no commit of its own."""
+        if linger and not self._running:
+            with trio.move_on_after(linger):
+                while not item.finished:
+                    await self._batch_ended.wait()
         while not item.finished:
             if self._running:
                 await self._batch_ended.wait()

@@ -17,22 +17,26 @@ STATE_COLUMNS = (
 )
 
 
+_STATE_FIELDS = tuple(STATE_COLUMNS.split(", "))
+_STATE_FIELDS_SET = frozenset(_STATE_FIELDS)
+_STATUSES = {status.value: status for status in JobStatus}
+_new = object.__new__
+_set = object.__setattr__
+
+
 def row_state(row: sqlite3.Row | tuple[Any, ...]) -> JobState:
-    # Built without validation: the row was validated when written, and a list of
-    # a thousand jobs otherwise held the GIL (and so the event loop) for ~10 ms.
-    return JobState.model_construct(
-        job_id=row[0],
-        operation=row[1],
-        status=JobStatus(row[2]),
-        submitted_at=row[3],
-        started_at=row[4],
-        completed_at=row[5],
-        error=row[6],
-        progress=row[7],
-        transport=row[8],
-        attempts=row[9],
-        priority=row[10],
-    )
+    """A JobState straight from a row, without validation: the row was validated
+    when written, and a list of a thousand jobs otherwise held the GIL (and so the
+    event loop) for ~10 ms. What JobState.model_construct does, at a third of its
+    cost (it looks at every field's default): a list's rows are most of its work."""
+    state = _new(JobState)
+    values = dict(zip(_STATE_FIELDS, row, strict=True))
+    values["status"] = _STATUSES[row[2]]
+    _set(state, "__dict__", values)
+    _set(state, "__pydantic_fields_set__", set(_STATE_FIELDS_SET))
+    _set(state, "__pydantic_extra__", None)
+    _set(state, "__pydantic_private__", None)
+    return state
 
 
 def get_job(conn: sqlite3.Connection, job_id: str) -> JobState:

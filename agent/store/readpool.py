@@ -4,6 +4,10 @@ and beside each other), so a long list query never holds up a point read.
 Each connection keeps its own Batcher: reads arriving together share one
 thread hop. A new read joins a batch being formed, else starts one on an idle
 connection, else waits on the connection with the shortest queue.
+
+Point reads by primary key (`read_now`) take none of them: they run at once on
+the event loop's own connection, which costs less than a thread hop and never
+waits for a connection a long list holds.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from agent.errors import StoreError
 from agent.store.batcher import Batcher, Queued
 
 _T = TypeVar("_T")
+_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 class _Lane:
@@ -43,15 +48,37 @@ class ReadPool:
         self._connect = connect
         self._size = size
         self._lanes: list[_Lane] = []
+        self._inline: sqlite3.Connection | None = None
 
     async def open(self) -> None:
         for _ in range(self._size):
             self._lanes.append(_Lane(await trio.to_thread.run_sync(self._connect)))
+        inline = await trio.to_thread.run_sync(self._connect)
+        # Never sleep on a lock on the event loop: a busy database sends the read to a lane.
+        inline.execute("PRAGMA busy_timeout = 0")
+        self._inline = inline
 
     async def aclose(self) -> None:
         lanes, self._lanes = self._lanes, []
+        inline, self._inline = self._inline, None
         for lane in lanes:
             await trio.to_thread.run_sync(lane.conn.close)
+        if inline is not None:
+            await trio.to_thread.run_sync(inline.close)
+
+    async def read_now(self, query: Callable[[sqlite3.Connection], _T]) -> _T:
+        """A read of a few pages (a lookup by key), run right here on the event loop.
+
+        Only for bounded reads: the loop waits for it. Should the database be
+        busy (a checkpoint or recovery holding its lock), it goes to a lane.
+        """
+        assert self._inline is not None, "store not open"
+        try:
+            return query(self._inline)
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF not in _BUSY:  # BUSY_RECOVERY, BUSY_SNAPSHOT too
+                raise StoreError(f"job store read failed: {exc}") from exc
+        return await self.read(query)
 
     async def read(self, query: Callable[[sqlite3.Connection], _T]) -> _T:
         assert self._lanes, "store not open"

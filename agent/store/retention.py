@@ -22,7 +22,7 @@ from typing import Protocol, runtime_checkable
 import structlog
 import trio
 
-from agent.jobs import JobState, JobStatus, format_timestamp
+from agent.jobs import JobStatus, format_timestamp
 
 log = structlog.get_logger("agent.store.retention")
 
@@ -62,16 +62,6 @@ class PruneReport:
         self.events += other.events
         self.outbox += other.outbox
         self.records_expired += other.records_expired
-
-
-def pruned_record(conn: sqlite3.Connection, job_id: str) -> tuple[str, JobState] | None:
-    """(fingerprint, final state) of a pruned job still inside its idempotency window."""
-    row = conn.execute(
-        "SELECT fingerprint, state FROM pruned_jobs WHERE job_id = ?", (job_id,)
-    ).fetchone()
-    if row is None:
-        return None
-    return row[0], JobState.model_validate_json(row[1])
 
 
 def _cutoff(policy: RetentionPolicy, now: datetime) -> str:

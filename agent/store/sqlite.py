@@ -32,6 +32,8 @@ from agent.store.schema import connect
 log = structlog.get_logger("agent.store")
 
 _T = TypeVar("_T")
+# Longer than a client takes to send its next submit once answered (~1 ms on loopback).
+LAZY_LINGER = 0.003
 
 
 def private_files(path: Path) -> None:
@@ -92,10 +94,11 @@ class SqliteStore:
         return await self._reads.read(lambda conn: query(conn, *args, **kwargs))
 
     async def get_job(self, job_id: str) -> JobState:
-        return await self._read(queries.get_job, job_id)
+        # A lookup by primary key: on the loop, ahead of any list (see ReadPool.read_now).
+        return await self._reads.read_now(lambda conn: queries.get_job(conn, job_id))
 
     async def get_result(self, job_id: str) -> Any:
-        return await self._read(queries.get_result, job_id)
+        return await self._reads.read_now(lambda conn: queries.get_result(conn, job_id))
 
     async def get_outcomes(self, job_ids: Sequence[str]) -> list[tuple[JobState, Any]]:
         return await self._read(queries.get_outcomes, job_ids)
@@ -141,16 +144,23 @@ class SqliteStore:
         """Queue a write now (writes commit in the order they are queued)."""
         return self._writes.queue(operation)
 
-    async def settle(self, write: Queued) -> Any:
+    async def settle(self, write: Queued, *, lazy: bool = False) -> Any:
         """Wait until a queued write is committed; its value.
+
+        `lazy`: no one is held up by this write (a job's bookkeeping that only
+        announcements wait for), so when the writer is idle it waits up to
+        LAZY_LINGER for the next write to share that write's commit: one client
+        submitting job after job then pays one fsync per job, not two (its next
+        submit no longer waits behind the last job's own commit).
 
         A write about a job already accepted (its start, progress, outcome) that
         finds the disk full is tried again, with backoff, until space returns:
         nothing acknowledged is lost and nothing waiting on it fails."""
         attempt = 0
+        linger = LAZY_LINGER if lazy else 0.0
         while True:
             try:
-                return await self._writes.settle(write)
+                return await self._writes.settle(write, linger=linger)
             except StorageFullError:
                 attempt += 1
                 if attempt == 1:

@@ -6,15 +6,27 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from agent.errors import AgentError, ConflictError
-from agent.jobs import JobState, JobStatus, NewJob, PendingJob, utc_now
+from agent.jobs import COMPACT, JobState, JobStatus, NewJob, PendingJob, utc_now
 from agent.store.outbox_sql import OutboxTargets, append_outbox
 from agent.store.queries import STATE_COLUMNS, get_job, row_state
-from agent.store.retention import pruned_record
+
+_PENDING = JobStatus.PENDING.value
+_EXISTING = (
+    "SELECT fingerprint, NULL FROM jobs WHERE job_id = ? "
+    "UNION ALL SELECT fingerprint, state FROM pruned_jobs WHERE job_id = ? LIMIT 1"
+)
+# New jobs enter job_counts here, once per batch and operation (no per-row trigger);
+# status changes and deletes keep them right by triggers (schema.py).
+_COUNT_ADDED = (
+    "INSERT INTO job_counts (status, operation, n) VALUES (?, ?, ?) "
+    "ON CONFLICT (status, operation) DO UPDATE SET n = n + excluded.n"
+)
 
 
 @dataclass(frozen=True)
@@ -38,14 +50,10 @@ def insert_jobs(
     """Per job: (state, pending-if-new) or the ConflictError; never aborts the batch."""
     outcomes: list[tuple[JobState, PendingJob | None] | AgentError] = []
     now = utc_now()
+    added: Counter[str] = Counter()  # new jobs per operation, for job_counts
     for job in jobs:
-        existing = conn.execute(
-            "SELECT fingerprint FROM jobs WHERE job_id = ?", (job.job_id,)
-        ).fetchone()
-        # A job pruned by retention is still known by its id and fingerprint.
-        pruned = None if existing is not None else pruned_record(conn, job.job_id)
-        if pruned is not None:
-            existing = (pruned[0],)
+        # One look for the id among jobs and the pruned jobs' idempotency records.
+        existing = conn.execute(_EXISTING, (job.job_id, job.job_id)).fetchone()
         if existing is not None:
             if existing[0] != job.fingerprint:
                 outcomes.append(
@@ -55,29 +63,32 @@ def insert_jobs(
                         reason="job_id is taken by a different document",
                     )
                 )
-            else:
-                outcomes.append((pruned[1] if pruned else get_job(conn, job.job_id), None))
+            elif existing[1] is None:
+                outcomes.append((get_job(conn, job.job_id), None))
+            else:  # a job pruned by retention is still known by its id and fingerprint
+                outcomes.append((JobState.model_validate_json(existing[1]), None))
             continue
-        document = json.dumps(job.document, separators=(",", ":"))
         cursor = conn.execute(
             "INSERT INTO jobs (job_id, operation, status, priority, transport, document, "
             "fingerprint, timeout_seconds, submitted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 job.job_id,
                 job.operation,
-                JobStatus.PENDING.value,
+                _PENDING,
                 job.priority,
                 job.transport,
-                document,
+                COMPACT.encode(job.document),
                 job.fingerprint,
                 job.timeout_seconds,
                 now,
             ),
         )
+        added[job.operation] += 1
         _record_transition(
             conn, job.job_id, JobStatus.PENDING, now, f"submitted via {job.transport}"
         )
-        state = JobState(
+        # Built without validation: every field is the job's own, just checked.
+        state = JobState.model_construct(
             job_id=job.job_id,
             operation=job.operation,
             status=JobStatus.PENDING,
@@ -95,6 +106,8 @@ def insert_jobs(
             timeout_seconds=job.timeout_seconds,
         )
         outcomes.append((state, pending))
+    if added:
+        conn.executemany(_COUNT_ADDED, [(_PENDING, op, n) for op, n in added.items()])
     return outcomes
 
 

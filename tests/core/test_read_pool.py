@@ -55,3 +55,36 @@ async def test_errors_reach_the_reader_who_queued_them(tmp_path: Path) -> None:
         assert await pool.read(lambda conn: 1) == 1
     finally:
         await pool.aclose()
+
+
+async def test_a_read_by_key_needs_no_free_connection(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    connect(path).close()
+    pool = ReadPool(lambda: connect(path, readonly=True), size=1)
+    await pool.open()
+    release = threading.Event()
+    started = trio.Event()
+    token = trio.lowlevel.current_trio_token()
+
+    def long_read(conn: sqlite3.Connection) -> str:
+        trio.from_thread.run_sync(started.set, trio_token=token)
+        release.wait(30)
+        return "long"
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pool.read, long_read)
+            await started.wait()
+            assert pool.lanes_busy() == [True]  # the only connection is held
+            with trio.fail_after(10):
+                count = await pool.read_now(
+                    lambda conn: conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
+                )
+            assert count == 0
+            assert pool.lanes_busy() == [True]  # answered without it
+            with pytest.raises(StoreError, match="read failed"):
+                await pool.read_now(lambda conn: conn.execute("SELECT nope FROM jobs"))
+            release.set()
+    finally:
+        release.set()
+        await pool.aclose()

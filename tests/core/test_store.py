@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from agent.errors import AgentError, ConflictError, StoreError
 from agent.jobs import JobState, JobStatus, NewJob
@@ -174,3 +176,25 @@ async def test_outbox_resumes_after_reopen_and_ignores_other_transports(tmp_path
     assert (await again.outbox_entries("test", 0, 10))[0].id == accepted.id
     assert await again.outbox_entries("other", 0, 10) == []
     await again.aclose()
+
+
+async def test_a_lazy_write_shares_the_commit_of_the_next_write(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "jobs.sqlite3")
+    await store.open()
+    batches: list[int] = []
+    run_batch = store._writes._run_batch
+    store._writes._run_batch = lambda batch: (batches.append(len(batch)), run_batch(batch))[1]
+    try:
+        await store.insert_jobs([new_job("first")])
+        batches.clear()
+        write = store.queue_mark_running("first")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(store.settle, write, lazy=True))
+            await trio.testing.wait_all_tasks_blocked()
+            assert batches == []  # lingering for company
+            await store.insert_jobs([new_job("second")])  # a submit: its batch takes both
+            assert write.finished
+        assert batches == [2]  # one commit (one fsync) for the two writes
+        assert (await store.get_job("first")).status is JobStatus.RUNNING
+    finally:
+        await store.aclose()

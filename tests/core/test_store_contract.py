@@ -321,3 +321,12 @@ async def test_jobs_page_newest_first_and_the_event_log_resumes_after_an_id(
     assert [event["data"]["message"] for event in logged] == ["line 0", "line 1", "line 2"]
     later = await store.get_events_after(logged[0]["id"], None)
     assert [event["data"]["message"] for event in later] == ["line 1", "line 2", "other"]
+
+
+async def test_a_lazy_write_is_committed_without_another_write(store: JobStore) -> None:
+    await store.insert_jobs([new_job("lazy")])
+    with trio.fail_after(5):  # nothing else writes: it commits on its own, soon
+        state: JobState | None = await store.settle(store.queue_mark_running("lazy"), lazy=True)
+    assert state is not None
+    assert state.status is JobStatus.RUNNING
+    assert (await store.get_job("lazy")).status is JobStatus.RUNNING

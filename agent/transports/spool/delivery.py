@@ -8,7 +8,6 @@ in flight at a crash out again. Runs in a worker thread.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
@@ -32,12 +31,14 @@ def deliver(dirs: dict[str, Path], entries: list[OutboxEntry]) -> None:
     for entry in entries:
         if entry.event == "accepted" and entry.data.get("origin"):
             early = entry.job_id in finished
-            _move(
+            moved = _move(
                 dirs[".claimed"] / entry.data["origin"],
                 dirs["done" if early else "active"],
                 entry.job_id,
             )
-            if early:
+            # Not moved: delivered to active/ before a crash, and the outcome's
+            # move below must take it from there (else it stays in active/).
+            if early and moved:
                 in_done.add(entry.job_id)
             changed = True
         elif entry.state.status.terminal:
@@ -56,9 +57,12 @@ def deliver(dirs: dict[str, Path], entries: list[OutboxEntry]) -> None:
         sync_filesystem(dirs["done"])
 
 
-def _move(source: Path, directory: Path, job_id: str) -> None:
-    with contextlib.suppress(FileNotFoundError):  # moved before a crash: done already
+def _move(source: Path, directory: Path, job_id: str) -> bool:
+    try:
         os.rename(source, directory / document_name(job_id))
+    except FileNotFoundError:  # moved before a crash: done already
+        return False
+    return True
 
 
 def forget(dirs: dict[str, Path], job_ids: list[str]) -> None:
