@@ -8,6 +8,7 @@ is cut off (its stream ends) instead of slowing the dispatcher down.
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -26,17 +27,27 @@ class SharedEvent(dict[str, Any]):
     """A published event as every subscriber receives it: its JSON is encoded
     once, on first use, for all of them (it used to be once per subscriber)."""
 
-    __slots__ = ("_forms", "_json")
+    __slots__ = ("_forms", "_json", "_text")
     _forms: dict[str, bytes]
     _json: bytes
+    _text: str
 
     @property
     def json(self) -> bytes:
         try:
             return self._json
         except AttributeError:
-            self._json = orjson.dumps(self, option=orjson.OPT_NON_STR_KEYS)
+            self._json = _dumps(self)
             return self._json
+
+    @property
+    def text(self) -> str:
+        """The JSON as str (a websocket text message), decoded once for all."""
+        try:
+            return self._text
+        except AttributeError:
+            self._text = self.json.decode()
+            return self._text
 
     def form(self, name: str, make: Callable[[bytes], bytes]) -> bytes:
         """A transport's wire form of the event (an SSE frame), also made once for all."""
@@ -50,11 +61,20 @@ class SharedEvent(dict[str, Any]):
         return found
 
 
+def _dumps(message: Mapping[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        # What orjson refuses and json takes: an integer beyond 64 bits in a
+        # handler's result or log data.
+        return json.dumps(message, separators=(",", ":"), default=str).encode()
+
+
 def encode_json(message: Mapping[str, Any]) -> bytes:
     """Compact JSON of a message: the shared encoding of a SharedEvent, else fresh."""
     if isinstance(message, SharedEvent):
         return message.json
-    return orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS)
+    return _dumps(message)
 
 
 class Feed:
@@ -87,6 +107,20 @@ class Feed:
         if self.closed:
             raise trio.EndOfChannel
         raise trio.WouldBlock
+
+    @property
+    def waiting(self) -> int:
+        """How many published events this subscriber has not taken yet."""
+        return self._bus.published - self.cursor
+
+    async def wait(self) -> None:
+        """Until an event is waiting, or the feed ended (closed, or fell behind)."""
+        while self.cursor >= self._bus.published and not self.closed:
+            await self._bus.wait_for_more()
+
+    def shared(self, key: tuple[Any, ...], make: Callable[[], bytes]) -> bytes:
+        """See EventBus.shared (the key need not name the bus)."""
+        return self._bus.shared(key, make)
 
     def receive_many(self, limit: int) -> list[Event]:
         """Up to `limit` waiting events at once (none: an empty list); ends as receive does."""
@@ -148,6 +182,7 @@ class EventBus:
         self._log: deque[SharedEvent] = deque(maxlen=1)
         self.published = 0  # events published since the bus was made
         self._more = trio.lowlevel.ParkingLot()
+        self._shared: tuple[tuple[Any, ...], bytes] | None = None
 
     @contextmanager
     def subscribe(self, *, buffer: int = 1024) -> Iterator[Subscription]:
@@ -161,6 +196,15 @@ class EventBus:
         finally:
             self._subscriptions.discard(subscription.receive)
             subscription.close()
+
+    def shared(self, key: tuple[Any, ...], make: Callable[[], bytes]) -> bytes:
+        """Bytes that every subscriber in the same place would build alike (a
+        run of SSE frames), made by the first to ask and handed to the rest."""
+        if self._shared is not None and self._shared[0] == key:
+            return self._shared[1]
+        made = make()
+        self._shared = (key, made)
+        return made
 
     @property
     def listening(self) -> bool:
