@@ -8,11 +8,12 @@ is cut off (its stream ends) instead of slowing the dispatcher down.
 
 from __future__ import annotations
 
+import heapq
 import json
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from itertools import islice
+from itertools import count, islice
 from typing import Any
 
 import orjson
@@ -118,6 +119,12 @@ class Feed:
         while self.cursor >= self._bus.published and not self.closed:
             await self._bus.wait_for_more()
 
+    async def gather(self, seconds: float) -> None:
+        """Let events gather for up to `seconds`, or until half the buffer waits
+        (so gathering never makes a subscriber lag), or the bus closes."""
+        with trio.move_on_after(seconds):
+            await self._bus.alarm(self.cursor + self.buffer // 2).wait()
+
     def shared(self, key: tuple[Any, ...], make: Callable[[], bytes]) -> bytes:
         """See EventBus.shared (the key need not name the bus)."""
         return self._bus.shared(key, make)
@@ -183,6 +190,10 @@ class EventBus:
         self.published = 0  # events published since the bus was made
         self._more = trio.lowlevel.ParkingLot()
         self._shared: tuple[tuple[Any, ...], bytes] | None = None
+        # (position, tie, event): set once `published` reaches the position. A
+        # gatherer that timed out leaves its entry, gone once the log gets there.
+        self._alarms: list[tuple[int, int, trio.Event]] = []
+        self._ties = count()
 
     @contextmanager
     def subscribe(self, *, buffer: int = 1024) -> Iterator[Subscription]:
@@ -218,6 +229,17 @@ class EventBus:
         self.published += 1
         if self._more:
             self._more.unpark_all()
+        while self._alarms and self._alarms[0][0] <= self.published:
+            heapq.heappop(self._alarms)[2].set()
+
+    def alarm(self, position: int) -> trio.Event:
+        """An event set once `position` events have been published (or at close)."""
+        alarm = trio.Event()
+        if position <= self.published:
+            alarm.set()
+        else:
+            heapq.heappush(self._alarms, (position, next(self._ties), alarm))
+        return alarm
 
     def event_at(self, number: int) -> SharedEvent:
         return self._log[number - (self.published - len(self._log))]
@@ -244,3 +266,6 @@ class EventBus:
             feed.close()
         self._subscriptions.clear()
         self._more.unpark_all()
+        for _, _, alarm in self._alarms:
+            alarm.set()
+        self._alarms.clear()

@@ -125,7 +125,7 @@ async def event_socket() -> None:
 async def _forward(subscription: Subscription, chosen: _Filter, send_lock: trio.Lock) -> bool:
     """Send the subscribed events until the feed ends; True if the client was
     too slow to take them. Events are taken as runs and sent under one lock
-    and one deadline, then the next run waits sse.COALESCE_SECONDS, so a busy
+    and one deadline, then the next run gathers (sse.COALESCE_SECONDS), so a busy
     stream costs a wake-up per interval rather than per event (a websocket
     still needs a message, and hypercorn a write, per event)."""
     feed = subscription.receive
@@ -144,7 +144,7 @@ async def _forward(subscription: Subscription, chosen: _Filter, send_lock: trio.
                     await websocket.send(text)
         if deadline.cancelled_caught:
             return True
-        await trio.sleep(sse.COALESCE_SECONDS)
+        await feed.gather(sse.COALESCE_SECONDS)
 
 
 def _text(event: Event) -> str:

@@ -8,11 +8,12 @@ it missed, then each followed job's current status. A stream that follows
 given jobs (`?job_id=`, repeatable) ends once all of them have finished.
 
 What a hundred subscribers cost: each takes every event waiting for it at
-once and sends them in one write, then waits COALESCE_SECONDS before the
-next, so under load a stream costs one write per interval rather than one
-per event. Each event's JSON is encoded once for all (the bus's SharedEvent),
-and the run of frames that unfiltered streams at the same place would each
-build is built once and shared (EventBus.shared).
+once and sends them in one write, then lets the next run gather for
+COALESCE_SECONDS or until half its buffer waits, so under load a stream costs
+one write per interval rather than one per event. Each event's JSON is
+encoded once for all (the bus's SharedEvent), and the run of frames that
+unfiltered streams at the same place would each build is built once and
+shared (EventBus.shared).
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ from agent.jobs import JobStatus
 from agent.transports.http.api import state
 
 KEEPALIVE_SECONDS = 15.0
-# After a write, what arrives within this long waits for the next one (an
-# event after a quiet spell still goes at once).
-COALESCE_SECONDS = 0.05
+# After a write, what arrives within this long (or until half the client's
+# buffer is waiting) goes in the next one; an event after a quiet spell still
+# goes at once.
+COALESCE_SECONDS = 0.2
 _DURABLE = ("progress", "log")
 _TERMINAL = {status.value for status in JobStatus if status.terminal}
 _LAGGED = {
@@ -211,4 +213,4 @@ async def _live(subscription: Subscription, stream: _Stream) -> AsyncGenerator[b
         chunk = await stream.frames(feed, first, events)
         if chunk:
             yield chunk
-            await trio.sleep(COALESCE_SECONDS)
+            await feed.gather(COALESCE_SECONDS)
