@@ -36,12 +36,25 @@ import collections, ctypes, gc, json, os, runpy, signal, sys
 sqlite = ctypes.CDLL("libsqlite3.so.0")
 sqlite.sqlite3_memory_used.restype = ctypes.c_int64
 
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+        "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+
 def dump(signum, frame):
-    gc.collect()
+    before = sys.getallocatedblocks()
+    collected = gc.collect()
     types = collections.Counter(type(o).__qualname__ for o in gc.get_objects())
     held = {
         "blocks": sys.getallocatedblocks(),
+        "garbage_blocks": before - sys.getallocatedblocks(),
+        "collected": collected,
         "sqlite_bytes": sqlite.sqlite3_memory_used(),
+        "malloc_used": libc.mallinfo2().uordblks + libc.mallinfo2().hblkhd,
+        "malloc_free": libc.mallinfo2().fordblks,
         "types": dict(types),
     }
     with open(os.environ["SNAPSHOT"] + ".tmp", "w") as out:
@@ -67,6 +80,10 @@ def show_growth(base: dict[str, Any], now: dict[str, Any], jobs: int) -> None:
     blocks = (now["blocks"] - base["blocks"]) / jobs
     sqlite = (now["sqlite_bytes"] - base["sqlite_bytes"]) / jobs
     print(f"  since round 2: Python blocks {blocks:+.2f}/job, SQLite heap {sqlite:+.1f} B/job")
+    print(f"  cyclic garbage found: {now['collected']} objects, {now['garbage_blocks']} blocks")
+    used = (now["malloc_used"] - base["malloc_used"]) / jobs
+    free = (now["malloc_free"] - base["malloc_free"]) / jobs
+    print(f"  malloc: in use {used:+.1f} B/job, free but kept {free:+.1f} B/job")
     grown = {
         name: count - base["types"].get(name, 0)
         for name, count in now["types"].items()
@@ -76,9 +93,9 @@ def show_growth(base: dict[str, Any], now: dict[str, Any], jobs: int) -> None:
         print(f"  {more / jobs:+.3f} {name}/job")
 
 
-def rss_bytes(pid: int) -> int:
+def rss_bytes(pid: int, field: str = "VmRSS") -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
     return 0
 
@@ -123,9 +140,13 @@ def main() -> None:
                     db.execute("SELECT count(*) FROM jobs WHERE completed_at").fetchone()[0] < want
                 ):
                     time.sleep(0.1)
-                time.sleep(1)  # the outbox delivered, the loop idle again
+                time.sleep(2)  # the outbox delivered, the agent at rest again
                 samples.append(rss_bytes(agent.pid))
-                print(f"after {want} jobs: RSS {samples[-1] / 2**20:.1f} MB", flush=True)
+                parts = ", ".join(
+                    f"{field[3:]} {rss_bytes(agent.pid, field) / 2**20:.1f}"
+                    for field in ("RssAnon", "RssFile", "RssShmem")
+                )
+                print(f"after {want} jobs: RSS {samples[-1] / 2**20:.1f} MB ({parts})", flush=True)
                 if args.held:
                     snapshots.append(snapshot(agent, root / "snapshot"))
                     if len(snapshots) > 2:
