@@ -9,7 +9,7 @@ the medians of submits/s, subscribers cut off, the latency of `created`
 events (arrival - submitted_at), p50 and p99, and per round the agent's CPU
 seconds and the reading thread's (which shares the machine).
 
-Usage: python bench/events.py [--subscribers 100] [--jobs 5000] [--rounds 3]
+Usage: python bench/events.py [--subscribers 100] [--jobs 5000] [--rounds 3] [--websocket]
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse  # noqa: E402
+import base64  # noqa: E402
+import contextlib  # noqa: E402
 import http.client  # noqa: E402
 import json  # noqa: E402
 import multiprocessing  # noqa: E402
@@ -73,6 +75,7 @@ def submit_all(port: int, prefix: str, count: int, per_batch: int = 500) -> floa
 
 
 CREATED = b'"type":"created"'
+DECODER = json.JSONDecoder()
 
 
 class Subscribers:
@@ -80,7 +83,8 @@ class Subscribers:
     the submitting client's GIL); counts `created` events and streams cut off,
     and samples latencies: per read, of the oldest `created` event in it."""
 
-    def __init__(self, port: int, count: int) -> None:
+    def __init__(self, port: int, count: int, *, websocket: bool = False) -> None:
+        self._websocket = websocket
         context = multiprocessing.get_context("fork")
         self._created = context.Value("q", 0, lock=False)
         self._stop = context.Event()
@@ -102,7 +106,10 @@ class Subscribers:
         buffers: dict[socket.socket, bytes] = {}
         for _ in range(count):
             sock = socket.create_connection(("127.0.0.1", port))
-            sock.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: bench\r\n\r\n")
+            if self._websocket:
+                _open_websocket(sock)
+            else:
+                sock.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: bench\r\n\r\n")
             sock.setblocking(False)
             selector.register(sock, selectors.EVENT_READ)
             buffers[sock] = b""
@@ -119,6 +126,21 @@ class Subscribers:
                 if not data:
                     selector.unregister(sock)
                     del buffers[sock]
+                    continue
+                if self._websocket:
+                    # Messages are not delimited: count across reads, keeping a
+                    # tail shorter than the pattern so nothing counts twice.
+                    buffer = buffers[sock] + data
+                    self._created.value += buffer.count(CREATED)
+                    cut_off += buffer.count(b"fell behind")
+                    buffers[sock] = buffer[-(len(CREATED) - 1) :]
+                    found = data.find(CREATED)
+                    start = data.rfind(b"{", 0, found)
+                    if found >= 0 and start >= 0:
+                        with contextlib.suppress(ValueError, KeyError):
+                            event, _ = DECODER.raw_decode(data[start:].decode(errors="replace"))
+                            stamp = event["data"]["submitted_at"].replace("Z", "+00:00")
+                            latencies.append(now - datetime.fromisoformat(stamp).timestamp())
                     continue
                 buffer = buffers[sock] + data
                 cut = buffer.rfind(b"\n\n")
@@ -145,6 +167,24 @@ class Subscribers:
         self._process.join()
 
 
+def _open_websocket(sock: socket.socket) -> None:
+    """Upgrade to a websocket and send subscribe_all (a masked text frame)."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET /api/v1/ws HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        f"Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(4096)
+    if b" 101 " not in answer.split(b"\r\n", 1)[0]:
+        raise SystemExit(f"websocket refused: {answer[:80]!r}")
+    payload, mask = b'{"type":"subscribe_all"}', os.urandom(4)
+    masked = bytes(byte ^ mask[n % 4] for n, byte in enumerate(payload))
+    sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
+
+
 def _submitted_at(frames: bytes, found: int) -> float:
     """The submitted_at of the created event whose frame holds `found`."""
     start = frames.rfind(b"data: ", 0, found) + 6
@@ -163,6 +203,7 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=100)
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--websocket", action="store_true", help="subscribe over /api/v1/ws")
     args = parser.parse_args()
     alone: list[float] = []
     watched: list[float] = []
@@ -191,7 +232,7 @@ def main() -> None:
                 alone.append(submit_all(port, f"alone{number}", args.jobs))
                 time.sleep(2)  # the jobs run out
                 cpu["alone"].append(cpu_seconds(agent.pid) - used)
-                subscribers = Subscribers(port, args.subscribers)
+                subscribers = Subscribers(port, args.subscribers, websocket=args.websocket)
                 time.sleep(1)
                 used = cpu_seconds(agent.pid)
                 watched.append(submit_all(port, f"watched{number}", args.jobs))
@@ -215,7 +256,8 @@ def main() -> None:
     p50 = statistics.median(latencies) if latencies else float("nan")
     p99 = latencies[int(0.99 * (len(latencies) - 1))] if latencies else float("nan")
     share = statistics.median(w / a for w, a in zip(watched, alone, strict=True))
-    print(f"cpus={os.cpu_count()} subscribers={args.subscribers} jobs={args.jobs}")
+    kind = "websocket" if args.websocket else "SSE"
+    print(f"cpus={os.cpu_count()} {kind} subscribers={args.subscribers} jobs={args.jobs}")
     print(
         f"batch submits alone {statistics.median(alone):.0f} jobs/s, with subscribers "
         f"{statistics.median(watched):.0f} jobs/s (medians of {args.rounds} interleaved rounds)"
