@@ -244,7 +244,8 @@ def main() -> None:
                 print(
                     f"round {number + 1}: alone {alone[-1]:.0f} jobs/s, watched "
                     f"{watched[-1]:.0f} jobs/s; agent CPU alone {cpu['alone'][-1]:.2f} s, "
-                    f"watched {cpu['watched'][-1]:.2f} s; reader CPU {subscribers.cpu:.2f} s",
+                    f"watched {cpu['watched'][-1]:.2f} s; reader CPU {subscribers.cpu:.2f} s; "
+                    f"cut off {subscribers.cut_off}; load {os.getloadavg()[0]:.1f}",
                     flush=True,
                 )
                 time.sleep(1)

@@ -36,7 +36,7 @@ KEEPALIVE_SECONDS = 15.0
 # After a write, what arrives within this long (or until half the client's
 # buffer is waiting) goes in the next one; an event after a quiet spell still
 # goes at once.
-COALESCE_SECONDS = 0.2
+COALESCE_SECONDS = 0.05
 _DURABLE = ("progress", "log")
 _TERMINAL = {status.value for status in JobStatus if status.terminal}
 _LAGGED = {
