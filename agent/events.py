@@ -8,10 +8,12 @@ is cut off (its stream ends) instead of slowing the dispatcher down.
 
 from __future__ import annotations
 
+import heapq
+import json
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from itertools import islice
+from itertools import count, islice
 from typing import Any
 
 import orjson
@@ -26,17 +28,27 @@ class SharedEvent(dict[str, Any]):
     """A published event as every subscriber receives it: its JSON is encoded
     once, on first use, for all of them (it used to be once per subscriber)."""
 
-    __slots__ = ("_forms", "_json")
+    __slots__ = ("_forms", "_json", "_text")
     _forms: dict[str, bytes]
     _json: bytes
+    _text: str
 
     @property
     def json(self) -> bytes:
         try:
             return self._json
         except AttributeError:
-            self._json = orjson.dumps(self, option=orjson.OPT_NON_STR_KEYS)
+            self._json = _dumps(self)
             return self._json
+
+    @property
+    def text(self) -> str:
+        """The JSON as str (a websocket text message), decoded once for all."""
+        try:
+            return self._text
+        except AttributeError:
+            self._text = self.json.decode()
+            return self._text
 
     def form(self, name: str, make: Callable[[bytes], bytes]) -> bytes:
         """A transport's wire form of the event (an SSE frame), also made once for all."""
@@ -50,11 +62,20 @@ class SharedEvent(dict[str, Any]):
         return found
 
 
+def _dumps(message: Mapping[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        # What orjson refuses and json takes: an integer beyond 64 bits in a
+        # handler's result or log data.
+        return json.dumps(message, separators=(",", ":"), default=str).encode()
+
+
 def encode_json(message: Mapping[str, Any]) -> bytes:
     """Compact JSON of a message: the shared encoding of a SharedEvent, else fresh."""
     if isinstance(message, SharedEvent):
         return message.json
-    return orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS)
+    return _dumps(message)
 
 
 class Feed:
@@ -87,6 +108,26 @@ class Feed:
         if self.closed:
             raise trio.EndOfChannel
         raise trio.WouldBlock
+
+    @property
+    def waiting(self) -> int:
+        """How many published events this subscriber has not taken yet."""
+        return self._bus.published - self.cursor
+
+    async def wait(self) -> None:
+        """Until an event is waiting, or the feed ended (closed, or fell behind)."""
+        while self.cursor >= self._bus.published and not self.closed:
+            await self._bus.wait_for_more()
+
+    async def gather(self, seconds: float) -> None:
+        """Let events gather for up to `seconds`, or until half the buffer waits
+        (so gathering never makes a subscriber lag), or the bus closes."""
+        with trio.move_on_after(seconds):
+            await self._bus.alarm(self.cursor + self.buffer // 2).wait()
+
+    def shared(self, key: tuple[Any, ...], make: Callable[[], bytes]) -> bytes:
+        """See EventBus.shared (the key need not name the bus)."""
+        return self._bus.shared(key, make)
 
     def receive_many(self, limit: int) -> list[Event]:
         """Up to `limit` waiting events at once (none: an empty list); ends as receive does."""
@@ -148,6 +189,11 @@ class EventBus:
         self._log: deque[SharedEvent] = deque(maxlen=1)
         self.published = 0  # events published since the bus was made
         self._more = trio.lowlevel.ParkingLot()
+        self._shared: tuple[tuple[Any, ...], bytes] | None = None
+        # (position, tie, event): set once `published` reaches the position. A
+        # gatherer that timed out leaves its entry, gone once the log gets there.
+        self._alarms: list[tuple[int, int, trio.Event]] = []
+        self._ties = count()
 
     @contextmanager
     def subscribe(self, *, buffer: int = 1024) -> Iterator[Subscription]:
@@ -162,6 +208,15 @@ class EventBus:
             self._subscriptions.discard(subscription.receive)
             subscription.close()
 
+    def shared(self, key: tuple[Any, ...], make: Callable[[], bytes]) -> bytes:
+        """Bytes that every subscriber in the same place would build alike (a
+        run of SSE frames), made by the first to ask and handed to the rest."""
+        if self._shared is not None and self._shared[0] == key:
+            return self._shared[1]
+        made = make()
+        self._shared = (key, made)
+        return made
+
     @property
     def listening(self) -> bool:
         """Anyone subscribed: publishers skip building events nobody would receive."""
@@ -174,6 +229,17 @@ class EventBus:
         self.published += 1
         if self._more:
             self._more.unpark_all()
+        while self._alarms and self._alarms[0][0] <= self.published:
+            heapq.heappop(self._alarms)[2].set()
+
+    def alarm(self, position: int) -> trio.Event:
+        """An event set once `position` events have been published (or at close)."""
+        alarm = trio.Event()
+        if position <= self.published:
+            alarm.set()
+        else:
+            heapq.heappush(self._alarms, (position, next(self._ties), alarm))
+        return alarm
 
     def event_at(self, number: int) -> SharedEvent:
         return self._log[number - (self.published - len(self._log))]
@@ -200,3 +266,6 @@ class EventBus:
             feed.close()
         self._subscriptions.clear()
         self._more.unpark_all()
+        for _, _, alarm in self._alarms:
+            alarm.set()
+        self._alarms.clear()

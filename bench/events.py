@@ -3,11 +3,13 @@ are batch-submitted, against the same submits with no subscriber.
 
 Starts a real agent (HTTP, no tokens, loopback), then per phase submits
 --jobs system.echo jobs as POST /api/v1/jobs/batch of 500 from one client.
-The subscribers are read by one thread (selectors) as fast as they come.
-Prints submits/s with and without subscribers, subscribers cut off, and the
-latency of `created` events (arrival - submitted_at), p50 and p99.
+The subscribers are read by one process (selectors) as fast as they come.
+Rounds without and with subscribers alternate (--rounds of each); prints
+the medians of submits/s, subscribers cut off, the latency of `created`
+events (arrival - submitted_at), p50 and p99, and per round the agent's CPU
+seconds and the reading thread's (which shares the machine).
 
-Usage: python bench/events.py [--subscribers 100] [--jobs 5000]
+Usage: python bench/events.py [--subscribers 100] [--jobs 5000] [--rounds 3] [--websocket]
 """
 
 from __future__ import annotations
@@ -19,17 +21,20 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse  # noqa: E402
+import base64  # noqa: E402
+import contextlib  # noqa: E402
 import http.client  # noqa: E402
 import json  # noqa: E402
+import multiprocessing  # noqa: E402
 import os  # noqa: E402
 import selectors  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
 from datetime import datetime  # noqa: E402
+from multiprocessing.connection import Connection  # noqa: E402
 
 
 def free_port() -> int:
@@ -69,66 +74,87 @@ def submit_all(port: int, prefix: str, count: int, per_batch: int = 500) -> floa
     return count / elapsed
 
 
-class Subscribers:
-    """N SSE streams read by one thread; latencies of `created` events, streams cut off."""
+CREATED = b'"type":"created"'
+DECODER = json.JSONDecoder()
 
-    def __init__(self, port: int, count: int) -> None:
+
+class Subscribers:
+    """N SSE streams read in a process of their own (so the reading never holds
+    the submitting client's GIL); counts `created` events and streams cut off,
+    and samples latencies: per read, of the oldest `created` event in it."""
+
+    def __init__(self, port: int, count: int, *, websocket: bool = False) -> None:
+        self._websocket = websocket
+        context = multiprocessing.get_context("fork")
+        self._created = context.Value("q", 0, lock=False)
+        self._stop = context.Event()
+        self._ready = context.Event()
+        self._results, child_end = context.Pipe(duplex=False)
+        self._process = context.Process(target=self._run, args=(port, count, child_end))
+        self._process.start()
+        self._ready.wait(60)
         self.latencies: list[float] = []
-        self.created = 0
         self.cut_off = 0
-        self._selector = selectors.DefaultSelector()
-        self._buffers: dict[socket.socket, bytes] = {}
+        self.cpu = 0.0
+
+    @property
+    def created(self) -> int:
+        return int(self._created.value)
+
+    def _run(self, port: int, count: int, results: Connection) -> None:
+        selector = selectors.DefaultSelector()
+        buffers: dict[socket.socket, bytes] = {}
         for _ in range(count):
             sock = socket.create_connection(("127.0.0.1", port))
-            sock.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: bench\r\n\r\n")
+            if self._websocket:
+                _open_websocket(sock)
+            else:
+                sock.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: bench\r\n\r\n")
             sock.setblocking(False)
-            self._selector.register(sock, selectors.EVENT_READ)
-            self._buffers[sock] = b""
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._read)
-        self._thread.start()
-
-    def _read(self) -> None:
-        while not self._stop.is_set() and self._buffers:
-            for key, _ in self._selector.select(0.2):
+            selector.register(sock, selectors.EVENT_READ)
+            buffers[sock] = b""
+        self._ready.set()
+        latencies: list[float] = []
+        cut_off = 0
+        began = time.process_time()
+        while not self._stop.is_set() and buffers:
+            for key, _ in selector.select(0.2):
                 sock = key.fileobj
                 assert isinstance(sock, socket.socket)
-                try:
-                    data = sock.recv(1 << 20)
-                except BlockingIOError:
-                    continue
+                data = sock.recv(1 << 20)
                 now = time.time()
                 if not data:
-                    self._drop(sock)
+                    selector.unregister(sock)
+                    del buffers[sock]
                     continue
-                buffer = self._buffers[sock] + data
-                *frames, self._buffers[sock] = buffer.split(b"\n\n")
-                for frame in frames:
-                    self._frame(frame, now)
-
-    def _frame(self, frame: bytes, now: float) -> None:
-        # Only what the figures need is parsed: the reader must not be the laggard.
-        if b'"type":"created"' in frame:
-            self.created += 1
-            if self.created % 10:
-                return  # latency sampled on every tenth delivery
-        elif b'"type":"error"' in frame:
-            self.cut_off += 1
-            return
-        else:
-            return
-        start = frame.find(b"data: ")
-        try:
-            event = json.loads(frame[start + 6 :].split(b"\r\n", 1)[0])
-        except ValueError:
-            return
-        stamp = event["data"]["submitted_at"].replace("Z", "+00:00")
-        self.latencies.append(now - datetime.fromisoformat(stamp).timestamp())
-
-    def _drop(self, sock: socket.socket) -> None:
-        self._selector.unregister(sock)
-        del self._buffers[sock]
-        sock.close()
+                if self._websocket:
+                    # Messages are not delimited: count across reads, keeping a
+                    # tail shorter than the pattern so nothing counts twice.
+                    buffer = buffers[sock] + data
+                    self._created.value += buffer.count(CREATED)
+                    cut_off += buffer.count(b"fell behind")
+                    buffers[sock] = buffer[-(len(CREATED) - 1) :]
+                    found = data.find(CREATED)
+                    start = data.rfind(b"{", 0, found)
+                    if found >= 0 and start >= 0:
+                        with contextlib.suppress(ValueError, KeyError):
+                            event, _ = DECODER.raw_decode(data[start:].decode(errors="replace"))
+                            stamp = event["data"]["submitted_at"].replace("Z", "+00:00")
+                            latencies.append(now - datetime.fromisoformat(stamp).timestamp())
+                    continue
+                buffer = buffers[sock] + data
+                cut = buffer.rfind(b"\n\n")
+                if cut < 0:
+                    buffers[sock] = buffer
+                    continue
+                complete, buffers[sock] = buffer[:cut], buffer[cut + 2 :]
+                # Whole frames only, counted in C: the reader must not be the laggard.
+                self._created.value += complete.count(CREATED)
+                cut_off += complete.count(b'"type":"error"')
+                found = complete.find(CREATED)
+                if found >= 0:
+                    latencies.append(now - _submitted_at(complete, found))
+        results.send((latencies, cut_off, time.process_time() - began))
 
     def wait_for(self, events: int, limit: float = 120.0) -> None:
         deadline = time.monotonic() + limit
@@ -137,16 +163,53 @@ class Subscribers:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join()
-        for sock in list(self._buffers):
-            self._drop(sock)
+        self.latencies, self.cut_off, self.cpu = self._results.recv()
+        self._process.join()
+
+
+def _open_websocket(sock: socket.socket) -> None:
+    """Upgrade to a websocket and send subscribe_all (a masked text frame)."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET /api/v1/ws HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        f"Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(4096)
+    if b" 101 " not in answer.split(b"\r\n", 1)[0]:
+        raise SystemExit(f"websocket refused: {answer[:80]!r}")
+    payload, mask = b'{"type":"subscribe_all"}', os.urandom(4)
+    masked = bytes(byte ^ mask[n % 4] for n, byte in enumerate(payload))
+    sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
+
+
+def _submitted_at(frames: bytes, found: int) -> float:
+    """The submitted_at of the created event whose frame holds `found`."""
+    start = frames.rfind(b"data: ", 0, found) + 6
+    event = json.loads(frames[start : frames.find(b"\n", found)])
+    return datetime.fromisoformat(event["data"]["submitted_at"].replace("Z", "+00:00")).timestamp()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subscribers", type=int, default=100)
     parser.add_argument("--jobs", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--websocket", action="store_true", help="subscribe over /api/v1/ws")
     args = parser.parse_args()
+    alone: list[float] = []
+    watched: list[float] = []
+    cpu: dict[str, list[float]] = {"alone": [], "watched": []}
+    latencies: list[float] = []
+    cut_off = 0
     with tempfile.TemporaryDirectory(prefix="hostagent-events-") as tmp:
         root, port = Path(tmp), free_port()
         argv = [sys.executable, "-m", "agent", "run", "--state-dir", str(root / "state")]
@@ -163,27 +226,44 @@ def main() -> None:
                     if time.monotonic() > deadline:
                         raise SystemExit("agent did not start") from None
                     time.sleep(0.05)
-            alone = submit_all(port, "alone", args.jobs)
-            time.sleep(2)  # the jobs of the first phase run out
-            subscribers = Subscribers(port, args.subscribers)
-            time.sleep(1)
-            watched = submit_all(port, "watched", args.jobs)
-            subscribers.wait_for(args.jobs * args.subscribers)
-            subscribers.close()
+            # Interleaved: alone, watched, alone, watched, ... (medians below).
+            for number in range(args.rounds):
+                used = cpu_seconds(agent.pid)
+                alone.append(submit_all(port, f"alone{number}", args.jobs))
+                time.sleep(2)  # the jobs run out
+                cpu["alone"].append(cpu_seconds(agent.pid) - used)
+                subscribers = Subscribers(port, args.subscribers, websocket=args.websocket)
+                time.sleep(1)
+                used = cpu_seconds(agent.pid)
+                watched.append(submit_all(port, f"watched{number}", args.jobs))
+                subscribers.wait_for(args.jobs * args.subscribers)
+                cpu["watched"].append(cpu_seconds(agent.pid) - used)
+                subscribers.close()
+                latencies += subscribers.latencies
+                cut_off += subscribers.cut_off
+                print(
+                    f"round {number + 1}: alone {alone[-1]:.0f} jobs/s, watched "
+                    f"{watched[-1]:.0f} jobs/s; agent CPU alone {cpu['alone'][-1]:.2f} s, "
+                    f"watched {cpu['watched'][-1]:.2f} s; reader CPU {subscribers.cpu:.2f} s; "
+                    f"cut off {subscribers.cut_off}; load {os.getloadavg()[0]:.1f}",
+                    flush=True,
+                )
+                time.sleep(1)
         finally:
             agent.terminate()
             agent.wait(timeout=60)
 
-    latencies = sorted(subscribers.latencies)
+    latencies.sort()
     p50 = statistics.median(latencies) if latencies else float("nan")
     p99 = latencies[int(0.99 * (len(latencies) - 1))] if latencies else float("nan")
-    share = watched / alone
-    print(f"cpus={os.cpu_count()} subscribers={args.subscribers} jobs={args.jobs}")
-    print(f"batch submits alone {alone:.0f} jobs/s, with subscribers {watched:.0f} jobs/s")
+    share = statistics.median(w / a for w, a in zip(watched, alone, strict=True))
+    kind = "websocket" if args.websocket else "SSE"
+    print(f"cpus={os.cpu_count()} {kind} subscribers={args.subscribers} jobs={args.jobs}")
     print(
-        f"subscribers cut off: {subscribers.cut_off} (target 0) "
-        f"{'MET' if subscribers.cut_off == 0 else 'MISSED'}"
+        f"batch submits alone {statistics.median(alone):.0f} jobs/s, with subscribers "
+        f"{statistics.median(watched):.0f} jobs/s (medians of {args.rounds} interleaved rounds)"
     )
+    print(f"subscribers cut off: {cut_off} (target 0) {'MET' if cut_off == 0 else 'MISSED'}")
     print(f"submits with subscribers / alone: {share:.0%} (target >= 80%) ", end="")
     print("MET" if share >= 0.8 else "MISSED")
     print(

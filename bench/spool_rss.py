@@ -5,26 +5,97 @@ no-op jobs, waiting for each round to complete, and samples the agent's RSS
 after each. The first round warms caches and pools; the growth is fitted
 over the later rounds, in bytes per job.
 
-Usage: python bench/spool_rss.py [--rounds 5] [--per-round 20000]
+With --held, after each round the agent reports (SIGUSR1) Python's allocated
+blocks, its live objects by type and SQLite's heap, and their growth since
+the second round is printed per job, to find what grows.
+
+Usage: python bench/spool_rss.py [--rounds 5] [--per-round 20000] [--held]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 TARGET_BYTES_PER_JOB = 20.0
 
+# Runs the agent with a SIGUSR1 hook that writes what it holds to $SNAPSHOT:
+# Python's allocated blocks, live objects by type, and SQLite's own heap.
+TRACED = """
+import collections, ctypes, gc, json, os, runpy, signal, sys
 
-def rss_bytes(pid: int) -> int:
+sqlite = ctypes.CDLL("libsqlite3.so.0")
+sqlite.sqlite3_memory_used.restype = ctypes.c_int64
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+        "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+
+def dump(signum, frame):
+    before = sys.getallocatedblocks()
+    collected = gc.collect()
+    types = collections.Counter(type(o).__qualname__ for o in gc.get_objects())
+    held = {
+        "blocks": sys.getallocatedblocks(),
+        "garbage_blocks": before - sys.getallocatedblocks(),
+        "collected": collected,
+        "sqlite_bytes": sqlite.sqlite3_memory_used(),
+        "malloc_used": libc.mallinfo2().uordblks + libc.mallinfo2().hblkhd,
+        "malloc_free": libc.mallinfo2().fordblks,
+        "types": dict(types),
+    }
+    with open(os.environ["SNAPSHOT"] + ".tmp", "w") as out:
+        json.dump(held, out)
+    os.rename(os.environ["SNAPSHOT"] + ".tmp", os.environ["SNAPSHOT"])
+
+signal.signal(signal.SIGUSR1, dump)
+sys.argv[0] = "agent"
+runpy.run_module("agent", run_name="__main__", alter_sys=True)
+"""
+
+
+def snapshot(agent: subprocess.Popen[bytes], path: Path) -> dict[str, Any]:
+    path.unlink(missing_ok=True)
+    agent.send_signal(signal.SIGUSR1)
+    while not path.exists():
+        time.sleep(0.1)
+    held: dict[str, Any] = json.loads(path.read_text())
+    return held
+
+
+def show_growth(base: dict[str, Any], now: dict[str, Any], jobs: int) -> None:
+    blocks = (now["blocks"] - base["blocks"]) / jobs
+    sqlite = (now["sqlite_bytes"] - base["sqlite_bytes"]) / jobs
+    print(f"  since round 2: Python blocks {blocks:+.2f}/job, SQLite heap {sqlite:+.1f} B/job")
+    print(f"  cyclic garbage found: {now['collected']} objects, {now['garbage_blocks']} blocks")
+    used = (now["malloc_used"] - base["malloc_used"]) / jobs
+    free = (now["malloc_free"] - base["malloc_free"]) / jobs
+    print(f"  malloc: in use {used:+.1f} B/job, free but kept {free:+.1f} B/job")
+    grown = {
+        name: count - base["types"].get(name, 0)
+        for name, count in now["types"].items()
+        if count - base["types"].get(name, 0) > jobs // 100
+    }
+    for name, more in sorted(grown.items(), key=lambda item: -item[1])[:8]:
+        print(f"  {more / jobs:+.3f} {name}/job")
+
+
+def rss_bytes(pid: int, field: str = "VmRSS") -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
     return 0
 
@@ -33,14 +104,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--per-round", type=int, default=20000)
+    parser.add_argument("--held", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="hostagent-rss-") as tmp:
         root = Path(tmp)
         spool, state = root / "spool", root / "state"
-        argv = [sys.executable, "-m", "agent", "run", "--spool-dir", str(spool), "--state-dir"]
+        start = ["-c", TRACED] if args.held else ["-m", "agent"]
+        argv = [sys.executable, *start, "run", "--spool-dir", str(spool), "--state-dir"]
         argv += [str(state), "--libvirt-uri", "test:///default", "--no-http"]
         argv += ["--log-level", "warning"]
-        agent = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
+        env = {**os.environ, "SNAPSHOT": str(root / "snapshot")}
+        agent = subprocess.Popen(argv, stderr=subprocess.DEVNULL, env=env)
+        snapshots: list[dict[str, Any]] = []
         try:
             while not (state / "jobs.sqlite3").exists() or not (spool / "incoming").exists():
                 time.sleep(0.05)
@@ -65,9 +140,17 @@ def main() -> None:
                     db.execute("SELECT count(*) FROM jobs WHERE completed_at").fetchone()[0] < want
                 ):
                     time.sleep(0.1)
-                time.sleep(1)  # the outbox delivered, the loop idle again
+                time.sleep(2)  # the outbox delivered, the agent at rest again
                 samples.append(rss_bytes(agent.pid))
-                print(f"after {want} jobs: RSS {samples[-1] / 2**20:.1f} MB", flush=True)
+                parts = ", ".join(
+                    f"{field[3:]} {rss_bytes(agent.pid, field) / 2**20:.1f}"
+                    for field in ("RssAnon", "RssFile", "RssShmem")
+                )
+                print(f"after {want} jobs: RSS {samples[-1] / 2**20:.1f} MB ({parts})", flush=True)
+                if args.held:
+                    snapshots.append(snapshot(agent, root / "snapshot"))
+                    if len(snapshots) > 2:
+                        show_growth(snapshots[1], snapshots[-1], want - 2 * args.per_round)
         finally:
             agent.terminate()
             agent.wait(timeout=60)

@@ -47,3 +47,58 @@ def test_an_event_is_encoded_once_for_all_subscribers() -> None:
     event = SharedEvent({"type": "created", "job_id": "j", "data": {"n": 1}})
     assert encode_json(event) is encode_json(event)
     assert json.loads(encode_json(event)) == event
+
+
+def test_an_integer_orjson_refuses_is_still_encoded() -> None:
+    event = SharedEvent({"type": "status", "job_id": "j", "data": {"result": 2**70}})
+    assert json.loads(event.json)["data"]["result"] == 2**70
+    assert event.text == event.json.decode()
+
+
+async def test_gathering_ends_when_half_the_buffer_waits_not_at_the_deadline() -> None:
+    bus = EventBus()
+    with bus.subscribe(buffer=8) as subscription:
+        feed = subscription.receive
+        gathered_at: list[float] = []
+
+        async def gather() -> None:
+            await feed.gather(100.0)
+            gathered_at.append(trio.current_time())
+
+        began = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(gather)
+            await trio.testing.wait_all_tasks_blocked()
+            for number in range(3):
+                bus.publish({"type": "status", "job_id": f"j{number}", "data": {}})
+            await trio.testing.wait_all_tasks_blocked()
+            assert gathered_at == []  # 3 waiting: below half of 8, still gathering
+            bus.publish({"type": "status", "job_id": "j3", "data": {}})
+        # Woken by the fourth event, long before its 100 s, and not cut off.
+        assert gathered_at[0] - began < 1.0
+        assert [event["job_id"] for event in feed.receive_many(8)] == ["j0", "j1", "j2", "j3"]
+
+
+async def test_a_gathering_subscriber_is_released_when_the_bus_closes() -> None:
+    bus = EventBus()
+    with bus.subscribe(buffer=1024) as subscription:
+        bus.publish({"type": "status", "job_id": "j", "data": {}})
+        with trio.fail_after(1):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(subscription.receive.gather, 3600.0)
+                await trio.testing.wait_all_tasks_blocked()
+                bus.close()
+
+
+def test_streams_in_the_same_place_share_one_build_of_their_bytes() -> None:
+    bus = EventBus()
+    built: list[int] = []
+
+    def make() -> bytes:
+        built.append(1)
+        return b"frames"
+
+    first = bus.shared(("sse", 0, 10, 0), make)
+    assert bus.shared(("sse", 0, 10, 0), make) is first
+    bus.shared(("sse", 0, 10, 7), make)  # another log position: its own bytes
+    assert len(built) == 2

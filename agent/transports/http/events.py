@@ -29,7 +29,7 @@ from quart_trio import QuartTrio
 
 from agent import metrics
 from agent.errors import AgentError, BadRequestError, NotFoundError
-from agent.events import Event, encode_json
+from agent.events import Event, SharedEvent, Subscription, encode_json
 from agent.intake import TransportIntake
 from agent.jobs import JobStatus
 from agent.transports.http import sse
@@ -104,11 +104,7 @@ async def event_socket() -> None:
         async with trio.open_nursery() as nursery:
 
             async def forward() -> None:
-                slow = False
-                async for event in subscription.receive:
-                    if chosen.wants(event) and not await send(event):
-                        slow = True
-                        break
+                slow = await _forward(subscription, chosen, send_lock)
                 # The stream ended: the client fell behind, or the agent is stopping.
                 with trio.move_on_after(SEND_TIMEOUT_SECONDS):
                     if slow or subscription.lagged:
@@ -124,6 +120,35 @@ async def event_socket() -> None:
                 if reply is not None and not await send(reply):
                     break
             nursery.cancel_scope.cancel()
+
+
+async def _forward(subscription: Subscription, chosen: _Filter, send_lock: trio.Lock) -> bool:
+    """Send the subscribed events until the feed ends; True if the client was
+    too slow to take them. Events are taken as runs and sent under one lock
+    and one deadline, then the next run gathers (sse.COALESCE_SECONDS), so a busy
+    stream costs a wake-up per interval rather than per event (a websocket
+    still needs a message, and hypercorn a write, per event)."""
+    feed = subscription.receive
+    while True:
+        await feed.wait()
+        try:
+            events = feed.receive_many(feed.buffer)
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            return False
+        texts = [_text(event) for event in events if chosen.wants(event)]
+        if not texts:
+            continue
+        with trio.move_on_after(SEND_TIMEOUT_SECONDS) as deadline:
+            async with send_lock:
+                for text in texts:
+                    await websocket.send(text)
+        if deadline.cancelled_caught:
+            return True
+        await feed.gather(sse.COALESCE_SECONDS)
+
+
+def _text(event: Event) -> str:
+    return event.text if isinstance(event, SharedEvent) else _encode(event)
 
 
 async def _answer(

@@ -6,6 +6,14 @@ from that log, not from the live bus, which only says when to look; so a
 client that reconnects with `Last-Event-ID` gets every progress and log line
 it missed, then each followed job's current status. A stream that follows
 given jobs (`?job_id=`, repeatable) ends once all of them have finished.
+
+What a hundred subscribers cost: each takes every event waiting for it at
+once and sends them in one write, then lets the next run gather for
+COALESCE_SECONDS or until half its buffer waits, so under load a stream costs
+one write per interval rather than one per event. Each event's JSON is
+encoded once for all (the bus's SharedEvent), and the run of frames that
+unfiltered streams at the same place would each build is built once and
+shared (EventBus.shared).
 """
 
 from __future__ import annotations
@@ -19,12 +27,16 @@ import trio
 from quart import Response, request
 
 from agent.errors import BadRequestError
-from agent.events import Subscription
+from agent.events import Event, Feed, SharedEvent, Subscription
 from agent.intake import TransportIntake
 from agent.jobs import JobStatus
 from agent.transports.http.api import state
 
 KEEPALIVE_SECONDS = 15.0
+# After a write, what arrives within this long (or until half the client's
+# buffer is waiting) goes in the next one; an event after a quiet spell still
+# goes at once.
+COALESCE_SECONDS = 0.05
 _DURABLE = ("progress", "log")
 _TERMINAL = {status.value for status in JobStatus if status.terminal}
 _LAGGED = {
@@ -36,6 +48,17 @@ _LAGGED = {
 
 def _frame(message: Mapping[str, Any], cursor: int) -> bytes:
     return f"id: {cursor}\ndata: {json.dumps(message, separators=(',', ':'))}\n\n".encode()
+
+
+def _data(event: Event) -> bytes:
+    """The `data:` lines of a bus event, made once for every subscriber."""
+    if isinstance(event, SharedEvent):
+        return event.form("sse", _data_of)
+    return _data_of(json.dumps(event, separators=(",", ":")).encode())
+
+
+def _data_of(encoded: bytes) -> bytes:
+    return b"data: " + encoded + b"\n\n"
 
 
 def _last_event_id() -> int:
@@ -55,6 +78,9 @@ class _Stream:
         self.job_ids = job_ids
         self.cursor = cursor
         self.finished: set[str] = set()
+        # A progress or log event came by that the log has not been read for
+        # since. True at first: rows logged just before the subscription.
+        self.unread = True
 
     @property
     def done(self) -> bool:
@@ -65,6 +91,7 @@ class _Stream:
 
     async def durable(self) -> AsyncGenerator[bytes, None]:
         """Every logged event after the cursor, oldest first."""
+        self.unread = False
         while True:
             rows = await self.intake.events_after(self.cursor, self.job_ids or None)
             for row in rows:
@@ -77,6 +104,44 @@ class _Stream:
         if data.get("status") in _TERMINAL:
             self.finished.add(job_id)
         return _frame({"type": kind, "job_id": job_id, "data": data}, self.cursor)
+
+    async def frames(self, feed: Feed, first: int, events: list[Event]) -> bytes:
+        """The frames of a run of bus events taken at once, as one write."""
+        if not self.job_ids and not self.unread:
+            # Every unfiltered stream at this place in the bus and the log sends
+            # the same bytes, unless the run holds logged events to read.
+            key = ("sse", first, len(events), self.cursor)
+            if not any(event.get("type") in _DURABLE for event in events):
+                return feed.shared(key, lambda: self._plain(events))
+        parts: list[bytes] = []
+        for event in events:
+            job_id = event.get("job_id")
+            if not self.wants(job_id) or job_id in self.finished:
+                continue
+            kind = event.get("type")
+            if kind in _DURABLE:
+                self.unread = True  # read from the log below, with its id
+                continue
+            if kind == "status":
+                if self.unread:
+                    # Logged events written before a status go out before it.
+                    await self._read_log(parts)
+                data = event.get("data") or {}
+                if self.job_ids and data.get("status") in _TERMINAL:
+                    self.finished.add(str(job_id))
+            parts += (b"id: %d\n" % self.cursor, _data(event))
+        if self.unread:
+            await self._read_log(parts)
+        return b"".join(parts)
+
+    def _plain(self, events: list[Event]) -> bytes:
+        line = b"id: %d\n" % self.cursor
+        return b"".join([part for event in events for part in (line, _data(event))])
+
+    async def _read_log(self, parts: list[bytes]) -> None:
+        async with aclosing(self.durable()) as rows:
+            async for chunk in rows:
+                parts.append(chunk)
 
 
 async def event_stream() -> Response:
@@ -131,26 +196,21 @@ async def _skip_to_end(stream: _Stream) -> None:
 
 
 async def _live(subscription: Subscription, stream: _Stream) -> AsyncGenerator[bytes, None]:
+    feed = subscription.receive
     while True:
         with trio.move_on_after(KEEPALIVE_SECONDS) as idle:
-            try:
-                event = await subscription.receive.receive()
-            except (trio.EndOfChannel, trio.ClosedResourceError):
-                if subscription.lagged:
-                    yield _frame({"type": "error", "data": _LAGGED}, stream.cursor)
-                return
+            await feed.wait()
         if idle.cancelled_caught:
             yield b": keepalive\n\n"
             continue
-        job_id = event.get("job_id")
-        if not stream.wants(job_id) or job_id in stream.finished:
-            continue
-        if event.get("type") in (*_DURABLE, "status"):
-            # Logged events written before a status go out before it.
-            async with aclosing(stream.durable()) as rows:
-                async for chunk in rows:
-                    yield chunk
-        if event.get("type") == "status":
-            yield await stream.status(str(job_id), "status", event.get("data") or {})
-        elif event.get("type") not in _DURABLE:
-            yield _frame(event, stream.cursor)
+        first = feed.cursor
+        try:
+            events = feed.receive_many(feed.buffer)
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            if subscription.lagged:
+                yield _frame({"type": "error", "data": _LAGGED}, stream.cursor)
+            return
+        chunk = await stream.frames(feed, first, events)
+        if chunk:
+            yield chunk
+            await feed.gather(COALESCE_SECONDS)

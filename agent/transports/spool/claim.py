@@ -189,7 +189,7 @@ def _read_safely(
     try:
         info = os.fstat(fd)
         _check(info, config)
-        data = os.read(fd, config.max_file_bytes + 1)
+        data = _read_up_to(fd, info.st_size, config.max_file_bytes)
     finally:
         os.close(fd)
     if len(data) > config.max_file_bytes:
@@ -197,6 +197,19 @@ def _read_safely(
             "file grew over the size limit", field="file", reason="over max_file_bytes"
         )
     return data, info
+
+
+def _read_up_to(fd: int, size: int, limit: int) -> bytes:
+    """The file's bytes, at most `limit` + 1 (over the limit: refused). Sized by
+    fstat, not the limit: a 1 MiB buffer per file cost an mmap and a munmap."""
+    data = os.read(fd, min(size, limit) + 1)
+    if len(data) <= size:
+        return data
+    # It grew since fstat (still being written): read on to the end or the limit.
+    parts = [data]
+    while (got := sum(map(len, parts))) <= limit and (more := os.read(fd, limit + 1 - got)):
+        parts.append(more)
+    return b"".join(parts)
 
 
 def _check(info: os.stat_result, config: SpoolConfig) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import os
 import uuid
+from itertools import count
 from pathlib import Path
 
 SUBDIRS = ("tmp", "incoming", "active", "done", "failed", "cancel")
@@ -44,6 +45,10 @@ DIR_MODES = {
 }
 
 
+_WRITER = uuid.uuid4().hex[:12]
+_temporaries = count()
+
+
 def spool_dirs(root: Path) -> dict[str, Path]:
     return {name: root / name for name in (*SUBDIRS, CLAIMED)}
 
@@ -51,8 +56,9 @@ def spool_dirs(root: Path) -> dict[str, Path]:
 def write_atomically(path: Path, data: bytes, *, durable: bool = True, mode: int = 0o640) -> None:
     """Write a file so that a reader never sees it half-written; with `durable`,
     also on disk before this returns (otherwise the caller syncs a batch)."""
-    # Unique per writer: two writers of the same file must not share a temporary.
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    # Unique per writer: two writers of the same file must not share a temporary
+    # (a token per process and a counter: uuid4 cost a getrandom call per file).
+    temporary = path.with_name(f".{path.name}.{_WRITER}{next(_temporaries)}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         try:

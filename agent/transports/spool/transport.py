@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 from functools import partial
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -234,8 +235,9 @@ class SpoolTransport:
                     del self._later[name]
                     self._incoming[name] = None
             again = [name for name, due in self._claimed.items() if due <= now]
-            names = [name for name in self._incoming if name not in self._later]
-            names = names[: self.config.claim_batch]
+            # islice: a burst of thousands is not walked whole for every batch.
+            fresh = (name for name in self._incoming if name not in self._later)
+            names = list(islice(fresh, self.config.claim_batch))
             if not names and not again:
                 return
             renamed = {name for name in names if name in self._renamed}
