@@ -38,7 +38,7 @@ class HttpConfig(Section):
     body_timeout_seconds: float = Field(default=30.0, gt=0)
     max_batch_jobs: int = Field(default=1000, ge=1)
     # Live events buffered per websocket/SSE client; a client further behind is cut off.
-    event_buffer: int = Field(default=1024, ge=1)
+    event_buffer: int = Field(default=8192, ge=1)
     retry_after_seconds: int = Field(default=1, ge=0)
     keep_alive_seconds: float = Field(default=75.0, gt=0)
     # The local API: the same routes over this Unix socket, authorised by the
