@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -62,11 +63,16 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         if event.get("event") == "agent.ready":
             break
     assert url is not None, "the daemon did not start"
+    # Keep reading its log: a pipe nobody reads fills (64 KiB) and the daemon's next
+    # log line would block it, and the tests after it would hang.
+    drain = threading.Thread(target=process.stderr.read, daemon=True)
+    drain.start()
     try:
         yield url
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
+        drain.join(timeout=5)
         process.stderr.close()
 
 
