@@ -15,6 +15,11 @@ class Queued:
     """A read or write waiting for its batch; `JobStore.settle` awaits a write."""
 
     operation: Callable[[sqlite3.Connection], Any]
+    # Run again (in its place, after a backoff) rather than failed when its batch
+    # could not be committed for a reason that passes (a full disk).
+    retry: bool = False
+    # Put back by such a batch, waiting for its next turn.
+    held: bool = False
     finished: bool = False
     value: Any = None
     error: BaseException | None = None
@@ -28,10 +33,15 @@ class Batcher:
     There is no batch task: one of the waiting callers runs each batch, then
     steps down, so no caller is kept longer than the batch holding its own
     operation (plus the one already running when it queued). `after_batch`
-    runs on the trio thread once a batch has finished."""
+    runs on the trio thread once a batch has finished.
+
+    `run_batch` returns the operations of the batch to run again: they go back
+    to the head of the queue in their order (so a job's start still commits
+    before its outcome), and their waiters try again after a backoff that grows
+    while batches keep failing, unless someone else's batch takes them first."""
 
     def __init__(
-        self, run_batch: Callable[[list[Queued]], None], after_batch: Callable[[], None]
+        self, run_batch: Callable[[list[Queued]], list[Queued]], after_batch: Callable[[], None]
     ) -> None:
         self._run_batch = run_batch
         self._after_batch = after_batch
@@ -39,6 +49,8 @@ class Batcher:
         self._running = False
         self._forming = False
         self._batch_ended = trio.Event()
+        self._failed_batches = 0  # in a row
+        self._retry_at = 0.0
 
     @property
     def busy(self) -> bool:
@@ -55,9 +67,11 @@ class Batcher:
         """Operations queued for the next batch."""
         return len(self._queue)
 
-    def queue(self, operation: Callable[[sqlite3.Connection], Any]) -> Queued:
+    def queue(
+        self, operation: Callable[[sqlite3.Connection], Any], *, retry: bool = False
+    ) -> Queued:
         """Queue now: operations run in the order they are queued."""
-        item = Queued(operation)
+        item = Queued(operation, retry=retry)
         self._queue.append(item)
         return item
 
@@ -74,6 +88,10 @@ class Batcher:
             if self._running:
                 await self._batch_ended.wait()
                 continue
+            if item.held and trio.current_time() < self._retry_at:
+                with trio.move_on_at(self._retry_at):
+                    await self._batch_ended.wait()
+                continue
             self._running = True
             try:
                 # Shielded: the batch holds others' operations too.
@@ -84,9 +102,10 @@ class Batcher:
                     await trio.lowlevel.checkpoint()
                     self._forming = False
                     batch, self._queue = self._queue, []
-                    await trio.to_thread.run_sync(self._run_batch, batch)
+                    again = await trio.to_thread.run_sync(self._run_batch, batch)
                     for queued in batch:
                         queued.finished = True
+                    self._hold(again)
                     self._after_batch()
             finally:
                 self._running = False
@@ -95,3 +114,14 @@ class Batcher:
         if item.error is not None:
             raise item.error
         return item.value
+
+    def _hold(self, again: list[Queued]) -> None:
+        if not again:
+            self._failed_batches = 0
+            return
+        for queued in again:
+            queued.finished, queued.held = False, True
+            queued.value = queued.error = None
+        self._queue[:0] = again
+        self._failed_batches += 1
+        self._retry_at = trio.current_time() + min(5.0, 0.05 * 2**self._failed_batches)

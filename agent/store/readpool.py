@@ -30,7 +30,7 @@ class _Lane:
         self.conn = conn
         self.batcher = Batcher(self._run, lambda: None)
 
-    def _run(self, batch: list[Queued]) -> None:
+    def _run(self, batch: list[Queued]) -> list[Queued]:
         for item in batch:
             try:
                 item.value = item.operation(self.conn)
@@ -39,6 +39,7 @@ class _Lane:
                 item.error.__cause__ = exc
             except Exception as exc:  # noqa: BLE001 (delivered to the caller who queued it)
                 item.error = exc
+        return []  # a read is never run again
 
 
 class ReadPool:

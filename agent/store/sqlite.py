@@ -20,7 +20,7 @@ import trio
 
 from agent.config import STATE_DIR_MODE
 from agent.diskspace import is_disk_full, storage_full
-from agent.errors import AgentError, StorageFullError, StoreError
+from agent.errors import AgentError, StoreError
 from agent.jobs import JobState, JobStatus, NewJob, OutboxEntry, PendingJob, utc_now
 from agent.outbox import OutboxInterest
 from agent.store import outbox_sql, queries, retention, writes
@@ -59,11 +59,12 @@ class SqliteStore:
         self.path = path
         self._writer: sqlite3.Connection | None = None
         self._reads = ReadPool(lambda: connect(self.path, readonly=True))
-        self._writes = Batcher(self._commit, self._wake_consumers)
+        self._writes = Batcher(self._commit, self._after_commit)
         self._targets = outbox_sql.OutboxTargets()
         self._changed: dict[str, trio.Event] = {}
         # True from a write that found the disk full until the next one that did not.
         self.disk_full = False
+        self._full_reported = False
 
     # -- life --
 
@@ -141,8 +142,14 @@ class SqliteStore:
     # -- writes --
 
     def _queue_write(self, operation: Callable[[sqlite3.Connection], Any]) -> Queued:
-        """Queue a write now (writes commit in the order they are queued)."""
-        return self._writes.queue(operation)
+        """Queue a write now (writes commit in the order they are queued).
+
+        A write queued here is about a job already accepted (its start, progress,
+        outcome...): one whose batch finds the disk full is kept, in its place,
+        and tried again with backoff until space returns (see Batcher), so
+        nothing acknowledged is lost, nothing waiting on it fails, and a job's
+        start never lands after its outcome."""
+        return self._writes.queue(operation, retry=True)
 
     async def settle(self, write: Queued, *, lazy: bool = False) -> Any:
         """Wait until a queued write is committed; its value.
@@ -151,27 +158,14 @@ class SqliteStore:
         announcements wait for), so when the writer is idle it waits up to
         LAZY_LINGER for the next write to share that write's commit: one client
         submitting job after job then pays one fsync per job, not two (its next
-        submit no longer waits behind the last job's own commit).
-
-        A write about a job already accepted (its start, progress, outcome) that
-        finds the disk full is tried again, with backoff, until space returns:
-        nothing acknowledged is lost and nothing waiting on it fails."""
-        attempt = 0
-        linger = LAZY_LINGER if lazy else 0.0
-        while True:
-            try:
-                return await self._writes.settle(write, linger=linger)
-            except StorageFullError:
-                attempt += 1
-                if attempt == 1:
-                    log.error("store.disk_full_waiting", path=str(self.path))  # noqa: TRY400 (an expected state, no traceback)
-                await trio.sleep(min(5.0, 0.1 * 2**attempt))
-                write = self._writes.queue(write.operation)
+        submit no longer waits behind the last job's own commit)."""
+        return await self._writes.settle(write, linger=LAZY_LINGER if lazy else 0.0)
 
     async def _write(self, operation: Callable[[sqlite3.Connection], Any]) -> Any:
         return await self.settle(self._queue_write(operation))
 
-    def _commit(self, batch: list[Queued]) -> None:
+    def _commit(self, batch: list[Queued]) -> list[Queued]:
+        """Commit a batch; the writes to try again (see _queue_write)."""
         conn = self._writer
         assert conn is not None, "store not open"
         try:
@@ -193,6 +187,7 @@ class SqliteStore:
             self._targets.touched.clear()
             full = is_disk_full(exc, self.path.parent)
             self.disk_full = self.disk_full or full
+            again = [item for item in batch if full and item.retry]
             for item in batch:
                 item.error = (
                     storage_full(self.path.parent)
@@ -200,10 +195,18 @@ class SqliteStore:
                     else StoreError(f"job store write failed: {exc}")
                 )
                 item.error.__cause__ = exc
-        else:
-            self.disk_full = False
+            return again
+        self.disk_full = False
+        return []
 
-    def _wake_consumers(self) -> None:
+    def _after_commit(self) -> None:
+        if self.disk_full != self._full_reported:
+            self._full_reported = self.disk_full
+            if self.disk_full:
+                # New jobs are refused and writes about accepted ones wait for space.
+                log.error("store.disk_full", path=str(self.path))
+            else:
+                log.info("store.disk_space_back", path=str(self.path))
         for name in self._targets.touched:
             event = self._changed.pop(name, None)
             if event is not None:
@@ -218,7 +221,7 @@ class SqliteStore:
     ) -> list[tuple[JobState, PendingJob | None] | AgentError]:
         # Not retried: a new job on a full disk is refused (503), never kept waiting.
         result: list[tuple[JobState, PendingJob | None] | AgentError] = await self._writes.settle(
-            self._queue_write(lambda conn: writes.insert_jobs(conn, self._targets, jobs))
+            self._writes.queue(lambda conn: writes.insert_jobs(conn, self._targets, jobs))
         )
         return result
 

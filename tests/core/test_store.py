@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import sqlite3
-from collections.abc import AsyncIterator
+import subprocess
+from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -11,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 
-from agent.errors import AgentError, ConflictError, StoreError
+from agent.errors import AgentError, ConflictError, StorageFullError, StoreError
 from agent.jobs import JobState, JobStatus, NewJob
 from agent.outbox import Outbox, OutboxInterest
 from agent.store import SqliteStore
@@ -196,5 +199,78 @@ async def test_a_lazy_write_shares_the_commit_of_the_next_write(tmp_path: Path) 
             assert write.finished
         assert batches == [2]  # one commit (one fsync) for the two writes
         assert (await store.get_job("first")).status is JobStatus.RUNNING
+    finally:
+        await store.aclose()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MiB file system (tmpfs), to fill up for real."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def fill(folder: Path) -> Path:
+    filler = folder / "filler"
+    with filler.open("wb", buffering=0) as out, contextlib.suppress(OSError):
+        while True:
+            out.write(b"\0" * 4096)
+    return filler
+
+
+async def wait_held(write: object) -> None:
+    with trio.fail_after(10):
+        while not write.held:  # type: ignore[attr-defined]
+            await trio.sleep(0.01)
+
+
+async def test_on_a_full_disk_accepted_jobs_writes_wait_in_order_and_new_jobs_are_refused(
+    small_disk: Path,
+) -> None:
+    """A job's start and outcome that meet a full disk are kept in their order
+    until space returns (an outcome committed first would find the job still
+    Pending and be dropped, leaving it Running for ever once its start lands)."""
+    path = small_disk / "jobs.sqlite3"
+    store = await opened(path, "test")
+    try:
+        await store.insert_jobs([new_job("slow")])
+        filler = fill(small_disk)
+        with trio.fail_after(10):  # the WAL's last free bytes go, then a refusal
+            for number in range(10_000):
+                big = dataclasses.replace(new_job(f"fill{number}"), document={"pad": "x" * 4000})
+                with contextlib.suppress(StorageFullError):
+                    await store.insert_jobs([big])
+                    continue
+                break
+        async with trio.open_nursery() as nursery:
+            start = store.queue_mark_running("slow")
+            nursery.start_soon(partial(store.settle, start, lazy=True))
+            await wait_held(start)
+            for number in range(3):  # batches keep failing: the start's backoff grows
+                with trio.fail_after(2), pytest.raises(StorageFullError):
+                    await store.insert_jobs([new_job(f"refused{number}")])  # never kept waiting
+            outcome = store.queue_finish("slow", JobStatus.COMPLETED, result={"ok": True})
+            nursery.start_soon(store.settle, outcome)
+            await wait_held(outcome)
+            assert store.disk_full
+            filler.unlink()
+            with trio.fail_after(15):
+                while not outcome.finished:
+                    await trio.sleep(0.01)
+        assert outcome.value is not None, "the outcome was committed before the start"
+        assert (await store.get_job("slow")).status is JobStatus.COMPLETED
+        assert [t["status"] for t in transitions_of(path, "slow")] == [
+            "Pending",
+            "Running",
+            "Completed",
+        ]
+        events = [e.event for e in await store.outbox_entries("test", 0, 10) if e.job_id == "slow"]
+        assert events == ["accepted", "running", "completed"]
+        assert not store.disk_full
     finally:
         await store.aclose()
