@@ -77,8 +77,11 @@ async def test_websocket_follows_a_spool_job_through_to_completed(config: Config
 
 
 async def test_subscribe_job_answers_initial_status_then_its_events(served: Agent) -> None:
-    await served.intake.submit(sleep_job("watched", 0.05), transport="test")
     async with open_websocket_url(_ws_url(served), extra_headers=_auth()) as ws:
+        # Submitted once the socket is up (the first websocket builds the app), and
+        # long enough to be still running when subscribed on a loaded machine: the
+        # events of a job already finished at initial_status are not sent.
+        await served.intake.submit(sleep_job("watched", 1.5), transport="test")
         initial = await _ask(ws, {"type": "subscribe_job", "job_id": "watched"})
         assert initial["type"] == "initial_status"
         assert initial["data"]["job_id"] == "watched"
