@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -25,6 +26,7 @@ from agent.services import Services
 from agent.store import JobStore
 
 log = structlog.get_logger("agent.dispatcher")
+_NOTHING_HELD = nullcontext()
 
 
 @dataclass
@@ -274,7 +276,8 @@ class Dispatcher:
         # if the agent dies first, recovery runs it again. Others wait for them.
         bookkeeping_done_later = False
         try:
-            async with self._resource_locks.hold(resource):
+            # No resource, nothing to hold: hold(None) would cost a generator per job.
+            async with self._resource_locks.hold(resource) if resource else _NOTHING_HELD:
                 if self._draining:
                     return  # it waited for its resource past shutdown: stays Pending
                 started_write = self._store.queue_mark_running(job.job_id)
@@ -309,7 +312,10 @@ class Dispatcher:
                 finished = self._store.queue_finish(job.job_id, status, result=result, error=error)
                 # Bounded, so that a backlog of instant jobs cannot flood the
                 # scheduler with announcements and starve the API's requests.
-                await self._unannounced.acquire()
+                try:
+                    self._unannounced.acquire_nowait()  # the worker checkpoints after the job
+                except trio.WouldBlock:
+                    await self._unannounced.acquire()
                 bookkeeping_done_later = True
                 await self._announcer.outcome(
                     finished,
