@@ -8,6 +8,7 @@ import signal
 import subprocess
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
@@ -44,9 +45,13 @@ class JobContext:
         self.job_id = job_id
         self.operation = operation
         self.attempt = attempt
-        self.logger = structlog.get_logger("agent.job").bind(job_id=job_id, operation=operation)
         self._emit = emit
         self._services = services
+
+    @cached_property
+    def logger(self) -> Any:
+        """The job's logger, made on first use (most jobs log nothing of their own)."""
+        return structlog.get_logger("agent.job").bind(job_id=self.job_id, operation=self.operation)
 
     async def progress(
         self, percent: float | None, message: str | None = None, **fields: Any

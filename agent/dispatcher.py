@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import heapq
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import pydantic
@@ -12,7 +14,7 @@ import structlog
 import trio
 from pydantic import BaseModel
 
-from agent import metrics
+from agent.announcer import Announcer
 from agent.config import Config
 from agent.context import JobContext
 from agent.errors import AgentError, ConflictError
@@ -21,9 +23,10 @@ from agent.jobs import JobState, JobStatus, PendingJob
 from agent.registry import Registry
 from agent.resource_locks import ResourceLocks
 from agent.services import Services
-from agent.store import JobStore, Queued
+from agent.store import JobStore
 
 log = structlog.get_logger("agent.dispatcher")
+_NOTHING_HELD = nullcontext()
 
 
 @dataclass
@@ -70,6 +73,7 @@ class Dispatcher:
         self._executing = 0
         # Finished jobs whose outcome is not yet committed and published.
         self._unannounced = trio.Semaphore(256)
+        self._announcer = Announcer(store, bus)
         self._resource_locks = ResourceLocks()
         self.reruns = 0
         self._nursery: trio.Nursery | None = None
@@ -117,6 +121,7 @@ class Dispatcher:
             self.enqueue(job)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._announcer.run)
             for _ in range(self._max_concurrent):
                 self._spawn_worker()
             task_status.started()
@@ -232,11 +237,15 @@ class Dispatcher:
                 self._picked += 1
                 if self._room:
                     self._room.unpark_all()
-                # Every line logged while the job runs (handlers, libvirt, helpers) names it.
-                with structlog.contextvars.bound_contextvars(
+                # Every line logged while the job runs (handlers, libvirt, helpers) names
+                # it (bound_contextvars without its generator: this runs per job).
+                tokens = structlog.contextvars.bind_contextvars(
                     job_id=job.job_id, operation=job.operation
-                ):
+                )
+                try:
                     await self._execute(job)
+                finally:
+                    structlog.contextvars.reset_contextvars(**tokens)
                 # A handler that never awaits (system.echo) would otherwise let a
                 # worker run the whole queue without giving any other task a turn.
                 await trio.lowlevel.checkpoint()
@@ -267,12 +276,13 @@ class Dispatcher:
         # if the agent dies first, recovery runs it again. Others wait for them.
         bookkeeping_done_later = False
         try:
-            async with self._resource_locks.hold(resource):
+            # No resource, nothing to hold: hold(None) would cost a generator per job.
+            async with self._resource_locks.hold(resource) if resource else _NOTHING_HELD:
                 if self._draining:
                     return  # it waited for its resource past shutdown: stays Pending
                 started_write = self._store.queue_mark_running(job.job_id)
                 if found.rerun_safe:
-                    self._spawn(self._announce_started, started_write, job.job_id)
+                    self._announcer.later(started_write, job.job_id)
                 else:
                     started = await self._store.settle(started_write)
                     if started is None:
@@ -302,96 +312,62 @@ class Dispatcher:
                 finished = self._store.queue_finish(job.job_id, status, result=result, error=error)
                 # Bounded, so that a backlog of instant jobs cannot flood the
                 # scheduler with announcements and starve the API's requests.
-                await self._unannounced.acquire()
+                try:
+                    self._unannounced.acquire_nowait()  # the worker checkpoints after the job
+                except trio.WouldBlock:
+                    await self._unannounced.acquire()
                 bookkeeping_done_later = True
-                if found.rerun_safe:
-                    self._spawn(self._announce_finished, finished, job.job_id, running, True)
-                else:
-                    await self._announce_finished(finished, job.job_id, running)
+                await self._announcer.outcome(
+                    finished,
+                    job.job_id,
+                    partial(self._let_go, job.job_id, running),
+                    wait=not found.rerun_safe,
+                )
         finally:
             if not bookkeeping_done_later:
                 del self._running[job.job_id]
                 running.done.set()
 
-    def _spawn(self, *task: Any) -> None:
-        assert self._nursery is not None
-        self._nursery.start_soon(*task)
-
-    async def _announce_started(self, write: Queued, job_id: str) -> None:
-        # Lazy: only this announcement waits for it (the job re-runs safely if lost).
-        started: JobState | None = await self._store.settle(write, lazy=True)
-        if started is None:
-            log.warning("job.start_not_recorded", job_id=job_id)
-            return
-        metrics.record_started(started)
-        self._publish_status(started)
-
-    async def _announce_finished(
-        self, write: Queued, job_id: str, running: _Running, lazy: bool = False
-    ) -> None:
-        """Publish a job's outcome once it is committed, then let go of the job
-        (`lazy`: no worker waits for it, it may share the next commit)."""
-        try:
-            final: JobState | None = await self._store.settle(write, lazy=lazy)
-            if final is not None:
-                self._publish_status(final)
-                # Failures at warning, so `journalctl -p warning` lists them.
-                emit = log.warning if final.status is JobStatus.FAILED else log.info
-                emit(
-                    "job.finished",
-                    job_id=job_id,
-                    operation=final.operation,
-                    status=final.status.value,
-                    error=final.error,
-                    duration_seconds=metrics.job_duration(final),
-                )
-        finally:
-            del self._running[job_id]
-            running.done.set()
-            self._unannounced.release()
+    def _let_go(self, job_id: str, running: _Running) -> None:
+        """A job's outcome is published (or failed to commit): it is done with."""
+        del self._running[job_id]
+        running.done.set()
+        self._unannounced.release()
 
     async def _run_handler(
         self, run: Any, payload: BaseModel, ctx: JobContext, running: _Running, time_limit: float
     ) -> tuple[JobStatus, Any, str | None]:
+        # One scope for the time limit, a cancel request and the drain's end (a
+        # drain deadline earlier than the job's own): a second scope per job cost
+        # more than a no-op handler.
+        timeout_at = trio.current_time() + time_limit
+        running.scope.deadline = min(running.scope.deadline, timeout_at)
         with running.scope:
-            deadline = trio.current_time() + time_limit
-            with trio.CancelScope(deadline=deadline) as timeout_scope:
-                try:
-                    value = await run(payload, ctx)
-                except Exception as exc:
-                    reason = _failure_reason(exc)
-                    if not isinstance(reason, str):
-                        ctx.logger.exception("job.handler_crashed")
-                        reason = f"{type(reason).__name__}: {reason}"
-                    return JobStatus.FAILED, None, reason
-                if isinstance(value, BaseModel):
-                    value = value.model_dump(mode="json")
-                try:
-                    json.dumps(value)
-                except (TypeError, ValueError) as exc:
-                    return JobStatus.FAILED, None, f"Handler returned a non-JSON result: {exc}"
-                return JobStatus.COMPLETED, value, None
-            if timeout_scope.cancelled_caught:
-                return JobStatus.FAILED, None, f"Job timed out after {time_limit:g} seconds"
-        return self._stopped_outcome(running)
-
-    def _stopped_outcome(self, running: _Running) -> tuple[JobStatus, Any, str | None]:
-        """Why a handler's scope was cancelled from outside: by request, or by the drain."""
+            try:
+                value = await run(payload, ctx)
+            except Exception as exc:
+                reason = _failure_reason(exc)
+                if not isinstance(reason, str):
+                    ctx.logger.exception("job.handler_crashed")
+                    reason = f"{type(reason).__name__}: {reason}"
+                return JobStatus.FAILED, None, reason
+            if isinstance(value, BaseModel):
+                value = value.model_dump(mode="json")
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError) as exc:
+                return JobStatus.FAILED, None, f"Handler returned a non-JSON result: {exc}"
+            return JobStatus.COMPLETED, value, None
         if running.cancel_requested:
             return JobStatus.CANCELLED, None, "Cancelled by request"
-        if self._draining:
+        if self._draining and running.scope.deadline < timeout_at:
             # Still Running: restart recovery re-queues or fails it.
             return JobStatus.RUNNING, None, "Interrupted by shutdown after the drain budget"
-        raise AssertionError("handler scope ended without an outcome")
+        return JobStatus.FAILED, None, f"Job timed out after {time_limit:g} seconds"
 
     async def _emit(self, job_id: str, kind: str, data: dict[str, Any]) -> None:
         at = await self._store.add_event(job_id, kind, data)
         self._bus.publish({"type": kind, "job_id": job_id, "data": {**data, "at": at}})
 
     def _publish_status(self, state: JobState) -> None:
-        if state.status.terminal:
-            metrics.record_finished(state)
-        if self._bus.listening:  # the dump costs more than the rest of the bookkeeping
-            self._bus.publish(
-                {"type": "status", "job_id": state.job_id, "data": state.model_dump(mode="json")}
-            )
+        self._announcer.publish(state)

@@ -14,6 +14,7 @@ import importlib.metadata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -123,9 +124,31 @@ BUILD_INFO.info({"version": _version()})
 _FINAL = [status for status in JobStatus if status.terminal]
 
 
+# A metric's child per label values, looked up once: labels() cost as much as
+# the rest of a no-op job's bookkeeping on the event loop (children are never removed).
+@cache
+def _accepted(transport: str) -> Counter:
+    return JOBS_ACCEPTED.labels(transport=transport)
+
+
+@cache
+def _finished(operation: str, status: str) -> Counter:
+    return JOBS_FINISHED.labels(operation=operation, status=status)
+
+
+@cache
+def _duration(operation: str) -> Histogram:
+    return JOB_DURATION.labels(operation=operation)
+
+
+@cache
+def _queue_wait(operation: str) -> Histogram:
+    return QUEUE_WAIT.labels(operation=operation)
+
+
 def record_accepted(transport: str) -> None:
     """A new job was durably recorded."""
-    JOBS_ACCEPTED.labels(transport=transport).inc()
+    _accepted(transport).inc()
 
 
 def record_rejected(transport: str, code: str) -> None:
@@ -149,15 +172,15 @@ def record_started(state: JobState) -> None:
     """A job started: how long it waited in the queue."""
     waited = _seconds_between(state.submitted_at, state.started_at)
     if waited is not None:
-        QUEUE_WAIT.labels(operation=state.operation).observe(waited)
+        _queue_wait(state.operation).observe(waited)
 
 
 def record_finished(state: JobState) -> None:
     """A job reached a final status (the state as recorded, with its timestamps)."""
-    JOBS_FINISHED.labels(operation=state.operation, status=state.status.value).inc()
+    _finished(state.operation, state.status.value).inc()
     elapsed = job_duration(state)
     if elapsed is not None:
-        JOB_DURATION.labels(operation=state.operation).observe(elapsed)
+        _duration(state.operation).observe(elapsed)
 
 
 @dataclass(frozen=True)

@@ -101,8 +101,14 @@ def epoch(stamp: str) -> float:
 # --- hostagent ---
 
 
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far, user + system, all threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def agent_running() -> Iterator[tuple[Path, int]]:
+def agent_running() -> Iterator[tuple[Path, int, int]]:
     with tempfile.TemporaryDirectory(prefix="hostagent-compare-") as tmp:
         root, port = Path(tmp), free_port()
         argv = [sys.executable, "-m", "agent", "run", "--state-dir", str(root / "state")]
@@ -120,7 +126,7 @@ def agent_running() -> Iterator[tuple[Path, int]]:
                     if time.monotonic() > deadline:
                         raise SystemExit("agent did not start") from None
                     time.sleep(0.05)
-            yield root, port
+            yield root, port, agent.pid
         finally:
             agent.terminate()
             agent.wait(timeout=60)
@@ -141,8 +147,10 @@ def wait_completed(db_path: Path, prefix: str, count: int) -> float:
         time.sleep(0.01)
 
 
-def hostagent_spool(count: int) -> float:
-    with agent_running() as (root, _):
+def hostagent_spool(count: int) -> tuple[float, float]:
+    """jobs/s, and the agent's CPU microseconds per job (the shared machine's
+    load moves the first far more than the second)."""
+    with agent_running() as (root, _, pid):
         spool = root / "spool"
         staged = []
         for n in range(count):
@@ -150,14 +158,16 @@ def hostagent_spool(count: int) -> float:
             path.write_bytes(json.dumps(document(f"sp-{n}")).encode())
             staged.append(path)
         os.sync()  # the writers' fsync, outside the timed part
+        cpu = cpu_seconds(pid)
         first = time.time()
         for path in staged:
             path.rename(spool / "incoming" / path.name)
-        return count / (wait_completed(root / "state" / "jobs.sqlite3", "sp-", count) - first)
+        last = wait_completed(root / "state" / "jobs.sqlite3", "sp-", count)
+        return count / (last - first), (cpu_seconds(pid) - cpu) / count * 1e6
 
 
 def hostagent_batch(count: int, per_batch: int = 500) -> float:
-    with agent_running() as (root, port):
+    with agent_running() as (root, port, _):
         bodies = [
             json.dumps(
                 {"jobs": [document(f"hb-{n}") for n in range(first, min(first + per_batch, count))]}
@@ -178,7 +188,7 @@ def hostagent_batch(count: int, per_batch: int = 500) -> float:
 
 
 def hostagent_loop(count: int) -> float:
-    with agent_running() as (_, port):
+    with agent_running() as (_, port, _):
         bodies = [json.dumps(document(f"hl-{n}")) for n in range(count)]
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         headers = {"Content-Type": "application/json"}
@@ -286,11 +296,19 @@ def main() -> None:
     def celery_loop(*, durable: bool) -> float:
         return celery_rate(python, redis, "loop", n, durable=durable)
 
+    spool_cpu: list[float] = []
+
+    def spool_rate(count: int) -> float:
+        rate, cpu = hostagent_spool(count)
+        spool_cpu.append(cpu)
+        print(f"  (agent CPU {cpu:.0f} us/job, load average {os.getloadavg()[0]:.1f})")
+        return rate
+
     figures: dict[str, list[float]] = {}
     for number in range(args.rounds):
         # Interleaved: the machine's noise falls on both sides alike.
         for name, measure in (
-            ("hostagent spool e2e", lambda: hostagent_spool(n)),
+            ("hostagent spool e2e", lambda: spool_rate(n)),
             ("celery e2e", lambda: celery_rate(python, redis, "e2e", n, durable=False)),
             ("hostagent http batch e2e", lambda: hostagent_batch(n)),
             ("hostagent submit loop", lambda: hostagent_loop(n)),
@@ -315,6 +333,7 @@ def main() -> None:
         print(f"  {name:28} {rate:8.0f}")
     spool = median["hostagent spool e2e"] / median["celery e2e"]
     batch = median["hostagent http batch e2e"] / median["celery e2e"]
+    print(f"  hostagent spool agent CPU {statistics.median(spool_cpu):6.0f} us/job")
     print(f"spool end to end vs Celery: {spool:.2f}x (target >= 3x) {verdict(spool >= 3)}")
     print(f"HTTP batch end to end vs Celery: {batch:.2f}x (target >= 4x) {verdict(batch >= 4)}")
     if args.e2e_only:

@@ -240,3 +240,53 @@ async def test_handler_failure_inside_a_nursery_reports_the_real_reason(config: 
         assert failed.status is JobStatus.FAILED
         assert failed.error == "sh exited with status 3: disk on fire"
         nursery.cancel_scope.cancel()
+
+
+async def test_rerun_safe_jobs_announce_their_start_then_their_outcome_in_start_order(
+    config: Config, store: MemoryStore, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Announced by one task once committed (not a worker's): every job still
+    # shows Running, then Completed, and starts are announced in start order.
+    agent = Agent(config.model_copy(update={"max_concurrent_jobs": 2}), store=store, transports=())
+    store.register_consumer("t", OutboxInterest())
+    ids = [f"echo-{n}" for n in range(40)]
+    async with dispatching(agent):
+        with agent.intake.events() as subscription, trio.fail_after(60):
+            prepared = [agent.intake.prepare(echo_job(job_id), transport="t") for job_id in ids]
+            await agent.intake.submit_many(prepared)  # one batch: workers race through it
+            events = []
+            completed = 0
+            while completed < len(ids):
+                events.append(event := await subscription.receive.receive())
+                completed += event["type"] == "status" and event["data"]["status"] == "Completed"
+        entries = await store.outbox_entries("t", 0, 1000)
+        assert agent.dispatcher.running_count == 0
+        await agent.dispatcher.drain(trio.current_time() + 1)  # nothing held: returns at once
+    statuses: dict[str, list[str]] = {}
+    announced_starts = []
+    for event in events:
+        if event["type"] == "status":
+            statuses.setdefault(event["job_id"], []).append(event["data"]["status"])
+            if event["data"]["status"] == "Running":
+                announced_starts.append(event["job_id"])
+    assert statuses == {job_id: ["Running", "Completed"] for job_id in ids}
+    assert announced_starts == [e.job_id for e in entries if e.event == "running"]
+
+
+async def test_drain_interrupts_a_job_it_outlasts_and_times_out_one_due_sooner(
+    config: Config, store: MemoryStore, autojump_clock: trio.testing.MockClock
+) -> None:
+    # One cancel scope holds the job's time limit and the drain's end: which
+    # came first decides between Failed (timed out) and Running (interrupted).
+    agent = Agent(config.model_copy(update={"max_concurrent_jobs": 2}), store=store, transports=())
+    async with dispatching(agent):
+        await agent.intake.submit(sleep_job("soon", 86400, timeout_seconds=50), transport="t")
+        await agent.intake.submit(sleep_job("late", 86400, timeout_seconds=500), transport="t")
+        await wait_running(agent, "soon")
+        await wait_running(agent, "late")
+        interrupted = await agent.dispatcher.drain(trio.current_time() + 100)
+        soon, late = await store.get_job("soon"), await store.get_job("late")
+    assert interrupted == ["late"]
+    assert soon.status is JobStatus.FAILED
+    assert soon.error == "Job timed out after 50 seconds"
+    assert late.status is JobStatus.RUNNING

@@ -12,6 +12,7 @@ durable-write helpers the agent and the CLI both use.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import uuid
@@ -53,12 +54,16 @@ def spool_dirs(root: Path) -> dict[str, Path]:
     return {name: root / name for name in (*SUBDIRS, CLAIMED)}
 
 
-def write_atomically(path: Path, data: bytes, *, durable: bool = True, mode: int = 0o640) -> None:
+def write_atomically(
+    path: str | Path, data: bytes, *, durable: bool = True, mode: int = 0o640
+) -> None:
     """Write a file so that a reader never sees it half-written; with `durable`,
     also on disk before this returns (otherwise the caller syncs a batch)."""
     # Unique per writer: two writers of the same file must not share a temporary
     # (a token per process and a counter: uuid4 cost a getrandom call per file).
-    temporary = path.with_name(f".{path.name}.{_WRITER}{next(_temporaries)}.tmp")
+    # Plain strings: pathlib's joins cost as much as the syscalls, once per job.
+    directory, name = os.path.split(path)
+    temporary = os.path.join(directory, f".{name}.{_WRITER}{next(_temporaries)}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         try:
@@ -68,9 +73,10 @@ def write_atomically(path: Path, data: bytes, *, durable: bool = True, mode: int
                 os.fsync(fd)
         finally:
             os.close(fd)
-        temporary.replace(path)
+        os.replace(temporary, path)
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
         raise
 
 

@@ -301,7 +301,8 @@ class SpoolTransport:
                 elif not answer.created:
                     duplicates.append(item.name)  # the same document is a job already
         # A new job's file moves on when its "accepted" entry is delivered.
-        await trio.to_thread.run_sync(self._settle_refused, refused, duplicates)
+        if refused or duplicates:
+            await trio.to_thread.run_sync(self._settle_refused, refused, duplicates)
 
     def _settle_refused(self, refused: list[claim.Refused], duplicates: list[str]) -> None:
         for item in refused:
