@@ -123,9 +123,9 @@ BUILD_INFO.info({"version": _version()})
 _FINAL = [status for status in JobStatus if status.terminal]
 
 
-def record_accepted(transport: str) -> None:
-    """A new job was durably recorded."""
-    JOBS_ACCEPTED.labels(transport=transport).inc()
+def record_accepted(transport: str, count: int = 1) -> None:
+    """New jobs were durably recorded."""
+    JOBS_ACCEPTED.labels(transport=transport).inc(count)
 
 
 def record_rejected(transport: str, code: str) -> None:

@@ -161,11 +161,12 @@ def stages(registry: Registry, core: Core, jobs: int, repeat: int) -> dict[str, 
 
 async def single_loop(
     core: Core, count: int, tag: str, gap: float, *, jobs_run: bool
-) -> tuple[float, float, float, float]:
+) -> tuple[float, float, float, float, float]:
+    """(jobs/s, latency p50 and p99, commits per job, CPU us per job)."""
     bodies = [json.dumps(document(f"single-{tag}-{n}")).encode() for n in range(count)]
     latencies = []
     commits = core.commits
-    began = time.perf_counter()
+    began, began_cpu = time.perf_counter(), time.process_time()
     for body in bodies:
         start = time.perf_counter()
         await core.intake.submit(parse_json(body), transport="http")
@@ -173,12 +174,13 @@ async def single_loop(
         if gap:  # the client's round trip before its next submit (the loop sleeps meanwhile)
             await trio.sleep(gap)
     elapsed = time.perf_counter() - began
+    cpu = time.process_time() - began_cpu
     if jobs_run:
         await drain(core)  # the last jobs' own writes count too
     per_job = (core.commits - commits) / count
     latencies.sort()
     middle, high = latencies[len(latencies) // 2], latencies[len(latencies) * 99 // 100]
-    return count / elapsed, middle, high, per_job
+    return count / elapsed, middle, high, per_job, cpu / count
 
 
 async def batches(
@@ -254,10 +256,11 @@ async def run(args: argparse.Namespace) -> None:
     for name, value in split.items():
         print(f"  {name:28s} {value:8.1f}")
     for name in ("single, queued", "single, run"):
-        rate, p50, p99, commits = figures[name]
+        rate, p50, p99, commits, cpu = figures[name]
         print(
             f"{name:15s} ({args.single} jobs): {rate:6.0f} jobs/s  "
-            f"p50 {p50 * 1000:.2f} ms  p99 {p99 * 1000:.2f} ms  {commits:.2f} commits/job"
+            f"p50 {p50 * 1000:.2f} ms  p99 {p99 * 1000:.2f} ms  {commits:.2f} commits/job  "
+            f"(CPU {cpu * 1e6:.0f} us/job)"
         )
     for name in ("batch, queued", "batch, run"):
         rate, prepare_us, commit_us, prepare_cpu, commit_cpu = figures[name]
