@@ -7,6 +7,7 @@ dispatcher itself. Transports are written against `TransportIntake`.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -248,13 +249,16 @@ class Intake:
             self.space.check()
         outcomes = await self._store.insert_jobs(jobs)
         answers: list[Submission | AgentError] = []
+        listening = self._bus.listening
+        enqueue = self._dispatcher.enqueue
+        accepted: Counter[str] = Counter()  # new jobs per transport, counted once
         for outcome in outcomes:
             if isinstance(outcome, AgentError):
                 answers.append(outcome)
                 continue
             state, pending = outcome
             if pending is not None:
-                if self._bus.listening:
+                if listening:
                     self._bus.publish(
                         {
                             "type": "created",
@@ -262,9 +266,11 @@ class Intake:
                             "data": state.model_dump(mode="json"),
                         }
                     )
-                self._dispatcher.enqueue(pending)
-                metrics.record_accepted(state.transport)
+                enqueue(pending)
+                accepted[state.transport] += 1
             answers.append(Submission(state=state, created=pending is not None))
+        for transport, count in accepted.items():
+            metrics.record_accepted(transport, count)
         return answers
 
     async def wait_for_room(self, count: int = 1) -> None:

@@ -146,9 +146,9 @@ def _queue_wait(operation: str) -> Histogram:
     return QUEUE_WAIT.labels(operation=operation)
 
 
-def record_accepted(transport: str) -> None:
-    """A new job was durably recorded."""
-    _accepted(transport).inc()
+def record_accepted(transport: str, count: int = 1) -> None:
+    """New jobs were durably recorded."""
+    _accepted(transport).inc(count)
 
 
 def record_rejected(transport: str, code: str) -> None:

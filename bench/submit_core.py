@@ -161,11 +161,12 @@ def stages(registry: Registry, core: Core, jobs: int, repeat: int) -> dict[str, 
 
 async def single_loop(
     core: Core, count: int, tag: str, gap: float, *, jobs_run: bool
-) -> tuple[float, float, float, float]:
+) -> tuple[float, float, float, float, float]:
+    """(jobs/s, latency p50 and p99, commits per job, CPU us per job)."""
     bodies = [json.dumps(document(f"single-{tag}-{n}")).encode() for n in range(count)]
     latencies = []
     commits = core.commits
-    began = time.perf_counter()
+    began, began_cpu = time.perf_counter(), time.process_time()
     for body in bodies:
         start = time.perf_counter()
         await core.intake.submit(parse_json(body), transport="http")
@@ -173,28 +174,42 @@ async def single_loop(
         if gap:  # the client's round trip before its next submit (the loop sleeps meanwhile)
             await trio.sleep(gap)
     elapsed = time.perf_counter() - began
+    cpu = time.process_time() - began_cpu
     if jobs_run:
         await drain(core)  # the last jobs' own writes count too
     per_job = (core.commits - commits) / count
     latencies.sort()
     middle, high = latencies[len(latencies) // 2], latencies[len(latencies) * 99 // 100]
-    return count / elapsed, middle, high, per_job
+    return count / elapsed, middle, high, per_job, cpu / count
 
 
-async def batches(core: Core, size: int, count: int, tag: str) -> tuple[float, float, float]:
-    """(jobs/s overall, prepare us/job, submit_many us/job)."""
-    prepare_s = commit_s = 0.0
+async def batches(
+    core: Core, size: int, count: int, tag: str
+) -> tuple[float, float, float, float, float]:
+    """(jobs/s overall, prepare us/job, submit_many us/job, and both as CPU us/job).
+
+    The CPU figures (this process, all threads) hardly move with the machine's
+    load, which the wall-clock ones do: compare those between runs."""
+    prepare_s = commit_s = prepare_cpu = commit_cpu = 0.0
     for round_ in range(count):
         bodies = [json.dumps(document(f"batch-{tag}-{round_}-{n}")).encode() for n in range(size)]
-        began = time.perf_counter()
+        began, began_cpu = time.perf_counter(), time.process_time()
         prepared = [core.intake.prepare(parse_json(body), transport="http") for body in bodies]
-        mid = time.perf_counter()
+        mid, mid_cpu = time.perf_counter(), time.process_time()
         await core.intake.submit_many(prepared)
-        ended = time.perf_counter()
+        ended, ended_cpu = time.perf_counter(), time.process_time()
         prepare_s += mid - began
         commit_s += ended - mid
+        prepare_cpu += mid_cpu - began_cpu
+        commit_cpu += ended_cpu - mid_cpu
     jobs = size * count
-    return jobs / (prepare_s + commit_s), prepare_s / jobs * 1e6, commit_s / jobs * 1e6
+    return (
+        jobs / (prepare_s + commit_s),
+        prepare_s / jobs * 1e6,
+        commit_s / jobs * 1e6,
+        prepare_cpu / jobs * 1e6,
+        commit_cpu / jobs * 1e6,
+    )
 
 
 async def drain(core: Core) -> None:
@@ -241,19 +256,21 @@ async def run(args: argparse.Namespace) -> None:
     for name, value in split.items():
         print(f"  {name:28s} {value:8.1f}")
     for name in ("single, queued", "single, run"):
-        rate, p50, p99, commits = figures[name]
+        rate, p50, p99, commits, cpu = figures[name]
         print(
             f"{name:15s} ({args.single} jobs): {rate:6.0f} jobs/s  "
-            f"p50 {p50 * 1000:.2f} ms  p99 {p99 * 1000:.2f} ms  {commits:.2f} commits/job"
+            f"p50 {p50 * 1000:.2f} ms  p99 {p99 * 1000:.2f} ms  {commits:.2f} commits/job  "
+            f"(CPU {cpu * 1e6:.0f} us/job)"
         )
     for name in ("batch, queued", "batch, run"):
-        rate, prepare_us, commit_us = figures[name]
+        rate, prepare_us, commit_us, prepare_cpu, commit_cpu = figures[name]
         print(
             f"{name:15s} ({args.batches} x {args.batch}): {rate:6.0f} jobs/s  "
-            f"prepare {prepare_us:.1f} us/job  submit_many {commit_us:.1f} us/job"
+            f"prepare {prepare_us:.1f} us/job  submit_many {commit_us:.1f} us/job  "
+            f"(CPU: prepare {prepare_cpu:.1f}, submit_many {commit_cpu:.1f} us/job)"
         )
     budget = 1e6 / (10 * args.ceiling)
-    _, prepare_us, commit_us = figures["batch, queued"]
+    _, prepare_us, commit_us, _, _ = figures["batch, queued"]
     core_us = prepare_us + commit_us
     print(
         f"core share of the batch budget: {core_us:.1f} of {budget:.1f} us/job "

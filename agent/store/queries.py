@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from agent.errors import NotFoundError
-from agent.jobs import JobState, JobStatus, OutboxEntry, PendingJob
+from agent.jobs import JobState, JobStatus, NewJob, OutboxEntry, PendingJob
 
 STATE_COLUMNS = (
     "job_id, operation, status, submitted_at, started_at, completed_at, error, progress, "
@@ -33,6 +33,33 @@ def row_state(row: sqlite3.Row | tuple[Any, ...]) -> JobState:
     values = dict(zip(_STATE_FIELDS, row, strict=True))
     values["status"] = _STATUSES[row[2]]
     _set(state, "__dict__", values)
+    _set(state, "__pydantic_fields_set__", set(_STATE_FIELDS_SET))
+    _set(state, "__pydantic_extra__", None)
+    _set(state, "__pydantic_private__", None)
+    return state
+
+
+def pending_state(job: NewJob, submitted_at: str) -> JobState:
+    """The state of a job just recorded, built as row_state builds one (no validation:
+    every field is the job's own, just checked)."""
+    state = _new(JobState)
+    _set(
+        state,
+        "__dict__",
+        {
+            "job_id": job.job_id,
+            "operation": job.operation,
+            "status": JobStatus.PENDING,
+            "submitted_at": submitted_at,
+            "started_at": None,
+            "completed_at": None,
+            "error": None,
+            "progress": None,
+            "transport": job.transport,
+            "attempts": 0,
+            "priority": job.priority,
+        },
+    )
     _set(state, "__pydantic_fields_set__", set(_STATE_FIELDS_SET))
     _set(state, "__pydantic_extra__", None)
     _set(state, "__pydantic_private__", None)
@@ -138,10 +165,17 @@ def get_events_after(
 
 
 def get_transitions(conn: sqlite3.Connection, job_id: str) -> list[dict[str, Any]]:
+    """The job's status changes, oldest first. The first, its submission, is not a
+    row of its own (writes.insert_jobs): it is the job's submitted_at and transport."""
+    job = conn.execute("SELECT submitted_at, transport FROM jobs WHERE job_id = ?", (job_id,))
+    first = [
+        {"status": JobStatus.PENDING.value, "at": at, "reason": f"submitted via {transport}"}
+        for at, transport in job
+    ]
     rows = conn.execute(
         "SELECT status, at, reason FROM transitions WHERE job_id = ? ORDER BY id", (job_id,)
     ).fetchall()
-    return [{"status": status, "at": at, "reason": reason} for status, at, reason in rows]
+    return first + [{"status": status, "at": at, "reason": reason} for status, at, reason in rows]
 
 
 def count_by_status(conn: sqlite3.Connection) -> dict[str, int]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from agent.errors import StoreError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -105,6 +105,16 @@ _MIGRATIONS: dict[int, str] = {
     # per-row upsert of this trigger was half the cost of inserting a job).
     4: """
     DROP TRIGGER job_counts_insert;
+    """,
+    # A job's submission is no longer a transitions row of its own: it is read from the
+    # job's submitted_at and transport (queries.get_transitions). The rows it replaces
+    # say exactly that, so they go (nothing is lost); every other row stays.
+    5: """
+    DELETE FROM transitions WHERE id IN (
+        SELECT transitions.id FROM transitions JOIN jobs USING (job_id)
+        WHERE transitions.status = 'Pending' AND transitions.at = jobs.submitted_at
+        AND transitions.reason = 'submitted via ' || jobs.transport
+    );
     """,
 }
 

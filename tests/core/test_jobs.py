@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from agent import jobs
 from agent.daemon import build_registry
 from agent.errors import ValidationError
 from agent.intake import prepare_job
@@ -112,3 +114,25 @@ def test_same_document_same_fingerprint_and_different_document_differs() -> None
     assert prepare(document()).fingerprint == prepare(document()).fingerprint
     other = document(payload={"type": "system.echo.v1", "data": {"message": "bye"}})
     assert prepare(document()).fingerprint != prepare(other).fingerprint
+
+
+@pytest.mark.parametrize(
+    "moments",
+    [
+        # Across a second, a minute, a day and a year; the same second twice.
+        [1_767_225_599_999_999_999, 1_767_225_600_000_000_000, 1_767_225_600_000_001_999],
+        [1_700_000_000_123_456_789, 1_700_000_000_123_456_999, 1_700_000_001_000_000_000],
+    ],
+)
+def test_utc_now_is_the_isoformat_of_the_moment(
+    monkeypatch: pytest.MonkeyPatch, moments: list[int]
+) -> None:
+    for moment in moments:
+        monkeypatch.setattr(jobs.time, "time_ns", lambda moment=moment: moment)
+        expected = datetime.fromtimestamp(moment // 1000 / 1e6, UTC)
+        expected = expected.replace(microsecond=moment // 1000 % 1_000_000)
+        assert jobs.utc_now() == expected.isoformat(timespec="microseconds").replace("+00:00", "Z")
+    monkeypatch.undo()
+    before = datetime.now(UTC)
+    now = datetime.fromisoformat(jobs.utc_now())
+    assert before <= now <= datetime.now(UTC)
