@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -96,12 +95,14 @@ class JobContext:
                 nursery.start_soon(_drain, process.stderr, err, None)
                 await process.wait()
                 # Grandchildren may still hold the pipes open; they go with the group.
-                _kill_group(process.pid)
+                if _kill_group(process.pid):
+                    await _group_gone(process.pid)
         finally:
             if process.returncode is None:
                 _kill_group(process.pid)
                 with trio.CancelScope(shield=True):
                     await process.wait()
+                    await _group_gone(process.pid)
         returncode = process.returncode
         assert returncode is not None  # waited for above
         result = ProcessResult(returncode, b"".join(out), b"".join(err))
@@ -114,9 +115,44 @@ class JobContext:
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
 
-def _kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):  # already gone: the outcome we want
+def _kill_group(pgid: int) -> bool:
+    """SIGKILL the group; whether anyone was left in it."""
+    try:
         os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:  # already gone: the outcome we want
+        return False
+    return True
+
+
+async def _group_gone(pgid: int, within: float = 10.0) -> None:
+    """Wait until the killed group has no live process left: a big one (qemu)
+    takes a while to give back its memory after SIGKILL, and the job must not be
+    reported ended while it still runs. Bounded, in case one hangs in the kernel."""
+    with trio.move_on_after(within):
+        while await trio.to_thread.run_sync(_group_alive, pgid):  # noqa: ASYNC110 (no event tells when a non-child exits)
+            await trio.sleep(0.02)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    # Members remain: alive, or zombies their new parent has not reaped yet.
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                    line = stat.read()
+            except OSError:
+                continue  # gone meanwhile
+            # After the command name's closing parenthesis: state, ppid, pgrp.
+            state, _, group = line[line.rindex(b")") + 2 :].split(maxsplit=3)[:3]
+            if int(group) == pgid and state != b"Z":
+                return True
+    return False
 
 
 async def _drain(
