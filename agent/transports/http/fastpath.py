@@ -58,11 +58,9 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 class FastPaths:
     """ASGI app in front of quart: health and metrics from memory, a cap on job work."""
 
-    def __init__(self, app: Any, api: ApiState, *, slots: trio.Semaphore) -> None:
+    def __init__(self, app: Any, api: ApiState) -> None:
         self._app = app
         self._api = api
-        # Shared with the lean path (lean.py): one bound on job work, whichever path.
-        self._slots = slots
         self._health = b""
         self._reported_at = -inf
         self._probed_at = -inf
@@ -128,7 +126,8 @@ class FastPaths:
             await send_answer(send, no_store(too_large(limit)))
             return
         if scope["type"] == "http" and scope["path"].startswith(_LIMITED_PREFIX):
-            async with self._slots:
+            # Shared with the lean path (lean.py): one bound on job work, whichever path.
+            async with self._api.slots.held():
                 await self._app(scope, receive, send)
             return
         await self._app(scope, receive, send)

@@ -30,6 +30,7 @@ from agent.transports.http.envelope import (
     too_large,
 )
 from agent.transports.http.lean import Found, LeanPath
+from agent.transports.http.routes import Lease
 
 
 class LeanH11Protocol(H11Protocol):
@@ -61,8 +62,7 @@ class LeanH11Protocol(H11Protocol):
             return
         # As the ASGI front: a job request is read and answered within one of the
         # slots, so the loop never holds more job work than max_active_requests.
-        await self.lean.slots.acquire()
-        stream.holding = True
+        stream.lease = await self.lean.api.slots.take()
         # The body is due within http.body_timeout_seconds of the slot (as quart's read).
         stream.deadline = trio.current_time() + self.lean.api.config.body_timeout_seconds
 
@@ -148,16 +148,15 @@ class _LeanStream:
         self.chunks: list[bytes] = []
         self.size = 0
         self.done = False
-        self.holding = False  # one of the job API's slots
+        self.lease: Lease | None = None  # one of the job API's slots
 
     @property
     def idle(self) -> bool:
         return False
 
     def release(self) -> None:
-        if self.holding:
-            self.holding = False
-            self.protocol.lean.slots.release()
+        if self.lease is not None:
+            self.lease.release()
 
     async def handle(self, event: Event) -> None:
         if self.done:

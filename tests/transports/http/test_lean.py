@@ -193,7 +193,7 @@ async def _quart_alone(agent: Agent) -> AsyncIterator[tuple[str, int]]:
     listener.listen(16)
     listener.setblocking(False)
     address = listener.getsockname()
-    front = FastPaths(build_app(api), api, slots=trio.Semaphore(8))
+    front = FastPaths(build_app(api), api)
     serve = partial(serve_asgi, front, listener, hypercorn_settings(config, None))
     async with trio.open_nursery() as nursery:
         await nursery.start(serve)
