@@ -36,7 +36,8 @@ COMMIT_WAITERS_PER_SLOT = 4
 
 
 class Lease:
-    """One of JobSlots' slots, held by a request until released (once)."""
+    """One of JobSlots' slots, held by a request until released (a second release
+    does nothing)."""
 
     __slots__ = ("_slots", "held")
 
@@ -60,8 +61,10 @@ class JobSlots:
 
     A submit waiting for its commit does no work: it gives its slot back for the
     wait (`committing`), so the next requests are validated meanwhile and share
-    that commit's fsync. Those waits are bounded too (COMMIT_WAITERS_PER_SLOT per
-    slot); past that a request keeps its slot while it waits for room.
+    that commit's fsync, and takes one again to answer (a commit wakes all its
+    waiters at once: answering them all in one go kept probes waiting). The
+    waits are bounded too (COMMIT_WAITERS_PER_SLOT per slot); past that a request
+    keeps its slot while it waits for room.
     """
 
     def __init__(self, working: int) -> None:
@@ -85,15 +88,22 @@ class JobSlots:
 
     @asynccontextmanager
     async def committing(self) -> AsyncIterator[None]:
-        """Around a wait for the store: the request's slot is given back for good
-        (what is left is its answer). A request that holds none just waits."""
+        """Around a wait for the store: the request's slot is given back for the
+        wait and taken again after it. A request that holds none just waits."""
         lease = _LEASE.get()
         if lease is None or not lease.held:
             yield
             return
-        async with self.waiters:
-            lease.release()
+        await self.waiters.acquire()
+        lease.release()
+        try:
             yield
+        finally:
+            # Room for the next waiter before a slot is awaited: a request past the
+            # bound holds a slot while it waits for that room.
+            self.waiters.release()
+            await self.working.acquire()
+            lease.held = True
 
 
 class ApiState:

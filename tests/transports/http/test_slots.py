@@ -2,7 +2,8 @@
 
 max_active_requests bounds the requests being read, validated and answered;
 a submit whose job waits for the store's commit does no work, so it gives its
-slot back for the wait (and the next submits share that commit's fsync).
+slot back for the wait (and the next submits share that commit's fsync), and
+takes one again to answer.
 Here the store's commit is held up for real: the test holds SQLite's write
 lock on the agent's database, as a slow disk or a checkpoint would.
 """
@@ -69,7 +70,8 @@ async def test_commit_waits_are_bounded_and_past_the_bound_a_request_keeps_its_s
         async with slots.committing():
             entered.append(number)
             await release.wait()
-        lease.release()  # already given back: nothing happens
+        assert lease.held  # taken again to answer
+        lease.release()
 
     async with trio.open_nursery() as nursery:
         for number in range(waiting + 1):
@@ -80,6 +82,30 @@ async def test_commit_waits_are_bounded_and_past_the_bound_a_request_keeps_its_s
         assert slots.working.value == 0
         release.set()
     assert len(entered) == waiting + 1
+    assert slots.working.value == 1
+
+
+async def test_after_its_commit_a_request_answers_only_once_it_holds_a_slot_again() -> None:
+    slots = JobSlots(1)
+    committed = trio.Event()
+    answered = trio.Event()
+
+    async def submit() -> None:
+        lease = await slots.take()
+        async with slots.committing():
+            await committed.wait()
+        answered.set()
+        lease.release()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(submit)
+        await trio.testing.wait_all_tasks_blocked()
+        other = await slots.take()  # the slot given back for the wait
+        committed.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert not answered.is_set()
+        other.release()
+    assert answered.is_set()
     assert slots.working.value == 1
 
 
