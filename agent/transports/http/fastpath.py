@@ -16,7 +16,7 @@ take the same slots.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from math import inf
 from typing import Any
 
@@ -109,15 +109,26 @@ class FastPaths:
     def _health_body(self) -> tuple[bytes, str]:
         return self._health, "application/json"
 
+    # Answered by `probe` (over HTTP/1.1 the lean path asks it directly: lean_h11.py).
+    probe_paths = frozenset((_HEALTH.rule, _METRICS.rule))
+
+    async def probe(self, path: str, authorization: str | None, scope: Mapping[str, Any]) -> Answer:
+        """The answer to a GET of one of `probe_paths`, audited."""
+        if path == _HEALTH.rule:
+            await self._fresh_health()
+            return self._answer(scope, authorization, _HEALTH, self._health_body)
+        return self._answer(scope, authorization, _METRICS, _metrics_body)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET":
             path = scope["path"]
-            if path == _HEALTH.rule:
-                await self._fresh_health()
-                await self._answer(scope, send, _HEALTH, self._health_body)
-                return
-            if path == _METRICS.rule:
-                await self._answer(scope, send, _METRICS, _metrics_body)
+            if path in self.probe_paths:
+                authorization = None
+                for name, value in scope["headers"]:
+                    if name.lower() == b"authorization":
+                        authorization = value.decode("latin-1")
+                        break
+                await send_answer(send, await self.probe(path, authorization, scope))
                 return
         limit = self._api.config.max_body_bytes
         if scope["type"] == "http" and declared_length_too_large(scope["headers"], limit):
@@ -132,19 +143,14 @@ class FastPaths:
             return
         await self._app(scope, receive, send)
 
-    async def _answer(
+    def _answer(
         self,
-        scope: Scope,
-        send: Send,
+        scope: Mapping[str, Any],
+        authorization: str | None,
         spec: Route,
         body: Callable[[], tuple[bytes, str]],
-    ) -> None:
+    ) -> Answer:
         api = self._api
-        authorization = None
-        for name, value in scope["headers"]:
-            if name.lower() == b"authorization":
-                authorization = value.decode("latin-1")
-                break
         try:
             principal = authorize(spec, api, authorization)
             answer = Answer(200, *body())
@@ -161,7 +167,7 @@ class FastPaths:
             scope=scope,
             principal=principal,
         )
-        await send_answer(send, no_store(answer))
+        return no_store(answer)
 
 
 def _metrics_body() -> tuple[bytes, str]:

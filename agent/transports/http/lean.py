@@ -24,7 +24,7 @@ the ASGI front and quart.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from agent.jobs import RESERVED_JOB_IDS
 from agent.transports.http import audit
@@ -68,13 +68,28 @@ class LeanRoutes:
         return spec, {name: segment}
 
 
+class Probes(Protocol):
+    """Health and /metrics, answered from memory (fastpath.FastPaths)."""
+
+    probe_paths: frozenset[str]
+
+    async def probe(
+        self, path: str, authorization: str | None, scope: Mapping[str, Any]
+    ) -> Answer: ...
+
+
 class LeanPath:
     """Runs lean routes with the API's state; its slots bound the job requests in
-    hand (taken by the connection for the request: lean_h11.py)."""
+    hand (taken by the connection for the request: lean_h11.py). `probes`: health
+    and /metrics GETs without a body are answered from the connection too (the
+    fewer task switches a probe waits for, the sooner a busy agent answers it)."""
 
-    def __init__(self, api: ApiState, routes: Sequence[Route]) -> None:
+    def __init__(
+        self, api: ApiState, routes: Sequence[Route], probes: Probes | None = None
+    ) -> None:
         self.api = api
         self.routes = LeanRoutes(routes)
+        self.probes = probes
 
     async def answer(
         self,

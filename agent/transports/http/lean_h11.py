@@ -42,11 +42,19 @@ class LeanH11Protocol(H11Protocol):
 
     async def _create_stream(self, request: h11.Request) -> None:
         path = self._lean_path(request)
-        found = (
-            None
-            if path is None
-            else self.lean.routes.match(request.method.decode("ascii").upper(), path)
-        )
+        method = request.method.decode("ascii").upper()
+        probes = self.lean.probes
+        if (
+            probes is not None
+            and method == "GET"
+            and path in probes.probe_paths
+            and not any(name in _BODY_HEADERS for name, _ in request.headers)
+        ):
+            self.stream = _ProbeStream(self, request, path)  # type: ignore[assignment]
+            self.keep_alive_requests += 1
+            await self.context.mark_request()
+            return
+        found = None if path is None else self.lean.routes.match(method, path)
         if found is None or path is None:
             await super()._create_stream(request)
             return
@@ -123,6 +131,41 @@ class LeanH11Protocol(H11Protocol):
         else:
             await self.send(RawData(data=data))
         await self.stream_send(StreamClosed(stream_id=STREAM_ID))
+
+
+_BODY_HEADERS = (b"content-length", b"transfer-encoding")
+
+
+def _authorization(request: h11.Request) -> str | None:
+    for name, value in request.headers:  # h11 gives names in lower case
+        if name == b"authorization":
+            return value.decode("latin-1")
+    return None
+
+
+class _ProbeStream:
+    """A GET of health or /metrics (no body): answered from memory, without a slot."""
+
+    def __init__(self, protocol: LeanH11Protocol, request: h11.Request, path: str) -> None:
+        self.protocol = protocol
+        self.path = path
+        self.authorization = _authorization(request)
+        self.done = False
+
+    @property
+    def idle(self) -> bool:
+        return False
+
+    async def handle(self, event: Event) -> None:
+        if isinstance(event, EndBody) and not self.done:
+            self.done = True
+            probes = self.protocol.lean.probes
+            assert probes is not None
+            scope = {"path": self.path, "client": self.protocol.client}
+            answer = await probes.probe(self.path, self.authorization, scope)
+            await self.protocol.write_answer(answer)
+        elif isinstance(event, StreamClosed):
+            self.done = True
 
 
 class _LeanStream:

@@ -224,7 +224,7 @@ class HttpTransport:
         # socket's peers are few and known, and serve_local authorises them by uid.
         # One bound on job work (api.slots), shared by the lean path and the ASGI front.
         front = FastPaths(app, api)
-        lean = LeanPath(api, job_api.ROUTES)
+        lean = LeanPath(api, job_api.ROUTES, front)
         limits = ConnectionLimits(
             max_connections=self.config.max_connections,
             per_client=self.config.max_connections_per_client,
