@@ -10,7 +10,8 @@ fresh (every `REFRESH_SECONDS` while probes come), and the job API runs at most
 `max_active_requests` requests at once, so the event loop never has more
 work in hand than it can turn around between two probes. The routes the
 table marks `lean` never get here over HTTP/1.1 (lean.py, lean_h11.py); they
-take the same slots.
+take the same slots. Over HTTP/1.1 health and /metrics are answered there too,
+by this front's `probe`.
 """
 
 from __future__ import annotations

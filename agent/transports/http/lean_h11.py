@@ -7,7 +7,9 @@ connection's own task: no task, channel or ASGI messages per request) and
 writes the whole answer, head and body, in one send. Connection handling
 stays hypercorn's: keep-alive and its limits, the idle and header timers
 (server.py), the Date and Server headers, closing after an answer sent
-before the body was all read.
+before the body was all read. A GET of health or /metrics without a body
+gets a `_ProbeStream`, answered the same way by the ASGI front's code
+(FastPaths.probe).
 """
 
 from __future__ import annotations
