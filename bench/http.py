@@ -331,6 +331,7 @@ def main() -> int:
             process.send_signal(signal.SIGTERM)
         for process in (agent, hello):
             process.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)  # the store of 100k+ jobs: ~150 MB a run
         if args.profile:
             stats = pstats.Stats(str(args.profile))
             stats.sort_stats("tottime").print_stats(25)

@@ -10,13 +10,14 @@ fresh (every `REFRESH_SECONDS` while probes come), and the job API runs at most
 `max_active_requests` requests at once, so the event loop never has more
 work in hand than it can turn around between two probes. The routes the
 table marks `lean` never get here over HTTP/1.1 (lean.py, lean_h11.py); they
-take the same slots.
+take the same slots. Over HTTP/1.1 health and /metrics are answered there too,
+by this front's `probe`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from math import inf
 from typing import Any
 
@@ -58,11 +59,9 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 class FastPaths:
     """ASGI app in front of quart: health and metrics from memory, a cap on job work."""
 
-    def __init__(self, app: Any, api: ApiState, *, slots: trio.Semaphore) -> None:
+    def __init__(self, app: Any, api: ApiState) -> None:
         self._app = app
         self._api = api
-        # Shared with the lean path (lean.py): one bound on job work, whichever path.
-        self._slots = slots
         self._health = b""
         self._reported_at = -inf
         self._probed_at = -inf
@@ -111,15 +110,26 @@ class FastPaths:
     def _health_body(self) -> tuple[bytes, str]:
         return self._health, "application/json"
 
+    # Answered by `probe` (over HTTP/1.1 the lean path asks it directly: lean_h11.py).
+    probe_paths = frozenset((_HEALTH.rule, _METRICS.rule))
+
+    async def probe(self, path: str, authorization: str | None, scope: Mapping[str, Any]) -> Answer:
+        """The answer to a GET of one of `probe_paths`, audited."""
+        if path == _HEALTH.rule:
+            await self._fresh_health()
+            return self._answer(scope, authorization, _HEALTH, self._health_body)
+        return self._answer(scope, authorization, _METRICS, _metrics_body)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET":
             path = scope["path"]
-            if path == _HEALTH.rule:
-                await self._fresh_health()
-                await self._answer(scope, send, _HEALTH, self._health_body)
-                return
-            if path == _METRICS.rule:
-                await self._answer(scope, send, _METRICS, _metrics_body)
+            if path in self.probe_paths:
+                authorization = None
+                for name, value in scope["headers"]:
+                    if name.lower() == b"authorization":
+                        authorization = value.decode("latin-1")
+                        break
+                await send_answer(send, await self.probe(path, authorization, scope))
                 return
         limit = self._api.config.max_body_bytes
         if scope["type"] == "http" and declared_length_too_large(scope["headers"], limit):
@@ -128,24 +138,20 @@ class FastPaths:
             await send_answer(send, no_store(too_large(limit)))
             return
         if scope["type"] == "http" and scope["path"].startswith(_LIMITED_PREFIX):
-            async with self._slots:
+            # Shared with the lean path (lean.py): one bound on job work, whichever path.
+            async with self._api.slots.held():
                 await self._app(scope, receive, send)
             return
         await self._app(scope, receive, send)
 
-    async def _answer(
+    def _answer(
         self,
-        scope: Scope,
-        send: Send,
+        scope: Mapping[str, Any],
+        authorization: str | None,
         spec: Route,
         body: Callable[[], tuple[bytes, str]],
-    ) -> None:
+    ) -> Answer:
         api = self._api
-        authorization = None
-        for name, value in scope["headers"]:
-            if name.lower() == b"authorization":
-                authorization = value.decode("latin-1")
-                break
         try:
             principal = authorize(spec, api, authorization)
             answer = Answer(200, *body())
@@ -162,7 +168,7 @@ class FastPaths:
             scope=scope,
             principal=principal,
         )
-        await send_answer(send, no_store(answer))
+        return no_store(answer)
 
 
 def _metrics_body() -> tuple[bytes, str]:

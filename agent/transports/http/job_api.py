@@ -63,8 +63,12 @@ async def submit_job(call: Call) -> Answer:
     call.require_accepting()
     raw = call.json()
     intake = call.api.intake
-    submission = await intake.submit(raw, transport="http", privileged=call.privileged)
-    return ok_model(submitted(submission), 201)
+    prepared = intake.prepare(raw, transport="http", privileged=call.privileged)
+    async with call.api.slots.committing():
+        outcome = (await intake.submit_many([prepared]))[0]
+    if isinstance(outcome, AgentError):
+        raise outcome
+    return ok_model(submitted(outcome), 201)
 
 
 @route(

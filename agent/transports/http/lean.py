@@ -11,8 +11,9 @@ and answered here, in the order the quart app checks a request:
   (as the ASGI front answers it);
 - the whole body (413 past the limit, 408 after http.body_timeout_seconds);
 - the token (routes.authorize: 401, 403), then the Handler; from its head
-  to its answer a request holds one of the http.max_active_requests slots
-  that the ASGI front's job routes take too;
+  to its answer (or its wait for a commit: routes.JobSlots) a request holds
+  one of the http.max_active_requests slots that the ASGI front's job
+  routes take too;
 - every answer, refusals included, is an envelope.Answer, counted and
   audited by audit.record, as the quart app's hooks do.
 
@@ -23,9 +24,7 @@ the ASGI front and quart.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-import trio
+from typing import Any, Protocol
 
 from agent.jobs import RESERVED_JOB_IDS
 from agent.transports.http import audit
@@ -69,14 +68,28 @@ class LeanRoutes:
         return spec, {name: segment}
 
 
-class LeanPath:
-    """Runs lean routes with the API's state; `slots` bound the job requests in hand
-    (taken by the connection for the whole request: lean_h11.py)."""
+class Probes(Protocol):
+    """Health and /metrics, answered from memory (fastpath.FastPaths)."""
 
-    def __init__(self, api: ApiState, routes: Sequence[Route], slots: trio.Semaphore) -> None:
+    probe_paths: frozenset[str]
+
+    async def probe(
+        self, path: str, authorization: str | None, scope: Mapping[str, Any]
+    ) -> Answer: ...
+
+
+class LeanPath:
+    """Runs lean routes with the API's state; its slots bound the job requests in
+    hand (taken by the connection for the request: lean_h11.py). `probes`: health
+    and /metrics GETs without a body are answered from the connection too (the
+    fewer task switches a probe waits for, the sooner a busy agent answers it)."""
+
+    def __init__(
+        self, api: ApiState, routes: Sequence[Route], probes: Probes | None = None
+    ) -> None:
         self.api = api
         self.routes = LeanRoutes(routes)
-        self.slots = slots
+        self.probes = probes
 
     async def answer(
         self,

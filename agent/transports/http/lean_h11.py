@@ -7,7 +7,9 @@ connection's own task: no task, channel or ASGI messages per request) and
 writes the whole answer, head and body, in one send. Connection handling
 stays hypercorn's: keep-alive and its limits, the idle and header timers
 (server.py), the Date and Server headers, closing after an answer sent
-before the body was all read.
+before the body was all read. A GET of health or /metrics without a body
+gets a `_ProbeStream`, answered the same way by the ASGI front's code
+(FastPaths.probe).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from agent.transports.http.envelope import (
     too_large,
 )
 from agent.transports.http.lean import Found, LeanPath
+from agent.transports.http.routes import Lease
 
 
 class LeanH11Protocol(H11Protocol):
@@ -41,11 +44,19 @@ class LeanH11Protocol(H11Protocol):
 
     async def _create_stream(self, request: h11.Request) -> None:
         path = self._lean_path(request)
-        found = (
-            None
-            if path is None
-            else self.lean.routes.match(request.method.decode("ascii").upper(), path)
-        )
+        method = request.method.decode("ascii").upper()
+        probes = self.lean.probes
+        if (
+            probes is not None
+            and method == "GET"
+            and path in probes.probe_paths
+            and not any(name in _BODY_HEADERS for name, _ in request.headers)
+        ):
+            self.stream = _ProbeStream(self, request, path)  # type: ignore[assignment]
+            self.keep_alive_requests += 1
+            await self.context.mark_request()
+            return
+        found = None if path is None else self.lean.routes.match(method, path)
         if found is None or path is None:
             await super()._create_stream(request)
             return
@@ -61,8 +72,7 @@ class LeanH11Protocol(H11Protocol):
             return
         # As the ASGI front: a job request is read and answered within one of the
         # slots, so the loop never holds more job work than max_active_requests.
-        await self.lean.slots.acquire()
-        stream.holding = True
+        stream.lease = await self.lean.api.slots.take()
         # The body is due within http.body_timeout_seconds of the slot (as quart's read).
         stream.deadline = trio.current_time() + self.lean.api.config.body_timeout_seconds
 
@@ -125,6 +135,41 @@ class LeanH11Protocol(H11Protocol):
         await self.stream_send(StreamClosed(stream_id=STREAM_ID))
 
 
+_BODY_HEADERS = (b"content-length", b"transfer-encoding")
+
+
+def _authorization(request: h11.Request) -> str | None:
+    for name, value in request.headers:  # h11 gives names in lower case
+        if name == b"authorization":
+            return value.decode("latin-1")
+    return None
+
+
+class _ProbeStream:
+    """A GET of health or /metrics (no body): answered from memory, without a slot."""
+
+    def __init__(self, protocol: LeanH11Protocol, request: h11.Request, path: str) -> None:
+        self.protocol = protocol
+        self.path = path
+        self.authorization = _authorization(request)
+        self.done = False
+
+    @property
+    def idle(self) -> bool:
+        return False
+
+    async def handle(self, event: Event) -> None:
+        if isinstance(event, EndBody) and not self.done:
+            self.done = True
+            probes = self.protocol.lean.probes
+            assert probes is not None
+            scope = {"path": self.path, "client": self.protocol.client}
+            answer = await probes.probe(self.path, self.authorization, scope)
+            await self.protocol.write_answer(answer)
+        elif isinstance(event, StreamClosed):
+            self.done = True
+
+
 class _LeanStream:
     """One request of a lean route on an HTTP/1.1 connection."""
 
@@ -148,16 +193,15 @@ class _LeanStream:
         self.chunks: list[bytes] = []
         self.size = 0
         self.done = False
-        self.holding = False  # one of the job API's slots
+        self.lease: Lease | None = None  # one of the job API's slots
 
     @property
     def idle(self) -> bool:
         return False
 
     def release(self) -> None:
-        if self.holding:
-            self.holding = False
-            self.protocol.lean.slots.release()
+        if self.lease is not None:
+            self.lease.release()
 
     async def handle(self, event: Event) -> None:
         if self.done:

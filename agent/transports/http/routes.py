@@ -10,10 +10,13 @@ paths run the very same code, authorisation and body rules included.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import trio
 from pydantic import BaseModel
 
 from agent.errors import BadRequestError, DrainingError, UnsupportedMediaTypeError
@@ -27,6 +30,90 @@ if TYPE_CHECKING:
     from quart import Response  # quart views only: imported where the app is built
 
 API = "/api/v1"
+# Requests whose job waits for the store's commit, per slot: enough that a commit
+# takes every waiting submit of a few dozen clients (one fsync for all of them).
+COMMIT_WAITERS_PER_SLOT = 4
+
+
+class Lease:
+    """One of JobSlots' slots, held by a request until released (a second release
+    does nothing)."""
+
+    __slots__ = ("_slots", "held")
+
+    def __init__(self, slots: JobSlots) -> None:
+        self._slots = slots
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self._slots.working.release()
+
+
+_LEASE: ContextVar[Lease | None] = ContextVar("hostagent_job_slot", default=None)
+
+
+class JobSlots:
+    """The bound on job work in hand: `max_active_requests` requests at once are
+    read, validated and answered, whichever path brought them (lean.py, fastpath.py),
+    so the loop always turns around between two health probes.
+
+    A submit waiting for its commit does no work: it gives its slot back for the
+    wait (`committing`), so the next requests are validated meanwhile and share
+    that commit's fsync, and takes one again to answer (a commit wakes all its
+    waiters at once: answering them all in one go kept probes waiting). The
+    waits are bounded too (COMMIT_WAITERS_PER_SLOT per slot); past that a request
+    keeps its slot while it waits for room.
+    """
+
+    def __init__(self, working: int) -> None:
+        self.working = trio.Semaphore(working, max_value=working)  # a double release raises
+        self.waiters = trio.Semaphore(working * COMMIT_WAITERS_PER_SLOT)
+
+    async def take(self) -> Lease:
+        """A slot for the calling task's request (and what it runs), once one is free."""
+        await _acquire(self.working)
+        lease = Lease(self)
+        _LEASE.set(lease)
+        return lease
+
+    @asynccontextmanager
+    async def held(self) -> AsyncIterator[None]:
+        lease = await self.take()
+        try:
+            yield
+        finally:
+            lease.release()
+
+    @asynccontextmanager
+    async def committing(self) -> AsyncIterator[None]:
+        """Around a wait for the store: the request's slot is given back for the
+        wait and taken again after it. A request that holds none just waits."""
+        lease = _LEASE.get()
+        if lease is None or not lease.held:
+            yield
+            return
+        await _acquire(self.waiters)
+        lease.release()
+        try:
+            yield
+        finally:
+            # Room for the next waiter before a slot is awaited: a request past the
+            # bound holds a slot while it waits for that room.
+            self.waiters.release()
+            await _acquire(self.working)
+            lease.held = True
+
+
+async def _acquire(semaphore: trio.Semaphore) -> None:
+    # Semaphore.acquire always yields to the scheduler, even when free: under load
+    # each yield waits for every other runnable task. The request awaits its I/O soon
+    # enough; only a wait for a slot needs to wait.
+    try:
+        semaphore.acquire_nowait()
+    except trio.WouldBlock:
+        await semaphore.acquire()
 
 
 class ApiState:
@@ -36,6 +123,8 @@ class ApiState:
         self.intake = intake
         self.config = config
         self.tokens = tokens
+        # max_active_requests takes a restart: the slots are made once.
+        self.slots = JobSlots(config.max_active_requests)
 
 
 @dataclass(slots=True)

@@ -9,7 +9,9 @@ the daemon died of EMFILE elsewhere. Here the accept loop is ours:
   store, the spool and jobs keep theirs) and `max_connections_per_client`
   per address; more are closed at once and counted;
 - a request's headers must be complete `header_timeout_seconds` after its
-  first byte (hypercorn's idle timer, which it stops once h11 has a request);
+  first byte, and an idle connection closes after the keep-alive time (both
+  deadlines on the connection's read, where hypercorn starts and stops a timer
+  task per request);
 - EMFILE/ENFILE/ENOBUFS/ENOMEM on accept wait with backoff instead of
   ending the server.
 """
@@ -30,7 +32,7 @@ from typing import Any
 import structlog
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.events import Closed, RawData
+from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.lifespan import Lifespan
@@ -68,14 +70,19 @@ def connection_cap(wanted: int) -> int:
 
 
 class _Connection(TCPServer):
-    """hypercorn's connection, whose idle timer becomes a header deadline at the first
-    byte, and whose HTTP/1.1 requests for the lean routes skip the ASGI app."""
+    """hypercorn's connection, with its idle and header timers as deadlines on the read
+    (no timer task started and stopped per request), and whose HTTP/1.1 requests for
+    the lean routes skip the ASGI app."""
 
     def __init__(self, *args: Any, header_timeout: float, lean: LeanPath | None) -> None:
         super().__init__(*args)
         self._header_timeout = header_timeout
-        self._arrived = trio.Event()
         self._lean = lean
+        # Between requests: since when (keep-alive time), and since the next one's
+        # first byte (header time); None while a request is in progress.
+        self._idle_since: float | None = trio.current_time()
+        self._first_byte_at: float | None = None
+        self._reading = trio.CancelScope()  # the read in progress, for a late deadline
 
     async def run(self) -> None:
         # hypercorn's, with the HTTP/1.1 protocol that serves the lean routes.
@@ -123,33 +130,63 @@ class _Connection(TCPServer):
                         lean=self._lean,
                     )
                 await self.protocol.initiate()
-                await self.idle_task.restart(self._task_group, self._idle_timeout)
                 await self._read_data()
         except OSError:
             pass
         finally:
             await self._close()
 
+    async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, Updated):  # hypercorn restarts or stops its timer task here
+            if event.idle:
+                self._idle_since = trio.current_time()
+                self._first_byte_at = None
+            else:
+                self._idle_since = None
+            self._reading.deadline = self._deadline()  # an ASGI answer ends while we read
+            return
+        await super().protocol_send(event)
+
+    def _deadline(self) -> float:
+        protocol = self.protocol.protocol
+        if isinstance(protocol, LeanH11Protocol) and protocol.body_deadline < inf:
+            return protocol.body_deadline
+        if self._idle_since is None:
+            return inf
+        if self._first_byte_at is None:
+            return self._idle_since + self.config.keep_alive_timeout
+        if self.context.terminated.is_set():
+            return -inf  # the server stops: a request still sending its headers is not served
+        return self._first_byte_at + self._header_timeout
+
+    def terminate(self) -> None:
+        """The server stops (context.terminated is set): apply it to the read in progress."""
+        self._reading.deadline = self._deadline()
+
     async def _read_data(self) -> None:
-        # hypercorn's loop, noting each arrival for the header deadline, and giving up
-        # on a lean request whose body is late.
+        # hypercorn's loop, the keep-alive, header and lean body times as the read's deadline.
         try:
             while True:
-                protocol = self.protocol.protocol
-                lean = protocol if isinstance(protocol, LeanH11Protocol) else None
                 try:
                     with (
                         trio.fail_after(self.config.read_timeout or inf),
-                        trio.move_on_at(inf if lean is None else lean.body_deadline) as waited,
+                        trio.CancelScope(deadline=self._deadline()) as self._reading,
                     ):
                         data = await self.stream.receive_some(MAX_RECV)
                 except (trio.ClosedResourceError, trio.BrokenResourceError, trio.TooSlowError):
                     break
-                if waited.cancelled_caught:
-                    assert lean is not None
-                    await lean.body_timed_out()  # answered 408; the connection closes
-                    continue
-                self._arrived.set()
+                if self._reading.cancelled_caught:
+                    protocol = self.protocol.protocol
+                    if isinstance(protocol, LeanH11Protocol) and protocol.body_deadline < inf:
+                        await protocol.body_timed_out()  # answered 408; the connection closes
+                        continue
+                    if self._first_byte_at is not None:
+                        metrics.HTTP_CONNECTIONS_TIMED_OUT.inc()
+                    with trio.CancelScope(shield=True):
+                        await self._initiate_server_close()
+                    break
+                if self._idle_since is not None and self._first_byte_at is None:
+                    self._first_byte_at = trio.current_time()
                 await self.protocol.handle(RawData(bytes(data)))
                 if data == b"":
                     break
@@ -158,19 +195,6 @@ class _Connection(TCPServer):
             if isinstance(protocol, LeanH11Protocol):
                 protocol.release()  # whatever ended the connection, the slot goes back
         await self.protocol.handle(Closed())
-
-    async def _idle_timeout(self) -> None:
-        # Runs while no request is in progress; hypercorn cancels it once h11 parsed
-        # a complete request head. Idle: keep-alive time; started a request: header time.
-        self._arrived = trio.Event()
-        with trio.move_on_after(self.config.keep_alive_timeout):
-            await self._arrived.wait()
-        if self._arrived.is_set():
-            with trio.move_on_after(self._header_timeout):
-                await self.context.terminated.wait()
-            metrics.HTTP_CONNECTIONS_TIMED_OUT.inc()
-        with trio.CancelScope(shield=True):
-            await self._initiate_server_close()
 
 
 class _Counts:
@@ -211,6 +235,7 @@ async def serve_asgi(
     lifespan = Lifespan(wrapped, settings, state)
     context = WorkerContext(None)
     tls = settings.create_ssl_context()
+    live: set[_Connection] = set()
 
     async def handle(stream: trio.SocketStream) -> None:
         served: Any = stream
@@ -225,8 +250,12 @@ async def serve_asgi(
             header_timeout=limits.header_timeout,
             lean=lean,
         )
-        with contextlib.suppress(OSError, trio.BrokenResourceError, ssl.SSLError):
-            await connection.run()
+        live.add(connection)
+        try:
+            with contextlib.suppress(OSError, trio.BrokenResourceError, ssl.SSLError):
+                await connection.run()
+        finally:
+            live.discard(connection)
 
     with trio.socket.from_stdlib_socket(listener) as sock:
         async with trio.open_nursery() as lifespan_nursery:
@@ -238,6 +267,8 @@ async def serve_asgi(
                     await _accept_forever(sock, connections, handle, limits)
                 finally:
                     await context.terminated.set()
+                    for connection in live:
+                        connection.terminate()
                     deadline = trio.current_time() + settings.graceful_timeout
                     connections.cancel_scope.deadline = deadline
             await lifespan.wait_for_shutdown()

@@ -57,5 +57,6 @@ class HttpConfig(Section):
     max_connections: int = Field(default=1000, ge=1, json_schema_extra=RESTART)
     max_connections_per_client: int = Field(default=256, ge=1, json_schema_extra=RESTART)
     # Job API requests processed at once; more wait their turn (health and
-    # /metrics never wait: they answer from memory).
+    # /metrics never wait: they answer from memory). A submit waiting for its
+    # commit is not processing: up to 4 per slot wait so (routes.JobSlots).
     max_active_requests: int = Field(default=8, ge=1, json_schema_extra=RESTART)

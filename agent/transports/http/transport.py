@@ -222,10 +222,9 @@ class HttpTransport:
         app = LazyApp(lambda: _build_app(api, self._local))
         # TCP clients meet the connection limits and the health fast path; the local
         # socket's peers are few and known, and serve_local authorises them by uid.
-        # One bound on job work, shared by the lean path and the ASGI front.
-        slots = trio.Semaphore(self.config.max_active_requests)
-        front = FastPaths(app, api, slots=slots)
-        lean = LeanPath(api, job_api.ROUTES, slots)
+        # One bound on job work (api.slots), shared by the lean path and the ASGI front.
+        front = FastPaths(app, api)
+        lean = LeanPath(api, job_api.ROUTES, front)
         limits = ConnectionLimits(
             max_connections=self.config.max_connections,
             per_client=self.config.max_connections_per_client,

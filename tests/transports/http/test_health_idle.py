@@ -49,7 +49,7 @@ async def test_an_unprobed_agent_stops_refreshing_and_a_probe_gets_a_fresh_repor
 ) -> None:
     intake = _CountingIntake()
     api = ApiState(cast(TransportIntake, intake), HttpConfig(), TokenTable([], required=False))
-    front = FastPaths(None, api, slots=trio.Semaphore(1))
+    front = FastPaths(None, api)
     async with trio.open_nursery() as nursery:
         await nursery.start(front.refresh_health)
         # Probed: refreshed every REFRESH_SECONDS.

@@ -131,6 +131,10 @@ CASES: list[tuple[str, bytes]] = [
     ("status: with a body", _request("GET", "/api/v1/jobs/done-1", READ, b"xyz")),
     ("status: batch is not an id", _request("GET", "/api/v1/jobs/batch", READ)),
     ("status: two slashes", _request("GET", "/api/v1/jobs//done-1", READ)),
+    # Probes are answered by the ASGI front, or by the lean path asking that front.
+    ("metrics: no token", _request("GET", "/metrics", None)),
+    ("metrics: unknown token", _request("GET", "/metrics", "hat_no")),
+    ("metrics: submit token", _request("GET", "/metrics?x=1", SUBMIT)),
 ]
 
 
@@ -193,7 +197,7 @@ async def _quart_alone(agent: Agent) -> AsyncIterator[tuple[str, int]]:
     listener.listen(16)
     listener.setblocking(False)
     address = listener.getsockname()
-    front = FastPaths(build_app(api), api, slots=trio.Semaphore(8))
+    front = FastPaths(build_app(api), api)
     serve = partial(serve_asgi, front, listener, hypercorn_settings(config, None))
     async with trio.open_nursery() as nursery:
         await nursery.start(serve)
