@@ -57,9 +57,10 @@ def arenas():
         libc.fclose(stream)
         text = out.read()
     heaps = re.findall(r'<heap nr="\\d+">.*?</heap>', text, re.S)
+    free = r'<total type="(?:fast|rest)" count="\\d+" size="(\\d+)"'
     return [
         [int(re.search(r'<system type="current" size="(\\d+)"', heap)[1]),
-         sum(int(n) for n in re.findall(r'<total type="(?:fast|rest)" count="\\d+" size="(\\d+)"', heap))]
+         sum(int(n) for n in re.findall(free, heap))]
         for heap in heaps
     ]
 
