@@ -9,7 +9,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import AgentError, BadRequestError, UnreachableError
+from agent.errors import BadRequestError, UnreachableError
 
 if TYPE_CHECKING:
     from agent.client import AgentClient
@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] != ["run"]:
         return _main(argv)
+    from agent.cli_run import tune_malloc
+
+    tune_malloc()  # before any thread starts: the daemon's RSS stays flat
     # The daemon's start-up builds what lives as long as it does (modules,
     # classes, pydantic schemas); the collector would walk it ~180 times (~40 ms,
     # a tenth of the start). It stays off until the daemon is ready (agent.daemon
@@ -84,34 +87,10 @@ def _main(argv: list[str]) -> int:
 
 
 def _run(args: argparse.Namespace, config: Config) -> int:
-    import faulthandler
-    from functools import partial
+    from agent.cli_run import run
 
-    import trio
-
-    from agent.daemon import serve
-    from agent.logging_config import configure_logging
-
-    configure_logging(config.log_format, config.log_level)
-    # When the systemd watchdog gives up it sends SIGABRT: the journal then shows
-    # where every thread was stuck.
-    faulthandler.enable()
-    try:
-        # SIGHUP reads the config again the same way: file, environment, these flags.
-        trio.run(partial(serve, config, load_config=lambda: _config(args)))
-    except BaseExceptionGroup as group:
-        # A task's AgentError (e.g. a transport refusing its config) arrives wrapped
-        # by the nurseries; report it like any other.
-        found, rest = group.split(AgentError)
-        if found is None or rest is not None:
-            raise
-        raise _first_leaf(found) from group
-    return 0
-
-
-def _first_leaf(group: BaseExceptionGroup[AgentError]) -> AgentError:
-    first = group.exceptions[0]
-    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+    # SIGHUP reads the config again the same way: file, environment, these flags.
+    return run(config, reload=lambda: _config(args))
 
 
 def _document(args: argparse.Namespace) -> dict[str, Any]:

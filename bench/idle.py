@@ -95,9 +95,18 @@ def wakeups(before: dict[str, int], after: dict[str, int]) -> int:
     return sum(count - before.get(tid, 0) for tid, count in after.items())
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def pss_mb(pid: int) -> float:
+    """Proportional set size: shared library pages divided among the processes mapping
+    them (libvirt's libraries are shared with libvirtd, libpython with other Pythons)."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -165,6 +174,11 @@ def main() -> None:
             time.sleep(args.seconds)
             cpu1, switches1 = cpu_seconds(agent.pid), switches_by_thread(agent.pid)
             rss = rss_mb(agent.pid)
+            anon, file, pss = (
+                rss_mb(agent.pid, "RssAnon"),
+                rss_mb(agent.pid, "RssFile"),
+                pss_mb(agent.pid),
+            )
             latencies = drop_latencies(root, args.latency_jobs)
         finally:
             agent.terminate()
@@ -185,7 +199,10 @@ def main() -> None:
         f"idle CPU: {cpu:.3f} s (target <= {TARGETS['cpu_s']}) "
         f"{verdict(cpu <= TARGETS['cpu_s'])}; wake-ups {woke:.1f}/s"
     )
-    print(f"idle RSS: {rss:.1f} MB (target <= {TARGETS['rss_mb']:g}) {verdict(rss <= 50)}")
+    print(
+        f"idle RSS: {rss:.1f} MB (target <= {TARGETS['rss_mb']:g}) {verdict(rss <= 50)}; "
+        f"anonymous {anon:.1f} MB, file-backed {file:.1f} MB, PSS {pss:.1f} MB"
+    )
     print(
         f"exec to READY=1: median {ready:.3f} s of {args.starts} "
         f"({', '.join(f'{t:.3f}' for t in ready_times)}) (target <= {TARGETS['ready_s']}) "

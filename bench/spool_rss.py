@@ -6,8 +6,9 @@ after each. The first round warms caches and pools; the growth is fitted
 over the later rounds, in bytes per job.
 
 With --held, after each round the agent reports (SIGUSR1) Python's allocated
-blocks, its live objects by type and SQLite's heap, and their growth since
-the second round is printed per job, to find what grows.
+blocks, its live objects by type, SQLite's heap, glibc's arenas (taken from the
+system / free in them) and Python's 1 MiB arenas; their growth since the second
+round is printed per job, to find what grows.
 
 Usage: python bench/spool_rss.py [--rounds 5] [--per-round 20000] [--held]
 """
@@ -31,7 +32,7 @@ TARGET_BYTES_PER_JOB = 20.0
 # Runs the agent with a SIGUSR1 hook that writes what it holds to $SNAPSHOT:
 # Python's allocated blocks, live objects by type, and SQLite's own heap.
 TRACED = """
-import collections, ctypes, gc, json, os, runpy, signal, sys
+import collections, ctypes, gc, json, os, re, runpy, signal, sys, tempfile
 
 sqlite = ctypes.CDLL("libsqlite3.so.0")
 sqlite.sqlite3_memory_used.restype = ctypes.c_int64
@@ -43,6 +44,39 @@ class MallInfo2(ctypes.Structure):
 
 libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = MallInfo2
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+
+def arenas():
+    # glibc's arenas (main and per-thread): bytes taken from the system, and free in them.
+    with tempfile.NamedTemporaryFile("r") as out:
+        stream = libc.fopen(out.name.encode(), b"w")
+        libc.malloc_info(0, stream)
+        libc.fclose(stream)
+        text = out.read()
+    heaps = re.findall(r'<heap nr="\\d+">.*?</heap>', text, re.S)
+    free = r'<total type="(?:fast|rest)" count="\\d+" size="(\\d+)"'
+    return [
+        [int(re.search(r'<system type="current" size="(\\d+)"', heap)[1]),
+         sum(int(n) for n in re.findall(free, heap))]
+        for heap in heaps
+    ]
+
+def pymalloc_arenas():
+    # Python's own allocator: its 1 MiB arenas now (sys._debugmallocstats writes to fd 2).
+    with tempfile.TemporaryFile("w+") as out:
+        saved = os.dup(2)
+        os.dup2(out.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        out.seek(0)
+        text = out.read()
+    return int(re.search(r"# arenas allocated current\\s*=\\s*(\\d+)", text)[1])
 
 def dump(signum, frame):
     before = sys.getallocatedblocks()
@@ -55,6 +89,9 @@ def dump(signum, frame):
         "sqlite_bytes": sqlite.sqlite3_memory_used(),
         "malloc_used": libc.mallinfo2().uordblks + libc.mallinfo2().hblkhd,
         "malloc_free": libc.mallinfo2().fordblks,
+        "malloc_mmapped": libc.mallinfo2().hblkhd,
+        "arenas": arenas(),
+        "pymalloc_arenas": pymalloc_arenas(),
         "types": dict(types),
     }
     with open(os.environ["SNAPSHOT"] + ".tmp", "w") as out:
@@ -84,6 +121,11 @@ def show_growth(base: dict[str, Any], now: dict[str, Any], jobs: int) -> None:
     used = (now["malloc_used"] - base["malloc_used"]) / jobs
     free = (now["malloc_free"] - base["malloc_free"]) / jobs
     print(f"  malloc: in use {used:+.1f} B/job, free but kept {free:+.1f} B/job")
+    print(
+        f"  pymalloc arenas {now['pymalloc_arenas']} (round 2: {base['pymalloc_arenas']}); "
+        f"malloc mmapped {now['malloc_mmapped'] / 2**20:.1f} MB; glibc arenas (MB system/free): "
+        + ", ".join(f"{size / 2**20:.1f}/{free / 2**20:.1f}" for size, free in now["arenas"])
+    )
     grown = {
         name: count - base["types"].get(name, 0)
         for name, count in now["types"].items()
