@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import sqlite3
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from pathlib import Path
@@ -20,6 +19,7 @@ from agent.outbox import Outbox, OutboxInterest
 from agent.store import SqliteStore
 from agent.store.queries import get_transitions
 from agent.store.schema import SCHEMA_VERSION, connect
+from tests.tmpfs import small_tmpfs
 
 
 def new_job(job_id: str, operation: str = "system.echo", fingerprint: str = "a") -> NewJob:
@@ -205,14 +205,8 @@ async def test_a_lazy_write_shares_the_commit_of_the_next_write(tmp_path: Path) 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 2 MiB file system (tmpfs), to fill up for real."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
-    try:
+    with small_tmpfs(tmp_path / "small", "2m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 def fill(folder: Path) -> Path:
