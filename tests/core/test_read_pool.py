@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -14,54 +16,19 @@ from agent.store.readpool import ReadPool
 from agent.store.schema import connect
 
 
-async def test_a_point_read_passes_a_long_read(tmp_path: Path) -> None:
+async def opened_pool(tmp_path: Path, size: int) -> ReadPool:
     path = tmp_path / "jobs.sqlite3"
     connect(path).close()
-    pool = ReadPool(lambda: connect(path, readonly=True), size=2)
+    pool = ReadPool(lambda: connect(path, readonly=True), size=size)
     await pool.open()
-    release = threading.Event()
-    started = trio.Event()
-    token = trio.lowlevel.current_trio_token()
-
-    def long_read(conn: sqlite3.Connection) -> str:
-        trio.from_thread.run_sync(started.set, trio_token=token)
-        release.wait(30)  # a list over a large store, held until the point read is done
-        return "long"
-
-    def point_read(conn: sqlite3.Connection) -> int:
-        return int(conn.execute("SELECT count(*) FROM jobs").fetchone()[0])
-
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(pool.read, long_read)
-            await started.wait()
-            assert pool.lanes_busy().count(True) == 1
-            with trio.fail_after(10):
-                assert await pool.read(point_read) == 0
-            release.set()
-    finally:
-        release.set()
-        await pool.aclose()
+    return pool
 
 
-async def test_errors_reach_the_reader_who_queued_them(tmp_path: Path) -> None:
-    path = tmp_path / "jobs.sqlite3"
-    connect(path).close()
-    pool = ReadPool(lambda: connect(path, readonly=True), size=1)
-    await pool.open()
-    try:
-        with pytest.raises(StoreError, match="read failed"):
-            await pool.read(lambda conn: conn.execute("SELECT nope FROM jobs").fetchone())
-        assert await pool.read(lambda conn: 1) == 1
-    finally:
-        await pool.aclose()
-
-
-async def test_a_read_by_key_needs_no_free_connection(tmp_path: Path) -> None:
-    path = tmp_path / "jobs.sqlite3"
-    connect(path).close()
-    pool = ReadPool(lambda: connect(path, readonly=True), size=1)
-    await pool.open()
+@asynccontextmanager
+async def one_lane_held(tmp_path: Path, size: int) -> AsyncIterator[ReadPool]:
+    """A pool of `size` connections, one of them busy with a long read (a list over
+    a large store) until the block ends."""
+    pool = await opened_pool(tmp_path, size)
     release = threading.Event()
     started = trio.Event()
     token = trio.lowlevel.current_trio_token()
@@ -75,16 +42,39 @@ async def test_a_read_by_key_needs_no_free_connection(tmp_path: Path) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pool.read, long_read)
             await started.wait()
-            assert pool.lanes_busy() == [True]  # the only connection is held
-            with trio.fail_after(10):
-                count = await pool.read_now(
-                    lambda conn: conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
-                )
-            assert count == 0
-            assert pool.lanes_busy() == [True]  # answered without it
-            with pytest.raises(StoreError, match="read failed"):
-                await pool.read_now(lambda conn: conn.execute("SELECT nope FROM jobs"))
+            yield pool
             release.set()
     finally:
         release.set()
         await pool.aclose()
+
+
+def count_jobs(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT count(*) FROM jobs").fetchone()[0])
+
+
+async def test_a_point_read_passes_a_long_read(tmp_path: Path) -> None:
+    async with one_lane_held(tmp_path, size=2) as pool:
+        assert pool.lanes_busy().count(True) == 1
+        with trio.fail_after(10):
+            assert await pool.read(count_jobs) == 0
+
+
+async def test_errors_reach_the_reader_who_queued_them(tmp_path: Path) -> None:
+    pool = await opened_pool(tmp_path, size=1)
+    try:
+        with pytest.raises(StoreError, match="read failed"):
+            await pool.read(lambda conn: conn.execute("SELECT nope FROM jobs").fetchone())
+        assert await pool.read(lambda conn: 1) == 1
+    finally:
+        await pool.aclose()
+
+
+async def test_a_read_by_key_needs_no_free_connection(tmp_path: Path) -> None:
+    async with one_lane_held(tmp_path, size=1) as pool:
+        assert pool.lanes_busy() == [True]  # the only connection is held
+        with trio.fail_after(10):
+            assert await pool.read_now(count_jobs) == 0
+        assert pool.lanes_busy() == [True]  # answered without it
+        with pytest.raises(StoreError, match="read failed"):
+            await pool.read_now(lambda conn: conn.execute("SELECT nope FROM jobs"))
