@@ -10,11 +10,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from agent.context import JobContext
+    from agent.core.context import JobContext
+    from agent.core.intake import Intake
+    from agent.core.registry import Handler, handler
     from agent.errors import AgentError, HandlerError
-    from agent.intake import Intake
     from agent.jobs import JobDocument, JobState, JobStatus
-    from agent.registry import Handler, handler
     from agent.transports import Transport
 
 __version__ = "0.1.0"
@@ -23,15 +23,15 @@ __version__ = "0.1.0"
 # not pull in the intake, the dispatcher and trio with it (start time, RSS).
 _LAZY = {
     "AgentError": "agent.errors",
-    "Handler": "agent.registry",
+    "Handler": "agent.core.registry",
     "HandlerError": "agent.errors",
-    "Intake": "agent.intake",
-    "JobContext": "agent.context",
+    "Intake": "agent.core.intake",
+    "JobContext": "agent.core.context",
     "JobDocument": "agent.jobs",
     "JobState": "agent.jobs",
     "JobStatus": "agent.jobs",
     "Transport": "agent.transports",
-    "handler": "agent.registry",
+    "handler": "agent.core.registry",
 }
 
 

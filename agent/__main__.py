@@ -1,5 +1,5 @@
 """python -m agent: the same as the hostagent command."""
 
-from agent.cli import main
+from agent.cli.command import main
 
 raise SystemExit(main())

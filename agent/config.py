@@ -71,7 +71,7 @@ class LibvirtConfig(Section):
 
 
 class PolicyConfig(Section):
-    """Where jobs may reach on the host (agent.policy; README "The path policy")."""
+    """Where jobs may reach on the host (agent.policy.paths; README "The path policy")."""
 
     # Image files and pool directories must lie under one of these (or under
     # the directory of a storage pool libvirt has defined, see include_pool_paths).

@@ -26,9 +26,9 @@ import time  # noqa: E402
 import trio  # noqa: E402
 
 from agent.config import Config, LibvirtConfig  # noqa: E402
-from agent.daemon import Agent  # noqa: E402
 from agent.handlers import guestkit  # noqa: E402
 from agent.handlers._guestfs_host import Choice  # noqa: E402
+from agent.service.daemon import Agent  # noqa: E402
 from agent.transports.http.settings import HttpConfig  # noqa: E402
 from agent.transports.spool.settings import SpoolConfig  # noqa: E402
 from tests import guestdisks  # noqa: E402

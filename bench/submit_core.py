@@ -49,17 +49,17 @@ from typing import Any  # noqa: E402
 
 import trio  # noqa: E402
 
-from agent.capabilities import Capabilities  # noqa: E402
 from agent.config import Config  # noqa: E402
-from agent.dispatcher import Dispatcher  # noqa: E402
-from agent.events import EventBus  # noqa: E402
+from agent.core.capabilities import Capabilities  # noqa: E402
+from agent.core.dispatcher import Dispatcher  # noqa: E402
+from agent.core.events import EventBus  # noqa: E402
+from agent.core.health import Health  # noqa: E402
+from agent.core.intake import Intake, prepare_job  # noqa: E402
+from agent.core.registry import Registry  # noqa: E402
+from agent.core.services import Services  # noqa: E402
 from agent.handlers import system  # noqa: E402
-from agent.health import Health  # noqa: E402
-from agent.intake import Intake, prepare_job  # noqa: E402
 from agent.jobs import fingerprint, parse_document, parse_json  # noqa: E402
-from agent.logging_config import configure_logging  # noqa: E402
-from agent.registry import Registry  # noqa: E402
-from agent.services import Services  # noqa: E402
+from agent.service.logs import configure_logging  # noqa: E402
 from agent.store import SqliteStore, writes  # noqa: E402
 from agent.store.outbox_sql import OutboxTargets  # noqa: E402
 

@@ -7,8 +7,8 @@ import sys
 
 from build_manpages.manpage import Manpage  # type: ignore[import-untyped]  # no types
 
-from agent.cli_parser import build_parser
-from agent.cli_support import EXIT_CODES_HELP
+from agent.cli.parser import build_parser
+from agent.cli.support import EXIT_CODES_HELP
 
 
 def render() -> str:

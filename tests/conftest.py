@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from agent.config import Config, LibvirtConfig, PolicyConfig
-from agent.daemon import Agent
+from agent.service.daemon import Agent
 from agent.transports.http.settings import HttpConfig
 from agent.transports.spool.settings import SpoolConfig
 

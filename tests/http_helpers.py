@@ -10,7 +10,7 @@ import httpx
 import trio
 
 from agent.config import Config
-from agent.daemon import Agent
+from agent.service.daemon import Agent
 from agent.transports.http.auth import create_token
 from agent.transports.http.settings import HttpConfig
 from agent.transports.http.transport import HttpTransport

@@ -9,8 +9,8 @@ from typing import Any
 
 import trio
 
-from agent.daemon import Agent
 from agent.jobs import JobState, JobStatus
+from agent.service.daemon import Agent
 
 _ids = itertools.count()
 

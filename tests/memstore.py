@@ -3,7 +3,7 @@
 It keeps the SQLite store's semantics (idempotency by job_id and fingerprint,
 `only_from` guards, recovery, transitions, the per-consumer outbox) without a
 disk or a worker thread, so a test on `trio.testing.MockClock` never waits for
-real time. tests/core/test_store_contract.py runs the same assertions against
+real time. tests/store/test_store_contract.py runs the same assertions against
 both stores so the two cannot drift apart.
 
 Writes apply when queued (the SQLite store commits them in the order queued,
@@ -21,10 +21,10 @@ from typing import Any
 import structlog
 import trio
 
+from agent.core.jobstore import Queued, Recovery
+from agent.core.outbox import OutboxInterest
 from agent.errors import AgentError, ConflictError, NotFoundError
 from agent.jobs import JobState, JobStatus, NewJob, OutboxEntry, PendingJob, utc_now
-from agent.outbox import OutboxInterest
-from agent.store import Queued, Recovery
 
 log = structlog.get_logger("tests.memstore")
 

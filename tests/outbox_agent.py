@@ -13,11 +13,11 @@ from typing import Any
 import trio
 
 from agent.config import Config, LibvirtConfig
-from agent.daemon import Agent
-from agent.health import Status
-from agent.intake import TransportIntake
-from agent.logging_config import configure_logging
-from agent.outbox import OutboxInterest
+from agent.core.health import Status
+from agent.core.intake import TransportIntake
+from agent.core.outbox import OutboxInterest
+from agent.service.daemon import Agent
+from agent.service.logs import configure_logging
 from agent.transports.base import Transport, TransportSpec
 
 BATCH = 500

@@ -9,7 +9,7 @@ from typing import Any
 
 import trio
 
-from agent.daemon import Agent
+from agent.service.daemon import Agent
 from agent.transports.spool.transport import SpoolTransport
 
 

@@ -11,7 +11,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from agent.config import Config
-from agent.context import JobContext
+from agent.core.context import JobContext
 from agent.errors import HandlerError, HypervisorError
 from agent.hypervisor import LibvirtConnection
 

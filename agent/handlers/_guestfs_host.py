@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import trio
 
 if TYPE_CHECKING:
-    from agent.capabilities import Capabilities
-    from agent.health import Health, Status
+    from agent.core.capabilities import Capabilities
+    from agent.core.health import Health, Status
 
 BOOT = Path("/boot")
 MODULES = Path("/lib/modules")

@@ -22,16 +22,16 @@ import structlog
 import trio
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.context import JobContext
+from agent.core.context import JobContext
+from agent.core.registry import Handler, handler
 from agent.errors import HandlerError
 from agent.handlers import _findings, _guestfs_host, image
 from agent.handlers._guestfs_host import Accelerator, libguestfs_problem
-from agent.policy import Admission
-from agent.registry import Handler, handler
+from agent.policy.paths import Admission
 
 if TYPE_CHECKING:
-    from agent.capabilities import Capabilities
-    from agent.health import Health
+    from agent.core.capabilities import Capabilities
+    from agent.core.health import Health
 
 log = structlog.get_logger("agent.guestkit")
 

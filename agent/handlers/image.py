@@ -12,11 +12,11 @@ from typing import Any, Literal
 import trio
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agent.context import JobContext
+from agent.core.context import JobContext
+from agent.core.registry import handler
 from agent.errors import ForbiddenError, HandlerError
 from agent.handlers import check_disk_size
-from agent.policy import Admission, Policy
-from agent.registry import handler
+from agent.policy.paths import Admission, Policy
 
 QEMU_IMG = "qemu-img"
 # qemu-img --help lists every block driver (throttle, blkdebug, nbd, ...); these are disk formats.

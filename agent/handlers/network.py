@@ -12,12 +12,12 @@ from xml.etree import ElementTree as ET
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agent.context import JobContext
-from agent.domain_policy import admit_network
+from agent.core.context import JobContext
+from agent.core.registry import handler
 from agent.handlers import connection, missing_is_done
 from agent.handlers.domain_xml import NAME_PATTERN
 from agent.hypervisor import lookup_network
-from agent.registry import handler
+from agent.policy.domain import admit_network
 
 
 class NetworkRef(BaseModel):

@@ -7,7 +7,8 @@ from xml.etree import ElementTree as ET
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agent.context import JobContext
+from agent.core.context import JobContext
+from agent.core.registry import handler
 from agent.errors import HandlerError
 from agent.handlers import check_disk_size, connection, missing_is_done
 from agent.handlers.domain_xml import NAME_PATTERN
@@ -20,8 +21,7 @@ from agent.hypervisor import (
     lookup_pool,
     lookup_volume,
 )
-from agent.policy import Admission, Policy
-from agent.registry import handler
+from agent.policy.paths import Admission, Policy
 
 # A volume name is one path component: no '/', no leading dot (so no '..').
 VOLUME_NAME_PATTERN = r"^[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,254}$"

@@ -8,7 +8,7 @@ from xml.etree import ElementTree as ET
 import structlog
 
 from agent.errors import HypervisorError
-from agent.policy import Policy
+from agent.policy.paths import Policy
 
 log = structlog.get_logger("agent.storage")
 

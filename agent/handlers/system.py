@@ -14,8 +14,8 @@ from typing import Any
 import trio
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.context import JobContext
-from agent.registry import handler
+from agent.core.context import JobContext
+from agent.core.registry import handler
 
 
 class EchoPayload(BaseModel):

@@ -14,8 +14,8 @@ from typing import Any, Literal
 import trio
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agent.context import JobContext
-from agent.domain_policy import DOMAIN_XML_RULES, admit_define
+from agent.core.context import JobContext
+from agent.core.registry import handler
 from agent.errors import HandlerError
 from agent.handlers import connection, missing_is_done
 from agent.handlers.domain_xml import (
@@ -32,7 +32,7 @@ from agent.hypervisor import (
     undefine_domain,
     volume_by_path,
 )
-from agent.registry import handler
+from agent.policy.domain import DOMAIN_XML_RULES, admit_define
 
 DomainState = Literal[
     "nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed", "pmsuspended"

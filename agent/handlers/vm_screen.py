@@ -9,10 +9,10 @@ from typing import Any
 from pydantic import Field
 
 from agent.config import Config
-from agent.context import JobContext
+from agent.core.context import JobContext
+from agent.core.registry import handler
 from agent.handlers import connection
 from agent.handlers.vm import DomainRef, domain_resource, summary
-from agent.registry import handler
 
 
 class ScreenshotPayload(DomainRef):

@@ -7,11 +7,11 @@ from xml.etree import ElementTree as ET
 
 from pydantic import Field
 
-from agent.context import JobContext
+from agent.core.context import JobContext
+from agent.core.registry import handler
 from agent.handlers import connection
 from agent.handlers.domain_xml import NAME_PATTERN, snapshot_xml
 from agent.handlers.vm import DomainRef, domain_resource
-from agent.registry import handler
 
 
 class SnapshotCreatePayload(DomainRef):

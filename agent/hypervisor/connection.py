@@ -21,10 +21,10 @@ import structlog
 import trio
 
 from agent.config import LibvirtConfig
+from agent.core.health import Status
+from agent.core.metrics import LIBVIRT_UP
 from agent.errors import HypervisorError
-from agent.health import Status
 from agent.hypervisor.objects import domain_state, lookup_domain, translate
-from agent.metrics import LIBVIRT_UP
 
 log = structlog.get_logger("agent.hypervisor")
 T = TypeVar("T")

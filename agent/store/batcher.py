@@ -4,25 +4,11 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import trio
 
-
-@dataclass
-class Queued:
-    """A read or write waiting for its batch; `JobStore.settle` awaits a write."""
-
-    operation: Callable[[sqlite3.Connection], Any]
-    # Run again (in its place, after a backoff) rather than failed when its batch
-    # could not be committed for a reason that passes (a full disk).
-    retry: bool = False
-    # Put back by such a batch, waiting for its next turn.
-    held: bool = False
-    finished: bool = False
-    value: Any = None
-    error: BaseException | None = None
+from agent.core.jobstore import Queued
 
 
 class Batcher:

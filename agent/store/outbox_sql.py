@@ -9,8 +9,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.core.outbox import OutboxInterest
 from agent.jobs import JobState
-from agent.outbox import OutboxInterest
 
 
 @dataclass

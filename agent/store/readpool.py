@@ -18,8 +18,9 @@ from typing import TypeVar
 
 import trio
 
+from agent.core.jobstore import Queued
 from agent.errors import StoreError
-from agent.store.batcher import Batcher, Queued
+from agent.store.batcher import Batcher
 
 _T = TypeVar("_T")
 _BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)

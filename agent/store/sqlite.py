@@ -19,12 +19,13 @@ import structlog
 import trio
 
 from agent.config import STATE_DIR_MODE
-from agent.diskspace import is_disk_full, storage_full
+from agent.core.diskspace import is_disk_full, storage_full
+from agent.core.jobstore import Queued, Recovery
+from agent.core.outbox import OutboxInterest
 from agent.errors import AgentError, StoreError
 from agent.jobs import JobState, JobStatus, NewJob, OutboxEntry, PendingJob, utc_now
-from agent.outbox import OutboxInterest
 from agent.store import outbox_sql, queries, retention, writes
-from agent.store.batcher import Batcher, Queued
+from agent.store.batcher import Batcher
 from agent.store.readpool import ReadPool
 from agent.store.retention import PruneReport, RetentionPolicy
 from agent.store.schema import connect
@@ -272,8 +273,8 @@ class SqliteStore:
         )
         return at
 
-    async def recover(self, rerun_safe: Callable[[str], bool]) -> writes.Recovery:
-        recovery: writes.Recovery = await self._write(
+    async def recover(self, rerun_safe: Callable[[str], bool]) -> Recovery:
+        recovery: Recovery = await self._write(
             lambda conn: writes.recover(conn, self._targets, rerun_safe)
         )
         return recovery

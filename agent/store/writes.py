@@ -8,9 +8,9 @@ import json
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from agent.core.jobstore import Recovery
 from agent.errors import AgentError, ConflictError
 from agent.jobs import COMPACT, JobState, JobStatus, NewJob, PendingJob, utc_now
 from agent.store.outbox_sql import OutboxTargets, append_outbox
@@ -37,12 +37,6 @@ _COUNT_ADDED = (
     "INSERT INTO job_counts (status, operation, n) VALUES (?, ?, ?) "
     "ON CONFLICT (status, operation) DO UPDATE SET n = n + excluded.n"
 )
-
-
-@dataclass(frozen=True)
-class Recovery:
-    requeued: list[str]
-    failed: list[str]
 
 
 def _record_transition(

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from agent.config import Config, Section
-from agent.health import Status
-from agent.outbox import OutboxInterest
+from agent.core.health import Status
+from agent.core.outbox import OutboxInterest
 
 if TYPE_CHECKING:
-    from agent.intake import TransportIntake
+    from agent.core.intake import TransportIntake
 
 
 class Transport(Protocol):

@@ -12,13 +12,13 @@ import pytest
 import trio
 import trio.testing
 
-from agent.capabilities import Capabilities
-from agent.cli import _config
-from agent.cli_parser import build_parser
+from agent.cli.command import _config
+from agent.cli.parser import build_parser
 from agent.config import Config, LibvirtConfig, load_config
-from agent.daemon import Agent, build_registry
-from agent.events import EventBus
-from agent.hypervisor_facts import summarize_domain_capabilities, version_text
+from agent.core.capabilities import Capabilities
+from agent.core.events import EventBus
+from agent.hypervisor.facts import summarize_domain_capabilities, version_text
+from agent.service.daemon import Agent, build_registry
 from agent.transports.spool.settings import SpoolConfig
 from tests.jobs import failed
 from tests.spoolkit import spool_of
@@ -182,8 +182,8 @@ def test_domain_capabilities_summary() -> None:
 
 
 _FIRST_USE = """
-from agent import resource_models
-from agent.daemon import build_registry
+from agent.view import models as resource_models
+from agent.service.daemon import build_registry
 
 registry = build_registry()
 models = [item.payload_model for item in registry._handlers.values()]

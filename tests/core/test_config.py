@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main
+from agent.cli.command import main
 from agent.config import load_config
 from agent.errors import ConfigError
 from agent.transports.spool.settings import SpoolConfig

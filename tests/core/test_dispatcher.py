@@ -15,13 +15,13 @@ import trio
 from structlog.testing import capture_logs
 
 from agent.config import Config
-from agent.context import JobContext
-from agent.daemon import Agent
+from agent.core.context import JobContext
+from agent.core.outbox import OutboxInterest
+from agent.core.registry import handler
 from agent.errors import ConflictError
 from agent.handlers.system import EchoPayload
 from agent.jobs import JobStatus
-from agent.outbox import OutboxInterest
-from agent.registry import handler
+from agent.service.daemon import Agent
 from tests.jobs import dispatching, echo_job, job, sleep_job, wait_done, wait_running
 from tests.memstore import MemoryStore
 

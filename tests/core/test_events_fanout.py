@@ -9,7 +9,7 @@ from contextlib import ExitStack
 
 import trio
 
-from agent.events import EventBus, SharedEvent, Subscription, encode_json
+from agent.core.events import EventBus, SharedEvent, Subscription, encode_json
 
 SUBSCRIBERS = 100
 EVENTS = 2000

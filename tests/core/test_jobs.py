@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from agent import jobs
-from agent.daemon import build_registry
+from agent.core.intake import prepare_job
 from agent.errors import ValidationError
-from agent.intake import prepare_job
+from agent.service.daemon import build_registry
 
 
 def document(**changes: Any) -> dict[str, Any]:

@@ -7,10 +7,10 @@ import os
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent import metrics
-from agent.daemon import Agent
-from agent.events import Subscription
+from agent.core import metrics
+from agent.core.events import Subscription
 from agent.jobs import JobStatus
+from agent.service.daemon import Agent
 from tests.jobs import echo_job, sleep_job
 from tests.spoolkit import spool_of
 
@@ -156,7 +156,7 @@ def test_a_job_that_never_started_counts_as_finished_without_a_duration() -> Non
 
 
 def test_no_created_series_and_the_queue_wait_and_rejections_are_exposed() -> None:
-    from agent import metrics as exposed
+    from agent.core import metrics as exposed
 
     exposed.record_rejected("http", "VALIDATION_ERROR")
     text = exposed.render()[0].decode()

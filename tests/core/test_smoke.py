@@ -1,4 +1,4 @@
-from agent.daemon import Agent
+from agent.service.daemon import Agent
 
 
 async def test_echo_job_through_intake_completes(agent: Agent) -> None:

@@ -1,5 +1,5 @@
 """A transport written only against the public seam (agent.transports.base and
-agent.intake.TransportIntake), registered in the daemon's transport table: it
+agent.core.intake.TransportIntake), registered in the daemon's transport table: it
 gets its jobs run, its outcomes through its outbox, and its health and
 features reported, with no core module knowing it."""
 
@@ -11,11 +11,11 @@ from typing import Any
 import trio
 
 from agent.config import Config, LibvirtConfig
-from agent.daemon import Agent
-from agent.health import Status
-from agent.intake import TransportIntake
+from agent.core.health import Status
+from agent.core.intake import TransportIntake
+from agent.core.outbox import OutboxInterest
 from agent.jobs import OutboxEntry
-from agent.outbox import OutboxInterest
+from agent.service.daemon import Agent
 from agent.transports import TRANSPORTS
 from agent.transports.base import Transport, TransportSpec
 from agent.transports.http.settings import HttpConfig

@@ -22,9 +22,9 @@ import pytest
 import trio
 
 from agent.config import Config, LibvirtConfig, PolicyConfig
-from agent.daemon import Agent
 from agent.errors import ForbiddenError, ValidationError
 from agent.handlers import _findings, _guestfs_host
+from agent.service.daemon import Agent
 from agent.transports.http.settings import HttpConfig
 from agent.transports.spool.settings import SpoolConfig
 from tests import guestdisks

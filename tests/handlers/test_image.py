@@ -12,8 +12,8 @@ import pytest
 import trio
 
 from agent.config import Config
-from agent.daemon import Agent
 from agent.errors import ForbiddenError, ValidationError
+from agent.service.daemon import Agent
 from agent.transports.spool.settings import SpoolConfig
 from tests.jobs import failed, job_document, ok, submit, wait_done
 

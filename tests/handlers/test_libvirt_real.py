@@ -21,8 +21,8 @@ import pytest
 import trio
 
 from agent.config import Config, LibvirtConfig
-from agent.daemon import Agent
-from agent.metrics import REGISTRY
+from agent.core.metrics import REGISTRY
+from agent.service.daemon import Agent
 from agent.transports.spool.settings import SpoolConfig
 from tests.handlers.conftest import state_of
 from tests.jobs import failed, ok, submit, wait_done

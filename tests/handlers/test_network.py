@@ -7,8 +7,8 @@ import uuid
 import pytest
 
 from agent.config import Config
-from agent.daemon import Agent
 from agent.errors import ValidationError
+from agent.service.daemon import Agent
 from agent.transports.spool.settings import SpoolConfig
 from tests.jobs import failed, ok
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from agent.config import Config, LibvirtConfig
-from agent.daemon import Agent
+from agent.service.daemon import Agent
 from agent.transports.spool.settings import SpoolConfig
 from tests.handlers.conftest import state_of
 from tests.http_helpers import client, serving, with_http

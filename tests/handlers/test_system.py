@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import socket
 
-from agent.daemon import Agent
 from agent.jobs import JobStatus
+from agent.service.daemon import Agent
 from tests.jobs import job, wait_done
 
 

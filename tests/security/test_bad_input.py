@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import Config
-from agent.daemon import Agent
+from agent.service.daemon import Agent
 from tests.http_helpers import SUBMIT, client, serving, with_http
 from tests.spoolkit import drop, read_json, wait_for_files
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main
+from agent.cli.command import main
 from tests.agentproc import AgentProcess
 from tests.jobs import job
 
@@ -26,10 +26,10 @@ def hostagent(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_command_line_loads_only_what_its_command_needs() -> None:
-    # `hostagent run` turns the collector off before its heavy imports (agent.cli),
+    # `hostagent run` turns the collector off before its heavy imports (agent.cli.command),
     # so the module itself must not import them.
     loaded = subprocess.run(
-        [sys.executable, "-c", "import sys, agent.cli; print(' '.join(sys.modules))"],
+        [sys.executable, "-c", "import sys, agent.cli.command; print(' '.join(sys.modules))"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -38,6 +38,7 @@ def test_the_command_line_loads_only_what_its_command_needs() -> None:
     assert sorted(name for name in loaded if name.startswith("agent")) == [
         "agent",
         "agent.cli",
+        "agent.cli.command",
         "agent.errors",
     ]
     assert not {"pydantic", "trio", "structlog"} & set(loaded)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli_support import (
+from agent.cli.support import (
     EXIT_CANCELLED,
     EXIT_DENIED,
     EXIT_FAILED,

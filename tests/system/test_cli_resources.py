@@ -13,9 +13,9 @@ import pytest
 import structlog
 import trio
 
-from agent.cli import main
+from agent.cli.command import main
 from agent.config import Config
-from agent.daemon import Agent
+from agent.service.daemon import Agent
 from tests.http_helpers import ADMIN, http_of, serving, with_http
 
 

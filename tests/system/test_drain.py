@@ -18,18 +18,18 @@ import trio
 from pydantic import BaseModel
 from structlog.testing import capture_logs
 
-from agent import metrics
 from agent.config import Config, ServiceConfig
-from agent.context import JobContext
-from agent.daemon import Agent
+from agent.core import metrics
+from agent.core.context import JobContext
+from agent.core.registry import Handler, handler
 from agent.errors import QueueFullError
 from agent.jobs import JobState, JobStatus
-from agent.registry import Handler, handler
+from agent.service.daemon import Agent
 from agent.store.queries import get_job, get_transitions
 from agent.store.schema import connect
 from tests.jobs import dispatching, job, sleep_job, wait_done, wait_running
 from tests.memstore import MemoryStore
-from tests.service import Service
+from tests.systemd_stub import Service
 
 
 class HoldPayload(BaseModel):

@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.cli import main
-from agent.cli_support import EXIT_DENIED, EXIT_UNREACHABLE
+from agent.cli.command import main
+from agent.cli.support import EXIT_DENIED, EXIT_UNREACHABLE
 from agent.jobs import JOB_ID_PATTERN
 from tests.http_helpers import ADMIN, READ, TOKEN_ENTRIES
 from tests.jobs import echo_job, sleep_job

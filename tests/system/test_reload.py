@@ -9,9 +9,9 @@ import pytest
 import trio
 
 from agent.config import Config
-from agent.daemon import Agent
 from agent.jobs import JobStatus
-from agent.logging_config import _LEVEL_FILTER, configure_logging, set_log_level
+from agent.service.daemon import Agent
+from agent.service.logs import _LEVEL_FILTER, configure_logging, set_log_level
 from agent.transports.spool.settings import SpoolConfig
 from tests.jobs import job, sleep_job
 from tests.spoolkit import spool_of

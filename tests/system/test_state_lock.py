@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from agent.cli import main
+from agent.cli.command import main
 from tests.agentproc import AgentProcess
 from tests.jobs import job
 from tests.spoolkit import drop

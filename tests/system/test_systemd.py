@@ -21,8 +21,8 @@ import pytest
 import trio
 
 from agent.config import Config, load_config
-from agent.daemon import Agent, serve
-from agent.systemd import (
+from agent.service.daemon import Agent, serve
+from agent.service.systemd import (
     Notifier,
     feed_watchdog,
     report_status,
@@ -30,7 +30,7 @@ from agent.systemd import (
     watchdog_interval,
 )
 from tests.jobs import sleep_job
-from tests.service import Service
+from tests.systemd_stub import Service
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -324,7 +324,7 @@ async def test_serve_without_a_way_to_reload_ignores_sighup(config: Config) -> N
 
 
 async def test_serve_turns_the_collector_back_on_once_ready(config: Config) -> None:
-    gc.disable()  # as `hostagent run` starts (agent.cli)
+    gc.disable()  # as `hostagent run` starts (agent.cli.command)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(

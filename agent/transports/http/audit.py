@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from agent import metrics
+from agent.core import metrics
 from agent.transports.http.auth import Principal
 from agent.transports.http.local import peer_of
 

@@ -27,10 +27,10 @@ import trio
 from quart import Response, websocket
 from quart_trio import QuartTrio
 
-from agent import metrics
+from agent.core import metrics
+from agent.core.events import Event, SharedEvent, Subscription, encode_json
+from agent.core.intake import TransportIntake
 from agent.errors import AgentError, BadRequestError, NotFoundError
-from agent.events import Event, SharedEvent, Subscription, encode_json
-from agent.intake import TransportIntake
 from agent.jobs import JobStatus
 from agent.transports.http import sse
 from agent.transports.http.api import API, Route, authorize, error_response, state

@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 import trio
 
-from agent import metrics
+from agent.core import metrics
 from agent.errors import AgentError
 from agent.jobs import utc_now
 from agent.transports.http import audit, job_api

@@ -11,9 +11,9 @@ from typing import Any
 
 import trio
 
-from agent import metrics
+from agent.core import metrics
+from agent.core.intake import Submission
 from agent.errors import AgentError, ValidationError
-from agent.intake import Submission
 from agent.jobs import JobDocument, JobState, NewJob
 from agent.transports.http.envelope import Answer, ok, ok_model
 from agent.transports.http.models import (

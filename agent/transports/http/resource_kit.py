@@ -17,13 +17,13 @@ from quart import Response, request
 
 from agent.errors import BadRequestError, NotFoundError, UnavailableError, ValidationError
 from agent.jobs import JOB_ID_PATTERN, parse_json, raise_validation_error
-from agent.resource_actions import (
+from agent.transports.http.api import API, Route, ok_model, require_accepting, state, submitted
+from agent.transports.http.models import Submitted
+from agent.view.actions import (
     Action,
     job_document,
 )
-from agent.resources import ResourceView
-from agent.transports.http.api import API, Route, ok_model, require_accepting, state, submitted
-from agent.transports.http.models import Submitted
+from agent.view.reads import ResourceView
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 View = Callable[..., Awaitable[Response]]

@@ -13,21 +13,6 @@ from __future__ import annotations
 from quart import Response
 
 from agent.handlers.vm import DefinePayload
-from agent.resource_actions import (
-    VM_ACTIONS,
-    VM_UNDEFINE,
-    VM_UNDEFINE_FORCED,
-    Action,
-)
-from agent.resource_models import (
-    HostFacts,
-    HostStats,
-    VmDeleteQuery,
-    VmDetail,
-    VmList,
-    VmListQuery,
-    WindowQuery,
-)
 from agent.transports.http.api import ok_model
 from agent.transports.http.resource_kit import (
     READ_ERRORS,
@@ -39,6 +24,21 @@ from agent.transports.http.resource_kit import (
     parse_body,
     parse_query,
     resource_view,
+)
+from agent.view.actions import (
+    VM_ACTIONS,
+    VM_UNDEFINE,
+    VM_UNDEFINE_FORCED,
+    Action,
+)
+from agent.view.models import (
+    HostFacts,
+    HostStats,
+    VmDeleteQuery,
+    VmDetail,
+    VmList,
+    VmListQuery,
+    WindowQuery,
 )
 
 # --- VMs ---

@@ -6,26 +6,6 @@ from quart import Response
 
 from agent.handlers.network import NetworkDefinePayload
 from agent.handlers.storage import PoolDefinePayload
-from agent.resource_actions import (
-    NETWORK_ACTIONS,
-    NETWORK_DELETE,
-    POOL_ACTIONS,
-    POOL_DELETE,
-    VOLUME_ACTIONS,
-    VOLUME_CREATE,
-    VOLUME_DELETE,
-    Action,
-)
-from agent.resource_models import (
-    NetworkInfo,
-    NetworkList,
-    PoolDeleteQuery,
-    PoolInfo,
-    PoolList,
-    VolumeCreateBody,
-    VolumeInfo,
-    VolumeList,
-)
 from agent.transports.http.api import ok_model
 from agent.transports.http.resource_kit import (
     READ_ERRORS,
@@ -36,6 +16,26 @@ from agent.transports.http.resource_kit import (
     parse_body,
     parse_query,
     resource_view,
+)
+from agent.view.actions import (
+    NETWORK_ACTIONS,
+    NETWORK_DELETE,
+    POOL_ACTIONS,
+    POOL_DELETE,
+    VOLUME_ACTIONS,
+    VOLUME_CREATE,
+    VOLUME_DELETE,
+    Action,
+)
+from agent.view.models import (
+    NetworkInfo,
+    NetworkList,
+    PoolDeleteQuery,
+    PoolInfo,
+    PoolList,
+    VolumeCreateBody,
+    VolumeInfo,
+    VolumeList,
 )
 
 # --- storage pools and volumes ---

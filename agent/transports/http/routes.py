@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 from pydantic import BaseModel
 
+from agent.core.intake import TransportIntake
 from agent.errors import BadRequestError, DrainingError, UnsupportedMediaTypeError
-from agent.intake import TransportIntake
 from agent.jobs import parse_json
 from agent.transports.http.auth import Principal, TokenTable, bearer_token
 from agent.transports.http.envelope import Answer

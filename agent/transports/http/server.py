@@ -43,7 +43,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import parse_socket_addr, wrap_app
 
-from agent import metrics
+from agent.core import metrics
 from agent.transports.http.lean import LeanPath
 from agent.transports.http.lean_h11 import LeanH11Protocol
 

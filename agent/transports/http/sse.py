@@ -26,9 +26,9 @@ from typing import Any
 import trio
 from quart import Response, request
 
+from agent.core.events import Event, Feed, SharedEvent, Subscription
+from agent.core.intake import TransportIntake
 from agent.errors import BadRequestError
-from agent.events import Event, Feed, SharedEvent, Subscription
-from agent.intake import TransportIntake
 from agent.jobs import JobStatus
 from agent.transports.http.api import state
 

@@ -23,9 +23,9 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 
 from agent.config import Config
+from agent.core.health import Status
+from agent.core.intake import TransportIntake
 from agent.errors import ConfigError
-from agent.health import Status
-from agent.intake import TransportIntake
 from agent.transports.http import job_api
 from agent.transports.http.auth import TokenTable
 from agent.transports.http.fastpath import FastPaths

@@ -24,7 +24,7 @@ from agent.transports.kafka._producer import Outgoing
 from agent.transports.kafka._topics import Selector
 
 if TYPE_CHECKING:
-    from agent.intake import Submission
+    from agent.core.intake import Submission
 
 log = structlog.get_logger("agent.transports.kafka")
 

@@ -18,9 +18,9 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from agent.core.outbox import Outbox, OutboxInterest
 from agent.errors import DrainingError, QueueFullError, UnavailableError
 from agent.jobs import OutboxEntry, utc_now
-from agent.outbox import Outbox, OutboxInterest
 from agent.transports.kafka._announce import Announcer
 from agent.transports.kafka._consumer import ConsumerThread, Record
 from agent.transports.kafka._events import TERMINAL, EventType, ProgressGate, event_value
@@ -30,7 +30,7 @@ from agent.transports.kafka._settings import KafkaSettings
 from agent.transports.kafka._topics import Topics
 
 if TYPE_CHECKING:
-    from agent.intake import TransportIntake
+    from agent.core.intake import TransportIntake
 
 log = structlog.get_logger("agent.transports.kafka")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import structlog
 
-from agent import background
+from agent.core import periodic as background
 from agent.errors import (
     AgentError,
     BadRequestError,

@@ -22,13 +22,14 @@ import structlog
 import trio
 from prometheus_client import Counter
 
-from agent import background, metrics
 from agent.config import Config
+from agent.core import metrics
+from agent.core import periodic as background
+from agent.core.health import Status
+from agent.core.intake import TransportIntake
+from agent.core.outbox import Outbox, OutboxInterest
 from agent.errors import AgentError, QueueFullError
-from agent.health import Status
-from agent.intake import TransportIntake
 from agent.jobs import JOB_ID_PATTERN
-from agent.outbox import Outbox, OutboxInterest
 from agent.transports.spool import claim, inotify
 from agent.transports.spool.delivery import deliver, forget
 from agent.transports.spool.layout import CLAIMED, DIR_MODES, spool_dirs

@@ -9,8 +9,8 @@ import pytest
 import trio
 
 from agent.config import Config
-from agent.daemon import Agent
 from agent.jobs import JobStatus
+from agent.service.daemon import Agent
 from tests.http_helpers import (
     ADMIN,
     CANCEL,

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main
+from agent.cli.command import main
 from agent.config import Config
-from agent.daemon import Agent
 from agent.errors import ConfigError, ForbiddenError, UnauthorizedError
+from agent.service.daemon import Agent
 from agent.transports.http.auth import TokenTable, bearer_token, create_token, token_entry_toml
 from agent.transports.http.settings import HttpConfig
 from agent.transports.http.transport import check_exposure, is_loopback, parse_bind

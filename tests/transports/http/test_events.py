@@ -17,8 +17,8 @@ from trio_websocket import (
 )
 
 from agent.config import Config
-from agent.daemon import Agent
 from agent.jobs import JobStatus
+from agent.service.daemon import Agent
 from tests.http_helpers import READ, http_of, serving, with_http
 from tests.jobs import echo_job, sleep_job, wait_done
 from tests.spoolkit import spool_of

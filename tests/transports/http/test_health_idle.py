@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import trio
 
-from agent.intake import TransportIntake
+from agent.core.intake import TransportIntake
 from agent.transports.http.auth import TokenTable
 from agent.transports.http.fastpath import IDLE_AFTER_SECONDS, REFRESH_SECONDS, FastPaths
 from agent.transports.http.routes import ApiState

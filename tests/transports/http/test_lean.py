@@ -21,9 +21,9 @@ import pytest
 import trio
 from structlog.testing import capture_logs
 
-from agent import metrics
 from agent.config import Config
-from agent.daemon import Agent
+from agent.core import metrics
+from agent.service.daemon import Agent
 from agent.transports.http.app import build_app
 from agent.transports.http.auth import TokenTable
 from agent.transports.http.fastpath import FastPaths

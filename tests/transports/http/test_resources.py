@@ -17,8 +17,8 @@ import trio
 from trio_websocket import open_websocket_url
 
 from agent.config import Config
-from agent.daemon import Agent
-from agent.host_stats import cpu_percent, cpu_times, meminfo
+from agent.service.daemon import Agent
+from agent.view.host_stats import cpu_percent, cpu_times, meminfo
 from tests.http_helpers import (
     ADMIN,
     READ,

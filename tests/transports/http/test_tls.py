@@ -12,8 +12,8 @@ import pytest
 import trio
 
 from agent.config import Config
-from agent.daemon import Agent
 from agent.errors import ConfigError
+from agent.service.daemon import Agent
 from agent.transports.http.transport import HttpTransport
 from tests.http_helpers import READ, http_of, serving, with_http
 

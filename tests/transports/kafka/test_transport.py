@@ -14,8 +14,8 @@ import trio
 from confluent_kafka import Producer
 
 from agent.config import Config
-from agent.daemon import Agent
 from agent.errors import NotFoundError
+from agent.service.daemon import Agent
 from agent.transports.kafka import KafkaSettings
 from agent.transports.kafka._client import send_jobs
 from agent.transports.kafka._topics import Topics

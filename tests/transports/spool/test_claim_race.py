@@ -13,7 +13,7 @@ from pathlib import Path
 import trio
 
 from agent.config import Config
-from agent.daemon import Agent
+from agent.service.daemon import Agent
 from tests.jobs import job
 
 SECRET = b"root:$6$do-not-leak$"

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from agent.config import Config
-from agent.daemon import Agent
+from agent.service.daemon import Agent
 from agent.transports.spool import inotify
 from agent.transports.spool.settings import SpoolConfig
 from tests.jobs import job

@@ -11,8 +11,8 @@ import pytest
 import trio
 
 from agent.config import Config
-from agent.daemon import Agent
 from agent.jobs import JobStatus
+from agent.service.daemon import Agent
 from agent.transports.spool.settings import SpoolConfig
 from tests.jobs import job
 from tests.spoolkit import drop, read_json, spool_of, wait_for_files

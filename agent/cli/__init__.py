@@ -1,0 +1,1 @@
+"""The hostagent command: its parser, commands, offline paths and HTTP client."""

@@ -1,0 +1,183 @@
+"""The hostagent command line's parser (also the source of its man page and completion)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.cli import prune as cli_prune
+from agent.cli.resources import add_commands
+from agent.cli.support import EXIT_CODES_HELP, add_client_options
+from agent.transports.kafka import _cli as kafka_cli
+
+DESCRIPTION = "hostagent: the per-host job agent, and the command line to talk to it."
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="TOML config file (default /etc/hostagent/agent.toml if present)",
+    )
+    parser.add_argument("--state-dir", type=Path, help="where the job store lives")
+    parser.add_argument("--spool-dir", type=Path, help="the spool directory")
+
+
+_client = add_client_options
+
+
+def _json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="the full answer as JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hostagent",
+        description=DESCRIPTION,
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"hostagent {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the agent in the foreground")
+    _common(run)
+    run.add_argument("--max-concurrent", type=int, help="jobs run at once")
+    run.add_argument("--log-format", choices=["json", "console"])
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--libvirt-uri", help="libvirt connection URI (default qemu:///system)")
+    run.add_argument("--http-bind", metavar="HOST:PORT", help="HTTP API address (127.0.0.1:8080)")
+    run.add_argument(
+        "--no-http", dest="http_enabled", action="store_false", default=None, help="no HTTP API"
+    )
+    run.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        default=None,
+        help="HTTP API without tokens (development; loopback addresses only)",
+    )
+
+    _add_submit(commands)
+    _add_reads(commands)
+    RESOURCE_NOUNS.extend(add_commands(commands, _resource_options))
+    _add_admin(commands)
+    validate = commands.add_parser("validate", help="check a job file without submitting it")
+    _common(validate)
+    validate.add_argument("file", type=Path)
+    return parser
+
+
+Commands = Any  # argparse's private _SubParsersAction
+# The resource nouns (vm, pool, ...) of agent/cli/resources.py, filled by build_parser.
+RESOURCE_NOUNS: list[str] = []
+
+
+def _resource_options(parser: argparse.ArgumentParser) -> None:
+    _common(parser)
+    add_client_options(parser)
+
+
+def _add_submit(commands: Commands) -> None:
+    submit = commands.add_parser(
+        "submit", help="submit a job (through the running agent's socket, or its spool)"
+    )
+    _common(submit)
+    _client(submit)
+    source = submit.add_mutually_exclusive_group(required=True)
+    source.add_argument("file", nargs="?", type=Path, help="a job document (JSON)")
+    source.add_argument("--op", help="operation, e.g. system.echo")
+    submit.add_argument("--data", default="{}", help="payload data as JSON (with --op)")
+    submit.add_argument("--kind", default="VMOperation")
+    submit.add_argument("--job-id")
+    submit.add_argument("--priority", type=int)
+    submit.add_argument("--timeout", type=float, help="timeout_seconds")
+    submit.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    submit.add_argument(
+        "--follow",
+        action="store_true",
+        help="show progress and logs live, then print the result",
+    )
+    submit.add_argument("--wait-timeout", type=float, default=3600.0)
+    kafka_cli.add_submit_arguments(submit)
+    kafka_cli.add_commands(commands)
+    for name in ("fleet", "decommission"):
+        _common(commands.choices[name])
+
+
+def _add_reads(commands: Commands) -> None:
+    jobs = commands.add_parser("jobs", help="list jobs, newest first")
+    _common(jobs)
+    _client(jobs)
+    _json_flag(jobs)
+    jobs.add_argument("--status")
+    jobs.add_argument("--operation")
+    jobs.add_argument("--limit", type=int, default=50, help="jobs per page (1-1000)")
+    pages = jobs.add_mutually_exclusive_group()
+    pages.add_argument("--cursor", help="the next page: the cursor the previous page printed")
+    pages.add_argument("--all", action="store_true", help="every page")
+
+    for name, text in (
+        ("status", "a job's status"),
+        ("result", "a job's result"),
+        ("logs", "a job's log lines and progress"),
+        ("cancel", "cancel a pending or running job"),
+    ):
+        command = commands.add_parser(name, help=text)
+        _common(command)
+        _client(command)
+        _json_flag(command)
+        command.add_argument("job_id")
+
+    follow = commands.add_parser("follow", help="show a job's progress live until it ends")
+    _common(follow)
+    _client(follow)
+    follow.add_argument("job_id")
+    follow.add_argument("--wait-timeout", type=float, default=3600.0)
+
+    for name, text in (
+        ("caps", "the agent's capabilities (a summary; --json: everything)"),
+        ("health", "the agent's health"),
+    ):
+        command = commands.add_parser(name, help=text)
+        _common(command)
+        _client(command)
+        _json_flag(command)
+
+
+def _add_admin(commands: Commands) -> None:
+    token = commands.add_parser("token", help="API tokens")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    create = token_commands.add_parser(
+        "create", help="print a new random token once, and the config entry that admits it"
+    )
+    create.add_argument(
+        "--scopes",
+        required=True,
+        help="comma-separated: read, submit, cancel, admin (admin holds all)",
+    )
+    create.add_argument("--name", help="a name for the token (default: token-<date>)")
+    listing = token_commands.add_parser("list", help="the tokens the config admits (names)")
+    _common(listing)
+    _json_flag(listing)
+    revoke = token_commands.add_parser("revoke", help="remove a token from the config file")
+    _common(revoke)
+    revoke.add_argument("name")
+
+    config = commands.add_parser("config", help="check or show the configuration")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    check = config_commands.add_parser(
+        "check", help="validate a config file without starting (exit 2 names the bad key)"
+    )
+    check.add_argument("file", nargs="?", type=Path)
+    check.add_argument("--config", type=Path, help=argparse.SUPPRESS)
+    show = config_commands.add_parser("show", help="the effective config, secrets redacted")
+    _common(show)
+
+    prune = commands.add_parser("prune", help="prune finished jobs past store.retention_days")
+    _common(prune)
+    cli_prune.add_arguments(prune)
+
+    completion = commands.add_parser("completion", help="shell completion script")
+    completion.add_argument("shell", choices=["bash", "zsh", "tcsh"])

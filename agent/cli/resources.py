@@ -1,0 +1,221 @@
+"""The CLI's nouns, in the manner of virsh: `hostagent vm list`, `vm start NAME --wait`,
+`pool list`, `volume list POOL`, `net list`, `host stats`, over a running agent's
+HTTP API. Reads print a table (`--json` for programs); actions print the job id and,
+with `--wait`, follow the job to its end and print its outcome."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from agent.errors import AgentError
+
+if TYPE_CHECKING:
+    from agent.cli.client import AgentClient
+
+Column = tuple[str, Callable[[dict[str, Any]], object]]
+
+VM_VERBS = (
+    "start",
+    "shutdown",
+    "poweroff",
+    "reboot",
+    "reset",
+    "suspend",
+    "resume",
+    "snapshot",
+    "autostart",
+    "on",
+    "off",
+    "destroy",
+)
+
+
+def _mib(kib: int) -> str:
+    return f"{kib // 1024} MiB"
+
+
+def _gib(size: int | None) -> str:
+    return "-" if size is None else f"{size / 1024**3:.1f} GiB"
+
+
+_TABLES: dict[str, tuple[str, list[Column]]] = {
+    "vm": (
+        "vms",
+        [
+            ("NAME", lambda v: v["name"]),
+            ("STATE", lambda v: v["state"]),
+            ("VCPUS", lambda v: v["vcpus"]),
+            ("MEMORY", lambda v: _mib(v["memory_kib"])),
+            ("AUTOSTART", lambda v: "yes" if v["autostart"] else "no"),
+            ("UUID", lambda v: v["uuid"]),
+        ],
+    ),
+    "pool": (
+        "pools",
+        [
+            ("NAME", lambda p: p["name"]),
+            ("STATE", lambda p: p["state"]),
+            ("TYPE", lambda p: p["type"]),
+            ("CAPACITY", lambda p: _gib(p["capacity_bytes"])),
+            ("AVAILABLE", lambda p: _gib(p["available_bytes"])),
+            ("VOLUMES", lambda p: "-" if p["volumes"] is None else p["volumes"]),
+            ("PATH", lambda p: p["path"] or "-"),
+        ],
+    ),
+    "volume": (
+        "volumes",
+        [
+            ("NAME", lambda v: v["name"]),
+            ("FORMAT", lambda v: v["format"] or "-"),
+            ("CAPACITY", lambda v: _gib(v["capacity_bytes"])),
+            ("ALLOCATED", lambda v: _gib(v["allocation_bytes"])),
+            ("PATH", lambda v: v["path"]),
+        ],
+    ),
+    "net": (
+        "networks",
+        [
+            ("NAME", lambda n: n["name"]),
+            ("STATE", lambda n: n["state"]),
+            ("FORWARD", lambda n: n["forward"]),
+            ("BRIDGE", lambda n: n["bridge"] or "-"),
+            ("AUTOSTART", lambda n: "yes" if n["autostart"] else "no"),
+            ("ADDRESS", lambda n: ", ".join(f"{i['address']}/{i['prefix']}" for i in n["ips"])),
+        ],
+    ),
+}
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:
+    """Rows as aligned text columns under their headers."""
+    cells = [[header for header, _ in columns]]
+    cells += [[str(value(row)) for _, value in columns] for row in rows]
+    widths = [max(len(line[index]) for line in cells) for index in range(len(columns))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in cells
+    )
+
+
+def _fields(record: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    lines = []
+    for key, value in record.items():
+        if isinstance(value, dict):
+            lines += _fields(value, f"{prefix}{key}.")
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            for index, item in enumerate(value):
+                lines += _fields(item, f"{prefix}{key}[{index}].")
+        else:
+            shown = ", ".join(map(str, value)) if isinstance(value, list) else value
+            lines.append((f"{prefix}{key}", "-" if shown is None else str(shown)))
+    return lines
+
+
+def _show(args: argparse.Namespace, data: dict[str, Any], noun: str | None = None) -> None:
+    if args.json:
+        print(json.dumps(data, indent=2))
+    elif noun is not None:
+        key, columns = _TABLES[noun]
+        print(table(data[key], columns))
+    else:
+        lines = _fields(data)
+        width = max(len(key) for key, _ in lines)
+        print("\n".join(f"{key.ljust(width)}  {value}" for key, value in lines))
+
+
+def _outcome(args: argparse.Namespace, remote: AgentClient, answer: dict[str, Any]) -> int:
+    job_id = answer["job_id"]
+    print(job_id)
+    if not args.wait:
+        return 0
+    state = remote.follow(job_id, deadline=time.monotonic() + args.wait_timeout)
+    result = remote.result(job_id) if state["status"] == "Completed" else None
+    print(json.dumps({**state, "result": result}, indent=2))
+    return 0 if state["status"] == "Completed" else 1
+
+
+def _body(args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        body = json.loads(args.data)
+    except json.JSONDecodeError as exc:
+        raise AgentError(f"--data is not valid JSON: {exc}", field="data") from exc
+    if not isinstance(body, dict):
+        raise AgentError("--data must be a JSON object", field="data")
+    return body
+
+
+def _run(args: argparse.Namespace, remote: AgentClient) -> int:
+    noun, verb = args.command, args.verb
+    base = {"vm": "/api/v1/vms", "pool": "/api/v1/storagepools", "net": "/api/v1/networks"}
+    if noun == "host":
+        path = "/api/v1/host/stats" if verb == "stats" else "/api/v1/host"
+        _show(args, remote.call("GET", path))
+        return 0
+    if noun == "volume":
+        path = f"/api/v1/storagepools/{args.pool}/volumes"
+        if verb == "list":
+            _show(args, remote.call("GET", path), "volume")
+        else:
+            _show(args, remote.call("GET", f"{path}/{args.name}"))
+        return 0
+    if verb == "list":
+        params = {"state": args.state} if getattr(args, "state", None) else {}
+        _show(args, remote.call("GET", base[noun], params=params), noun)
+        return 0
+    if verb == "info":
+        _show(args, remote.call("GET", f"{base[noun]}/{args.name}"))
+        return 0
+    headers = {"Idempotency-Key": args.job_id} if args.job_id else {}
+    if verb == "delete":
+        params = {"force": "true"} if getattr(args, "force", False) else {}
+        answer = remote.call("DELETE", f"{base[noun]}/{args.name}", params=params, headers=headers)
+    else:
+        path = f"{base[noun]}/{args.name}/{verb}"
+        answer = remote.call("POST", path, json=_body(args), headers=headers)
+    return _outcome(args, remote, answer)
+
+
+def add_commands(commands: Any, options: Callable[[argparse.ArgumentParser], None]) -> list[str]:
+    """Add the nouns to the `hostagent` parser; answers the nouns."""
+    verbs = {
+        "vm": ("VMs", (*VM_VERBS, "delete")),
+        "pool": ("storage pools", ("activate", "deactivate", "delete")),
+        "volume": ("volumes of a pool", ()),
+        "net": ("virtual networks", ("start", "stop", "autostart", "delete")),
+        "host": ("this host", ()),
+    }
+    for noun, (text, actions) in verbs.items():
+        parser = commands.add_parser(noun, help=f"{text} (HTTP)")
+        nested = parser.add_subparsers(dest="verb", required=True)
+        reads = ("info", "stats") if noun == "host" else ("list", "info")
+        for verb in reads:
+            read = nested.add_parser(verb, help=f"{verb} {text}")
+            options(read)
+            read.add_argument("--json", action="store_true", help="the API's JSON, for programs")
+            if noun == "volume":
+                read.add_argument("pool")
+            if verb == "info" and noun != "host":
+                read.add_argument("name")
+            if noun == "vm" and verb == "list":
+                read.add_argument("--state", help="only VMs in this state (running, shutoff, ...)")
+        for verb in actions:
+            action = nested.add_parser(verb, help=f"{verb} (a job)")
+            options(action)
+            action.add_argument("name")
+            action.add_argument("--data", default="{}", help="the action's body as JSON")
+            action.add_argument("--job-id", help="sent as Idempotency-Key: a retry is one job")
+            action.add_argument("--wait", action="store_true", help="follow the job to its end")
+            action.add_argument("--wait-timeout", type=float, default=3600.0)
+            if verb == "delete" and noun == "vm":
+                action.add_argument("--force", action="store_true", help="power it off first")
+    return list(verbs)
+
+
+def run_command(args: argparse.Namespace, remote: AgentClient) -> int:
+    """Run a noun's command against the agent; answers the exit status."""
+    with remote:
+        return _run(args, remote)

@@ -1,0 +1,2 @@
+"""The job core: intake, dispatcher, registry, job context, store Protocol, outbox,
+events, health, capabilities, metrics. It imports no transport, CLI, handler or libvirt."""

@@ -1,0 +1,117 @@
+"""What this host offers, so a fleet can discover where to send work."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+import trio
+
+from agent.config import Config
+from agent.core import periodic as background
+from agent.core.events import EventBus
+from agent.core.registry import Registry
+from agent.errors import AgentError
+
+log = structlog.get_logger("agent.core.capabilities")
+
+# A contributor adds facts of its own (e.g. the hypervisor) to the description.
+Contributor = Callable[[], Awaitable[dict[str, Any]]]
+
+
+class Capabilities:
+    def __init__(self, config: Config, registry: Registry, bus: EventBus | None = None) -> None:
+        self._config = config
+        self._registry = registry
+        self._bus = bus
+        self._contributors: list[Contributor] = []
+        # What the contributors said at the last fingerprint, and its hash.
+        self._facts: dict[str, Any] | None = None
+        self.fingerprint: str | None = None
+        self._refresh_requested = trio.Event()
+
+    def reload(self, config: Config) -> None:
+        """Describe a reloaded config (labels, limits) from now on."""
+        self._config = config
+
+    def contribute(self, contributor: Contributor) -> None:
+        self._contributors.append(contributor)
+
+    def request_refresh(self) -> None:
+        """Re-fingerprint soon (e.g. the libvirt connection came or went)."""
+        self._refresh_requested.set()
+
+    async def refresh(self) -> dict[str, Any]:
+        """Ask every contributor again; a change is logged and published as an event."""
+        facts: dict[str, Any] = {"features": []}
+        for contributor in self._contributors:
+            contributed = await contributor()
+            features = contributed.pop("features", [])
+            facts.update(contributed)
+            facts["features"] = [*facts["features"], *features]
+        fingerprint = hashlib.sha256(
+            json.dumps(facts, sort_keys=True, default=str).encode()
+        ).hexdigest()
+        previous, self._facts = self._facts, facts
+        if previous is not None and fingerprint != self.fingerprint:
+            changed = sorted(
+                key for key in previous.keys() | facts.keys() if previous.get(key) != facts.get(key)
+            )
+            log.info("capabilities.changed", changed=changed, fingerprint=fingerprint)
+            if self._bus is not None:
+                self._bus.publish(
+                    {
+                        "type": "capabilities",
+                        "data": {"changed": changed, "fingerprint": fingerprint},
+                    }
+                )
+        self.fingerprint = fingerprint
+        return facts
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Fingerprint now, then periodically and whenever a refresh is requested."""
+        await self.refresh()
+        task_status.started()
+        failures = 0
+        while True:
+            wait = self._config.capabilities_refresh_seconds
+            with trio.move_on_after(background.backoff(failures) if failures else wait):
+                await self._refresh_requested.wait()
+            self._refresh_requested = trio.Event()
+            try:
+                await self.refresh()
+            except (OSError, AgentError) as exc:  # EMFILE starting qemu-img: keep the last facts
+                failures += 1
+                background.note_failure("capabilities", exc)
+            else:
+                failures = 0
+
+    async def describe(self) -> dict[str, Any]:
+        """The contract's capabilities object (`GET /api/v1/capabilities` data)."""
+        facts = dict(self._facts if self._facts is not None else await self.refresh())
+        description: dict[str, Any] = {
+            "worker_id": self._config.worker_id,
+            "operations": self._registry.operations,
+            "operation_schemas": self._registry.schemas(),
+            "features": [],
+            "disk_formats": [],
+            "max_concurrent_jobs": self._config.max_concurrent_jobs,
+            "max_disk_size_gb": self._config.max_disk_size_gb,
+            "hostname": socket.gethostname(),
+            "arch": platform.machine(),
+            "cpus": os.cpu_count(),
+            "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+            "hypervisor": None,
+            "labels": dict(self._config.labels),
+            "fingerprint": self.fingerprint,
+        }
+        features = facts.pop("features", [])
+        description.update(facts)
+        description["features"] = sorted({*description["features"], *features})
+        return description

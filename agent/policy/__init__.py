@@ -1,0 +1,1 @@
+"""What a job may reach on the host: paths and images, domain and network XML."""

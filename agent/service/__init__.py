@@ -1,0 +1,2 @@
+"""The daemon: the composition root, serve/signals/drain, systemd, journald, logging,
+the state lock."""

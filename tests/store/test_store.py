@@ -1,0 +1,270 @@
+"""The durable job store: idempotency, recovery, group commit, schema version."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from agent.core.outbox import Outbox, OutboxInterest
+from agent.errors import AgentError, ConflictError, StorageFullError, StoreError
+from agent.jobs import JobState, JobStatus, NewJob
+from agent.store import SqliteStore
+from agent.store.queries import get_transitions
+from agent.store.schema import SCHEMA_VERSION, connect
+from tests.tmpfs import small_tmpfs
+
+
+def new_job(job_id: str, operation: str = "system.echo", fingerprint: str = "a") -> NewJob:
+    return NewJob(
+        job_id=job_id,
+        operation=operation,
+        priority=5,
+        transport="test",
+        document={"job_id": job_id},
+        fingerprint=fingerprint,
+        timeout_seconds=None,
+    )
+
+
+async def opened(path: Path, *consumers: str) -> SqliteStore:
+    store = SqliteStore(path)
+    for name in consumers:
+        store.register_consumer(name, OutboxInterest())
+    await store.open()
+    return store
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    opened_store = await opened(tmp_path / "jobs.sqlite3", "test")
+    yield opened_store
+    await opened_store.aclose()
+
+
+async def mark_running(store: SqliteStore, job_id: str) -> JobState | None:
+    state: JobState | None = await store.settle(store.queue_mark_running(job_id))
+    return state
+
+
+async def finish(store: SqliteStore, job_id: str, status: JobStatus, **outcome: object) -> object:
+    return await store.settle(store.queue_finish(job_id, status, **outcome))  # type: ignore[arg-type]
+
+
+async def test_same_id_same_document_is_one_job_and_different_document_conflicts(
+    store: SqliteStore,
+) -> None:
+    [first] = await store.insert_jobs([new_job("j1")])
+    [again, conflict] = await store.insert_jobs([new_job("j1"), new_job("j1", fingerprint="b")])
+    assert not isinstance(first, AgentError)
+    assert first[1] is not None
+    assert not isinstance(again, AgentError)
+    assert again[1] is None
+    assert isinstance(conflict, ConflictError)
+    assert (await store.get_job("j1")).status is JobStatus.PENDING
+
+
+async def test_recovery_requeues_rerun_safe_and_fails_the_rest(store: SqliteStore) -> None:
+    await store.insert_jobs([new_job("safe", "system.echo"), new_job("unsafe", "vm.create")])
+    assert await mark_running(store, "safe") is not None
+    assert await mark_running(store, "unsafe") is not None
+    recovery = await store.recover(lambda operation: operation == "system.echo")
+    assert recovery.requeued == ["safe"]
+    assert recovery.failed == ["unsafe"]
+    assert (await store.get_job("safe")).status is JobStatus.PENDING
+    unsafe = await store.get_job("unsafe")
+    assert unsafe.status is JobStatus.FAILED
+    assert unsafe.error is not None
+    assert "restarted" in unsafe.error
+    steps = [
+        step["status"] for step in await trio.to_thread.run_sync(transitions_of, store.path, "safe")
+    ]
+    assert steps == ["Pending", "Running", "Pending"]
+
+
+async def test_concurrent_writes_all_commit_and_a_failing_one_fails_alone(
+    store: SqliteStore,
+) -> None:
+    await store.insert_jobs([new_job(f"j{n}") for n in range(50)])
+    outcomes: dict[str, bool] = {}
+
+    async def start(job_id: str) -> None:
+        outcomes[job_id] = await mark_running(store, job_id) is not None
+
+    async with trio.open_nursery() as nursery:
+        for n in range(50):
+            nursery.start_soon(start, f"j{n}")
+        nursery.start_soon(start, "missing")
+    assert outcomes.pop("missing") is False
+    assert all(outcomes.values())
+    assert len(outcomes) == 50
+    # A reader on another connection sees every committed transition.
+    conn = connect(store.path, readonly=True)
+    running = conn.execute("SELECT count(*) FROM jobs WHERE status = 'Running'").fetchone()[0]
+    assert running == 50
+
+
+async def test_finish_only_from_allowed_states(store: SqliteStore) -> None:
+    await store.insert_jobs([new_job("j")])
+    assert await finish(store, "j", JobStatus.COMPLETED, result={"ok": 1}) is None  # not running
+    await mark_running(store, "j")
+    done = await finish(store, "j", JobStatus.COMPLETED, result={"ok": 1})
+    assert isinstance(done, JobState)
+    assert done.completed_at is not None
+
+
+def test_schema_version_is_recorded_and_a_newer_store_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    conn = connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer"):
+        connect(path)
+    sqlite3.connect(path).close()
+
+
+def transitions_of(path: Path, job_id: str) -> list[dict[str, object]]:
+    conn = connect(path, readonly=True)
+    try:
+        return get_transitions(conn, job_id)  # type: ignore[return-value]
+    finally:
+        conn.close()
+
+
+async def test_outbox_holds_each_change_in_order_and_ack_prunes(store: SqliteStore) -> None:
+    await store.insert_jobs([new_job("a"), new_job("b")])
+    await mark_running(store, "a")
+    await finish(store, "a", JobStatus.COMPLETED, result={"ok": 1})
+    await finish(store, "b", JobStatus.CANCELLED, error="no", only_from=(JobStatus.PENDING,))
+    outbox = Outbox(store, "test")
+    batches = aiter(outbox)
+    batch = await anext(batches)
+    assert [(entry.job_id, entry.event) for entry in batch] == [
+        ("a", "accepted"),
+        ("b", "accepted"),
+        ("a", "running"),
+        ("a", "completed"),
+        ("b", "cancelled"),
+    ]
+    assert batch[3].data == {"result": {"ok": 1}}
+    assert batch[3].state.status is JobStatus.COMPLETED
+    assert batch[4].data == {"error": "no"}
+    await outbox.ack(batch[2].id)
+    assert [entry.event for entry in await store.outbox_entries("test", 0, 10)] == [
+        "completed",
+        "cancelled",
+    ]
+
+
+async def test_outbox_resumes_after_reopen_and_ignores_other_transports(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    first = await opened(path, "test", "other")
+    await first.insert_jobs(
+        [new_job("mine"), NewJob(**{**new_job("theirs").__dict__, "transport": "other"})]
+    )
+    [accepted] = await first.outbox_entries("test", 0, 10)
+    await first.aclose()
+    again = await opened(path, "test")  # "other" is gone: its entries are dropped
+    assert [entry.job_id for entry in await again.outbox_entries("test", 0, 10)] == ["mine"]
+    assert (await again.outbox_entries("test", 0, 10))[0].id == accepted.id
+    assert await again.outbox_entries("other", 0, 10) == []
+    await again.aclose()
+
+
+async def test_a_lazy_write_shares_the_commit_of_the_next_write(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "jobs.sqlite3")
+    await store.open()
+    batches: list[int] = []
+    run_batch = store._writes._run_batch
+    store._writes._run_batch = lambda batch: (batches.append(len(batch)), run_batch(batch))[1]
+    try:
+        await store.insert_jobs([new_job("first")])
+        batches.clear()
+        write = store.queue_mark_running("first")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(store.settle, write, lazy=True))
+            await trio.testing.wait_all_tasks_blocked()
+            assert batches == []  # lingering for company
+            await store.insert_jobs([new_job("second")])  # a submit: its batch takes both
+            assert write.finished
+        assert batches == [2]  # one commit (one fsync) for the two writes
+        assert (await store.get_job("first")).status is JobStatus.RUNNING
+    finally:
+        await store.aclose()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    with small_tmpfs(tmp_path / "small", "2m") as mount:
+        yield mount
+
+
+def fill(folder: Path) -> Path:
+    filler = folder / "filler"
+    with filler.open("wb", buffering=0) as out, contextlib.suppress(OSError):
+        while True:
+            out.write(b"\0" * 4096)
+    return filler
+
+
+async def wait_held(write: object) -> None:
+    with trio.fail_after(10):
+        while not write.held:  # type: ignore[attr-defined]
+            await trio.sleep(0.01)
+
+
+async def test_on_a_full_disk_accepted_jobs_writes_wait_in_order_and_new_jobs_are_refused(
+    small_disk: Path,
+) -> None:
+    """A job's start and outcome that meet a full disk are kept in their order
+    until space returns (an outcome committed first would find the job still
+    Pending and be dropped, leaving it Running for ever once its start lands)."""
+    path = small_disk / "jobs.sqlite3"
+    store = await opened(path, "test")
+    try:
+        await store.insert_jobs([new_job("slow")])
+        filler = fill(small_disk)
+        with trio.fail_after(10):  # the WAL's last free bytes go, then a refusal
+            for number in range(10_000):
+                big = dataclasses.replace(new_job(f"fill{number}"), document={"pad": "x" * 4000})
+                with contextlib.suppress(StorageFullError):
+                    await store.insert_jobs([big])
+                    continue
+                break
+        async with trio.open_nursery() as nursery:
+            start = store.queue_mark_running("slow")
+            nursery.start_soon(partial(store.settle, start, lazy=True))
+            await wait_held(start)
+            for number in range(3):  # batches keep failing: the start's backoff grows
+                with trio.fail_after(2), pytest.raises(StorageFullError):
+                    await store.insert_jobs([new_job(f"refused{number}")])  # never kept waiting
+            outcome = store.queue_finish("slow", JobStatus.COMPLETED, result={"ok": True})
+            nursery.start_soon(store.settle, outcome)
+            await wait_held(outcome)
+            assert store.disk_full
+            filler.unlink()
+            with trio.fail_after(15):
+                while not outcome.finished:
+                    await trio.sleep(0.01)
+        assert outcome.value is not None, "the outcome was committed before the start"
+        assert (await store.get_job("slow")).status is JobStatus.COMPLETED
+        assert [t["status"] for t in transitions_of(path, "slow")] == [
+            "Pending",
+            "Running",
+            "Completed",
+        ]
+        events = [e.event for e in await store.outbox_entries("test", 0, 10) if e.job_id == "slow"]
+        assert events == ["accepted", "running", "completed"]
+        assert not store.disk_full
+    finally:
+        await store.aclose()
