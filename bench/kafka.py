@@ -32,9 +32,9 @@ from confluent_kafka import KafkaException  # noqa: E402
 from confluent_kafka.admin import AdminClient  # noqa: E402
 
 from agent.transports.http.auth import create_token  # noqa: E402
-from agent.transports.kafka import KafkaSettings  # noqa: E402
-from agent.transports.kafka._client import EventWatcher, send_jobs  # noqa: E402
-from agent.transports.kafka._topics import Topics  # noqa: E402
+from agent.transports.kafka import KafkaConfig  # noqa: E402
+from agent.transports.kafka.client import EventWatcher, send_jobs  # noqa: E402
+from agent.transports.kafka.topics import Topics  # noqa: E402
 from tests.transports.kafka.fleetkit import echo, kafka_toml  # noqa: E402
 
 
@@ -103,7 +103,7 @@ def http_end_to_end(home: Path, jobs: int, batch: int = 500) -> float:
     return rate
 
 
-def wait_for_group(settings: KafkaSettings, group: str, members: int) -> None:
+def wait_for_group(settings: KafkaConfig, group: str, members: int) -> None:
     admin = AdminClient(settings.client_config())
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -128,7 +128,7 @@ def cpu_seconds(pid: int) -> float:
 
 def run(bootstrap: str, home: Path, agents: int, jobs: int, profile: Path | None = None) -> float:
     prefix = f"bench{agents}"
-    settings = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix)
+    settings = KafkaConfig(bootstrap_servers=bootstrap, topic_prefix=prefix)
     procs = []
     for i in range(agents):
         agent_home = home / f"w{i}"

@@ -128,11 +128,11 @@ def _submit(args: argparse.Namespace, config: Config) -> int:
 
     document = _document(args)
     if args.kafka or args.host or args.pool or args.broadcast:
-        from agent.transports.kafka import KafkaSettings
-        from agent.transports.kafka import _cli as kafka_cli
+        from agent.transports.kafka import KafkaConfig
+        from agent.transports.kafka import cli as kafka_cli
 
         return kafka_cli.submit(
-            args, kafka_cli.settings_from(args, config.section(KafkaSettings)), document
+            args, kafka_cli.settings_from(args, config.section(KafkaConfig)), document
         )
     remote = _remote(args, config)
     if remote is not None:
@@ -356,13 +356,13 @@ def _prune(args: argparse.Namespace, config: Config) -> int:
 
 
 def _fleet(args: argparse.Namespace, config: Config) -> int:
-    from agent.transports.kafka import _cli as kafka_cli
+    from agent.transports.kafka import cli as kafka_cli
 
     return kafka_cli.fleet(args, config)
 
 
 def _decommission(args: argparse.Namespace, config: Config) -> int:
-    from agent.transports.kafka import _cli as kafka_cli
+    from agent.transports.kafka import cli as kafka_cli
 
     return kafka_cli.retire(args, config)
 

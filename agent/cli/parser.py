@@ -10,7 +10,7 @@ from agent import __version__
 from agent.cli import prune as cli_prune
 from agent.cli.resources import add_commands
 from agent.cli.support import EXIT_CODES_HELP, add_client_options
-from agent.transports.kafka import _cli as kafka_cli
+from agent.transports.kafka import cli as kafka_cli
 
 DESCRIPTION = "hostagent: the per-host job agent, and the command line to talk to it."
 

@@ -9,33 +9,33 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from agent.transports.base import TransportSpec
-from agent.transports.kafka._settings import KafkaSettings
-from agent.transports.kafka._topics import Selector, Topics
+from agent.transports.kafka.settings import KafkaConfig
+from agent.transports.kafka.topics import Selector, Topics
 
 if TYPE_CHECKING:
     from agent.config import Config
     from agent.transports.base import Transport
-    from agent.transports.kafka._fleet import FleetHost
+    from agent.transports.kafka.fleet import FleetHost
 
 
 def _build(config: Config) -> Transport | None:
-    settings = config.section(KafkaSettings)
+    settings = config.section(KafkaConfig)
     if not settings.enabled:
         return None
-    from agent.transports.kafka._transport import KafkaTransport  # noqa: PLC0415 (librdkafka)
+    from agent.transports.kafka.transport import KafkaTransport  # noqa: PLC0415 (librdkafka)
 
     # Checks that worker_id and pools make legal topic names before anything starts.
     return KafkaTransport(settings, worker_id=config.worker_id, labels=config.labels)
 
 
-SPEC = TransportSpec(name="kafka", settings=KafkaSettings, build=_build)
+SPEC = TransportSpec(name="kafka", settings=KafkaConfig, build=_build)
 
 
-def read_fleet(settings: KafkaSettings, *, timeout: float = 15.0) -> list[FleetHost]:
+def read_fleet(settings: KafkaConfig, *, timeout: float = 15.0) -> list[FleetHost]:
     """The fleet map from the compacted capabilities topic (blocking)."""
-    from agent.transports.kafka._fleet import read_fleet as read  # noqa: PLC0415 (librdkafka)
+    from agent.transports.kafka.fleet import read_fleet as read  # noqa: PLC0415 (librdkafka)
 
     return read(settings, timeout=timeout)
 
 
-__all__ = ["SPEC", "KafkaSettings", "Selector", "Topics", "read_fleet"]
+__all__ = ["SPEC", "KafkaConfig", "Selector", "Topics", "read_fleet"]

@@ -7,8 +7,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from agent.transports.kafka import KafkaSettings
-from agent.transports.kafka._client import EventWatcher
+from agent.transports.kafka import KafkaConfig
+from agent.transports.kafka.client import EventWatcher
 from tests.agentproc import AgentProcess
 
 
@@ -77,7 +77,7 @@ def kafka_agent(
 class Events:
     """Job events read back from <prefix>.job-events, grouped by job."""
 
-    def __init__(self, settings: KafkaSettings) -> None:
+    def __init__(self, settings: KafkaConfig) -> None:
         self.settings = settings
         self.by_job: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.repeats = 0

@@ -8,16 +8,16 @@ import math
 import pytest
 import trio
 
-from agent.transports.kafka._consumer import ConsumerThread, Record
-from agent.transports.kafka._fleet import read_fleet, render_table
-from agent.transports.kafka._producer import EventProducer
-from agent.transports.kafka._settings import KafkaSettings
-from agent.transports.kafka._topics import Topics
+from agent.transports.kafka.consumer import ConsumerThread, Record
+from agent.transports.kafka.fleet import read_fleet, render_table
+from agent.transports.kafka.producer import EventProducer
+from agent.transports.kafka.settings import KafkaConfig
+from agent.transports.kafka.topics import Topics
 
 
 def consumer(bootstrap: str, topic: str, group: str, **extra: str) -> ConsumerThread:
     return ConsumerThread(
-        {**KafkaSettings(bootstrap_servers=bootstrap).client_config(), **extra},
+        {**KafkaConfig(bootstrap_servers=bootstrap).client_config(), **extra},
         topics=[topic],
         group_id=group,
         instance_id="w1",
@@ -44,7 +44,7 @@ async def collect(thread: ConsumerThread, count: int, *, store: int | None = Non
 @pytest.mark.slow
 async def test_offsets_commit_only_once_stored(kafka_broker: str, kafka_prefix: str) -> None:
     topic = f"{kafka_prefix}.jobs"
-    producer = EventProducer(KafkaSettings(bootstrap_servers=kafka_broker).client_config())
+    producer = EventProducer(KafkaConfig(bootstrap_servers=kafka_broker).client_config())
     async with trio.open_nursery() as nursery:
         await nursery.start(producer.run)
         await producer.send_many([(topic, f"k{i}", f"v{i}".encode()) for i in range(20)])
@@ -63,7 +63,7 @@ async def test_consumer_pauses_when_full_and_stays_in_its_group(
     kafka_broker: str, kafka_prefix: str
 ) -> None:
     topic = f"{kafka_prefix}.jobs"
-    producer = EventProducer(KafkaSettings(bootstrap_servers=kafka_broker).client_config())
+    producer = EventProducer(KafkaConfig(bootstrap_servers=kafka_broker).client_config())
     # A poll interval shorter than the stall: a thread that stopped polling would be evicted.
     thread = consumer(
         kafka_broker,
@@ -101,7 +101,7 @@ async def test_fleet_map_keeps_latest_record_and_drops_tombstones(
     kafka_broker: str, kafka_prefix: str
 ) -> None:
     topics = Topics(kafka_prefix)
-    producer = EventProducer(KafkaSettings(bootstrap_servers=kafka_broker).client_config())
+    producer = EventProducer(KafkaConfig(bootstrap_servers=kafka_broker).client_config())
 
     def caps(worker: str, seq: int, rack: str) -> bytes:
         return json.dumps(
@@ -126,7 +126,7 @@ async def test_fleet_map_keeps_latest_record_and_drops_tombstones(
         )
         nursery.cancel_scope.cancel()
     hosts = await trio.to_thread.run_sync(
-        lambda: read_fleet(KafkaSettings(bootstrap_servers=kafka_broker, topic_prefix=kafka_prefix))
+        lambda: read_fleet(KafkaConfig(bootstrap_servers=kafka_broker, topic_prefix=kafka_prefix))
     )
     assert [(h.worker_id, h.seq, h.labels["rack"], h.stale) for h in hosts] == [
         ("a", 2, "r12", False),

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.transports.kafka import KafkaSettings
-from agent.transports.kafka._client import EventWatcher, send_jobs
-from agent.transports.kafka._topics import Topics
+from agent.transports.kafka import KafkaConfig
+from agent.transports.kafka.client import EventWatcher, send_jobs
+from agent.transports.kafka.topics import Topics
 from tests.transports.kafka.fleetkit import Events, echo, kafka_agent, sleep
 
 pytestmark = pytest.mark.slow
@@ -41,7 +41,7 @@ def fleet_ids(bootstrap: str, prefix: str, *extra: str) -> dict[str, bool]:
 def test_host_pool_and_broadcast_jobs_reach_the_right_agents(
     tmp_path: Path, kafka_broker: str, kafka_prefix: str
 ) -> None:
-    settings = KafkaSettings(bootstrap_servers=kafka_broker, topic_prefix=kafka_prefix)
+    settings = KafkaConfig(bootstrap_servers=kafka_broker, topic_prefix=kafka_prefix)
     topics = Topics(kafka_prefix)
     agents = {
         "a": kafka_agent(tmp_path, kafka_broker, kafka_prefix, "a", pools=["p1"],
@@ -117,7 +117,7 @@ def test_host_pool_and_broadcast_jobs_reach_the_right_agents(
 def test_kill_9_of_a_pool_agent_loses_no_job(
     tmp_path: Path, kafka_broker: str, kafka_prefix: str
 ) -> None:
-    settings = KafkaSettings(bootstrap_servers=kafka_broker, topic_prefix=kafka_prefix)
+    settings = KafkaConfig(bootstrap_servers=kafka_broker, topic_prefix=kafka_prefix)
     topics = Topics(kafka_prefix)
     agents = [
         kafka_agent(tmp_path, kafka_broker, kafka_prefix, name, pools=["p1"], max_concurrent=4)

@@ -6,7 +6,7 @@ import pytest
 
 from agent.errors import ConfigError, ValidationError
 from agent.transports.kafka import Selector, Topics
-from agent.transports.kafka._topics import parse_selector_args
+from agent.transports.kafka.topics import parse_selector_args
 
 
 def test_topic_and_group_names_follow_the_contract() -> None:

@@ -16,14 +16,14 @@ from confluent_kafka import Producer
 from agent.config import Config
 from agent.errors import NotFoundError
 from agent.service.daemon import Agent
-from agent.transports.kafka import KafkaSettings
-from agent.transports.kafka._client import send_jobs
-from agent.transports.kafka._topics import Topics
+from agent.transports.kafka import KafkaConfig
+from agent.transports.kafka.client import send_jobs
+from agent.transports.kafka.topics import Topics
 from tests.transports.kafka.fleetkit import Events, echo, sleep
 
 
 def with_kafka(config: Config, bootstrap: str, prefix: str, **extra: Any) -> Config:
-    settings = KafkaSettings(
+    settings = KafkaConfig(
         bootstrap_servers=bootstrap,
         topic_prefix=prefix,
         heartbeat_interval_seconds=1.0,
@@ -42,7 +42,7 @@ async def running(config: Config) -> AsyncIterator[Agent]:
         nursery.cancel_scope.cancel()
 
 
-async def read_events(settings: KafkaSettings, ids: list[str], timeout: float = 60) -> Events:
+async def read_events(settings: KafkaConfig, ids: list[str], timeout: float = 60) -> Events:
     events = Events(settings)
     await trio.to_thread.run_sync(lambda: events.read(ids, timeout=timeout))
     return events
@@ -73,7 +73,7 @@ async def test_poison_messages_are_rejected_and_the_partition_moves_on(
         assert await trio.to_thread.run_sync(producer.flush, 30) == 0
         producer.close()
         ids = ["not-json", "unknown-op", "bad-payload", long_id, "good"]
-        events = await read_events(config.section(KafkaSettings), ids)
+        events = await read_events(config.section(KafkaConfig), ids)
         assert (await agent.intake.status("good")).status == "Completed"
     rejected = {job: events.by_job[job][0]["data"]["error"] for job in poison_ids(poison)}
     assert rejected["not-json"]["details"]["field"] == "document"
@@ -101,9 +101,9 @@ async def test_not_after_in_the_past_expires_and_never_runs(
         late = {**echo("late"), "not_after": "2020-01-01T00:00:00Z"}
         timely = {**echo("timely"), "not_after": "2999-01-01T00:00:00Z"}
         await trio.to_thread.run_sync(
-            lambda: send_jobs(config.section(KafkaSettings), topics.host("w1"), [late, timely])
+            lambda: send_jobs(config.section(KafkaConfig), topics.host("w1"), [late, timely])
         )
-        events = await read_events(config.section(KafkaSettings), ["late", "timely"])
+        events = await read_events(config.section(KafkaConfig), ["late", "timely"])
         with pytest.raises(NotFoundError):
             await agent.intake.status("late")
     assert events.types("late") == ["expired"]
@@ -132,7 +132,7 @@ async def test_broker_outage_degrades_and_loses_no_event(
         await wait_for(lambda: _is(kafka_status, "healthy"))
         await trio.to_thread.run_sync(
             lambda: send_jobs(
-                config.section(KafkaSettings), topics.host("w1"), [sleep(i, 2) for i in ids]
+                config.section(KafkaConfig), topics.host("w1"), [sleep(i, 2) for i in ids]
             )
         )
         # Wait until the jobs are durable here, then take the broker away.
@@ -147,7 +147,7 @@ async def test_broker_outage_degrades_and_loses_no_event(
         await wait_for(lambda: _count_done(agent, ids, 4))
         await trio.sleep(max(0.0, 30 - (time.monotonic() - stopped)))
         await trio.to_thread.run_sync(cluster.start)
-        events = await read_events(config.section(KafkaSettings), ids, timeout=90)
+        events = await read_events(config.section(KafkaConfig), ids, timeout=90)
         await wait_for(lambda: _is(kafka_status, "healthy"))
     for job_id in ids:
         assert events.types(job_id)[-1] == "completed", (job_id, events.types(job_id))
@@ -183,18 +183,18 @@ async def test_three_brokers_lose_nothing_when_one_dies(
         first, second = ids[:200], ids[200:]
         await trio.to_thread.run_sync(
             lambda: send_jobs(
-                config.section(KafkaSettings), topics.host("w1"), [echo(i) for i in first]
+                config.section(KafkaConfig), topics.host("w1"), [echo(i) for i in first]
             )
         )
         # kill -9 one of the three while its partitions are busy.
         await trio.to_thread.run_sync(cluster.kill, cluster.nodes[0])
         await trio.to_thread.run_sync(
             lambda: send_jobs(
-                config.section(KafkaSettings),
+                config.section(KafkaConfig),
                 topics.host("w1"),
                 [echo(i) for i in second],
                 timeout=60,
             )
         )
-        events = await read_events(config.section(KafkaSettings), ids, timeout=120)
+        events = await read_events(config.section(KafkaConfig), ids, timeout=120)
     assert all(events.types(job_id)[-1] == "completed" for job_id in ids)

@@ -18,8 +18,8 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from agent.errors import UnavailableError
-from agent.transports.kafka._settings import KafkaSettings
-from agent.transports.kafka._topics import Topics
+from agent.transports.kafka.settings import KafkaConfig
+from agent.transports.kafka.topics import Topics
 
 # A host is stale when its last heartbeat is older than this many of its own intervals.
 STALE_AFTER_INTERVALS = 3
@@ -99,7 +99,7 @@ def _read_latest(consumer: Consumer, topic: str, timeout: float) -> dict[str, by
     return latest
 
 
-def read_fleet(settings: KafkaSettings, *, timeout: float = 15.0) -> list[FleetHost]:
+def read_fleet(settings: KafkaConfig, *, timeout: float = 15.0) -> list[FleetHost]:
     """The fleet map, sorted by worker_id (blocking; see the module docstring)."""
     topics = Topics(settings.topic_prefix)
     consumer = Consumer(

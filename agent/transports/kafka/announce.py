@@ -22,9 +22,9 @@ import trio
 from agent import __version__
 from agent.errors import AgentError
 from agent.jobs import utc_now
-from agent.transports.kafka._producer import EventProducer
-from agent.transports.kafka._settings import KafkaSettings
-from agent.transports.kafka._topics import Topics
+from agent.transports.kafka.producer import EventProducer
+from agent.transports.kafka.settings import KafkaConfig
+from agent.transports.kafka.topics import Topics
 
 log = structlog.get_logger("agent.transports.kafka")
 
@@ -41,7 +41,7 @@ class Announcer:
     def __init__(
         self,
         producer: EventProducer,
-        settings: KafkaSettings,
+        settings: KafkaConfig,
         *,
         worker_id: str,
         labels: dict[str, str],

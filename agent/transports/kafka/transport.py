@@ -21,13 +21,13 @@ from confluent_kafka.cimpl import NewTopic
 from agent.core.outbox import Outbox, OutboxInterest
 from agent.errors import DrainingError, QueueFullError, UnavailableError
 from agent.jobs import OutboxEntry, utc_now
-from agent.transports.kafka._announce import Announcer
-from agent.transports.kafka._consumer import ConsumerThread, Record
-from agent.transports.kafka._events import TERMINAL, EventType, ProgressGate, event_value
-from agent.transports.kafka._intake import TRANSPORT, Examiner
-from agent.transports.kafka._producer import Delivery, EventProducer, Outgoing
-from agent.transports.kafka._settings import KafkaSettings
-from agent.transports.kafka._topics import Topics
+from agent.transports.kafka.announce import Announcer
+from agent.transports.kafka.consumer import ConsumerThread, Record
+from agent.transports.kafka.events import TERMINAL, EventType, ProgressGate, event_value
+from agent.transports.kafka.intake import TRANSPORT, Examiner
+from agent.transports.kafka.producer import Delivery, EventProducer, Outgoing
+from agent.transports.kafka.settings import KafkaConfig
+from agent.transports.kafka.topics import Topics
 
 if TYPE_CHECKING:
     from agent.core.intake import TransportIntake
@@ -47,7 +47,7 @@ _HEARTBEAT_RETENTION_MS = "600000"
 class KafkaTransport:
     name = TRANSPORT
 
-    def __init__(self, settings: KafkaSettings, *, worker_id: str, labels: dict[str, str]) -> None:
+    def __init__(self, settings: KafkaConfig, *, worker_id: str, labels: dict[str, str]) -> None:
         self.settings = settings
         # Events of its own jobs (and of every job, if asked), progress included.
         self.outbox = OutboxInterest(all_jobs=settings.events_for_all_jobs, progress=True)

@@ -18,10 +18,10 @@ import structlog
 
 from agent.errors import AgentError, ExpiredError, NotFoundError, ValidationError
 from agent.jobs import JobState, NewJob, parse_json
-from agent.transports.kafka._consumer import Record
-from agent.transports.kafka._events import EventType, event_value
-from agent.transports.kafka._producer import Outgoing
-from agent.transports.kafka._topics import Selector
+from agent.transports.kafka.consumer import Record
+from agent.transports.kafka.events import EventType, event_value
+from agent.transports.kafka.producer import Outgoing
+from agent.transports.kafka.topics import Selector
 
 if TYPE_CHECKING:
     from agent.core.intake import Submission

@@ -15,9 +15,9 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from agent.errors import UnavailableError
-from agent.transports.kafka._events import TERMINAL
-from agent.transports.kafka._settings import KafkaSettings
-from agent.transports.kafka._topics import Topics
+from agent.transports.kafka.events import TERMINAL
+from agent.transports.kafka.settings import KafkaConfig
+from agent.transports.kafka.topics import Topics
 
 
 def _unavailable(exc: KafkaException, what: str) -> UnavailableError:
@@ -28,7 +28,7 @@ def _unavailable(exc: KafkaException, what: str) -> UnavailableError:
 
 
 def send_jobs(
-    settings: KafkaSettings, topic: str, documents: Iterable[dict[str, Any]], *, timeout: float = 30
+    settings: KafkaConfig, topic: str, documents: Iterable[dict[str, Any]], *, timeout: float = 30
 ) -> int:
     """Produce job documents (key = job_id) and wait until the brokers have them all."""
     failures: list[str] = []
@@ -72,7 +72,7 @@ def send_jobs(
 
 
 def target_topic(
-    settings: KafkaSettings, *, host: str | None, pool: str | None, broadcast: bool
+    settings: KafkaConfig, *, host: str | None, pool: str | None, broadcast: bool
 ) -> str:
     topics = Topics(settings.topic_prefix)
     if host is not None:
@@ -89,7 +89,7 @@ class EventWatcher:
     Events delivered twice (at least once, after a crash) are dropped by event_id.
     """
 
-    def __init__(self, settings: KafkaSettings, *, from_beginning: bool = False) -> None:
+    def __init__(self, settings: KafkaConfig, *, from_beginning: bool = False) -> None:
         self._settings = settings
         self._topic = Topics(settings.topic_prefix).events
         self._from_beginning = from_beginning
@@ -185,7 +185,7 @@ class EventWatcher:
                         return
 
 
-def decommission(settings: KafkaSettings, worker_id: str) -> None:
+def decommission(settings: KafkaConfig, worker_id: str) -> None:
     """Remove a host from the fleet map: tombstones for its capabilities and heartbeat."""
     topics = Topics(settings.topic_prefix)
     producer = Producer({"enable.idempotence": True, "acks": "all", **settings.client_config()})

@@ -14,7 +14,7 @@ from agent.config import RESTART, Section
 TOPIC_PART = r"^[A-Za-z0-9._-]+$"
 
 
-class KafkaSettings(Section):
+class KafkaConfig(Section):
     """The fleet transport; off while `bootstrap_servers` is empty.
 
     Every setting is read once at start (clients and consumer groups are made once).

@@ -8,9 +8,9 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import AgentError
-from agent.transports.kafka._events import TERMINAL
-from agent.transports.kafka._settings import KafkaSettings
-from agent.transports.kafka._topics import parse_selector_args
+from agent.transports.kafka.events import TERMINAL
+from agent.transports.kafka.settings import KafkaConfig
+from agent.transports.kafka.topics import parse_selector_args
 
 if TYPE_CHECKING:
     from agent.config import Config
@@ -57,13 +57,13 @@ def add_commands(commands: Any) -> None:
     retire.add_argument("worker_id")
 
 
-def settings_from(args: argparse.Namespace, configured: KafkaSettings) -> KafkaSettings:
+def settings_from(args: argparse.Namespace, configured: KafkaConfig) -> KafkaConfig:
     update = {
         key: value
         for key, value in (("bootstrap_servers", args.kafka), ("topic_prefix", args.topic_prefix))
         if value
     }
-    settings = KafkaSettings.model_validate({**configured.model_dump(), **update})
+    settings = KafkaConfig.model_validate({**configured.model_dump(), **update})
     if not settings.enabled:
         raise AgentError(
             "No Kafka brokers: pass --kafka/--bootstrap or set kafka.bootstrap_servers",
@@ -73,9 +73,9 @@ def settings_from(args: argparse.Namespace, configured: KafkaSettings) -> KafkaS
     return settings
 
 
-def _expected_agents(settings: KafkaSettings, document: dict[str, Any], args: Any) -> int:
+def _expected_agents(settings: KafkaConfig, document: dict[str, Any], args: Any) -> int:
     """How many live agents a broadcast reaches (its --wait waits for each of them)."""
-    from agent.transports.kafka._fleet import read_fleet  # noqa: PLC0415
+    from agent.transports.kafka.fleet import read_fleet  # noqa: PLC0415
 
     selector = parse_selector_args(args.selector)
     operations = [document["operation"], *selector.get("operations", [])]
@@ -87,8 +87,8 @@ def _expected_agents(settings: KafkaSettings, document: dict[str, Any], args: An
     )
 
 
-def submit(args: argparse.Namespace, settings: KafkaSettings, document: dict[str, Any]) -> int:
-    from agent.transports.kafka._client import EventWatcher, send_jobs, target_topic  # noqa: PLC0415
+def submit(args: argparse.Namespace, settings: KafkaConfig, document: dict[str, Any]) -> int:
+    from agent.transports.kafka.client import EventWatcher, send_jobs, target_topic  # noqa: PLC0415
 
     chosen = [args.host is not None, args.pool is not None, bool(args.broadcast)]
     if sum(chosen) != 1:
@@ -132,9 +132,9 @@ def submit(args: argparse.Namespace, settings: KafkaSettings, document: dict[str
 
 def fleet(args: argparse.Namespace, config: Config) -> int:
     """`hostagent fleet`: the map, filtered, as a table or JSON."""
-    from agent.transports.kafka._fleet import read_fleet, render_table  # noqa: PLC0415
+    from agent.transports.kafka.fleet import read_fleet, render_table  # noqa: PLC0415
 
-    settings = settings_from(args, config.section(KafkaSettings))
+    settings = settings_from(args, config.section(KafkaConfig))
     labels = dict(parse_selector_args(args.label)["labels"])
     hosts = [
         host
@@ -150,8 +150,8 @@ def fleet(args: argparse.Namespace, config: Config) -> int:
 
 def retire(args: argparse.Namespace, config: Config) -> int:
     """`hostagent decommission`: tombstones for a host that is gone for good."""
-    from agent.transports.kafka._client import decommission  # noqa: PLC0415
+    from agent.transports.kafka.client import decommission  # noqa: PLC0415
 
-    decommission(settings_from(args, config.section(KafkaSettings)), args.worker_id)
+    decommission(settings_from(args, config.section(KafkaConfig)), args.worker_id)
     print(f"{args.worker_id} removed from the fleet map")
     return 0
