@@ -367,6 +367,12 @@ def _decommission(args: argparse.Namespace, config: Config) -> int:
     return kafka_cli.retire(args, config)
 
 
+def _key(args: argparse.Namespace, config: Config) -> int:
+    from agent.transports.kafka import cli as kafka_cli
+
+    return kafka_cli.generate_key(args, config)
+
+
 _COMMANDS = {
     "run": _run,
     "submit": _submit,
@@ -383,5 +389,6 @@ _COMMANDS = {
     "config": _config_show,
     "fleet": _fleet,
     "decommission": _decommission,
+    "key": _key,
     "prune": _prune,
 }

@@ -22,10 +22,17 @@ def _build(config: Config) -> Transport | None:
     settings = config.section(KafkaConfig)
     if not settings.enabled:
         return None
-    from agent.transports.kafka.transport import KafkaTransport  # noqa: PLC0415 (librdkafka)
+    from agent.transports.kafka.transport import (  # noqa: PLC0415 (librdkafka)
+        DEFAULT_MAX_RESULT_BYTES,
+        KafkaTransport,
+    )
 
+    # The core's max_event_result_bytes once it exists; until then the transport's default.
+    max_result = getattr(config, "max_event_result_bytes", DEFAULT_MAX_RESULT_BYTES)
     # Checks that worker_id and pools make legal topic names before anything starts.
-    return KafkaTransport(settings, worker_id=config.worker_id, labels=config.labels)
+    return KafkaTransport(
+        settings, worker_id=config.worker_id, labels=config.labels, max_result_bytes=max_result
+    )
 
 
 SPEC = TransportSpec(name="kafka", settings=KafkaConfig, build=_build)
