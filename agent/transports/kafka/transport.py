@@ -235,11 +235,10 @@ class KafkaTransport:
         """Wait until the brokers have `messages` (sent as `delivery`, or now).
 
         While no broker answers, everything is sent again, in order, until one does.
-        A message the brokers refuse as such (too large, invalid) is tried
-        `event_attempts` times with backoff, then parked: logged, counted in
-        health, and passed over; it never stops the transport.
+        When the brokers refuse messages as such (too large, invalid), each message
+        that failed is sent again on its own: the brokers judge a record batch
+        whole, so its neighbours may have failed only for being batched with it.
         """
-        attempts = 1
         while True:
             if delivery is None:
                 delivery = await producer.submit(messages)
@@ -249,20 +248,35 @@ class KafkaTransport:
                 log.warning("kafka.send_failed", error=exc.message, failed=len(delivery.failed))
             else:
                 return
-            refused_now = {i for i, error in delivery.failed.items() if refused(error)}
-            if refused_now and attempts >= self.settings.event_attempts:
-                for index in sorted(refused_now):
-                    self._park(messages[index], delivery.failed[index])
-                # The rest again, in order (readers drop the repeats by event_id).
-                messages = [m for i, m in enumerate(messages) if i not in refused_now]
-                if not any(i not in refused_now for i in delivery.failed):
-                    return
-                attempts = 1
-            elif refused_now:
-                attempts += 1
-            backoff = _RETRY_SECONDS * 2 ** (attempts - 2) if refused_now else _RETRY_SECONDS
-            await trio.sleep(min(backoff, _MAX_BACKOFF_SECONDS))
+            if any(refused(error) for error in delivery.failed.values()):
+                for index in sorted(delivery.failed):
+                    await self._send_alone(producer, messages[index])
+                return
+            # The brokers were away: all again, in order (readers drop repeats by event_id).
+            await trio.sleep(_RETRY_SECONDS)
             delivery = None
+
+    async def _send_alone(self, producer: EventProducer, message: Outgoing) -> None:
+        """One message until the brokers take it; refused `event_attempts` times with
+        backoff, it is parked: logged, counted in health, and passed over."""
+        attempts = 0
+        while True:
+            delivery = await producer.submit([message])
+            try:
+                await delivery.wait()
+            except UnavailableError:
+                error = delivery.failed[0]
+            else:
+                return
+            if refused(error):
+                attempts += 1
+                if attempts >= self.settings.event_attempts:
+                    self._park(message, error)
+                    return
+                backoff = _RETRY_SECONDS * 2 ** (attempts - 1)
+            else:
+                backoff = _RETRY_SECONDS
+            await trio.sleep(min(backoff, _MAX_BACKOFF_SECONDS))
 
     def _park(self, message: Outgoing, error: KafkaError) -> None:
         topic, key, value = message
@@ -272,7 +286,7 @@ class KafkaTransport:
             "at": utc_now(),
             "topic": topic,
             "job_id": job_id,
-            "event": event,
+            "event_type": event,
             "bytes": len(value or b""),
             "reason": f"{error.name()}: {error.str()}",
         }
