@@ -224,6 +224,13 @@ class KafkaTransport:
                     # consumer pauses (this channel is full) and keeps its group seat.
                     await trio.sleep(_ROOM_POLL_SECONDS)
                     continue
+                except Exception:
+                    # Not a record's doing (each record's failures end in its rejection):
+                    # the store, or a bug. Nothing is committed; the batch is tried again
+                    # (what went in is a duplicate then) and the agent lives.
+                    log.exception("kafka.batch_failed", records=len(records))
+                    await trio.sleep(_RETRY_SECONDS)
+                    continue
                 break
             assert self.producer is not None
             await self._settle(self.producer, sorted_.events)
@@ -324,18 +331,24 @@ class KafkaTransport:
                 continue
             if entry.event in TERMINAL:
                 self._gate.forget(entry.job_id)
-            value = event_value(
-                type=cast("EventType", entry.event),
-                worker_id=self.worker_id,
-                job_id=entry.job_id,
-                status=str(entry.state.status),
-                timestamp=_when(entry),
-                data=self._bounded(entry),
-                # The outbox id is stable across re-sends: readers drop repeats by it.
-                event_id=f"{self.worker_id}:{entry.id}",
-            )
+            value = self._event(entry, entry.data)
+            # Smaller than the limit as a whole: its result is too (no second encoding).
+            if len(value) > self.max_result_bytes and "result" in entry.data:
+                value = self._event(entry, self._bounded(entry))
             messages.append((self.topics.events, entry.job_id, value))
         return messages
+
+    def _event(self, entry: OutboxEntry, data: dict[str, Any]) -> bytes:
+        return event_value(
+            type=cast("EventType", entry.event),
+            worker_id=self.worker_id,
+            job_id=entry.job_id,
+            status=str(entry.state.status),
+            timestamp=_when(entry),
+            data=data,
+            # The outbox id is stable across re-sends: readers drop repeats by it.
+            event_id=f"{self.worker_id}:{entry.id}",
+        )
 
     def _bounded(self, entry: OutboxEntry) -> dict[str, Any]:
         """The entry's data, with a result larger than max_result_bytes referenced instead."""

@@ -50,6 +50,7 @@ def raw(document: dict[str, Any]) -> bytes:
     return json.dumps(document).encode()
 
 
+@pytest.mark.slow
 async def test_only_jobs_signed_by_a_trusted_key_for_this_topic_run(
     config: Config, kafka_broker: str, kafka_prefix: str
 ) -> None:
@@ -106,6 +107,7 @@ async def test_only_jobs_signed_by_a_trusted_key_for_this_topic_run(
     assert kinds.count("duplicate") == 1
 
 
+@pytest.mark.slow
 async def test_signatures_off_lets_unsigned_jobs_in_but_still_checks_signed_ones(
     config: Config, kafka_broker: str, kafka_prefix: str
 ) -> None:
