@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.container import Container
+from tests.jobs import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -61,13 +62,6 @@ def journal(box: Container, *args: str) -> list[dict[str, str]]:
 
 def messages(entries: list[dict[str, str]], event: str) -> list[dict[str, str]]:
     return [entry for entry in entries if f'"event": "{event}"' in str(entry.get("MESSAGE"))]
-
-
-def wait_for(check: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
 
 
 def main_pid(box: Container) -> str:
