@@ -85,7 +85,7 @@ def test_the_package_under_systemd(package: Path, container: Container) -> None:
     # Install: postinst creates the users, the directories, enables and starts the unit.
     box.run("dpkg", "-i", f"/mnt/build/{package.name}")
     # The service cannot write byte-code under /opt: postinst compiled it once.
-    compiled = "ls /opt/hostagent/lib/python3*/site-packages/agent/__pycache__/daemon.*.pyc"
+    compiled = "ls /opt/hostagent/lib/python3*/site-packages/agent/service/__pycache__/daemon.*.pyc"
     assert box.run("sh", "-c", compiled, check=False).returncode == 0
     box.run("mkdir", "-p", "/etc/systemd/system/hostagent.service.d")
     box.run("tee", "/etc/systemd/system/hostagent.service.d/test.conf", input=DROP_IN)
