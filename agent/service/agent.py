@@ -29,6 +29,13 @@ from agent.hypervisor import LibvirtConnection
 from agent.hypervisor.facts import libvirt_facts
 from agent.policy.paths import Policy
 from agent.service.logs import set_log_level
+from agent.service.settings import (
+    Settings,
+    SettingsT,
+    as_settings,
+    section_of,
+    settings_model,
+)
 from agent.store import SqliteStore
 from agent.store.retention import (
     ForgetsJobs,
@@ -45,9 +52,10 @@ log = structlog.get_logger("agent.service.agent")
 
 @runtime_checkable
 class Reloadable(Protocol):
-    """A part of the agent (or a transport) that applies a reloaded config (SIGHUP)."""
+    """A part of the agent that applies reloaded settings (SIGHUP): the core's
+    parts get the settings, a transport its own section."""
 
-    def reload(self, config: Config) -> object:
+    def reload(self, config: Any) -> object:
         """Apply `config`; may be a coroutine function."""
 
 
@@ -68,17 +76,25 @@ def build_registry() -> Registry:
 
 
 class Agent:
-    """The running agent's parts, for the daemon and for tests."""
+    """The running agent's parts, for the daemon and for tests.
+
+    `transports` is the transport table; a transport added to it brings its own
+    section (load the settings with `load_settings(path, transports=...)`).
+    `config` may lack sections (a core `Config`): those take their defaults.
+    """
 
     def __init__(
         self,
         config: Config,
         *,
         extra_handlers: Iterable[Handler] = (),
-        transports: Iterable[TransportSpec] = TRANSPORTS,
+        transports: Iterable[TransportSpec[Any]] = TRANSPORTS,
         store: JobStore | None = None,
     ) -> None:
-        self.config = config
+        specs = tuple(transports)
+        self._model = settings_model(specs)
+        self.config: Settings = as_settings(config, self._model)
+        config = self.config
         self.bus = EventBus()
         self.policy = Policy(config)
         self.registry = build_registry()
@@ -100,6 +116,9 @@ class Agent:
         self.services.register(
             LibvirtConnection, self.libvirt, name="libvirt", ping=self.libvirt.health
         )
+        # Direct reads of VMs, pools, networks and the host (the HTTP API's); their
+        # actions still come in through the intake as jobs.
+        self.services.register(ResourceView, ResourceView(self.libvirt, config), name="resources")
         self.dispatcher = Dispatcher(
             self.store,
             self.registry,
@@ -114,6 +133,7 @@ class Agent:
         self.capabilities.contribute(image.qemu_img_facts)
         self.capabilities.contribute(partial(refresh_pool_roots, self.libvirt, self.policy))
         self.libvirt.on_change(self.capabilities.request_refresh)
+        self.space = SpaceFloor(config.state_dir, config.state_min_free_bytes)
         self.health = Health()
         for name, check in self.services.pings().items():
             self.health.add(name, check)
@@ -128,10 +148,8 @@ class Agent:
             max_timeout=config.max_timeout_seconds,
             capabilities=self.capabilities,
             health=self.health,
+            space=self.space,
         )
-        self.intake.resources = ResourceView(self.libvirt, config)
-        self.space = SpaceFloor(config.state_dir, config.state_min_free_bytes)
-        self.intake.space = self.space
         self.pruner = (
             Pruner(
                 self.store,
@@ -144,13 +162,15 @@ class Agent:
             if isinstance(self.store, Prunable)
             else None
         )
-        # Each transport the config turns on; it brings its health, features and outbox.
+        # Each transport its section turns on; it brings its health, features and outbox.
         self.transports: list[Transport] = []
-        for spec in transports:
-            transport = spec.build(config)
+        self._spec_of: dict[str, TransportSpec[Any]] = {}
+        for spec in specs:
+            transport = spec.build(section_of(config, spec), self.services)
             if transport is None:
                 continue
             self.transports.append(transport)
+            self._spec_of[transport.name] = spec
             self.health.add(transport.name, transport.health)
             self.capabilities.contribute(partial(_features_of, transport))
             if transport.outbox is not None:
@@ -232,23 +252,24 @@ class Agent:
 
     async def reload(self, config: Config) -> None:
         """Apply a reloaded config without dropping jobs: log level, limits,
-        labels, and whatever each transport reloads (tokens, certificates)."""
-        applied, changed, kept = _reconcile(self.config, config)
+        labels, and whatever each transport reloads from its own section
+        (tokens, certificates)."""
+        applied, changed, kept = _reconcile(self.config, as_settings(config, self._model))
         self.config = applied
         self.services.replace(Config, applied)
         set_log_level(applied.log_level)
-        for part in (
-            self.dispatcher,
-            self.intake,
-            self.capabilities,
-            self.policy,
-            self.space,
-            *self.transports,
-        ):
+        core = (self.dispatcher, self.intake, self.capabilities, self.policy, self.space)
+        parts: list[tuple[object, object]] = [(part, applied) for part in core]
+        parts += [
+            (transport, section_of(applied, self._spec_of[transport.name]))
+            for transport in self.transports
+            if transport.name in self._spec_of  # one not built from the table has no section
+        ]
+        for part, given in parts:
             if not isinstance(part, Reloadable):
                 continue
             try:
-                outcome = part.reload(applied)
+                outcome = part.reload(given)
                 if inspect.isawaitable(outcome):
                     await outcome
             except Exception:  # one part failing to reload must not stop the agent
@@ -306,14 +327,15 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _reconcile(old: Config, new: Config) -> tuple[Config, list[str], list[str]]:
+def _reconcile(old: SettingsT, new: SettingsT) -> tuple[SettingsT, list[str], list[str]]:
     """The config to apply (restart-only keys keep their old values), the keys
     that changed, and the changed keys that wait for a restart."""
     before, after = _flatten(old.model_dump()), _flatten(new.model_dump())
     changed = sorted(
         key for key in before.keys() | after.keys() if before.get(key) != after.get(key)
     )
-    restart_only = restart_keys()
+    model = type(new)
+    restart_only = restart_keys(model)
     kept = [key for key in changed if key in restart_only]
     data = new.model_dump()
     for key in kept:
@@ -322,4 +344,4 @@ def _reconcile(old: Config, new: Config) -> tuple[Config, list[str], list[str]]:
         for part in parents:
             node = node[part]
         node[leaf] = before[key]
-    return Config.model_validate(data), changed, kept
+    return model.model_validate(data), changed, kept

@@ -5,8 +5,9 @@ from __future__ import annotations
 import gc
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from functools import partial
+from typing import Any
 
 import structlog
 import trio
@@ -16,6 +17,7 @@ from agent.errors import AgentError
 from agent.service.agent import Agent, build_registry
 from agent.service.statelock import hold_state_lock
 from agent.service.systemd import Notifier, Notify, feed_watchdog, monotonic_usec, report_status
+from agent.transports import TRANSPORTS, TransportSpec
 
 # Agent and build_registry are imported from here by tests and tools too.
 __all__ = ["Agent", "build_registry", "serve"]
@@ -52,6 +54,7 @@ async def serve(
     *,
     load_config: Callable[[], Config] | None = None,
     notify: Notify | None = None,
+    transports: Iterable[TransportSpec[Any]] = TRANSPORTS,
     task_status: trio.TaskStatus[Agent] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The daemon's main: run the agent until SIGTERM or SIGINT, then drain.
@@ -59,21 +62,24 @@ async def serve(
     SIGHUP applies `load_config()` (the configuration read again the way the
     command line first read it). A second SIGTERM/SIGINT ends the drain at once.
     `notify` defaults to systemd's notification socket, if the environment names one.
+    `transports` is the agent's transport table (see Agent).
     """
+    build = partial(Agent, transports=tuple(transports))
     # Before the store opens: a second agent on this directory would run its jobs again.
     with hold_state_lock(config.state_dir):
         if notify is not None:
-            await _serve(config, load_config, notify, task_status)
+            await _serve(config, build, load_config, notify, task_status)
             return
         notifier = Notifier.from_environment(os.environ)
         try:
-            await _serve(config, load_config, notifier, task_status)
+            await _serve(config, build, load_config, notifier, task_status)
         finally:
             notifier.close()
 
 
 async def _serve(
     config: Config,
+    build: Callable[[Config], Agent],
     load_config: Callable[[], Config] | None,
     notifier: Notify,
     task_status: trio.TaskStatus[Agent],
@@ -82,7 +88,7 @@ async def _serve(
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             await notifier.send("STATUS=Starting: recovering jobs, scanning the spool")
-            agent: Agent = await nursery.start(Agent(config).run)
+            agent: Agent = await nursery.start(build(config).run)
             # What start-up built lives as long as the process: keep it out of the
             # collector's full passes, which stalled requests for ~40 ms (bench/http.py).
             # `hostagent run` starts with the collector off (agent.cli.command): start-up's few
