@@ -6,6 +6,7 @@ shipped table included."""
 
 from __future__ import annotations
 
+import ast
 import gc
 from pathlib import Path
 
@@ -139,3 +140,15 @@ def test_run_with_bad_config_exits_2_naming_the_key(
 def test_missing_explicit_config_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_settings(tmp_path / "nope.toml", environ={})
+
+
+def test_the_core_config_is_a_leaf() -> None:
+    """agent/config.py imports nothing of the agent but its errors (no transport)."""
+    source = Path(__file__).resolve().parents[2] / "agent" / "config.py"
+    imported = set()
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module is not None:
+            imported.add(node.module)
+        elif isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+    assert {name for name in imported if name.split(".")[0] == "agent"} == {"agent.errors"}
