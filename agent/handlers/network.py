@@ -17,7 +17,7 @@ from agent.core.registry import handler
 from agent.handlers import connection, missing_is_done
 from agent.handlers.domain_xml import NAME_PATTERN
 from agent.hypervisor import lookup_network
-from agent.policy.domain import admit_network
+from agent.policy.domain import NETWORK_XML_RULES, admit_network
 
 
 class NetworkRef(BaseModel):
@@ -94,11 +94,7 @@ class NetworkDefinePayload(BaseModel):
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
     name: str = Field(pattern=NAME_PATTERN)
-    xml: str | None = Field(
-        default=None,
-        description="a complete libvirt network XML instead (no hostdev/passthrough forward "
-        "modes, host interfaces or dnsmasq options unless admin and policy.allow_passthrough)",
-    )
+    xml: str | None = Field(default=None, description=NETWORK_XML_RULES)
     forward: Literal["nat", "route", "isolated"] = "nat"
     bridge: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,15}$")
     ipv4_address: ipaddress.IPv4Interface | None = Field(
