@@ -71,7 +71,7 @@ def domain_allowlist(image: Check) -> Allowlist:
         "domain/memory": Allowed(
             {"unit": one_of(*_MEMORY_UNITS)}, text=matches(r"[0-9]{1,20}", "a number")
         ),
-        "domain/vcpu": Allowed(text=integer(1, 4096)),
+        "domain/vcpu": Allowed(text=integer(1, 1024)),
         "domain/os": Allowed(),
         "domain/os/type": Allowed(
             {
@@ -166,7 +166,7 @@ def check_domain_xml(policy: Policy, xml: str, *, field: str, privileged: bool) 
         try:
             check_disk_image(policy, value, field=field)
         except ForbiddenError as exc:
-            return f"refused: {exc.details.get('reason', exc.message)}"
+            return f"refused: {exc.message.removeprefix(f'{field}: ')}"
         return None
 
     if not (privileged and policy.allow_passthrough):

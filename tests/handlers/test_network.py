@@ -7,10 +7,10 @@ import uuid
 import pytest
 
 from agent.config import Config
-from agent.errors import ValidationError
+from agent.errors import ForbiddenError, ValidationError
 from agent.service.daemon import Agent
 from agent.transports.spool.settings import SpoolConfig
-from tests.jobs import failed, ok
+from tests.jobs import failed, job_document, ok
 
 
 @pytest.fixture
@@ -71,3 +71,17 @@ async def test_define_from_xml_must_name_the_network(agent: Agent) -> None:
     await ok(agent, "network.delete", {"name": name})
     with pytest.raises(ValidationError, match="whose <name> is `name`"):
         await ok(agent, "network.define", {"name": "other", "xml": xml})
+
+
+async def test_define_from_xml_holds_only_what_the_spec_writes(agent: Agent) -> None:
+    for extra, element, attribute in (
+        ("<ip address='10.7.0.1' prefix='24'><tftp root='/'/></ip>", "/network/ip/tftp", None),
+        ("<forward mode='nat' dev='eth0'/>", "/network/forward", "dev"),
+    ):
+        xml = f"<network><name>evil</name>{extra}</network>"
+        document = job_document("network.define", {"name": "evil", "xml": xml})
+        with pytest.raises(ForbiddenError) as caught:
+            await agent.intake.submit(document, transport="test")
+        assert caught.value.details["field"] == "payload.data.xml"
+        assert caught.value.details["element"] == element
+        assert caught.value.details.get("attribute") == attribute
