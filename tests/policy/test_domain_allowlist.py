@@ -322,6 +322,20 @@ HOSTILE_DOMAINS: dict[str, DomainCase] = {
         "/domain/devices",
         None,
     ),
+    "doctype-default-attribute": (
+        # libvirt applies a DTD's default attributes: this would listen everywhere.
+        lambda h: (
+            "<!DOCTYPE domain [<!ATTLIST graphics listen CDATA '0.0.0.0'>]>"
+            + _domain("<graphics type='vnc'/>")
+        ),
+        "<!DOCTYPE domain>",
+        None,
+    ),
+    "doctype-entity": (
+        lambda h: f"<!DOCTYPE domain [<!ENTITY f '{h.secret}'>]>" + _domain(_disk("&f;")),
+        "<!DOCTYPE domain>",
+        None,
+    ),
     "a-second-name": (
         lambda h: _domain().replace("</name>", "</name><name>other</name>"),
         "/domain/name[2]",
@@ -336,6 +350,7 @@ FILE_DISK_CASES = {
     "disk-through-a-linked-directory",
     "disk-dotdot",
     "disk-in-a-second-devices",
+    "doctype-entity",  # the entity names the secret
 }
 
 
