@@ -140,9 +140,8 @@ def check_disk_image(policy: Policy, path: str, *, field: str) -> None:
     """The image check at intake, for a disk or CD-ROM: under an image root, reached
     without a link, and if it exists a plain file. The one call to switch to the image
     opener (agent.policy.images); what the image names is checked when the job runs."""
-    located = policy.locate(path, field=field)
     try:
-        policy.check_input(located.path, field=field)
+        policy.check_input(path, field=field)
     except ForbiddenError as exc:
         if exc.details.get("reason") != "no such file":
             raise
