@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -192,17 +191,18 @@ class _Walk:
                 raise self.refuse(shown, None, f"text {text!r} is {why}")
         elif text.strip():
             raise self.refuse(shown, None, "holds text")
-        counts = Counter(child.tag for child in node)
-        seen: Counter[str] = Counter()
+        counts: dict[str, int] = {}
         for child in node:
-            seen[child.tag] += 1
+            counts[child.tag] = counts.get(child.tag, 0) + 1
+        seen: dict[str, int] = {}
+        for child in node:
+            nth = seen[child.tag] = seen.get(child.tag, 0) + 1
             tag = self.name(child.tag)
             child_key = f"{key}/{tag}"
-            index = f"[{seen[child.tag]}]" if counts[child.tag] > 1 else ""
-            child_shown = f"{shown}/{tag}{index}"
-            if (child.tail or "").strip():
+            child_shown = f"{shown}/{tag}[{nth}]" if counts[child.tag] > 1 else f"{shown}/{tag}"
+            if child.tail and child.tail.strip():
                 raise self.refuse(shown, None, "holds text between elements")
             child_allowed = self.allowlist.get(child_key)
-            if child_allowed is not None and seen[child.tag] > 1 and not child_allowed.repeats:
+            if child_allowed is not None and nth > 1 and not child_allowed.repeats:
                 raise self.refuse(child_shown, None, f"a second <{tag}>")
             self.element(child, child_key, child_shown)
