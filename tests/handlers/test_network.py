@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 
 import pytest
 
 from agent.config import Config
 from agent.errors import ForbiddenError, ValidationError
+from agent.handlers.network import _dhcp_range
 from agent.service.daemon import Agent
 from agent.transports.spool.settings import SpoolConfig
 from tests.jobs import failed, job_document, ok
@@ -85,3 +87,11 @@ async def test_define_from_xml_holds_only_what_the_spec_writes(agent: Agent) -> 
         assert caught.value.details["field"] == "payload.data.xml"
         assert caught.value.details["element"] == element
         assert caught.value.details.get("attribute") == attribute
+
+
+def test_dhcp_range_of_tiny_subnets_at_the_ends_of_the_address_space_is_none() -> None:
+    for value in ("0.0.0.0/31", "0.0.0.0/32", "255.255.255.255/32", "255.255.255.254/31"):
+        interface = ipaddress.IPv4Interface(value)
+        assert _dhcp_range(interface.network, interface.ip) is None, value
+    interface = ipaddress.IPv4Interface("10.9.8.254/24")
+    assert _dhcp_range(interface.network, interface.ip) == ("10.9.8.1", "10.9.8.253")
