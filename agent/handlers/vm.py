@@ -16,8 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.core.context import JobContext
 from agent.core.registry import handler
-from agent.errors import ForbiddenError, HandlerError, HypervisorError
+from agent.errors import HandlerError
 from agent.handlers import connection, missing_is_done
+from agent.handlers.domain_checks import check_disk_images, check_networks
 from agent.handlers.domain_xml import (
     VmSpec,
     describe_devices,
@@ -26,16 +27,13 @@ from agent.handlers.domain_xml import (
     spec_to_xml,
     with_uuid,
 )
-from agent.handlers.image import verified_chain
 from agent.hypervisor import (
     domain_state,
     lookup_domain,
-    lookup_network,
     undefine_domain,
     volume_by_path,
 )
-from agent.policy.domain import DOMAIN_XML_RULES, admit_define, disk_files, network_names
-from agent.policy.paths import Policy
+from agent.policy.domain import DOMAIN_XML_RULES, admit_define
 
 DomainState = Literal[
     "nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed", "pmsuspended"
@@ -145,63 +143,6 @@ class DefinePayload(BaseModel):
         return self.spec.name if self.spec is not None else domain_name(self.xml or "")
 
 
-def _disks(payload: DefinePayload) -> list[tuple[str, str, str]]:
-    """(file, format, field) of each file disk the definition names."""
-    if payload.spec is not None:
-        return [
-            (disk.path, disk.format, f"payload.data.spec.disks.{index}.path")
-            for index, disk in enumerate(payload.spec.disks)
-        ]
-    return [(path, fmt, "payload.data.xml") for path, fmt in disk_files(payload.xml or "")]
-
-
-async def check_disk_images(ctx: JobContext, payload: DefinePayload) -> None:
-    """The image check when the job runs: each disk's file again, and every file its image
-    names (image.verified_chain; agent.policy.images' opener replaces this one call). A
-    file that does not exist yet is left for libvirt to refuse when the domain starts."""
-    policy = ctx.get(Policy)
-    for path, fmt, field in _disks(payload):
-        try:
-            policy.check_input(path, field=field)
-        except ForbiddenError as exc:
-            if exc.details.get("reason") == "no such file":
-                continue
-            raise
-        try:
-            chain = await verified_chain(ctx, path, fmt)
-        except ForbiddenError as exc:
-            message = exc.message.removeprefix("payload.data.path: ")
-            reason = exc.details.get("reason")
-            raise ForbiddenError(f"{field}: {message}", field=field, reason=reason) from exc
-        for image in chain:
-            data_file = image.get("format-specific", {}).get("data", {}).get("data-file")
-            if data_file:
-                raise ForbiddenError(
-                    f"{field}: {image.get('filename')} names an external data file",
-                    field=field,
-                    reason="qcow2 external data files are refused (not checked)",
-                )
-
-
-def _check_networks(conn: Any, payload: DefinePayload, xml: str) -> None:
-    """Each NIC's libvirt network exists (blocking: inside LibvirtConnection.call)."""
-    if payload.spec is not None:
-        wanted = [
-            (nic.network, f"payload.data.spec.networks.{index}.network")
-            for index, nic in enumerate(payload.spec.networks)
-            if nic.network is not None
-        ]
-    else:
-        wanted = [(name, "payload.data.xml") for name in network_names(xml)]
-    for name, field in wanted:
-        try:
-            lookup_network(conn, name)
-        except HypervisorError as exc:
-            if exc.reason != "not_found":
-                raise
-            raise HandlerError(exc.message, field=field, reason="no such network") from exc
-
-
 @handler(
     "vm.define",
     payload=DefinePayload,
@@ -211,12 +152,12 @@ def _check_networks(conn: Any, payload: DefinePayload, xml: str) -> None:
 )
 async def define(payload: DefinePayload, ctx: JobContext) -> dict[str, Any]:
     """Define (or redefine) a persistent domain from XML or from a small JSON spec."""
-    await check_disk_images(ctx, payload)
+    await check_disk_images(ctx, payload.spec, payload.xml)
 
     def run(conn: Any) -> dict[str, Any]:
         existing = {dom.name(): dom.UUIDString() for dom in conn.listAllDomains(0)}
         xml = payload.xml or ""
-        _check_networks(conn, payload, xml)
+        check_networks(conn, payload.spec, xml)
         if payload.spec is not None:
             try:
                 kind, arch = pick_domain_type(conn.getCapabilities(), payload.spec.arch)
