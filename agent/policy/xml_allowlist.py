@@ -183,12 +183,12 @@ class _Walk:
                 raise self.refuse(shown, name, "an attribute the allowlist does not describe")
             why = check(value)
             if why is not None:
-                raise self.refuse(shown, name, f"{value!r} is {why}")
+                raise self.refuse(shown, name, f"{_quoted(value)} is {why}")
         text = node.text or ""
         if allowed.text is not None:
             why = allowed.text(text)
             if why is not None:
-                raise self.refuse(shown, None, f"text {text!r} is {why}")
+                raise self.refuse(shown, None, f"text {_quoted(text)} is {why}")
         elif text.strip():
             raise self.refuse(shown, None, "holds text")
         counts: dict[str, int] = {}
@@ -206,3 +206,8 @@ class _Walk:
             if child_allowed is not None and nth > 1 and not child_allowed.repeats:
                 raise self.refuse(child_shown, None, f"a second <{tag}>")
             self.element(child, child_key, child_shown)
+
+
+def _quoted(value: str, longest: int = 120) -> str:
+    """A submitted value for an error message, cut short (it is echoed in the 403)."""
+    return repr(value if len(value) <= longest else value[:longest] + "...")

@@ -424,6 +424,12 @@ def test_a_disk_on_a_host_file_in_a_second_devices_is_refused_for_admins_too(
     assert "outside the image roots" in error.details["reason"]
 
 
+def test_a_long_refused_value_is_cut_short_in_the_error(policy: Policy) -> None:
+    error = _refusal(policy, _domain(f"<graphics type='vnc' listen='{'9' * 100_000}'/>"))
+    assert error.details["attribute"] == "listen"
+    assert len(error.message) < 400
+
+
 def test_what_the_allowlist_describes_passes(policy: Policy, host: Host) -> None:
     nics = (
         "<interface type='network'><source network='default'/><model type='virtio'/>"
