@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import trio
 
-from agent.config import Config
 from agent.errors import NotFoundError
 from agent.service.daemon import Agent
+from agent.service.settings import Settings
 from agent.transports.kafka.consumer import Record
 from agent.transports.kafka.intake import Examiner
 from agent.transports.kafka.signing import TrustedKey, Verifier
@@ -23,7 +23,7 @@ offsets = iter(range(1_000_000))
 
 
 @asynccontextmanager
-async def agent_of(config: Config) -> AsyncIterator[Agent]:
+async def agent_of(config: Settings) -> AsyncIterator[Agent]:
     async with trio.open_nursery() as nursery:
         agent: Agent = await nursery.start(Agent(config).run)
         yield agent
@@ -55,7 +55,7 @@ def rejection(event: tuple[str, Any, bytes | None]) -> dict[str, Any]:
 
 @pytest.mark.slow
 async def test_each_poison_record_is_its_own_rejection_and_the_good_ones_go_in(
-    config: Config,
+    config: Settings,
 ) -> None:
     no_id = json.dumps({k: v for k, v in echo("x").items() if k != "job_id"}).encode()
     records = [
@@ -91,7 +91,7 @@ async def test_each_poison_record_is_its_own_rejection_and_the_good_ones_go_in(
 
 
 @pytest.mark.slow
-async def test_with_signatures_off_an_unsigned_job_goes_in(config: Config) -> None:
+async def test_with_signatures_off_an_unsigned_job_goes_in(config: Settings) -> None:
     async with agent_of(config) as agent:
         sorted_ = await examiner(require=False).sort(
             agent.intake,

@@ -15,8 +15,8 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.config import Config
 from agent.errors import NotFoundError
+from agent.service.settings import Settings
 from agent.transports.kafka import KafkaConfig
 from agent.transports.kafka.signing import sign
 from agent.transports.kafka.topics import Topics
@@ -52,7 +52,7 @@ def raw(document: dict[str, Any]) -> bytes:
 
 @pytest.mark.slow
 async def test_only_jobs_signed_by_a_trusted_key_for_this_topic_run(
-    config: Config, kafka_broker: str, kafka_prefix: str
+    config: Settings, kafka_broker: str, kafka_prefix: str
 ) -> None:
     config = with_kafka(config, kafka_broker, kafka_prefix, partitions=1)
     topics = Topics(kafka_prefix)
@@ -87,7 +87,7 @@ async def test_only_jobs_signed_by_a_trusted_key_for_this_topic_run(
     async with running(config) as agent:
         await produce(kafka_broker, messages)
         ids = ["unsigned", "forged", "misdirected", "stale", "good"]
-        events = await read_events(config.section(KafkaConfig), ids)
+        events = await read_events(config.kafka, ids)
         assert (await agent.intake.status("good")).status == "Completed"
         for refused in ("unsigned", "forged", "misdirected", "stale"):
             with pytest.raises(NotFoundError):
@@ -109,7 +109,7 @@ async def test_only_jobs_signed_by_a_trusted_key_for_this_topic_run(
 
 @pytest.mark.slow
 async def test_signatures_off_lets_unsigned_jobs_in_but_still_checks_signed_ones(
-    config: Config, kafka_broker: str, kafka_prefix: str
+    config: Settings, kafka_broker: str, kafka_prefix: str
 ) -> None:
     config = with_kafka(config, kafka_broker, kafka_prefix, partitions=1, require_signatures=False)
     topic = Topics(kafka_prefix).host("w1")
@@ -120,14 +120,14 @@ async def test_signatures_off_lets_unsigned_jobs_in_but_still_checks_signed_ones
     ]
     async with running(config):
         await produce(kafka_broker, messages)
-        events = await read_events(config.section(KafkaConfig), ["plain", "forged"])
+        events = await read_events(config.kafka, ["plain", "forged"])
     assert events.types("plain") == ["accepted", "running", "completed"]
     assert events.types("forged") == ["rejected"]
 
 
 @pytest.mark.slow
 async def test_poison_is_rejected_one_by_one_and_the_next_job_runs(
-    config: Config, kafka_broker: str, kafka_prefix: str
+    config: Settings, kafka_broker: str, kafka_prefix: str
 ) -> None:
     config = with_kafka(config, kafka_broker, kafka_prefix, partitions=1)
     topic = Topics(kafka_prefix).host("w1")
@@ -153,7 +153,7 @@ async def test_poison_is_rejected_one_by_one_and_the_next_job_runs(
     after = signed(b"after", raw(echo("after")))
     async with running(config) as agent:
         await produce(kafka_broker, [*poison, after])
-        events = await read_events(config.section(KafkaConfig), ["after"])
+        events = await read_events(config.kafka, ["after"])
         assert (await agent.intake.status("after")).status == "Completed"
         with pytest.raises(NotFoundError):
             await agent.intake.status("/some/dir")
@@ -178,11 +178,11 @@ async def test_poison_is_rejected_one_by_one_and_the_next_job_runs(
     ]
 
 
-def _all_rejected(config: Config, rejected: dict[int, dict[str, Any]], count: int) -> None:
+def _all_rejected(config: Settings, rejected: dict[int, dict[str, Any]], count: int) -> None:
     """Every rejection on the events topic (their job_ids differ: read them all)."""
     from agent.transports.kafka.client import EventWatcher
 
-    with EventWatcher(config.section(KafkaConfig), from_beginning=True) as watcher:
+    with EventWatcher(config.kafka, from_beginning=True) as watcher:
         for event in watcher.events(timeout=20):
             if event["type"] == "rejected":
                 rejected[event["data"]["origin"]["offset"]] = event["data"]["error"]["details"]
@@ -192,7 +192,7 @@ def _all_rejected(config: Config, rejected: dict[int, dict[str, Any]], count: in
 
 @pytest.mark.slow
 async def test_an_event_the_broker_refuses_is_parked_and_the_next_job_runs(
-    config: Config, kafka_broker: str, kafka_prefix: str
+    config: Settings, kafka_broker: str, kafka_prefix: str
 ) -> None:
     topics = Topics(kafka_prefix)
     # The events topic takes at most 4 KB a message (as a broker's message.max.bytes would).
@@ -202,7 +202,7 @@ async def test_an_event_the_broker_refuses_is_parked_and_the_next_job_runs(
     )
     await trio.to_thread.run_sync(lambda: created[topics.events].result(30))
     config = with_kafka(config, kafka_broker, kafka_prefix, partitions=1, event_attempts=2)
-    settings = config.section(KafkaConfig)
+    settings = config.kafka
     async with running(config) as agent:
         # Its completed event (an 8 KB result) is over the topic's limit; the next job's is not.
         await trio.to_thread.run_sync(
