@@ -121,14 +121,10 @@ class Examiner:
         return (self.events_topic, key, value)
 
     def rejected(self, record: Record, error: AgentError, job_id: str | None) -> Outgoing:
-        log.warning(
-            "kafka.rejected",
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            error=error.message,
-            **error.details,
-        )
+        where = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+        # The details' own keys, unless one would collide with these (or the event's name).
+        details = {k: v for k, v in error.details.items() if k not in {*where, "error", "event"}}
+        log.warning("kafka.rejected", **where, error=error.message, **details)
         return self.event("rejected", record, job_id=job_id, data={"error": error.to_dict()})
 
     def examine(

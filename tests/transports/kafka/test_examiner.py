@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import trio
 
-from agent.errors import NotFoundError
+from agent.errors import NotFoundError, ValidationError
 from agent.service.daemon import Agent
 from agent.service.settings import Settings
 from agent.transports.kafka.consumer import Record
@@ -100,3 +100,9 @@ async def test_with_signatures_off_an_unsigned_job_goes_in(config: Settings) -> 
         )
     assert [job.job_id for job in sorted_.jobs] == ["plain"]
     assert sorted_.events == []
+
+
+def test_a_rejection_whose_details_reuse_log_field_names_is_still_an_event() -> None:
+    error = ValidationError("odd", field="f", details={"error": "x", "offset": 5, "event": "e"})
+    event = examiner().rejected(record(b"k", b"{}"), error, "k")
+    assert rejection(event) == {"error": "x", "offset": 5, "event": "e", "field": "f"}
