@@ -1,8 +1,8 @@
-"""The route table's building blocks, shared by the quart app and the lean path.
+"""The route table's building blocks, shared by the quart app and the ASGI front.
 
 Every route is declared once, as a `Route`, with its scope and models; the
 quart app registers it, the OpenAPI document is generated from it, and the
-routes marked `lean` are also served below quart (lean.py). A route's code
+routes marked `hot` are also served in front of quart (front.py). A route's code
 is either a quart view (streams, docs, the resource view) or a `Handler`: a
 coroutine from a `Call` to an `Answer` that knows no web framework, so both
 paths run the very same code, authorisation and body rules included.
@@ -24,6 +24,7 @@ from agent.errors import BadRequestError, DrainingError, UnsupportedMediaTypeErr
 from agent.jobs import parse_json
 from agent.transports.http.auth import Principal, TokenTable, bearer_token
 from agent.transports.http.envelope import Answer
+from agent.transports.http.probes import HealthReports
 from agent.transports.http.settings import HttpConfig, Scope
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ _LEASE: ContextVar[Lease | None] = ContextVar("hostagent_job_slot", default=None
 
 class JobSlots:
     """The bound on job work in hand: `max_active_requests` requests at once are
-    read, validated and answered, whichever path brought them (lean.py, fastpath.py),
+    read, validated and answered, whichever path brought them (front.py, quart),
     so the loop always turns around between two health probes.
 
     A submit waiting for its commit does no work: it gives its slot back for the
@@ -125,6 +126,8 @@ class ApiState:
         self.tokens = tokens
         # max_active_requests takes a restart: the slots are made once.
         self.slots = JobSlots(config.max_active_requests)
+        # Kept fresh by the transport's task (HealthReports.refresh); read by health.
+        self.health = HealthReports(intake)
 
 
 @dataclass(slots=True)
@@ -194,14 +197,14 @@ class Route:
     raw: str | None = None  # a non-JSON answer's media type
     # Takes an Idempotency-Key header (the job_id) and answers Location: the job.
     idempotency_key: bool = False
-    # Also served below quart (lean.py): a Handler that reads no query string.
-    lean: bool = False
+    # Also served in front of quart (front.py): a Handler that reads no query string.
+    hot: bool = False
 
     def __post_init__(self) -> None:
         if (self.view is None) == (self.handler is None):
             raise TypeError(f"{self.rule}: a route has a view or a handler, not both")
-        if self.lean and (self.handler is None or self.query or self.token_in_query):
-            raise TypeError(f"{self.rule}: a lean route is a Handler that reads no query")
+        if self.hot and (self.handler is None or self.query or self.token_in_query):
+            raise TypeError(f"{self.rule}: a hot route is a Handler that reads no query")
 
     @property
     def endpoint(self) -> str:
