@@ -10,6 +10,7 @@ paths run the very same code, authorisation and body rules included.
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -147,7 +148,7 @@ class Call:
         return self.principal is not None and self.principal.allows("admin")
 
     def json(self) -> Any:
-        """The body as JSON, read the way every transport reads documents (parse_json)."""
+        """The body as JSON, read the way every transport reads documents (json_body)."""
         # As werkzeug's `mimetype`: the part before any parameter, lower case.
         mimetype = self.content_type.partition(";")[0].strip(" \t").lower()
         if mimetype != "application/json":
@@ -156,15 +157,67 @@ class Call:
                 field="Content-Type",
                 reason=f"expected application/json, got {mimetype or 'none'}",
             )
-        try:
-            return parse_json(self.body)
-        except ValueError as exc:
-            raise BadRequestError(
-                "The request body is not valid JSON", field="body", reason=str(exc)
-            ) from exc
+        return json_body(self.body, self.content_type)
 
     def require_accepting(self) -> None:
         require_accepting(self.api.intake)
+
+
+def json_body(body: bytes, content_type: str) -> Any:
+    """`body` as JSON (parse_json: depth, duplicates, NaN), decoded by the charset its
+    Content-Type declares (none: JSON's own detection; unknown: 415); text no job can
+    hold (a lone surrogate, which has no UTF-8) is a 400 naming where it is."""
+    charset = _charset(content_type)
+    try:
+        value = parse_json(body if charset is None else body.decode(charset))
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise BadRequestError(
+            "The request body is not valid JSON", field="body", reason=str(exc)
+        ) from exc
+    # A surrogate comes from a \u escape, or from bytes ED A0-BF (read "surrogatepass").
+    if charset is not None or b"\\u" in body or b"\xed" in body:
+        _check_text(value, "body")
+    return value
+
+
+def _charset(content_type: str) -> str | None:
+    """The codec of the Content-Type's charset parameter (None: not given)."""
+    for parameter in content_type.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip(" \t").lower() == "charset":
+            charset = value.strip(" \t\"'").lower()
+            try:
+                return codecs.lookup(charset).name
+            except LookupError:
+                raise UnsupportedMediaTypeError(
+                    "The request body's charset is not known",
+                    field="Content-Type",
+                    reason=f"unknown charset {charset!r}",
+                ) from None
+    return None
+
+
+def _check_text(value: Any, where: str) -> None:
+    if isinstance(value, str):
+        _encodable(value, where)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _encodable(key, where)
+            _check_text(item, key if where == "body" else f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_text(item, str(index) if where == "body" else f"{where}.{index}")
+
+
+def _encodable(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadRequestError(
+            f"Text in {where} is not valid Unicode",
+            field=where,
+            reason=f"a lone surrogate ({exc.object[exc.start]!a}) has no UTF-8 encoding",
+        ) from exc
 
 
 def require_accepting(intake: TransportIntake) -> None:
