@@ -51,6 +51,7 @@ Found = tuple[Route, dict[str, str]]
 # Requests that do job work (validation, store writes) take a slot; streams, docs,
 # the resource view, health and metrics do not.
 _LIMITED_PREFIX = "/api/v1/jobs"
+_BODY_HEADERS = (b"content-length", b"transfer-encoding")
 
 
 class HotRoutes:
@@ -117,6 +118,10 @@ class Front:
             await self._app(scope, receive, send)
             return
         config = self.api.config
+        if not any(name in _BODY_HEADERS for name, _ in scope["headers"]):
+            # No body is coming (a probe, a status read): nothing to wait for.
+            await send_answer(send, await self.answer(found, scope, b""))
+            return
         body = b""
         chunks: list[bytes] = []
         size = 0
