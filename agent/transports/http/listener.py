@@ -55,7 +55,6 @@ _CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 # hypercorn's answer to a request it could not parse: a status, no body (h11's head).
 _EMPTY_REFUSAL = re.compile(rb"HTTP/1\.1 (4\d\d) [^\r\n]*\r\n((?:[^\r\n]+\r\n)*)\r\n\Z")
 _EMPTY_LENGTH = b"content-length: 0\r\n"
-_MAX_READ = 65536  # as trio's and hypercorn's reads
 
 
 @dataclass(frozen=True)
@@ -206,18 +205,15 @@ class Connection(trio.abc.HalfCloseableStream):
 
 
 class PlainConnection(Connection):
-    """A connection without TLS, whose reads and writes the socket can do at once are done
-    without a scheduling round.
+    """A connection without TLS, whose writes the socket takes whole are done without a
+    scheduling round.
 
-    trio's socket stream yields to the scheduler after every read and write; under load
-    that is a round of every other runnable task each time, and hypercorn writes an
-    answer's head, body and end separately: a probe waited many rounds to be answered.
-    Every `FAIR_AFTER` such reads in a row, one takes the yielding path, so a client
-    that always has data waiting cannot keep the loop to itself.
+    trio's socket stream yields to the scheduler after every write; under load that is
+    a round of every other runnable task each time, and hypercorn writes an answer's
+    head, body and end separately: a probe waited many rounds to be answered. (Reads
+    keep trio's yield: done at once, a client that always has data waiting, such as a
+    large upload, took the loop from the others.)
     """
-
-    FAIR_AFTER = 16
-    _quick_reads = 0
 
     async def _send_now(self, data: bytes | bytearray | memoryview) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -230,21 +226,6 @@ class PlainConnection(Connection):
             raise trio.BrokenResourceError(str(exc)) from exc
         if sent < len(view):
             await self._inner.send_all(view[sent:])
-
-    async def _receive(self, max_bytes: int | None) -> bytes | bytearray:
-        if self._quick_reads < self.FAIR_AFTER:
-            await trio.lowlevel.checkpoint_if_cancelled()
-            try:
-                data = self.raw.recv(max_bytes or _MAX_READ)
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                raise trio.BrokenResourceError(str(exc)) from exc
-            else:
-                self._quick_reads += 1
-                return data
-        self._quick_reads = 0
-        return await self._inner.receive_some(max_bytes)
 
 
 class TlsConnection(Connection):
