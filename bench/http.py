@@ -1,8 +1,9 @@
 """HTTP API throughput and latency, against the ceiling of a bare quart-trio app.
 
 Starts a real agent process (tokens on, spool on, as deployed) and a bare
-quart-trio hello-world served with the same hypercorn settings
-(agent.transports.http.hypercorn_settings/serve_asgi), then drives both on
+quart-trio hello-world served the same way (stock hypercorn over the agent's
+capped listener: agent.transports.http.transport's hypercorn_settings and
+serve_asgi), then drives both on
 loopback with wrk (one thread, keep-alive HTTP/1.1, a few percent of a
 core; bench/wrk.lua makes unique job ids and counts status codes):
 

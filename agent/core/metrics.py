@@ -84,7 +84,7 @@ JOBS_REJECTED = Counter(
     ["transport", "code"],
     registry=REGISTRY,
 )
-# Connection limits of the HTTP transport (agent.transports.http.server).
+# Connection limits of the HTTP transport (agent.transports.http.listener).
 HTTP_CONNECTIONS_OPEN = Gauge(
     "hostagent_http_connections_open", "HTTP connections open now", registry=REGISTRY
 )
@@ -96,6 +96,11 @@ HTTP_CONNECTIONS_REFUSED = Counter(
 HTTP_CONNECTIONS_TIMED_OUT = Counter(
     "hostagent_http_connections_timed_out",
     "Connections closed because a request's headers did not arrive in time",
+    registry=REGISTRY,
+)
+HTTP_CONNECTIONS_EVICTED = Counter(
+    "hostagent_http_connections_evicted",
+    "Connections not in a request closed to make room for a new one (all were taken)",
     registry=REGISTRY,
 )
 HTTP_ACCEPT_ERRORS = Counter(

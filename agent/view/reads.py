@@ -101,7 +101,10 @@ def _list_vms(conn: Any) -> list[dict[str, Any]]:
 
 def _counters(conn: Any, dom: Any) -> tuple[float, int, int, int, int, int]:
     """(monotonic time, cpu ns, disk read, disk written, net rx, net tx bytes) of a domain."""
-    stats = dict(conn.domainListGetStats([dom], 0)[0][1])
+    found = conn.domainListGetStats([dom], 0)
+    if not found:  # undefined since it was looked up (e.g. during a rate's window)
+        raise NotFoundError("The VM no longer exists", field="vm", reason="not_found")
+    stats = dict(found[0][1])
     cpu = stats.get("cpu.time")
     if cpu is None:  # the test driver's stats hold only the state
         cpu = dom.info()[4]

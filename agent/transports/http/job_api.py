@@ -1,8 +1,8 @@
 """The /api/v1 job API: its routes as framework-neutral Handlers.
 
 Served by the quart app (through one adapter, app.py) and, for the routes
-marked `lean` (the hottest: submit, batch submit, a job's status), also
-below quart by lean.py; both run this code.
+marked `hot` (submit, batch submit, a job's status, health, /metrics), also
+in front of quart by front.py; both run this code.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from agent.core import metrics
 from agent.core.intake import Submission
 from agent.errors import AgentError, ValidationError
 from agent.jobs import JobDocument, JobState, NewJob
-from agent.transports.http.envelope import Answer, ok, ok_model
+from agent.transports.http.envelope import Answer, no_store, ok, ok_model
 from agent.transports.http.models import (
     AnyResult,
     BatchAnswer,
@@ -57,7 +57,7 @@ def submitted(submission: Submission) -> Submitted:
     body=JobDocument,
     answer=Submitted,
     errors=(400, 401, 403, 409, 413, 415, 503),
-    lean=True,
+    hot=True,
 )
 async def submit_job(call: Call) -> Answer:
     call.require_accepting()
@@ -80,7 +80,7 @@ async def submit_job(call: Call) -> Answer:
     body=BatchRequest,
     answer=BatchAnswer,
     errors=(400, 401, 403, 413, 415, 503),
-    lean=True,
+    hot=True,
 )
 async def submit_batch(call: Call) -> Answer:
     call.require_accepting()
@@ -183,7 +183,7 @@ async def list_jobs(call: Call) -> Answer:
     summary="A job's status",
     answer=JobState,
     errors=_ERRORS_JOB,
-    lean=True,
+    hot=True,
 )
 async def job_status(call: Call) -> Answer:
     return ok_model(await call.api.intake.status(call.params["job_id"]))
@@ -251,9 +251,12 @@ async def capabilities(call: Call) -> Answer:
     summary="Component health (open without a token unless http.open_health is false)",
     answer=HealthReport,
     errors=_ERRORS_READ,
+    hot=True,
 )
 async def health(call: Call) -> Answer:
-    return ok(await call.api.intake.health())
+    # The one answerer of probes: the report kept fresh in the background (probes.py),
+    # so a busy agent answers at once.
+    return no_store(Answer(200, await call.api.health.fresh()))
 
 
 @route(
@@ -264,7 +267,8 @@ async def health(call: Call) -> Answer:
     summary="Prometheus metrics",
     raw="text/plain",
     errors=_ERRORS_READ,
+    hot=True,
 )
 async def prometheus_metrics(call: Call) -> Answer:
     body, content_type = metrics.render()
-    return Answer(200, body, content_type)
+    return no_store(Answer(200, body, content_type))

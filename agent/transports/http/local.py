@@ -19,19 +19,13 @@ import pwd
 import socket
 import sqlite3
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import structlog
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import ConnectionState
-from hypercorn.utils import wrap_app
 
 from agent.errors import ConfigError, ForbiddenError
 from agent.transports.http.settings import HttpConfig, Scope
@@ -215,18 +209,9 @@ def submitted_ids(endpoint: str, body: bytes) -> list[str]:
     ]
 
 
-class _PeerApp:
-    """hypercorn's app wrapper for one connection: puts its peer into every scope."""
-
-    def __init__(self, app: Any, peer: Peer) -> None:
-        self._app = app
-        self._peer = peer
-
-    async def __call__(
-        self, scope: Any, receive: Any, send: Any, sync_spawn: Any, call_soon: Any
-    ) -> None:
-        scope[PEER_KEY] = self._peer
-        await self._app(scope, receive, send, sync_spawn, call_soon)
+def describe_peer(sock: socket.socket) -> dict[str, Any]:
+    """What every request of a socket connection carries: its peer (OSError: unknown)."""
+    return {PEER_KEY: peer_credentials(sock)}
 
 
 def bind_socket(path: Path) -> socket.socket:
@@ -264,43 +249,6 @@ def bind_socket(path: Path) -> socket.socket:
     return listener
 
 
-async def serve_local(
-    app: Any,
-    listener: socket.socket,
-    settings: HypercornConfig,
-    *,
-    on_close: Callable[[], None],
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve the app on the Unix socket until cancelled (the TCP server runs the lifespan)."""
-    wrapped = wrap_app(app, settings.wsgi_max_body_size, None)
-    context = WorkerContext(None)
-    trio_listener = trio.SocketListener(trio.socket.from_stdlib_socket(listener))
-
-    async def connection(stream: trio.SocketStream) -> None:
-        try:
-            peer = peer_credentials(stream.socket)
-        except OSError as exc:
-            log.warning("http.local_peer_unknown", error=str(exc))
-            await stream.aclose()
-            return
-        server = TCPServer(
-            _PeerApp(wrapped, peer),
-            settings,
-            context,
-            ConnectionState({}),
-            stream,  # type: ignore[arg-type]  # hypercorn serves plain streams as well
-        )
-        await server.run()
-
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(partial(trio.serve_listeners, connection, [trio_listener]))
-            task_status.started()
-    finally:
-        on_close()
-
-
 __all__ = [
     "EXTENSION",
     "PEER_KEY",
@@ -309,9 +257,9 @@ __all__ = [
     "Peer",
     "PeerPolicy",
     "bind_socket",
+    "describe_peer",
     "local_socket_path",
     "peer_credentials",
     "peer_of",
-    "serve_local",
     "submitted_ids",
 ]

@@ -15,10 +15,11 @@ import pydantic
 from pydantic import BaseModel
 from quart import Response, request
 
-from agent.errors import BadRequestError, NotFoundError, UnavailableError, ValidationError
-from agent.jobs import JOB_ID_PATTERN, parse_json, raise_validation_error
+from agent.errors import NotFoundError, UnavailableError, ValidationError
+from agent.jobs import JOB_ID_PATTERN, raise_validation_error
 from agent.transports.http.api import API, Route, ok_model, require_accepting, state, submitted
 from agent.transports.http.models import Submitted
+from agent.transports.http.routes import json_body
 from agent.view.actions import (
     Action,
     job_document,
@@ -52,13 +53,9 @@ def parse_query(model: type[ModelT]) -> ModelT:
 
 async def parse_body(model: type[ModelT]) -> ModelT:
     """The request body as `model`; no body at all means its defaults."""
-    data = await request.get_data(cache=True)
-    try:
-        raw = parse_json(data) if data.strip() else {}  # depth, duplicates, NaN: 400
-    except ValueError as exc:
-        raise BadRequestError(
-            "The request body is not valid JSON", field="body", reason=str(exc)
-        ) from exc
+    data = await request.get_data(cache=True, as_text=False, parse_form_data=False)
+    # Depth, duplicates, NaN, the declared charset, unencodable text: 400/415 (json_body).
+    raw = json_body(data, request.headers.get("Content-Type", "")) if data.strip() else {}
     try:
         return model.model_validate(raw)
     except pydantic.ValidationError as exc:

@@ -1,8 +1,8 @@
-"""The route table's building blocks, shared by the quart app and the lean path.
+"""The route table's building blocks, shared by the quart app and the ASGI front.
 
 Every route is declared once, as a `Route`, with its scope and models; the
 quart app registers it, the OpenAPI document is generated from it, and the
-routes marked `lean` are also served below quart (lean.py). A route's code
+routes marked `hot` are also served in front of quart (front.py). A route's code
 is either a quart view (streams, docs, the resource view) or a `Handler`: a
 coroutine from a `Call` to an `Answer` that knows no web framework, so both
 paths run the very same code, authorisation and body rules included.
@@ -10,6 +10,7 @@ paths run the very same code, authorisation and body rules included.
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -25,6 +26,7 @@ from agent.errors import BadRequestError, DrainingError, UnsupportedMediaTypeErr
 from agent.jobs import parse_json
 from agent.transports.http.auth import Principal, TokenTable, bearer_token
 from agent.transports.http.envelope import Answer
+from agent.transports.http.probes import HealthReports
 from agent.transports.http.settings import HttpConfig, Scope
 
 if TYPE_CHECKING:
@@ -57,7 +59,7 @@ _LEASE: ContextVar[Lease | None] = ContextVar("hostagent_job_slot", default=None
 
 class JobSlots:
     """The bound on job work in hand: `max_active_requests` requests at once are
-    read, validated and answered, whichever path brought them (lean.py, fastpath.py),
+    read, validated and answered, whichever path brought them (front.py, quart),
     so the loop always turns around between two health probes.
 
     A submit waiting for its commit does no work: it gives its slot back for the
@@ -137,6 +139,8 @@ class ApiState:
         self.services = services or Services()
         # max_active_requests takes a restart: the slots are made once.
         self.slots = JobSlots(config.max_active_requests)
+        # Kept fresh by the transport's task (HealthReports.refresh); read by health.
+        self.health = HealthReports(intake)
 
 
 @dataclass(slots=True)
@@ -156,7 +160,7 @@ class Call:
         return self.principal is not None and self.principal.allows("admin")
 
     def json(self) -> Any:
-        """The body as JSON, read the way every transport reads documents (parse_json)."""
+        """The body as JSON, read the way every transport reads documents (json_body)."""
         # As werkzeug's `mimetype`: the part before any parameter, lower case.
         mimetype = self.content_type.partition(";")[0].strip(" \t").lower()
         if mimetype != "application/json":
@@ -165,15 +169,67 @@ class Call:
                 field="Content-Type",
                 reason=f"expected application/json, got {mimetype or 'none'}",
             )
-        try:
-            return parse_json(self.body)
-        except ValueError as exc:
-            raise BadRequestError(
-                "The request body is not valid JSON", field="body", reason=str(exc)
-            ) from exc
+        return json_body(self.body, self.content_type)
 
     def require_accepting(self) -> None:
         require_accepting(self.api.intake)
+
+
+def json_body(body: bytes, content_type: str) -> Any:
+    """`body` as JSON (parse_json: depth, duplicates, NaN), decoded by the charset its
+    Content-Type declares (none: JSON's own detection; unknown: 415); text no job can
+    hold (a lone surrogate, which has no UTF-8) is a 400 naming where it is."""
+    charset = _charset(content_type)
+    try:
+        value = parse_json(body if charset is None else body.decode(charset))
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise BadRequestError(
+            "The request body is not valid JSON", field="body", reason=str(exc)
+        ) from exc
+    # A surrogate comes from a \u escape, or from bytes ED A0-BF (read "surrogatepass").
+    if charset is not None or b"\\u" in body or b"\xed" in body:
+        _check_text(value, "body")
+    return value
+
+
+def _charset(content_type: str) -> str | None:
+    """The codec of the Content-Type's charset parameter (None: not given)."""
+    for parameter in content_type.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip(" \t").lower() == "charset":
+            charset = value.strip(" \t\"'").lower()
+            try:
+                return codecs.lookup(charset).name
+            except LookupError:
+                raise UnsupportedMediaTypeError(
+                    "The request body's charset is not known",
+                    field="Content-Type",
+                    reason=f"unknown charset {charset!r}",
+                ) from None
+    return None
+
+
+def _check_text(value: Any, where: str) -> None:
+    if isinstance(value, str):
+        _encodable(value, where)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _encodable(key, where)
+            _check_text(item, key if where == "body" else f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_text(item, str(index) if where == "body" else f"{where}.{index}")
+
+
+def _encodable(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadRequestError(
+            f"Text in {where} is not valid Unicode",
+            field=where,
+            reason=f"a lone surrogate ({exc.object[exc.start]!a}) has no UTF-8 encoding",
+        ) from exc
 
 
 def require_accepting(intake: TransportIntake) -> None:
@@ -206,14 +262,14 @@ class Route:
     raw: str | None = None  # a non-JSON answer's media type
     # Takes an Idempotency-Key header (the job_id) and answers Location: the job.
     idempotency_key: bool = False
-    # Also served below quart (lean.py): a Handler that reads no query string.
-    lean: bool = False
+    # Also served in front of quart (front.py): a Handler that reads no query string.
+    hot: bool = False
 
     def __post_init__(self) -> None:
         if (self.view is None) == (self.handler is None):
             raise TypeError(f"{self.rule}: a route has a view or a handler, not both")
-        if self.lean and (self.handler is None or self.query or self.token_in_query):
-            raise TypeError(f"{self.rule}: a lean route is a Handler that reads no query")
+        if self.hot and (self.handler is None or self.query or self.token_in_query):
+            raise TypeError(f"{self.rule}: a hot route is a Handler that reads no query")
 
     @property
     def endpoint(self) -> str:

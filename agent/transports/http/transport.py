@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import socket
 import ssl
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,19 +29,19 @@ from agent.core.services import Services
 from agent.errors import ConfigError
 from agent.transports.http import job_api
 from agent.transports.http.auth import TokenTable
-from agent.transports.http.fastpath import FastPaths
+from agent.transports.http.front import Front
 from agent.transports.http.lazy import App, LazyApp
-from agent.transports.http.lean import LeanPath
+from agent.transports.http.listener import CappedListener, ConnectionLimits
 from agent.transports.http.local import (
     LocalAccess,
     OwnerBook,
     PeerPolicy,
     bind_socket,
+    describe_peer,
     local_socket_path,
-    serve_local,
 )
 from agent.transports.http.routes import ApiState
-from agent.transports.http.server import ConnectionLimits, serve_asgi
+from agent.transports.http.serving import serve
 from agent.transports.http.settings import HttpConfig
 
 __all__ = ["HttpTransport", "hypercorn_settings", "serve_asgi"]
@@ -219,26 +220,19 @@ class HttpTransport:
         self._intake = intake
         listener = self._bind()
         api = self._api = ApiState(intake, self.config, self._tokens, self._services)
-        # quart only for the routes the lean path and the front do not answer, built
-        # when first needed (lazy.py); the socket's LocalAccess is set by then.
+        # quart only for the routes the front does not answer, built when first
+        # needed (lazy.py); the socket's LocalAccess is set by then.
         app = LazyApp(lambda: _build_app(api, self._local))
-        # TCP clients meet the connection limits and the health fast path; the local
-        # socket's peers are few and known, and serve_local authorises them by uid.
-        # One bound on job work (api.slots), shared by the lean path and the ASGI front.
-        front = FastPaths(app, api)
-        lean = LeanPath(api, job_api.ROUTES, front)
-        limits = ConnectionLimits(
-            max_connections=self.config.max_connections,
-            per_client=self.config.max_connections_per_client,
-            header_timeout=self.config.header_timeout_seconds,
-        )
+        # The hot routes (job_api.ROUTES marked hot) are answered in front of quart;
+        # one bound on job work (api.slots), whichever of the two serves it.
+        front = Front(app, api, job_api.ROUTES)
         settings = hypercorn_settings(self.config, self._context)
         async with trio.open_nursery() as nursery:
-            await nursery.start(front.refresh_health)
+            await nursery.start(api.health.refresh)
             if self.socket_path is not None:
-                await nursery.start(partial(self._serve_socket, app, self.socket_path))
+                await nursery.start(partial(self._serve_socket, front, self.socket_path))
             await nursery.start(
-                partial(serve_asgi, front, listener, settings, limits=limits, lean=lean)
+                partial(serve_asgi, front, listener, settings, limits=self._limits())
             )
             if not self.config.tokens and not self.config.insecure_no_auth:
                 log.warning(
@@ -256,22 +250,33 @@ class HttpTransport:
             )
             task_status.started()
 
+    def _limits(self) -> ConnectionLimits:
+        return ConnectionLimits(
+            max_connections=self.config.max_connections,
+            per_client=self.config.max_connections_per_client,
+            header_timeout=self.config.header_timeout_seconds,
+        )
+
     async def _serve_socket(
         self, app: Any, path: Path, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        listener = bind_socket(path)
+        sock = bind_socket(path)
         # Beside the socket: kept across restarts (RuntimeDirectoryPreserve=yes in the unit).
         owners = await trio.to_thread.run_sync(OwnerBook, path.parent / "socket-owners.sqlite3")
         self._local = LocalAccess(PeerPolicy.from_config(self.config), owners)
+        # The socket's peers are all one "client": the per-client cap is the whole cap.
+        limits = self._limits()
+        limits = replace(limits, per_client=limits.max_connections)
+        listener = CappedListener(sock, limits, describe=describe_peer)
         settings = hypercorn_settings(self.config, None)
-        await serve_local(
-            app,
-            listener,
-            settings,
-            on_close=partial(path.unlink, missing_ok=True),
-            task_status=task_status,
-        )
-        log.info("http.socket_closed", path=str(path))
+        try:
+            # The TCP server runs the app's lifespan; requests over the socket are
+            # authorised by their peer (put into each scope by describe_peer).
+            await serve(app, listener, settings, lifespan=False, task_status=task_status)
+        finally:
+            # Also while cancelled (no await can run then); unlinking a socket is quick.
+            path.unlink(missing_ok=True)  # noqa: ASYNC240
+            log.info("http.socket_closed", path=str(path))
 
     def _bind(self) -> socket.socket:
         host, port = parse_bind(self.config.bind)
@@ -291,6 +296,22 @@ class HttpTransport:
         listener.setblocking(False)
         self.address = listener.getsockname()[:2]
         return listener
+
+
+async def serve_asgi(
+    app: Any,
+    listener: socket.socket,
+    settings: HypercornConfig,
+    *,
+    limits: ConnectionLimits | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve an ASGI app on a listening TCP socket, with the agent's connection limits,
+    until cancelled (also bench/http.py's baseline)."""
+    limits = limits or ConnectionLimits()
+    capped = CappedListener(listener, limits, tls=settings.create_ssl_context())
+    log.info("http.limits", max_connections=capped.cap, per_client=limits.per_client)
+    await serve(app, capped, settings, task_status=task_status)
 
 
 def _build_app(api: ApiState, local: LocalAccess | None) -> App:

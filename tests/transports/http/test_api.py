@@ -430,3 +430,63 @@ async def test_keep_alive_survives_answers_sent_before_the_body_was_needed(
             for _ in range(20):
                 assert (await http.post("/api/v1/jobs", json=echo_job())).status_code == 401
                 assert (await http.get("/api/v1/health")).status_code == 200
+
+
+def _raw_json(document: dict[str, object], **replace: str) -> bytes:
+    text = json.dumps(document)
+    for old, new in replace.items():
+        text = text.replace(old, new)
+    return text.encode()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # A lone surrogate: valid JSON, but no UTF-8 for it (the fingerprint raised: 500).
+        _raw_json(echo_job("lone"), hello="\\ud800"),
+        # The same as raw bytes (a UTF-8 encoder would never write them).
+        _raw_json(echo_job("lone")).replace(b"hello", b"\xed\xa0\x80"),
+    ],
+    ids=["escape", "bytes"],
+)
+async def test_text_without_utf8_is_400_naming_the_field(served: Agent, body: bytes) -> None:
+    async with client(served, SUBMIT) as http:
+        response = await http.post(
+            "/api/v1/jobs", content=body, headers={"Content-Type": "application/json"}
+        )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "BAD_REQUEST"
+    assert response.json()["details"]["field"] == "payload.data.message"
+
+
+async def test_a_declared_charset_is_how_the_body_is_read(served: Agent) -> None:
+    document = echo_job("utf16")
+    async with client(served, SUBMIT) as http:
+        utf16 = await http.post(
+            "/api/v1/jobs",
+            content=json.dumps(document, ensure_ascii=False).encode("utf-16"),
+            headers={"Content-Type": "application/json; charset=UTF-16"},
+        )
+        latin1 = await http.post(
+            "/api/v1/jobs",
+            content=json.dumps(echo_job("latin"), ensure_ascii=False)
+            .replace("hello", "h\u00e9llo")
+            .encode("latin-1"),
+            headers={"Content-Type": "application/json; charset=latin-1"},
+        )
+        unknown = await http.post(
+            "/api/v1/jobs",
+            content=json.dumps(document).encode(),
+            headers={"Content-Type": "application/json; charset=klingon"},
+        )
+        wrong = await http.post(
+            "/api/v1/jobs",
+            content=json.dumps(document).encode("utf-16"),
+            headers={"Content-Type": "application/json; charset=utf-8"},
+        )
+    assert utf16.status_code == 201, utf16.text
+    assert latin1.status_code == 201, latin1.text
+    await wait_done(served, "latin")
+    assert "h\u00e9llo" in json.dumps(await served.intake.result("latin"), ensure_ascii=False)
+    assert (unknown.status_code, unknown.json()["details"]["field"]) == (415, "Content-Type")
+    assert (wrong.status_code, wrong.json()["details"]["field"]) == (400, "body")

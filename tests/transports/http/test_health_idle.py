@@ -2,8 +2,8 @@
 
 The report pings libvirt and reads the store and the disks in worker threads:
 refreshed every second for ever, it was most of an idle agent's CPU. The
-intake here is a stand-in that only counts reports (FastPaths' scheduling is
-what is tested), on trio's autojump clock.
+intake here is a stand-in that only counts reports (HealthReports' scheduling,
+through the front, is what is tested), on trio's autojump clock.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from typing import Any, cast
 import trio
 
 from agent.core.intake import TransportIntake
+from agent.transports.http import job_api
 from agent.transports.http.auth import TokenTable
-from agent.transports.http.fastpath import IDLE_AFTER_SECONDS, REFRESH_SECONDS, FastPaths
+from agent.transports.http.front import Front
+from agent.transports.http.probes import IDLE_AFTER_SECONDS, REFRESH_SECONDS
 from agent.transports.http.routes import ApiState
 from agent.transports.http.settings import HttpConfig
 
@@ -29,7 +31,7 @@ class _CountingIntake:
         return {"status": "healthy", "timestamp": str(self.reports), "components": {}}
 
 
-async def _probe(front: FastPaths) -> dict[str, Any]:
+async def _probe(front: Front) -> dict[str, Any]:
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -49,9 +51,9 @@ async def test_an_unprobed_agent_stops_refreshing_and_a_probe_gets_a_fresh_repor
 ) -> None:
     intake = _CountingIntake()
     api = ApiState(cast(TransportIntake, intake), HttpConfig(), TokenTable([], required=False))
-    front = FastPaths(None, api)
+    front = Front(None, api, job_api.ROUTES)
     async with trio.open_nursery() as nursery:
-        await nursery.start(front.refresh_health)
+        await nursery.start(api.health.refresh)
         # Probed: refreshed every REFRESH_SECONDS.
         for _ in range(5):
             await _probe(front)

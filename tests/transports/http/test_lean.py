@@ -1,7 +1,7 @@
-"""The lean path (submit, batch, status served below quart) answers, counts and audits
-every request exactly as the quart app does.
+"""The front's hot routes (submit, batch, status, health, /metrics served in front of
+quart) answer, count and audit every request exactly as the quart app does.
 
-The agent's own listener serves the lean routes without quart; beside it the
+The agent's own listener serves the hot routes without quart; beside it the
 test serves the very same routes through the quart app alone (the path
 every other route takes), on the agent's intake and tokens. Each request is
 sent raw to both and the two answers must be the same bytes (but for the
@@ -26,11 +26,10 @@ from agent.core import metrics
 from agent.service.daemon import Agent
 from agent.transports.http.app import build_app
 from agent.transports.http.auth import TokenTable
-from agent.transports.http.fastpath import FastPaths
+from agent.transports.http.front import Front
 from agent.transports.http.models import Submitted
 from agent.transports.http.routes import ApiState
-from agent.transports.http.server import serve_asgi
-from agent.transports.http.transport import hypercorn_settings
+from agent.transports.http.transport import hypercorn_settings, serve_asgi
 from tests.http_helpers import ADMIN, READ, SUBMIT, http_of, serving, with_http
 from tests.jobs import echo_job, wait_done
 
@@ -131,7 +130,7 @@ CASES: list[tuple[str, bytes]] = [
     ("status: with a body", _request("GET", "/api/v1/jobs/done-1", READ, b"xyz")),
     ("status: batch is not an id", _request("GET", "/api/v1/jobs/batch", READ)),
     ("status: two slashes", _request("GET", "/api/v1/jobs//done-1", READ)),
-    # Probes are answered by the ASGI front, or by the lean path asking that front.
+    # Probes: one Handler (job_api.health, prometheus_metrics), whichever path.
     ("metrics: no token", _request("GET", "/metrics", None)),
     ("metrics: unknown token", _request("GET", "/metrics", "hat_no")),
     ("metrics: submit token", _request("GET", "/metrics?x=1", SUBMIT)),
@@ -188,8 +187,8 @@ def _refusals(logs: list[dict[str, object]]) -> list[dict[str, object]]:
 
 @asynccontextmanager
 async def _quart_alone(agent: Agent) -> AsyncIterator[tuple[str, int]]:
-    """The agent's routes served through the ASGI front and its quart app alone (no lean
-    path), on its intake and tokens."""
+    """The agent's routes served through the ASGI front with no hot route (quart answers
+    them all), on its intake and tokens."""
     config = http_of(agent).config
     api = ApiState(agent.intake, config, TokenTable(config.tokens))
     listener = socket.socket()
@@ -197,9 +196,10 @@ async def _quart_alone(agent: Agent) -> AsyncIterator[tuple[str, int]]:
     listener.listen(16)
     listener.setblocking(False)
     address = listener.getsockname()
-    front = FastPaths(build_app(api), api)
+    front = Front(build_app(api), api, routes=())
     serve = partial(serve_asgi, front, listener, hypercorn_settings(config, None))
     async with trio.open_nursery() as nursery:
+        await nursery.start(api.health.refresh)
         await nursery.start(serve)
         yield address
         nursery.cancel_scope.cancel()

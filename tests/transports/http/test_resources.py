@@ -110,6 +110,24 @@ async def test_list_and_describe_vms(served: Agent) -> None:
         assert (shot.headers["content-type"], shot.content[:4]) == ("image/png", b"\x89PNG")
 
 
+@pytest.mark.slow
+async def test_a_vm_undefined_during_its_rate_window_is_404(served: Agent) -> None:
+    async with client(served, ADMIN) as http:
+        name = await new_vm(served, http)
+        await finish(served, http, await act(http, "POST", f"/vms/{name}/start"))
+        answers: list[httpx.Response] = []
+
+        async def describe() -> None:
+            answers.append(await http.get(f"/api/v1/vms/{name}", params={"window_seconds": 2}))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(describe)
+            await finish(served, http, await act(http, "POST", f"/vms/{name}/poweroff"))
+            await finish(served, http, await act(http, "DELETE", f"/vms/{name}"))
+        assert answers[0].status_code == 404, answers[0].text
+        assert answers[0].json()["error"] == "NOT_FOUND"
+
+
 # Each verb, the job it must become and the state the VM is in afterwards.
 VERBS: list[tuple[str, str, dict[str, Any], str]] = [
     ("start", "vm.start", {}, "running"),
