@@ -131,15 +131,6 @@ class MemoryStore:
             )
         return json.loads(found.result)
 
-    async def get_outcomes(self, job_ids: Sequence[str]) -> list[tuple[JobState, Any]]:
-        await trio.lowlevel.checkpoint()
-        assert self._open, "store not open"
-        return [
-            (found.state(), None if found.result is None else json.loads(found.result))
-            for job_id in job_ids
-            if (found := self._jobs.get(job_id)) is not None
-        ]
-
     async def get_events(self, job_id: str) -> list[dict[str, Any]]:
         await trio.lowlevel.checkpoint()
         return json.loads(json.dumps(self._job(job_id).events))  # type: ignore[no-any-return]

@@ -126,18 +126,6 @@ def get_result(conn: sqlite3.Connection, job_id: str) -> Any:
     return json.loads(row[0])
 
 
-def get_outcomes(conn: sqlite3.Connection, job_ids: Sequence[str]) -> list[tuple[JobState, Any]]:
-    """State and result of each existing job among `job_ids`."""
-    outcomes = []
-    for job_id in job_ids:
-        row = conn.execute(
-            f"SELECT {STATE_COLUMNS}, result FROM jobs WHERE job_id = ?", (job_id,)
-        ).fetchone()
-        if row is not None:
-            outcomes.append((row_state(row[:-1]), None if row[-1] is None else json.loads(row[-1])))
-    return outcomes
-
-
 def get_events(conn: sqlite3.Connection, job_id: str) -> list[dict[str, Any]]:
     get_job(conn, job_id)
     rows = conn.execute(
