@@ -242,6 +242,8 @@ class Intake:
         if self._dispatcher.queue_depth + len(jobs) > self._max_pending:
             raise QueueFullError(
                 f"The pending queue is full ({self._max_pending} jobs)",
+                field="max_pending_jobs",
+                reason=f"queue full: {self._max_pending} jobs pending",
                 details={"queue_depth": self._dispatcher.queue_depth},
             )
         if self.space is not None:

@@ -28,7 +28,7 @@ from agent.core import periodic as background
 from agent.core.health import Status
 from agent.core.intake import TransportIntake
 from agent.core.outbox import Outbox, OutboxInterest
-from agent.errors import AgentError, QueueFullError
+from agent.errors import AgentError, RefusedForNowError
 from agent.jobs import JOB_ID_PATTERN
 from agent.transports.spool import claim, inotify
 from agent.transports.spool.delivery import deliver, forget
@@ -292,7 +292,7 @@ class SpoolTransport:
             await intake.wait_for_room(len(ready))
             try:
                 answers = await intake.submit_many([item.job for item in ready])
-            except QueueFullError:  # draining (or the queue filled meanwhile): next time
+            except RefusedForNowError:  # draining, disk or queue full meanwhile: next time
                 for item in ready:
                     self._claimed[item.name] = trio.current_time() + 1.0
                 answers = []
