@@ -255,7 +255,7 @@ def _follow(args: argparse.Namespace, config: Config) -> int:
 
 
 def _validate(args: argparse.Namespace, config: Config) -> int:
-    from agent.core.intake import prepare_job
+    from agent.core.intake import admit_now, prepare_job
     from agent.service.daemon import build_registry
 
     try:
@@ -265,6 +265,7 @@ def _validate(args: argparse.Namespace, config: Config) -> int:
     job = prepare_job(
         build_registry(), raw, transport="cli", max_timeout=config.max_timeout_seconds
     )
+    admit_now(job)
     print(f"{args.file}: valid {job.operation} job {job.job_id}")
     return 0
 
