@@ -19,6 +19,7 @@ one is to blame, the field and the reason.
     │   └── DrainingError         QUEUE_FULL           the agent is shutting down
     ├── UnavailableError          UNAVAILABLE 503      libvirt, a broker... is not there now
     ├── UnreachableError          AGENT_UNREACHABLE    the CLI cannot reach the agent
+    ├── UsageError                USAGE_ERROR          a command line the CLI cannot use
     ├── StoreError                INTERNAL_ERROR 500   the job store failed a read or write
     ├── ConfigError               CONFIG_ERROR         unusable configuration, names the key
     │   └── StateLockedError        (same code)        another agent holds the state dir
@@ -180,6 +181,13 @@ class UnreachableError(AgentError):
 
     code = "AGENT_UNREACHABLE"
     http_status = 503
+
+
+class UsageError(AgentError):
+    """A command line the CLI cannot use (exit 2): the message names the option."""
+
+    code = "USAGE_ERROR"
+    http_status = 400
 
 
 class UnsupportedMediaTypeError(AgentError):
