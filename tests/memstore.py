@@ -122,6 +122,10 @@ class MemoryStore:
         await trio.lowlevel.checkpoint()
         return self._job(job_id).state()
 
+    async def get_submitter(self, job_id: str) -> str | None:
+        await trio.lowlevel.checkpoint()
+        return self._job(job_id).new.submitter
+
     async def get_result(self, job_id: str) -> Any:
         await trio.lowlevel.checkpoint()
         found = self._job(job_id)

@@ -66,8 +66,10 @@ class TransportIntake(Protocol):
         job_id: str | None = None,
         origin: str | None = None,
         privileged: bool = False,
+        submitter: str | None = None,
     ) -> NewJob:
-        """Validate a document completely; raises the ValidationError naming the field.
+        """Validate a document completely (`submitter`: who hands it in, recorded with
+        the job, see agent.core.submitter); raises the ValidationError naming the field.
         The host policy's check (`privileged`: the caller holds admin) opens files, so it
         runs in a worker thread at submit: its ForbiddenError is that job's answer."""
 
@@ -79,6 +81,7 @@ class TransportIntake(Protocol):
         job_id: str | None = None,
         origin: str | None = None,
         privileged: bool = False,
+        submitter: str | None = None,
     ) -> Submission:
         """Accept one job; returns once it is durable. Raises the AgentError for it."""
 
@@ -94,6 +97,10 @@ class TransportIntake(Protocol):
 
     async def status(self, job_id: str) -> JobState: ...
     async def result(self, job_id: str) -> Any: ...
+
+    async def submitter(self, job_id: str) -> str | None:
+        """Who submitted the job (None: not recorded); NotFoundError when there is none."""
+
     async def logs(self, job_id: str) -> list[dict[str, Any]]: ...
     async def cancel(self, job_id: str) -> JobState: ...
     async def capabilities(self) -> dict[str, Any]: ...
@@ -153,6 +160,7 @@ def prepare_job(
     origin: str | None = None,
     max_timeout: float,
     privileged: bool = False,
+    submitter: str | None = None,
 ) -> PreparedJob:
     """Validate a document completely (envelope and handler payload); its host-policy
     check is left in `admission` (see PreparedJob).
@@ -187,6 +195,7 @@ def prepare_job(
         fingerprint=fingerprint(raw),
         timeout_seconds=None if timeout is None else min(timeout, max_timeout),
         origin=origin,
+        submitter=submitter,
         admission=admission,
     )
 
@@ -242,6 +251,7 @@ class Intake:
         job_id: str | None = None,
         origin: str | None = None,
         privileged: bool = False,
+        submitter: str | None = None,
     ) -> NewJob:
         return prepare_job(
             self.registry,
@@ -251,6 +261,7 @@ class Intake:
             origin=origin,
             max_timeout=self._max_timeout,
             privileged=privileged,
+            submitter=submitter,
         )
 
     async def submit(
@@ -261,9 +272,15 @@ class Intake:
         job_id: str | None = None,
         origin: str | None = None,
         privileged: bool = False,
+        submitter: str | None = None,
     ) -> Submission:
         prepared = self.prepare(
-            raw, transport=transport, job_id=job_id, origin=origin, privileged=privileged
+            raw,
+            transport=transport,
+            job_id=job_id,
+            origin=origin,
+            privileged=privileged,
+            submitter=submitter,
         )
         outcome = (await self.submit_many([prepared]))[0]
         if isinstance(outcome, AgentError):
@@ -335,6 +352,9 @@ class Intake:
 
     async def result(self, job_id: str) -> Any:
         return await self._store.get_result(job_id)
+
+    async def submitter(self, job_id: str) -> str | None:
+        return await self._store.get_submitter(job_id)
 
     async def logs(self, job_id: str) -> list[dict[str, Any]]:
         return await self._store.get_events(job_id)

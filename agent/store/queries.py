@@ -73,6 +73,14 @@ def get_job(conn: sqlite3.Connection, job_id: str) -> JobState:
     return row_state(row)
 
 
+def get_submitter(conn: sqlite3.Connection, job_id: str) -> str | None:
+    """Who submitted the job (None: not recorded); NotFoundError when there is no such job."""
+    row = conn.execute("SELECT submitter FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+    if row is None:
+        raise NotFoundError(f"Job {job_id} not found", field="job_id")
+    return None if row[0] is None else str(row[0])
+
+
 def list_jobs(
     conn: sqlite3.Connection,
     *,

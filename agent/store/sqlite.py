@@ -99,6 +99,9 @@ class SqliteStore:
         # A lookup by primary key: on the loop, ahead of any list (see ReadPool.read_now).
         return await self._reads.read_now(lambda conn: queries.get_job(conn, job_id))
 
+    async def get_submitter(self, job_id: str) -> str | None:
+        return await self._read(queries.get_submitter, job_id)
+
     async def get_result(self, job_id: str) -> Any:
         return await self._reads.read_now(lambda conn: queries.get_result(conn, job_id))
 

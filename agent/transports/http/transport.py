@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,10 +34,10 @@ from agent.transports.http.lazy import App, LazyApp
 from agent.transports.http.lean import LeanPath
 from agent.transports.http.local import (
     LocalAccess,
-    OwnerBook,
     PeerPolicy,
     bind_socket,
     local_socket_path,
+    remove_old_owner_book,
     serve_local,
 )
 from agent.transports.http.routes import ApiState
@@ -234,7 +235,9 @@ class HttpTransport:
         async with trio.open_nursery() as nursery:
             await nursery.start(front.refresh_health)
             if self.socket_path is not None:
-                await nursery.start(partial(self._serve_socket, app, self.socket_path))
+                await nursery.start(
+                    partial(self._serve_socket, app, self.socket_path, intake.submitter)
+                )
             await nursery.start(
                 partial(serve_asgi, front, listener, settings, limits=limits, lean=lean)
             )
@@ -255,12 +258,17 @@ class HttpTransport:
             task_status.started()
 
     async def _serve_socket(
-        self, app: Any, path: Path, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        app: Any,
+        path: Path,
+        submitter_of: Callable[[str], Awaitable[str | None]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         listener = bind_socket(path)
-        # Beside the socket: kept across restarts (RuntimeDirectoryPreserve=yes in the unit).
-        owners = await trio.to_thread.run_sync(OwnerBook, path.parent / "socket-owners.sqlite3")
-        self._local = LocalAccess(PeerPolicy.from_config(self.config), owners)
+        # Who submitted a job is recorded with it now; an older agent's book goes.
+        await trio.to_thread.run_sync(remove_old_owner_book, path.parent)
+        self._local = LocalAccess(PeerPolicy.from_config(self.config), submitter_of)
         settings = hypercorn_settings(self.config, None)
         await serve_local(
             app,
