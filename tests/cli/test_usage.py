@@ -50,6 +50,7 @@ def test_a_usage_mistake_exits_2_with_one_line_naming_the_option(
     assert not (tmp_path / "spool").exists()
 
 
+@pytest.mark.slow
 def test_a_bad_job_file_is_a_usage_error_naming_the_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
