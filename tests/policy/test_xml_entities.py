@@ -1,9 +1,10 @@
 """Job XML is parsed with ElementTree (expat) at intake and handed to libvirt: prove
 that no entity trick gets through. Billion laughs and a quadratic blow-up, external
 entities (SYSTEM "file:///...secret") in text, attributes and parameter entities, an
-external DTD subset: each job is refused, or defined without a byte of the secret,
-through the real vm.define / network.define admission on libvirt's test driver, for
-a plain caller and an admin alike. The secret is sought in the answers, the job's
+external DTD subset: each job is refused (expat: 400; a DOCTYPE, by the XML
+allowlist: 403), or, for an admin with policy.allow_passthrough, defined without a
+byte of the secret, through the real vm.define / network.define admission on
+libvirt's test driver. The secret is sought in the answers, the job's
 result and error, the defined object's XML, the log and the job store's files."""
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import pytest
 import trio
 from structlog.testing import capture_logs
 
-from agent.config import Config
 from agent.errors import AgentError
 from agent.service.daemon import Agent
+from agent.service.settings import Settings
 from tests.jobs import job_document, wait_done
 
 SECRET = b"xml-entity-secret-5b2e91"
@@ -71,8 +72,10 @@ def cases(secret: Path) -> dict[str, tuple[str, str, str]]:
     }
 
 
-# What expat (ElementTree) answers at intake; the rest reach libvirt, which expands
-# no external entity either (the tests check the XML it keeps).
+# What expat (ElementTree) refuses as it parses the payload, for any caller. The rest
+# the XML allowlist refuses (a DOCTYPE) unless the caller is an admin and the policy
+# allows passthrough; then they reach libvirt, which expands no external entity
+# either (the tests check the XML it keeps).
 REFUSED = {
     "billion-laughs",
     "quadratic",
@@ -92,9 +95,12 @@ def secret(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def agent(config: Config) -> AsyncIterator[Agent]:
+async def agent(config: Settings, request: pytest.FixtureRequest) -> AsyncIterator[Agent]:
+    policy = config.policy.model_copy(update={"allow_passthrough": request.param})
     async with trio.open_nursery() as nursery:
-        running: Agent = await nursery.start(Agent(config).run)
+        running: Agent = await nursery.start(
+            Agent(config.model_copy(update={"policy": policy})).run
+        )
         yield running
         nursery.cancel_scope.cancel()
 
@@ -121,17 +127,22 @@ def _defined_xml(kind: str, name: str) -> str | None:
         conn.close()
 
 
-def _store_bytes(config: Config) -> bytes:
+def _store_bytes(config: Settings) -> bytes:
     return b"".join(
         path.read_bytes() for path in config.state_dir.glob(f"{config.store_path.name}*")
     )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("privileged", [False, True], ids=["plain", "admin"])
+@pytest.mark.parametrize(
+    ("agent", "privileged"),
+    [(False, False), (False, True), (True, True)],
+    ids=["plain", "admin", "admin-with-passthrough"],
+    indirect=["agent"],
+)
 @pytest.mark.parametrize("kind", ["vm", "network"])
 async def test_entities_in_job_xml_are_refused_or_harmless(
-    agent: Agent, config: Config, secret: Path, kind: str, privileged: bool
+    agent: Agent, config: Settings, secret: Path, kind: str, privileged: bool
 ) -> None:
     seen: list[str] = []  # every text the submitter could read back
     outcome: dict[str, str] = {}
@@ -159,9 +170,11 @@ async def test_entities_in_job_xml_are_refused_or_harmless(
     peak_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     assert {case for case, code in outcome.items() if code == "VALIDATION_ERROR"} == REFUSED
+    passthrough = privileged and agent.config.policy.allow_passthrough
     for case in set(outcome) - REFUSED:
-        # Reached libvirt and defined, with the external entity left unexpanded.
-        assert outcome[case] == "Completed, defined", (case, outcome)
+        # Refused by the allowlist, or defined by libvirt with the entity left unexpanded.
+        expected = "Completed, defined" if passthrough else "FORBIDDEN"
+        assert outcome[case] == expected, (case, outcome)
     assert len(seen) >= len(outcome)
     for text in seen:
         assert SECRET.decode() not in text

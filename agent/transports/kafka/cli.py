@@ -5,15 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from agent.errors import AgentError
 from agent.transports.kafka.events import TERMINAL
 from agent.transports.kafka.settings import KafkaConfig
 from agent.transports.kafka.topics import parse_selector_args
-
-if TYPE_CHECKING:
-    from agent.config import Config
 
 # The commands import the clients (and librdkafka) only when they run, so that
 # building the parser costs every other hostagent command nothing.
@@ -130,11 +127,11 @@ def submit(args: argparse.Namespace, settings: KafkaConfig, document: dict[str, 
     return outcome
 
 
-def fleet(args: argparse.Namespace, config: Config) -> int:
+def fleet(args: argparse.Namespace, config: KafkaConfig) -> int:
     """`hostagent fleet`: the map, filtered, as a table or JSON."""
     from agent.transports.kafka.fleet import read_fleet, render_table  # noqa: PLC0415
 
-    settings = settings_from(args, config.section(KafkaConfig))
+    settings = settings_from(args, config)
     labels = dict(parse_selector_args(args.label)["labels"])
     hosts = [
         host
@@ -148,10 +145,10 @@ def fleet(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def retire(args: argparse.Namespace, config: Config) -> int:
+def retire(args: argparse.Namespace, config: KafkaConfig) -> int:
     """`hostagent decommission`: tombstones for a host that is gone for good."""
     from agent.transports.kafka.client import decommission  # noqa: PLC0415
 
-    decommission(settings_from(args, config.section(KafkaConfig)), args.worker_id)
+    decommission(settings_from(args, config), args.worker_id)
     print(f"{args.worker_id} removed from the fleet map")
     return 0

@@ -14,11 +14,10 @@ import pytest
 import trio
 from structlog.testing import capture_logs
 
-from agent.config import Config
 from agent.errors import NotFoundError
 from agent.jobs import JobStatus
 from agent.service.daemon import Agent
-from agent.transports.spool.settings import SpoolConfig
+from agent.service.settings import Settings
 from tests.jobs import job
 from tests.localapi import NOBODY
 
@@ -60,13 +59,13 @@ async def answered(logs: list[dict[str, Any]], job_id: str) -> dict[str, Any]:
             await trio.sleep(0.01)
 
 
-def with_admin_group(config: Config, group: str) -> Config:
-    spool = config.section(SpoolConfig).model_copy(update={"admin_group": group})
+def with_admin_group(config: Settings, group: str) -> Settings:
+    spool = config.spool.model_copy(update={"admin_group": group})
     return config.model_copy(update={"spool": spool, "max_concurrent_jobs": 4})
 
 
 @pytest.fixture
-async def running(config: Config, request: pytest.FixtureRequest) -> AsyncIterator[Agent]:
+async def running(config: Settings, request: pytest.FixtureRequest) -> AsyncIterator[Agent]:
     settings = with_admin_group(config, getattr(request, "param", ""))
     async with trio.open_nursery() as nursery:
         agent: Agent = await nursery.start(Agent(settings).run)
