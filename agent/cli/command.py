@@ -363,6 +363,12 @@ def _decommission(args: argparse.Namespace, config: Settings) -> int:
     return kafka_cli.retire(args, config.kafka)
 
 
+def _key(args: argparse.Namespace, config: Settings) -> int:
+    from agent.transports.kafka import cli as kafka_cli
+
+    return kafka_cli.generate_key(args, config.kafka)
+
+
 _COMMANDS = {
     "run": _run,
     "submit": _submit,
@@ -379,5 +385,6 @@ _COMMANDS = {
     "config": _config_show,
     "fleet": _fleet,
     "decommission": _decommission,
+    "key": _key,
     "prune": _prune,
 }

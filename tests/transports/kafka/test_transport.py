@@ -18,9 +18,15 @@ from agent.errors import NotFoundError
 from agent.service.daemon import Agent
 from agent.service.settings import Settings
 from agent.transports.kafka import KafkaConfig
-from agent.transports.kafka.client import send_jobs
 from agent.transports.kafka.topics import Topics
-from tests.transports.kafka.fleetkit import Events, echo, sleep
+from tests.transports.kafka.fleetkit import (
+    KEY_ENTRY,
+    Events,
+    echo,
+    send_signed,
+    signed_headers,
+    sleep,
+)
 
 
 def with_kafka(config: Config, bootstrap: str, prefix: str, **extra: Any) -> Config:
@@ -28,7 +34,7 @@ def with_kafka(config: Config, bootstrap: str, prefix: str, **extra: Any) -> Con
         bootstrap_servers=bootstrap,
         topic_prefix=prefix,
         heartbeat_interval_seconds=1.0,
-        **extra,
+        **{"keys": [KEY_ENTRY], **extra},
     )
     data = config.model_dump()
     data.update(worker_id="w1", kafka=settings.model_dump())
@@ -70,7 +76,13 @@ async def test_poison_messages_are_rejected_and_the_partition_moves_on(
         producer = Producer({"bootstrap.servers": kafka_broker})
         for key, value in poison:
             # One partition: the good job queues behind every poison message.
-            producer.produce(topic, value=value, key=key, partition=0)
+            producer.produce(
+                topic,
+                value=value,
+                key=key,
+                partition=0,
+                headers=signed_headers(topic, key.encode(), value),
+            )
         assert await trio.to_thread.run_sync(producer.flush, 30) == 0
         producer.close()
         ids = ["not-json", "unknown-op", "bad-payload", long_id, "good"]
@@ -102,7 +114,7 @@ async def test_not_after_in_the_past_expires_and_never_runs(
         late = {**echo("late"), "not_after": "2020-01-01T00:00:00Z"}
         timely = {**echo("timely"), "not_after": "2999-01-01T00:00:00Z"}
         await trio.to_thread.run_sync(
-            lambda: send_jobs(config.kafka, topics.host("w1"), [late, timely])
+            lambda: send_signed(config.kafka, topics.host("w1"), [late, timely])
         )
         events = await read_events(config.kafka, ["late", "timely"])
         with pytest.raises(NotFoundError):
@@ -132,7 +144,7 @@ async def test_broker_outage_degrades_and_loses_no_event(
 
         await wait_for(lambda: _is(kafka_status, "healthy"))
         await trio.to_thread.run_sync(
-            lambda: send_jobs(config.kafka, topics.host("w1"), [sleep(i, 2) for i in ids])
+            lambda: send_signed(config.kafka, topics.host("w1"), [sleep(i, 2) for i in ids])
         )
         # Wait until the jobs are durable here, then take the broker away.
         await wait_for(lambda: _all_known(agent, ids))
@@ -184,12 +196,12 @@ async def test_three_brokers_lose_nothing_when_one_dies(
     async with running(config):
         first, second = ids[:200], ids[200:]
         await trio.to_thread.run_sync(
-            lambda: send_jobs(config.kafka, topics.host("w1"), [echo(i) for i in first])
+            lambda: send_signed(config.kafka, topics.host("w1"), [echo(i) for i in first])
         )
         # kill -9 one of the three while its partitions are busy.
         await trio.to_thread.run_sync(cluster.kill, cluster.nodes[0])
         await trio.to_thread.run_sync(
-            lambda: send_jobs(
+            lambda: send_signed(
                 config.kafka,
                 topics.host("w1"),
                 [echo(i) for i in second],
