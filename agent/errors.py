@@ -1,5 +1,36 @@
 """The agent's error tree: every error carries its contract code and, where
-one is to blame, the field and the reason."""
+one is to blame, the field and the reason.
+
+    AgentError                    INTERNAL_ERROR 500   root: raised on purpose
+    ├── ValidationError           VALIDATION_ERROR 400 the document breaks the contract
+    │   └── ExpiredError            (same code)        arrived after its not_after
+    ├── BadRequestError           BAD_REQUEST 400      a request the API cannot read
+    ├── UnauthorizedError         UNAUTHORIZED 401     no token, or an unknown one
+    ├── ForbiddenError            FORBIDDEN 403        a token without the scope
+    │   └── LinkRefusedError        (same code)        a spool symlink (transports.spool.claim)
+    ├── NotFoundError             NOT_FOUND 404
+    ├── ConflictError             CONFLICT 409         same job_id, different document
+    ├── PayloadTooLargeError      PAYLOAD_TOO_LARGE 413
+    ├── UnsupportedMediaTypeError UNSUPPORTED_MEDIA_TYPE 415
+    ├── RefusedForNowError        503 + Retry-After    refused for a reason that passes;
+    │   │                                              nothing was recorded: retry later
+    │   ├── QueueFullError        QUEUE_FULL           the pending queue is at its bound
+    │   ├── StorageFullError      QUEUE_FULL           the state disk is full
+    │   └── DrainingError         QUEUE_FULL           the agent is shutting down
+    ├── UnavailableError          UNAVAILABLE 503      libvirt, a broker... is not there now
+    ├── UnreachableError          AGENT_UNREACHABLE    the CLI cannot reach the agent
+    ├── UsageError                USAGE_ERROR          a command line the CLI cannot use
+    ├── StoreError                INTERNAL_ERROR 500   the job store failed a read or write
+    ├── ConfigError               CONFIG_ERROR         unusable configuration, names the key
+    │   └── StateLockedError        (same code)        another agent holds the state dir
+    │                                                  (service.statelock)
+    └── HandlerError              JOB_FAILED           a handler failed its operation
+        └── HypervisorError       HYPERVISOR_ERROR     libvirt refused or failed
+
+The contract (docs/protocol.md) has one code for every refusal that passes,
+QUEUE_FULL; `details["reason"]` says which kind it is. Catch RefusedForNowError
+to treat them alike, a subclass to tell one from the others.
+"""
 
 from __future__ import annotations
 
@@ -56,15 +87,24 @@ class ConflictError(AgentError):
     http_status = 409
 
 
-class QueueFullError(AgentError):
-    """The pending queue is at its configured bound; retry later."""
+class RefusedForNowError(AgentError):
+    """A job refused for a reason that passes: nothing was recorded; answered 503 with
+    Retry-After. Each kind below says its own contract code."""
 
     code = "QUEUE_FULL"
     http_status = 503
 
 
-class DrainingError(QueueFullError):
+class QueueFullError(RefusedForNowError):
+    """The pending queue is at its configured bound; retry later."""
+
+    code = "QUEUE_FULL"
+
+
+class DrainingError(RefusedForNowError):
     """The agent is shutting down: nothing was recorded, try again later (elsewhere)."""
+
+    code = "QUEUE_FULL"  # the contract's code for a drain too; details say "draining"
 
     def __init__(self) -> None:
         super().__init__(
@@ -143,6 +183,13 @@ class UnreachableError(AgentError):
     http_status = 503
 
 
+class UsageError(AgentError):
+    """A command line the CLI cannot use (exit 2): the message names the option."""
+
+    code = "USAGE_ERROR"
+    http_status = 400
+
+
 class UnsupportedMediaTypeError(AgentError):
     """A body that is not `application/json` where the API takes JSON."""
 
@@ -150,6 +197,8 @@ class UnsupportedMediaTypeError(AgentError):
     http_status = 415
 
 
-class StorageFullError(QueueFullError):
+class StorageFullError(RefusedForNowError):
     """The disk holding the job store is full (or below its free-space floor): nothing
-    was recorded; retry later. Answered as 503 with Retry-After, like a full queue."""
+    was recorded; retry later."""
+
+    code = "QUEUE_FULL"  # the contract's code for a full disk too; details name the disk

@@ -173,6 +173,9 @@ class NewJob:
     # The transport's own reference to where the job came from (a spool file
     # name, a topic offset), handed back in the job's "accepted" outbox entry.
     origin: str | None = None
+    # Who handed the job in, recorded with it (agent.core.submitter): "uid:N" (a
+    # socket peer, a spool file's owner), "token:NAME" (HTTP); None: not known.
+    submitter: str | None = None
 
 
 @dataclass(frozen=True)

@@ -130,7 +130,9 @@ def stages(registry: Registry, core: Core, jobs: int, repeat: int) -> dict[str, 
         "parse_json": per_job_us(lambda i: parse_json(bodies[i]), jobs, repeat),
         "parse_document": per_job_us(lambda i: parse_document(raws[i]), jobs, repeat),
         "validate_payload+admit": per_job_us(
-            lambda i: registry.admit(docs[i], registry.validate_payload(docs[i]), privileged=False),
+            lambda i: registry.admission(
+                docs[i], registry.validate_payload(docs[i]), privileged=False
+            ),
             jobs,
             repeat,
         ),

@@ -122,6 +122,10 @@ class MemoryStore:
         await trio.lowlevel.checkpoint()
         return self._job(job_id).state()
 
+    async def get_submitter(self, job_id: str) -> str | None:
+        await trio.lowlevel.checkpoint()
+        return self._job(job_id).new.submitter
+
     async def get_result(self, job_id: str) -> Any:
         await trio.lowlevel.checkpoint()
         found = self._job(job_id)
@@ -130,15 +134,6 @@ class MemoryStore:
                 f"Job {job_id} has no result (status {found.status.value})", field="job_id"
             )
         return json.loads(found.result)
-
-    async def get_outcomes(self, job_ids: Sequence[str]) -> list[tuple[JobState, Any]]:
-        await trio.lowlevel.checkpoint()
-        assert self._open, "store not open"
-        return [
-            (found.state(), None if found.result is None else json.loads(found.result))
-            for job_id in job_ids
-            if (found := self._jobs.get(job_id)) is not None
-        ]
 
     async def get_events(self, job_id: str) -> list[dict[str, Any]]:
         await trio.lowlevel.checkpoint()

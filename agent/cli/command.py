@@ -65,6 +65,9 @@ def _main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     def command() -> int:
+        from agent.cli.usage import check_arguments
+
+        check_arguments(args)
         if args.command == "completion":
             from agent.cli.commands import completion
 
@@ -94,15 +97,12 @@ def _run(args: argparse.Namespace, config: Settings) -> int:
 
 
 def _document(args: argparse.Namespace) -> dict[str, Any]:
+    from agent.cli.usage import json_file, json_object
+
     if args.file is not None:
-        document = json.loads(args.file.read_text())
-        if not isinstance(document, dict):
-            raise BadRequestError("the job file must hold a JSON object", field="file")
+        document = json_file(args.file, "FILE")
     else:
-        try:
-            data = json.loads(args.data)
-        except json.JSONDecodeError as exc:
-            raise BadRequestError(f"--data is not valid JSON: {exc}", field="data") from exc
+        data = json_object(args.data, "--data")
         document = {
             "version": "1.0",
             "kind": args.kind,
@@ -252,16 +252,15 @@ def _follow(args: argparse.Namespace, config: Settings) -> int:
 
 
 def _validate(args: argparse.Namespace, config: Settings) -> int:
-    from agent.core.intake import prepare_job
+    from agent.cli.usage import json_file
+    from agent.core.intake import admit_now, prepare_job
     from agent.service.daemon import build_registry
 
-    try:
-        raw = json.loads(args.file.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise BadRequestError(f"{args.file}: not readable JSON: {exc}", field="document") from exc
+    raw = json_file(args.file, "FILE")
     job = prepare_job(
         build_registry(), raw, transport="cli", max_timeout=config.max_timeout_seconds
     )
+    admit_now(job)
     print(f"{args.file}: valid {job.operation} job {job.job_id}")
     return 0
 

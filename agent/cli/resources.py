@@ -10,8 +10,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
-
-from agent.errors import AgentError
+from urllib.parse import quote
 
 if TYPE_CHECKING:
     from agent.cli.client import AgentClient
@@ -139,17 +138,17 @@ def _outcome(args: argparse.Namespace, remote: AgentClient, answer: dict[str, An
 
 
 def _body(args: argparse.Namespace) -> dict[str, Any]:
-    try:
-        body = json.loads(args.data)
-    except json.JSONDecodeError as exc:
-        raise AgentError(f"--data is not valid JSON: {exc}", field="data") from exc
-    if not isinstance(body, dict):
-        raise AgentError("--data must be a JSON object", field="data")
-    return body
+    from agent.cli.usage import json_object
+
+    return json_object(args.data, "--data")
 
 
 def _run(args: argparse.Namespace, remote: AgentClient) -> int:
     noun, verb = args.command, args.verb
+    # A name is one path segment (agent.cli.usage refused "/", "." and ".."); ? # % quoted.
+    for dest in ("name", "pool"):
+        if isinstance(getattr(args, dest, None), str):
+            setattr(args, dest, quote(getattr(args, dest), safe=""))
     base = {"vm": "/api/v1/vms", "pool": "/api/v1/storagepools", "net": "/api/v1/networks"}
     if noun == "host":
         path = "/api/v1/host/stats" if verb == "stats" else "/api/v1/host"

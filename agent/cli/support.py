@@ -19,6 +19,7 @@ from agent.errors import (
     ForbiddenError,
     UnauthorizedError,
     UnreachableError,
+    UsageError,
 )
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ def exit_code(exc: BaseException) -> int:
         return EXIT_UNREACHABLE
     if isinstance(exc, UnauthorizedError | ForbiddenError | PermissionError):
         return EXIT_DENIED
-    if isinstance(exc, ConfigError):
+    if isinstance(exc, ConfigError | UsageError):
         return EXIT_USAGE
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED
@@ -103,7 +104,7 @@ def run_command(command: Callable[[], int], *, daemon: bool = False) -> int:
         return EXIT_OK
     except AgentError as exc:
         print(f"hostagent: {exc.message}", file=sys.stderr)
-        if exc.details:
+        if exc.details and not isinstance(exc, UsageError):  # its one line names the option
             print(json.dumps(exc.details), file=sys.stderr)
         return exit_code(exc)
     except KeyboardInterrupt:

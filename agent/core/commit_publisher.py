@@ -1,8 +1,8 @@
 """Publishing a job's start and outcome once its store write has committed.
 
 A job safe to re-run does not wait for its bookkeeping (if the agent dies
-first, recovery runs it again): its writes are handed to the announcer, one
-task for all such jobs, which publishes them in the order they were queued.
+first, recovery runs it again): its writes are handed to the CommitPublisher,
+one task for all such jobs, which publishes them in the order they were queued.
 A task per announcement cost more than a no-op job's whole run.
 """
 
@@ -22,7 +22,10 @@ from agent.jobs import JobState, JobStatus
 log = structlog.get_logger("agent.core.dispatcher")
 
 
-class Announcer:
+class CommitPublisher:
+    """Publishes jobs' starts and outcomes, in order, as their store writes commit (the
+    dispatcher's; not to be confused with the Kafka transport's Announcer)."""
+
     def __init__(self, store: JobStore, bus: EventBus) -> None:
         self._store = store
         self._bus = bus
@@ -41,7 +44,7 @@ class Announcer:
         self, write: Queued, job_id: str, then: Callable[[], None], *, wait: bool
     ) -> None:
         """Announce a job's outcome, then call `then` whatever happens: now,
-        once committed (`wait`), or later from the announcer's task."""
+        once committed (`wait`), or later from the publisher's task."""
         if not wait:
             self.later(write, job_id, then)
             return

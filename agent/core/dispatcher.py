@@ -15,7 +15,7 @@ import trio
 from pydantic import BaseModel
 
 from agent.config import Config
-from agent.core.commit_publisher import Announcer
+from agent.core.commit_publisher import CommitPublisher
 from agent.core.context import JobContext
 from agent.core.events import EventBus
 from agent.core.jobstore import JobStore
@@ -73,7 +73,7 @@ class Dispatcher:
         self._executing = 0
         # Finished jobs whose outcome is not yet committed and published.
         self._unannounced = trio.Semaphore(256)
-        self._announcer = Announcer(store, bus)
+        self._publisher = CommitPublisher(store, bus)
         self._resource_locks = ResourceLocks()
         self.reruns = 0
         self._nursery: trio.Nursery | None = None
@@ -121,7 +121,7 @@ class Dispatcher:
             self.enqueue(job)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            nursery.start_soon(self._announcer.run)
+            nursery.start_soon(self._publisher.run)
             for _ in range(self._max_concurrent):
                 self._spawn_worker()
             task_status.started()
@@ -282,7 +282,7 @@ class Dispatcher:
                     return  # it waited for its resource past shutdown: stays Pending
                 started_write = self._store.queue_mark_running(job.job_id)
                 if found.rerun_safe:
-                    self._announcer.later(started_write, job.job_id)
+                    self._publisher.later(started_write, job.job_id)
                 else:
                     started = await self._store.settle(started_write)
                     if started is None:
@@ -317,7 +317,7 @@ class Dispatcher:
                 except trio.WouldBlock:
                     await self._unannounced.acquire()
                 bookkeeping_done_later = True
-                await self._announcer.outcome(
+                await self._publisher.outcome(
                     finished,
                     job.job_id,
                     partial(self._let_go, job.job_id, running),
@@ -370,4 +370,4 @@ class Dispatcher:
         self._bus.publish({"type": kind, "job_id": job_id, "data": {**data, "at": at}})
 
     def _publish_status(self, state: JobState) -> None:
-        self._announcer.publish(state)
+        self._publisher.publish(state)

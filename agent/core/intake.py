@@ -8,11 +8,13 @@ dispatcher itself. Transports are written against `TransportIntake`.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
+
+import trio
 
 from agent.core import metrics
 from agent.core.capabilities import Capabilities
@@ -59,9 +61,12 @@ class TransportIntake(Protocol):
         job_id: str | None = None,
         origin: str | None = None,
         privileged: bool = False,
+        submitter: str | None = None,
     ) -> NewJob:
-        """Validate a document completely; raises the ValidationError naming the field,
-        or the host policy's ForbiddenError (`privileged`: the caller holds admin)."""
+        """Validate a document completely (`submitter`: who hands it in, recorded with
+        the job, see agent.core.submitter); raises the ValidationError naming the field.
+        The host policy's check (`privileged`: the caller holds admin) opens files, so it
+        runs in a worker thread at submit: its ForbiddenError is that job's answer."""
 
     async def submit(
         self,
@@ -71,11 +76,13 @@ class TransportIntake(Protocol):
         job_id: str | None = None,
         origin: str | None = None,
         privileged: bool = False,
+        submitter: str | None = None,
     ) -> Submission:
         """Accept one job; returns once it is durable. Raises the AgentError for it."""
 
     async def submit_many(self, jobs: Sequence[NewJob]) -> list[Submission | AgentError]:
-        """Record prepared jobs in one transaction; one answer per job."""
+        """Check prepared jobs against the host policy, then record those it admits in
+        one transaction; one answer per job."""
 
     async def wait_for_room(self, count: int = 1) -> None:
         """Return once `count` more jobs fit in the pending queue (back-pressure)."""
@@ -85,7 +92,10 @@ class TransportIntake(Protocol):
 
     async def status(self, job_id: str) -> JobState: ...
     async def result(self, job_id: str) -> Any: ...
-    async def outcomes(self, job_ids: Sequence[str]) -> list[tuple[JobState, Any]]: ...
+
+    async def submitter(self, job_id: str) -> str | None:
+        """Who submitted the job (None: not recorded); NotFoundError when there is none."""
+
     async def logs(self, job_id: str) -> list[dict[str, Any]]: ...
     async def cancel(self, job_id: str) -> JobState: ...
     async def capabilities(self) -> dict[str, Any]: ...
@@ -110,6 +120,32 @@ class TransportIntake(Protocol):
         """Live job events from now on: best effort, for watchers (not durable)."""
 
 
+@dataclass(frozen=True)
+class PreparedJob(NewJob):
+    """A validated job. `admission` is its host-policy check, still to run: the check
+    opens and stats files, so the intake runs it off the trio thread, at submit, for
+    every transport alike (`admit_now` runs it in the caller's thread)."""
+
+    admission: Callable[[], None] | None = field(default=None, compare=False, repr=False)
+
+
+def admit_now(job: NewJob) -> None:
+    """Run a prepared job's host-policy check here (blocking: offline or in a worker thread)."""
+    if isinstance(job, PreparedJob) and job.admission is not None:
+        job.admission()
+
+
+def _admit_all(checks: list[tuple[int, Callable[[], None]]]) -> dict[int, AgentError]:
+    """Run the policy checks (in a worker thread); the refusal of each refused index."""
+    refused: dict[int, AgentError] = {}
+    for index, check in checks:
+        try:
+            check()
+        except AgentError as exc:
+            refused[index] = exc
+    return refused
+
+
 def prepare_job(
     registry: Registry,
     raw: object,
@@ -119,15 +155,19 @@ def prepare_job(
     origin: str | None = None,
     max_timeout: float,
     privileged: bool = False,
-) -> NewJob:
-    """Validate a document completely (envelope and handler payload).
+    submitter: str | None = None,
+) -> PreparedJob:
+    """Validate a document completely (envelope and handler payload); its host-policy
+    check is left in `admission` (see PreparedJob).
 
     `job_id` is the id to use when the document has none (a transport that
     can derive a stable one passes it, so a retry is not a new job).
     """
     document = parse_document(raw)
-    # The host policy (paths, domain definitions) refuses here, before anything is recorded.
-    registry.admit(document, registry.validate_payload(document), privileged=privileged)
+    # The host policy (paths, domain definitions) refuses before anything is recorded.
+    admission = registry.admission(
+        document, registry.validate_payload(document), privileged=privileged
+    )
     assert isinstance(raw, dict)
     if document.not_after is not None and document.not_after <= datetime.now(UTC):
         raise ExpiredError(
@@ -141,7 +181,7 @@ def prepare_job(
         format_timestamp(document.created_at) if document.created_at else utc_now()
     )
     timeout = document.timeout_seconds
-    return NewJob(
+    return PreparedJob(
         job_id=normalized["job_id"],
         operation=document.operation,
         priority=document.priority,
@@ -150,6 +190,8 @@ def prepare_job(
         fingerprint=fingerprint(raw),
         timeout_seconds=None if timeout is None else min(timeout, max_timeout),
         origin=origin,
+        submitter=submitter,
+        admission=admission,
     )
 
 
@@ -202,6 +244,7 @@ class Intake:
         job_id: str | None = None,
         origin: str | None = None,
         privileged: bool = False,
+        submitter: str | None = None,
     ) -> NewJob:
         return prepare_job(
             self.registry,
@@ -211,6 +254,7 @@ class Intake:
             origin=origin,
             max_timeout=self._max_timeout,
             privileged=privileged,
+            submitter=submitter,
         )
 
     async def submit(
@@ -221,9 +265,15 @@ class Intake:
         job_id: str | None = None,
         origin: str | None = None,
         privileged: bool = False,
+        submitter: str | None = None,
     ) -> Submission:
         prepared = self.prepare(
-            raw, transport=transport, job_id=job_id, origin=origin, privileged=privileged
+            raw,
+            transport=transport,
+            job_id=job_id,
+            origin=origin,
+            privileged=privileged,
+            submitter=submitter,
         )
         outcome = (await self.submit_many([prepared]))[0]
         if isinstance(outcome, AgentError):
@@ -233,9 +283,27 @@ class Intake:
     async def submit_many(self, jobs: Sequence[NewJob]) -> list[Submission | AgentError]:
         if not self._accepting:
             raise DrainingError
+        checks = [
+            (index, job.admission)
+            for index, job in enumerate(jobs)
+            if isinstance(job, PreparedJob) and job.admission is not None
+        ]
+        if not checks:
+            return await self._record(jobs)
+        refused = await trio.to_thread.run_sync(_admit_all, checks)
+        admitted = [job for index, job in enumerate(jobs) if index not in refused]
+        recorded = iter(await self._record(admitted) if admitted else [])
+        return [
+            refused[index] if index in refused else next(recorded) for index in range(len(jobs))
+        ]
+
+    async def _record(self, jobs: Sequence[NewJob]) -> list[Submission | AgentError]:
+        """Record admitted jobs in one transaction and queue the new ones."""
         if self._dispatcher.queue_depth + len(jobs) > self._max_pending:
             raise QueueFullError(
                 f"The pending queue is full ({self._max_pending} jobs)",
+                field="max_pending_jobs",
+                reason=f"queue full: {self._max_pending} jobs pending",
                 details={"queue_depth": self._dispatcher.queue_depth},
             )
         if self._space is not None:
@@ -278,9 +346,8 @@ class Intake:
     async def result(self, job_id: str) -> Any:
         return await self._store.get_result(job_id)
 
-    async def outcomes(self, job_ids: Sequence[str]) -> list[tuple[JobState, Any]]:
-        """Status and result of several jobs in one read (missing ids are left out)."""
-        return await self._store.get_outcomes(job_ids)
+    async def submitter(self, job_id: str) -> str | None:
+        return await self._store.get_submitter(job_id)
 
     async def logs(self, job_id: str) -> list[dict[str, Any]]:
         return await self._store.get_events(job_id)

@@ -109,18 +109,27 @@ class Registry:
             raise_validation_error(exc, prefix="payload.data")
         raise AssertionError("unreachable")
 
-    def admit(self, document: JobDocument, payload: BaseModel, *, privileged: bool) -> None:
-        """Run the handler's policy check; ForbiddenError (field, reason) refuses the job."""
+    def admission(
+        self, document: JobDocument, payload: BaseModel, *, privileged: bool
+    ) -> Callable[[], None] | None:
+        """The handler's host-policy check of this payload, still to run (None: it has
+        none). The check opens and stats files, so it blocks: run it in a worker thread.
+        Raising ForbiddenError (field, reason) refuses the job."""
         found = self.get(document.operation)
         if found.admit is None:
-            return
+            return None
         if self.policy is None:
             raise ForbiddenError(
                 f"{document.operation} needs the host policy, and this agent has none",
                 field="operation",
                 reason="no policy configured",
             )
-        found.admit(payload, Admission(self.policy, privileged))
+        check, admission = found.admit, Admission(self.policy, privileged)
+
+        def admit() -> None:
+            check(payload, admission)
+
+        return admit
 
     def schemas(self) -> dict[str, dict[str, Any]]:
         """Per-operation payload JSON schema, for capability discovery."""

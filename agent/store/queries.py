@@ -73,6 +73,14 @@ def get_job(conn: sqlite3.Connection, job_id: str) -> JobState:
     return row_state(row)
 
 
+def get_submitter(conn: sqlite3.Connection, job_id: str) -> str | None:
+    """Who submitted the job (None: not recorded); NotFoundError when there is no such job."""
+    row = conn.execute("SELECT submitter FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+    if row is None:
+        raise NotFoundError(f"Job {job_id} not found", field="job_id")
+    return None if row[0] is None else str(row[0])
+
+
 def list_jobs(
     conn: sqlite3.Connection,
     *,
@@ -124,18 +132,6 @@ def get_result(conn: sqlite3.Connection, job_id: str) -> Any:
     if row[0] is None:
         raise NotFoundError(f"Job {job_id} has no result (status {row[1]})", field="job_id")
     return json.loads(row[0])
-
-
-def get_outcomes(conn: sqlite3.Connection, job_ids: Sequence[str]) -> list[tuple[JobState, Any]]:
-    """State and result of each existing job among `job_ids`."""
-    outcomes = []
-    for job_id in job_ids:
-        row = conn.execute(
-            f"SELECT {STATE_COLUMNS}, result FROM jobs WHERE job_id = ?", (job_id,)
-        ).fetchone()
-        if row is not None:
-            outcomes.append((row_state(row[:-1]), None if row[-1] is None else json.loads(row[-1])))
-    return outcomes
 
 
 def get_events(conn: sqlite3.Connection, job_id: str) -> list[dict[str, Any]]:

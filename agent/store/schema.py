@@ -8,7 +8,7 @@ from pathlib import Path
 
 from agent.errors import StoreError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -115,6 +115,11 @@ _MIGRATIONS: dict[int, str] = {
         WHERE transitions.status = 'Pending' AND transitions.at = jobs.submitted_at
         AND transitions.reason = 'submitted via ' || jobs.transport
     );
+    """,
+    # Who submitted each job, beside its transport (it replaces the local socket's
+    # socket-owners.sqlite3). Jobs recorded before have none: NULL, nobody's own.
+    6: """
+    ALTER TABLE jobs ADD COLUMN submitter TEXT;
     """,
 }
 

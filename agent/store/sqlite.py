@@ -99,11 +99,11 @@ class SqliteStore:
         # A lookup by primary key: on the loop, ahead of any list (see ReadPool.read_now).
         return await self._reads.read_now(lambda conn: queries.get_job(conn, job_id))
 
+    async def get_submitter(self, job_id: str) -> str | None:
+        return await self._read(queries.get_submitter, job_id)
+
     async def get_result(self, job_id: str) -> Any:
         return await self._reads.read_now(lambda conn: queries.get_result(conn, job_id))
-
-    async def get_outcomes(self, job_ids: Sequence[str]) -> list[tuple[JobState, Any]]:
-        return await self._read(queries.get_outcomes, job_ids)
 
     async def get_events(self, job_id: str) -> list[dict[str, Any]]:
         return await self._read(queries.get_events, job_id)

@@ -29,7 +29,8 @@ _EXISTING = (
 # fewer rows written per submit.
 _INSERT = (
     "INSERT INTO jobs (job_id, operation, status, priority, transport, document, "
-    "fingerprint, timeout_seconds, submitted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "fingerprint, timeout_seconds, submitted_at, submitter) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 # New jobs enter job_counts here, once per batch and operation (no per-row trigger);
 # status changes and deletes keep them right by triggers (schema.py).
@@ -103,6 +104,7 @@ def insert_jobs(
                 job.fingerprint,
                 job.timeout_seconds,
                 now,
+                job.submitter,
             )
             for job, _ in new.values()
         ],

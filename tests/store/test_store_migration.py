@@ -9,8 +9,8 @@ from pathlib import Path
 from agent.errors import AgentError, ConflictError
 from agent.jobs import JobStatus
 from agent.store import SqliteStore
-from agent.store.queries import get_transitions, pending_jobs
-from agent.store.schema import _MIGRATIONS, _statements, connect
+from agent.store.queries import get_submitter, get_transitions, pending_jobs
+from agent.store.schema import _MIGRATIONS, SCHEMA_VERSION, _statements, connect
 from tests.jobs import new_job
 
 SUBMITTED = "2026-01-02T03:04:05.000006Z"
@@ -56,7 +56,7 @@ def test_migration_from_4_keeps_every_transition(tmp_path: Path) -> None:
     assert [step["reason"] for step in before["done"]][:2] == ["submitted via http"] * 2
     conn = connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         # Only the two submission rows went: the job says the same.
         assert conn.execute("SELECT count(*) FROM transitions").fetchone()[0] == 5
         assert get_transitions(conn, "done") == [
@@ -110,3 +110,19 @@ async def test_a_batch_records_its_new_jobs_once_in_order(tmp_path: Path) -> Non
         assert get_transitions(conn, "b") == [
             {"status": "Pending", "at": b[0].submitted_at, "reason": "submitted via spool"}
         ]
+
+
+def test_migration_to_6_keeps_every_job_and_adds_a_submitter_of_none(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    v4_store(path)
+    with sqlite3.connect(path) as old:
+        before = old.execute("SELECT * FROM jobs ORDER BY seq").fetchall()
+    conn = connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 6
+        after = conn.execute("SELECT * FROM jobs ORDER BY seq").fetchall()
+        assert [row[:-1] for row in after] == before  # every column of every row kept
+        assert [row[-1] for row in after] == [None, None]  # the new submitter column
+        assert [get_submitter(conn, job_id) for job_id in ("done", "requeued")] == [None, None]
+    finally:
+        conn.close()

@@ -22,7 +22,7 @@ from agent.config import Config, ServiceConfig
 from agent.core import metrics
 from agent.core.context import JobContext
 from agent.core.registry import Handler, handler
-from agent.errors import QueueFullError
+from agent.errors import DrainingError
 from agent.jobs import JobState, JobStatus
 from agent.service.daemon import Agent
 from agent.store.queries import get_job, get_transitions
@@ -88,7 +88,7 @@ async def test_drain_finishes_short_jobs_and_interrupts_long_ones(
             assert (await agent.intake.status("long")).status is JobStatus.RUNNING
             assert (await agent.intake.status("queued")).status is JobStatus.PENDING
             assert agent.status_line() == "Draining: 0 running, 1 queued for the next start"
-            with pytest.raises(QueueFullError) as refused:
+            with pytest.raises(DrainingError) as refused:
                 await agent.intake.submit(sleep_job("late", 0), transport="test")
             assert refused.value.details == {"reason": "draining"}
     [drained] = [entry for entry in logs if entry["event"] == "agent.drained"]

@@ -48,7 +48,6 @@ def build_app(state: ApiState, *, local: LocalAccess | None = None) -> QuartTrio
             app.add_url_rule(spec.rule, spec.endpoint, view, methods=[spec.method])
     docs.install(app, routes)
     events.install(app, by_endpoint)
-    local_auth.install(app)
 
     @app.before_request
     async def check_token() -> None:

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import get_args
 
+from agent.core import submitter
 from agent.errors import ForbiddenError, UnauthorizedError
 from agent.transports.http.settings import Scope, TokenConfig
 
@@ -49,6 +50,11 @@ class Principal:
 
     def allows(self, scope: Scope) -> bool:
         return scope in self.scopes or "admin" in self.scopes
+
+    @property
+    def submitter(self) -> str | None:
+        """The caller as the submitter recorded with its jobs (None: anonymous)."""
+        return None if self is ANONYMOUS else submitter.of_token(self.name)
 
 
 ANONYMOUS = Principal("anonymous", frozenset(SCOPES))

@@ -18,7 +18,7 @@ import orjson
 import structlog
 from pydantic import BaseModel
 
-from agent.errors import AgentError, QueueFullError, UnauthorizedError
+from agent.errors import AgentError, RefusedForNowError, UnauthorizedError
 
 log = structlog.get_logger("agent.http")
 
@@ -46,7 +46,7 @@ def ok_model(model: BaseModel, status: int = 200) -> Answer:
 def error_answer(exc: AgentError, *, retry_after: int) -> Answer:
     """The contract's envelope of an AgentError, with the headers its kind calls for."""
     headers: tuple[tuple[str, str], ...] = ()
-    if isinstance(exc, QueueFullError):
+    if isinstance(exc, RefusedForNowError):
         headers = (("Retry-After", str(retry_after)),)
     elif isinstance(exc, UnauthorizedError):
         headers = (("WWW-Authenticate", 'Bearer realm="hostagent"'),)
@@ -56,7 +56,7 @@ def error_answer(exc: AgentError, *, retry_after: int) -> Answer:
 def failure_answer(exc: Exception, *, retry_after: int, method: str, path: str) -> Answer:
     """What a request that raised `exc` is answered (and logged, where it is our fault)."""
     if isinstance(exc, AgentError):
-        if exc.http_status >= 500 and not isinstance(exc, QueueFullError):
+        if exc.http_status >= 500 and not isinstance(exc, RefusedForNowError):
             log.error("http.agent_error", code=exc.code, message=exc.message, path=path)
         return error_answer(exc, retry_after=retry_after)
     log.error("http.unexpected_error", path=path, method=method, exc_info=exc)

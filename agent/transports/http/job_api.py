@@ -47,6 +47,11 @@ def submitted(submission: Submission) -> Submitted:
     )
 
 
+def _submitter(call: Call) -> str | None:
+    """Who the job is recorded as submitted by: the token, or the socket peer's uid."""
+    return None if call.principal is None else call.principal.submitter
+
+
 @route(
     ROUTES,
     "POST",
@@ -63,7 +68,9 @@ async def submit_job(call: Call) -> Answer:
     call.require_accepting()
     raw = call.json()
     intake = call.api.intake
-    prepared = intake.prepare(raw, transport="http", privileged=call.privileged)
+    prepared = intake.prepare(
+        raw, transport="http", privileged=call.privileged, submitter=_submitter(call)
+    )
     async with call.api.slots.committing():
         outcome = (await intake.submit_many([prepared]))[0]
     if isinstance(outcome, AgentError):
@@ -106,7 +113,7 @@ async def submit_batch(call: Call) -> Answer:
             field="jobs",
             reason=f"{len(items)} jobs sent, limit {limit}",
         )
-    intake, admin = call.api.intake, call.privileged
+    intake, admin, submitter = call.api.intake, call.privileged, _submitter(call)
     answers: list[dict[str, Any] | None] = [None] * len(items)
     prepared: list[NewJob] = []
     positions: list[int] = []
@@ -114,7 +121,9 @@ async def submit_batch(call: Call) -> Answer:
         if index % 64 == 63:
             await trio.lowlevel.checkpoint()  # let other requests in during a big batch
         try:
-            prepared.append(intake.prepare(item, transport="http", privileged=admin))
+            prepared.append(
+                intake.prepare(item, transport="http", privileged=admin, submitter=submitter)
+            )
             positions.append(index)
         except AgentError as exc:  # one bad job is that job's answer, not the batch's
             answers[index] = _batch_failure(exc, index)

@@ -5,21 +5,20 @@ sockets are.
 Who may do what is decided by the connecting process's uid and its groups in
 the group database: root, the agent's own user and members of
 `http.socket_admin_group` are admins; members of `http.socket_submit_group`
-may submit and read, and cancel the jobs they submitted through the socket;
-anyone else is refused. The socket file is world-connectable on purpose: the
-check is the kernel-reported uid, not the file mode.
+may submit and read, and cancel the jobs they submitted (the submitter recorded
+with each job, agent.core.submitter); anyone else is refused. The socket file
+is world-connectable on purpose: the check is the kernel-reported uid, not the
+file mode.
 """
 
 from __future__ import annotations
 
-import grp
-import json
+import contextlib
 import os
 import pwd
 import socket
-import sqlite3
 import struct
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 import structlog
 import trio
 
+from agent.core import submitter
 from agent.errors import ConfigError, ForbiddenError
 from agent.transports.http.settings import HttpConfig, Scope
 
@@ -54,15 +54,12 @@ class Peer:
 
     @property
     def label(self) -> str:
-        """How audit lines and job owners name this peer."""
-        return f"uid:{self.uid}"
+        """How audit lines and the jobs it submits name this peer."""
+        return submitter.of_uid(self.uid)
 
     def groups(self) -> set[int]:
         """The peer's primary and supplementary groups, from the group database."""
-        try:
-            return {*os.getgrouplist(pwd.getpwuid(self.uid).pw_name, self.gid), self.gid}
-        except KeyError:  # a uid with no passwd entry has only its primary group
-            return {self.gid}
+        return submitter.groups_of(self.uid, self.gid)
 
 
 def peer_credentials(sock: socket.socket | trio.socket.SocketType) -> Peer:
@@ -80,16 +77,16 @@ class PeerPolicy:
 
     @classmethod
     def from_config(cls, config: HttpConfig) -> PeerPolicy:
-        return cls(_gid(config.socket_admin_group), _gid(config.socket_submit_group))
+        return cls(
+            submitter.group_id(config.socket_admin_group),
+            submitter.group_id(config.socket_submit_group),
+        )
 
     def scopes(self, peer: Peer) -> tuple[frozenset[str], bool]:
         """The peer's scopes, and whether its cancel is limited to its own jobs."""
-        if peer.uid in (0, os.getuid()):
+        if submitter.is_admin(peer.uid, self.admin_gid, peer.gid):
             return frozenset({"admin"}), False
-        groups = peer.groups()
-        if self.admin_gid is not None and self.admin_gid in groups:
-            return frozenset({"admin"}), False
-        if self.submit_gid is not None and self.submit_gid in groups:
+        if self.submit_gid is not None and self.submit_gid in peer.groups():
             return _SUBMITTER_SCOPES, True
         return frozenset(), False
 
@@ -105,16 +102,6 @@ class PeerPolicy:
                 field="scope",
                 reason=f"Requires root, the admin group or the submit group for '{scope}'",
             )
-
-
-def _gid(name: str) -> int | None:
-    if not name:
-        return None
-    try:
-        return grp.getgrnam(name).gr_gid
-    except KeyError:
-        # A group that does not exist (yet) grants nothing; sysusers creates it.
-        return None
 
 
 SYSTEM_STATE_DIR = Path("/var/lib/hostagent")
@@ -150,40 +137,15 @@ def peer_of(scope: Mapping[str, Any]) -> Peer | None:
     return peer if isinstance(peer, Peer) else None
 
 
-class OwnerBook:
-    """Which peer submitted which job over the socket, so submitters cancel only their own.
+# Where job ownership lived before it was recorded with the job (agent.core.submitter).
+_OLD_OWNER_BOOK = "socket-owners.sqlite3"
 
-    Kept in its own small SQLite file beside the job store: a restart must
-    not turn a submitter's job into nobody's.
-    """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        with self._connect() as conn:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS owners (job_id TEXT PRIMARY KEY, uid INTEGER NOT NULL)"
-            )
-
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=10)
-
-    def _record(self, job_ids: list[str], uid: int) -> None:
-        with self._connect() as conn:
-            conn.executemany(
-                "INSERT OR IGNORE INTO owners (job_id, uid) VALUES (?, ?)",
-                [(job_id, uid) for job_id in job_ids],
-            )
-
-    def _owner(self, job_id: str) -> int | None:
-        with self._connect() as conn:
-            row = conn.execute("SELECT uid FROM owners WHERE job_id = ?", (job_id,)).fetchone()
-        return None if row is None else int(row[0])
-
-    async def record(self, job_ids: list[str], uid: int) -> None:
-        await trio.to_thread.run_sync(self._record, job_ids, uid)
-
-    async def owner(self, job_id: str) -> int | None:
-        return await trio.to_thread.run_sync(self._owner, job_id)
+def remove_old_owner_book(directory: Path) -> None:
+    """Remove the socket-owners.sqlite3 an older agent kept beside its socket (blocking)."""
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            (directory / f"{_OLD_OWNER_BOOK}{suffix}").unlink()
 
 
 EXTENSION = "hostagent.local"  # where the quart app keeps the socket's LocalAccess
@@ -191,22 +153,11 @@ EXTENSION = "hostagent.local"  # where the quart app keeps the socket's LocalAcc
 
 @dataclass
 class LocalAccess:
-    """The socket's policy and owner book; the transport swaps the policy on reload."""
+    """The socket's policy, and who submitted a job (the intake's record); the transport
+    swaps the policy on reload."""
 
     policy: PeerPolicy
-    owners: OwnerBook
-
-
-def submitted_ids(endpoint: str, body: bytes) -> list[str]:
-    """The job ids a successful submit answer names (single or batch)."""
-    data = json.loads(body).get("data") or {}
-    if endpoint == "submit_job":
-        return [data["job_id"]] if data.get("created") else []
-    return [
-        item["data"]["job_id"]
-        for item in data.get("results", [])
-        if item and item.get("success") and item["data"].get("created")
-    ]
+    submitter_of: Callable[[str], Awaitable[str | None]]
 
 
 def describe_peer(sock: socket.socket) -> dict[str, Any]:
@@ -253,7 +204,6 @@ __all__ = [
     "EXTENSION",
     "PEER_KEY",
     "LocalAccess",
-    "OwnerBook",
     "Peer",
     "PeerPolicy",
     "bind_socket",
@@ -261,5 +211,5 @@ __all__ = [
     "local_socket_path",
     "peer_credentials",
     "peer_of",
-    "submitted_ids",
+    "remove_old_owner_book",
 ]

@@ -10,15 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from quart import Response, current_app, g, request
-from quart_trio import QuartTrio
+from quart import current_app
 
-from agent.errors import ForbiddenError
+from agent.core import submitter
+from agent.errors import ForbiddenError, NotFoundError
 from agent.transports.http.api import Route
 from agent.transports.http.auth import Principal
-from agent.transports.http.local import EXTENSION, LocalAccess, peer_of, submitted_ids
-
-_SUBMITS = ("submit_job", "submit_batch")
+from agent.transports.http.local import EXTENSION, LocalAccess, peer_of
 
 
 @dataclass(frozen=True)
@@ -27,6 +25,10 @@ class PeerPrincipal(Principal):
 
     uid: int = -1
     own_jobs_only: bool = False
+
+    @property
+    def submitter(self) -> str | None:
+        return submitter.of_uid(self.uid)
 
 
 def _access() -> LocalAccess:
@@ -48,28 +50,14 @@ async def authorize_local(spec: Route, req: Any) -> Principal | None:
     )
     if own_only and spec.endpoint == "cancel_job":
         job_id = str(req.view_args.get("job_id"))
-        if await access.owners.owner(job_id) != peer.uid:
+        try:
+            recorded = await access.submitter_of(job_id)
+        except NotFoundError:
+            recorded = None  # as for another's job: whether it exists is not theirs to know
+        if recorded != principal.submitter:
             raise ForbiddenError(
                 f"User {peer.user} may cancel only jobs they submitted; {job_id} is not theirs",
                 field="job_id",
                 reason="Not the job's submitter",
             )
     return principal
-
-
-def install(app: QuartTrio) -> None:
-    """Remember who submitted each job over the socket (for their own cancels)."""
-
-    @app.after_request
-    async def record_owner(response: Response) -> Response:
-        principal = getattr(g, "principal", None)
-        if (
-            isinstance(principal, PeerPrincipal)
-            and principal.own_jobs_only
-            and request.endpoint in _SUBMITS
-            and response.status_code in (200, 201)
-        ):
-            job_ids = submitted_ids(request.endpoint or "", await response.get_data(as_text=False))
-            if job_ids:
-                await _access().owners.record(job_ids, principal.uid)
-        return response

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import pydantic
 from pydantic import BaseModel
-from quart import Response, request
+from quart import Response, g, request
 
 from agent.errors import NotFoundError, UnavailableError, ValidationError
 from agent.jobs import JOB_ID_PATTERN, raise_validation_error
@@ -96,7 +96,14 @@ async def act(
     if current is not None and not retried:
         action.check(kind, name, await current())
     document = job_document(action.operation, {**data, **action.fixed}, key)
-    answer = submitted(await api.intake.submit(document, transport="http"))
+    principal = getattr(g, "principal", None)  # recorded as the job's submitter
+    answer = submitted(
+        await api.intake.submit(
+            document,
+            transport="http",
+            submitter=None if principal is None else principal.submitter,
+        )
+    )
     response = ok_model(answer, 202)
     response.headers["Location"] = f"{API}/jobs/{answer.job_id}"
     return response

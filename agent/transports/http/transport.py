@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -34,11 +35,11 @@ from agent.transports.http.lazy import App, LazyApp
 from agent.transports.http.listener import CappedListener, ConnectionLimits
 from agent.transports.http.local import (
     LocalAccess,
-    OwnerBook,
     PeerPolicy,
     bind_socket,
     describe_peer,
     local_socket_path,
+    remove_old_owner_book,
 )
 from agent.transports.http.routes import ApiState
 from agent.transports.http.serving import serve
@@ -230,7 +231,9 @@ class HttpTransport:
         async with trio.open_nursery() as nursery:
             await nursery.start(api.health.refresh)
             if self.socket_path is not None:
-                await nursery.start(partial(self._serve_socket, front, self.socket_path))
+                await nursery.start(
+                    partial(self._serve_socket, front, self.socket_path, intake.submitter)
+                )
             await nursery.start(
                 partial(serve_asgi, front, listener, settings, limits=self._limits())
             )
@@ -258,12 +261,17 @@ class HttpTransport:
         )
 
     async def _serve_socket(
-        self, app: Any, path: Path, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        app: Any,
+        path: Path,
+        submitter_of: Callable[[str], Awaitable[str | None]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         sock = bind_socket(path)
-        # Beside the socket: kept across restarts (RuntimeDirectoryPreserve=yes in the unit).
-        owners = await trio.to_thread.run_sync(OwnerBook, path.parent / "socket-owners.sqlite3")
-        self._local = LocalAccess(PeerPolicy.from_config(self.config), owners)
+        # Who submitted a job is recorded with it now; an older agent's book goes.
+        await trio.to_thread.run_sync(remove_old_owner_book, path.parent)
+        self._local = LocalAccess(PeerPolicy.from_config(self.config), submitter_of)
         # The socket's peers are all one "client": the per-client cap is the whole cap.
         limits = self._limits()
         limits = replace(limits, per_client=limits.max_connections)

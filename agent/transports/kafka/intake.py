@@ -21,7 +21,7 @@ from agent.errors import (
     AgentError,
     ExpiredError,
     NotFoundError,
-    QueueFullError,
+    RefusedForNowError,
     UnauthorizedError,
     ValidationError,
 )
@@ -57,7 +57,7 @@ class JobIntake(Protocol):
 
     async def wait_for_room(self, count: int = 1) -> None: ...
 
-    # Raises QueueFullError (nothing recorded) while the agent drains.
+    # Raises DrainingError (nothing recorded) while the agent drains.
     async def submit_many(self, jobs: Sequence[NewJob]) -> list[Submission | AgentError]: ...
 
     async def status(self, job_id: str) -> JobState: ...
@@ -298,7 +298,7 @@ class Examiner:
         the one job that breaks it is rejected and the others go in."""
         try:
             return await intake.submit_many(jobs)
-        except QueueFullError:
+        except RefusedForNowError:  # full queue or disk, draining
             raise  # nothing recorded: the transport waits and tries the batch again
         except Exception as exc:  # contained: the job that breaks it is found below
             if len(jobs) == 1:

@@ -20,7 +20,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from agent.core.outbox import Outbox, OutboxInterest
-from agent.errors import DrainingError, QueueFullError, UnavailableError
+from agent.errors import DrainingError, RefusedForNowError, UnavailableError
 from agent.jobs import OutboxEntry, utc_now
 from agent.transports.kafka.announce import Announcer
 from agent.transports.kafka.consumer import ConsumerThread, Record
@@ -219,9 +219,9 @@ class KafkaTransport:
                     # Nothing was recorded and nothing is committed: the next start (or
                     # another member of the group) reads these records again.
                     await trio.sleep_forever()
-                except QueueFullError:
-                    # Another transport took the room wait_for_room saw. Meanwhile the
-                    # consumer pauses (this channel is full) and keeps its group seat.
+                except RefusedForNowError:
+                    # Another transport took the room wait_for_room saw, or the disk is full.
+                    # Meanwhile the consumer pauses (this channel is full) and keeps its group seat.
                     await trio.sleep(_ROOM_POLL_SECONDS)
                     continue
                 except Exception:

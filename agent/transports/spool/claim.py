@@ -37,8 +37,9 @@ log = structlog.get_logger("agent.spool")
 _NOT_THE_FILES_FAULT = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _SPOOL_ID_NAMESPACE = uuid.UUID("6f1c4a52-8e0b-4c44-9a53-3d2f7c1e9b10")
 
-# Validates a document (intake.prepare): (raw, stable id for a document without one, origin).
-Prepare = Callable[[object, str | None, str], NewJob]
+# Validates a document (intake.prepare): (raw, stable id for a document without one, origin,
+# the uid owning the claimed file: the job's submitter).
+Prepare = Callable[[object, str | None, str, int], NewJob]
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ def _judge(
         identity = (name, str(info.st_ino), str(info.st_ctime_ns), hashlib.sha256(data).hexdigest())
         stable_id = str(uuid.uuid5(_SPOOL_ID_NAMESPACE, "\0".join(identity)))
     try:
-        return Ready(name, prepare(raw, stable_id, name))
+        return Ready(name, prepare(raw, stable_id, name, info.st_uid))
     except (ValidationError, ForbiddenError) as refusal:  # ForbiddenError: the host policy
         return Refused(name, refusal)
 

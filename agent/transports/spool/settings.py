@@ -12,6 +12,9 @@ class SpoolConfig(Section):
     max_file_bytes: int = Field(default=1024 * 1024, gt=0)
     # Empty means any owner; otherwise files owned by other uids are quarantined.
     allowed_uids: list[int] = Field(default_factory=list)
+    # A file in cancel/ cancels only the jobs its owner submitted (owned the job file);
+    # root, the agent's user and members of this group cancel any job.
+    admin_group: str = ""
     # A file that does not parse yet is left alone until unchanged this long
     # (it may still be being copied in).
     settle_seconds: float = Field(default=2.0, ge=0)

@@ -9,7 +9,6 @@ every file is taken exactly once.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -22,12 +21,12 @@ import structlog
 import trio
 from prometheus_client import Counter
 
-from agent.core import metrics
+from agent.core import metrics, submitter
 from agent.core import periodic as background
 from agent.core.health import Status
 from agent.core.intake import TransportIntake
 from agent.core.outbox import Outbox, OutboxInterest
-from agent.errors import AgentError, QueueFullError
+from agent.errors import AgentError, ForbiddenError, NotFoundError, RefusedForNowError
 from agent.jobs import JOB_ID_PATTERN
 from agent.transports.spool import claim, inotify
 from agent.transports.spool.delivery import deliver, forget
@@ -259,8 +258,14 @@ class SpoolTransport:
         """Claim what is complete among `names`, then examine it and the `claimed`;
         answers the files left in incoming/ for now, and what was examined."""
 
-        def prepare(raw: object, stable_id: str | None, origin: str) -> Any:
-            return intake.prepare(raw, transport=self.name, job_id=stable_id, origin=origin)
+        def prepare(raw: object, stable_id: str | None, origin: str, owner: int) -> Any:
+            return intake.prepare(
+                raw,
+                transport=self.name,
+                job_id=stable_id,
+                origin=origin,
+                submitter=submitter.of_uid(owner),
+            )
 
         looked: list[claim.Examined] = []
         arriving: list[claim.Unsettled] = []
@@ -291,7 +296,7 @@ class SpoolTransport:
             await intake.wait_for_room(len(ready))
             try:
                 answers = await intake.submit_many([item.job for item in ready])
-            except QueueFullError:  # draining (or the queue filled meanwhile): next time
+            except RefusedForNowError:  # draining, disk or queue full meanwhile: next time
                 for item in ready:
                     self._claimed[item.name] = trio.current_time() + 1.0
                 answers = []
@@ -334,14 +339,46 @@ class SpoolTransport:
 
     async def _cancel_requested(self, intake: TransportIntake, name: str) -> None:
         path = self.dirs["cancel"] / name
-        with contextlib.suppress(FileNotFoundError):
-            await trio.to_thread.run_sync(path.unlink)
+        try:
+            owner = await trio.to_thread.run_sync(_take_cancel_file, path)
+        except FileNotFoundError:
+            return  # taken already (a rescan and an event for the same file)
+        except OSError as exc:  # a directory, say: not a request, and no reason to stop
+            log.warning("spool.cancel_ignored", file=name, reason=str(exc.strerror))
+            return
         if not _JOB_ID_RE.fullmatch(name):
             log.warning("spool.cancel_ignored", file=name, reason="not a job id")
             return
         try:
+            if not await trio.to_thread.run_sync(self._may_cancel_any, owner):
+                await _check_own_job(intake, name, owner)
             state = await intake.cancel(name)
         except AgentError as exc:
-            log.info("spool.cancel_refused", job_id=name, reason=exc.message)
+            log.info("spool.cancel_refused", job_id=name, reason=exc.message, uid=owner)
         else:
-            log.info("spool.cancelled", job_id=name, status=state.status.value)
+            log.info("spool.cancelled", job_id=name, status=state.status.value, uid=owner)
+
+    def _may_cancel_any(self, uid: int) -> bool:
+        """Root, the agent's user and the admin group (blocking: the group database)."""
+        return submitter.is_admin(uid, submitter.group_id(self.config.admin_group))
+
+
+def _take_cancel_file(path: Path) -> int:
+    """Remove a cancel request, answering its owner's uid (the link's, never a target's)."""
+    owner = os.lstat(path).st_uid
+    path.unlink()
+    return owner
+
+
+async def _check_own_job(intake: TransportIntake, job_id: str, uid: int) -> None:
+    """ForbiddenError unless `uid` submitted the job (an unknown job is nobody's)."""
+    try:
+        recorded = await intake.submitter(job_id)
+    except NotFoundError:
+        recorded = None
+    if recorded != submitter.of_uid(uid):
+        raise ForbiddenError(
+            f"uid {uid} may cancel only jobs it submitted; {job_id} is not its own",
+            field="job_id",
+            reason="Not the job's submitter",
+        )

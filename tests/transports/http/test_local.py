@@ -120,3 +120,39 @@ def test_a_socket_left_by_a_killed_agent_is_replaced(tmp_path: Path) -> None:
     finally:
         second.stop()
     assert not sock.exists()  # a clean stop removes it
+
+
+@pytest.mark.slow
+def test_a_submitters_jobs_stay_theirs_across_a_restart_and_the_old_owner_file_goes(
+    tmp_path: Path,
+) -> None:
+    env = {"HOSTAGENT_HTTP__SOCKET_SUBMIT_GROUP": "nogroup"}
+    state = tmp_path / "state"
+    state.mkdir()
+    old_book = state / "socket-owners.sqlite3"  # where an older agent kept owners
+    old_book.write_bytes(b"SQLite format 3\0")
+    sock = state / "api.sock"
+    first = socket_agent(tmp_path, env=env).start()
+    try:
+        assert not old_book.exists()
+        status, _ = request_as(NOBODY, NOBODY, sock, "POST", "/api/v1/jobs", body=sleeper("one"))
+        assert status == 201
+        status, batch = request_as(
+            NOBODY, NOBODY, sock, "POST", "/api/v1/jobs/batch", body={"jobs": [sleeper("two")]}
+        )
+        assert (status, batch["data"]["submitted"]) == (200, 1)
+    finally:
+        first.kill()  # no drain to wait through: the jobs are recovered at the next start
+    second = socket_agent(tmp_path, env=env).start()
+    try:
+        for job_id in ("one", "two"):
+            status, cancelled = request_as(
+                NOBODY, NOBODY, sock, "POST", f"/api/v1/jobs/{job_id}/cancel"
+            )
+            assert (status, cancelled["data"]["status"]) == (200, "Cancelled"), cancelled
+        # An unknown job is not theirs either: refused as another's job is.
+        status, refused = request_as(NOBODY, NOBODY, sock, "POST", "/api/v1/jobs/nope/cancel")
+        assert (status, refused["details"]["reason"]) == (403, "Not the job's submitter")
+    finally:
+        second.stop()
+    assert not any(path.name.startswith("socket-owners") for path in state.iterdir())

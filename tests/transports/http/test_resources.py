@@ -28,7 +28,7 @@ from tests.http_helpers import (
     serving,
     with_http,
 )
-from tests.jobs import wait_done
+from tests.jobs import echo_job, wait_done
 
 
 @pytest.fixture
@@ -385,3 +385,17 @@ async def test_openapi_documents_the_resource_endpoints(served: Agent) -> None:
     assert start["requestBody"]["required"] is False
     detail = paths["/api/v1/vms/{name}"]["get"]["responses"]["200"]["content"]
     assert detail["application/json"]["schema"]["properties"]["data"]["$ref"].endswith("VmDetail")
+
+
+@pytest.mark.slow
+async def test_the_caller_is_recorded_as_the_jobs_submitter(served: Agent) -> None:
+    async with client(served, ADMIN) as admin, client(served, SUBMIT) as submitter:
+        name = await new_vm(served, admin)
+        action = await act(admin, "POST", f"/vms/{name}/start", json={}, expect=None)
+        single = (await submitter.post("/api/v1/jobs", json=echo_job())).json()["data"]
+        batch = await submitter.post("/api/v1/jobs/batch", json={"jobs": [echo_job()]})
+        [item] = batch.json()["data"]["results"]
+        await finish(served, admin, action)
+    assert await served.intake.submitter(action["job_id"]) == "token:admin"
+    assert await served.intake.submitter(single["job_id"]) == "token:submitter"
+    assert await served.intake.submitter(item["data"]["job_id"]) == "token:submitter"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import trio
 
-from agent.errors import NotFoundError, ValidationError
+from agent.errors import NotFoundError, RefusedForNowError, ValidationError
 from agent.service.daemon import Agent
 from agent.service.settings import Settings
 from agent.transports.kafka.consumer import Record
@@ -106,3 +106,22 @@ def test_a_rejection_whose_details_reuse_log_field_names_is_still_an_event() -> 
     error = ValidationError("odd", field="f", details={"error": "x", "offset": 5, "event": "e"})
     event = examiner().rejected(record(b"k", b"{}"), error, "k")
     assert rejection(event) == {"error": "x", "offset": 5, "event": "e", "field": "f"}
+
+
+@pytest.mark.parametrize("refusal", ["draining", "disk full"])
+async def test_a_refusal_for_now_is_raised_for_the_batch_never_a_rejection(
+    config: Settings, refusal: str
+) -> None:
+    # Nothing recorded and nothing committed: the transport waits and reads the batch
+    # again. Were the refusal taken for one job's fault, each job would be rejected.
+    if refusal == "disk full":  # a floor above any disk's size: the real check refuses
+        config = config.model_copy(update={"state_min_free_bytes": 2**62})
+    async with agent_of(config) as agent:
+        if refusal == "draining":
+            agent.intake.stop_accepting()
+        records = [record(f"r{n}".encode(), json.dumps(echo(f"r{n}")).encode()) for n in range(3)]
+        with pytest.raises(RefusedForNowError):
+            await examiner().sort(agent.intake, records, "host")
+        for n in range(3):
+            with pytest.raises(NotFoundError):
+                await agent.intake.status(f"r{n}")
