@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 from functools import partial
 from itertools import islice
@@ -28,8 +27,8 @@ from agent.core import periodic as background
 from agent.core.health import Status
 from agent.core.intake import TransportIntake
 from agent.core.outbox import Outbox, OutboxInterest
-from agent.errors import AgentError, QueueFullError
-from agent.jobs import JOB_ID_PATTERN
+from agent.errors import AgentError, QueueFullError, ValidationError
+from agent.jobs import check_job_id
 from agent.transports.spool import claim, inotify
 from agent.transports.spool.delivery import deliver, forget
 from agent.transports.spool.layout import CLAIMED, DIR_MODES, spool_dirs
@@ -42,7 +41,6 @@ QUARANTINED = Counter(
     "Spool files refused and moved to failed/",
     registry=metrics.REGISTRY,
 )
-_JOB_ID_RE = re.compile(JOB_ID_PATTERN)
 # Delivery retries after a failed write (a full disk) back off up to this.
 _RETRY_MAX_SECONDS = 30.0
 
@@ -337,12 +335,15 @@ class SpoolTransport:
         path = self.dirs["cancel"] / name
         with contextlib.suppress(FileNotFoundError):
             await trio.to_thread.run_sync(path.unlink)
-        if not _JOB_ID_RE.fullmatch(name):
-            log.warning("spool.cancel_ignored", file=name, reason="not a job id")
+        try:
+            job_id = check_job_id(name, field="cancel file name")
+        except ValidationError as exc:
+            shown = name.encode(errors="backslashreplace").decode()
+            log.warning("spool.cancel_ignored", file=shown, reason=exc.details["reason"])
             return
         try:
-            state = await intake.cancel(name)
+            state = await intake.cancel(job_id)
         except AgentError as exc:
-            log.info("spool.cancel_refused", job_id=name, reason=exc.message)
+            log.info("spool.cancel_refused", job_id=job_id, reason=exc.message)
         else:
-            log.info("spool.cancelled", job_id=name, status=state.status.value)
+            log.info("spool.cancelled", job_id=job_id, status=state.status.value)
