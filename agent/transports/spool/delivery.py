@@ -8,8 +8,11 @@ in flight at a crash out again. Runs in a worker thread.
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -46,15 +49,33 @@ def deliver(dirs: dict[str, Path], entries: list[OutboxEntry]) -> None:
             record = {**entry.state.model_dump(mode="json"), "result": entry.data.get("result")}
             # Durable with the whole batch below: the entry is acknowledged only after.
             write_atomically(
-                os.path.join(done, result_name(entry.job_id)),
-                # orjson: the standard encoder drops to pure Python when indenting.
-                orjson.dumps(record, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS),
-                durable=False,
+                os.path.join(done, result_name(entry.job_id)), _encode(record), durable=False
             )
             if entry.job_id not in in_done:
                 _move(os.path.join(active, document_name(entry.job_id)), done, entry.job_id)
     if changed:
         sync_filesystem(dirs["done"])
+
+
+# Conditions of the host, not of an entry: delivery waits them out, never parks.
+_HOST_CONDITIONS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EROFS}
+)
+
+
+def host_condition(exc: Exception) -> bool:
+    """A failed delivery the host will get over (a full disk, no descriptors left)."""
+    return isinstance(exc, OSError) and exc.errno in _HOST_CONDITIONS
+
+
+def _encode(record: dict[str, Any]) -> bytes:
+    try:
+        # orjson: the standard encoder drops to pure Python when indenting.
+        return orjson.dumps(record, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        # What orjson refuses and json takes (an integer over 64 bits, a lone
+        # surrogate in a handler's result): escaped, still one JSON document.
+        return json.dumps(record, indent=2, default=str).encode()
 
 
 def _move(source: str, directory: str, job_id: str) -> bool:
