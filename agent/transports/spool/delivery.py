@@ -16,7 +16,8 @@ from typing import Any
 
 import orjson
 
-from agent.jobs import OutboxEntry
+from agent.errors import ValidationError
+from agent.jobs import OutboxEntry, check_job_id
 from agent.transports.spool.layout import (
     document_name,
     result_name,
@@ -34,6 +35,9 @@ def deliver(dirs: dict[str, Path], entries: list[OutboxEntry]) -> None:
     finished = {entry.job_id for entry in entries if entry.state.status.terminal}
     in_done: set[str] = set()
     for entry in entries:
+        # Ids name files here: one that is not a job id (only a store written by
+        # an older version can hold one) fails delivery, and is parked, never joined.
+        check_job_id(entry.job_id, field="job_id")
         if entry.event == "accepted" and entry.data.get("origin"):
             early = entry.job_id in finished
             moved = _move(
@@ -87,7 +91,12 @@ def _move(source: str, directory: str, job_id: str) -> bool:
 
 
 def forget(dirs: dict[str, Path], job_ids: list[str]) -> None:
-    """Remove done/ files of jobs pruned from the store (retention)."""
+    """Remove done/ files of jobs pruned from the store (retention): retention names
+    the jobs of every transport, and only a job id is ever joined into a path."""
     for job_id in job_ids:
+        try:
+            check_job_id(job_id, field="job_id")
+        except ValidationError:
+            continue
         for name in (document_name(job_id), result_name(job_id)):
             (dirs["done"] / name).unlink(missing_ok=True)

@@ -14,8 +14,11 @@ import trio
 from agent.config import Config
 from agent.core.outbox import RetryPolicy
 from agent.core.registry import Registry
-from agent.jobs import JobDocument
+from agent.errors import ValidationError
+from agent.jobs import JobDocument, JobState, JobStatus, OutboxEntry
 from agent.service.daemon import Agent
+from agent.transports.spool.delivery import deliver, forget
+from agent.transports.spool.layout import spool_dirs
 from tests.jobs import job
 from tests.spoolkit import drop, read_json, spool_of, wait_for_files
 
@@ -125,3 +128,33 @@ async def test_a_directory_in_cancel_does_not_stop_the_spool(agent: Agent, confi
     await spool_of(agent)._scan_cancel(agent.intake)
     await _next_job_runs(spool, "after-cancel-dir")
     assert os.path.isdir(spool / "cancel" / "some-job")
+
+
+def test_retention_forgets_only_done_files_named_by_a_job_id(tmp_path: Path) -> None:
+    dirs = spool_dirs(tmp_path / "spool")
+    for folder in dirs.values():
+        folder.mkdir(parents=True)
+    outside = tmp_path / "victim.job.json"
+    outside.write_text("keep me")
+    (dirs["done"] / "gone.job.json").write_text("{}")
+    (dirs["done"] / "gone.result.json").write_text("{}")
+    forget(dirs, ["gone", "../../victim", "/tmp/victim"])
+    assert list(dirs["done"].iterdir()) == []
+    assert outside.read_text() == "keep me"
+
+
+def test_an_entry_whose_id_is_no_job_id_fails_delivery_unjoined(tmp_path: Path) -> None:
+    dirs = spool_dirs(tmp_path / "spool")
+    for folder in dirs.values():
+        folder.mkdir(parents=True)
+    state = JobState(
+        job_id="../../escape",
+        operation="system.echo",
+        status=JobStatus.COMPLETED,
+        submitted_at="2026-01-01T00:00:00Z",
+        transport="spool",
+    )
+    with pytest.raises(ValidationError):
+        deliver(dirs, [OutboxEntry(id=1, event="completed", state=state, data={"result": 1})])
+    assert not list(tmp_path.glob("*.json"))
+    assert list(dirs["done"].iterdir()) == []
