@@ -24,6 +24,7 @@ from agent.policy.paths import open_beneath
 
 log = structlog.get_logger("agent.core.artifacts")
 
+ARTIFACTS = "artifacts"  # the root's name in the state directory
 FOLDER_MODE = 0o750
 # Owner and group only, whatever the umask (a screen may show secrets).
 FILE_MODE = 0o640

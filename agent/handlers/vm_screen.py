@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import Field
 
 from agent.config import Config
-from agent.core.artifacts import create_artifact
+from agent.core.artifacts import ARTIFACTS, create_artifact
 from agent.core.context import JobContext
 from agent.core.registry import handler
 from agent.handlers import connection
@@ -43,7 +43,7 @@ def capture_screen(conn: Any, dom: Any, screen: int) -> tuple[str, bytes]:
 async def screenshot(payload: ScreenshotPayload, ctx: JobContext) -> dict[str, Any]:
     """Save the domain's screen as a job artifact (PNG when the driver gives PNG)."""
     # The folder is derived from the job id, never joined from it (agent.core.artifacts).
-    root = ctx.get(Config).state_dir / "artifacts"
+    root = ctx.get(Config).state_dir / ARTIFACTS
 
     def run(conn: Any) -> dict[str, Any]:
         dom = payload.lookup(conn)
