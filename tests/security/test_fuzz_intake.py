@@ -10,6 +10,7 @@ normal job in the same directory runs.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -138,7 +139,8 @@ def _with(path: str, value: Any) -> bytes:
     return json.dumps(document, default=Huge.value).encode()
 
 
-_CHANNEL = st.sampled_from(["spool", "http", "socket"])
+# "spool-cp": written in place, as `cp` does (peeked at until it settles).
+_CHANNEL = st.sampled_from(["spool", "spool-cp", "http", "socket"])
 _WRONG_FIELD = st.builds(
     lambda channel, path, value: Case(channel, _with(path, value), f"{path}={value!r:.40}"),
     _CHANNEL,
@@ -160,7 +162,16 @@ _RAW = st.builds(
     _CHANNEL,
     st.integers(0, len(RAW) - 1),
 )
-CASES = st.one_of(_WRONG_FIELD, _PATH_ID, _BIG_RESULT, _RAW)
+# A cancel request: an entry in cancel/ named anything a file name can be.
+_CANCEL_NAME = st.binary(min_size=1, max_size=60).filter(
+    lambda name: b"/" not in name and b"\0" not in name and name not in (b".", b"..")
+) | st.sampled_from([b"fuzz-1", b"batch", b"..x", b"\xed\xa0\x80", b"x" * 255])
+_CANCEL = st.builds(
+    lambda name, kind: Case(f"cancel-{kind}", name, f"cancel {kind} {name[:30]!r}"),
+    _CANCEL_NAME,
+    st.sampled_from(["file", "directory", "fifo"]),
+)
+CASES = st.one_of(_WRONG_FIELD, _PATH_ID, _BIG_RESULT, _RAW, _CANCEL)
 
 
 @dataclass
@@ -229,10 +240,22 @@ def test_no_input_kills_the_agent(running: Running) -> None:
     )
     @given(case=CASES)
     def feed(case: Case) -> None:
-        if case.channel == "spool":
+        if case.channel.startswith("spool"):
             name = f"case-{next(_ids)}.json"
-            drop(running.spool, name, case.body)
+            drop(running.spool, name, case.body, direct=case.channel == "spool-cp")
             running.dropped.append(name)
+            return
+        if case.channel.startswith("cancel"):
+            path = os.path.join(os.fsencode(running.spool / "cancel"), case.body)
+            with contextlib.suppress(FileExistsError, IsADirectoryError):  # named again
+                if case.channel == "cancel-directory":
+                    os.mkdir(path)
+                elif case.channel == "cancel-fifo":
+                    os.mkfifo(path)
+                else:
+                    os.close(
+                        os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+                    )  # not a FIFO's
             return
         client = over_tcp if case.channel == "http" else over_socket
         try:
@@ -249,7 +272,9 @@ def test_no_input_kills_the_agent(running: Running) -> None:
             assert envelope["message"], case.label
 
     try:
+        t0 = time.monotonic()
         feed()
+        print("feed", time.monotonic() - t0)
         _alive(running)
         # Every spool file ends quarantined or as a finished job; every accepted job ends.
         deadline = time.monotonic() + 180
@@ -257,6 +282,14 @@ def test_no_input_kills_the_agent(running: Running) -> None:
             assert time.monotonic() < deadline, os.listdir(running.spool / "incoming")
             _alive(running)
             time.sleep(0.1)
+        print("settled", time.monotonic() - t0, flush=True)
+        # Every cancel request is answered from its inotify event, not the 30 s rescan.
+        cancel = os.fsencode(running.spool / "cancel")
+        answered_by = time.monotonic() + 10
+        while any(not os.path.isdir(os.path.join(cancel, name)) for name in os.listdir(cancel)):
+            assert time.monotonic() < answered_by, os.listdir(cancel)
+            time.sleep(0.1)
+        print("cancel", time.monotonic() - t0, flush=True)
         failed = running.spool / "failed"
         for name in running.dropped:
             if (failed / name).exists():

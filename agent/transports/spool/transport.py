@@ -204,9 +204,9 @@ class SpoolTransport:
         incoming = self.dirs["incoming"]
         for change in changes:
             name = change.name
-            if name.startswith("."):
-                continue
             if change.directory == incoming:
+                if name.startswith("."):  # a writer's temporary: skipped
+                    continue
                 self._incoming[name] = None
                 if change.renamed_in:
                     # Arrived whole by rename: no need to peek before claiming it.
@@ -214,7 +214,7 @@ class SpoolTransport:
                 elif change.mask & inotify.IN_CLOSE_WRITE:
                     # Its writer closed it: look now rather than after settle_seconds.
                     self._later.pop(name, None)
-            else:
+            else:  # cancel/: every entry is a request, answered (or ignored) at once
                 self._nursery.start_soon(self._cancel_requested, intake, name)
         if changes:
             self._wake()
