@@ -167,14 +167,20 @@ class OutboxDelivery:
     async def run(self) -> None:
         """Deliver and acknowledge every entry, for ever."""
         async for batch in self._outbox:
-            try:
-                await self._deliver(batch)
-            except Exception as exc:  # noqa: BLE001 (each entry is tried alone, below)
-                self._failed(exc, batch[0], entries=len(batch), retry_in=0.0)
-                for entry in batch:
-                    await self._deliver_one(entry)
-            self.retrying = None
+            await self.deliver(batch)
             await self._outbox.ack(batch[-1].id)
+
+    async def deliver(self, batch: list[OutboxEntry]) -> None:
+        """Deliver `batch`; returns once each entry is delivered or parked, and raises
+        nothing but cancellation. For a transport that acknowledges by itself (several
+        batches in flight); `run` is this, then the acknowledgement."""
+        try:
+            await self._deliver(batch)
+        except Exception as exc:  # noqa: BLE001 (each entry is tried alone, below)
+            self._failed(exc, batch[0], entries=len(batch), retry_in=0.0)
+            for entry in batch:
+                await self._deliver_one(entry)
+        self.retrying = None
 
     async def _deliver_one(self, entry: OutboxEntry) -> None:
         failures = waited = 0
