@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from agent.config import Config
+from agent.core import periodic as background
 from agent.core.outbox import RetryPolicy
 from agent.core.registry import Registry
 from agent.errors import ValidationError
@@ -21,6 +22,13 @@ from agent.transports.spool.delivery import deliver, forget
 from agent.transports.spool.layout import spool_dirs
 from tests.jobs import job
 from tests.spoolkit import drop, read_json, spool_of, wait_for_files
+
+
+@pytest.fixture(autouse=True)
+def _own_background_failures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The failures these tests cause are theirs: health's `background` component in
+    later tests of the same process does not see them."""
+    monkeypatch.setattr(background, "_last", {})
 
 
 async def _next_job_runs(spool: Path, job_id: str) -> None:
