@@ -127,6 +127,9 @@ class Config(Section):
     # New jobs are refused (503) while the state directory's filesystem has
     # less free space than this, so the store never fills the disk (0: off).
     state_min_free_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    # Events (Kafka's job-events) carry a result up to this many bytes of JSON;
+    # beyond it `result_truncated` and a reference (agent.core.outbox.event_data).
+    max_event_result_bytes: int = Field(default=256 * 1024, ge=0)
 
     @property
     def store_path(self) -> Path:

@@ -43,31 +43,38 @@ _VERSION = re.compile(r"[1-9][0-9]*")
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 
 
-def _check_job_id(value: str) -> str:
+def _job_id_problem(value: str) -> str | None:
+    """Why `value` cannot be a job_id (None: it can). The one rule, whatever brings the id."""
     # fullmatch: `$` would also match before a trailing newline ("abcd\n").
     if not _JOB_ID.fullmatch(value):
-        raise PydanticCustomError(
-            "job_id", "job_id must be 1-128 characters of [A-Za-z0-9._-], not starting with '.'"
-        )
+        return "job_id must be 1-128 characters of [A-Za-z0-9._-], not starting with '.'"
     if value in RESERVED_JOB_IDS:
-        raise PydanticCustomError("job_id", "job_id '{value}' is reserved", {"value": value})
+        return f"job_id '{value}' is reserved"
+    return None
+
+
+def _check_job_id(value: str) -> str:
+    problem = _job_id_problem(value)
+    if problem is not None:
+        raise PydanticCustomError("job_id", problem)
+    return value
+
+
+def check_job_id(value: object, *, field: str) -> str:
+    """`value` as a job_id, or the ValidationError naming `field` (a document's job_id,
+    a Kafka key, a spool file name, an Idempotency-Key header): the contract's pattern
+    and length for every id, whichever transport derives it. An id that passes holds
+    no path separator and no leading dot, but is still never joined into a path."""
+    if not isinstance(value, str):
+        reason = f"Expected a string, got {type(value).__name__}"
+        raise ValidationError(f"Invalid {field}: {reason}", field=field, reason=reason)
+    problem = _job_id_problem(value)
+    if problem is not None:
+        raise ValidationError(f"Invalid {field}: {problem}", field=field, reason=problem)
     return value
 
 
 JobId = Annotated[str, AfterValidator(_check_job_id)]
-
-
-def check_job_id(value: object, *, field: str) -> str:
-    """`value` as a job id, or the ValidationError naming `field` (a Kafka key, a file name...)."""
-    if not isinstance(value, str) or not _JOB_ID.fullmatch(value):
-        raise ValidationError(
-            f"{field} is not a valid job_id",
-            field=field,
-            reason="must be 1-128 characters of [A-Za-z0-9._-], not starting with '.'",
-        )
-    if value in RESERVED_JOB_IDS:
-        raise ValidationError(f"{field} is a reserved job_id", field=field, reason="reserved")
-    return value
 
 
 class JobStatus(StrEnum):
@@ -238,10 +245,55 @@ COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 def fingerprint(raw: dict[str, Any]) -> str:
-    """Identity of a document as submitted, for the idempotency rule on job_id."""
+    """Identity of a document as submitted, for the idempotency rule on job_id.
+
+    Raises the ValidationError naming the field whose text is not encodable UTF-8
+    (a lone surrogate such as "\\ud800": valid JSON, never storable text)."""
     # The same text as json.dumps(raw, sort_keys=True, separators=(",", ":"),
     # ensure_ascii=False): stored fingerprints must keep matching.
-    return hashlib.sha256(_CANONICAL.encode(raw).encode()).hexdigest()
+    try:
+        return hashlib.sha256(_CANONICAL.encode(raw).encode()).hexdigest()
+    except UnicodeEncodeError:
+        raise unencodable_text(raw) from None
+
+
+def unencodable_text(value: object, prefix: str = "") -> ValidationError:
+    """The ValidationError for the first string (key or value) in `value` that UTF-8
+    cannot encode, naming its field; the text itself is never echoed."""
+    field = _unencodable_field(value, []) or []
+    name = ".".join([*([prefix] if prefix else []), *field]) or "document"
+    reason = "text is not encodable as UTF-8 (a lone surrogate)"
+    return ValidationError(f"Invalid {name}: {reason}", field=name, reason=reason)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _unencodable_field(value: object, path: list[str]) -> list[str] | None:
+    """The path to the first unencodable string in `value`, walked a level at a time
+    (no recursion: depth is bounded by parse_json, but not for every caller)."""
+    level: list[tuple[object, list[str]]] = [(value, path)]
+    while level:
+        deeper: list[tuple[object, list[str]]] = []
+        for item, where in level:
+            if isinstance(item, str):
+                if not _encodable(item):
+                    return where
+            elif isinstance(item, dict):
+                for key, child in item.items():
+                    shown = str(key).encode(errors="backslashreplace").decode()
+                    if isinstance(key, str) and not _encodable(key):
+                        return [*where, shown]
+                    deeper.append((child, [*where, shown]))
+            elif isinstance(item, list | tuple):
+                deeper.extend((child, [*where, str(i)]) for i, child in enumerate(item))
+        level = deeper
+    return None
 
 
 def new_job_id() -> str:

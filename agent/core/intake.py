@@ -29,6 +29,7 @@ from agent.errors import AgentError, DrainingError, ExpiredError, QueueFullError
 from agent.jobs import (
     JobState,
     NewJob,
+    check_job_id,
     fingerprint,
     format_timestamp,
     new_job_id,
@@ -163,6 +164,13 @@ def prepare_job(
     `job_id` is the id to use when the document has none (a transport that
     can derive a stable one passes it, so a retry is not a new job).
     """
+    # First: text UTF-8 cannot encode (a lone surrogate) would raise out of every
+    # later step that writes or opens it (the policy's paths, the store), and the
+    # error reports below must not echo it. The document's own job_id is checked
+    # by parse_document; an id the transport derived (a key, a header) here.
+    identity = fingerprint(raw) if isinstance(raw, dict) else ""
+    if job_id is not None:
+        check_job_id(job_id, field="job_id")
     document = parse_document(raw)
     # The host policy (paths, domain definitions) refuses before anything is recorded.
     admission = registry.admission(
@@ -187,7 +195,7 @@ def prepare_job(
         priority=document.priority,
         transport=transport,
         document=normalized,
-        fingerprint=fingerprint(raw),
+        fingerprint=identity,
         timeout_seconds=None if timeout is None else min(timeout, max_timeout),
         origin=origin,
         submitter=submitter,

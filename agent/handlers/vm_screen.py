@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import Field
 
 from agent.config import Config
+from agent.core.artifacts import ARTIFACTS, create_artifact
 from agent.core.context import JobContext
 from agent.core.registry import handler
 from agent.handlers import connection
@@ -41,16 +42,13 @@ def capture_screen(conn: Any, dom: Any, screen: int) -> tuple[str, bytes]:
 @handler("vm.screenshot", payload=ScreenshotPayload, rerun_safe=True, resource=domain_resource)
 async def screenshot(payload: ScreenshotPayload, ctx: JobContext) -> dict[str, Any]:
     """Save the domain's screen as a job artifact (PNG when the driver gives PNG)."""
-    folder = ctx.get(Config).state_dir / "artifacts" / ctx.job_id
+    # The folder is derived from the job id, never joined from it (agent.core.artifacts).
+    root = ctx.get(Config).state_dir / ARTIFACTS
 
     def run(conn: Any) -> dict[str, Any]:
         dom = payload.lookup(conn)
         mime, image = capture_screen(conn, dom, payload.screen)
-        folder.mkdir(mode=0o750, parents=True, exist_ok=True)
-        path = folder / f"screen.{_EXTENSIONS.get(mime, 'bin')}"
-        # Owner and group only, whatever the umask (a screen may show secrets).
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-        os.fchmod(fd, 0o640)
+        fd, path = create_artifact(root, ctx.job_id, f"screen.{_EXTENSIONS.get(mime, 'bin')}")
         with os.fdopen(fd, "wb") as out:
             out.write(image)
         return summary(dom, path=str(path), mime_type=mime, size_bytes=len(image))

@@ -11,7 +11,6 @@ assigned and running jobs are never pruned, whatever their age.
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Protocol, runtime_checkable
 import structlog
 import trio
 
+from agent.core.artifacts import remove_folders
 from agent.jobs import JobStatus, format_timestamp
 
 log = structlog.get_logger("agent.store.retention")
@@ -192,11 +192,9 @@ class ForgetsJobs(Protocol):
 
 
 def remove_artifacts(artifacts: Path, job_ids: list[str]) -> None:
-    """Remove the artifact folders (state_dir/artifacts/<job_id>) of pruned jobs."""
-    for job_id in job_ids:
-        folder = artifacts / job_id
-        if folder.is_dir() and not folder.is_symlink():
-            shutil.rmtree(folder, ignore_errors=True)
+    """Remove the artifact folders of pruned jobs: only folders derived from their
+    ids, only beneath `artifacts` (state_dir/artifacts), never through a link."""
+    remove_folders(artifacts, job_ids)
 
 
 @runtime_checkable

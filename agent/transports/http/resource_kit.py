@@ -7,7 +7,6 @@ host) and agent.transports.http.resources_storage (pools, volumes, networks).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -15,8 +14,8 @@ import pydantic
 from pydantic import BaseModel
 from quart import Response, g, request
 
-from agent.errors import NotFoundError, UnavailableError, ValidationError
-from agent.jobs import JOB_ID_PATTERN, raise_validation_error
+from agent.errors import NotFoundError, UnavailableError
+from agent.jobs import check_job_id, raise_validation_error
 from agent.transports.http.api import API, Route, ok_model, require_accepting, state, submitted
 from agent.transports.http.models import Submitted
 from agent.transports.http.routes import json_body
@@ -31,7 +30,6 @@ View = Callable[..., Awaitable[Response]]
 
 READ_ERRORS = (401, 403, 404, 503)
 ACT_ERRORS = (400, 401, 403, 404, 409, 413, 503)
-_JOB_ID = re.compile(JOB_ID_PATTERN)
 
 ROUTES: list[Route] = []
 
@@ -65,13 +63,8 @@ async def parse_body(model: type[ModelT]) -> ModelT:
 
 def idempotency_key() -> str | None:
     key = request.headers.get("Idempotency-Key")
-    if key is not None and not _JOB_ID.match(key):
-        raise ValidationError(
-            "Invalid Idempotency-Key",
-            field="Idempotency-Key",
-            reason=f"It becomes the job_id: it must match {JOB_ID_PATTERN}",
-        )
-    return key
+    # It becomes the job_id: the one check every transport's ids pass.
+    return None if key is None else check_job_id(key, field="Idempotency-Key")
 
 
 async def act(

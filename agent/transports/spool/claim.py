@@ -23,6 +23,7 @@ from agent.errors import (
     BadRequestError,
     ForbiddenError,
     PayloadTooLargeError,
+    UnavailableError,
     ValidationError,
 )
 from agent.jobs import NewJob, parse_json
@@ -36,6 +37,8 @@ log = structlog.get_logger("agent.spool")
 # Errors of the host, not of the file: the file is looked at again later.
 _NOT_THE_FILES_FAULT = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _SPOOL_ID_NAMESPACE = uuid.UUID("6f1c4a52-8e0b-4c44-9a53-3d2f7c1e9b10")
+# A file whose admission needs something that is away (libvirt) waits this long.
+_UNAVAILABLE_RETRY_SECONDS = 5.0
 
 # Validates a document (intake.prepare): (raw, stable id for a document without one, origin,
 # the uid owning the claimed file: the job's submitter).
@@ -130,7 +133,23 @@ def examine(claimed: Path, name: str, config: SpoolConfig, prepare: Prepare) -> 
         return Unsettled(name, 1.0)
     if read is None:
         return None
-    return _judge(name, *read, config, prepare)
+    try:
+        return _judge(name, *read, config, prepare)
+    # A fault of ours the file exposed: refused with the reason, the next file goes on.
+    except Exception as exc:
+        log.exception("spool.examine_failed", file=shown_name(name))
+        return Refused(name, internal_error("judging the file", exc))
+
+
+def internal_error(step: str, exc: BaseException) -> AgentError:
+    """The envelope for a fault of the agent's own met while `step` (never raised on)."""
+    text = f"{type(exc).__name__}: {exc}".encode(errors="backslashreplace").decode()[:500]
+    return AgentError(f"The agent failed {step}: {text}", field="document", reason=text)
+
+
+def shown_name(name: str) -> str:
+    """A file name as reports and logs show it (bytes that are not UTF-8 replaced)."""
+    return name.encode(errors="surrogateescape").decode(errors="replace")
 
 
 def _judge(
@@ -152,9 +171,20 @@ def _judge(
     if isinstance(raw, dict) and not raw.get("job_id"):
         identity = (name, str(info.st_ino), str(info.st_ctime_ns), hashlib.sha256(data).hexdigest())
         stable_id = str(uuid.uuid5(_SPOOL_ID_NAMESPACE, "\0".join(identity)))
+    return _prepared(name, raw, stable_id, info.st_uid, prepare)
+
+
+def _prepared(
+    name: str, raw: object, stable_id: str | None, owner: int, prepare: Prepare
+) -> Examined:
     try:
-        return Ready(name, prepare(raw, stable_id, name, info.st_uid))
+        return Ready(name, prepare(raw, stable_id, name, owner))
     except (ValidationError, ForbiddenError) as refusal:  # ForbiddenError: the host policy
+        return Refused(name, refusal)
+    except UnavailableError as exc:  # what admission asks (libvirt) is away: look again later
+        background.note_failure("spool.prepare", exc)
+        return Unsettled(name, _UNAVAILABLE_RETRY_SECONDS)
+    except AgentError as refusal:
         return Refused(name, refusal)
 
 
@@ -236,28 +266,39 @@ def _check(info: os.stat_result, config: SpoolConfig) -> None:
 
 def quarantine(claimed: Path, failed: Path, item: Refused) -> bool:
     """Move a refused file to failed/ with <name>.error.json saying why (a link is
-    removed instead, and the report says so); False if it is gone."""
-    shown = item.name.encode(errors="surrogateescape").decode(errors="replace")
+    removed instead, and the report says so); False if it is gone. The report is
+    written first: a full disk leaves the file claimed, to be refused again later,
+    never moved without its reason."""
+    shown = shown_name(item.name)
     safe = shown.replace("/", "_") or "unnamed"
     target = failed / safe
     if os.path.lexists(target) or os.path.lexists(f"{target}.error.json"):
         target = target.with_name(f"{safe}.{time.time_ns()}")
     removed = isinstance(item.error, LinkRefusedError)
+    report: dict[str, object] = {"file": shown, "at": time.time()}
+    report.update({"removed": True} if removed else {"quarantined_as": target.name})
+    report.update(item.error.to_dict())
+    # Staged under a name the start-up sweep removes (.*.tmp), shown once the file moved:
+    # a reader who finds the report finds the file quarantined too.
+    staged = target.with_name(f".{target.name}.error.json.tmp")
+    # ensure_ascii (the default): text a job smuggled in is escaped, never unencodable.
+    write_atomically(staged, json.dumps(report, indent=2, default=str).encode())
     try:
         if removed:
             os.unlink(claimed / item.name)
         else:
             os.rename(claimed / item.name, target)
-    except FileNotFoundError:
-        return False
-    report: dict[str, object] = {"file": shown, "at": time.time()}
-    report.update({"removed": True} if removed else {"quarantined_as": target.name})
-    report.update(item.error.to_dict())
-    write_atomically(
-        target.with_name(f"{target.name}.error.json"), json.dumps(report, indent=2).encode()
-    )
+    except BaseException as exc:
+        staged.unlink(missing_ok=True)
+        if isinstance(exc, FileNotFoundError):
+            return False
+        raise
+    os.replace(staged, target.with_name(f"{target.name}.error.json"))
     details = item.error.details
     log.warning(
-        "spool.quarantined", file=shown, reason=details.get("reason"), field=details.get("field")
+        "spool.quarantined",
+        file=shown,
+        reason=str(details.get("reason")),
+        field=str(details.get("field")),
     )
     return True

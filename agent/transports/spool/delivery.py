@@ -8,12 +8,16 @@ in flight at a crash out again. Runs in a worker thread.
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import orjson
 
-from agent.jobs import OutboxEntry
+from agent.errors import ValidationError
+from agent.jobs import OutboxEntry, check_job_id
 from agent.transports.spool.layout import (
     document_name,
     result_name,
@@ -31,6 +35,9 @@ def deliver(dirs: dict[str, Path], entries: list[OutboxEntry]) -> None:
     finished = {entry.job_id for entry in entries if entry.state.status.terminal}
     in_done: set[str] = set()
     for entry in entries:
+        # Ids name files here: one that is not a job id (only a store written by
+        # an older version can hold one) fails delivery, and is parked, never joined.
+        check_job_id(entry.job_id, field="job_id")
         if entry.event == "accepted" and entry.data.get("origin"):
             early = entry.job_id in finished
             moved = _move(
@@ -46,15 +53,33 @@ def deliver(dirs: dict[str, Path], entries: list[OutboxEntry]) -> None:
             record = {**entry.state.model_dump(mode="json"), "result": entry.data.get("result")}
             # Durable with the whole batch below: the entry is acknowledged only after.
             write_atomically(
-                os.path.join(done, result_name(entry.job_id)),
-                # orjson: the standard encoder drops to pure Python when indenting.
-                orjson.dumps(record, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS),
-                durable=False,
+                os.path.join(done, result_name(entry.job_id)), _encode(record), durable=False
             )
             if entry.job_id not in in_done:
                 _move(os.path.join(active, document_name(entry.job_id)), done, entry.job_id)
     if changed:
         sync_filesystem(dirs["done"])
+
+
+# Conditions of the host, not of an entry: delivery waits them out, never parks.
+_HOST_CONDITIONS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EROFS}
+)
+
+
+def host_condition(exc: Exception) -> bool:
+    """A failed delivery the host will get over (a full disk, no descriptors left)."""
+    return isinstance(exc, OSError) and exc.errno in _HOST_CONDITIONS
+
+
+def _encode(record: dict[str, Any]) -> bytes:
+    try:
+        # orjson: the standard encoder drops to pure Python when indenting.
+        return orjson.dumps(record, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        # What orjson refuses and json takes (an integer over 64 bits, a lone
+        # surrogate in a handler's result): escaped, still one JSON document.
+        return json.dumps(record, indent=2, default=str).encode()
 
 
 def _move(source: str, directory: str, job_id: str) -> bool:
@@ -66,7 +91,12 @@ def _move(source: str, directory: str, job_id: str) -> bool:
 
 
 def forget(dirs: dict[str, Path], job_ids: list[str]) -> None:
-    """Remove done/ files of jobs pruned from the store (retention)."""
+    """Remove done/ files of jobs pruned from the store (retention): retention names
+    the jobs of every transport, and only a job id is ever joined into a path."""
     for job_id in job_ids:
+        try:
+            check_job_id(job_id, field="job_id")
+        except ValidationError:
+            continue
         for name in (document_name(job_id), result_name(job_id)):
             (dirs["done"] / name).unlink(missing_ok=True)

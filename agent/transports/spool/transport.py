@@ -10,7 +10,6 @@ every file is taken exactly once.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from functools import partial
 from itertools import islice
@@ -24,25 +23,32 @@ from prometheus_client import Counter
 from agent.core import metrics, submitter
 from agent.core import periodic as background
 from agent.core.health import Status
-from agent.core.intake import TransportIntake
-from agent.core.outbox import Outbox, OutboxInterest
-from agent.errors import AgentError, ForbiddenError, NotFoundError, RefusedForNowError
-from agent.jobs import JOB_ID_PATTERN
+from agent.core.intake import Submission, TransportIntake
+from agent.core.outbox import OutboxDelivery, OutboxInterest
+from agent.errors import (
+    AgentError,
+    ForbiddenError,
+    NotFoundError,
+    RefusedForNowError,
+    StoreError,
+    UnavailableError,
+    ValidationError,
+)
+from agent.jobs import OutboxEntry, check_job_id
 from agent.transports.spool import claim, inotify
-from agent.transports.spool.delivery import deliver, forget
+from agent.transports.spool.delivery import deliver, forget, host_condition
 from agent.transports.spool.layout import CLAIMED, DIR_MODES, spool_dirs
 from agent.transports.spool.settings import SpoolConfig
 
 log = structlog.get_logger("agent.spool")
 
+# A file that met trouble of the host (a failed rename, a full disk) waits this long.
+_TROUBLE_RETRY_SECONDS = 5.0
 QUARANTINED = Counter(
     "hostagent_spool_quarantined",
     "Spool files refused and moved to failed/",
     registry=metrics.REGISTRY,
 )
-_JOB_ID_RE = re.compile(JOB_ID_PATTERN)
-# Delivery retries after a failed write (a full disk) back off up to this.
-_RETRY_MAX_SECONDS = 30.0
 
 
 class SpoolTransport:
@@ -61,6 +67,7 @@ class SpoolTransport:
         self._renamed: set[str] = set()  # names in _incoming that arrived by rename
         self._wakeup = trio.Event()
         self._nursery: trio.Nursery
+        self.delivery: OutboxDelivery | None = None  # made when the transport runs
 
     def reload(self, config: SpoolConfig) -> None:
         """Apply a reloaded [spool] section's limits (size, owners, settle, rescan)."""
@@ -70,11 +77,21 @@ class SpoolTransport:
         return ["spool"]
 
     async def health(self) -> tuple[Status, str, dict[str, Any]]:
+        status, reason, figures = await self._directory_health()
+        if self.delivery is None:
+            return status, reason, figures
+        delivered, why, delivery = self.delivery.health()
+        figures["delivery"] = delivery
+        if status == "healthy" and delivered != "healthy":
+            return delivered, why, figures
+        return status, reason, figures
+
+    async def _directory_health(self) -> tuple[Status, str, dict[str, Any]]:
         incoming = self.dirs["incoming"]
         if not os.access(incoming, os.W_OK | os.X_OK):
             return "unhealthy", f"{incoming} is missing or not writable", {}
         usage = await trio.to_thread.run_sync(shutil.disk_usage, self.root)
-        figures = {"free_bytes": usage.free, "total_bytes": usage.total}
+        figures: dict[str, Any] = {"free_bytes": usage.free, "total_bytes": usage.total}
         # Below 1% free a job file may not fit and results cannot be written.
         if usage.free < usage.total // 100:
             return "degraded", "spool filesystem almost full", figures
@@ -92,7 +109,9 @@ class SpoolTransport:
         outbox = intake.outbox(self.name)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            nursery.start_soon(self._deliver_forever, outbox)
+            # Retried with backoff; an entry that cannot be delivered is parked, never fatal.
+            self.delivery = OutboxDelivery(outbox, self._deliver, waits=host_condition)
+            nursery.start_soon(self.delivery.run)
             # Files claimed before a restart are looked at again, once what the
             # outbox already says about them is delivered (accepted: moved on).
             await outbox.caught_up.wait()
@@ -143,20 +162,30 @@ class SpoolTransport:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        failures = 0
         while True:
             # The watches exist before started(): the start-up scan then covers
             # exactly the files that arrived before them.
-            with self._new_watcher() as watcher:
-                task_status.started()
-                task_status = trio.TASK_STATUS_IGNORED
-                try:
-                    while True:
-                        self._note_changes(await watcher.read(), intake)
-                except inotify.Overflow:
-                    log.warning("spool.watch_overflow", action="rescan")
-            # Events were lost: whatever they held, a rescan of both directories finds.
-            await self._rescan()
-            await self._scan_cancel(intake)
+            try:
+                with self._new_watcher() as watcher:
+                    task_status.started()
+                    task_status = trio.TASK_STATUS_IGNORED
+                    failures = 0
+                    try:
+                        while True:
+                            self._note_changes(await watcher.read(), intake)
+                    except inotify.Overflow:
+                        log.warning("spool.watch_overflow", action="rescan")
+                # Events were lost: whatever they held, a rescan of both directories finds.
+                await self._rescan()
+                await self._scan_cancel(intake)
+            except OSError as exc:  # EMFILE, ENOMEM: a new watcher later, never the end
+                if task_status is not trio.TASK_STATUS_IGNORED:
+                    raise  # not started: the daemon says why it cannot start
+                failures += 1
+                background.note_failure("spool.watch", exc)
+                await trio.sleep(background.backoff(failures))
+                await self._rescan()
 
     def _new_watcher(self) -> inotify.Inotify:
         watcher = inotify.Inotify()
@@ -176,9 +205,9 @@ class SpoolTransport:
         incoming = self.dirs["incoming"]
         for change in changes:
             name = change.name
-            if name.startswith("."):
-                continue
             if change.directory == incoming:
+                if name.startswith("."):  # a writer's temporary: skipped
+                    continue
                 self._incoming[name] = None
                 if change.renamed_in:
                     # Arrived whole by rename: no need to peek before claiming it.
@@ -186,7 +215,7 @@ class SpoolTransport:
                 elif change.mask & inotify.IN_CLOSE_WRITE:
                     # Its writer closed it: look now rather than after settle_seconds.
                     self._later.pop(name, None)
-            else:
+            else:  # cancel/: every entry is a request, answered (or ignored) at once
                 self._nursery.start_soon(self._cancel_requested, intake, name)
         if changes:
             self._wake()
@@ -271,13 +300,17 @@ class SpoolTransport:
         arriving: list[claim.Unsettled] = []
         taken = []
         for name in names:
-            unsettled = claim.still_arriving(
-                self.dirs["incoming"], name, self.config, renamed=name in renamed
-            )
-            if unsettled is not None:
-                arriving.append(unsettled)
-            elif claim.take(self.dirs["incoming"], self.dirs[CLAIMED], name):
-                taken.append(name)
+            try:
+                unsettled = claim.still_arriving(
+                    self.dirs["incoming"], name, self.config, renamed=name in renamed
+                )
+                if unsettled is not None:
+                    arriving.append(unsettled)
+                elif claim.take(self.dirs["incoming"], self.dirs[CLAIMED], name):
+                    taken.append(name)
+            except Exception as exc:  # noqa: BLE001 (one file's trouble: it waits, the rest go on)
+                background.note_failure("spool.claim", exc)
+                arriving.append(claim.Unsettled(name, _TROUBLE_RETRY_SECONDS))
         for name in (*claimed, *taken):
             examined = claim.examine(self.dirs[CLAIMED], name, self.config, prepare)
             if examined is not None:
@@ -294,44 +327,67 @@ class SpoolTransport:
         duplicates: list[str] = []
         if ready:
             await intake.wait_for_room(len(ready))
-            try:
-                answers = await intake.submit_many([item.job for item in ready])
-            except RefusedForNowError:  # draining, disk or queue full meanwhile: next time
-                for item in ready:
+            answers = await self._submit(intake, ready)
+            for item, answer in zip(ready, answers, strict=True):
+                if answer is None:  # draining, a full queue or store trouble: next time
                     self._claimed[item.name] = trio.current_time() + 1.0
-                answers = []
-            for item, answer in zip(ready, answers, strict=False):
-                if isinstance(answer, AgentError):
+                elif isinstance(answer, AgentError):
                     refused.append(claim.Refused(item.name, answer))
                 elif not answer.created:
                     duplicates.append(item.name)  # the same document is a job already
         # A new job's file moves on when its "accepted" entry is delivered.
         if refused or duplicates:
-            await trio.to_thread.run_sync(self._settle_refused, refused, duplicates)
+            later = await trio.to_thread.run_sync(self._settle_refused, refused, duplicates)
+            for name in later:
+                self._claimed[name] = trio.current_time() + _TROUBLE_RETRY_SECONDS
 
-    def _settle_refused(self, refused: list[claim.Refused], duplicates: list[str]) -> None:
+    async def _submit(
+        self, intake: TransportIntake, ready: list[claim.Ready]
+    ) -> list[Submission | AgentError | None]:
+        """One answer per file (None: look again later). A batch the store fails is
+        submitted again file by file, so one file's fault stays its own."""
+        try:
+            return list(await intake.submit_many([item.job for item in ready]))
+        except RefusedForNowError:
+            return [None] * len(ready)
+        except Exception as exc:  # noqa: BLE001 (each file alone, below)
+            if len(ready) == 1:
+                return [_submit_failed(ready[0], exc)]
+            background.note_failure("spool.submit", exc)
+        answers: list[Submission | AgentError | None] = []
+        for item in ready:
+            try:
+                answers += await intake.submit_many([item.job])
+            except RefusedForNowError:
+                answers.append(None)
+            except Exception as exc:  # noqa: BLE001 (refused or looked at again, never fatal)
+                answers.append(_submit_failed(item, exc))
+        return answers
+
+    def _settle_refused(self, refused: list[claim.Refused], duplicates: list[str]) -> list[str]:
+        """Quarantine the refused, drop the duplicates; answers the files to look at
+        again (a full disk kept a report from being written)."""
+        later: list[str] = []
         for item in refused:
-            if claim.quarantine(self.dirs[CLAIMED], self.dirs["failed"], item):
-                self.quarantined += 1
-                QUARANTINED.inc()
+            try:
+                if claim.quarantine(self.dirs[CLAIMED], self.dirs["failed"], item):
+                    self.quarantined += 1
+                    QUARANTINED.inc()
+            except OSError as exc:
+                background.note_failure("spool.quarantine", exc)
+                later.append(item.name)
         for name in duplicates:
-            (self.dirs[CLAIMED] / name).unlink(missing_ok=True)
+            try:
+                (self.dirs[CLAIMED] / name).unlink(missing_ok=True)
+            except OSError as exc:
+                background.note_failure("spool.claim", exc)
+                later.append(name)
+        return later
 
     # -- delivering outcomes --
 
-    async def _deliver_forever(self, outbox: Outbox) -> None:
-        async for batch in outbox:
-            retry_in = 0.5
-            while True:
-                try:
-                    await trio.to_thread.run_sync(partial(deliver, self.dirs, batch))
-                    break
-                except OSError as exc:
-                    # e.g. a full disk: the entries stay in the outbox; try again.
-                    log.warning("spool.delivery_failed", error=str(exc), retry_in=retry_in)
-                    await trio.sleep(retry_in)
-                    retry_in = min(retry_in * 2, _RETRY_MAX_SECONDS)
-            await outbox.ack(batch[-1].id)
+    async def _deliver(self, entries: list[OutboxEntry]) -> None:
+        await trio.to_thread.run_sync(partial(deliver, self.dirs, entries))
 
     async def forget_jobs(self, job_ids: list[str]) -> None:
         """Pruned by retention: their done/ files go too."""
@@ -344,19 +400,25 @@ class SpoolTransport:
         except FileNotFoundError:
             return  # taken already (a rescan and an event for the same file)
         except OSError as exc:  # a directory, say: not a request, and no reason to stop
-            log.warning("spool.cancel_ignored", file=name, reason=str(exc.strerror))
+            background.note_failure("spool.cancel", exc)
             return
-        if not _JOB_ID_RE.fullmatch(name):
-            log.warning("spool.cancel_ignored", file=name, reason="not a job id")
+        try:
+            job_id = check_job_id(name, field="cancel file name")
+        except ValidationError as exc:
+            shown = name.encode(errors="backslashreplace").decode()
+            log.warning("spool.cancel_ignored", file=shown, reason=exc.details["reason"])
             return
         try:
             if not await trio.to_thread.run_sync(self._may_cancel_any, owner):
-                await _check_own_job(intake, name, owner)
-            state = await intake.cancel(name)
+                await _check_own_job(intake, job_id, owner)
+            state = await intake.cancel(job_id)
         except AgentError as exc:
-            log.info("spool.cancel_refused", job_id=name, reason=exc.message, uid=owner)
-        else:
-            log.info("spool.cancelled", job_id=name, status=state.status.value, uid=owner)
+            log.info("spool.cancel_refused", job_id=job_id, reason=exc.message, uid=owner)
+            return
+        except Exception:  # one request's trouble is not the transport's end
+            log.exception("spool.cancel_failed", job_id=job_id)
+            return
+        log.info("spool.cancelled", job_id=job_id, status=state.status.value, uid=owner)
 
     def _may_cancel_any(self, uid: int) -> bool:
         """Root, the agent's user and the admin group (blocking: the group database)."""
@@ -382,3 +444,13 @@ async def _check_own_job(intake: TransportIntake, job_id: str, uid: int) -> None
             field="job_id",
             reason="Not the job's submitter",
         )
+
+
+def _submit_failed(item: claim.Ready, exc: Exception) -> AgentError | None:
+    """What a file's failed submit means: None (the store's or the host's trouble:
+    look again later) or the refusal it is quarantined with."""
+    if isinstance(exc, StoreError | UnavailableError):
+        background.note_failure("spool.submit", exc)
+        return None
+    log.exception("spool.submit_failed", file=claim.shown_name(item.name))
+    return exc if isinstance(exc, AgentError) else claim.internal_error("recording the job", exc)
