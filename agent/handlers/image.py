@@ -7,16 +7,21 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Any, Literal
 
 import trio
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agent.core.context import JobContext
+from agent.core.context import JobContext, ProcessResult
 from agent.core.registry import handler
 from agent.errors import ForbiddenError, HandlerError
 from agent.handlers import check_disk_size
+from agent.policy import sandbox
+from agent.policy.images import CheckedImage, Layer, open_image_chain
 from agent.policy.paths import Admission, Policy
+from agent.policy.sandbox import SANDBOX
 
 QEMU_IMG = "qemu-img"
 # qemu-img --help lists every block driver (throttle, blkdebug, nbd, ...); these are disk formats.
@@ -73,25 +78,60 @@ def _policy(ctx: JobContext) -> Policy:
     return ctx.get(Policy)
 
 
-async def _qemu_img_json(ctx: JobContext, argv: list[str]) -> Any:
-    result = await ctx.run_process([QEMU_IMG, *argv])
+async def open_image(
+    ctx: JobContext,
+    path: str,
+    fmt: str | None = None,
+    *,
+    field: str = "payload.data.path",
+    writable: bool = False,
+) -> CheckedImage:
+    """The image and every file it names, opened and checked now (agent.policy.images)."""
+    opener = partial(open_image_chain, _policy(ctx), path, fmt, field=field, writable=writable)
+    # Not abandoned on cancel: the descriptors it opens are always returned and closed.
+    return await trio.to_thread.run_sync(opener)
+
+
+async def run_qemu_img(
+    ctx: JobContext,
+    argv: list[str],
+    files: list[Layer],
+    *,
+    on_stdout: Callable[[bytes], Awaitable[None]] | None = None,
+    check: bool = True,
+) -> ProcessResult:
+    """qemu-img in the sandbox, seeing only `files` (bound from the agent's descriptors)."""
+    problem = await SANDBOX.check()
+    if problem is not None:
+        raise ForbiddenError(
+            f"{argv[0] if argv else 'qemu-img'}: the sandbox cannot run here: {problem}",
+            field="operation",
+            reason="qemu-img runs only in the sandbox (bubblewrap); install bubblewrap",
+        )
+    binds = [sandbox.Bind(f.fd, f.path, f.writable) for f in files]
+    wrapped = sandbox.wrap([QEMU_IMG, *argv], binds)
+    return await ctx.run_process(
+        wrapped, on_stdout=on_stdout, check=check, pass_fds=sandbox.pass_fds(binds)
+    )
+
+
+async def _qemu_img_json(ctx: JobContext, argv: list[str], files: list[Layer]) -> Any:
+    result = await run_qemu_img(ctx, argv, files)
     return json.loads(result.stdout)
 
 
-async def verified_chain(ctx: JobContext, path: str, fmt: str | None = None) -> list[Any]:
-    """Check `path` again now, and every backing file qemu-img would open with it:
-    an image's header (or a raw file that looks like one) may name any file."""
-    policy = _policy(ctx)
-    policy.check_input(path, field="payload.data.path")
-    argv = ["info", "--output=json", "--backing-chain", "-U"]
-    argv += ["-f", fmt] if fmt else []
-    chain: list[Any] = await _qemu_img_json(ctx, [*argv, path])
-    for image in chain[1:]:
-        policy.check_input(str(image.get("filename", "")), field="payload.data.path")
-    return chain
+async def _info(ctx: JobContext, image: CheckedImage, index: int = 0, *, shared: bool) -> Any:
+    """qemu-img info of one layer alone (its backing left unopened), named by its path."""
+    argv = ["info", "--output=json", *(["-U"] if shared else [])]
+    found = await _qemu_img_json(ctx, [*argv, image.filename(index, backing=False)], image.files())
+    found["filename"] = image.layers[index].path
+    return found
 
 
 class InfoPayload(ImageRef):
+    format: ImageFormat | None = Field(
+        default=None, description="the image's format; read from its header when absent"
+    )
     backing_chain: bool = False
     force_share: bool = Field(
         default=False, description="read an image a running VM holds open (qemu-img -U)"
@@ -101,11 +141,14 @@ class InfoPayload(ImageRef):
 @handler("image.info", payload=InfoPayload, rerun_safe=True, admit=admit_input)
 async def info(payload: InfoPayload, ctx: JobContext) -> Any:
     """qemu-img info as JSON: format, virtual and actual size, backing file, ..."""
-    await verified_chain(ctx, payload.path)
-    argv = ["info", "--output=json"]
-    argv += ["--backing-chain"] if payload.backing_chain else []
-    argv += ["-U"] if payload.force_share else []
-    return await _qemu_img_json(ctx, [*argv, payload.path])
+    with await open_image(ctx, payload.path, payload.format) as image:
+        if not payload.backing_chain:
+            return await _info(ctx, image, shared=payload.force_share)
+        # One layer at a time: qemu-img's own --backing-chain would open each name again.
+        return [
+            await _info(ctx, image, index, shared=payload.force_share)
+            for index in range(len(image.layers))
+        ]
 
 
 class CheckPayload(ImageRef):
@@ -126,18 +169,16 @@ _CHECK_FINDINGS = {0: "clean", 2: "corrupt", 3: "leaks"}
 )
 async def check(payload: CheckPayload, ctx: JobContext) -> dict[str, Any]:
     """qemu-img check: consistency of an image; corruption is a finding, not a failure."""
-    await verified_chain(ctx, payload.path, payload.format)
-    argv = [QEMU_IMG, "check", "--output=json"]
-    argv += ["-f", payload.format] if payload.format else []
-    argv += ["-U"] if payload.force_share else []
-    result = await ctx.run_process([*argv, payload.path], check=False)
+    with await open_image(ctx, payload.path, payload.format) as image:
+        argv = ["check", "--output=json", *(["-U"] if payload.force_share else [])]
+        result = await run_qemu_img(ctx, [*argv, image.filename()], image.files(), check=False)
     finding = _CHECK_FINDINGS.get(result.returncode)
     if result.returncode == 63:
         raise HandlerError(f"{payload.path}: its format has no consistency checks")
     if finding is None:
         tail = result.stderr.decode(errors="replace").strip()[-500:]
         raise HandlerError(f"qemu-img check could not check {payload.path}: {tail}")
-    return {"path": payload.path, "result": finding, **json.loads(result.stdout)}
+    return {**json.loads(result.stdout), "path": payload.path, "result": finding}
 
 
 class CreatePayload(ImageRef):
@@ -157,6 +198,23 @@ def admit_create(payload: CreatePayload, gate: Admission) -> None:
         gate.policy.check_input(payload.backing_file, field="payload.data.backing_file")
 
 
+@contextlib.asynccontextmanager
+async def _new_output(ctx: JobContext, path: str, fmt: str, field: str) -> AsyncIterator[Layer]:
+    """A file the agent creates (O_EXCL, 0640) for qemu-img to write through its descriptor;
+    removed (by the walk, never by a name outside the root) unless the job succeeds."""
+    policy = _policy(ctx)
+    made, fd = await trio.to_thread.run_sync(partial(policy.open_output, path, field=field))
+    done = False
+    try:
+        yield Layer(made, fd, fmt, writable=True)
+        done = True
+    finally:
+        os.close(fd)
+        if not done:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(partial(policy.remove_output, made, field=field))
+
+
 @handler(
     "image.create",
     payload=CreatePayload,
@@ -167,22 +225,22 @@ def admit_create(payload: CreatePayload, gate: Admission) -> None:
 async def create(payload: CreatePayload, ctx: JobContext) -> Any:
     """qemu-img create: a new image (never over an existing file)."""
     check_disk_size(ctx, payload.size_bytes, field="payload.data.size_bytes")
-    argv = [QEMU_IMG, "create", "-q", "-f", payload.format]
+    argv = ["create", "-q", "-f", payload.format]
+    backing: CheckedImage | None = None
     if payload.backing_file:
-        await verified_chain(ctx, payload.backing_file, payload.backing_format)
-        argv += ["-b", payload.backing_file, "-F", payload.backing_format or payload.format]
+        field = "payload.data.backing_file"
+        backing = await open_image(ctx, payload.backing_file, payload.backing_format, field=field)
+        # -u: the header names the checked backing file; qemu-img need not open it.
+        argv += ["-u", "-b", backing.path, "-F", backing.format]
     if payload.preallocation:
         argv += ["-o", f"preallocation={payload.preallocation}"]
-    # Made here first (O_EXCL, 0640): qemu-img then writes into our file, never
-    # over one that appeared since intake, and the mode does not depend on the umask.
-    path = _policy(ctx).create_output(payload.path, field="payload.data.path")
     try:
-        await ctx.run_process([*argv, path, str(payload.size_bytes)])
-    except BaseException:
-        with trio.CancelScope(shield=True), contextlib.suppress(FileNotFoundError):
-            await trio.Path(path).unlink()
-        raise
-    return await _qemu_img_json(ctx, ["info", "--output=json", path])
+        async with _new_output(ctx, payload.path, payload.format, "payload.data.path") as out:
+            await run_qemu_img(ctx, [*argv, out.path, str(payload.size_bytes)], [out])
+            return await _info(ctx, CheckedImage([out]), shared=False)
+    finally:
+        if backing is not None:
+            backing.close()
 
 
 class ResizePayload(ImageRef):
@@ -211,18 +269,12 @@ def admit_resize(payload: ResizePayload, gate: Admission) -> None:
 async def resize(payload: ResizePayload, ctx: JobContext) -> Any:
     """qemu-img resize to an absolute virtual size."""
     check_disk_size(ctx, payload.size_bytes, field="payload.data.size_bytes")
-    found = (await verified_chain(ctx, payload.path))[0].get("format")
-    if found not in _DISK_FORMATS or (payload.format and found != payload.format):
-        # Only images of the expected format are resized: never truncate another file.
-        raise HandlerError(
-            f"{payload.path} is a {found} image, not {payload.format or 'a disk image'}",
-            field="payload.data.format",
-        )
-    argv = [QEMU_IMG, "resize", "-q"]
-    argv += ["-f", payload.format] if payload.format else []
-    argv += ["--shrink"] if payload.shrink else []
-    await ctx.run_process([*argv, payload.path, str(payload.size_bytes)])
-    return await _qemu_img_json(ctx, ["info", "--output=json", payload.path])
+    # The format comes from the header as the agent reads it (or must match the one given):
+    # only a disk image of the expected format is resized, never another file truncated.
+    with await open_image(ctx, payload.path, payload.format, writable=True) as image:
+        argv = ["resize", "-q", *(["--shrink"] if payload.shrink else [])]
+        await run_qemu_img(ctx, [*argv, image.filename(), str(payload.size_bytes)], image.files())
+        return await _info(ctx, image, shared=False)
 
 
 class ConvertPayload(ImageRef):
@@ -252,20 +304,14 @@ def admit_convert(payload: ConvertPayload, gate: Admission) -> None:
 async def convert(payload: ConvertPayload, ctx: JobContext) -> Any:
     """qemu-img convert with progress; the output appears only when complete."""
     policy = _policy(ctx)
-    await verified_chain(ctx, payload.path, payload.source_format)
-    located = policy.check_output(
-        payload.output_path, field="payload.data.output_path", overwrite=payload.overwrite
-    )
+    field = "payload.data.output_path"
+    located = policy.check_output(payload.output_path, field=field, overwrite=payload.overwrite)
     output = trio.Path(located.path)
     # Written beside the output and renamed into place: no reader ever sees half an image,
     # and a rerun after a crash overwrites the same leftover.
-    partial = output.with_name(f".{output.name}.{ctx.job_id}.part")
-    with contextlib.suppress(FileNotFoundError):
-        await partial.unlink()
-    policy.create_output(str(partial), field="payload.data.output_path")
-    argv = [QEMU_IMG, "convert", "-p", "-O", payload.output_format]
-    argv += ["-f", payload.source_format] if payload.source_format else []
-    argv += ["-c"] if payload.compress else []
+    partial_path = str(output.with_name(f".{output.name}.{ctx.job_id}.part"))
+    await trio.to_thread.run_sync(partial(policy.remove_output, partial_path, field=field))
+    argv = ["convert", "-p", "-O", payload.output_format, *(["-c"] if payload.compress else [])]
     reported = -1
 
     async def on_stdout(chunk: bytes) -> None:
@@ -276,16 +322,22 @@ async def convert(payload: ConvertPayload, ctx: JobContext) -> Any:
                 reported = int(percent)
                 await ctx.progress(percent, "converting")
 
-    try:
-        await ctx.run_process([*argv, payload.path, str(partial)], on_stdout=on_stdout)
-        policy.check_output(
-            str(output), field="payload.data.output_path", overwrite=payload.overwrite
-        )
-        await partial.rename(output)
-    finally:
-        with trio.CancelScope(shield=True), contextlib.suppress(FileNotFoundError):
-            await partial.unlink()
-    return await _qemu_img_json(ctx, ["info", "--output=json", str(output)])
+    with await open_image(ctx, payload.path, payload.source_format) as source:
+        async with _new_output(ctx, partial_path, payload.output_format, field) as out:
+            files = [*source.files(), out]
+            await run_qemu_img(
+                ctx, [*argv, source.filename(), out.path], files, on_stdout=on_stdout
+            )
+            publish = partial(
+                policy.publish_output,
+                partial_path,
+                located.path,
+                field=field,
+                overwrite=payload.overwrite,
+            )
+            await trio.to_thread.run_sync(publish)
+            published = Layer(located.path, out.fd, payload.output_format)
+            return await _info(ctx, CheckedImage([published]), shared=False)
 
 
 class ChecksumPayload(ImageRef):
