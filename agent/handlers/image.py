@@ -9,7 +9,7 @@ import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import trio
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -22,6 +22,10 @@ from agent.policy import sandbox
 from agent.policy.images import CheckedImage, Layer, open_image_chain
 from agent.policy.paths import Admission, Policy
 from agent.policy.sandbox import SANDBOX
+
+if TYPE_CHECKING:
+    from agent.core.capabilities import Capabilities
+    from agent.core.health import Health, Status
 
 QEMU_IMG = "qemu-img"
 # qemu-img --help lists every block driver (throttle, blkdebug, nbd, ...); these are disk formats.
@@ -356,33 +360,40 @@ class ChecksumPayload(ImageRef):
 )
 async def checksum(payload: ChecksumPayload, ctx: JobContext) -> dict[str, Any]:
     """sha256 of the file's bytes, streamed with progress; `expected` must match."""
-    digest = hashlib.sha256()
     # Hashes the very file the policy checked (its descriptor), whatever the path says later.
-    fd = _policy(ctx).open_input(payload.path, field="payload.data.path")
-    os.set_blocking(fd, True)
-    source = trio.wrap_file(os.fdopen(fd, "rb"))
-    async with source:
-        size = os.fstat(source.fileno()).st_size
-        done, reported = 0, -1
-
-        def read_and_hash() -> int:
-            data = source.wrapped.read(CHUNK)
-            digest.update(data)
-            return len(data)
-
-        while count := await trio.to_thread.run_sync(read_and_hash):
-            done += count
-            percent = 100 * done / size if size else 100
-            if int(percent) > reported:
-                reported = int(percent)
-                await ctx.progress(percent, "hashing", bytes_done=done)
-    value = digest.hexdigest()
+    opener = partial(_policy(ctx).open_input, payload.path, field="payload.data.path")
+    fd = await trio.to_thread.run_sync(opener)
+    try:
+        value, done = await sha256_of(ctx, fd)
+    finally:
+        os.close(fd)
     if payload.expected is not None and value != payload.expected.lower():
         raise HandlerError(
             f"sha256 mismatch for {payload.path}: expected {payload.expected.lower()}, got {value}",
             field="payload.data.expected",
         )
     return {"path": payload.path, "algorithm": "sha256", "digest": value, "size_bytes": done}
+
+
+async def sha256_of(ctx: JobContext, fd: int) -> tuple[str, int]:
+    """The sha256 of an open file's bytes (read with pread: the caller keeps its fd and
+    offset) and how many bytes it has, with progress events."""
+    digest = hashlib.sha256()
+    size = os.fstat(fd).st_size
+    done, reported = 0, -1
+
+    def read_and_hash(offset: int) -> int:
+        data = os.pread(fd, CHUNK, offset)
+        digest.update(data)
+        return len(data)
+
+    while count := await trio.to_thread.run_sync(read_and_hash, done):
+        done += count
+        percent = 100 * done / size if size else 100
+        if int(percent) > reported:
+            reported = int(percent)
+            await ctx.progress(percent, "hashing", bytes_done=done)
+    return digest.hexdigest(), done
 
 
 async def qemu_img_facts() -> dict[str, Any]:
@@ -401,6 +412,27 @@ async def qemu_img_facts() -> dict[str, Any]:
         "qemu_img": {"version": version.group(1) if version else None},
         "features": ["qemu-img"],
     }
+
+
+async def sandbox_facts() -> dict[str, Any]:
+    """Capability fact `sandbox`: whether qemu-img and libguestfs can run sandboxed here."""
+    problem = await SANDBOX.check()
+    return {"sandbox": {"tool": "bwrap", "available": problem is None, "problem": problem}}
+
+
+def contribute(capabilities: Capabilities, health: Health) -> None:
+    """The daemon's hook: qemu-img's facts, the sandbox's fact and health component."""
+
+    async def check() -> tuple[Status, str, dict[str, Any]]:
+        problem = await SANDBOX.check()
+        if problem is not None:
+            # Only image.* and guestkit.* are refused: the agent itself works.
+            return "degraded", f"image jobs are refused: {problem}", {}
+        return "healthy", "qemu-img and libguestfs run in the bwrap sandbox", {}
+
+    capabilities.contribute(qemu_img_facts)
+    capabilities.contribute(sandbox_facts)
+    health.add("sandbox", check)
 
 
 HANDLERS = (info, check, create, resize, convert, checksum)

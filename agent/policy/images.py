@@ -143,7 +143,8 @@ def detect_format(head: bytes) -> str:
     (sparse), vmdk-descriptor, another format's name, or raw when nothing matches."""
     if head.startswith(_QCOW_MAGIC):
         version = struct.unpack_from(">I", head, 4)[0] if len(head) >= 8 else 0
-        return "qcow2" if version in (2, 3) else "qcow"
+        # Other versions are qcow2 to qemu too (which then refuses them with its reason).
+        return "qcow" if version == 1 else "qcow2"
     if head.startswith(_VMDK_SPARSE_MAGIC):
         return "vmdk"
     if head.startswith(_VMDK3_MAGIC):
@@ -218,8 +219,15 @@ class _Walk:
                 "backing chain too deep",
             )
 
-    def open_checked(self, path: str) -> int:
-        fd = self.policy.open_input(path, field=self.field)
+    def open_checked(self, path: str, named_by: str | None = None, what: str = "") -> int:
+        try:
+            fd = self.policy.open_input(path, field=self.field)
+        except ForbiddenError as exc:
+            if named_by is None:
+                raise
+            reason = str(exc.details.get("reason", "refused"))
+            detail = exc.message.removeprefix(f"{self.field}: ")
+            raise _refuse(self.field, f"{what} named by {named_by}: {detail}", reason) from exc
         info = os.fstat(fd)
         key = (info.st_dev, info.st_ino)
         if key in self.seen:
@@ -236,7 +244,7 @@ class _Walk:
         """Open one layer; its format checked, its data file opened, its backing returned."""
         field_name = self.field
         path = _resolve(name, referrer, field_name, "backing file")
-        fd = self.open_checked(path)
+        fd = self.open_checked(path, referrer, "the backing file")
         layer = Layer(path, fd, "raw", writable=writable)
         try:
             layer.format = _layer_format(fd, claimed, path, referrer, field_name)
@@ -264,6 +272,8 @@ def _layer_format(
     if claimed is not None and claimed not in INPUT_FORMATS:
         raise _refuse(field_name, f"{what}: format {claimed} is not opened", _refusal(claimed))
     fmt = claimed or found
+    if fmt == "vmdk" and found == "vmdk-descriptor":
+        raise _refuse(field_name, f"{what} is a VMDK descriptor", _refusal(found))
     if fmt not in {"raw", found}:
         raise _refuse(
             field_name, f"{what} is not a {fmt} image ({_describe(found)})", "wrong format"
@@ -299,7 +309,7 @@ def _resolve(name: str, referrer: str | None, field: str, what: str) -> str:
     if _PROTOCOL.match(name):
         raise _refuse(
             field,
-            f"{referrer} names the {what} {name[:80]!r}",
+            f"{referrer} names the {what} {name[:80]!r}, not a file",
             "protocol names (json:, nbd:, http:, ...) are refused",
         )
     return name if name.startswith("/") else os.path.join(os.path.dirname(referrer), name)
@@ -345,7 +355,7 @@ def _qcow2_references(walk: _Walk, layer: Layer) -> tuple[str, str | None] | Non
             )
         name = _header_text(blob, field, layer.path).rstrip("\0")
         data_path = _resolve(name, layer.path, field, "data file")
-        data_fd = walk.open_checked(data_path)
+        data_fd = walk.open_checked(data_path, layer.path, "the data file")
         layer.data_file = Layer(data_path, data_fd, "raw", writable=layer.writable)
     if backing_size == 0 or backing_offset == 0:
         return None

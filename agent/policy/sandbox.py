@@ -49,7 +49,11 @@ def _system_args() -> list[str]:
 
 def wrap(argv: Sequence[str], binds: Iterable[Bind], *, extra: Sequence[str] = ()) -> list[str]:
     """`argv` run inside the sandbox with `binds` (pass their fds to the process)."""
-    args = [BWRAP, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    # Neither --die-with-parent (its signal follows the *thread* that started bwrap, and
+    # trio starts processes from worker threads that come and go) nor --new-session
+    # (run_process kills the job's process group, which the tool must stay in; there
+    # is no terminal to take over: stdin is /dev/null, in a session of its own).
+    args = [BWRAP, "--unshare-all", "--cap-drop", "ALL"]
     args += [*_system_args(), "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]  # noqa: S108 (the sandbox's own, empty)
     args += [*extra]
     for bind in binds:
