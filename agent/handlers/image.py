@@ -108,7 +108,7 @@ async def run_qemu_img(
     problem = await SANDBOX.check()
     if problem is not None:
         raise ForbiddenError(
-            f"{argv[0] if argv else 'qemu-img'}: the sandbox cannot run here: {problem}",
+            f"{QEMU_IMG}: the sandbox cannot run here: {problem}",
             field="operation",
             reason="qemu-img runs only in the sandbox (bubblewrap); install bubblewrap",
         )
