@@ -21,7 +21,14 @@ from agent.transports.spool.settings import SpoolConfig
 from tests.handlers.conftest import state_of
 from tests.jobs import ok
 from tests.libvirtd import PrivateLibvirtd
-from tests.security.hostile_images import Planted, build, fingerprints, plant, qemu_img
+from tests.security.hostile_images import (
+    Planted,
+    build,
+    files_holding,
+    fingerprints,
+    plant,
+    qemu_img,
+)
 from tests.security.test_hostile_images import outcome
 
 # The driver type libvirt would hand qemu for each case's image.
@@ -102,3 +109,39 @@ async def test_a_checked_chain_is_defined_and_started(
     started = await ok(agent, "vm.start", {"name": name})
     assert started["changed"] is True
     assert state_of(observer, name) == "running"
+
+
+@pytest.mark.slow
+async def test_hostile_volumes_are_neither_cloned_nor_resized(
+    agent: Agent, planted: Planted
+) -> None:
+    cases = build(planted)
+    pool_dir = planted.root / "pool"
+    pool_dir.mkdir()
+    hostile = ["backing-absolute-outside", "qcow2-data-file-outside", "vmdk-flat-absolute"]
+    for case in hostile:
+        cases[case].rename(pool_dir / cases[case].name)
+    outside_before = fingerprints(planted.outside)
+    pool = f"real-{uuid.uuid4().hex[:8]}"
+    await ok(agent, "storage.pool.define", {"name": pool, "path": str(pool_dir)})
+    try:
+        for case in hostile:
+            volume = {"pool": pool, "name": cases[case].name}
+            for operation, extra in (
+                ("storage.volume.clone", {"new_name": f"copy-{cases[case].name}"}),
+                ("storage.volume.resize", {"capacity_bytes": 4 * 1024 * 1024}),
+            ):
+                found = await outcome(agent, operation, {**volume, **extra})
+                assert planted.marker not in json.dumps(found, default=str).encode()
+                if found["status"] == "Completed":
+                    # libvirt took the descriptor for raw bytes: copied as text, inert.
+                    assert case == "vmdk-flat-absolute", (case, operation, found)
+                    assert found["result"]["format"] == "raw"
+                    continue
+                assert found["status"] == "Failed", (case, operation, found)
+                assert found["error"].startswith("payload.data.name: "), found
+        assert [path.name for path in pool_dir.glob("copy-*")] == ["copy-flat.vmdk"]
+        assert files_holding(planted.root, planted.marker) == []
+        assert fingerprints(planted.outside) == outside_before
+    finally:
+        await ok(agent, "storage.pool.delete", {"name": pool})
