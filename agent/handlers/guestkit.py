@@ -28,7 +28,7 @@ from agent.errors import ForbiddenError, HandlerError
 from agent.handlers import _findings, _guestfs_host, image
 from agent.handlers._guestfs_host import Accelerator, libguestfs_problem
 from agent.policy import sandbox
-from agent.policy.images import CheckedImage, Layer
+from agent.policy.images import CheckedImage, Layer, check_image
 from agent.policy.paths import Admission
 from agent.policy.sandbox import SANDBOX
 
@@ -98,8 +98,10 @@ def _resource(payload: InspectPayload | ProfilePayload) -> str:
 
 
 def _admit(payload: InspectPayload | ProfilePayload, gate: Admission) -> None:
-    # Regular image files under the roots only: no block devices, no /etc, no store.
-    gate.policy.check_input(payload.image.path, field="payload.data.image.path")
+    # Regular image files under the roots only (no block devices, no /etc, no store),
+    # and every file the image names: checked again when the job runs.
+    field = "payload.data.image.path"
+    check_image(gate.policy, payload.image.path, payload.image.format, field=field)
 
 
 @handler(

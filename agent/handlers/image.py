@@ -19,7 +19,7 @@ from agent.core.registry import handler
 from agent.errors import ForbiddenError, HandlerError
 from agent.handlers import check_disk_size
 from agent.policy import sandbox
-from agent.policy.images import CheckedImage, Layer, open_image_chain
+from agent.policy.images import CheckedImage, Layer, check_image, open_image_chain
 from agent.policy.paths import Admission, Policy
 from agent.policy.sandbox import SANDBOX
 
@@ -75,6 +75,13 @@ def image_resource(ref: ImageRef) -> str:
 
 
 def admit_input(payload: ImageRef, gate: Admission) -> None:
+    """At intake: the image and every file it names (checked again when the job runs)."""
+    fmt = getattr(payload, "format", None) or getattr(payload, "source_format", None)
+    check_image(gate.policy, payload.path, fmt, field="payload.data.path")
+
+
+def admit_file(payload: ImageRef, gate: Admission) -> None:
+    """At intake: a file read as bytes only (image.checksum follows no reference)."""
     gate.policy.check_input(payload.path, field="payload.data.path")
 
 
@@ -199,7 +206,8 @@ class CreatePayload(ImageRef):
 def admit_create(payload: CreatePayload, gate: Admission) -> None:
     gate.policy.check_output(payload.path, field="payload.data.path")
     if payload.backing_file is not None:
-        gate.policy.check_input(payload.backing_file, field="payload.data.backing_file")
+        field = "payload.data.backing_file"
+        check_image(gate.policy, payload.backing_file, payload.backing_format, field=field)
 
 
 @contextlib.asynccontextmanager
@@ -356,7 +364,7 @@ class ChecksumPayload(ImageRef):
     payload=ChecksumPayload,
     rerun_safe=True,
     resource=image_resource,
-    admit=admit_input,
+    admit=admit_file,
 )
 async def checksum(payload: ChecksumPayload, ctx: JobContext) -> dict[str, Any]:
     """sha256 of the file's bytes, streamed with progress; `expected` must match."""
