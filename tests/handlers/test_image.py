@@ -223,3 +223,27 @@ async def test_image_checksum_of_missing_file_is_refused_clearly(
     with pytest.raises(ForbiddenError) as caught:
         await submit(agent, "image.checksum", {"path": str(images / "nope")})
     assert caught.value.details == {"field": "payload.data.path", "reason": "no such file"}
+
+
+@pytest.mark.slow
+async def test_every_output_format_is_written_through_the_agents_descriptor(
+    agent: Agent, images: Path
+) -> None:
+    # qemu-img (sandboxed) sees only the file the agent created, bound at its path;
+    # each format's create and convert write into it.
+    random_raw(images / "source.raw", MIB)
+    for fmt in ("qcow2", "raw", "vmdk", "vdi", "vhdx", "vpc", "qed"):
+        made = await ok(
+            agent, "image.create", {"path": f"{images}/new.{fmt}", "size_bytes": MIB, "format": fmt}
+        )
+        assert made["format"] == fmt
+        assert made["filename"] == f"{images}/new.{fmt}"
+        converted = await ok(
+            agent,
+            "image.convert",
+            {"path": f"{images}/source.raw", "output_path": f"{images}/copy.{fmt}",
+             "output_format": fmt},
+        )  # fmt: skip
+        assert converted["format"] == fmt
+        assert (images / f"copy.{fmt}").stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in images.iterdir() if p.name.startswith(".")) == []
