@@ -208,8 +208,9 @@ async def _image_format(checked: CheckedImage, ctx: JobContext) -> str:
             field=field,
             reason="not_an_image",
         )
-    # -U: a running VM's disk is read without taking (or waiting for) its lock.
-    argv = ["info", "-U", "--output=json", checked.filename()]
+    # -U: a running VM's disk is read without taking (or waiting for) its lock; qemu-img
+    # info opens no backing file (the layer alone, as image.info does).
+    argv = ["info", "-U", "--output=json", checked.filename(backing=False)]
     probe = await image.run_qemu_img(ctx, argv, checked.files(), check=False)
     if probe.returncode != 0:
         tail = probe.stderr.decode(errors="replace").strip()[-300:]

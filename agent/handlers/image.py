@@ -121,9 +121,14 @@ async def run_qemu_img(
         )
     binds = [sandbox.Bind(f.fd, f.path, f.writable) for f in files]
     wrapped = sandbox.wrap([QEMU_IMG, *argv], binds)
-    return await ctx.run_process(
-        wrapped, on_stdout=on_stdout, check=check, pass_fds=sandbox.pass_fds(binds)
+    result = await ctx.run_process(
+        wrapped, on_stdout=on_stdout, check=False, pass_fds=sandbox.pass_fds(binds)
     )
+    if check and result.returncode != 0:
+        # Named as qemu-img, not as the bwrap that ran it.
+        tail = result.stderr.decode(errors="replace").strip()[-500:]
+        raise HandlerError(f"{QEMU_IMG} exited with status {result.returncode}: {tail}")
+    return result
 
 
 async def _qemu_img_json(ctx: JobContext, argv: list[str], files: list[Layer]) -> Any:

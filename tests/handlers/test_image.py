@@ -247,3 +247,10 @@ async def test_every_output_format_is_written_through_the_agents_descriptor(
         assert converted["format"] == fmt
         assert (images / f"copy.{fmt}").stat().st_mode & 0o777 == 0o640
     assert sorted(p.name for p in images.iterdir() if p.name.startswith(".")) == []
+
+
+async def test_a_qemu_img_failure_is_named_as_qemu_img(agent: Agent, images: Path) -> None:
+    bogus = images / "bogus.qcow2"
+    bogus.write_bytes(b"QFI\xfb" + bytes(508))  # qcow2 magic, version 0: qemu-img refuses
+    error = await failed(agent, "image.resize", {"path": str(bogus), "size_bytes": MIB})
+    assert error.startswith("qemu-img exited with status 1: qemu-img: Could not open ")
