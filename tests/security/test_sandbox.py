@@ -70,7 +70,9 @@ async def no_bwrap(
     config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Agent]:
     monkeypatch.setattr(sandbox, "BWRAP", str(tmp_path / "no-bwrap"))
-    monkeypatch.setattr(SANDBOX, "checked", False)  # probed again, then restored
+    # Probed again here; what it finds is put back after (monkeypatch restores both).
+    monkeypatch.setattr(SANDBOX, "checked", False)
+    monkeypatch.setattr(SANDBOX, "problem", SANDBOX.problem)
     async with trio.open_nursery() as nursery:
         agent: Agent = await nursery.start(Agent(config).run)
         yield agent
