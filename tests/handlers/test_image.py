@@ -61,6 +61,7 @@ def qemu_img_processes(needle: str) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 async def test_image_create_info_check_resize(agent: Agent, images: Path) -> None:
     path = str(images / "disk.qcow2")
     created = await ok(agent, "image.create", {"path": path, "size_bytes": 64 * MIB})
@@ -89,6 +90,7 @@ async def test_image_create_with_backing_file(agent: Agent, images: Path) -> Non
     assert [image["filename"] for image in chain] == [overlay, str(base)]
 
 
+@pytest.mark.slow
 async def test_image_check_finds_a_corrupt_image_and_fails_on_unreadable(
     agent: Agent, images: Path
 ) -> None:
@@ -132,6 +134,7 @@ async def test_image_paths_must_be_absolute(agent: Agent) -> None:
     assert caught.value.details["field"] == "payload.data.path"
 
 
+@pytest.mark.slow
 async def test_image_convert_reports_qemu_img_progress(agent: Agent, images: Path) -> None:
     source = random_raw(images / "source.raw", 32 * MIB)
     output = images / "out.qcow2"
@@ -160,6 +163,7 @@ async def test_image_convert_reports_qemu_img_progress(agent: Agent, images: Pat
     assert caught.value.details["field"] == "payload.data.output_path"
 
 
+@pytest.mark.slow
 async def test_image_convert_cancelled_leaves_no_process_and_no_partial_file(
     agent: Agent, images: Path
 ) -> None:
@@ -183,6 +187,7 @@ async def test_image_convert_cancelled_leaves_no_process_and_no_partial_file(
     assert sorted(p.name for p in images.iterdir()) == ["source.raw"]
 
 
+@pytest.mark.slow
 async def test_image_convert_timeout_also_cleans_up(agent: Agent, images: Path) -> None:
     source = random_raw(images / "source.raw", 64 * MIB)
     data = {"path": str(source), "output_path": str(images / "o.qcow2"), "compress": True}
@@ -194,6 +199,7 @@ async def test_image_convert_timeout_also_cleans_up(agent: Agent, images: Path) 
     assert sorted(p.name for p in images.iterdir()) == ["source.raw"]
 
 
+@pytest.mark.slow
 async def test_image_checksum_streams_with_progress_and_checks_expected(
     agent: Agent, images: Path
 ) -> None:

@@ -153,6 +153,7 @@ async def test_images_that_name_only_checked_files_run(agent: Agent, planted: Pl
     assert (root / "base.raw").stat().st_size == MIB  # backing files are never written
 
 
+@pytest.mark.slow
 async def test_a_data_file_inside_the_roots_is_opened_and_bound(
     agent: Agent, planted: Planted
 ) -> None:
