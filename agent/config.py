@@ -1,4 +1,8 @@
-"""The one typed configuration: TOML file, then HOSTAGENT_* environment, then flags.
+"""The core settings and the loader: TOML file, then HOSTAGENT_* environment, then flags.
+
+A leaf: it knows no transport. Each transport declares its own `Section`, and the
+composition root (agent.service.settings) puts the core and those sections
+together into the model `load_config` is given.
 
 Nested keys are addressed with a double underscore in the environment
 (`HOSTAGENT_SPOOL__MAX_FILE_BYTES`) and with a dot everywhere else
@@ -16,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from agent.errors import ConfigError
 
@@ -38,7 +42,7 @@ class Section(BaseModel):
 # Marks a setting read once at start: a reload keeps its running value and says so.
 RESTART: dict[str, Any] = {"restart": True}
 
-SectionT = TypeVar("SectionT", bound=Section)
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class ServiceConfig(Section):
@@ -97,19 +101,11 @@ class StoreConfig(Section):
     prune_interval_seconds: float = Field(default=600.0, gt=0)
 
 
-def transport_sections() -> dict[str, type[Section]]:
-    """Each transport's config section by name, from the transport table."""
-    # Imported here: the transport packages import this module for Section.
-    from agent.transports import TRANSPORTS  # noqa: PLC0415
-
-    return {spec.name: spec.settings for spec in TRANSPORTS if spec.settings is not None}
-
-
 class Config(Section):
-    """The agent's settings; each transport adds its own section (see section())."""
+    """The core settings: what the agent is, where it keeps state, its limits.
 
-    # Transport sections ([spool], [http], ...) are validated by _transport_sections.
-    model_config = ConfigDict(extra="allow")
+    The transports' sections are not here: agent.service.settings.Settings adds them.
+    """
 
     worker_id: str = Field(default_factory=socket.gethostname, json_schema_extra=RESTART)
     state_dir: Path = Field(default=Path("/var/lib/hostagent"), json_schema_extra=RESTART)
@@ -132,58 +128,28 @@ class Config(Section):
     # less free space than this, so the store never fills the disk (0: off).
     state_min_free_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _transport_sections(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        sections = transport_sections()
-        for key in data.keys() - cls.model_fields.keys() - sections.keys():
-            raise ConfigError(
-                f"config: {key}: Extra inputs are not permitted", field=key, reason="Unknown key"
-            )
-        data = dict(data)
-        for name, model in sections.items():
-            value = data.get(name, {})
-            if isinstance(value, model):
-                continue
-            try:
-                data[name] = model.model_validate(value)
-            except pydantic.ValidationError as exc:
-                raise _config_error(exc, prefix=f"{name}.") from exc
-        return data
-
-    def section(self, kind: type[SectionT]) -> SectionT:
-        """A transport's own section, by its settings class."""
-        for value in (self.model_extra or {}).values():
-            if isinstance(value, kind):
-                return value
-        raise ConfigError(f"config: no section of type {kind.__name__}", field="config")
-
     @property
     def store_path(self) -> Path:
         return self.state_dir / "jobs.sqlite3"
 
 
-def restart_keys(model: type[BaseModel] = Config, prefix: str = "") -> set[str]:
-    """Dotted keys of the settings marked RESTART, transport sections included."""
+def restart_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
+    """Dotted keys of `model`'s settings marked RESTART, its sections' included."""
     keys: set[str] = set()
-    fields = {name: info.annotation for name, info in model.model_fields.items()}
-    if model is Config:
-        fields.update(transport_sections())
-    for name, kind in fields.items():
-        info = model.model_fields.get(name)
-        if info is not None and info.json_schema_extra == RESTART:
+    for name, info in model.model_fields.items():
+        kind = info.annotation
+        if info.json_schema_extra == RESTART:
             keys.add(prefix + name)
         if isinstance(kind, type) and issubclass(kind, BaseModel):
             keys |= restart_keys(kind, f"{prefix}{name}.")
     return keys
 
 
-def _config_error(exc: pydantic.ValidationError, *, prefix: str = "") -> ConfigError:
+def _config_error(exc: pydantic.ValidationError) -> ConfigError:
     first = exc.errors(include_url=False)[0]
-    key = prefix + ".".join(str(part) for part in first["loc"])
-    return ConfigError(f"config: {key}: {first['msg']}", field=key, reason=first["msg"])
+    key = ".".join(str(part) for part in first["loc"])
+    reason = "Unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+    return ConfigError(f"config: {key}: {first['msg']}", field=key, reason=reason)
 
 
 def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
@@ -209,10 +175,12 @@ def _env_value(text: str) -> Any:
 def load_config(
     path: Path | None = None,
     *,
+    model: type[ModelT],
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
-) -> Config:
-    """Build the config; raise ConfigError naming the key on anything wrong.
+) -> ModelT:
+    """Build `model` (the settings the composition root declares); raise
+    ConfigError naming the key on anything wrong.
 
     `path` None means the default path if it exists. `overrides` are dotted
     keys from command-line flags and win over everything else.
@@ -235,6 +203,6 @@ def load_config(
         if value is not None:
             _set_dotted(data, key, value)
     try:
-        return Config.model_validate(data)
+        return model.model_validate(data)
     except pydantic.ValidationError as exc:
         raise _config_error(exc) from exc

@@ -57,6 +57,19 @@ def _check_job_id(value: str) -> str:
 JobId = Annotated[str, AfterValidator(_check_job_id)]
 
 
+def check_job_id(value: object, *, field: str) -> str:
+    """`value` as a job id, or the ValidationError naming `field` (a Kafka key, a file name...)."""
+    if not isinstance(value, str) or not _JOB_ID.fullmatch(value):
+        raise ValidationError(
+            f"{field} is not a valid job_id",
+            field=field,
+            reason="must be 1-128 characters of [A-Za-z0-9._-], not starting with '.'",
+        )
+    if value in RESERVED_JOB_IDS:
+        raise ValidationError(f"{field} is a reserved job_id", field=field, reason="reserved")
+    return value
+
+
 class JobStatus(StrEnum):
     """Status words exactly as clients compare them."""
 

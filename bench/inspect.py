@@ -25,10 +25,11 @@ import time  # noqa: E402
 
 import trio  # noqa: E402
 
-from agent.config import Config, LibvirtConfig  # noqa: E402
+from agent.config import LibvirtConfig  # noqa: E402
 from agent.handlers import guestkit  # noqa: E402
 from agent.handlers._guestfs_host import Choice  # noqa: E402
 from agent.service.daemon import Agent  # noqa: E402
+from agent.service.settings import Settings  # noqa: E402
 from agent.transports.http.settings import HttpConfig  # noqa: E402
 from agent.transports.spool.settings import SpoolConfig  # noqa: E402
 from tests import guestdisks  # noqa: E402
@@ -67,7 +68,7 @@ async def measure(runs: int, force_tcg: bool) -> tuple[str, list[dict[str, float
         guestkit.ACCELERATOR.choice = Choice("tcg", "forced by bench --tcg")
     disk = guestdisks.build(guestdisks.planted_disk())
     with tempfile.TemporaryDirectory() as state:
-        config = Config(
+        config = Settings(
             state_dir=Path(state),
             spool_dir=Path(state) / "spool",
             spool=SpoolConfig(enabled=False),

@@ -35,7 +35,7 @@ from agent.transports.http.auth import create_token  # noqa: E402
 from agent.transports.kafka import KafkaConfig  # noqa: E402
 from agent.transports.kafka.client import EventWatcher, send_jobs  # noqa: E402
 from agent.transports.kafka.topics import Topics  # noqa: E402
-from tests.transports.kafka.fleetkit import echo, kafka_toml  # noqa: E402
+from tests.transports.kafka.fleetkit import SIGNER, echo, kafka_toml  # noqa: E402
 
 
 def load_broker_script() -> object:
@@ -157,7 +157,13 @@ def run(bootstrap: str, home: Path, agents: int, jobs: int, profile: Path | None
         before = {proc.pid: cpu_seconds(proc.pid) for proc in procs}
         with EventWatcher(settings) as watcher:
             began = time.monotonic()
-            send_jobs(settings, Topics(prefix).pool("bench"), [echo(i) for i in ids], timeout=120)
+            send_jobs(
+                settings,
+                Topics(prefix).pool("bench"),
+                [echo(i) for i in ids],
+                timeout=120,
+                signer=SIGNER,
+            )
             produced = time.monotonic() - began
             done = 0
             for event in watcher.until_done(ids, timeout=600):

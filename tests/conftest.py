@@ -8,15 +8,16 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent.config import Config, LibvirtConfig, PolicyConfig
+from agent.config import LibvirtConfig, PolicyConfig
 from agent.service.daemon import Agent
+from agent.service.settings import Settings
 from agent.transports.http.settings import HttpConfig
 from agent.transports.spool.settings import SpoolConfig
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> Config:
-    return Config(
+def config(tmp_path: Path) -> Settings:
+    return Settings(
         state_dir=tmp_path / "state",
         spool_dir=tmp_path / "spool",
         max_concurrent_jobs=2,
@@ -31,7 +32,7 @@ def config(tmp_path: Path) -> Config:
 
 
 @pytest.fixture
-async def agent(config: Config) -> AsyncIterator[Agent]:
+async def agent(config: Settings) -> AsyncIterator[Agent]:
     async with trio.open_nursery() as nursery:
         running: Agent = await nursery.start(Agent(config).run)
         yield running

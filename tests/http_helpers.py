@@ -11,10 +11,10 @@ import trio
 
 from agent.config import Config
 from agent.service.daemon import Agent
+from agent.service.settings import Settings
 from agent.transports.http.auth import create_token
 from agent.transports.http.settings import HttpConfig
 from agent.transports.http.transport import HttpTransport
-from agent.transports.spool.settings import SpoolConfig
 
 READ, READ_ENTRY = create_token("reader", ["read"])
 SUBMIT, SUBMIT_ENTRY = create_token("submitter", ["submit"])
@@ -23,13 +23,13 @@ ADMIN, ADMIN_ENTRY = create_token("admin", ["admin"])
 TOKEN_ENTRIES = [READ_ENTRY, SUBMIT_ENTRY, CANCEL_ENTRY, ADMIN_ENTRY]
 
 
-def with_http(config: Config, *, spool: bool = False, **settings: Any) -> Config:
+def with_http(config: Settings, *, spool: bool = False, **settings: Any) -> Settings:
     """The test config with the HTTP API on an ephemeral loopback port and test tokens.
 
     The spool is off unless asked for: its watcher takes about a second to start and stop.
     """
     http = HttpConfig(bind="127.0.0.1:0", tokens=TOKEN_ENTRIES, **settings)
-    spool_config = config.section(SpoolConfig).model_copy(update={"enabled": spool})
+    spool_config = config.spool.model_copy(update={"enabled": spool})
     return config.model_copy(update={"http": http, "spool": spool_config})
 
 

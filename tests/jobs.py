@@ -1,15 +1,17 @@
-"""Job documents for tests, and waiting for a job to reach a status (no polling)."""
+"""The tests' one set of builders: job documents, NewJobs for the store, and waiting —
+for a job to reach a status (events, no polling), or for any condition, sync or async."""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
 
-from agent.jobs import JobState, JobStatus
+from agent.jobs import JobState, JobStatus, NewJob
 from agent.service.daemon import Agent
 
 _ids = itertools.count()
@@ -45,6 +47,46 @@ def echo_job(job_id: str | None = None, **extra: Any) -> dict[str, Any]:
 
 def sleep_job(job_id: str, seconds: float, **extra: Any) -> dict[str, Any]:
     return job(job_id, "system.sleep", {"seconds": seconds}, **extra)
+
+
+def new_job(
+    job_id: str,
+    operation: str = "system.echo",
+    *,
+    transport: str = "test",
+    fingerprint: str = "a",
+    document: dict[str, Any] | None = None,
+    timeout_seconds: float | None = None,
+    origin: str | None = None,
+) -> NewJob:
+    """A job as the intake hands it to the store (for store tests: no dispatcher takes it)."""
+    return NewJob(
+        job_id=job_id,
+        operation=operation,
+        priority=5,
+        transport=transport,
+        document={"job_id": job_id} if document is None else document,
+        fingerprint=fingerprint,
+        timeout_seconds=timeout_seconds,
+        origin=origin,
+    )
+
+
+def wait_for(check: Callable[[], object], within: float, what: str, *, every: float = 0.05) -> None:
+    """Until `check()` is true, for real processes the test cannot follow by events."""
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(every)
+
+
+async def eventually(
+    check: Callable[[], Awaitable[object]], within: float = 60, *, every: float = 0.2
+) -> None:
+    """Until `await check()` is true (trio's clock: a mock clock jumps through the waits)."""
+    with trio.fail_after(within):
+        while not await check():
+            await trio.sleep(every)
 
 
 async def wait_until(

@@ -12,10 +12,11 @@ from typing import Any
 
 import trio
 
-from agent.config import Config, LibvirtConfig
+from agent.config import Config, LibvirtConfig, Section
 from agent.core.health import Status
 from agent.core.intake import TransportIntake
 from agent.core.outbox import OutboxInterest
+from agent.core.services import Services
 from agent.service.daemon import Agent
 from agent.service.logs import configure_logging
 from agent.transports.base import Transport, TransportSpec
@@ -81,7 +82,7 @@ def _document(job_id: str) -> dict[str, Any]:
 
 
 async def _run(config: Config, feed: SlowFeed) -> None:
-    def build(_: Config) -> Transport:
+    def build(_: Section, __: Services) -> Transport:
         return feed
 
     agent = Agent(config, transports=(TransportSpec("feed", None, build),))

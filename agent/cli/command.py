@@ -13,15 +13,15 @@ from agent.errors import BadRequestError, UnreachableError
 
 if TYPE_CHECKING:
     from agent.cli.client import AgentClient
-    from agent.config import Config
+    from agent.service.settings import Settings
 
 # Each command imports what it uses: `run` (the daemon) never loads the offline
 # commands' modules, and a client command never loads the daemon's.
 
 
-def _config(args: argparse.Namespace) -> Config:
+def _config(args: argparse.Namespace) -> Settings:
     from agent.cli.support import config_path
-    from agent.config import load_config
+    from agent.service.settings import load_settings
 
     overrides: dict[str, Any] = {
         "state_dir": getattr(args, "state_dir", None),
@@ -36,7 +36,7 @@ def _config(args: argparse.Namespace) -> Config:
     }
     # `run` reads what the service reads; other commands also find a checkout's hostagent.toml.
     path = config_path(getattr(args, "config", None), discover=args.command != "run")
-    return load_config(path, overrides=overrides)
+    return load_settings(path, overrides=overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,7 +86,7 @@ def _main(argv: list[str]) -> int:
     return code
 
 
-def _run(args: argparse.Namespace, config: Config) -> int:
+def _run(args: argparse.Namespace, config: Settings) -> int:
     from agent.cli.run import run
 
     # SIGHUP reads the config again the same way: file, environment, these flags.
@@ -123,17 +123,14 @@ def _document(args: argparse.Namespace) -> dict[str, Any]:
     return document
 
 
-def _submit(args: argparse.Namespace, config: Config) -> int:
+def _submit(args: argparse.Namespace, config: Settings) -> int:
     from agent.cli import offline as cli_offline
 
     document = _document(args)
     if args.kafka or args.host or args.pool or args.broadcast:
-        from agent.transports.kafka import KafkaConfig
         from agent.transports.kafka import cli as kafka_cli
 
-        return kafka_cli.submit(
-            args, kafka_cli.settings_from(args, config.section(KafkaConfig)), document
-        )
+        return kafka_cli.submit(args, kafka_cli.settings_from(args, config.kafka), document)
     remote = _remote(args, config)
     if remote is not None:
         return _submit_http(args, remote, document)
@@ -147,13 +144,13 @@ def _submit(args: argparse.Namespace, config: Config) -> int:
     return cli_offline.submit_to_spool(args, spool, document)
 
 
-def _no_agent(config: Config, command: str) -> UnreachableError:
+def _no_agent(config: Settings, command: str) -> UnreachableError:
     from agent.cli.support import no_agent
 
     return no_agent(config, command)
 
 
-def _jobs(args: argparse.Namespace, config: Config) -> int:
+def _jobs(args: argparse.Namespace, config: Settings) -> int:
     from agent.cli import offline as cli_offline
     from agent.cli.commands import print_jobs
 
@@ -183,7 +180,7 @@ def _jobs(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _status(args: argparse.Namespace, config: Config) -> int:
+def _status(args: argparse.Namespace, config: Settings) -> int:
     from agent.cli import offline as cli_offline
     from agent.store.queries import get_job
 
@@ -195,7 +192,7 @@ def _status(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _result(args: argparse.Namespace, config: Config) -> int:
+def _result(args: argparse.Namespace, config: Settings) -> int:
     from agent.cli import offline as cli_offline
     from agent.store.queries import get_result
 
@@ -207,7 +204,7 @@ def _result(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _logs(args: argparse.Namespace, config: Config) -> int:
+def _logs(args: argparse.Namespace, config: Settings) -> int:
     from agent.cli import offline as cli_offline
     from agent.store.queries import get_events
 
@@ -221,7 +218,7 @@ def _logs(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _cancel(args: argparse.Namespace, config: Config) -> int:
+def _cancel(args: argparse.Namespace, config: Settings) -> int:
     from agent.cli import offline as cli_offline
     from agent.store.queries import get_job
 
@@ -246,7 +243,7 @@ def _cancel(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _follow(args: argparse.Namespace, config: Config) -> int:
+def _follow(args: argparse.Namespace, config: Settings) -> int:
     from agent.cli.commands import follow
 
     remote = _require_remote(args, config)
@@ -254,7 +251,7 @@ def _follow(args: argparse.Namespace, config: Config) -> int:
         return follow(remote, args.job_id, timeout=args.wait_timeout, progress=True)
 
 
-def _validate(args: argparse.Namespace, config: Config) -> int:
+def _validate(args: argparse.Namespace, config: Settings) -> int:
     from agent.core.intake import prepare_job
     from agent.service.daemon import build_registry
 
@@ -269,7 +266,7 @@ def _validate(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _caps(args: argparse.Namespace, config: Config) -> int:
+def _caps(args: argparse.Namespace, config: Settings) -> int:
     from agent.cli.commands import caps_summary
 
     with _require_remote(args, config) as remote:
@@ -281,7 +278,7 @@ def _caps(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _health(args: argparse.Namespace, config: Config) -> int:
+def _health(args: argparse.Namespace, config: Settings) -> int:
     from agent.cli.commands import health_summary
 
     with _require_remote(args, config) as remote:
@@ -293,7 +290,7 @@ def _health(args: argparse.Namespace, config: Config) -> int:
     return 0 if report.get("status") == "healthy" else 1
 
 
-def _token(args: argparse.Namespace, config: Config) -> int:
+def _token(args: argparse.Namespace, config: Settings) -> int:
     from agent.cli import commands as cli_commands
     from agent.cli import offline as cli_offline
 
@@ -305,26 +302,26 @@ def _token(args: argparse.Namespace, config: Config) -> int:
     return cli_offline.token_create(args, config)
 
 
-def _config_show(args: argparse.Namespace, config: Config) -> int:
+def _config_show(args: argparse.Namespace, config: Settings) -> int:
     from agent.cli.commands import config_show
 
     return config_show(args, config)
 
 
-def _remote(args: argparse.Namespace, config: Config) -> AgentClient | None:
+def _remote(args: argparse.Namespace, config: Settings) -> AgentClient | None:
     """The running agent: its socket (from the config), --url or HOSTAGENT_URL."""
     from agent.cli.support import connect
 
     return connect(args, config)
 
 
-def _resource(args: argparse.Namespace, config: Config) -> int:
+def _resource(args: argparse.Namespace, config: Settings) -> int:
     from agent.cli.resources import run_command as run_noun
 
     return run_noun(args, _require_remote(args, config))
 
 
-def _require_remote(args: argparse.Namespace, config: Config) -> AgentClient:
+def _require_remote(args: argparse.Namespace, config: Settings) -> AgentClient:
     remote = _remote(args, config)
     if remote is None:
         raise _no_agent(config, args.command)
@@ -349,22 +346,28 @@ def _print(value: Any) -> None:
     print_json(value)
 
 
-def _prune(args: argparse.Namespace, config: Config) -> int:
+def _prune(args: argparse.Namespace, config: Settings) -> int:
     from agent.cli import prune as cli_prune
 
     return cli_prune.run(args, config)
 
 
-def _fleet(args: argparse.Namespace, config: Config) -> int:
+def _fleet(args: argparse.Namespace, config: Settings) -> int:
     from agent.transports.kafka import cli as kafka_cli
 
-    return kafka_cli.fleet(args, config)
+    return kafka_cli.fleet(args, config.kafka)
 
 
-def _decommission(args: argparse.Namespace, config: Config) -> int:
+def _decommission(args: argparse.Namespace, config: Settings) -> int:
     from agent.transports.kafka import cli as kafka_cli
 
-    return kafka_cli.retire(args, config)
+    return kafka_cli.retire(args, config.kafka)
+
+
+def _key(args: argparse.Namespace, config: Settings) -> int:
+    from agent.transports.kafka import cli as kafka_cli
+
+    return kafka_cli.generate_key(args, config.kafka)
 
 
 _COMMANDS = {
@@ -383,5 +386,6 @@ _COMMANDS = {
     "config": _config_show,
     "fleet": _fleet,
     "decommission": _decommission,
+    "key": _key,
     "prune": _prune,
 }

@@ -19,9 +19,8 @@ from agent.cli.support import (
     EXIT_TIMEOUT,
     config_path,
 )
-from agent.config import Config, load_config
 from agent.errors import AgentError, ConfigError, NotFoundError
-from agent.transports.http.settings import HttpConfig
+from agent.service.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from agent.cli.client import AgentClient
@@ -43,15 +42,15 @@ def config_check(args: argparse.Namespace) -> int:
     path = args.file or config_path(args.config, discover=True)
     if path is None:
         print("hostagent: no config file (the built-in defaults apply)", file=sys.stderr)
-    config = load_config(path)
-    http = config.section(HttpConfig)
+    config = load_settings(path)
+    http = config.http
     if http.enabled:
         check_exposure(http)
     print(f"{path or '(defaults)'}: ok")
     return EXIT_OK
 
 
-def redacted(config: Config) -> dict[str, Any]:
+def redacted(config: Settings) -> dict[str, Any]:
     """The effective config as plain data, with secrets (token hashes) hidden."""
     data = config.model_dump(mode="json")
     for token in data.get("http", {}).get("tokens", []):
@@ -59,7 +58,7 @@ def redacted(config: Config) -> dict[str, Any]:
     return data
 
 
-def config_show(args: argparse.Namespace, config: Config) -> int:
+def config_show(args: argparse.Namespace, config: Settings) -> int:
     print_json(redacted(config))
     return EXIT_OK
 
@@ -67,8 +66,8 @@ def config_show(args: argparse.Namespace, config: Config) -> int:
 # --- tokens ---
 
 
-def token_list(args: argparse.Namespace, config: Config) -> int:
-    tokens = config.section(HttpConfig).tokens
+def token_list(args: argparse.Namespace, config: Settings) -> int:
+    tokens = config.http.tokens
     if args.json:
         print_json([{"name": t.name, "scopes": list(t.scopes)} for t in tokens])
         return EXIT_OK
@@ -81,12 +80,12 @@ def token_list(args: argparse.Namespace, config: Config) -> int:
 _TABLE = re.compile(r"^\s*\[")
 
 
-def token_revoke(args: argparse.Namespace, config: Config) -> int:
+def token_revoke(args: argparse.Namespace, config: Settings) -> int:
     """Remove a token's [[http.tokens]] entry from the config file; the agent drops it on reload."""
     path = config_path(args.config)
     if path is None or not path.is_file():
         raise ConfigError("token revoke: no config file to edit", field="config")
-    if args.name not in {token.name for token in config.section(HttpConfig).tokens}:
+    if args.name not in {token.name for token in config.http.tokens}:
         raise NotFoundError(f"no token named {args.name!r} in the config", field="name")
     lines = path.read_text().splitlines(keepends=True)
     kept = _without_token(lines, args.name)
@@ -97,7 +96,7 @@ def token_revoke(args: argparse.Namespace, config: Config) -> int:
             field="http.tokens",
         )
     _replace(path, "".join(kept))
-    load_config(path)  # the edited file must still be a valid config
+    load_settings(path)  # the edited file must still be a valid config
     print(f"revoked {args.name} in {path}; `systemctl reload hostagent` applies it")
     return EXIT_OK
 

@@ -11,14 +11,16 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.cli.commands import print_json as _print
-from agent.config import Config
 from agent.errors import BadRequestError, UnreachableError
 
+if TYPE_CHECKING:
+    from agent.service.settings import Settings
 
-def _no_agent(config: Config, command: str) -> UnreachableError:
+
+def _no_agent(config: Settings, command: str) -> UnreachableError:
     from agent.cli.support import no_agent
 
     return no_agent(config, command)
@@ -69,7 +71,7 @@ def _wait_for_outcome(spool: Path, job_id: str, timeout: float) -> int:
     return EXIT_FAILED
 
 
-def read_store(config: Config, query: Any, *args: Any, **kwargs: Any) -> Any:
+def read_store(config: Settings, query: Any, *args: Any, **kwargs: Any) -> Any:
     """Read the job store directly (no agent running), if this user may."""
     from agent.store.schema import connect
 
@@ -88,7 +90,7 @@ def read_store(config: Config, query: Any, *args: Any, **kwargs: Any) -> Any:
         conn.close()
 
 
-def jobs_from_store(args: argparse.Namespace, config: Config) -> int:
+def jobs_from_store(args: argparse.Namespace, config: Settings) -> int:
     from agent.cli.commands import print_jobs
     from agent.store.queries import list_jobs
 
@@ -119,7 +121,7 @@ def jobs_from_store(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def token_create(args: argparse.Namespace, config: Config) -> int:
+def token_create(args: argparse.Namespace, config: Settings) -> int:
     """Print a new token once, and the config entry that admits it (no agent needed)."""
     from agent.transports.http.auth import SCOPES, create_token, token_entry_toml
 

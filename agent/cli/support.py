@@ -23,7 +23,7 @@ from agent.errors import (
 
 if TYPE_CHECKING:
     from agent.cli.client import AgentClient
-    from agent.config import Config
+    from agent.service.settings import Settings
 
 # Exit codes: documented in --help (EXIT_CODES_HELP) and the README.
 EXIT_OK = 0
@@ -138,17 +138,16 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--client-key", type=Path, help="client certificate key (mTLS)")
 
 
-def socket_of(config: Config) -> Path | None:
+def socket_of(config: Settings) -> Path | None:
     from agent.transports.http.local import local_socket_path
-    from agent.transports.http.settings import HttpConfig
 
-    http = config.section(HttpConfig)
+    http = config.http
     if not http.enabled:
         return None
     return local_socket_path(http, config.state_dir)
 
 
-def connect(args: argparse.Namespace, config: Config) -> AgentClient | None:
+def connect(args: argparse.Namespace, config: Settings) -> AgentClient | None:
     """The running agent: --url or --socket, else HOSTAGENT_URL (set on purpose), else
     the socket the config names, if it is there; None when nothing names one."""
     explicit = getattr(args, "socket", None)
@@ -188,7 +187,7 @@ def _over_http(args: argparse.Namespace, url: str) -> AgentClient:
     return AgentClient(url, token=token, verify=verify, cert=cert)
 
 
-def no_agent(config: Config, command: str) -> UnreachableError:
+def no_agent(config: Settings, command: str) -> UnreachableError:
     where = socket_of(config)
     return UnreachableError(
         f"{command}: no running agent found (no socket at {where}); start one "

@@ -36,7 +36,6 @@ from agent.jobs import (
 
 if TYPE_CHECKING:
     from agent.config import Config
-    from agent.view.reads import ResourceView
 
 
 @dataclass(frozen=True)
@@ -51,10 +50,6 @@ class TransportIntake(Protocol):
     @property
     def accepting(self) -> bool:
         """False while the agent drains for shutdown: take no new jobs."""
-
-    @property
-    def resources(self) -> ResourceView | None:
-        """Direct reads of VMs, pools, networks and the host, where libvirt is served."""
 
     def prepare(
         self,
@@ -172,6 +167,7 @@ class Intake:
         max_timeout: float,
         capabilities: Capabilities,
         health: Health,
+        space: SpaceFloor | None = None,
     ) -> None:
         self.registry = registry
         self._store = store
@@ -182,11 +178,8 @@ class Intake:
         self._capabilities = capabilities
         self._health = health
         self._accepting = True
-        # Direct reads of VMs, pools, networks and the host (set by the daemon); their
-        # actions still come in here as jobs.
-        self.resources: ResourceView | None = None
         # Refuses new jobs (503) while the state disk is below its free-space floor.
-        self.space: SpaceFloor | None = None
+        self._space = space
 
     @property
     def accepting(self) -> bool:
@@ -245,8 +238,8 @@ class Intake:
                 f"The pending queue is full ({self._max_pending} jobs)",
                 details={"queue_depth": self._dispatcher.queue_depth},
             )
-        if self.space is not None:
-            self.space.check()
+        if self._space is not None:
+            self._space.check()
         outcomes = await self._store.insert_jobs(jobs)
         answers: list[Submission | AgentError] = []
         listening = self._bus.listening

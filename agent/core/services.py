@@ -1,7 +1,8 @@
-"""Shared services (the config, the job store, the libvirt connection),
-registered once with a health ping and a close hook, in the manner of
-hynek/svcs: handlers ask for one by type (`ctx.get(LibvirtConnection)`),
-health asks each for its ping, a reload swaps a value in this one place."""
+"""Shared services (the config, the job store, the libvirt connection, the
+resource view), registered once with a health ping and a close hook, in the
+manner of hynek/svcs: handlers and transports ask for one by type
+(`ctx.get(LibvirtConnection)`, `services.get(ResourceView)`), health asks each
+for its ping, a reload swaps a value in this one place."""
 
 from __future__ import annotations
 
@@ -48,6 +49,11 @@ class Services:
         if found is None:
             raise HandlerError(f"{kind.__name__} is not available on this agent")
         return found.value  # type: ignore[return-value]  # keyed by its own type
+
+    def find(self, kind: type[T]) -> T | None:
+        """The `kind` service, or None where this agent offers none."""
+        found = self._by_type.get(kind)
+        return None if found is None else found.value  # type: ignore[return-value]  # as get()
 
     def replace(self, kind: type[T], value: T) -> None:
         """Swap a service's value (a reloaded config): the next get() answers it."""

@@ -7,7 +7,21 @@ from xml.etree import ElementTree as ET
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
+from agent.policy.domain import BRIDGE_PATTERN, MAC_PATTERN, NAME_PATTERN, WORD_PATTERN
+
+__all__ = [  # NAME_PATTERN: the specs' name pattern, the policy's own
+    "NAME_PATTERN",
+    "DiskSpec",
+    "NicSpec",
+    "VmSpec",
+    "describe_devices",
+    "domain_name",
+    "pick_domain_type",
+    "snapshot_xml",
+    "spec_to_xml",
+    "with_uuid",
+]
+
 _BUS_PREFIX = {"virtio": "vd", "sata": "sd", "scsi": "sd", "ide": "hd"}
 
 
@@ -27,10 +41,12 @@ class DiskSpec(BaseModel):
 class NicSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
-    network: str | None = Field(default=None, description="A libvirt network name")
-    bridge: str | None = Field(default=None, description="A host bridge")
-    model: str = "virtio"
-    mac: str | None = Field(default=None, pattern=r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
+    network: str | None = Field(
+        default=None, pattern=NAME_PATTERN, description="A libvirt network (it must exist)"
+    )
+    bridge: str | None = Field(default=None, pattern=BRIDGE_PATTERN, description="A host bridge")
+    model: str = Field(default="virtio", pattern=WORD_PATTERN)
+    mac: str | None = Field(default=None, pattern=MAC_PATTERN)
 
     @model_validator(mode="after")
     def _one_source(self) -> NicSpec:
@@ -50,10 +66,12 @@ class VmSpec(BaseModel):
     disks: list[DiskSpec] = Field(default_factory=list)
     networks: list[NicSpec] = Field(default_factory=list)
     domain_type: str | None = Field(
-        default=None, description="kvm, qemu, ...; default: the best this host offers"
+        default=None,
+        pattern=WORD_PATTERN,
+        description="kvm, qemu, ...; default: the best this host offers",
     )
-    arch: str | None = Field(default=None, description="default: the host's")
-    machine: str | None = None
+    arch: str | None = Field(default=None, pattern=WORD_PATTERN, description="default: the host's")
+    machine: str | None = Field(default=None, pattern=WORD_PATTERN)
     graphics: Literal["vnc", "none"] = "vnc"
     autostart: bool = False
 
@@ -103,7 +121,7 @@ def spec_to_xml(spec: VmSpec, domain_type: str, arch: str | None) -> str:
         node = ET.SubElement(devices, "disk", type="file", device=disk.device)
         ET.SubElement(node, "driver", name="qemu", type=disk.format)
         ET.SubElement(node, "source", file=disk.path)
-        ET.SubElement(node, "target", dev=prefix + chr(ord("a") + index), bus=disk.bus)
+        ET.SubElement(node, "target", dev=prefix + _disk_letters(index), bus=disk.bus)
         if disk.readonly or disk.device == "cdrom":
             ET.SubElement(node, "readonly")
     for nic in spec.networks:
@@ -116,6 +134,16 @@ def spec_to_xml(spec: VmSpec, domain_type: str, arch: str | None) -> str:
     if spec.graphics == "vnc":
         ET.SubElement(devices, "graphics", type="vnc", autoport="yes", listen="127.0.0.1")
     return ET.tostring(root, encoding="unicode")
+
+
+def _disk_letters(index: int) -> str:
+    """libvirt's disk names after the bus prefix: a..z, aa..zz, aaa..."""
+    letters = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        letters = chr(ord("a") + rest) + letters
+    return letters
 
 
 def pick_domain_type(capabilities_xml: str, arch: str | None) -> tuple[str, str | None]:

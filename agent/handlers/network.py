@@ -17,7 +17,7 @@ from agent.core.registry import handler
 from agent.handlers import connection, missing_is_done
 from agent.handlers.domain_xml import NAME_PATTERN
 from agent.hypervisor import lookup_network
-from agent.policy.domain import admit_network
+from agent.policy.domain import BRIDGE_PATTERN, NETWORK_XML_RULES, admit_network
 
 
 class NetworkRef(BaseModel):
@@ -94,13 +94,9 @@ class NetworkDefinePayload(BaseModel):
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
     name: str = Field(pattern=NAME_PATTERN)
-    xml: str | None = Field(
-        default=None,
-        description="a complete libvirt network XML instead (no hostdev/passthrough forward "
-        "modes, host interfaces or dnsmasq options unless admin and policy.allow_passthrough)",
-    )
+    xml: str | None = Field(default=None, description=NETWORK_XML_RULES)
     forward: Literal["nat", "route", "isolated"] = "nat"
-    bridge: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,15}$")
+    bridge: str | None = Field(default=None, pattern=BRIDGE_PATTERN)
     ipv4_address: ipaddress.IPv4Interface | None = Field(
         default=None, description="the host's address and prefix on it, e.g. 192.168.150.1/24"
     )
@@ -144,9 +140,14 @@ def _dhcp_range(
     subnet: ipaddress.IPv4Network, host: ipaddress.IPv4Address
 ) -> tuple[str, str] | None:
     """The subnet's usable addresses on the far side of the host's, or None if too small."""
-    first, last = subnet.network_address + 1, subnet.broadcast_address - 1
-    start, end = (first, host - 1) if host == last else (max(first, host + 1), last)
-    return (str(start), str(end)) if end > start else None
+    # In integers: a /31 or /32 at either end of the address space has no usable range,
+    # and an IPv4Address one below 0.0.0.0 raised (found by the spec's property test).
+    first, last = int(subnet.network_address) + 1, int(subnet.broadcast_address) - 1
+    address = int(host)
+    start, end = (first, address - 1) if address == last else (max(first, address + 1), last)
+    if end <= start:
+        return None
+    return str(ipaddress.IPv4Address(start)), str(ipaddress.IPv4Address(end))
 
 
 @handler(

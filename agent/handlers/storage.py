@@ -14,7 +14,7 @@ from agent.core.registry import handler
 from agent.errors import ForbiddenError, HandlerError
 from agent.handlers import check_disk_size, connection, missing_is_done
 from agent.handlers.domain_xml import NAME_PATTERN
-from agent.handlers.storage_roots import refresh_pool_roots
+from agent.handlers.storage_roots import check_pool_directory, refresh_pool_roots
 from agent.hypervisor import (
     POOL_STATES,
     VOL_RESIZE_SHRINK,
@@ -126,7 +126,8 @@ class PoolDefinePayload(BaseModel):
     path: str = Field(
         pattern=r"^/",
         description="the directory holding the volumes: strictly below an image root "
-        "(policy.image_roots), not the agent's state or spool directory",
+        "(policy.image_roots), reached without a symbolic link, not the agent's state or "
+        "spool directory",
     )
     build: bool = Field(default=True, description="create the directory if missing")
     start: bool = True
@@ -143,7 +144,10 @@ def _pool_xml(spec: PoolDefinePayload, uuid: str | None) -> str:
 
 
 def admit_pool_define(payload: PoolDefinePayload, gate: Admission) -> None:
-    gate.policy.check_directory(payload.path, field="payload.data.path")
+    """The directory as far as it exists: below a configured root, no link on the way."""
+    check_pool_directory(
+        gate.policy, payload.path, field="payload.data.path", missing_ok=payload.build
+    )
 
 
 @handler(
@@ -155,9 +159,11 @@ def admit_pool_define(payload: PoolDefinePayload, gate: Admission) -> None:
 )
 async def pool_define(payload: PoolDefinePayload, ctx: JobContext) -> dict[str, Any]:
     """Define a directory pool (and build, start and autostart it); redefining is an update."""
-    ctx.get(Policy).check_directory(payload.path, field="payload.data.path")
+    policy = ctx.get(Policy)
 
     def run(conn: Any) -> dict[str, Any]:
+        # Checked again as the job runs, and made here (never through a link) for build.
+        check_pool_directory(policy, payload.path, field="payload.data.path", create=payload.build)
         existing = {pool.name(): pool.UUIDString() for pool in conn.listAllStoragePools(0)}
         pool = conn.storagePoolDefineXML(_pool_xml(payload, existing.get(payload.name)), 0)
         if payload.build and not pool.isActive():

@@ -20,6 +20,7 @@ from agent.core.context import JobContext
 from agent.core.registry import handler
 from agent.errors import ForbiddenError, HandlerError
 from agent.handlers import connection, missing_is_done
+from agent.handlers.domain_checks import check_disk_images, check_networks
 from agent.handlers.domain_xml import (
     VmSpec,
     describe_devices,
@@ -155,16 +156,12 @@ class DefinePayload(BaseModel):
 )
 async def define(payload: DefinePayload, ctx: JobContext) -> dict[str, Any]:
     """Define (or redefine) a persistent domain from XML or from a small JSON spec."""
-    if payload.spec is not None:
-        for index, disk in enumerate(payload.spec.disks):
-            field = f"payload.data.spec.disks.{index}.path"
-            await check_disk_image(ctx, disk.path, disk.format, field=field, missing_ok=True)
-    if payload.xml is not None:
-        await check_domain_disks(ctx, payload.xml, missing_ok=True)
+    await check_disk_images(ctx, payload.spec, payload.xml)
 
     def run(conn: Any) -> dict[str, Any]:
         existing = {dom.name(): dom.UUIDString() for dom in conn.listAllDomains(0)}
         xml = payload.xml or ""
+        check_networks(conn, payload.spec, xml)
         if payload.spec is not None:
             try:
                 kind, arch = pick_domain_type(conn.getCapabilities(), payload.spec.arch)

@@ -1,13 +1,15 @@
-"""The domain policy: what a submitted domain definition may reach on the host.
+"""The domain and network policy: what a submitted definition may reach on the host.
 
-libvirt (and qemu, often as root) does whatever the XML says, so a
-definition is checked element by element against an allowlist: disks and
-CD-ROMs are files under the image roots (agent.policy.paths) or volumes of defined
-pools; host block devices, host devices, host directories, file/device/
-socket character devices, scripts, custom emulators, disabled security
-labels and qemu's own namespace (qemu:commandline, qemu:capabilities, ...)
-are passthrough: refused unless the caller holds `admin` and the config
-sets `policy.allow_passthrough`.
+libvirt (and qemu, often as root) does whatever the XML says, and a list of
+forbidden things always misses one. So a definition from anyone but an admin
+on a host that allows passthrough is walked, every element and attribute,
+against an allowlist (agent.policy.xml_allowlist) of what vm.define's and
+network.define's own specs generate: for a domain, one `<devices>` with file
+disks whose images pass the image check, plain NICs, VNC or SPICE on a
+loopback TCP port; for a network, NAT/routed/isolated with a bridge, an IPv4
+address and a DHCP range. No security label, no qemu or dnsmasq namespace, no
+host device, socket, file or directory. Everything else needs the `admin`
+scope and `policy.allow_passthrough`; file disks are checked for everyone.
 """
 
 from __future__ import annotations
@@ -16,57 +18,131 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from agent.errors import ForbiddenError
+from agent.policy.images import check_image
 from agent.policy.paths import Admission, Policy
-
-DOMAIN_XML_RULES = (
-    "A complete libvirt domain XML. Disks only from the image roots or volumes of defined "
-    "pools; host block devices, hostdev, host directories, file/device character devices, "
-    "<emulator>, qemu:commandline and other passthrough need an admin token and "
-    "policy.allow_passthrough"
+from agent.policy.xml_allowlist import (
+    Allowed,
+    Allowlist,
+    Check,
+    check_xml,
+    integer,
+    ip_address,
+    loopback,
+    matches,
+    one_of,
 )
-QEMU_NAMESPACE = "{http://libvirt.org/schemas/domain/qemu/1.0}"
-# Devices that only describe virtual hardware.
-_PLAIN_DEVICES = {
-    "controller",
-    "graphics",
-    "video",
-    "input",
-    "sound",
-    "memballoon",
-    "watchdog",
-    "panic",
-    "iommu",
-    "vsock",
-    "audio",
-    "rng",
-    "tpm",
-    "interface",
-    "disk",
-    "serial",
-    "console",
-    "channel",
-    "parallel",
-    "emulator",
+
+# A libvirt object name (domains, networks, pools): also the specs' pattern.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
+# A Linux interface name (a bridge).
+BRIDGE_PATTERN = r"^[A-Za-z0-9_.-]{1,15}$"
+# Short machine words: domain types (kvm, qemu, test), arches, NIC models.
+WORD_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
+MAC_PATTERN = r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$"
+_UUID_PATTERN = r"[0-9a-fA-F]{8}(-?[0-9a-fA-F]{4}){3}-?[0-9a-fA-F]{12}"
+_DISK_TARGET_PATTERN = r"(vd|sd|hd)[a-z]{1,3}"
+_MEMORY_UNITS = ("b", "bytes", "KB", "k", "KiB", "MB", "M", "MiB", "GB", "G", "GiB", "TB", "T")
+
+_NEEDS = "anything else needs an admin token and policy.allow_passthrough"
+DOMAIN_XML_RULES = (
+    "A complete libvirt domain XML. Without an admin token on a host with "
+    "policy.allow_passthrough it may hold only what the spec generates: one <devices> with "
+    "file disks (qcow2 or raw) under the image roots, network or bridge NICs, VNC or SPICE "
+    "on a loopback TCP port; no seclabel, no qemu: namespace, nothing else"
+)
+NETWORK_XML_RULES = (
+    "a complete libvirt network XML instead; without an admin token on a host with "
+    "policy.allow_passthrough it may hold only what the spec generates: name, uuid, "
+    "<forward mode='nat|route'>, <bridge>, one IPv4 <ip> with a DHCP <range>"
+)
+
+
+def _name(what: str) -> Check:
+    return matches(NAME_PATTERN, what)
+
+
+def domain_allowlist(image: Check) -> Allowlist:
+    """What spec_to_xml generates (agent.handlers.domain_xml), plus SPICE and a port;
+    `image` checks a disk's source file."""
+    listen = {"type": one_of("address"), "address": loopback}
+    return {
+        "domain": Allowed({"type": matches(WORD_PATTERN, "a domain type")}),
+        "domain/name": Allowed(text=_name("a domain name")),
+        "domain/uuid": Allowed(text=matches(_UUID_PATTERN, "a UUID")),
+        "domain/memory": Allowed(
+            {"unit": one_of(*_MEMORY_UNITS)}, text=matches(r"[0-9]{1,20}", "a number")
+        ),
+        "domain/vcpu": Allowed(text=integer(1, 1024)),
+        "domain/os": Allowed(),
+        "domain/os/type": Allowed(
+            {
+                "arch": matches(WORD_PATTERN, "an architecture"),
+                "machine": matches(WORD_PATTERN, "a machine type"),
+            },
+            text=one_of("hvm"),
+        ),
+        "domain/os/boot": Allowed({"dev": one_of("hd", "cdrom")}, repeats=True),
+        "domain/features": Allowed(),
+        "domain/features/acpi": Allowed(),
+        "domain/devices": Allowed(),
+        "domain/devices/disk": Allowed(
+            {"type": one_of("file"), "device": one_of("disk", "cdrom")}, repeats=True
+        ),
+        "domain/devices/disk/driver": Allowed(
+            {"name": one_of("qemu"), "type": one_of("qcow2", "raw")}
+        ),
+        "domain/devices/disk/source": Allowed({"file": image}),
+        "domain/devices/disk/target": Allowed(
+            {
+                "dev": matches(_DISK_TARGET_PATTERN, "a disk name such as vda"),
+                "bus": one_of("virtio", "sata", "scsi", "ide"),
+            }
+        ),
+        "domain/devices/disk/readonly": Allowed(),
+        "domain/devices/interface": Allowed({"type": one_of("network", "bridge")}, repeats=True),
+        "domain/devices/interface/source": Allowed(
+            {"network": _name("a network name"), "bridge": matches(BRIDGE_PATTERN, "a bridge")}
+        ),
+        "domain/devices/interface/model": Allowed({"type": matches(WORD_PATTERN, "a model")}),
+        "domain/devices/interface/mac": Allowed({"address": matches(MAC_PATTERN, "a MAC")}),
+        "domain/devices/graphics": Allowed(
+            {
+                "type": one_of("vnc", "spice"),
+                "autoport": one_of("yes", "no"),
+                "port": integer(-1, 65535),
+                "listen": loopback,
+            }
+        ),
+        "domain/devices/graphics/listen": Allowed(listen),
+    }
+
+
+NETWORK_ALLOWLIST: Allowlist = {
+    "network": Allowed(),
+    "network/name": Allowed(text=_name("a network name")),
+    "network/uuid": Allowed(text=matches(_UUID_PATTERN, "a UUID")),
+    "network/forward": Allowed({"mode": one_of("nat", "route")}),
+    "network/bridge": Allowed(
+        {
+            "name": matches(BRIDGE_PATTERN, "a bridge name"),
+            "stp": one_of("on", "off"),
+            "delay": integer(0, 600),
+        }
+    ),
+    "network/ip": Allowed(
+        {"address": ip_address(4), "prefix": integer(0, 32), "netmask": ip_address(4)}
+    ),
+    "network/ip/dhcp": Allowed(),
+    "network/ip/dhcp/range": Allowed({"start": ip_address(4), "end": ip_address(4)}),
 }
-# Character devices that open nothing on the host's filesystem.
-_PLAIN_CHARDEVS = {"pty", "null", "vc", "spicevmc", "spiceport", "qemu-vdagent", None}
-_PLAIN_NICS = {"network", "bridge", "user", None}
-_RNG = {"", "/dev/urandom", "/dev/random"}
 
 
-def _refuse(field: str, what: str) -> ForbiddenError:
-    return ForbiddenError(
-        f"{field}: {what} is not allowed",
-        field=field,
-        reason=f"{what} needs an admin token and policy.allow_passthrough",
-    )
-
-
-def check_disk_path(policy: Policy, path: str, *, field: str) -> None:
-    """A disk or CD-ROM file: under an image root; if it exists, a plain file."""
-    located = policy.locate(path, field=field)
+def check_disk_image(policy: Policy, path: str, *, field: str, fmt: str | None = None) -> None:
+    """The image check at intake, for a disk or CD-ROM: under an image root, reached
+    without a link, and if it exists the image and every file it names checked by the
+    image opener (agent.policy.images; again when the job runs)."""
     try:
-        policy.check_input(located.path, field=field)
+        check_image(policy, path, fmt, field=field)
     except ForbiddenError as exc:
         if exc.details.get("reason") != "no such file":
             raise
@@ -76,7 +152,8 @@ def admit_define(payload: Any, gate: Admission) -> None:
     """vm.define's intake check: the spec's disks, or the whole XML."""
     if payload.spec is not None:
         for index, disk in enumerate(payload.spec.disks):
-            check_disk_path(gate.policy, disk.path, field=f"payload.data.spec.disks.{index}.path")
+            field = f"payload.data.spec.disks.{index}.path"
+            check_disk_image(gate.policy, disk.path, field=field, fmt=disk.format)
     if payload.xml is not None:
         check_domain_xml(
             gate.policy, payload.xml, field="payload.data.xml", privileged=gate.privileged
@@ -84,101 +161,72 @@ def admit_define(payload: Any, gate: Admission) -> None:
 
 
 def check_domain_xml(policy: Policy, xml: str, *, field: str, privileged: bool) -> None:
-    """Raise ForbiddenError (naming the element) for anything the policy does not allow."""
+    """Raise ForbiddenError (naming the element and attribute) for anything not allowed."""
+
+    def image(value: str) -> str | None:
+        try:
+            check_disk_image(policy, value, field=field)
+        except ForbiddenError as exc:
+            return f"refused: {exc.message.removeprefix(f'{field}: ')}"
+        return None
+
+    if not (privileged and policy.allow_passthrough):
+        check_xml(xml, domain_allowlist(image), field=field, needs=_NEEDS)
+        return
+    # Passthrough takes anything but file disks, which stay under the roots for everyone.
     root = ET.fromstring(xml)  # noqa: S314 (expat does not expand external entities)
-    passthrough = privileged and policy.allow_passthrough
-    for node in root.iter():
-        if isinstance(node.tag, str) and node.tag.startswith(QEMU_NAMESPACE) and not passthrough:
-            raise _refuse(field, f"<qemu:{node.tag.removeprefix(QEMU_NAMESPACE)}>")
-    if not passthrough:
-        _check_passthrough(root, field)
-    try:
-        for tag in ("os/kernel", "os/initrd", "os/dtb"):
-            for node in root.findall(tag):
-                if node.text:
-                    policy.check_input(node.text.strip(), field=f"<{tag}>")
-        for disk in root.findall("devices/disk"):
-            _check_disk(policy, disk, "<disk>", passthrough=passthrough)
-    except ForbiddenError as exc:
-        # The field is the XML; the element and the path go into the reason.
-        raise ForbiddenError(f"{field}: {exc.message}", field=field, reason=exc.message) from exc
+    for shown, disk in _indexed(root, "devices/disk"):
+        source = disk.find("source")
+        if disk.get("type", "file") == "file" and source is not None and "file" in source.attrib:
+            why = image(source.get("file", ""))
+            if why is not None:
+                raise ForbiddenError(
+                    f"{field}: {shown}/source attribute file: {why}",
+                    field=field,
+                    reason=why,
+                    details={"element": f"{shown}/source", "attribute": "file"},
+                )
 
 
-def _check_passthrough(root: ET.Element, field: str) -> None:
-    for label in root.iter("seclabel"):
-        if label.get("type") == "none" or label.get("relabel") == "no":
-            raise _refuse(field, "a disabled security label")
-    for node in root.iter():
-        if node.tag in ("script", "backenddomain"):
-            raise _refuse(field, f"<{node.tag}>")
-    for tag in ("os/loader", "os/nvram"):
-        found = root.find(tag)
-        if found is not None and (found.text or "").strip():
-            raise _refuse(field, f"a custom <{tag.split('/')[1]}> path")
-    if root.find("memoryBacking/source") is not None:
-        raise _refuse(field, "a file-backed <memoryBacking>")
-    devices = root.find("devices")
-    for device in devices if devices is not None else []:
-        what = _passthrough_device(device)
-        if what is not None:
-            raise _refuse(field, what)
-
-
-def _passthrough_device(device: ET.Element) -> str | None:
-    """What makes this device reach the host, or None."""
-    tag, kind = device.tag, device.get("type")
-    backend = device.find("backend")
-    found: str | None = None
-    if tag not in _PLAIN_DEVICES:
-        found = f"<{tag}>"
-    elif tag == "emulator":
-        found = "a custom <emulator>"
-    elif tag in ("serial", "console", "channel", "parallel") and kind not in _PLAIN_CHARDEVS:
-        found = f"a <{tag} type='{kind}'>"
-    elif tag == "interface" and kind not in _PLAIN_NICS:
-        found = f"an <interface type='{kind}'>"
-    elif tag == "tpm" and (backend is None or backend.get("type") != "emulator"):
-        found = "a host TPM"
-    elif tag == "rng" and backend is not None and (backend.text or "").strip() not in _RNG:
-        found = "an <rng> backend other than /dev/urandom"
-    elif any(log.get("file") for log in device.iter("log")):
-        found = "a character device <log file>"
+def disk_files(xml: str) -> list[tuple[str, str]]:
+    """(source file, format) of each file disk in a domain XML, for the run-time image
+    check; the format is what libvirt uses, raw when the XML names none."""
+    root = ET.fromstring(xml)  # noqa: S314 (expat does not expand external entities)
+    found = []
+    for _, disk in _indexed(root, "devices/disk"):
+        source, driver = disk.find("source"), disk.find("driver")
+        if disk.get("type", "file") == "file" and source is not None and source.get("file"):
+            fmt = driver.get("type") if driver is not None else None
+            found.append((source.get("file", ""), fmt or "raw"))
     return found
 
 
-def _check_disk(policy: Policy, disk: ET.Element, field: str, *, passthrough: bool) -> None:
-    kind = disk.get("type", "file")
-    source = disk.find("source")
-    where = field
-    if kind == "volume":
-        return  # a volume of a defined pool: pools themselves only lie under the roots
-    if kind == "file":
-        if disk.find("backingStore/source") is not None and not passthrough:
-            raise _refuse(where, "an explicit <backingStore>")
-        if source is not None and source.get("file"):
-            check_disk_path(policy, source.get("file", ""), field=where)
-        return
-    if not passthrough:
-        raise _refuse(where, f"a <disk type='{kind}'> (host block device, directory or network)")
+def network_names(xml: str) -> list[str]:
+    """The libvirt networks a domain XML's NICs join."""
+    root = ET.fromstring(xml)  # noqa: S314 (expat does not expand external entities)
+    return [
+        source.get("network", "")
+        for nic in root.iterfind("devices/interface[@type='network']")
+        if (source := nic.find("source")) is not None and source.get("network")
+    ]
 
 
-# Forward modes that stay inside libvirt's own bridge; the others hand host NICs
-# or PCI devices to guests.
-_PLAIN_FORWARDS = {None, "nat", "route", "open"}
+def _indexed(root: ET.Element, path: str) -> list[tuple[str, ET.Element]]:
+    """Elements at `path` under every parent (libvirt reads every <devices>), each with
+    its indexed path for an error."""
+    parent_tag, tag = path.split("/")
+    found = []
+    parents = root.findall(parent_tag)
+    for p_index, parent in enumerate(parents, 1):
+        children = parent.findall(tag)
+        for c_index, child in enumerate(children, 1):
+            shown = f"/{root.tag}/{parent_tag}" + (f"[{p_index}]" if len(parents) > 1 else "")
+            found.append((shown + f"/{tag}" + (f"[{c_index}]" if len(children) > 1 else ""), child))
+    return found
 
 
 def admit_network(payload: Any, gate: Admission) -> None:
-    """network.define's intake check: a complete XML must not reach the host."""
+    """network.define's intake check: a complete XML only as the spec would write it."""
     if payload.xml is None or (gate.privileged and gate.policy.allow_passthrough):
         return
-    field = "payload.data.xml"
-    root = ET.fromstring(payload.xml)  # noqa: S314 (expat does not expand external entities)
-    for node in root.iter():
-        if isinstance(node.tag, str) and node.tag.startswith("{"):
-            # e.g. dnsmasq:options, which can make dnsmasq run any script as root
-            raise _refuse(field, f"<{node.tag.partition('}')[2]}> of another namespace")
-    forward = root.find("forward")
-    if forward is not None and forward.get("mode") not in _PLAIN_FORWARDS:
-        raise _refuse(field, f"<forward mode='{forward.get('mode')}'>")
-    if forward is not None and (forward.get("dev") or forward.find("interface") is not None):
-        raise _refuse(field, "forwarding through a named host interface")
+    check_xml(payload.xml, NETWORK_ALLOWLIST, field="payload.data.xml", needs=_NEEDS)

@@ -355,7 +355,7 @@ def _qcow2_references(walk: _Walk, layer: Layer) -> tuple[str, str | None] | Non
             )
         name = _header_text(blob, field, layer.path).rstrip("\0")
         data_path = _resolve(name, layer.path, field, "data file")
-        data_fd = walk.open_checked(data_path, layer.path, "the data file")
+        data_fd = walk.open_checked(data_path, layer.path, "the external data file")
         layer.data_file = Layer(data_path, data_fd, "raw", writable=layer.writable)
     if backing_size == 0 or backing_offset == 0:
         return None

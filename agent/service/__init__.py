@@ -1,2 +1,2 @@
-"""The daemon: the composition root, serve/signals/drain, systemd, journald, logging,
-the state lock."""
+"""The daemon: the composition root (agent.py) and its settings (settings.py),
+serve/signals/drain, systemd, journald, logging, the state lock."""

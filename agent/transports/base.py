@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import trio
 
-from agent.config import Config, Section
+from agent.config import Section
 from agent.core.health import Status
 from agent.core.outbox import OutboxInterest
+from agent.core.services import Services
 
 if TYPE_CHECKING:
     from agent.core.intake import TransportIntake
@@ -41,13 +42,25 @@ class Transport(Protocol):
         """Its health component: status, reason and figures."""
 
 
+SectionT = TypeVar("SectionT", bound=Section)
+
+
 @dataclass(frozen=True)
-class TransportSpec:
-    """One row of the transport table."""
+class TransportSpec(Generic[SectionT]):
+    """One row of the transport table: its name, its settings, how it is built.
+
+    The composition root (agent.service) adds a `[name]` section of this model
+    to the settings, loaded from the same file and environment
+    (`HOSTAGENT_NAME__KEY`) as the rest, with the model's defaults.
+    """
 
     name: str
-    # Its [name] section of the configuration, or None when it has no settings.
-    settings: type[Section] | None
-    # The transport this config asks for, or None when it is turned off. Heavy
-    # modules (hypercorn, watchfiles) are imported inside, only when used.
-    build: Callable[[Config], Transport | None]
+    # Its [name] section of the configuration, or None when it has no settings
+    # (`build` then gets an empty Section).
+    settings: type[SectionT] | None
+    # The transport its own section asks for, or None when that turns it off.
+    # It is given that section only, and the services registry: the core
+    # settings (`services.get(Config)`), the resource view and the like, of
+    # which it passes the transport what it needs. Heavy modules (hypercorn,
+    # watchfiles) are imported inside, only when used.
+    build: Callable[[SectionT, Services], Transport | None]

@@ -14,11 +14,12 @@ import trio.testing
 
 from agent.cli.command import _config
 from agent.cli.parser import build_parser
-from agent.config import Config, LibvirtConfig, load_config
+from agent.config import Config, LibvirtConfig
 from agent.core.capabilities import Capabilities
 from agent.core.events import EventBus
 from agent.hypervisor.facts import summarize_domain_capabilities, version_text
 from agent.service.daemon import Agent, build_registry
+from agent.service.settings import Settings, load_settings
 from agent.transports.spool.settings import SpoolConfig
 from tests.jobs import failed
 from tests.spoolkit import spool_of
@@ -67,7 +68,7 @@ async def test_unreachable_libvirt_makes_health_unhealthy_and_jobs_fail_clearly(
     tmp_path: Path,
 ) -> None:
     socket = tmp_path / "nobody-listens"
-    config = Config(
+    config = Settings(
         state_dir=tmp_path / "state",
         spool_dir=tmp_path / "spool",
         libvirt=LibvirtConfig(uri=f"qemu:///system?socket={socket}", reconnect_min_seconds=60),
@@ -143,11 +144,11 @@ def test_libvirt_uri_from_flag_env_and_file(tmp_path: Path) -> None:
         "HOSTAGENT_LIBVIRT__URI": "qemu+ssh://h/system",
         "HOSTAGENT_LIBVIRT__KEEPALIVE_COUNT": "0",
     }
-    loaded = load_config(None, environ=env)
+    loaded = load_settings(None, environ=env)
     assert (loaded.libvirt.uri, loaded.libvirt.keepalive_count) == ("qemu+ssh://h/system", 0)
     file = tmp_path / "agent.toml"
     file.write_text('[libvirt]\nuri = "qemu:///session"\nreconnect_max_seconds = 5\n')
-    from_file = load_config(file, environ={})
+    from_file = load_settings(file, environ={})
     assert (from_file.libvirt.uri, from_file.libvirt.reconnect_max_seconds) == (
         "qemu:///session",
         5,

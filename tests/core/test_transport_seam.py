@@ -1,24 +1,29 @@
 """A transport written only against the public seam (agent.transports.base and
 agent.core.intake.TransportIntake), registered in the daemon's transport table: it
 gets its jobs run, its outcomes through its outbox, and its health and
-features reported, with no core module knowing it."""
+features reported, with no core module knowing it; its own settings section
+loads from the agent's file and environment, and reaches it, and only it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
-from agent.config import Config, LibvirtConfig
+from agent.config import Config, LibvirtConfig, Section
 from agent.core.health import Status
 from agent.core.intake import TransportIntake
 from agent.core.outbox import OutboxInterest
+from agent.core.services import Services
 from agent.jobs import OutboxEntry
 from agent.service.daemon import Agent
+from agent.service.settings import Settings, load_settings
 from agent.transports import TRANSPORTS
 from agent.transports.base import Transport, TransportSpec
 from agent.transports.http.settings import HttpConfig
+from agent.view.reads import ResourceView
 
 
 class ListTransport:
@@ -69,6 +74,7 @@ def document(job_id: str, operation: str, data: dict[str, Any]) -> dict[str, Any
     }
 
 
+@pytest.mark.slow
 async def test_a_transport_from_the_table_gets_jobs_outcomes_health_and_features(
     tmp_path: Path,
 ) -> None:
@@ -80,16 +86,16 @@ async def test_a_transport_from_the_table_gets_jobs_outcomes_health_and_features
         ]
     )
 
-    def build(_: Config) -> Transport:
+    def build(_: Section, __: Services) -> Transport:
         return feed
 
-    config = Config(
+    config = Settings(
         state_dir=tmp_path / "state",
         spool_dir=tmp_path / "spool",
         libvirt=LibvirtConfig(uri="test:///default"),
+        http=HttpConfig(enabled=False),
     )
     table = (*TRANSPORTS, TransportSpec("list", None, build))
-    config = config.model_copy(update={"http": HttpConfig(enabled=False)})
     async with trio.open_nursery() as nursery:
         agent: Agent = await nursery.start(Agent(config, transports=table).run)
         with trio.fail_after(30):
@@ -119,3 +125,80 @@ async def test_a_transport_from_the_table_gets_jobs_outcomes_health_and_features
     assert "list-feed" in capabilities["features"]
     assert "spool" in capabilities["features"]
     assert "http" not in capabilities["features"]  # turned off: not built, not advertised
+
+
+class FeedConfig(Section):
+    """The [feed] section of a transport the shipped table does not know."""
+
+    source: str = "nowhere"
+    batch: int = 1
+
+
+class FeedTransport:
+    """Keeps what it was built and reloaded with."""
+
+    name = "feed"
+    outbox = None
+
+    def __init__(self, settings: FeedConfig, *, worker_id: str, view: ResourceView) -> None:
+        self.settings = settings
+        self.worker_id = worker_id
+        self.view = view
+        self.reloaded: list[FeedConfig] = []
+
+    def features(self) -> list[str]:
+        return ["feed"]
+
+    async def health(self) -> tuple[Status, str, dict[str, Any]]:
+        return "healthy", "fed", {}
+
+    async def run(
+        self,
+        intake: TransportIntake,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        task_status.started()
+        await trio.sleep_forever()
+
+    def reload(self, settings: FeedConfig) -> None:
+        self.reloaded.append(settings)
+
+
+def build_feed(settings: FeedConfig, services: Services) -> Transport | None:
+    if settings.source == "off":
+        return None
+    core = services.get(Config)
+    return FeedTransport(settings, worker_id=core.worker_id, view=services.get(ResourceView))
+
+
+FEED = TransportSpec("feed", FeedConfig, build_feed)
+
+
+async def test_a_transport_beside_the_table_gets_its_own_section_from_file_and_env(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        f"worker_id = 'w7'\nstate_dir = '{tmp_path / 'state'}'\nspool_dir = '{tmp_path}/spool'\n"
+        "[libvirt]\nuri = 'test:///default'\n[http]\nenabled = false\n"
+        "[feed]\nsource = 'kafka://elsewhere'\n"
+    )
+    table = (*TRANSPORTS, FEED)
+    settings = load_settings(path, transports=table, environ={"HOSTAGENT_FEED__BATCH": "9"})
+    agent = Agent(settings, transports=table)
+    feed = agent.transport("feed")
+    assert isinstance(feed, FeedTransport)
+    assert feed.settings == FeedConfig(source="kafka://elsewhere", batch=9)
+    assert feed.worker_id == "w7"  # what it needs of the core, passed explicitly
+    assert feed.view is agent.services.get(ResourceView)  # from the services registry
+    # A reload hands each transport its own section, not the whole settings.
+    renewed = agent.config.model_copy(update={"feed": FeedConfig(source="x", batch=2)})
+    await agent.reload(renewed)
+    assert feed.reloaded == [FeedConfig(source="x", batch=2)]
+    spool = agent.transport("spool")
+    assert getattr(spool, "config") == agent.config.spool  # noqa: B009 (SpoolTransport's)
+    # Its section turns it off like any shipped transport's.
+    off = load_settings(path, transports=table, environ={"HOSTAGENT_FEED__SOURCE": "off"})
+    with pytest.raises(KeyError):
+        Agent(off, transports=table).transport("feed")

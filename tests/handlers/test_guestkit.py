@@ -25,6 +25,7 @@ from agent.config import Config, LibvirtConfig, PolicyConfig
 from agent.errors import ForbiddenError, ValidationError
 from agent.handlers import _findings, _guestfs_host
 from agent.service.daemon import Agent
+from agent.service.settings import Settings
 from agent.transports.http.settings import HttpConfig
 from agent.transports.spool.settings import SpoolConfig
 from tests import guestdisks
@@ -53,8 +54,8 @@ def config(config: Config) -> Config:
     return config.model_copy(update={"policy": PolicyConfig(image_roots=roots)})
 
 
-def module_config(root: Path) -> Config:
-    return Config(
+def module_config(root: Path) -> Settings:
+    return Settings(
         state_dir=root / "state",
         spool_dir=root / "spool",
         max_concurrent_jobs=4,

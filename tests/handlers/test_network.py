@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 
 import pytest
 
 from agent.config import Config
-from agent.errors import ValidationError
+from agent.errors import ForbiddenError, ValidationError
+from agent.handlers.network import _dhcp_range
 from agent.service.daemon import Agent
 from agent.transports.spool.settings import SpoolConfig
-from tests.jobs import failed, ok
+from tests.jobs import failed, job_document, ok
 
 
 @pytest.fixture
@@ -71,3 +73,25 @@ async def test_define_from_xml_must_name_the_network(agent: Agent) -> None:
     await ok(agent, "network.delete", {"name": name})
     with pytest.raises(ValidationError, match="whose <name> is `name`"):
         await ok(agent, "network.define", {"name": "other", "xml": xml})
+
+
+async def test_define_from_xml_holds_only_what_the_spec_writes(agent: Agent) -> None:
+    for extra, element, attribute in (
+        ("<ip address='10.7.0.1' prefix='24'><tftp root='/'/></ip>", "/network/ip/tftp", None),
+        ("<forward mode='nat' dev='eth0'/>", "/network/forward", "dev"),
+    ):
+        xml = f"<network><name>evil</name>{extra}</network>"
+        document = job_document("network.define", {"name": "evil", "xml": xml})
+        with pytest.raises(ForbiddenError) as caught:
+            await agent.intake.submit(document, transport="test")
+        assert caught.value.details["field"] == "payload.data.xml"
+        assert caught.value.details["element"] == element
+        assert caught.value.details.get("attribute") == attribute
+
+
+def test_dhcp_range_of_tiny_subnets_at_the_ends_of_the_address_space_is_none() -> None:
+    for value in ("0.0.0.0/31", "0.0.0.0/32", "255.255.255.255/32", "255.255.255.254/31"):
+        interface = ipaddress.IPv4Interface(value)
+        assert _dhcp_range(interface.network, interface.ip) is None, value
+    interface = ipaddress.IPv4Interface("10.9.8.254/24")
+    assert _dhcp_range(interface.network, interface.ip) == ("10.9.8.1", "10.9.8.253")

@@ -7,13 +7,15 @@ real libvirtd in test_libvirt_real.py, here only their clear refusal.
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pytest
 
 from agent.config import Config
+from agent.errors import ForbiddenError
 from agent.service.daemon import Agent
 from agent.transports.spool.settings import SpoolConfig
-from tests.jobs import failed, ok
+from tests.jobs import failed, job_document, ok
 
 POOL = "default-pool"
 
@@ -49,6 +51,9 @@ async def test_pool_define_start_stop_delete(agent: Agent) -> None:
         "inactive",
         f"{srv}/{name}",
     )
+    # Made by the agent beneath the image root (never through a link), not by libvirt.
+    assert Path(srv, name).is_dir()
+    assert not Path(srv, name).is_symlink()
     assert (await ok(agent, "storage.pool.define", {"name": name, "path": f"{srv}/{name}"}))[
         "created"
     ] is False
@@ -126,3 +131,22 @@ async def test_volume_resize_and_wipe_unsupported_by_test_driver_fail_clearly(
 async def test_volume_in_missing_pool_fails_clearly(agent: Agent) -> None:
     error = await failed(agent, "storage.volume.info", {"pool": "nope", "name": "x"})
     assert error == "storage pool 'nope' not found"
+
+
+async def test_pool_define_refuses_a_directory_reached_through_a_link(
+    agent: Agent, tmp_path: Path
+) -> None:
+    srv = agent.config.policy.image_roots[0]
+    srv.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (srv / "elsewhere").symlink_to(outside)
+    for path in (srv / "elsewhere", srv / "elsewhere" / "pool"):
+        document = job_document("storage.pool.define", {"name": unique("pool"), "path": str(path)})
+        with pytest.raises(ForbiddenError) as caught:
+            await agent.intake.submit(document, transport="test")
+        assert caught.value.details == {
+            "field": "payload.data.path",
+            "reason": "symbolic links are not followed",
+        }
+    assert list(outside.iterdir()) == []

@@ -6,16 +6,21 @@ every connection to it, so each test names its domains uniquely.
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
 
-from agent.config import Config
-from agent.errors import ValidationError
+from agent.config import Config, LibvirtConfig
+from agent.errors import ForbiddenError, ValidationError
+from agent.handlers.domain_xml import VmSpec, pick_domain_type, spec_to_xml
 from agent.service.daemon import Agent
 from agent.transports.spool.settings import SpoolConfig
 from tests.jobs import failed, job_document, ok
+from tests.libvirtd import PrivateLibvirtd
 
 
 @pytest.fixture
@@ -254,3 +259,42 @@ async def test_vm_handlers_declare_rerun_safety_and_domain_locks(agent: Agent) -
     assert define_handler.resource is not None
     xml = {"xml": "<domain type='test'><name>a</name></domain>"}
     assert define_handler.resource(define_handler.payload_model.model_validate(xml)) == "domain:a"
+
+
+async def test_vm_define_from_xml_holds_only_what_the_spec_writes(agent: Agent) -> None:
+    name = unique("xml")
+    xml = (
+        f"<domain type='test'><name>{name}</name><memory unit='MiB'>32</memory>"
+        "<os><type>hvm</type></os><devices><interface type='network'>"
+        "<source network='nowhere'/></interface></devices></domain>"
+    )
+    assert await failed(agent, "vm.define", {"xml": xml}) == "network 'nowhere' not found"
+    evil = xml.replace("<devices>", "<devices><hostdev mode='subsystem' type='usb'/>")
+    with pytest.raises(ForbiddenError) as caught:
+        await agent.intake.submit(job_document("vm.define", {"xml": evil}), transport="test")
+    assert caught.value.details["element"] == "/domain/devices/hostdev"
+
+
+@pytest.mark.slow
+async def test_the_specs_own_xml_submitted_as_xml_runs_on_real_qemu(
+    config: Config, libvirtd: PrivateLibvirtd, observer: Any, tmp_path: Path
+) -> None:
+    """What the allowlist lets a submitter write is what QEMU runs: the spec's XML,
+    sent as XML, defines and starts with its disk and VNC on loopback."""
+    images = tmp_path / "images"
+    images.mkdir()
+    disk = images / "boot.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "16M"], check=True)
+    spec = VmSpec(name=unique("real"), memory_mib=64, disks=[{"path": str(disk)}])
+    kind, arch = pick_domain_type(observer.getCapabilities(), None)
+    xml = spec_to_xml(spec, kind, arch)
+    settings = config.model_copy(update={"libvirt": LibvirtConfig(uri=libvirtd.uri)})
+    async with trio.open_nursery() as nursery:
+        agent: Agent = await nursery.start(Agent(settings).run)
+        assert (await ok(agent, "vm.define", {"xml": xml}))["created"] is True
+        assert (await ok(agent, "vm.start", {"name": spec.name}))["state"] == "running"
+        running = observer.lookupByName(spec.name).XMLDesc(0)
+        assert f"<source file='{disk}'" in running
+        assert "listen='127.0.0.1'" in running
+        await ok(agent, "vm.destroy", {"name": spec.name})
+        nursery.cancel_scope.cancel()

@@ -158,5 +158,6 @@ def test_a_data_file_is_checked_like_a_backing_file(root: Path, policy: Policy) 
         assert image.spec()["data-file"] == {"driver": "file", "filename": str(root / "data.raw")}
     os.link(root / "data.raw", root / "second-name.raw")
     message = refusal(policy, root / "split.qcow2")
-    assert message.startswith(f"payload.data.path: the data file named by {root / 'split.qcow2'}")
+    named_by = f"the external data file named by {root / 'split.qcow2'}"
+    assert message.startswith(f"payload.data.path: {named_by}")
     assert "has 2 links" in message

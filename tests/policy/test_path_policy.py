@@ -241,6 +241,20 @@ def _domains(h: Host) -> dict[str, str]:
             "<type>hvm</type>", "<type>hvm</type><kernel>/etc/shadow</kernel>"
         ),
         "seclabel-none": _domain(extra="<seclabel type='none'/>"),
+        # Issue 20: what the single-<devices> denylist let through.
+        "second-devices-hostdev": _domain().replace(
+            "</devices>",
+            "</devices><devices><hostdev mode='subsystem' type='pci'/></devices>",
+        ),
+        "seclabel-static-root": _domain(
+            extra="<seclabel type='static' model='dac' relabel='no'><label>+0:+0</label></seclabel>"
+        ),
+        "input-evdev": _domain("<input type='evdev'><source dev='/dev/input/event0'/></input>"),
+        "rng-egd": _domain(
+            "<rng model='virtio'><backend model='egd' type='unix'>"
+            "<source mode='connect' path='/run/egd.sock'/></backend></rng>"
+        ),
+        "vnc-socket": _domain("<graphics type='vnc' socket='/run/evil.sock'/>"),
         "qemu-commandline": _domain(
             extra="<qemu:commandline><qemu:arg value='-evil'/></qemu:commandline>", ns=QEMU_NS
         ),
@@ -277,6 +291,8 @@ async def test_every_hostile_path_is_refused_at_intake_with_the_field(
             assert body["error"] == "FORBIDDEN", case
             assert body["details"]["field"] == field, (case, body)
             assert body["details"]["reason"], case
+            if field == "payload.data.xml":  # the allowlist names where in the XML
+                assert body["details"]["element"].startswith("/domain"), (case, body)
             _no_secret_in(response.text)
         listing = await reader.get("/api/v1/jobs")
         assert listing.json()["data"]["total"] == 0  # nothing was accepted

@@ -14,7 +14,7 @@ from agent.errors import ConflictError, NotFoundError
 from agent.jobs import JobStatus, NewJob
 from agent.service.daemon import Agent
 from agent.store.retention import Pruner, RetentionPolicy
-from tests.jobs import job, job_document
+from tests.jobs import job, job_document, new_job
 from tests.spoolkit import drop, wait_for_files
 
 OLD_JOBS = 12
@@ -22,15 +22,7 @@ OLD_JOBS = 12
 
 def waiting_job(job_id: str) -> NewJob:
     """A job put in the store directly: the dispatcher never takes it, so it stays put."""
-    return NewJob(
-        job_id=job_id,
-        operation="system.echo",
-        priority=5,
-        transport="test",
-        document={"job_id": job_id},
-        fingerprint=job_id,
-        timeout_seconds=None,
-    )
+    return new_job(job_id, fingerprint=job_id)
 
 
 def rows(path: Path, sql: str, *args: object) -> int:

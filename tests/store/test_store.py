@@ -19,19 +19,8 @@ from agent.jobs import JobState, JobStatus, NewJob
 from agent.store import SqliteStore
 from agent.store.queries import get_transitions
 from agent.store.schema import SCHEMA_VERSION, connect
+from tests.jobs import new_job
 from tests.tmpfs import small_tmpfs
-
-
-def new_job(job_id: str, operation: str = "system.echo", fingerprint: str = "a") -> NewJob:
-    return NewJob(
-        job_id=job_id,
-        operation=operation,
-        priority=5,
-        transport="test",
-        document={"job_id": job_id},
-        fingerprint=fingerprint,
-        timeout_seconds=None,
-    )
 
 
 async def opened(path: Path, *consumers: str) -> SqliteStore:

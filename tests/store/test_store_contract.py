@@ -22,19 +22,19 @@ from agent.jobs import JobState, JobStatus, NewJob
 from agent.store import SqliteStore
 from agent.store.queries import get_transitions
 from agent.store.schema import connect
+from tests import jobs
 from tests.memstore import MemoryStore
 
 
 def new_job(
     job_id: str, operation: str = "system.echo", *, transport: str = "spool", fingerprint: str = "a"
 ) -> NewJob:
-    return NewJob(
-        job_id=job_id,
-        operation=operation,
-        priority=5,
+    return jobs.new_job(
+        job_id,
+        operation,
         transport=transport,
-        document={"job_id": job_id, "nested": {"n": 1}},
         fingerprint=fingerprint,
+        document={"job_id": job_id, "nested": {"n": 1}},
         timeout_seconds=30.0,
         origin=f"{job_id}.json",
     )

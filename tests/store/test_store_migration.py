@@ -7,10 +7,11 @@ import sqlite3
 from pathlib import Path
 
 from agent.errors import AgentError, ConflictError
-from agent.jobs import JobStatus, NewJob
+from agent.jobs import JobStatus
 from agent.store import SqliteStore
 from agent.store.queries import get_transitions, pending_jobs
 from agent.store.schema import _MIGRATIONS, _statements, connect
+from tests.jobs import new_job
 
 SUBMITTED = "2026-01-02T03:04:05.000006Z"
 
@@ -70,27 +71,21 @@ def test_migration_from_4_keeps_every_transition(tmp_path: Path) -> None:
         conn.close()
 
 
-def job(job_id: str, fingerprint: str = "a", transport: str = "test") -> NewJob:
-    return NewJob(
-        job_id=job_id,
-        operation="system.echo",
-        priority=5,
-        transport=transport,
-        document={"job_id": job_id},
-        fingerprint=fingerprint,
-        timeout_seconds=None,
-    )
-
-
 async def test_a_batch_records_its_new_jobs_once_in_order(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "jobs.sqlite3")
     await store.open()
     try:
-        [old] = await store.insert_jobs([job("old")])
+        [old] = await store.insert_jobs([new_job("old")])
         assert not isinstance(old, AgentError)
         assert old[1] is not None
         outcomes = await store.insert_jobs(
-            [job("a"), job("old"), job("a"), job("a", "other"), job("b", transport="spool")]
+            [
+                new_job("a"),
+                new_job("old"),
+                new_job("a"),
+                new_job("a", fingerprint="other"),
+                new_job("b", transport="spool"),
+            ]
         )
         a, known, again, conflict, b = outcomes
         assert not isinstance(a, AgentError)

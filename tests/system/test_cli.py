@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from agent.cli.command import main
 from tests.agentproc import AgentProcess
-from tests.jobs import job
+from tests.jobs import job, wait_for
 
 
 def hostagent(*args: str) -> subprocess.CompletedProcess[str]:
@@ -133,9 +132,7 @@ def test_cancel_through_the_spool(tmp_path: Path) -> None:
         cancelled = hostagent("cancel", *where, "long")
         assert cancelled.returncode == 0, cancelled.stderr
         result = spool / "done" / "long.result.json"
-        deadline = time.monotonic() + 30
-        while not result.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(result.exists, 30, "the cancelled job's result")
         assert json.loads(result.read_text())["status"] == "Cancelled"
         again = hostagent("cancel", *where, "long")
         assert again.returncode == 1

@@ -8,22 +8,13 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.agentproc import AgentProcess
-from tests.jobs import job
+from tests.jobs import job, wait_for
 from tests.spoolkit import drop
-
-
-def wait_until(check: Callable[[], bool], limit: float, what: str) -> None:
-    deadline = time.monotonic() + limit
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def results(spool: Path) -> list[Path]:
@@ -55,7 +46,7 @@ def test_kill_9_at_random_moments_loses_no_job(tmp_path: Path) -> None:
         agent.kill()
         agent.start()
     dropping.join()
-    wait_until(lambda: len(results(spool)) >= total, 240, f"{total} results")
+    wait_for(lambda: len(results(spool)) >= total, 240, f"{total} results")
     assert agent.stop() == 0
 
     assert len(results(spool)) == total
@@ -86,7 +77,7 @@ def test_twenty_thousand_files_dropped_while_stopped_are_each_taken_once(tmp_pat
     agent = AgentProcess(state, spool)
     started = time.monotonic()
     agent.start(timeout=300)
-    wait_until(lambda: len(results(spool)) >= total, 300, f"{total} results")
+    wait_for(lambda: len(results(spool)) >= total, 300, f"{total} results")
     elapsed = time.monotonic() - started
     assert agent.stop() == 0
     conn = sqlite3.connect(state / "jobs.sqlite3")
@@ -119,12 +110,12 @@ def test_killed_between_a_jobs_end_and_its_result_file_writes_it_once_on_restart
         row = store.execute("SELECT status FROM jobs WHERE job_id = 'stuck'").fetchone()
         return row is not None and row[0] == "Completed"
 
-    wait_until(completed, 30, "the job to complete")
-    wait_until(lambda: bool(agent.events("spool.delivery_failed")), 30, "a failed delivery")
+    wait_for(completed, 30, "the job to complete")
+    wait_for(lambda: bool(agent.events("spool.delivery_failed")), 30, "a failed delivery")
     agent.kill()
     blocker.rmdir()
     agent.start()
-    wait_until((spool / "done" / "stuck.result.json").is_file, 30, "the result file")
+    wait_for((spool / "done" / "stuck.result.json").is_file, 30, "the result file")
     assert agent.stop() == 0
     record = json.loads((spool / "done" / "stuck.result.json").read_text())
     assert record["status"] == "Completed"

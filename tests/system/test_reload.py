@@ -8,51 +8,66 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent.config import Config
+from agent.config import Config, Section
 from agent.jobs import JobStatus
 from agent.service.daemon import Agent
 from agent.service.logs import _LEVEL_FILTER, configure_logging, set_log_level
+from agent.transports import TRANSPORTS
+from agent.transports.base import TransportSpec
 from agent.transports.spool.settings import SpoolConfig
 from tests.jobs import job, sleep_job
 from tests.spoolkit import spool_of
+
+
+class FakeConfig(Section):
+    """The fake transport's own section."""
+
+    certificate: str = "old.pem"
 
 
 class ReloadingTransport:
     """A transport with an async reload (as the HTTP transport reloads TLS certificates)."""
 
     name = "fake"
+    outbox = None
 
     def __init__(self) -> None:
-        self.reloaded: list[Config] = []
+        self.reloaded: list[FakeConfig] = []
+
+    def features(self) -> list[str]:
+        return []
+
+    async def health(self) -> tuple[str, str, dict[str, object]]:
+        return "healthy", "fake", {}
 
     async def run(self, intake: object, *, task_status: trio.TaskStatus[None]) -> None:
         task_status.started()
         await trio.sleep_forever()
 
-    async def reload(self, config: Config) -> None:
+    async def reload(self, config: FakeConfig) -> None:
         await trio.lowlevel.checkpoint()
         self.reloaded.append(config)
 
 
-class BrokenTransport:
+class BrokenTransport(ReloadingTransport):
     name = "broken"
 
-    async def run(self, intake: object, *, task_status: trio.TaskStatus[None]) -> None:
-        task_status.started()
-        await trio.sleep_forever()
-
-    def reload(self, config: Config) -> None:
+    async def reload(self, config: FakeConfig) -> None:
         raise OSError("certificate file unreadable")
 
 
 async def test_reload_applies_limits_labels_and_transports(config: Config, tmp_path: Path) -> None:
-    agent = Agent(config)
     fake, broken = ReloadingTransport(), BrokenTransport()
-    agent.transports += [broken, fake]  # type: ignore[list-item]
+    table = (
+        *TRANSPORTS,
+        TransportSpec("broken", FakeConfig, lambda _section, _services: broken),
+        TransportSpec("fake", FakeConfig, lambda _section, _services: fake),
+    )
+    agent = Agent(config, transports=table)
     async with trio.open_nursery() as nursery:
         await nursery.start(agent.run)
         await agent.intake.submit(sleep_job("through-reload", 0.5), transport="test")
-        new = config.model_copy(
+        new = agent.config.model_copy(
             update={
                 "max_concurrent_jobs": 3,
                 "max_pending_jobs": 10,
@@ -60,6 +75,7 @@ async def test_reload_applies_limits_labels_and_transports(config: Config, tmp_p
                 "log_level": "warning",
                 "state_dir": tmp_path / "elsewhere",  # needs a restart: kept
                 "spool": SpoolConfig(settle_seconds=9, rescan_seconds=5, watch_step_ms=7),
+                "fake": FakeConfig(certificate="new.pem"),
             }
         )
         await agent.reload(new)
@@ -67,9 +83,10 @@ async def test_reload_applies_limits_labels_and_transports(config: Config, tmp_p
         assert agent.config.state_dir == config.state_dir
         assert spool_of(agent) is not None
         assert spool_of(agent).config.settle_seconds == 9
-        assert spool_of(agent).config.watch_step_ms == config.section(SpoolConfig).watch_step_ms
+        assert spool_of(agent).config.watch_step_ms == config.spool.watch_step_ms
         assert (await agent.intake.capabilities())["labels"] == {"rack": "r12"}
-        assert fake.reloaded == [agent.config]
+        # Each transport gets its own section; one failing to reload stops no other.
+        assert fake.reloaded == [FakeConfig(certificate="new.pem")]
         assert _LEVEL_FILTER.level == logging.WARNING
         # More workers now: three long jobs run at once.
         for n in range(3):

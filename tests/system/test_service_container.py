@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.container import Container
+from tests.jobs import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -63,13 +64,6 @@ def messages(entries: list[dict[str, str]], event: str) -> list[dict[str, str]]:
     return [entry for entry in entries if f'"event": "{event}"' in str(entry.get("MESSAGE"))]
 
 
-def wait_for(check: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
-
-
 def main_pid(box: Container) -> str:
     return box.run("systemctl", "show", "-p", "MainPID", "--value", "hostagent").stdout.strip()
 
@@ -91,7 +85,7 @@ def test_the_package_under_systemd(package: Path, container: Container) -> None:
     # Install: postinst creates the users, the directories, enables and starts the unit.
     box.run("dpkg", "-i", f"/mnt/build/{package.name}")
     # The service cannot write byte-code under /opt: postinst compiled it once.
-    compiled = "ls /opt/hostagent/lib/python3*/site-packages/agent/__pycache__/daemon.*.pyc"
+    compiled = "ls /opt/hostagent/lib/python3*/site-packages/agent/service/__pycache__/daemon.*.pyc"
     assert box.run("sh", "-c", compiled, check=False).returncode == 0
     box.run("mkdir", "-p", "/etc/systemd/system/hostagent.service.d")
     box.run("tee", "/etc/systemd/system/hostagent.service.d/test.conf", input=DROP_IN)

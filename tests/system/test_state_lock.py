@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 from agent.cli.command import main
 from tests.agentproc import AgentProcess
-from tests.jobs import job
+from tests.jobs import job, wait_for
 from tests.spoolkit import drop
 
 
@@ -18,10 +17,7 @@ def test_a_second_agent_is_refused_and_nothing_runs_twice(tmp_path: Path) -> Non
     first = AgentProcess(state, spool).start()
     try:
         drop(spool, "slow.json", job("slow", "system.sleep", {"seconds": 3}))
-        deadline = time.monotonic() + 20
-        while not first.events("job.started"):
-            assert time.monotonic() < deadline, "the job did not start"
-            time.sleep(0.05)
+        wait_for(lambda: first.events("job.started"), 30, "the job to start")
         second = subprocess.run(
             AgentProcess(state, spool).argv,
             check=False,
@@ -36,9 +32,7 @@ def test_a_second_agent_is_refused_and_nothing_runs_twice(tmp_path: Path) -> Non
         # The CLI's direct reads of the store still work beside the running agent.
         assert main(["status", "slow", "--state-dir", str(state), "--spool-dir", str(spool)]) == 0
         result = spool / "done" / "slow.result.json"
-        while not result.exists():
-            assert time.monotonic() < deadline, "the job did not finish"
-            time.sleep(0.05)
+        wait_for(result.exists, 30, "the job to finish")
         record = json.loads(result.read_text())
         assert (record["status"], record["attempts"]) == ("Completed", 1)
         assert len(first.events("job.started")) == 1

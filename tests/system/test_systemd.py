@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent.config import Config, load_config
+from agent.config import Config
 from agent.service.daemon import Agent, serve
+from agent.service.settings import load_settings
 from agent.service.systemd import (
     Notifier,
     feed_watchdog,
@@ -270,7 +271,7 @@ async def test_serve_notifies_reloads_and_drains(config: Config, tmp_path: Path)
     dirs = {"state_dir": config.state_dir, "spool_dir": config.spool_dir}
 
     def reread() -> Config:
-        return load_config(config_file, environ={}, overrides=dirs)
+        return load_settings(config_file, environ={}, overrides=dirs)
 
     recorder = Recorder(watchdog_interval=0.05)
     async with trio.open_nursery() as nursery:

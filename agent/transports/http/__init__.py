@@ -4,23 +4,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from agent.config import Config
 from agent.transports.base import TransportSpec
 from agent.transports.http.settings import HttpConfig
 
 if TYPE_CHECKING:
-    from agent.config import Config
+    from agent.core.services import Services
     from agent.transports.base import Transport
 
 
-def _build(config: Config) -> Transport | None:
-    settings = config.section(HttpConfig)
+def _build(settings: HttpConfig, services: Services) -> Transport | None:
     if not settings.enabled:
         return None
     # hypercorn and quart are imported only when the API is on.
     from agent.transports.http.transport import HttpTransport  # noqa: PLC0415
 
     # Checks the exposure rules (no open API off loopback) before anything starts.
-    return HttpTransport(settings, state_dir=config.state_dir)
+    return HttpTransport(settings, state_dir=services.get(Config).state_dir, services=services)
 
 
 SPEC = TransportSpec(name="http", settings=HttpConfig, build=_build)

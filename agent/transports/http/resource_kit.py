@@ -36,7 +36,7 @@ ROUTES: list[Route] = []
 
 
 def resource_view() -> ResourceView:
-    found = state().intake.resources
+    found = state().services.find(ResourceView)
     if found is None:
         raise UnavailableError("This agent serves no resource view", reason="not_configured")
     return found

@@ -20,6 +20,7 @@ import trio
 from pydantic import BaseModel
 
 from agent.core.intake import TransportIntake
+from agent.core.services import Services
 from agent.errors import BadRequestError, DrainingError, UnsupportedMediaTypeError
 from agent.jobs import parse_json
 from agent.transports.http.auth import Principal, TokenTable, bearer_token
@@ -117,12 +118,23 @@ async def _acquire(semaphore: trio.Semaphore) -> None:
 
 
 class ApiState:
-    """What the routes need; the transport swaps `tokens` and `config` on reload."""
+    """What the routes need; the transport swaps `tokens` and `config` on reload.
 
-    def __init__(self, intake: TransportIntake, config: HttpConfig, tokens: TokenTable) -> None:
+    `services` is the agent's registry, for what the routes read beside jobs
+    (the resource view); empty where there is no agent around the API.
+    """
+
+    def __init__(
+        self,
+        intake: TransportIntake,
+        config: HttpConfig,
+        tokens: TokenTable,
+        services: Services | None = None,
+    ) -> None:
         self.intake = intake
         self.config = config
         self.tokens = tokens
+        self.services = services or Services()
         # max_active_requests takes a restart: the slots are made once.
         self.slots = JobSlots(config.max_active_requests)
 

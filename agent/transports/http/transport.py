@@ -22,9 +22,9 @@ import structlog
 import trio
 from hypercorn.config import Config as HypercornConfig
 
-from agent.config import Config
 from agent.core.health import Status
 from agent.core.intake import TransportIntake
+from agent.core.services import Services
 from agent.errors import ConfigError
 from agent.transports.http import job_api
 from agent.transports.http.auth import TokenTable
@@ -156,9 +156,12 @@ class HttpTransport:
     name = "http"
     outbox = None  # clients poll or watch live events: nothing durable to deliver
 
-    def __init__(self, config: HttpConfig, *, state_dir: Path | None = None) -> None:
+    def __init__(
+        self, config: HttpConfig, *, state_dir: Path | None = None, services: Services | None = None
+    ) -> None:
         check_exposure(config)
         self.config = config
+        self._services = services or Services()  # the resource view, where the agent has one
         self.socket_path = local_socket_path(config, state_dir)
         self._context = build_ssl_context(config)
         self._api: ApiState | None = None
@@ -186,9 +189,8 @@ class HttpTransport:
             return "degraded", "draining: new jobs are refused", {"url": self.url}
         return "healthy", "listening", {"url": self.url}
 
-    def reload(self, full: Config) -> None:
+    def reload(self, config: HttpConfig) -> None:
         """Take new tokens and TLS cert/key (SIGHUP); the bind address needs a restart."""
-        config = full.section(HttpConfig)
         check_exposure(config)
         tokens = TokenTable(config.tokens, required=not config.insecure_no_auth)
         if config.bind != self.config.bind or (config.tls_cert is None) != (self._context is None):
@@ -216,7 +218,7 @@ class HttpTransport:
     ) -> None:
         self._intake = intake
         listener = self._bind()
-        api = self._api = ApiState(intake, self.config, self._tokens)
+        api = self._api = ApiState(intake, self.config, self._tokens, self._services)
         # quart only for the routes the lean path and the front do not answer, built
         # when first needed (lazy.py); the socket's LocalAccess is set by then.
         app = LazyApp(lambda: _build_app(api, self._local))

@@ -8,24 +8,32 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from agent.config import Config
 from agent.transports.base import TransportSpec
 from agent.transports.kafka.settings import KafkaConfig
 from agent.transports.kafka.topics import Selector, Topics
 
 if TYPE_CHECKING:
-    from agent.config import Config
+    from agent.core.services import Services
     from agent.transports.base import Transport
     from agent.transports.kafka.fleet import FleetHost
 
 
-def _build(config: Config) -> Transport | None:
-    settings = config.section(KafkaConfig)
+def _build(settings: KafkaConfig, services: Services) -> Transport | None:
     if not settings.enabled:
         return None
-    from agent.transports.kafka.transport import KafkaTransport  # noqa: PLC0415 (librdkafka)
+    from agent.transports.kafka.transport import (  # noqa: PLC0415 (librdkafka)
+        DEFAULT_MAX_RESULT_BYTES,
+        KafkaTransport,
+    )
 
+    core = services.get(Config)
+    # The core's max_event_result_bytes once it exists; until then the transport's default.
+    max_result = getattr(core, "max_event_result_bytes", DEFAULT_MAX_RESULT_BYTES)
     # Checks that worker_id and pools make legal topic names before anything starts.
-    return KafkaTransport(settings, worker_id=config.worker_id, labels=config.labels)
+    return KafkaTransport(
+        settings, worker_id=core.worker_id, labels=core.labels, max_result_bytes=max_result
+    )
 
 
 SPEC = TransportSpec(name="kafka", settings=KafkaConfig, build=_build)

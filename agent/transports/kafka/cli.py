@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
+
+import pydantic
 
 from agent.errors import AgentError
+from agent.jobs import raise_validation_error
 from agent.transports.kafka.events import TERMINAL
 from agent.transports.kafka.settings import KafkaConfig
 from agent.transports.kafka.topics import parse_selector_args
-
-if TYPE_CHECKING:
-    from agent.config import Config
 
 # The commands import the clients (and librdkafka) only when they run, so that
 # building the parser costs every other hostagent command nothing.
@@ -39,6 +41,12 @@ def add_submit_arguments(submit: argparse.ArgumentParser) -> None:
         help="with --broadcast: a label the agent must carry (op=NAME: an operation it must offer)",
     )
     group.add_argument("--not-after", help="RFC 3339: agents that get the job later do not run it")
+    group.add_argument(
+        "--key",
+        metavar="FILE",
+        default=os.environ.get("HOSTAGENT_KAFKA_KEY"),
+        help="sign the job with this key (`hostagent key generate`; default $HOSTAGENT_KAFKA_KEY)",
+    )
 
 
 def add_commands(commands: Any) -> None:
@@ -55,6 +63,20 @@ def add_commands(commands: Any) -> None:
     )
     add_connection_arguments(retire, flag="--bootstrap")
     retire.add_argument("worker_id")
+    key = commands.add_parser("key", help="signing keys for Kafka jobs")
+    key_commands = key.add_subparsers(dest="key_command", required=True)
+    generate = key_commands.add_parser(
+        "generate", help="make an Ed25519 key pair; print the [[kafka.keys]] entry for agents"
+    )
+    generate.add_argument("--id", required=True, help="the key's id, as agents will know it")
+    generate.add_argument(
+        "--out", required=True, metavar="FILE", help="where the private key goes (mode 0600)"
+    )
+    generate.add_argument(
+        "--scopes",
+        default="submit",
+        help="comma-separated scopes the entry grants: read, submit, cancel, admin",
+    )
 
 
 def settings_from(args: argparse.Namespace, configured: KafkaConfig) -> KafkaConfig:
@@ -89,6 +111,7 @@ def _expected_agents(settings: KafkaConfig, document: dict[str, Any], args: Any)
 
 def submit(args: argparse.Namespace, settings: KafkaConfig, document: dict[str, Any]) -> int:
     from agent.transports.kafka.client import EventWatcher, send_jobs, target_topic  # noqa: PLC0415
+    from agent.transports.kafka.signing import load_private_key  # noqa: PLC0415
 
     chosen = [args.host is not None, args.pool is not None, bool(args.broadcast)]
     if sum(chosen) != 1:
@@ -105,13 +128,14 @@ def submit(args: argparse.Namespace, settings: KafkaConfig, document: dict[str, 
     if args.not_after:
         document["not_after"] = args.not_after
     job_id = str(document["job_id"])
+    signer = load_private_key(Path(args.key)) if args.key else None
     if not (args.wait or args.follow):
-        send_jobs(settings, topic, [document])
+        send_jobs(settings, topic, [document], signer=signer)
         print(job_id)
         return 0
     expected = _expected_agents(settings, document, args) if args.broadcast else 1
     with EventWatcher(settings) as watcher:
-        send_jobs(settings, topic, [document])
+        send_jobs(settings, topic, [document], signer=signer)
         print(job_id, file=sys.stderr)
         outcome = 0
         ended = 0
@@ -130,11 +154,11 @@ def submit(args: argparse.Namespace, settings: KafkaConfig, document: dict[str, 
     return outcome
 
 
-def fleet(args: argparse.Namespace, config: Config) -> int:
+def fleet(args: argparse.Namespace, config: KafkaConfig) -> int:
     """`hostagent fleet`: the map, filtered, as a table or JSON."""
     from agent.transports.kafka.fleet import read_fleet, render_table  # noqa: PLC0415
 
-    settings = settings_from(args, config.section(KafkaConfig))
+    settings = settings_from(args, config)
     labels = dict(parse_selector_args(args.label)["labels"])
     hosts = [
         host
@@ -148,10 +172,44 @@ def fleet(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def retire(args: argparse.Namespace, config: Config) -> int:
+def retire(args: argparse.Namespace, config: KafkaConfig) -> int:
     """`hostagent decommission`: tombstones for a host that is gone for good."""
     from agent.transports.kafka.client import decommission  # noqa: PLC0415
 
-    decommission(settings_from(args, config.section(KafkaConfig)), args.worker_id)
+    decommission(settings_from(args, config), args.worker_id)
     print(f"{args.worker_id} removed from the fleet map")
+    return 0
+
+
+def generate_key(args: argparse.Namespace, _config: KafkaConfig) -> int:
+    """`hostagent key generate`: a private key file, and the line agents trust it by."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: PLC0415
+        Ed25519PrivateKey,
+    )
+
+    from agent.transports.kafka.settings import KafkaKeyConfig  # noqa: PLC0415
+    from agent.transports.kafka.signing import private_key_file, public_key_text  # noqa: PLC0415
+
+    scopes = [scope.strip() for scope in args.scopes.split(",") if scope.strip()]
+    private = Ed25519PrivateKey.generate()
+    public = public_key_text(private.public_key())
+    try:
+        entry = KafkaKeyConfig.model_validate(
+            {"id": args.id, "public_key": public, "scopes": scopes}
+        )
+    except pydantic.ValidationError as exc:
+        raise_validation_error(exc, prefix="key")
+    path = Path(args.out)
+    try:
+        # O_EXCL: never overwrite a key someone relies on; 0600 from the first byte.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise AgentError(
+            f"Cannot create {path}", field="--out", reason=exc.strerror or str(exc)
+        ) from exc
+    with os.fdopen(fd, "w") as out:
+        out.write(private_key_file(entry.id, private))
+    quoted = ", ".join(f'"{scope}"' for scope in entry.scopes)
+    print(f"# Private key written to {path}; add this to each agent's config:")
+    print(f'[[kafka.keys]]\nid = "{entry.id}"\npublic_key = "{public}"\nscopes = [{quoted}]')
     return 0

@@ -13,10 +13,12 @@ from types import TracebackType
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.errors import UnavailableError
 from agent.transports.kafka.events import TERMINAL
 from agent.transports.kafka.settings import KafkaConfig
+from agent.transports.kafka.signing import sign
 from agent.transports.kafka.topics import Topics
 
 
@@ -28,9 +30,18 @@ def _unavailable(exc: KafkaException, what: str) -> UnavailableError:
 
 
 def send_jobs(
-    settings: KafkaConfig, topic: str, documents: Iterable[dict[str, Any]], *, timeout: float = 30
+    settings: KafkaConfig,
+    topic: str,
+    documents: Iterable[dict[str, Any]],
+    *,
+    timeout: float = 30,
+    signer: tuple[str, Ed25519PrivateKey] | None = None,
 ) -> int:
-    """Produce job documents (key = job_id) and wait until the brokers have them all."""
+    """Produce job documents (key = job_id) and wait until the brokers have them all.
+
+    `signer` (key id, private key) signs each one for `topic` (agents require it
+    unless kafka.require_signatures is false).
+    """
     failures: list[str] = []
 
     def delivered(error: Any, _message: Any) -> None:
@@ -49,10 +60,13 @@ def send_jobs(
     count = 0
     for document in documents:
         value = json.dumps(document, separators=(",", ":")).encode()
+        job_id = document.get("job_id")
+        key = job_id.encode() if isinstance(job_id, str) else None
+        headers = sign(signer[1], signer[0], topic=topic, key=key, value=value) if signer else None
         while True:
             try:
                 producer.produce(
-                    topic, value=value, key=document.get("job_id"), on_delivery=delivered
+                    topic, value=value, key=key, headers=headers, on_delivery=delivered
                 )
             except BufferError:
                 producer.poll(0.05)

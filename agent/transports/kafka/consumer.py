@@ -39,11 +39,19 @@ class Record:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int
+    # As sent (a signed job's key id, signing time and signature are here).
+    headers: tuple[tuple[str, bytes | None], ...] = ()
 
 
 def _record(message: Message) -> Record:
     key = message.key()
     value = message.value()
+    # A consumed message's headers are a list of (name, bytes | None) pairs.
+    found: list[tuple[str, Any]] = list(message.headers() or ())  # type: ignore[arg-type]
+    headers = tuple(
+        (str(name), item if isinstance(item, bytes) or item is None else str(item).encode())
+        for name, item in found
+    )
     return Record(
         topic=message.topic() or "",
         partition=message.partition() or 0,
@@ -51,6 +59,7 @@ def _record(message: Message) -> Record:
         key=key if isinstance(key, bytes) or key is None else str(key).encode(),
         value=value if isinstance(value, bytes) or value is None else str(value).encode(),
         timestamp_ms=message.timestamp()[1],
+        headers=headers,
     )
 
 

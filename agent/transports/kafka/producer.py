@@ -8,6 +8,7 @@ report, through the trio token (a wake-up per message cost more than the send).
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -21,25 +22,39 @@ from agent.errors import UnavailableError
 log = structlog.get_logger("agent.transports.kafka")
 
 # One message to send: topic, key, value (None: a tombstone).
-Outgoing = tuple[str, str | None, bytes | None]
+Outgoing = tuple[str, str | bytes | None, bytes | None]
 # Errors meaning "no broker answers" rather than "this message is wrong".
 _UNREACHABLE = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE}
+# A delivery that failed with one of these is worth trying again as it is: the
+# brokers were away (message.timeout.ms passed), not the message at fault.
+_TRY_AGAIN = {*_UNREACHABLE, KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT}
 # Shutdown waits this long for messages still queued (the outbox re-sends the rest).
 _FLUSH_SECONDS = 5.0
+
+
+def refused(error: KafkaError) -> bool:
+    """The brokers (or the producer) will not take this message as it is: too large,
+    invalid, not authorised. Sending it again unchanged waits for an operator."""
+    return error.code() not in _TRY_AGAIN and not error.retriable()
 
 
 class Delivery:
     """Messages queued together; `wait()` returns once the brokers have them all."""
 
-    __slots__ = ("done", "error", "remaining")
+    __slots__ = ("_lock", "done", "error", "failed", "remaining")
 
     def __init__(self, count: int) -> None:
         self.remaining = count
+        # Delivery reports count down on the poll thread, refusals at produce() on trio's.
+        self._lock = threading.Lock()
         self.error: KafkaError | None = None
+        # Index in the batch -> why that message was not delivered.
+        self.failed: dict[int, KafkaError] = {}
         self.done = trio.Event()
 
     async def wait(self) -> None:
-        """Raises UnavailableError when a message could not be delivered."""
+        """Raises UnavailableError when a message could not be delivered
+        (`failed` says which, and why)."""
         await self.done.wait()
         if self.error is not None:
             raise UnavailableError(
@@ -47,6 +62,19 @@ class Delivery:
                 field="kafka.bootstrap_servers",
                 reason=self.error.name(),
             )
+
+    def fail(self, index: int, error: KafkaError) -> int:
+        """Count a message as not delivered; answers how many are still awaited."""
+        with self._lock:
+            self.error = self.error or error
+            self.failed[index] = error
+            self.remaining -= 1
+            return self.remaining
+
+    def succeed(self) -> int:
+        with self._lock:
+            self.remaining -= 1
+            return self.remaining
 
 
 class EventProducer:
@@ -122,27 +150,34 @@ class EventProducer:
             batch.done.set()
             return batch
 
-        def delivered(error: KafkaError | None, _message: Message) -> None:
-            # Poll thread: the only thread running callbacks, so no lock is needed.
-            if error is not None:
-                batch.error = batch.error or error
-            else:
-                self.delivered += 1
-                if self.unreachable_since is not None:
-                    self.unreachable_since = None
-                    log.info("kafka.reachable")
-            batch.remaining -= 1
-            if batch.remaining == 0:
-                with contextlib.suppress(trio.RunFinishedError):
-                    token.run_sync_soon(batch.done.set)
+        def report(index: int) -> Any:
+            def delivered(error: KafkaError | None, _message: Message) -> None:
+                # Poll thread: the only thread running callbacks.
+                if error is not None:
+                    left = batch.fail(index, error)
+                else:
+                    self.delivered += 1
+                    if self.unreachable_since is not None:
+                        self.unreachable_since = None
+                        log.info("kafka.reachable")
+                    left = batch.succeed()
+                if left == 0:
+                    with contextlib.suppress(trio.RunFinishedError):
+                        token.run_sync_soon(batch.done.set)
 
-        for topic, key, value in messages:
-            await self._produce(topic, key, value, delivered)
+            return delivered
+
+        for index, (topic, key, value) in enumerate(messages):
+            error = await self._produce(topic, key, value, report(index))
+            # Refused before it was queued (larger than message.max.bytes...): this
+            # message only; the rest of the batch goes on.
+            if error is not None and batch.fail(index, error) == 0:
+                batch.done.set()
         return batch
 
     async def _produce(
-        self, topic: str, key: str | None, value: bytes | None, callback: Any
-    ) -> None:
+        self, topic: str, key: str | bytes | None, value: bytes | None, callback: Any
+    ) -> KafkaError | None:
         while True:
             try:
                 self._producer.produce(topic, value=value, key=key, on_delivery=callback)
@@ -150,11 +185,8 @@ class EventProducer:
                 # The local queue is full: the poll thread drains it as the brokers answer.
                 await trio.sleep(0.01)
             except KafkaException as exc:
-                error = exc.args[0]
-                raise UnavailableError(
-                    f"Kafka refused a message for {topic}: {error.str()}",
-                    field="topic",
-                    reason=error.name(),
-                ) from exc
+                error: KafkaError = exc.args[0]
+                log.warning("kafka.produce_refused", topic=topic, error=error.str())
+                return error
             else:
-                return
+                return None

@@ -6,12 +6,40 @@ import logging
 from typing import Any, Literal
 
 import structlog
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from agent.config import RESTART, Section
+from agent.errors import ConfigError
 
 # Kafka's own rule for topic names (and so for the parts we build them from).
 TOPIC_PART = r"^[A-Za-z0-9._-]+$"
+
+
+Scope = Literal["read", "submit", "cancel", "admin"]
+
+
+class KafkaKeyConfig(Section):
+    """A key whose signed jobs this host takes, with the scopes it grants (as a token's).
+
+    `submit` lets its jobs in; `admin` also lets them past what the host policy
+    keeps for admins (as an admin token's jobs).
+    """
+
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@:-]+$")
+    # base64 of the 32 raw bytes (`hostagent key generate` prints it), or PEM.
+    public_key: str = Field(min_length=1)
+    scopes: list[Scope] = Field(min_length=1)
+
+    @field_validator("public_key")
+    @classmethod
+    def _an_ed25519_key(cls, value: str) -> str:
+        from agent.transports.kafka.signing import load_public_key  # noqa: PLC0415
+
+        try:
+            load_public_key(value, field="public_key")
+        except ConfigError as exc:
+            raise ValueError(f"{exc.message}: {exc.details.get('reason')}") from exc
+        return value
 
 
 class KafkaConfig(Section):
@@ -55,6 +83,15 @@ class KafkaConfig(Section):
     capabilities_debounce_seconds: float = Field(default=2.0, ge=0, json_schema_extra=RESTART)
     # Messages handed to the job store in one transaction.
     intake_batch: int = Field(default=500, ge=1, json_schema_extra=RESTART)
+    # Jobs must be signed by one of `keys` (README, "Signed fleet jobs"); false lets
+    # anyone who may write a job topic submit on every host that reads it.
+    require_signatures: bool = Field(default=True, json_schema_extra=RESTART)
+    keys: list[KafkaKeyConfig] = Field(default_factory=list, json_schema_extra=RESTART)
+    # A signature older (or further ahead) than this is a replay: refused.
+    signature_max_age_seconds: float = Field(default=300.0, gt=0, json_schema_extra=RESTART)
+    # Delivery of an event the brokers refuse as such (too large) is tried this many
+    # times, with backoff, then parked: logged and counted in health, never fatal.
+    event_attempts: int = Field(default=4, ge=1, json_schema_extra=RESTART)
     # Anything else for librdkafka (e.g. "session.timeout.ms"), applied last.
     librdkafka: dict[str, str] = Field(default_factory=dict, json_schema_extra=RESTART)
 

@@ -9,6 +9,7 @@ transport retries and its health component says degraded.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import TYPE_CHECKING, Any, cast
 
@@ -25,8 +26,9 @@ from agent.transports.kafka.announce import Announcer
 from agent.transports.kafka.consumer import ConsumerThread, Record
 from agent.transports.kafka.events import TERMINAL, EventType, ProgressGate, event_value
 from agent.transports.kafka.intake import TRANSPORT, Examiner
-from agent.transports.kafka.producer import Delivery, EventProducer, Outgoing
+from agent.transports.kafka.producer import Delivery, EventProducer, Outgoing, refused
 from agent.transports.kafka.settings import KafkaConfig
+from agent.transports.kafka.signing import TrustedKey, Verifier, load_public_key
 from agent.transports.kafka.topics import Topics
 
 if TYPE_CHECKING:
@@ -35,6 +37,13 @@ if TYPE_CHECKING:
 log = structlog.get_logger("agent.transports.kafka")
 
 _RETRY_SECONDS = 2.0
+# Backoff between attempts at an event the brokers refused, doubling up to this.
+_MAX_BACKOFF_SECONDS = 30.0
+# The result a job event carries inline, at most (JSON bytes) until the core's
+# max_event_result_bytes setting exists; a larger result is referenced instead.
+DEFAULT_MAX_RESULT_BYTES = 256 * 1024
+# Parked events remembered for health (the log has them all).
+_PARKED_KEPT = 10
 # Outbox batches sent and not yet acknowledged by the brokers: one round trip
 # per batch at a time held the event rate to ~100 batches/s.
 _BATCHES_IN_FLIGHT = 16
@@ -47,8 +56,32 @@ _HEARTBEAT_RETENTION_MS = "600000"
 class KafkaTransport:
     name = TRANSPORT
 
-    def __init__(self, settings: KafkaConfig, *, worker_id: str, labels: dict[str, str]) -> None:
+    def __init__(
+        self,
+        settings: KafkaConfig,
+        *,
+        worker_id: str,
+        labels: dict[str, str],
+        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+    ) -> None:
         self.settings = settings
+        self.max_result_bytes = max_result_bytes
+        # Checked at start: a key that does not load is a config error, not a reject later.
+        self.verifier = (
+            Verifier(
+                [
+                    TrustedKey(k.id, load_public_key(k.public_key, field="kafka.keys.public_key"),
+                               frozenset(k.scopes))
+                    for k in settings.keys
+                ],
+                max_age_seconds=settings.signature_max_age_seconds,
+            )
+            if settings.keys
+            else None
+        )  # fmt: skip
+        # Events the brokers would not take, after every attempt: (when, job, event, reason).
+        self.parked: list[dict[str, Any]] = []
+        self.parked_total = 0
         # Events of its own jobs (and of every job, if asked), progress included.
         self.outbox = OutboxInterest(all_jobs=settings.events_for_all_jobs, progress=True)
         self.worker_id = worker_id
@@ -78,7 +111,12 @@ class KafkaTransport:
             "bootstrap_servers": self.settings.bootstrap_servers,
             "assigned_partitions": sum(len(c.assigned) for c in self.consumers),
             "paused": any(c.paused for c in self.consumers),
+            "require_signatures": self.settings.require_signatures,
+            "trusted_keys": len(self.settings.keys),
+            "parked_events": self.parked_total,
         }
+        if self.parked:
+            figures["last_parked"] = self.parked[-1]
         if producer is None:
             return "degraded", "starting", figures
         figures["unsent_messages"] = producer.queued
@@ -88,6 +126,8 @@ class KafkaTransport:
             return "degraded", f"no Kafka broker answers (for {seconds} s)", figures
         if not self.topics_ready:
             return "degraded", "waiting for the brokers to create topics", figures
+        if self.settings.require_signatures and self.verifier is None:
+            return "degraded", "no kafka.keys: every job is rejected as unsigned", figures
         return "healthy", "connected", figures
 
     async def run(
@@ -106,7 +146,11 @@ class KafkaTransport:
             events_topic=self.topics.events,
             labels=self.labels,
             operations=frozenset(capabilities["operations"]),
+            verifier=self.verifier,
+            require_signatures=self.settings.require_signatures,
         )
+        if self.settings.require_signatures and self.verifier is None:
+            log.warning("kafka.no_keys", reason="kafka.require_signatures and no kafka.keys")
         announcer = Announcer(
             producer,
             self.settings,
@@ -180,21 +224,82 @@ class KafkaTransport:
                     # consumer pauses (this channel is full) and keeps its group seat.
                     await trio.sleep(_ROOM_POLL_SECONDS)
                     continue
+                except Exception:
+                    # Not a record's doing (each record's failures end in its rejection):
+                    # the store, or a bug. Nothing is committed; the batch is tried again
+                    # (what went in is a duplicate then) and the agent lives.
+                    log.exception("kafka.batch_failed", records=len(records))
+                    await trio.sleep(_RETRY_SECONDS)
+                    continue
                 break
-            await self._send(producer=self.producer, messages=sorted_.events)
+            assert self.producer is not None
+            await self._settle(self.producer, sorted_.events)
             consumer.store(records)
 
-    async def _send(self, *, producer: EventProducer | None, messages: list[Outgoing]) -> None:
-        """Deliver, retrying until the brokers take them."""
-        assert producer is not None
+    async def _settle(
+        self, producer: EventProducer, messages: list[Outgoing], delivery: Delivery | None = None
+    ) -> None:
+        """Wait until the brokers have `messages` (sent as `delivery`, or now).
+
+        While no broker answers, everything is sent again, in order, until one does.
+        When the brokers refuse messages as such (too large, invalid), each message
+        that failed is sent again on its own: the brokers judge a record batch
+        whole, so its neighbours may have failed only for being batched with it.
+        """
         while True:
+            if delivery is None:
+                delivery = await producer.submit(messages)
             try:
-                await producer.send_many(messages)
+                await delivery.wait()
             except UnavailableError as exc:
-                log.warning("kafka.send_failed", error=exc.message)
-                await trio.sleep(_RETRY_SECONDS)
+                log.warning("kafka.send_failed", error=exc.message, failed=len(delivery.failed))
             else:
                 return
+            if any(refused(error) for error in delivery.failed.values()):
+                for index in sorted(delivery.failed):
+                    await self._send_alone(producer, messages[index])
+                return
+            # The brokers were away: all again, in order (readers drop repeats by event_id).
+            await trio.sleep(_RETRY_SECONDS)
+            delivery = None
+
+    async def _send_alone(self, producer: EventProducer, message: Outgoing) -> None:
+        """One message until the brokers take it; refused `event_attempts` times with
+        backoff, it is parked: logged, counted in health, and passed over."""
+        attempts = 0
+        while True:
+            delivery = await producer.submit([message])
+            try:
+                await delivery.wait()
+            except UnavailableError:
+                error = delivery.failed[0]
+            else:
+                return
+            if refused(error):
+                attempts += 1
+                if attempts >= self.settings.event_attempts:
+                    self._park(message, error)
+                    return
+                backoff = _RETRY_SECONDS * 2 ** (attempts - 1)
+            else:
+                backoff = _RETRY_SECONDS
+            await trio.sleep(min(backoff, _MAX_BACKOFF_SECONDS))
+
+    def _park(self, message: Outgoing, error: KafkaError) -> None:
+        topic, key, value = message
+        job_id = key.decode(errors="replace") if isinstance(key, bytes) else key
+        event = _event_type(value)
+        parked = {
+            "at": utc_now(),
+            "topic": topic,
+            "job_id": job_id,
+            "event_type": event,
+            "bytes": len(value or b""),
+            "reason": f"{error.name()}: {error.str()}",
+        }
+        self.parked_total += 1
+        self.parked = [*self.parked[-(_PARKED_KEPT - 1) :], parked]
+        log.error("kafka.event_parked", **parked)
 
     async def _deliver_outbox(self, outbox: Outbox, producer: EventProducer) -> None:
         """Outbox entries to job events, several batches in flight, acknowledged in order."""
@@ -215,12 +320,8 @@ class KafkaTransport:
         receive: trio.MemoryReceiveChannel[tuple[Delivery, list[Outgoing], int]],
     ) -> None:
         async for delivery, messages, last_id in receive:
-            try:
-                await delivery.wait()
-            except UnavailableError as exc:
-                # Only after message.timeout.ms: send this batch again, in order.
-                log.warning("kafka.send_failed", error=exc.message)
-                await self._send(producer=producer, messages=messages)
+            # A failure comes only after message.timeout.ms, or for a message refused.
+            await self._settle(producer, messages, delivery)
             await outbox.ack(last_id)
 
     def _events_of(self, batch: list[OutboxEntry]) -> list[Outgoing]:
@@ -230,18 +331,41 @@ class KafkaTransport:
                 continue
             if entry.event in TERMINAL:
                 self._gate.forget(entry.job_id)
-            value = event_value(
-                type=cast("EventType", entry.event),
-                worker_id=self.worker_id,
-                job_id=entry.job_id,
-                status=str(entry.state.status),
-                timestamp=_when(entry),
-                data=entry.data,
-                # The outbox id is stable across re-sends: readers drop repeats by it.
-                event_id=f"{self.worker_id}:{entry.id}",
-            )
+            value = self._event(entry, entry.data)
+            # Smaller than the limit as a whole: its result is too (no second encoding).
+            if len(value) > self.max_result_bytes and "result" in entry.data:
+                value = self._event(entry, self._bounded(entry))
             messages.append((self.topics.events, entry.job_id, value))
         return messages
+
+    def _event(self, entry: OutboxEntry, data: dict[str, Any]) -> bytes:
+        return event_value(
+            type=cast("EventType", entry.event),
+            worker_id=self.worker_id,
+            job_id=entry.job_id,
+            status=str(entry.state.status),
+            timestamp=_when(entry),
+            data=data,
+            # The outbox id is stable across re-sends: readers drop repeats by it.
+            event_id=f"{self.worker_id}:{entry.id}",
+        )
+
+    def _bounded(self, entry: OutboxEntry) -> dict[str, Any]:
+        """The entry's data, with a result larger than max_result_bytes referenced instead."""
+        data = entry.data
+        if "result" not in data:
+            return data
+        size = len(json.dumps(data["result"], separators=(",", ":"), default=str))
+        if size <= self.max_result_bytes:
+            return data
+        reference = {
+            "worker_id": self.worker_id,
+            "job_id": entry.job_id,
+            "bytes": size,
+            # Where the whole result is read: the job API, or `hostagent result` on the host.
+            "path": f"/api/v1/jobs/{entry.job_id}/result",
+        }
+        return {**{k: v for k, v in data.items() if k != "result"}, "result_ref": reference}
 
     async def _ensure_topics(self, config: dict[str, Any]) -> None:
         """Create the topics this agent uses (existing ones are left as they are)."""
@@ -291,6 +415,14 @@ def _create_topics(admin: AdminClient, wanted: list[NewTopic]) -> list[str]:
         except Exception:  # noqa: BLE001 (a timeout: the brokers are away, try again)
             missing.append(topic)
     return missing
+
+
+def _event_type(value: bytes | None) -> str | None:
+    try:
+        event = json.loads(value or b"null")
+    except ValueError:
+        return None
+    return event.get("type") if isinstance(event, dict) else None
 
 
 def _when(entry: OutboxEntry) -> str:

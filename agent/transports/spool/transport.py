@@ -22,7 +22,6 @@ import structlog
 import trio
 from prometheus_client import Counter
 
-from agent.config import Config
 from agent.core import metrics
 from agent.core import periodic as background
 from agent.core.health import Status
@@ -64,9 +63,9 @@ class SpoolTransport:
         self._wakeup = trio.Event()
         self._nursery: trio.Nursery
 
-    def reload(self, config: Config) -> None:
-        """Apply a reloaded config's spool limits (size, owners, settle, rescan)."""
-        self.config = config.section(SpoolConfig)
+    def reload(self, config: SpoolConfig) -> None:
+        """Apply a reloaded [spool] section's limits (size, owners, settle, rescan)."""
+        self.config = config
 
     def features(self) -> list[str]:
         return ["spool"]

@@ -114,7 +114,7 @@ async def test_insecure_no_auth_on_loopback_needs_no_token(config: Config) -> No
 async def test_reload_swaps_tokens(served: Agent) -> None:
     assert http_of(served) is not None
     fresh, entry = create_token("fresh", ["read"])
-    renewed = served.config.section(HttpConfig).model_copy(update={"tokens": [entry]})
+    renewed = served.config.http.model_copy(update={"tokens": [entry]})
     await served.reload(served.config.model_copy(update={"http": renewed}))  # as SIGHUP
     async with client(served, READ) as http:
         assert (await http.get("/api/v1/jobs")).status_code == 401

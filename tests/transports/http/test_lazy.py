@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[3]
 SCRIPT = """
 import json, sys
 import httpx, trio
-from agent.config import Config
+from agent.service.settings import Settings
 from agent.transports.http.settings import HttpConfig
 from agent.transports.spool.settings import SpoolConfig
 from tests.http_helpers import ADMIN, READ, SUBMIT, TOKEN_ENTRIES, http_of, serving
@@ -26,7 +26,7 @@ def loaded():
     return sorted(name for name in ("quart", "flask", "werkzeug", "jinja2") if name in sys.modules)
 
 async def main(folder):
-    config = Config(
+    config = Settings(
         state_dir=f"{folder}/state",
         spool_dir=f"{folder}/spool",
         spool=SpoolConfig(enabled=False),

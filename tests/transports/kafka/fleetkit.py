@@ -7,9 +7,41 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from agent.transports.kafka import KafkaConfig
-from agent.transports.kafka.client import EventWatcher
+from agent.transports.kafka.client import EventWatcher, send_jobs
+from agent.transports.kafka.signing import private_key_file, public_key_text, sign
 from tests.agentproc import AgentProcess
+
+# The operator's key the fleet tests sign with; every test agent trusts it (submit).
+FLEET_KEY_ID = "fleet-test"
+FLEET_KEY = Ed25519PrivateKey.generate()
+SIGNER = (FLEET_KEY_ID, FLEET_KEY)
+KEY_ENTRY: dict[str, Any] = {
+    "id": FLEET_KEY_ID,
+    "public_key": public_key_text(FLEET_KEY.public_key()),
+    "scopes": ["submit"],
+}
+
+
+def send_signed(
+    settings: KafkaConfig, topic: str, documents: list[dict[str, Any]], **kwargs: Any
+) -> int:
+    """send_jobs, signed by the fleet tests' key."""
+    return send_jobs(settings, topic, documents, signer=SIGNER, **kwargs)
+
+
+def signed_headers(topic: str, key: bytes | None, value: bytes, **kwargs: Any) -> Any:
+    """Headers that sign a hand-made message with the fleet tests' key."""
+    return sign(FLEET_KEY, FLEET_KEY_ID, topic=topic, key=key, value=value, **kwargs)
+
+
+def write_key_file(path: Path) -> Path:
+    """The fleet tests' key as `hostagent key generate` writes it (for --key)."""
+    path.write_text(private_key_file(FLEET_KEY_ID, FLEET_KEY))
+    path.chmod(0o600)
+    return path
 
 
 def echo(job_id: str, message: str = "hi") -> dict[str, Any]:
@@ -60,6 +92,11 @@ pools = {json.dumps(list(pools))}
 heartbeat_interval_seconds = {heartbeat}
 capabilities_debounce_seconds = 0.1
 {extra}
+
+[[kafka.keys]]
+id = "{KEY_ENTRY["id"]}"
+public_key = "{KEY_ENTRY["public_key"]}"
+scopes = {json.dumps(KEY_ENTRY["scopes"])}
 """
 
 

@@ -14,9 +14,16 @@ from pathlib import Path
 import pytest
 
 from agent.transports.kafka import KafkaConfig
-from agent.transports.kafka.client import EventWatcher, send_jobs
+from agent.transports.kafka.client import EventWatcher
 from agent.transports.kafka.topics import Topics
-from tests.transports.kafka.fleetkit import Events, echo, kafka_agent, sleep
+from tests.transports.kafka.fleetkit import (
+    Events,
+    echo,
+    kafka_agent,
+    send_signed,
+    sleep,
+    write_key_file,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -55,11 +62,11 @@ def test_host_pool_and_broadcast_jobs_reach_the_right_agents(
             agent.start()
         host_jobs = {name: [f"host-{name}-{i}" for i in range(5)] for name in agents}
         for name, ids in host_jobs.items():
-            send_jobs(settings, topics.host(name), [echo(job_id) for job_id in ids])
+            send_signed(settings, topics.host(name), [echo(job_id) for job_id in ids])
         pool_ids = [f"pool-{i}" for i in range(1000)]
-        send_jobs(settings, topics.pool("p1"), [echo(job_id) for job_id in pool_ids])
+        send_signed(settings, topics.pool("p1"), [echo(job_id) for job_id in pool_ids])
         broadcast = {**echo("bcast-1"), "selector": {"labels": {"rack": "r1"}}}
-        send_jobs(settings, topics.broadcast, [broadcast])
+        send_signed(settings, topics.broadcast, [broadcast])
 
         events = Events(settings)
         all_host = [job_id for ids in host_jobs.values() for job_id in ids]
@@ -87,7 +94,9 @@ def test_host_pool_and_broadcast_jobs_reach_the_right_agents(
         assert set(fleet_ids(kafka_broker, kafka_prefix, "--label", "rack=r1")) == {"a", "c"}
         assert set(fleet_ids(kafka_broker, kafka_prefix, "--op", "system.nothing")) == set()
         # The CLI: a host job and a broadcast, each waited for through job-events.
-        connect = ["--kafka", kafka_broker, "--topic-prefix", kafka_prefix, "--wait-timeout", "30"]
+        key = str(write_key_file(tmp_path / "operator.key"))
+        connect = ["--kafka", kafka_broker, "--topic-prefix", kafka_prefix, "--wait-timeout", "30",
+                   "--key", key]  # fmt: skip
         done = hostagent("submit", *connect, "--host", "b", "--op", "system.echo",
                          "--data", '{"message": "cli"}', "--wait")  # fmt: skip
         assert done.returncode == 0, done.stderr
@@ -142,7 +151,7 @@ def test_kill_9_of_a_pool_agent_loses_no_job(
             agent.start()
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
-        send_jobs(settings, topics.pool("p1"), [sleep(job_id, 0.01) for job_id in ids])
+        send_signed(settings, topics.pool("p1"), [sleep(job_id, 0.01) for job_id in ids])
         assert seen.wait(60), "agent a completed no jobs"
         agents[0].kill()
         time.sleep(10)

@@ -16,10 +16,17 @@ from confluent_kafka import Producer
 from agent.config import Config
 from agent.errors import NotFoundError
 from agent.service.daemon import Agent
+from agent.service.settings import Settings
 from agent.transports.kafka import KafkaConfig
-from agent.transports.kafka.client import send_jobs
 from agent.transports.kafka.topics import Topics
-from tests.transports.kafka.fleetkit import Events, echo, sleep
+from tests.transports.kafka.fleetkit import (
+    KEY_ENTRY,
+    Events,
+    echo,
+    send_signed,
+    signed_headers,
+    sleep,
+)
 
 
 def with_kafka(config: Config, bootstrap: str, prefix: str, **extra: Any) -> Config:
@@ -27,11 +34,11 @@ def with_kafka(config: Config, bootstrap: str, prefix: str, **extra: Any) -> Con
         bootstrap_servers=bootstrap,
         topic_prefix=prefix,
         heartbeat_interval_seconds=1.0,
-        **extra,
+        **{"keys": [KEY_ENTRY], **extra},
     )
     data = config.model_dump()
     data.update(worker_id="w1", kafka=settings.model_dump())
-    return Config.model_validate(data)
+    return Settings.model_validate(data)
 
 
 @asynccontextmanager
@@ -69,11 +76,17 @@ async def test_poison_messages_are_rejected_and_the_partition_moves_on(
         producer = Producer({"bootstrap.servers": kafka_broker})
         for key, value in poison:
             # One partition: the good job queues behind every poison message.
-            producer.produce(topic, value=value, key=key, partition=0)
+            producer.produce(
+                topic,
+                value=value,
+                key=key,
+                partition=0,
+                headers=signed_headers(topic, key.encode(), value),
+            )
         assert await trio.to_thread.run_sync(producer.flush, 30) == 0
         producer.close()
         ids = ["not-json", "unknown-op", "bad-payload", long_id, "good"]
-        events = await read_events(config.section(KafkaConfig), ids)
+        events = await read_events(config.kafka, ids)
         assert (await agent.intake.status("good")).status == "Completed"
     rejected = {job: events.by_job[job][0]["data"]["error"] for job in poison_ids(poison)}
     assert rejected["not-json"]["details"]["field"] == "document"
@@ -101,9 +114,9 @@ async def test_not_after_in_the_past_expires_and_never_runs(
         late = {**echo("late"), "not_after": "2020-01-01T00:00:00Z"}
         timely = {**echo("timely"), "not_after": "2999-01-01T00:00:00Z"}
         await trio.to_thread.run_sync(
-            lambda: send_jobs(config.section(KafkaConfig), topics.host("w1"), [late, timely])
+            lambda: send_signed(config.kafka, topics.host("w1"), [late, timely])
         )
-        events = await read_events(config.section(KafkaConfig), ["late", "timely"])
+        events = await read_events(config.kafka, ["late", "timely"])
         with pytest.raises(NotFoundError):
             await agent.intake.status("late")
     assert events.types("late") == ["expired"]
@@ -131,9 +144,7 @@ async def test_broker_outage_degrades_and_loses_no_event(
 
         await wait_for(lambda: _is(kafka_status, "healthy"))
         await trio.to_thread.run_sync(
-            lambda: send_jobs(
-                config.section(KafkaConfig), topics.host("w1"), [sleep(i, 2) for i in ids]
-            )
+            lambda: send_signed(config.kafka, topics.host("w1"), [sleep(i, 2) for i in ids])
         )
         # Wait until the jobs are durable here, then take the broker away.
         await wait_for(lambda: _all_known(agent, ids))
@@ -147,7 +158,7 @@ async def test_broker_outage_degrades_and_loses_no_event(
         await wait_for(lambda: _count_done(agent, ids, 4))
         await trio.sleep(max(0.0, 30 - (time.monotonic() - stopped)))
         await trio.to_thread.run_sync(cluster.start)
-        events = await read_events(config.section(KafkaConfig), ids, timeout=90)
+        events = await read_events(config.kafka, ids, timeout=90)
         await wait_for(lambda: _is(kafka_status, "healthy"))
     for job_id in ids:
         assert events.types(job_id)[-1] == "completed", (job_id, events.types(job_id))
@@ -182,19 +193,17 @@ async def test_three_brokers_lose_nothing_when_one_dies(
     async with running(config):
         first, second = ids[:200], ids[200:]
         await trio.to_thread.run_sync(
-            lambda: send_jobs(
-                config.section(KafkaConfig), topics.host("w1"), [echo(i) for i in first]
-            )
+            lambda: send_signed(config.kafka, topics.host("w1"), [echo(i) for i in first])
         )
         # kill -9 one of the three while its partitions are busy.
         await trio.to_thread.run_sync(cluster.kill, cluster.nodes[0])
         await trio.to_thread.run_sync(
-            lambda: send_jobs(
-                config.section(KafkaConfig),
+            lambda: send_signed(
+                config.kafka,
                 topics.host("w1"),
                 [echo(i) for i in second],
                 timeout=60,
             )
         )
-        events = await read_events(config.section(KafkaConfig), ids, timeout=120)
+        events = await read_events(config.kafka, ids, timeout=120)
     assert all(events.types(job_id)[-1] == "completed" for job_id in ids)

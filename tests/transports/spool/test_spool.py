@@ -13,7 +13,6 @@ import trio
 from agent.config import Config
 from agent.jobs import JobStatus
 from agent.service.daemon import Agent
-from agent.transports.spool.settings import SpoolConfig
 from tests.jobs import job
 from tests.spoolkit import drop, read_json, spool_of, wait_for_files
 
@@ -22,9 +21,7 @@ SECRET = "TOP-SECRET-4c1d-never-to-be-read"
 
 @pytest.fixture
 def config(config: Config) -> Config:
-    spool = config.section(SpoolConfig).model_copy(
-        update={"max_file_bytes": 4096, "allowed_uids": [os.getuid()]}
-    )
+    spool = config.spool.model_copy(update={"max_file_bytes": 4096, "allowed_uids": [os.getuid()]})
     return config.model_copy(update={"spool": spool})
 
 
