@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 # Build deps of libvirt-python, qemu-img for image jobs; libguestfs, its binding for the
 # system Python and a kernel for its appliance (/boot may be empty) for guestkit jobs.
 RUN_PACKAGES := libvirt-dev pkg-config gcc qemu-utils \
-	libguestfs-tools python3-guestfs linux-image-amd64
+	libguestfs-tools python3-guestfs linux-image-amd64 bubblewrap
 # Tests also start a real libvirtd with QEMU, and real Kafka brokers (scripts/kafka-broker:
 # Maven fetches the pinned jars once, Java 17 runs them); they boot systemd in a
 # container (systemd-container: systemd-nspawn) on the .deb, and render /docs in

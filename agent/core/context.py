@@ -77,6 +77,7 @@ class JobContext:
         *,
         on_stdout: Callable[[bytes], Awaitable[None]] | None = None,
         check: bool = True,
+        pass_fds: Sequence[int] = (),
     ) -> ProcessResult:
         """Run a command in its own process group; the group is killed when the job
         ends, times out or is cancelled, so nothing it started outlives the job."""
@@ -86,6 +87,7 @@ class JobContext:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            pass_fds=tuple(pass_fds),
         )
         out: list[bytes] = []
         err: list[bytes] = []

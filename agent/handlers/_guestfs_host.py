@@ -12,6 +12,7 @@ import os
 import platform
 import shutil
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -19,6 +20,7 @@ import trio
 
 if TYPE_CHECKING:
     from agent.core.capabilities import Capabilities
+    from agent.core.context import JobContext
     from agent.core.health import Health, Status
 
 BOOT = Path("/boot")
@@ -29,15 +31,17 @@ QEMU = f"qemu-system-{platform.machine()}"
 KVM_PROBE = [QEMU, "-accel", "kvm", "-cpu", "max,la57=off", "-display", "none"]
 KVM_PROBE += ["-nodefaults", "-S", "-qmp", "stdio"]
 _QMP_QUIT = b'{"execute": "qmp_capabilities"}\n{"execute": "quit"}\n'
+SUPERMIN_D = Path(f"/usr/lib/{platform.machine()}-linux-gnu/guestfs/supermin.d")
+# libguestfs' own appliance cache for this user (it would build it there itself).
+APPLIANCE_CACHE = Path(f"/var/tmp/.guestfs-{os.geteuid()}")  # noqa: S108 (libguestfs' choice)
 
 
 def libguestfs_problem() -> str | None:
     """Why libguestfs cannot work here, or None; reads a few paths, starts nothing."""
     if not BINDING.exists():
         return f"libguestfs' Python binding is missing ({BINDING}; Debian: python3-guestfs)"
-    supermin = Path(f"/usr/lib/{platform.machine()}-linux-gnu/guestfs/supermin.d")
-    if not supermin.is_dir():
-        return f"no libguestfs appliance ({supermin}; Debian: libguestfs-tools)"
+    if not SUPERMIN_D.is_dir():
+        return f"no libguestfs appliance ({SUPERMIN_D}; Debian: libguestfs-tools)"
     if shutil.which(QEMU) is None:
         return f"{QEMU} is not installed"
     return _kernel_problem()
@@ -59,6 +63,18 @@ def _kernel_problem() -> str | None:
     if not any(os.access(kernel, os.R_OK) for kernel in kernels):
         return f"cannot read the kernels in {BOOT}"
     return None
+
+
+async def fixed_appliance(ctx: JobContext) -> Path:
+    """The appliance (kernel, initrd, root) built as libguestfs would build it, but
+    outside the sandbox and before the job's files are in reach: supermin reads the
+    host's packages, which the sandbox does not show. Quick when it is up to date."""
+    output = APPLIANCE_CACHE / "appliance.d"
+    await trio.to_thread.run_sync(partial(APPLIANCE_CACHE.mkdir, mode=0o755, exist_ok=True))
+    argv = ["supermin", "--build", "--if-newer", "--lock", str(APPLIANCE_CACHE / "lock")]
+    argv += ["--copy-kernel", "-f", "ext2", "--host-cpu", platform.machine()]
+    await ctx.run_process([*argv, str(SUPERMIN_D), "-o", str(output)])
+    return output
 
 
 @dataclass(frozen=True)

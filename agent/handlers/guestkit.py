@@ -1,17 +1,17 @@
 """guestkit.*: look inside guest disks (read-only) with libguestfs.
 
-Each job runs _guestfs_reader.py with the system Python (where Debian's binding
-lives) in a process group of its own, so a cancel or timeout kills the appliance
-and everything it started; its scratch directory is removed whatever happens.
+Each job opens and checks the image and every file it names (agent.policy.images),
+then runs _guestfs_reader.py with the system Python (where Debian's binding lives)
+in the sandbox (agent.policy.sandbox), which sees those files only, and in a process
+group of its own, so a cancel or timeout kills the appliance and everything it
+started; its scratch directory is removed whatever happens.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import stat
 import tempfile
 from datetime import UTC, datetime
 from functools import partial
@@ -24,10 +24,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent.core.context import JobContext
 from agent.core.registry import Handler, handler
-from agent.errors import HandlerError
+from agent.errors import ForbiddenError, HandlerError
 from agent.handlers import _findings, _guestfs_host, image
 from agent.handlers._guestfs_host import Accelerator, libguestfs_problem
+from agent.policy import sandbox
+from agent.policy.images import CheckedImage, Layer, check_image
 from agent.policy.paths import Admission
+from agent.policy.sandbox import SANDBOX
 
 if TYPE_CHECKING:
     from agent.core.capabilities import Capabilities
@@ -38,8 +41,9 @@ log = structlog.get_logger("agent.guestkit")
 SYSTEM_PYTHON = "/usr/bin/python3"
 READER = Path(__file__).with_name("_guestfs_reader.py")
 SECTOR = 512
-# libguestfs' fixed socket directory parent for root (it ignores XDG_RUNTIME_DIR then).
-ROOT_SOCKDIR = "/tmp"  # noqa: S108 (libguestfs' choice, not a file of ours)
+# Where the reader and the appliance appear inside the sandbox.
+SANDBOX_READER = "/run/hostagent/guestfs_reader.py"
+SANDBOX_APPLIANCE = "/run/hostagent/appliance"
 # Where each stage of the reader starts, in percent of the job.
 _STAGES = {
     "launch": 5,
@@ -54,7 +58,9 @@ ACCELERATOR = Accelerator()
 
 
 class GuestImage(image.ImageRef):
-    format: image.ImageFormat | None = Field(default=None, description="probed when absent")
+    format: image.ImageFormat | None = Field(
+        default=None, description="read from the image's header by the agent when absent"
+    )
     checksum: str | None = Field(
         default=None,
         pattern=r"^sha256:[0-9a-fA-F]{64}$",
@@ -92,8 +98,10 @@ def _resource(payload: InspectPayload | ProfilePayload) -> str:
 
 
 def _admit(payload: InspectPayload | ProfilePayload, gate: Admission) -> None:
-    # Regular image files under the roots only: no block devices, no /etc, no store.
-    gate.policy.check_input(payload.image.path, field="payload.data.image.path")
+    # Regular image files under the roots only (no block devices, no /etc, no store),
+    # and every file the image names: checked again when the job runs.
+    field = "payload.data.image.path"
+    check_image(gate.policy, payload.image.path, payload.image.format, field=field)
 
 
 @handler(
@@ -154,102 +162,99 @@ async def profile(payload: ProfilePayload, ctx: JobContext) -> dict[str, Any]:
 async def _read_guest(
     guest: GuestImage, want: list[str], ctx: JobContext
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Check the image, then run the reader; answer the image described and what it found."""
-    size = await _file_size(guest.path)
-    described: dict[str, Any] = {"path": guest.path}
-    if guest.checksum is not None:
-        described["checksum"] = await _verify_checksum(guest.path, guest.checksum, ctx)
-    described["format"] = await _image_format(guest.path, guest.format, size, ctx)
-    accelerator = await ACCELERATOR.choose()
-    await ctx.log("guestfs.launch", accelerator=accelerator.name, kvm=accelerator.kvm_problem)
-    request = {"disk": guest.path, "format": described["format"], "want": want}
-    return described, await _run_reader(request, accelerator.name == "tcg", ctx)
-
-
-async def _file_size(path: str) -> int | None:
-    """The size of an image file, None for a block device; else why it will not do."""
+    """Open and check the image (and every file it names) now, then run the reader in the
+    sandbox on those files; answer the image described and what it found."""
     field = "payload.data.image.path"
-    try:
-        found = await trio.Path(path).stat()
-    except FileNotFoundError:
-        raise HandlerError(f"{path} does not exist", field=field, reason="not_found") from None
-    except OSError as exc:
-        raise HandlerError(f"cannot read {path}: {exc.strerror}", field=field) from exc
-    mode, size = found.st_mode, found.st_size
-    if stat.S_ISBLK(mode):
-        return None
-    if not stat.S_ISREG(mode):
-        raise HandlerError(f"{path} is not a file or block device", field=field)
-    return size
+    with await image.open_image(ctx, guest.path, guest.format, field=field) as checked:
+        top = checked.layers[0]
+        described: dict[str, Any] = {"path": guest.path}
+        if guest.checksum is not None:
+            described["checksum"] = await _verify_checksum(top.fd, guest, ctx)
+        described["format"] = await _image_format(checked, ctx)
+        accelerator = await ACCELERATOR.choose()
+        await ctx.log("guestfs.launch", accelerator=accelerator.name, kvm=accelerator.kvm_problem)
+        request = {"disk": top.path, "format": checked.format, "want": want}
+        found = await _run_reader(request, accelerator.name == "tcg", checked.files(), ctx)
+    return described, found
 
 
-async def _verify_checksum(path: str, expected: str, ctx: JobContext) -> str:
-    # image.checksum's own code: one way to hash an image, with its progress events.
-    hashed = await image.checksum.run(image.ChecksumPayload(path=path), ctx)
-    actual = f"sha256:{hashed['digest']}"
-    if actual != expected.lower():
+async def _verify_checksum(fd: int, guest: GuestImage, ctx: JobContext) -> str:
+    # image.checksum's own code: one way to hash an image, with its progress events;
+    # the bytes hashed are those of the descriptor the reader is given.
+    digest, _ = await image.sha256_of(ctx, fd)
+    actual = f"sha256:{digest}"
+    expected = (guest.checksum or "").lower()
+    if actual != expected:
         raise HandlerError(
-            f"checksum mismatch for {path}: expected {expected.lower()}, got {actual}",
+            f"checksum mismatch for {guest.path}: expected {expected}, got {actual}",
             field="payload.data.image.checksum",
             reason="checksum_mismatch",
-            details={"expected": expected.lower(), "actual": actual},
+            details={"expected": expected, "actual": actual},
         )
     return actual
 
 
-async def _image_format(path: str, claimed: str | None, size: int | None, ctx: JobContext) -> str:
-    """The format qemu reads the image as (`claimed`, checked, or probed): a file that
-    is no disk image fails here, in milliseconds, rather than after an appliance launch."""
+async def _image_format(checked: CheckedImage, ctx: JobContext) -> str:
+    """The format the agent read (or was told and checked); a file that is no disk image
+    fails here, in milliseconds, rather than after an appliance launch."""
     field = "payload.data.image.path"
-    # -U: a running VM's disk is read without taking (or waiting for) its lock.
-    argv = [image.QEMU_IMG, "info", "-U", "--output=json"]
-    argv += ["-f", claimed] if claimed else []
-    probe = await ctx.run_process([*argv, path], check=False)
-    if probe.returncode != 0:
-        tail = probe.stderr.decode(errors="replace").strip()[-300:]
-        raise HandlerError(f"{path} is not a disk image qemu can open: {tail}", field=field)
-    probed = str(json.loads(probe.stdout)["format"])
+    top = checked.layers[0]
+    size = os.fstat(top.fd).st_size
     # Any file reads as "raw"; a raw disk, though, is whole sectors (a text file rarely is).
-    if probed == "raw" and size is not None and size % SECTOR:
+    if top.format == "raw" and size % SECTOR:
         raise HandlerError(
-            f"{path} is not a disk image: {size} bytes is not a whole "
+            f"{top.path} is not a disk image: {size} bytes is not a whole "
             f"number of {SECTOR}-byte sectors",
             field=field,
             reason="not_an_image",
         )
-    return probed
+    # -U: a running VM's disk is read without taking (or waiting for) its lock; qemu-img
+    # info opens no backing file (the layer alone, as image.info does).
+    argv = ["info", "-U", "--output=json", checked.filename(backing=False)]
+    probe = await image.run_qemu_img(ctx, argv, checked.files(), check=False)
+    if probe.returncode != 0:
+        tail = probe.stderr.decode(errors="replace").strip()[-300:]
+        raise HandlerError(f"{top.path} is not a disk image qemu can open: {tail}", field=field)
+    return top.format
 
 
-async def _run_reader(request: dict[str, Any], tcg: bool, ctx: JobContext) -> dict[str, Any]:
+async def _run_reader(
+    request: dict[str, Any], tcg: bool, files: list[Layer], ctx: JobContext
+) -> dict[str, Any]:
+    problem = await SANDBOX.check()
+    if problem is not None:
+        raise ForbiddenError(
+            f"guestkit: the sandbox cannot run here: {problem}",
+            field="operation",
+            reason="libguestfs runs only in the sandbox (bubblewrap); install bubblewrap",
+        )
+    appliance = await _guestfs_host.fixed_appliance(ctx)
     scratch = await trio.to_thread.run_sync(lambda: tempfile.mkdtemp(prefix="hostagent-guestfs-"))
     records: list[dict[str, Any]] = []
-    sockdirs: list[str] = []
     pending = b""
 
     async def on_stdout(chunk: bytes) -> None:
-        nonlocal pending, sockdirs
+        nonlocal pending
         *lines, pending = (pending + chunk).split(b"\n")
         for line in lines:
             record = json.loads(line)
             if "sockdir" in record:
-                sockdirs += _socket_directories(record["sockdir"])
-                continue
+                continue  # in the sandbox's own /tmp: gone with it
             records.append(record)
             if "stage" in record:
                 await ctx.progress(_STAGES.get(record["stage"]), record["stage"])
 
-    argv = [
-        # XDG_RUNTIME_DIR is where libguestfs puts its sockets (when not root): scratch too.
-        *("env", f"XDG_RUNTIME_DIR={scratch}", SYSTEM_PYTHON, str(READER)),
-        json.dumps({**request, "tmpdir": scratch, "tcg": tcg}),
-    ]
+    argv = [SYSTEM_PYTHON, SANDBOX_READER, json.dumps({**request, "tmpdir": scratch, "tcg": tcg})]
+    binds = [sandbox.Bind(f.fd, f.path, writable=False) for f in files]
+    wrapped = sandbox.wrap(argv, binds, extra=_reader_sandbox(appliance, scratch))
     try:
-        process = await ctx.run_process(argv, on_stdout=on_stdout, check=False)
+        process = await ctx.run_process(
+            wrapped, on_stdout=on_stdout, check=False, pass_fds=sandbox.pass_fds(binds)
+        )
     finally:
-        # A killed appliance leaves its overlay and sockets behind: not ours to keep.
+        # A killed appliance leaves its overlay behind: not ours to keep.
         with trio.CancelScope(shield=True):
-            for leftover in (scratch, *sockdirs):
-                await trio.to_thread.run_sync(partial(shutil.rmtree, leftover, ignore_errors=True))
+            await trio.to_thread.run_sync(partial(shutil.rmtree, scratch, ignore_errors=True))
     final = records[-1] if records else {}
     if "result" in final:
         await ctx.progress(100, "done")
@@ -264,12 +269,25 @@ async def _run_reader(request: dict[str, Any], tcg: bool, ctx: JobContext) -> di
     raise HandlerError(f"libguestfs reader exited with status {process.returncode}: {tail}")
 
 
-def _socket_directories(path: str) -> list[str]:
-    """The directory if it is one libguestfs names as its own in /tmp, else nothing:
-    what the reader says must never steer rmtree elsewhere. (Sockets in the scratch
-    directory, when not root, go with it.)"""
-    parent, name = os.path.split(path)
-    return [path] if parent == ROOT_SOCKDIR and re.fullmatch(r"libguestfs\w{6}", name) else []
+def _reader_sandbox(appliance: Path, scratch: str) -> list[str]:
+    """What the reader sees besides the image's files: its script, the fixed appliance
+    (kernel, initrd, root: built outside, before), the job's scratch directory, KVM."""
+    args = ["--ro-bind", str(READER), SANDBOX_READER, "--tmpfs", "/var/tmp"]  # noqa: S108 (the sandbox's)
+    for name in ("kernel", "initrd", "root"):
+        args += ["--ro-bind", str(appliance / name), f"{SANDBOX_APPLIANCE}/{name}"]
+    # libguestfs takes a directory holding README.fixed as a ready appliance.
+    args += ["--ro-bind", "/dev/null", f"{SANDBOX_APPLIANCE}/README.fixed"]
+    args += ["--bind", scratch, scratch]
+    for name, value in (
+        ("LIBGUESTFS_PATH", SANDBOX_APPLIANCE),
+        ("LIBGUESTFS_CACHEDIR", scratch),
+        ("XDG_RUNTIME_DIR", scratch),
+        ("TMPDIR", scratch),
+    ):
+        args += ["--setenv", name, value]
+    if os.path.exists("/dev/kvm"):
+        args += ["--dev-bind", "/dev/kvm", "/dev/kvm"]
+    return args
 
 
 HANDLERS = (inspect, profile)

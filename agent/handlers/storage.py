@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Literal
 from xml.etree import ElementTree as ET
 
+import trio
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.core.context import JobContext
 from agent.core.registry import handler
-from agent.errors import HandlerError
+from agent.errors import ForbiddenError, HandlerError
 from agent.handlers import check_disk_size, connection, missing_is_done
 from agent.handlers.domain_xml import NAME_PATTERN
 from agent.handlers.storage_roots import check_pool_directory, refresh_pool_roots
@@ -21,6 +23,7 @@ from agent.hypervisor import (
     lookup_pool,
     lookup_volume,
 )
+from agent.policy.images import check_image
 from agent.policy.paths import Admission, Policy
 
 # A volume name is one path component: no '/', no leading dot (so no '..').
@@ -250,6 +253,24 @@ async def volume_info(payload: VolumeRef, ctx: JobContext) -> dict[str, Any]:
     }
 
 
+async def check_volume_image(ctx: JobContext, ref: VolumeRef) -> None:
+    """The volume's image and every file it names, checked (agent.policy.images) before
+    libvirt runs qemu-img on it (resize, clone), with the format libvirt gives it. libvirt
+    opens the volume by name afterwards: this refuses images whose references leave the
+    roots; it cannot pin the file (a volume that does not exist as a file passes)."""
+    found = await connection(ctx).call(lambda conn: volume_summary(ref.lookup(conn)))
+    field = "payload.data.name"
+    # An ISO image is raw bytes to qemu-img.
+    fmt = "raw" if found["format"] == "iso" else found["format"]
+    try:
+        await trio.to_thread.run_sync(
+            partial(check_image, ctx.get(Policy), found["path"], fmt, field=field)
+        )
+    except ForbiddenError as exc:
+        if exc.details.get("reason") != "no such file":
+            raise
+
+
 class VolumeCreatePayload(VolumeRef):
     capacity_bytes: int = Field(gt=0)
     format: Literal["qcow2", "raw"] = "qcow2"
@@ -306,6 +327,7 @@ class VolumeResizePayload(VolumeRef):
 async def volume_resize(payload: VolumeResizePayload, ctx: JobContext) -> dict[str, Any]:
     """Set a volume's capacity; the same capacity again is success."""
     check_disk_size(ctx, payload.capacity_bytes, field="payload.data.capacity_bytes")
+    await check_volume_image(ctx, payload)
 
     def run(conn: Any) -> dict[str, Any]:
         vol = payload.lookup(conn)
@@ -374,6 +396,7 @@ class VolumeClonePayload(VolumeRef):
 )
 async def volume_clone(payload: VolumeClonePayload, ctx: JobContext) -> dict[str, Any]:
     """Copy a volume to a new one (same pool or another)."""
+    await check_volume_image(ctx, payload)
     await ctx.progress(None, "cloning")
 
     def run(conn: Any) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from agent.errors import ForbiddenError
+from agent.policy.images import check_image
 from agent.policy.paths import Admission, Policy
 from agent.policy.xml_allowlist import (
     Allowed,
@@ -136,12 +137,12 @@ NETWORK_ALLOWLIST: Allowlist = {
 }
 
 
-def check_disk_image(policy: Policy, path: str, *, field: str) -> None:
+def check_disk_image(policy: Policy, path: str, *, field: str, fmt: str | None = None) -> None:
     """The image check at intake, for a disk or CD-ROM: under an image root, reached
-    without a link, and if it exists a plain file. The one call to switch to the image
-    opener (agent.policy.images); what the image names is checked when the job runs."""
+    without a link, and if it exists the image and every file it names checked by the
+    image opener (agent.policy.images; again when the job runs)."""
     try:
-        policy.check_input(path, field=field)
+        check_image(policy, path, fmt, field=field)
     except ForbiddenError as exc:
         if exc.details.get("reason") != "no such file":
             raise
@@ -151,7 +152,8 @@ def admit_define(payload: Any, gate: Admission) -> None:
     """vm.define's intake check: the spec's disks, or the whole XML."""
     if payload.spec is not None:
         for index, disk in enumerate(payload.spec.disks):
-            check_disk_image(gate.policy, disk.path, field=f"payload.data.spec.disks.{index}.path")
+            field = f"payload.data.spec.disks.{index}.path"
+            check_disk_image(gate.policy, disk.path, field=field, fmt=disk.format)
     if payload.xml is not None:
         check_domain_xml(
             gate.policy, payload.xml, field="payload.data.xml", privileged=gate.privileged

@@ -265,20 +265,55 @@ class Policy:
 
     def create_output(self, value: str, *, field: str) -> str:
         """Create an empty file at a checked output path (O_EXCL, NEW_FILE_MODE)."""
+        path, fd = self.open_output(value, field=field)
+        os.close(fd)
+        return path
+
+    def open_output(self, value: str, *, field: str) -> tuple[str, int]:
+        """Create an empty file at a checked output path (O_EXCL|O_NOFOLLOW, NEW_FILE_MODE)
+        in the directory reached by the walk; its path and a read-write descriptor, which
+        is what the tools are given (never the name to open again)."""
         located = self.check_output(value, field=field)
         parent, _, name = located.relative.rpartition("/")
         with self._root_fd(located, field) as root_fd, self._directory(root_fd, parent, field) as d:
             try:
                 fd = os.open(
-                    name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0, dir_fd=d
+                    name,
+                    os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0,
+                    dir_fd=d,
                 )
             except FileExistsError as exc:
                 raise ForbiddenError(
                     f"{field}: {located.path} already exists", field=field, reason="exists"
                 ) from exc
             os.fchmod(fd, NEW_FILE_MODE)  # whatever the umask
-            os.close(fd)
-        return located.path
+        return located.path, fd
+
+    def remove_output(self, value: str, *, field: str) -> None:
+        """Unlink a file the agent made (a partial output), in the directory reached by
+        the walk: a link swapped into the path removes nothing elsewhere."""
+        located = self.locate(value, field=field)
+        parent, _, name = located.relative.rpartition("/")
+        with (
+            self._root_fd(located, field) as root_fd,
+            self._directory(root_fd, parent, field) as d,
+            contextlib.suppress(FileNotFoundError),
+        ):
+            os.unlink(name, dir_fd=d)
+
+    def publish_output(self, partial: str, value: str, *, field: str, overwrite: bool) -> None:
+        """Rename a finished partial output onto its checked name, within one directory
+        reached by the walk (renameat: no name outside the root is ever followed)."""
+        located = self.check_output(value, field=field, overwrite=overwrite)
+        parent, _, name = located.relative.rpartition("/")
+        source_dir, _, source = self.locate(partial, field=field).relative.rpartition("/")
+        if source_dir != parent:
+            raise ForbiddenError(
+                f"{field}: {partial} is not beside {located.path}", field=field, reason="internal"
+            )
+        with self._root_fd(located, field) as root_fd, self._directory(root_fd, parent, field) as d:
+            os.rename(source, name, src_dir_fd=d, dst_dir_fd=d)
 
     def check_directory(self, value: str, *, field: str) -> str:
         """A directory (existing or to be made) strictly below a configured root;

@@ -130,7 +130,6 @@ class Agent:
         )
         self.capabilities = Capabilities(config, self.registry, self.bus)
         self.capabilities.contribute(partial(libvirt_facts, self.libvirt))
-        self.capabilities.contribute(image.qemu_img_facts)
         self.capabilities.contribute(partial(refresh_pool_roots, self.libvirt, self.policy))
         self.libvirt.on_change(self.capabilities.request_refresh)
         self.space = SpaceFloor(config.state_dir, config.state_min_free_bytes)
@@ -139,6 +138,7 @@ class Agent:
             self.health.add(name, check)
         self.health.add("background", background.health)
         guestkit.contribute(self.capabilities, self.health)  # feature `inspect`, health `guestfs`
+        image.contribute(self.capabilities, self.health)  # qemu-img facts, health `sandbox`
         self.intake = Intake(
             self.registry,
             self.store,

@@ -58,11 +58,12 @@ def module_config(root: Path) -> Settings:
     return Settings(
         state_dir=root / "state",
         spool_dir=root / "spool",
-        max_concurrent_jobs=3,
+        max_concurrent_jobs=4,
         spool=SpoolConfig(enabled=False),
         libvirt=LibvirtConfig(uri="test:///default"),
         http=HttpConfig(enabled=False),
-        policy=PolicyConfig(image_roots=[guestdisks.CACHE]),  # the path policy's root
+        # The path policy's roots: the cached disks, and this module's overlays.
+        policy=PolicyConfig(image_roots=[guestdisks.CACHE, root / "images"]),
     )
 
 
@@ -72,6 +73,17 @@ def outcomes(
 ) -> dict[str, dict[str, Any]]:
     """The three full inspections, run at once; each: state, result, events."""
     planted = disks["planted"]
+    base = tmp_path_factory.mktemp("guestkit")
+    (base / "images").mkdir()
+    # An overlay whose backing file is the clean disk (the planted one is held locked
+    # below), in another root: the reader's sandbox shows both (the agent checked both),
+    # at their own paths.
+    overlay = base / "images" / "overlay.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(disks["clean"]), "-F", "qcow2",
+         str(overlay)],
+        check=True,
+    )  # fmt: skip
     jobs = {
         "inspect": (
             "guestkit.inspect",
@@ -79,11 +91,12 @@ def outcomes(
         ),
         "profile": ("guestkit.profile", {"image": {"path": str(planted), "format": "qcow2"}}),
         "clean": ("guestkit.profile", {"image": {"path": str(disks["clean"])}}),
+        "overlay": ("guestkit.inspect", {"image": {"path": str(overlay)}}),
     }
     found: dict[str, dict[str, Any]] = {}
 
     async def run_all() -> None:
-        agent = Agent(module_config(tmp_path_factory.mktemp("guestkit")))
+        agent = Agent(module_config(base))
         async with trio.open_nursery() as nursery:
             await nursery.start(agent.run)
             ids = {name: await submit(agent, *job) for name, job in jobs.items()}
@@ -173,6 +186,16 @@ def test_inspect_reports_the_planted_guest(
     assert result["filesystems"] == [
         {"device": "/dev/sda", "type": "ext4", "size": 64 * 1024 * 1024, "mountpoint": "/"}
     ]
+
+
+@pytest.mark.slow
+def test_inspect_reads_through_a_checked_backing_chain(
+    outcomes: dict[str, dict[str, Any]],
+) -> None:
+    result = completed(outcomes["overlay"])
+    assert result["image"]["format"] == "qcow2"
+    assert result["operating_system"]["hostname"] == guestdisks.CLEAN_HOSTNAME
+    assert result["packages"]["count"] == len(guestdisks.CLEAN_PACKAGES)
 
 
 @pytest.mark.slow

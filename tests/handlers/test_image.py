@@ -61,6 +61,7 @@ def qemu_img_processes(needle: str) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 async def test_image_create_info_check_resize(agent: Agent, images: Path) -> None:
     path = str(images / "disk.qcow2")
     created = await ok(agent, "image.create", {"path": path, "size_bytes": 64 * MIB})
@@ -89,6 +90,7 @@ async def test_image_create_with_backing_file(agent: Agent, images: Path) -> Non
     assert [image["filename"] for image in chain] == [overlay, str(base)]
 
 
+@pytest.mark.slow
 async def test_image_check_finds_a_corrupt_image_and_fails_on_unreadable(
     agent: Agent, images: Path
 ) -> None:
@@ -132,6 +134,7 @@ async def test_image_paths_must_be_absolute(agent: Agent) -> None:
     assert caught.value.details["field"] == "payload.data.path"
 
 
+@pytest.mark.slow
 async def test_image_convert_reports_qemu_img_progress(agent: Agent, images: Path) -> None:
     source = random_raw(images / "source.raw", 32 * MIB)
     output = images / "out.qcow2"
@@ -160,6 +163,7 @@ async def test_image_convert_reports_qemu_img_progress(agent: Agent, images: Pat
     assert caught.value.details["field"] == "payload.data.output_path"
 
 
+@pytest.mark.slow
 async def test_image_convert_cancelled_leaves_no_process_and_no_partial_file(
     agent: Agent, images: Path
 ) -> None:
@@ -183,6 +187,7 @@ async def test_image_convert_cancelled_leaves_no_process_and_no_partial_file(
     assert sorted(p.name for p in images.iterdir()) == ["source.raw"]
 
 
+@pytest.mark.slow
 async def test_image_convert_timeout_also_cleans_up(agent: Agent, images: Path) -> None:
     source = random_raw(images / "source.raw", 64 * MIB)
     data = {"path": str(source), "output_path": str(images / "o.qcow2"), "compress": True}
@@ -194,6 +199,7 @@ async def test_image_convert_timeout_also_cleans_up(agent: Agent, images: Path) 
     assert sorted(p.name for p in images.iterdir()) == ["source.raw"]
 
 
+@pytest.mark.slow
 async def test_image_checksum_streams_with_progress_and_checks_expected(
     agent: Agent, images: Path
 ) -> None:
@@ -223,3 +229,34 @@ async def test_image_checksum_of_missing_file_is_refused_clearly(
     with pytest.raises(ForbiddenError) as caught:
         await submit(agent, "image.checksum", {"path": str(images / "nope")})
     assert caught.value.details == {"field": "payload.data.path", "reason": "no such file"}
+
+
+@pytest.mark.slow
+async def test_every_output_format_is_written_through_the_agents_descriptor(
+    agent: Agent, images: Path
+) -> None:
+    # qemu-img (sandboxed) sees only the file the agent created, bound at its path;
+    # each format's create and convert write into it.
+    random_raw(images / "source.raw", MIB)
+    for fmt in ("qcow2", "raw", "vmdk", "vdi", "vhdx", "vpc", "qed"):
+        made = await ok(
+            agent, "image.create", {"path": f"{images}/new.{fmt}", "size_bytes": MIB, "format": fmt}
+        )
+        assert made["format"] == fmt
+        assert made["filename"] == f"{images}/new.{fmt}"
+        converted = await ok(
+            agent,
+            "image.convert",
+            {"path": f"{images}/source.raw", "output_path": f"{images}/copy.{fmt}",
+             "output_format": fmt},
+        )  # fmt: skip
+        assert converted["format"] == fmt
+        assert (images / f"copy.{fmt}").stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in images.iterdir() if p.name.startswith(".")) == []
+
+
+async def test_a_qemu_img_failure_is_named_as_qemu_img(agent: Agent, images: Path) -> None:
+    bogus = images / "bogus.qcow2"
+    bogus.write_bytes(b"QFI\xfb" + bytes(508))  # qcow2 magic, version 0: qemu-img refuses
+    error = await failed(agent, "image.resize", {"path": str(bogus), "size_bytes": MIB})
+    assert error.startswith("qemu-img exited with status 1: qemu-img: Could not open ")

@@ -660,11 +660,17 @@ async def test_vm_define_refuses_disks_whose_images_name_files_outside_the_roots
                 "disks": [{"path": f"{host.root}/{image}", "format": fmt}],
             }
         }
-        error = await failed(agent, "vm.define", as_spec)
+        # The image opener (agent.policy.images) refuses them at intake, and again when
+        # the job runs (agent.handlers.domain_checks).
+        with pytest.raises(ForbiddenError) as refused:
+            await agent.intake.submit(job_document("vm.define", as_spec), transport="test")
+        error = refused.value.message
         assert error.startswith("payload.data.spec.disks.0.path: "), error
         assert said in error
         as_xml = {"xml": _domain(_disk(host.root / image, fmt)).replace("evil", name)}
-        error = await failed(agent, "vm.define", as_xml)
+        with pytest.raises(ForbiddenError) as refused:
+            await agent.intake.submit(job_document("vm.define", as_xml), transport="test")
+        error = refused.value.message
         assert error.startswith(f"{FIELD}: "), error
         assert said in error
         assert SECRET.decode() not in error

@@ -314,20 +314,21 @@ async def test_every_hostile_path_is_refused_at_intake_with_the_field(
     assert not (host.state / "evil.qcow2").exists()
 
 
-async def test_a_backing_file_outside_the_roots_fails_the_job_without_reading_it(
+async def test_a_backing_file_outside_the_roots_is_refused_at_intake(
     agent: Agent, host: Host
 ) -> None:
-    # The header names the secret: the file itself is fine at intake, what qemu-img
-    # would open with it is checked when the job runs.
-    async with client(agent, SUBMIT) as submitter, client(agent, READ) as reader:
+    # The header names the secret: the file itself is fine, what qemu-img would open
+    # with it is not (agent.policy.images, at intake and again when the job runs).
+    async with client(agent, SUBMIT) as submitter:
         data = {"path": f"{host.root}/backed.qcow2", "output_path": f"{host.root}/o.raw"}
         document = job_document("image.convert", {**data, "output_format": "raw"})
         response = await submitter.post("/api/v1/jobs", json=document)
-        assert response.status_code == 201
-        job_id = response.json()["data"]["job_id"]
-        assert (await wait_done(agent, job_id)).status.value == "Failed"
-        status = (await reader.get(f"/api/v1/jobs/{job_id}")).json()["data"]
-        assert "outside the image roots" in status["error"]
+        assert response.status_code == 403
+        body = response.json()
+        assert (body["error"], body["details"]["field"]) == ("FORBIDDEN", "payload.data.path")
+        assert f"the backing file named by {host.root}/backed.qcow2" in body["message"]
+        assert "outside the image roots" in body["message"]
+        assert SECRET.decode() not in response.text
     assert not (host.root / "o.raw").exists()
 
 
