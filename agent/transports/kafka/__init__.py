@@ -22,17 +22,15 @@ if TYPE_CHECKING:
 def _build(settings: KafkaConfig, services: Services) -> Transport | None:
     if not settings.enabled:
         return None
-    from agent.transports.kafka.transport import (  # noqa: PLC0415 (librdkafka)
-        DEFAULT_MAX_RESULT_BYTES,
-        KafkaTransport,
-    )
+    from agent.transports.kafka.transport import KafkaTransport  # noqa: PLC0415 (librdkafka)
 
     core = services.get(Config)
-    # The core's max_event_result_bytes once it exists; until then the transport's default.
-    max_result = getattr(core, "max_event_result_bytes", DEFAULT_MAX_RESULT_BYTES)
     # Checks that worker_id and pools make legal topic names before anything starts.
     return KafkaTransport(
-        settings, worker_id=core.worker_id, labels=core.labels, max_result_bytes=max_result
+        settings,
+        worker_id=core.worker_id,
+        labels=core.labels,
+        max_result_bytes=core.max_event_result_bytes,
     )
 
 

@@ -19,7 +19,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from agent.core.outbox import Outbox, OutboxInterest
+from agent.core.outbox import Outbox, OutboxInterest, event_data
 from agent.errors import DrainingError, RefusedForNowError, UnavailableError
 from agent.jobs import OutboxEntry, utc_now
 from agent.transports.kafka.announce import Announcer
@@ -39,9 +39,6 @@ log = structlog.get_logger("agent.transports.kafka")
 _RETRY_SECONDS = 2.0
 # Backoff between attempts at an event the brokers refused, doubling up to this.
 _MAX_BACKOFF_SECONDS = 30.0
-# The result a job event carries inline, at most (JSON bytes) until the core's
-# max_event_result_bytes setting exists; a larger result is referenced instead.
-DEFAULT_MAX_RESULT_BYTES = 256 * 1024
 # Parked events remembered for health (the log has them all).
 _PARKED_KEPT = 10
 # Outbox batches sent and not yet acknowledged by the brokers: one round trip
@@ -62,7 +59,7 @@ class KafkaTransport:
         *,
         worker_id: str,
         labels: dict[str, str],
-        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+        max_result_bytes: int,
     ) -> None:
         self.settings = settings
         self.max_result_bytes = max_result_bytes
@@ -334,7 +331,9 @@ class KafkaTransport:
             value = self._event(entry, entry.data)
             # Smaller than the limit as a whole: its result is too (no second encoding).
             if len(value) > self.max_result_bytes and "result" in entry.data:
-                value = self._event(entry, self._bounded(entry))
+                value = self._event(
+                    entry, event_data(entry, max_result_bytes=self.max_result_bytes)
+                )
             messages.append((self.topics.events, entry.job_id, value))
         return messages
 
@@ -349,23 +348,6 @@ class KafkaTransport:
             # The outbox id is stable across re-sends: readers drop repeats by it.
             event_id=f"{self.worker_id}:{entry.id}",
         )
-
-    def _bounded(self, entry: OutboxEntry) -> dict[str, Any]:
-        """The entry's data, with a result larger than max_result_bytes referenced instead."""
-        data = entry.data
-        if "result" not in data:
-            return data
-        size = len(json.dumps(data["result"], separators=(",", ":"), default=str))
-        if size <= self.max_result_bytes:
-            return data
-        reference = {
-            "worker_id": self.worker_id,
-            "job_id": entry.job_id,
-            "bytes": size,
-            # Where the whole result is read: the job API, or `hostagent result` on the host.
-            "path": f"/api/v1/jobs/{entry.job_id}/result",
-        }
-        return {**{k: v for k, v in data.items() if k != "result"}, "result_ref": reference}
 
     async def _ensure_topics(self, config: dict[str, Any]) -> None:
         """Create the topics this agent uses (existing ones are left as they are)."""

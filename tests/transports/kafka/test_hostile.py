@@ -255,8 +255,10 @@ def test_a_broadcast_of_poison_leaves_three_agents_alive_and_serving(
         assert sorted(e["worker_id"] for e in events.terminal("after")) == ["a", "b", "c"]
         huge = events.terminal("huge")
         assert [e["type"] for e in huge] == ["completed"] * 3
-        assert all("result" not in e["data"] for e in huge)
-        assert all(e["data"]["result_ref"]["bytes"] > 1_000_000 for e in huge)
+        assert all(e["data"]["result"] is None for e in huge)
+        assert all(e["data"]["result_truncated"] for e in huge)
+        assert all(e["data"]["result_bytes"] > 1_000_000 for e in huge)
+        assert {e["data"]["result_url"] for e in huge} == {"/api/v1/jobs/huge/result"}
         # The next normal job still runs everywhere: serving, not just alive.
         send_signed(settings, topic, [echo("later")])
         events.read(["later"], per_job=3, timeout=60)
