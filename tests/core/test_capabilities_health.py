@@ -30,6 +30,7 @@ def config(config: Config) -> Config:
     return config.model_copy(update={"spool": SpoolConfig(enabled=False), "labels": {"rack": "r1"}})
 
 
+@pytest.mark.slow
 async def test_capabilities_list_every_operation_and_the_test_hypervisor(agent: Agent) -> None:
     caps = await agent.intake.capabilities()
     assert caps["operations"] == agent.registry.operations
@@ -64,6 +65,7 @@ async def test_health_reports_libvirt_connected_with_latency(agent: Agent) -> No
     assert health["components"]["http"]["status"] == "healthy"
 
 
+@pytest.mark.slow
 async def test_unreachable_libvirt_makes_health_unhealthy_and_jobs_fail_clearly(
     tmp_path: Path,
 ) -> None:
@@ -195,6 +197,7 @@ print(sum(model.__pydantic_complete__ for model in models))
 """
 
 
+@pytest.mark.slow
 def test_payload_and_resource_models_are_built_on_first_use() -> None:
     # A fresh interpreter: this one's tests built them long ago.
     out = subprocess.run(

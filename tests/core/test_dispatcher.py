@@ -194,6 +194,7 @@ async def test_restart_recovers_pending_and_running_jobs(
 # --- real processes, real clock, the SQLite store ---
 
 
+@pytest.mark.slow
 async def test_timeout_stops_the_process_the_handler_started(agent: Agent) -> None:
     marker = "31.4159"
     document = job("slow", "system.sleep", {"seconds": float(marker), "child_process": True})
@@ -206,6 +207,7 @@ async def test_timeout_stops_the_process_the_handler_started(agent: Agent) -> No
     assert any(entry["type"] == "progress" for entry in logs)
 
 
+@pytest.mark.slow
 async def test_cancel_running_job_kills_its_child_process(agent: Agent) -> None:
     marker = "27.1828"
     await agent.intake.submit(
@@ -227,6 +229,7 @@ async def test_cancel_running_job_kills_its_child_process(agent: Agent) -> None:
         await agent.intake.cancel("victim")
 
 
+@pytest.mark.slow
 async def test_handler_failure_inside_a_nursery_reports_the_real_reason(config: Config) -> None:
     @handler("test.fail", payload=EchoPayload, rerun_safe=True)
     async def fail(payload: EchoPayload, ctx: JobContext) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from contextlib import ExitStack
 
+import pytest
 import trio
 
 from agent.core.events import EventBus, SharedEvent, Subscription, encode_json
@@ -15,6 +16,7 @@ SUBSCRIBERS = 100
 EVENTS = 2000
 
 
+@pytest.mark.slow
 async def test_a_hundred_readers_keep_up_and_a_stuck_one_is_cut_off() -> None:
     bus = EventBus()
     received = [0] * SUBSCRIBERS

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -42,6 +43,7 @@ async def wait_until_final(subscription: Subscription, job_ids: list[str]) -> No
                 return
 
 
+@pytest.mark.slow
 async def test_counters_move_when_jobs_run(agent: Agent) -> None:
     before = scrape()
     with agent.intake.events() as subscription:
@@ -75,6 +77,7 @@ async def test_counters_move_when_jobs_run(agent: Agent) -> None:
     assert ("hostagent_jobs_finished_total", frozenset(info.items())) in after
 
 
+@pytest.mark.slow
 async def test_gauges_show_running_and_queued_jobs(agent: Agent) -> None:
     for n in range(3):  # two workers in the test config
         await agent.intake.submit(sleep_job(f"nap-{n}", 30), transport="test")
@@ -91,6 +94,7 @@ async def test_gauges_show_running_and_queued_jobs(agent: Agent) -> None:
     assert value(samples, "hostagent_queue_depth") == 0
 
 
+@pytest.mark.slow
 async def test_spool_quarantine_is_counted(agent: Agent) -> None:
     assert spool_of(agent) is not None
     before = value(scrape(), "hostagent_spool_quarantined_total")

@@ -350,6 +350,7 @@ def appliance_processes(scratch_prefix: str) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 async def test_cancel_during_inspection_leaves_no_appliance(
     agent: Agent, disks: dict[str, Path]
 ) -> None:
@@ -383,6 +384,7 @@ async def test_test_echo_is_system_echo(agent: Agent) -> None:
     assert (state.status, result) == ("Completed", {"message": "hello"})
 
 
+@pytest.mark.slow
 async def test_capabilities_and_health_offer_guestkit(agent: Agent) -> None:
     described = await agent.intake.capabilities()
     assert {"guestkit.inspect", "guestkit.profile", "test.echo"} <= set(described["operations"])

@@ -223,6 +223,7 @@ async def test_image_checksum_streams_with_progress_and_checks_expected(
     assert len(percents) >= 3
 
 
+@pytest.mark.slow
 async def test_image_checksum_of_missing_file_is_refused_clearly(
     agent: Agent, images: Path
 ) -> None:

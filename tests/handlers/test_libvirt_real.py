@@ -53,6 +53,7 @@ async def define(agent: Agent, observer: Any) -> str:
     return name
 
 
+@pytest.mark.slow
 async def test_real_qemu_domain_lifecycle_through_jobs(agent: Agent, observer: Any) -> None:
     name = await define(agent, observer)
     xml = observer.lookupByName(name).XMLDesc(0)
@@ -89,6 +90,7 @@ async def test_real_qemu_domain_lifecycle_through_jobs(agent: Agent, observer: A
     assert state_of(observer, name) == "undefined"
 
 
+@pytest.mark.slow
 async def test_real_jobs_on_one_domain_wait_for_each_other_but_not_for_others(
     agent: Agent, observer: Any
 ) -> None:
@@ -109,6 +111,7 @@ async def test_real_jobs_on_one_domain_wait_for_each_other_but_not_for_others(
     assert (await agent.intake.result(same))["state"] == "shutoff"
 
 
+@pytest.mark.slow
 async def test_real_storage_pool_and_volumes(agent: Agent, observer: Any, tmp_path: Path) -> None:
     pool = f"real-pool-{uuid.uuid4().hex[:6]}"
     folder = tmp_path / "images" / "pool"  # under the test config's image root
@@ -145,6 +148,7 @@ async def wait_for_capabilities_event(agent: Agent, events: Any) -> dict[str, An
     raise AssertionError("event stream ended")
 
 
+@pytest.mark.slow
 async def test_real_libvirtd_restart_turns_health_unhealthy_then_recovers(
     agent: Agent, libvirtd: PrivateLibvirtd
 ) -> None:

@@ -37,6 +37,7 @@ async def test_list_and_info_read_the_default_network(agent: Agent) -> None:
     ]
 
 
+@pytest.mark.slow
 async def test_define_start_stop_autostart_delete(agent: Agent) -> None:
     name = f"net-{uuid.uuid4().hex[:6]}"
     spec = {"name": name, "forward": "isolated", "ipv4_address": "10.9.8.254/24", "start": False}

@@ -54,6 +54,7 @@ async def detail(http: httpx.AsyncClient, name: str, window: float = 0.3) -> dic
     return data
 
 
+@pytest.mark.slow
 async def test_real_vm_verbs_and_stats_over_http(served: Agent, observer: Any) -> None:
     name = f"real-{uuid.uuid4().hex[:8]}"
     async with client(served) as http:
@@ -102,6 +103,7 @@ async def test_real_vm_verbs_and_stats_over_http(served: Agent, observer: Any) -
         assert state_of(observer, name) == "undefined"
 
 
+@pytest.mark.slow
 async def test_real_volume_actions_and_image_dir_usage(
     served: Agent, observer: Any, tmp_path: Path
 ) -> None:

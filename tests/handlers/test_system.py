@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
+
 from agent.jobs import JobStatus
 from agent.service.daemon import Agent
 from tests.jobs import job, wait_done
@@ -30,6 +32,7 @@ async def test_info_reports_host_facts(agent: Agent) -> None:
     assert any(disk["mountpoint"] == "/" for disk in facts["disks"])
 
 
+@pytest.mark.slow
 async def test_sleep_reports_progress_each_second(agent: Agent) -> None:
     await agent.intake.submit(job("nap", "system.sleep", {"seconds": 1.2}), transport="t")
     assert (await wait_done(agent, "nap")).status is JobStatus.COMPLETED

@@ -112,6 +112,7 @@ async def test_vm_define_rejects_bad_payloads_at_intake(agent: Agent) -> None:
         assert caught.value.details["field"] == field
 
 
+@pytest.mark.slow
 async def test_vm_lifecycle_is_idempotent_where_it_can_be(agent: Agent) -> None:
     name = (await define(agent))["name"]
     steps = [

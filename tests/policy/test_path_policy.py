@@ -277,6 +277,7 @@ def _no_secret_in(text: str | bytes) -> None:
     assert SECRET not in data
 
 
+@pytest.mark.slow
 async def test_every_hostile_path_is_refused_at_intake_with_the_field(
     agent: Agent, host: Host
 ) -> None:
@@ -332,6 +333,7 @@ async def test_a_backing_file_outside_the_roots_is_refused_at_intake(
     assert not (host.root / "o.raw").exists()
 
 
+@pytest.mark.slow
 async def test_the_allowed_paths_still_work(agent: Agent, host: Host) -> None:
     root = host.root
     good = f"{root}/good.qcow2"
@@ -355,6 +357,7 @@ async def test_the_allowed_paths_still_work(agent: Agent, host: Host) -> None:
         assert (root / made).stat().st_mode & 0o777 == 0o640  # whatever the umask
 
 
+@pytest.mark.slow
 async def test_the_spool_quarantines_what_the_policy_refuses(agent: Agent, host: Host) -> None:
     name = "evil.json"
     drop(host.spool, name, job_document("image.checksum", {"path": "/etc/shadow"}))
@@ -366,6 +369,7 @@ async def test_the_spool_quarantines_what_the_policy_refuses(agent: Agent, host:
     assert (error["error"], error["details"]["field"]) == ("FORBIDDEN", "payload.data.path")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("allow", [False, True])
 async def test_passthrough_needs_admin_and_the_config(
     config: Config, host: Host, allow: bool
@@ -383,6 +387,7 @@ async def test_passthrough_needs_admin_and_the_config(
                 assert answer.status_code == expected, (token == ADMIN, answer.text)
 
 
+@pytest.mark.slow
 async def test_an_image_root_inside_the_state_directory_reaches_only_itself(
     config: Config,
 ) -> None:

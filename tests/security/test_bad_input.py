@@ -43,6 +43,7 @@ async def agent(config: Config) -> AsyncIterator[Agent]:
         yield running
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("case", "body", "field"), CASES, ids=[c[0] for c in CASES])
 async def test_http_refuses_with_400_and_the_field(
     agent: Agent, case: str, body: bytes, field: str

@@ -9,6 +9,7 @@ import os
 import time
 from pathlib import Path
 
+import pytest
 import structlog
 
 from agent.service.journald import PrefixedLoggerFactory, stderr_is_journal
@@ -62,6 +63,7 @@ def test_a_terminal_or_pipe_gets_bare_lines() -> None:
     assert out.getvalue() == "plain\n"
 
 
+@pytest.mark.slow
 def test_failed_jobs_finish_at_warning_with_their_duration(tmp_path: Path) -> None:
     state, spool = tmp_path / "state", tmp_path / "spool"
     agent = AgentProcess(state, spool).start()

@@ -212,6 +212,7 @@ async def wait_held(write: object) -> None:
             await trio.sleep(0.01)
 
 
+@pytest.mark.slow
 async def test_on_a_full_disk_accepted_jobs_writes_wait_in_order_and_new_jobs_are_refused(
     small_disk: Path,
 ) -> None:

@@ -190,6 +190,7 @@ async def test_a_pending_job_can_be_cancelled_and_never_starts(store: JobStore) 
         await store.get_result("j1")
 
 
+@pytest.mark.slow
 async def test_unknown_jobs_are_not_found(store: JobStore) -> None:
     for read in (store.get_job, store.get_result, store.get_events, store.get_submitter):
         with pytest.raises(NotFoundError):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from agent.errors import AgentError, ConflictError
 from agent.jobs import JobStatus
 from agent.store import SqliteStore
@@ -47,6 +49,7 @@ def v4_store(path: Path) -> None:
     conn.close()
 
 
+@pytest.mark.slow
 def test_migration_from_4_keeps_every_transition(tmp_path: Path) -> None:
     path = tmp_path / "jobs.sqlite3"
     v4_store(path)

@@ -95,6 +95,7 @@ def test_submit_wait_status_result_logs_and_jobs(tmp_path: Path) -> None:
         agent.stop()
 
 
+@pytest.mark.slow
 def test_cancel_through_the_spool(tmp_path: Path) -> None:
     state, spool = tmp_path / "state", tmp_path / "spool"
     where = ["--state-dir", str(state), "--spool-dir", str(spool)]

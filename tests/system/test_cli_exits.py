@@ -58,6 +58,7 @@ def no_traceback(result: subprocess.CompletedProcess[str]) -> None:
     assert "Traceback" not in result.stderr, result.stderr
 
 
+@pytest.mark.slow
 def test_exit_codes_tell_how_a_job_ended(agent: tuple[AgentProcess, Path]) -> None:
     _, root = agent
     assert run(root, "submit", *sleep(0), "--wait").returncode == EXIT_OK
@@ -78,6 +79,7 @@ def test_exit_codes_tell_how_a_job_ended(agent: tuple[AgentProcess, Path]) -> No
         no_traceback(result)
 
 
+@pytest.mark.slow
 def test_exit_codes_of_unreachable_refused_and_usage(tmp_path: Path) -> None:
     nowhere = run(tmp_path, "jobs")
     assert nowhere.returncode == EXIT_UNREACHABLE
@@ -96,6 +98,7 @@ def test_exit_codes_of_unreachable_refused_and_usage(tmp_path: Path) -> None:
         no_traceback(result)
 
 
+@pytest.mark.slow
 def test_auth_refused_over_http_exits_77(tmp_path: Path) -> None:
     # Tokens required (none configured): every read is refused with 401.
     agent = socket_agent(tmp_path, "--config", str(write_config(tmp_path, ""))).start()
@@ -118,6 +121,7 @@ def test_auth_refused_over_http_exits_77(tmp_path: Path) -> None:
         agent.stop()
 
 
+@pytest.mark.slow
 def test_jobs_newest_first_with_a_header_pages_and_a_closed_pipe(
     agent: tuple[AgentProcess, Path],
 ) -> None:
@@ -146,6 +150,7 @@ def test_jobs_newest_first_with_a_header_pages_and_a_closed_pipe(
     assert "Error" not in piped.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_following_says_the_job_keeps_running(
     agent: tuple[AgentProcess, Path],
 ) -> None:
@@ -180,6 +185,7 @@ def write_config(root: Path, extra: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_config_check_show_and_tokens(tmp_path: Path) -> None:
     config = write_config(
         tmp_path,
@@ -235,6 +241,7 @@ def test_config_check_show_and_tokens(tmp_path: Path) -> None:
     assert again.returncode == EXIT_FAILED
 
 
+@pytest.mark.slow
 def test_version_caps_summary_and_completion(agent: tuple[AgentProcess, Path]) -> None:
     _, root = agent
     version = subprocess.run([*HOSTAGENT, "--version"], capture_output=True, text=True, check=False)

@@ -39,6 +39,7 @@ async def hostagent(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int
     return code, captured.out, captured.err
 
 
+@pytest.mark.slow
 async def test_vm_nouns_list_info_and_act(
     remote: Agent, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -82,6 +83,7 @@ async def test_vm_nouns_list_info_and_act(
     assert code == 0
 
 
+@pytest.mark.slow
 async def test_pool_volume_net_host_nouns(
     remote: Agent, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -93,6 +93,7 @@ def test_twenty_thousand_files_dropped_while_stopped_are_each_taken_once(tmp_pat
     print(f"\n{total} files taken exactly once in {elapsed:.1f} s ({total / elapsed:.0f} jobs/s)")
 
 
+@pytest.mark.slow
 def test_killed_between_a_jobs_end_and_its_result_file_writes_it_once_on_restart(
     tmp_path: Path,
 ) -> None:

@@ -91,6 +91,7 @@ def _echo(job_id: str, **extra: Any) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 def test_a_full_store_disk_answers_503_and_recovers_by_itself(
     small_disk: Path, tmp_path: Path
 ) -> None:
@@ -159,6 +160,7 @@ def test_a_full_store_disk_answers_503_and_recovers_by_itself(
         assert job_id in conn_check.stdout
 
 
+@pytest.mark.slow
 def test_files_have_their_modes_whatever_the_umask(tmp_path: Path) -> None:
     """Finding 7: store 0600 in 0700, results 0640, spool dirs as the tmpfiles say."""
     state, spool = tmp_path / "state", tmp_path / "spool"

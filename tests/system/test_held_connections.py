@@ -105,6 +105,7 @@ def _metric(url: str, name: str) -> float:
     raise AssertionError(f"no metric {name}")
 
 
+@pytest.mark.slow
 def test_more_held_connections_than_descriptors_leave_the_daemon_serving(
     limited_agent: tuple[str, subprocess.Popen[str], list[str]],
 ) -> None:

@@ -88,6 +88,7 @@ def _out(capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:
     return captured.out, captured.err
 
 
+@pytest.mark.slow
 def test_cli_submit_wait_prints_the_result(cli: str, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["submit", "--op", "system.echo", "--data", '{"n": 7}', "--job-id", "w1", "--wait"])
     out, _ = _out(capsys)
@@ -99,6 +100,7 @@ def test_cli_submit_wait_prints_the_result(cli: str, capsys: pytest.CaptureFixtu
     assert record["result"] == {"n": 7}
 
 
+@pytest.mark.slow
 def test_cli_submit_follow_shows_progress_and_status(
     cli: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -112,6 +114,7 @@ def test_cli_submit_follow_shows_progress_and_status(
     assert json.loads(out.partition("\n")[2])["status"] == "Completed"
 
 
+@pytest.mark.slow
 def test_cli_status_jobs_result_logs_caps_health(
     cli: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -133,6 +136,7 @@ def test_cli_status_jobs_result_logs_caps_health(
     assert json.loads(_out(capsys)[0])["status"] == "healthy"
 
 
+@pytest.mark.slow
 def test_cli_cancel_over_http(cli: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     document = tmp_path / "long.json"
     document.write_text(json.dumps(sleep_job("long", 60)))
@@ -143,6 +147,7 @@ def test_cli_cancel_over_http(cli: str, capsys: pytest.CaptureFixture[str], tmp_
     assert "already Cancelled" in _out(capsys)[1]
 
 
+@pytest.mark.slow
 def test_cli_reports_remote_errors(
     cli: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -270,6 +275,7 @@ def _draw_parameters(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+@pytest.mark.slow
 @given(data=st.data())
 def test_no_request_gets_a_5xx(daemon: str, openapi: dict[str, Any], data: st.DataObject) -> None:
     """Nothing answers 5xx; a request the document admits gets an answer the document
@@ -349,6 +355,7 @@ def test_the_document_and_the_answers_agree_on_the_corner_cases(daemon: str) -> 
     assert "GET" not in allowed
 
 
+@pytest.mark.slow
 def test_the_daemon_stops_promptly_on_sigterm(tmp_path: Path) -> None:
     process = subprocess.Popen(
         [

@@ -75,6 +75,7 @@ def test_the_readme_has_first_steps_examples() -> None:
     assert any(command.startswith(".venv/bin/hostagent submit") for command in commands)
 
 
+@pytest.mark.slow
 def test_every_readme_example_runs_as_typed(checkout: Path) -> None:
     env = {key: value for key, value in os.environ.items() if not key.startswith("HOSTAGENT_")}
     env["PATH"] = f"{checkout / '.venv' / 'bin'}:{env.get('PATH', '')}"

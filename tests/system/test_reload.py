@@ -56,6 +56,7 @@ class BrokenTransport(ReloadingTransport):
         raise OSError("certificate file unreadable")
 
 
+@pytest.mark.slow
 async def test_reload_applies_limits_labels_and_transports(config: Config, tmp_path: Path) -> None:
     fake, broken = ReloadingTransport(), BrokenTransport()
     table = (

@@ -6,12 +6,15 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from agent.cli.command import main
 from tests.agentproc import AgentProcess
 from tests.jobs import job, wait_for
 from tests.spoolkit import drop
 
 
+@pytest.mark.slow
 def test_a_second_agent_is_refused_and_nothing_runs_twice(tmp_path: Path) -> None:
     state, spool = tmp_path / "state", tmp_path / "spool"
     first = AgentProcess(state, spool).start()

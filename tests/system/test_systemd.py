@@ -206,6 +206,7 @@ async def test_watchdog_withholds_pings_while_the_probe_hangs_or_complains(
 # --- the watchdog probe on a real agent ---
 
 
+@pytest.mark.slow
 async def test_probe_finds_a_store_that_cannot_write(agent: Agent) -> None:
     assert await agent.wedged() is None
     recorder = Recorder()

@@ -77,6 +77,7 @@ async def test_a_token_without_the_scope_is_403(
         assert response.json()["details"]["reason"] == f"Requires scope '{scope}'"
 
 
+@pytest.mark.slow
 async def test_the_right_scope_and_admin_get_through(served: Agent) -> None:
     for token in (SUBMIT, ADMIN):
         async with client(served, token) as http:
@@ -111,6 +112,7 @@ async def test_insecure_no_auth_on_loopback_needs_no_token(config: Config) -> No
         assert (await http.post("/api/v1/jobs", json=echo_job())).status_code == 201
 
 
+@pytest.mark.slow
 async def test_reload_swaps_tokens(served: Agent) -> None:
     assert http_of(served) is not None
     fresh, entry = create_token("fresh", ["read"])
@@ -199,6 +201,7 @@ def test_agent_refuses_to_start_on_all_addresses_without_tokens(config: Config) 
         Agent(exposed)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags", [[], ["--insecure-no-auth"]])
 def test_the_daemon_refuses_0_0_0_0_without_auth(tmp_path: Path, flags: list[str]) -> None:
     """Before it is ready: a clear message and exit status 2 from the real process."""

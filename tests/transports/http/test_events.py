@@ -45,6 +45,7 @@ async def served(config: Config) -> AsyncIterator[Agent]:
         yield agent
 
 
+@pytest.mark.slow
 async def test_websocket_follows_a_spool_job_through_to_completed(config: Config) -> None:
     async with serving(with_http(config, spool=True)) as agent:
         assert spool_of(agent) is not None
@@ -76,6 +77,7 @@ async def test_websocket_follows_a_spool_job_through_to_completed(config: Config
     assert "Running" in statuses
 
 
+@pytest.mark.slow
 async def test_subscribe_job_answers_initial_status_then_its_events(served: Agent) -> None:
     async with open_websocket_url(_ws_url(served), extra_headers=_auth()) as ws:
         # Submitted once the socket is up (the first websocket builds the app), and

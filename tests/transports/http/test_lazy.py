@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[3]
 
 SCRIPT = """
@@ -63,6 +65,7 @@ trio.run(main, sys.argv[1])
 """
 
 
+@pytest.mark.slow
 def test_quart_is_built_on_the_first_request_only_it_serves(tmp_path: Path) -> None:
     output = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path)],

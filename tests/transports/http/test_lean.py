@@ -216,6 +216,7 @@ async def both(config: Config) -> AsyncIterator[tuple[tuple[str, int], tuple[str
         yield lean, quart
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("case", "request_"), CASES, ids=[case for case, _ in CASES])
 async def test_the_lean_path_answers_counts_and_audits_as_quart(
     both: tuple[tuple[str, int], tuple[str, int]], case: str, request_: bytes
@@ -234,6 +235,7 @@ async def test_the_lean_path_answers_counts_and_audits_as_quart(
     assert audits[0] == audits[1], case
 
 
+@pytest.mark.slow
 async def test_a_late_body_is_408_on_both_paths(
     both: tuple[tuple[str, int], tuple[str, int]],
 ) -> None:

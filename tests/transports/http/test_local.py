@@ -56,6 +56,7 @@ def hostagent(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_root_uses_the_socket_without_flags_or_token(agent: AgentProcess, tmp_path: Path) -> None:
     sock = tmp_path / "state" / "api.sock"
     assert sock.is_socket()
@@ -68,6 +69,7 @@ def test_root_uses_the_socket_without_flags_or_token(agent: AgentProcess, tmp_pa
     assert not any((tmp_path / "spool" / "done").iterdir())
 
 
+@pytest.mark.slow
 def test_a_stranger_is_refused_and_the_refusal_is_audited(
     agent: AgentProcess, tmp_path: Path
 ) -> None:
@@ -82,6 +84,7 @@ def test_a_stranger_is_refused_and_the_refusal_is_audited(
     assert "submit group" in str(refusal["reason"])
 
 
+@pytest.mark.slow
 def test_a_submitter_submits_reads_and_cancels_only_their_own(
     agent: AgentProcess, tmp_path: Path
 ) -> None:
@@ -107,6 +110,7 @@ def test_a_submitter_submits_reads_and_cancels_only_their_own(
     assert hostagent(tmp_path, "cancel", roots).returncode == 0
 
 
+@pytest.mark.slow
 def test_a_socket_left_by_a_killed_agent_is_replaced(tmp_path: Path) -> None:
     first = socket_agent(tmp_path).start()
     first.kill()

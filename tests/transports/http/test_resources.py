@@ -147,6 +147,7 @@ VERBS: list[tuple[str, str, dict[str, Any], str]] = [
 ]
 
 
+@pytest.mark.slow
 async def test_every_vm_verb_is_a_job_seen_in_the_job_api(served: Agent) -> None:
     async with client(served, ADMIN) as http:
         name = await new_vm(served, http)
@@ -165,6 +166,7 @@ async def test_every_vm_verb_is_a_job_seen_in_the_job_api(served: Agent) -> None
         assert (await http.get(f"/api/v1/vms/{name}")).status_code == 404
 
 
+@pytest.mark.slow
 async def test_an_action_that_does_not_fit_is_409_and_creates_no_job(served: Agent) -> None:
     async with client(served, ADMIN) as http:
         name = await new_vm(served, http)
@@ -211,6 +213,7 @@ async def test_the_same_idempotency_key_twice_is_one_job(served: Agent) -> None:
         assert (bad.status_code, bad.json()["details"]["field"]) == (400, "Idempotency-Key")
 
 
+@pytest.mark.slow
 async def test_action_events_arrive_on_the_websocket(served: Agent) -> None:
     assert http_of(served) is not None
     url = http_of(served).url.replace("http://", "ws://") + "/api/v1/ws"
@@ -327,6 +330,7 @@ async def test_networks(served: Agent) -> None:
         assert (await http.get(f"/api/v1/networks/{name}")).status_code == 404
 
 
+@pytest.mark.slow
 async def test_host_facts_and_stats_match_proc(served: Agent, config: Config) -> None:
     async with client(served, READ) as http:
         facts = (await http.get("/api/v1/host")).json()["data"]

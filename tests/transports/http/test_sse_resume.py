@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
 from agent.config import Config
@@ -53,6 +54,7 @@ async def read_stream(
     return frames
 
 
+@pytest.mark.slow
 async def test_a_reconnecting_client_gets_what_it_missed_then_the_stream_ends(
     config: Config,
 ) -> None:

@@ -11,6 +11,8 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from tests.localapi import socket_agent
 
 
@@ -35,6 +37,7 @@ def chromium(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_docs_render_every_operation_in_headless_chromium(tmp_path: Path) -> None:
     agent = socket_agent(tmp_path).start()
     try:

@@ -95,6 +95,7 @@ async def _health(agent: Agent, context: ssl.SSLContext) -> int:
         return (await http.get(f"{http_of(agent).url}/api/v1/jobs")).status_code
 
 
+@pytest.mark.slow
 async def test_tls_serves_https_with_the_configured_certificate(
     tls_agent: Agent, pki: Path
 ) -> None:

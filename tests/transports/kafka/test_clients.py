@@ -97,6 +97,7 @@ async def test_consumer_pauses_when_full_and_stays_in_its_group(
     assert [r.value for r in got] == [b"first", *(f"m{i}".encode() for i in range(10))]
 
 
+@pytest.mark.slow
 async def test_fleet_map_keeps_latest_record_and_drops_tombstones(
     kafka_broker: str, kafka_prefix: str
 ) -> None:

@@ -55,6 +55,7 @@ async def read_events(settings: KafkaConfig, ids: list[str], timeout: float = 60
     return events
 
 
+@pytest.mark.slow
 async def test_poison_messages_are_rejected_and_the_partition_moves_on(
     config: Config, kafka_broker: str, kafka_prefix: str
 ) -> None:
@@ -105,6 +106,7 @@ def poison_ids(poison: list[tuple[str, bytes]]) -> list[str]:
     return [key for key, _value in poison if key != "good"]
 
 
+@pytest.mark.slow
 async def test_not_after_in_the_past_expires_and_never_runs(
     config: Config, kafka_broker: str, kafka_prefix: str
 ) -> None:

@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import trio
 
 from agent.config import Config
@@ -41,6 +42,7 @@ def swap_forever(spool: Path, secret: Path, stop: threading.Event, counts: dict[
             time.sleep(0.005)
 
 
+@pytest.mark.slow
 async def test_swapping_files_for_links_never_lands_a_link_or_a_foreign_file(
     agent: Agent, config: Config, tmp_path: Path
 ) -> None:

@@ -62,6 +62,7 @@ async def quiet_agent(quiet_config: Config) -> AsyncIterator[Agent]:
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.slow
 async def test_a_dropped_file_is_claimed_on_the_kernel_event(
     quiet_agent: Agent, quiet_config: Config
 ) -> None:

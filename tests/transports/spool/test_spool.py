@@ -91,6 +91,7 @@ def plant_hostile_entries(spool: Path, outside: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 async def test_hostile_entries_are_quarantined_unread_and_the_agent_keeps_going(
     agent: Agent, config: Config, tmp_path: Path
 ) -> None:
@@ -157,6 +158,7 @@ async def test_resubmitted_file_is_the_same_job_and_a_changed_one_conflicts(
     assert read_json(spool / "done" / "same.result.json")["result"] == {"v": 1}
 
 
+@pytest.mark.slow
 async def test_file_without_job_id_gets_one_stable_id(agent: Agent, config: Config) -> None:
     spool = config.spool_dir
     drop(spool, "anonymous.json", job(None, data={"who": "nobody"}))
@@ -166,6 +168,7 @@ async def test_file_without_job_id_gets_one_stable_id(agent: Agent, config: Conf
     assert result.name == f"{record['job_id']}.result.json"
 
 
+@pytest.mark.slow
 async def test_cancel_file_cancels_a_running_job(agent: Agent, config: Config) -> None:
     spool = config.spool_dir
     drop(spool, "long.json", job("long", "system.sleep", {"seconds": 60}))
