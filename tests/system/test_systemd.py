@@ -455,7 +455,10 @@ def test_unit_security_exposure(tmp_path: Path) -> None:
     print(overall[0] if overall else report.stdout[-500:])
     assert overall
     exposure = float(overall[0].split("hostagent.service:")[1].split()[0])
-    assert exposure <= 2.0
+    # 2.0 before image tools ran in a bubblewrap sandbox, which must create namespaces
+    # (RestrictNamespaces, @mount): +0.3. Each tool then holds no capability and sees
+    # only its job's files, worth far more than the points.
+    assert exposure <= 2.3
 
 
 def test_unit_declares_what_the_agent_relies_on() -> None:
