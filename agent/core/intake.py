@@ -47,8 +47,9 @@ class Submission:
     created: bool  # False: the same document was already accepted under this job_id
 
 
-class TransportIntake(Protocol):
-    """Everything a transport may ask of the core."""
+class IntakeDoor(Protocol):
+    """The one door a job comes in by: prepare, submit, wait for room, and the outbox
+    of what became of the jobs a transport brought."""
 
     @property
     def accepting(self) -> bool:
@@ -91,6 +92,11 @@ class TransportIntake(Protocol):
     def outbox(self, consumer: str) -> Outbox:
         """The durable feed of changes to the consumer's jobs (see agent.core.outbox)."""
 
+
+class JobReads(Protocol):
+    """What a transport may ask about jobs already in: state, result, logs, events,
+    cancel, and the host's capabilities and health."""
+
     async def status(self, job_id: str) -> JobState: ...
     async def result(self, job_id: str) -> Any: ...
 
@@ -119,6 +125,10 @@ class TransportIntake(Protocol):
 
     def events(self, *, buffer: int = 1024) -> AbstractContextManager[Subscription]:
         """Live job events from now on: best effort, for watchers (not durable)."""
+
+
+class TransportIntake(IntakeDoor, JobReads, Protocol):
+    """Everything a transport may ask of the core: the door and the reads."""
 
 
 @dataclass(frozen=True)

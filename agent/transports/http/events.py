@@ -29,7 +29,7 @@ from quart_trio import QuartTrio
 
 from agent.core import metrics
 from agent.core.events import Event, SharedEvent, Subscription, encode_json
-from agent.core.intake import TransportIntake
+from agent.core.intake import JobReads
 from agent.errors import AgentError, BadRequestError, NotFoundError
 from agent.jobs import JobStatus
 from agent.transports.http import sse
@@ -78,7 +78,7 @@ class _Filter:
         return job_id not in self._final
 
 
-async def _initial_status(intake: TransportIntake, job_id: str) -> dict[str, Any]:
+async def _initial_status(intake: JobReads, job_id: str) -> dict[str, Any]:
     state_ = await intake.status(job_id)
     return {"type": "initial_status", "job_id": job_id, "data": state_.model_dump(mode="json")}
 
@@ -151,9 +151,7 @@ def _text(event: Event) -> str:
     return event.text if isinstance(event, SharedEvent) else _encode(event)
 
 
-async def _answer(
-    intake: TransportIntake, chosen: _Filter, text: str | bytes
-) -> dict[str, Any] | None:
+async def _answer(intake: JobReads, chosen: _Filter, text: str | bytes) -> dict[str, Any] | None:
     """The reply to one client message (None: nothing to say)."""
     try:
         try:
@@ -174,18 +172,16 @@ async def _answer(
         return _error(exc)
 
 
-async def _ping(
-    intake: TransportIntake, chosen: _Filter, message: dict[str, Any]
-) -> dict[str, Any]:
+async def _ping(intake: JobReads, chosen: _Filter, message: dict[str, Any]) -> dict[str, Any]:
     return {"type": "pong"}
 
 
-async def _subscribe_all(intake: TransportIntake, chosen: _Filter, message: dict[str, Any]) -> None:
+async def _subscribe_all(intake: JobReads, chosen: _Filter, message: dict[str, Any]) -> None:
     chosen.everything = True
 
 
 async def _subscribe_job(
-    intake: TransportIntake, chosen: _Filter, message: dict[str, Any]
+    intake: JobReads, chosen: _Filter, message: dict[str, Any]
 ) -> dict[str, Any]:
     job_id = _job_id(message)
     try:
@@ -196,9 +192,7 @@ async def _subscribe_job(
     return initial
 
 
-async def _unsubscribe_job(
-    intake: TransportIntake, chosen: _Filter, message: dict[str, Any]
-) -> None:
+async def _unsubscribe_job(intake: JobReads, chosen: _Filter, message: dict[str, Any]) -> None:
     chosen.jobs.discard(_job_id(message))
 
 
@@ -211,9 +205,7 @@ def _job_id(message: dict[str, Any]) -> str:
     return job_id
 
 
-_ACTIONS: dict[
-    str, Callable[[TransportIntake, _Filter, dict[str, Any]], Awaitable[dict[str, Any] | None]]
-]
+_ACTIONS: dict[str, Callable[[JobReads, _Filter, dict[str, Any]], Awaitable[dict[str, Any] | None]]]
 _ACTIONS = {
     "ping": _ping,
     "subscribe_all": _subscribe_all,

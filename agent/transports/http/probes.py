@@ -17,7 +17,7 @@ import structlog
 import trio
 
 from agent.core import metrics
-from agent.core.intake import TransportIntake
+from agent.core.intake import JobReads
 from agent.jobs import utc_now
 
 log = structlog.get_logger("agent.http")
@@ -33,7 +33,7 @@ IDLE_AFTER_SECONDS = 3.0
 class HealthReports:
     """The latest health report as the answer's bytes, refreshed while probes come."""
 
-    def __init__(self, intake: TransportIntake) -> None:
+    def __init__(self, intake: JobReads) -> None:
         self._intake = intake
         self.body = b""
         self._reported_at = -inf

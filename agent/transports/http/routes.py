@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from pydantic import BaseModel
 
-from agent.core.intake import TransportIntake
+from agent.core.intake import IntakeDoor, TransportIntake
 from agent.core.services import Services
 from agent.errors import BadRequestError, DrainingError, UnsupportedMediaTypeError
 from agent.jobs import parse_json
@@ -232,7 +232,7 @@ def _encodable(text: str, where: str) -> None:
         ) from exc
 
 
-def require_accepting(intake: TransportIntake) -> None:
+def require_accepting(intake: IntakeDoor) -> None:
     """DrainingError (503) once the agent drains for shutdown."""
     if not intake.accepting:
         raise DrainingError

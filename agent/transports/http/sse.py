@@ -27,7 +27,7 @@ import trio
 from quart import Response, request
 
 from agent.core.events import Event, Feed, SharedEvent, Subscription
-from agent.core.intake import TransportIntake
+from agent.core.intake import JobReads
 from agent.errors import BadRequestError
 from agent.jobs import JobStatus
 from agent.transports.http.api import state
@@ -75,7 +75,7 @@ def _last_event_id() -> int:
 class _Stream:
     """One client's position: which jobs, what it was sent, which have finished."""
 
-    def __init__(self, intake: TransportIntake, job_ids: list[str], cursor: int) -> None:
+    def __init__(self, intake: JobReads, job_ids: list[str], cursor: int) -> None:
         self.intake = intake
         self.job_ids = job_ids
         self.cursor = cursor

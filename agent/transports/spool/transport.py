@@ -23,7 +23,7 @@ from prometheus_client import Counter
 from agent.core import metrics, submitter
 from agent.core import periodic as background
 from agent.core.health import Status
-from agent.core.intake import Submission, TransportIntake
+from agent.core.intake import JobReads, Submission, TransportIntake
 from agent.core.outbox import OutboxDelivery, OutboxInterest
 from agent.errors import (
     AgentError,
@@ -220,7 +220,7 @@ class SpoolTransport:
         if changes:
             self._wake()
 
-    async def _scan_cancel(self, intake: TransportIntake) -> None:
+    async def _scan_cancel(self, intake: JobReads) -> None:
         for name in await trio.to_thread.run_sync(os.listdir, self.dirs["cancel"]):
             self._nursery.start_soon(self._cancel_requested, intake, name)
 
@@ -393,7 +393,7 @@ class SpoolTransport:
         """Pruned by retention: their done/ files go too."""
         await trio.to_thread.run_sync(forget, self.dirs, job_ids)
 
-    async def _cancel_requested(self, intake: TransportIntake, name: str) -> None:
+    async def _cancel_requested(self, intake: JobReads, name: str) -> None:
         path = self.dirs["cancel"] / name
         try:
             owner = await trio.to_thread.run_sync(_take_cancel_file, path)
@@ -432,7 +432,7 @@ def _take_cancel_file(path: Path) -> int:
     return owner
 
 
-async def _check_own_job(intake: TransportIntake, job_id: str, uid: int) -> None:
+async def _check_own_job(intake: JobReads, job_id: str, uid: int) -> None:
     """ForbiddenError unless `uid` submitted the job (an unknown job is nobody's)."""
     try:
         recorded = await intake.submitter(job_id)
