@@ -17,6 +17,7 @@ from agent.core.registry import handler
 from agent.handlers import connection, missing_is_done
 from agent.handlers.domain_xml import NAME_PATTERN
 from agent.hypervisor import lookup_network
+from agent.hypervisor.summaries import network_summary
 from agent.policy.domain import BRIDGE_PATTERN, NETWORK_XML_RULES, admit_network
 
 
@@ -31,40 +32,6 @@ class NetworkRef(BaseModel):
 
 def network_resource(ref: NetworkRef) -> str:
     return f"network:{ref.name}"
-
-
-def network_summary(net: Any) -> dict[str, Any]:
-    """A network's state and addressing, read from libvirt (blocking)."""
-    root = ET.fromstring(net.XMLDesc(0))  # noqa: S314 (from libvirtd)
-    forward = root.find("forward")
-    ips = []
-    for node in root.findall("ip"):
-        address, netmask, prefix = node.get("address"), node.get("netmask"), node.get("prefix")
-        if address and netmask and not prefix:
-            prefix = str(ipaddress.IPv4Network(f"0.0.0.0/{netmask}").prefixlen)
-        dhcp = node.find("dhcp/range")
-        ips.append(
-            {
-                "family": node.get("family", "ipv4"),
-                "address": address,
-                "prefix": int(prefix) if prefix else None,
-                "dhcp_start": dhcp.get("start") if dhcp is not None else None,
-                "dhcp_end": dhcp.get("end") if dhcp is not None else None,
-            }
-        )
-    bridge = root.find("bridge")
-    active = bool(net.isActive())
-    return {
-        "name": net.name(),
-        "uuid": net.UUIDString(),
-        "state": "active" if active else "inactive",
-        "active": active,
-        "persistent": bool(net.isPersistent()),
-        "autostart": bool(net.autostart()),
-        "forward": forward.get("mode", "nat") if forward is not None else "isolated",
-        "bridge": bridge.get("name") if bridge is not None else None,
-        "ips": ips,
-    }
 
 
 class NetworkListPayload(BaseModel):

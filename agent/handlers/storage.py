@@ -16,13 +16,12 @@ from agent.handlers import check_disk_size, connection, missing_is_done
 from agent.handlers.domain_xml import NAME_PATTERN
 from agent.handlers.storage_roots import check_pool_directory, refresh_pool_roots
 from agent.hypervisor import (
-    POOL_STATES,
     VOL_RESIZE_SHRINK,
-    VOLUME_TYPES,
     WIPE_ALGORITHMS,
     lookup_pool,
     lookup_volume,
 )
+from agent.hypervisor.summaries import pool_summary, volume_summary
 from agent.policy.images import check_image
 from agent.policy.paths import Admission, Policy
 
@@ -55,40 +54,6 @@ class VolumeRef(BaseModel):
 
 def volume_resource(ref: VolumeRef) -> str:
     return f"volume:{ref.pool}/{ref.name}"
-
-
-def pool_summary(pool: Any) -> dict[str, Any]:
-    state, capacity, allocation, available = pool.info()
-    root = ET.fromstring(pool.XMLDesc(0))  # noqa: S314 (from libvirtd)
-    return {
-        "name": pool.name(),
-        "uuid": pool.UUIDString(),
-        "type": root.get("type"),
-        "state": POOL_STATES.get(state, "unknown"),
-        "active": bool(pool.isActive()),
-        "persistent": bool(pool.isPersistent()),
-        "autostart": bool(pool.autostart()),
-        "path": root.findtext("target/path"),
-        "capacity_bytes": capacity,
-        "allocation_bytes": allocation,
-        "available_bytes": available,
-    }
-
-
-def volume_summary(vol: Any) -> dict[str, Any]:
-    kind, capacity, allocation = vol.info()
-    root = ET.fromstring(vol.XMLDesc(0))  # noqa: S314 (from libvirtd)
-    fmt = root.find("target/format")
-    return {
-        "name": vol.name(),
-        "path": vol.path(),
-        "key": vol.key(),
-        "type": VOLUME_TYPES.get(kind, "unknown"),
-        "format": fmt.get("type") if fmt is not None else None,
-        "capacity_bytes": capacity,
-        "allocation_bytes": allocation,
-        "backing_store": root.findtext("backingStore/path"),
-    }
 
 
 class PoolListPayload(BaseModel):

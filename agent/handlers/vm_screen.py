@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Any
 
@@ -14,6 +13,7 @@ from agent.core.context import JobContext
 from agent.core.registry import handler
 from agent.handlers import connection
 from agent.handlers.vm import DomainRef, domain_resource, summary
+from agent.hypervisor.summaries import capture_screen
 
 
 class ScreenshotPayload(DomainRef):
@@ -21,22 +21,6 @@ class ScreenshotPayload(DomainRef):
 
 
 _EXTENSIONS = {"image/png": "png", "image/x-portable-pixmap": "ppm"}
-
-
-def capture_screen(conn: Any, dom: Any, screen: int) -> tuple[str, bytes]:
-    """The domain's screen now: (MIME type, image bytes). Blocking: in libvirt's thread."""
-    stream = conn.newStream(0)
-    chunks = []
-    try:
-        mime = dom.screenshot(stream, screen, 0)
-        while chunk := stream.recv(1 << 16):
-            chunks.append(chunk)
-        stream.finish()
-    except BaseException:
-        with contextlib.suppress(Exception):  # the error being raised is the one to report
-            stream.abort()
-        raise
-    return str(mime), b"".join(chunks)
 
 
 @handler("vm.screenshot", payload=ScreenshotPayload, rerun_safe=True, resource=domain_resource)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from typing import Any
-from xml.etree import ElementTree as ET
 
 from pydantic import Field
 
@@ -12,6 +11,7 @@ from agent.core.registry import handler
 from agent.handlers import connection
 from agent.handlers.domain_xml import NAME_PATTERN, snapshot_xml
 from agent.handlers.vm import DomainRef, domain_resource
+from agent.hypervisor.summaries import describe_snapshot
 
 
 class SnapshotCreatePayload(DomainRef):
@@ -33,19 +33,6 @@ async def create(payload: SnapshotCreatePayload, ctx: JobContext) -> dict[str, A
         return {"name": dom.name(), "uuid": dom.UUIDString(), "snapshot": describe_snapshot(snap)}
 
     return await connection(ctx).call(run)
-
-
-def describe_snapshot(snap: Any) -> dict[str, Any]:
-    root = ET.fromstring(snap.getXMLDesc(0))  # noqa: S314 (from libvirtd)
-    created = root.findtext("creationTime")
-    return {
-        "name": snap.getName(),
-        "description": root.findtext("description"),
-        "state": root.findtext("state"),
-        "created": int(created) if created else None,
-        "parent": root.findtext("parent/name"),
-        "current": bool(snap.isCurrent(0)),
-    }
 
 
 @handler("vm.snapshot.list", payload=DomainRef, rerun_safe=True, resource=domain_resource)

@@ -21,10 +21,6 @@ import trio
 from agent.config import Config
 from agent.errors import ConflictError, HypervisorError, NotFoundError, UnavailableError
 from agent.handlers.domain_xml import describe_devices
-from agent.handlers.network import network_summary
-from agent.handlers.storage import pool_summary, volume_summary
-from agent.handlers.vm_screen import capture_screen
-from agent.handlers.vm_snapshot import describe_snapshot
 from agent.hypervisor import (
     DOMAIN_STATES,
     LIST_AUTOSTART,
@@ -38,6 +34,13 @@ from agent.hypervisor import (
     lookup_volume,
 )
 from agent.hypervisor.facts import version_text
+from agent.hypervisor.summaries import (
+    capture_screen,
+    describe_snapshot,
+    network_summary,
+    pool_summary,
+    volume_summary,
+)
 from agent.view import host_stats
 from agent.view.actions import NETWORK_ACTIONS, POOL_ACTIONS, VM_ACTIONS, actions_in
 from agent.view.models import (
