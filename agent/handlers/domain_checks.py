@@ -22,22 +22,38 @@ from agent.policy.images import check_image
 from agent.policy.paths import Policy
 
 
-def _disks(spec: VmSpec | None, xml: str | None) -> list[tuple[str, str, str]]:
-    """(file, format, field) of each file disk the definition names."""
+def _disks(spec: VmSpec | None, xml: str | None, *, defined: bool) -> list[tuple[str, str, str]]:
+    """(file, format, field) of each file disk the definition names (a defined domain's
+    disks are named by their place in libvirt's XML)."""
     if spec is not None:
         return [
             (disk.path, disk.format, f"payload.data.spec.disks.{index}.path")
             for index, disk in enumerate(spec.disks)
         ]
-    return [(path, fmt, "payload.data.xml") for path, fmt in disk_files(xml or "")]
+    files = disk_files(xml or "")
+    if defined:
+        return [
+            (path, fmt, f"domain.devices.disk.{index}.source.file")
+            for index, (path, fmt) in enumerate(files)
+        ]
+    return [(path, fmt, "payload.data.xml") for path, fmt in files]
 
 
-async def check_disk_images(ctx: JobContext, spec: VmSpec | None, xml: str | None) -> None:
+async def check_disk_images(
+    ctx: JobContext, spec: VmSpec | None, xml: str | None, *, defined: bool = False
+) -> None:
     """The image check when the job runs: each disk's file again, and every file its image
     names (agent.policy.images, with the format libvirt will give qemu). A file that does
-    not exist yet is left for libvirt to refuse when the domain starts."""
+    not exist yet is left for libvirt to refuse when the domain starts. `defined`: the
+    disks of a domain already defined (vm.start), where a disk outside the roots was put
+    there with passthrough by an admin, or not by the agent: left alone."""
     policy = ctx.get(Policy)
-    for path, fmt, field in _disks(spec, xml):
+    for path, fmt, field in _disks(spec, xml, defined=defined):
+        if defined:
+            try:
+                policy.locate(path, field=field)
+            except ForbiddenError:
+                continue
         try:
             await trio.to_thread.run_sync(partial(check_image, policy, path, fmt, field=field))
         except ForbiddenError as exc:

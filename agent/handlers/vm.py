@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import uuid as uuid_module
 from collections.abc import Callable
-from functools import partial
 from typing import Any, Literal
-from xml.etree import ElementTree as ET
 
 import trio
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.core.context import JobContext
 from agent.core.registry import handler
-from agent.errors import ForbiddenError, HandlerError
+from agent.errors import HandlerError
 from agent.handlers import connection, missing_is_done
 from agent.handlers.domain_checks import check_disk_images, check_networks
 from agent.handlers.domain_xml import (
@@ -36,8 +34,6 @@ from agent.hypervisor import (
     volume_by_path,
 )
 from agent.policy.domain import DOMAIN_XML_RULES, admit_define
-from agent.policy.images import check_image
-from agent.policy.paths import Policy
 
 DomainState = Literal[
     "nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed", "pmsuspended"
@@ -178,44 +174,12 @@ async def define(payload: DefinePayload, ctx: JobContext) -> dict[str, Any]:
     return await connection(ctx).call(run)
 
 
-async def check_disk_image(
-    ctx: JobContext, path: str, fmt: str | None, *, field: str, missing_ok: bool
-) -> None:
-    """A disk's image and every file it names, checked now (agent.policy.images); a disk
-    that does not exist yet passes when `missing_ok` (vm.define before image.create)."""
-    try:
-        await trio.to_thread.run_sync(partial(check_image, ctx.get(Policy), path, fmt, field=field))
-    except ForbiddenError as exc:
-        if not (missing_ok and exc.details.get("reason") == "no such file"):
-            raise
-
-
-async def check_domain_disks(ctx: JobContext, xml: str, *, missing_ok: bool) -> None:
-    """Every file-backed disk under the image roots of a domain XML, checked with the
-    format libvirt gives qemu."""
-    root = ET.fromstring(xml)  # noqa: S314 (expat does not expand external entities)
-    for index, disk in enumerate(root.findall("devices/disk")):
-        source = disk.find("source")
-        if disk.get("type", "file") != "file" or source is None or not source.get("file"):
-            continue
-        driver = disk.find("driver")
-        fmt = driver.get("type") if driver is not None else None
-        field = f"domain.devices.disk.{index}.source.file"
-        try:
-            ctx.get(Policy).locate(source.get("file", ""), field=field)
-        except ForbiddenError:
-            # Outside the roots: defined with passthrough (admin) or not by the agent.
-            continue
-        await check_disk_image(ctx, source.get("file", ""), fmt, field=field, missing_ok=missing_ok)
-
-
 @handler("vm.start", payload=DomainRef, rerun_safe=True, resource=domain_resource)
 async def start(payload: DomainRef, ctx: JobContext) -> dict[str, Any]:
     """Start a defined domain (its disks' images checked first); a running (or paused)
     one is left as it is."""
     xml = await connection(ctx).call(lambda conn: payload.lookup(conn).XMLDesc(0))
-    # A disk whose file does not exist has nothing to read: libvirt refuses the start.
-    await check_domain_disks(ctx, xml, missing_ok=True)
+    await check_disk_images(ctx, None, xml, defined=True)
 
     def run(conn: Any) -> dict[str, Any]:
         dom = payload.lookup(conn)
