@@ -1,6 +1,6 @@
 """The answers of the HTTP API as bytes, a status and headers, whichever path serves them.
 
-Both the quart app and the lean path (lean.py) answer with an `Answer`
+Both the quart app and the front (front.py) answer with an `Answer`
 made here: the success envelope `{"success": true, "data": ...}`, the
 contract's error envelope with its Retry-After and WWW-Authenticate, and the
 envelopes of the HTTP-level refusals (unknown path, body too large or too
@@ -79,7 +79,7 @@ _HTTP_MESSAGES = {
     408: "The request body did not arrive in time",
     413: "The request body is larger than the configured limit",
 }
-# The reason phrases the lean path refuses with (the quart app passes werkzeug's own).
+# The reason phrases the front refuses with (the quart app passes werkzeug's own).
 REQUEST_TIMEOUT = (408, "Request Timeout")
 TOO_LARGE = (413, "Request Entity Too Large")
 

@@ -1,7 +1,7 @@
 """The quart app, built on the first request that needs it.
 
 The job API's hottest routes, health and /metrics are answered without
-quart (lean.py, fastpath.py), so an agent that is only submitted to and
+quart (front.py), so an agent that is only submitted to and
 polled never needs quart, werkzeug, flask, jinja2, the docs or the resource
 view: importing and building them is about half of what the HTTP transport
 costs at start, in time and memory. The first request for a route only
