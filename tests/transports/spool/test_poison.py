@@ -67,14 +67,15 @@ async def test_a_result_file_that_cannot_be_written_is_parked_not_fatal(
 async def test_a_fault_of_the_agent_while_judging_a_file_quarantines_it_with_an_envelope(
     agent: Agent, config: Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    admit = Registry.admit
+    # A bug of ours cannot be caused for real: a fake one, in a step prepare takes.
+    validate_payload = Registry.validate_payload
 
-    def faulty(self: Registry, document: JobDocument, payload: Any, *, privileged: bool) -> None:
+    def faulty(self: Registry, document: JobDocument) -> Any:
         if document.labels.get("fault") == "yes":
             raise KeyError("a bug the document found")
-        admit(self, document, payload, privileged=privileged)
+        return validate_payload(self, document)
 
-    monkeypatch.setattr(Registry, "admit", faulty)
+    monkeypatch.setattr(Registry, "validate_payload", faulty)
     spool = config.spool_dir
     drop(spool, "faulty.json", job("faulty", labels={"fault": "yes"}))
     [report] = await wait_for_files(spool / "failed", "faulty.json.error.json", 1)
