@@ -50,11 +50,23 @@ def config_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# librdkafka properties that hold a secret (sasl.password, ssl.key.password, ...).
+_SECRET_PROPERTY = re.compile(r"password|secret|credential", re.IGNORECASE)
+
+
 def redacted(config: Settings) -> dict[str, Any]:
-    """The effective config as plain data, with secrets (token hashes) hidden."""
+    """The effective config as plain data, with secrets hidden: token hashes, SecretStr
+    settings (pydantic dumps them masked) and librdkafka properties that hold one."""
     data = config.model_dump(mode="json")
     for token in data.get("http", {}).get("tokens", []):
         token["sha256"] = REDACTED
+    kafka = data.get("kafka", {})
+    if kafka.get("sasl_password"):
+        kafka["sasl_password"] = REDACTED
+    passthrough = kafka.get("librdkafka", {})
+    for key in passthrough:
+        if _SECRET_PROPERTY.search(key):
+            passthrough[key] = REDACTED
     return data
 
 

@@ -6,7 +6,7 @@ import logging
 from typing import Any, Literal
 
 import structlog
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from agent.config import RESTART, Section
 from agent.errors import ConfigError
@@ -59,7 +59,8 @@ class KafkaConfig(Section):
     ssl_key_location: str = Field(default="", json_schema_extra=RESTART)
     sasl_mechanism: str = Field(default="", json_schema_extra=RESTART)
     sasl_username: str = Field(default="", json_schema_extra=RESTART)
-    sasl_password: str = Field(default="", json_schema_extra=RESTART)
+    # A secret: shown as ********** in `config show`, reprs and dumps.
+    sasl_password: SecretStr = Field(default=SecretStr(""), json_schema_extra=RESTART)
     topic_prefix: str = Field(
         default="hostagent", pattern=TOPIC_PART, max_length=100, json_schema_extra=RESTART
     )
@@ -112,7 +113,7 @@ class KafkaConfig(Section):
             "ssl.key.location": self.ssl_key_location,
             "sasl.mechanism": self.sasl_mechanism,
             "sasl.username": self.sasl_username,
-            "sasl.password": self.sasl_password,
+            "sasl.password": self.sasl_password.get_secret_value(),
         }
         config.update({key: value for key, value in passthrough.items() if value})
         config.update(self.librdkafka)
