@@ -69,7 +69,7 @@ def run(config: Config, *, reload: Callable[[], Config]) -> int:
     from agent.service.daemon import serve
     from agent.service.logs import configure_logging
 
-    configure_logging(config.log_format, config.log_level)
+    configure_logging(config.log_format, config.log_level, worker_id=config.worker_id)
     # When the systemd watchdog gives up it sends SIGABRT: the journal then shows
     # where every thread was stuck.
     faulthandler.enable()

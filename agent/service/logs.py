@@ -41,7 +41,23 @@ def set_log_level(level: str) -> None:
     _LEVEL_FILTER.level = _LEVELS[level.upper()]
 
 
-def configure_logging(fmt: str = "json", level: str = "info") -> None:
+class _WorkerId:
+    """Adds the agent's worker_id to every event (none when it is not known)."""
+
+    def __init__(self, worker_id: str) -> None:
+        self.worker_id = worker_id
+
+    def __call__(
+        self, logger: object, method: str, event: structlog.typing.EventDict
+    ) -> structlog.typing.EventDict:
+        if self.worker_id:
+            event.setdefault("worker_id", self.worker_id)
+        return event
+
+
+def configure_logging(fmt: str = "json", level: str = "info", *, worker_id: str = "") -> None:
+    """Log lines as `fmt`; each names the agent that wrote it (`worker_id`), so a fleet's
+    log pipeline can tell agents apart."""
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
@@ -52,6 +68,7 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
         processors=[
             _LEVEL_FILTER,
             structlog.contextvars.merge_contextvars,
+            _WorkerId(worker_id),
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
