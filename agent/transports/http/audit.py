@@ -9,12 +9,14 @@ error envelope, so `journalctl -u hostagent -p warning` shows them.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
 from typing import Any
 
 import structlog
+from prometheus_client import Counter as CounterChild  # labels() gives one of its own
 
 from agent.core import metrics
 from agent.transports.http.auth import Principal
@@ -51,6 +53,14 @@ def _reason(body: bytes) -> tuple[str | None, str | None]:
     return str(envelope.get("error")), str(reason or envelope.get("message"))
 
 
+@functools.lru_cache(maxsize=1024)
+def _request_counter(method: str, rule: str | None, status: int) -> CounterChild:
+    """The request counter of a route and status (looked up once: a regex and the
+    registry's lock and dict per request otherwise)."""
+    template = "<unmatched>" if rule is None else _CONVERTER.sub("<", rule)
+    return metrics.HTTP_REQUESTS.labels(method, template, str(status))
+
+
 def record(
     *,
     method: str,
@@ -66,8 +76,7 @@ def record(
 
     `rule` is the matched route's rule (None: no route matched), `endpoint` its name.
     """
-    template = "<unmatched>" if rule is None else _CONVERTER.sub("<", rule)
-    metrics.HTTP_REQUESTS.labels(method, template, str(status)).inc()
+    _request_counter(method, rule, status).inc()
     if status not in AUDITED:
         return
     code, reason = _reason(body)

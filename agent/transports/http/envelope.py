@@ -10,7 +10,6 @@ slow). Nothing here imports a web framework.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,14 +112,6 @@ _NO_STORE = ("Cache-Control", "no-store")
 def too_large(max_body_bytes: int) -> Answer:
     """413 for a body found too large while it was read (a chunked one)."""
     return http_error_answer(*TOO_LARGE, max_body_bytes=max_body_bytes)
-
-
-def declared_length_too_large(headers: Iterable[tuple[bytes, bytes]], limit: int) -> bool:
-    """The request's (first) Content-Length is not a number or is over `limit`."""
-    for name, value in headers:
-        if name.lower() == b"content-length":
-            return not value.isdigit() or int(value) > limit
-    return False
 
 
 def request_timeout(max_body_bytes: int) -> Answer:

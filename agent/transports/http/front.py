@@ -33,8 +33,8 @@ import trio
 from agent.jobs import RESERVED_JOB_IDS
 from agent.transports.http import audit
 from agent.transports.http.envelope import (
+    JSON,
     Answer,
-    declared_length_too_large,
     failure_answer,
     no_store,
     request_timeout,
@@ -101,30 +101,40 @@ class Front:
             await self._app(scope, receive, send)  # websockets, the lifespan
             return
         config = self.api.config
-        if declared_length_too_large(scope["headers"], config.max_body_bytes):
+        head = _Head(scope["headers"])
+        if head.length_too_large(config.max_body_bytes):
             # Before any route or slot is looked at: neither counted nor audited.
             await send_answer(send, no_store(too_large(config.max_body_bytes)))
             return
         path: str = scope["path"]
         found = None if PEER_KEY in scope else self.routes.match(scope["method"].upper(), path)
         if not path.startswith(_LIMITED_PREFIX):
-            await self._serve(found, scope, receive, send)
+            await self._serve(found, head, scope, receive, send)
             return
-        async with self.api.slots.held():
-            await self._serve(found, scope, receive, send)
+        lease = await self.api.slots.take()
+        try:
+            await self._serve(found, head, scope, receive, send)
+        finally:
+            lease.release()
 
-    async def _serve(self, found: Found | None, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _serve(
+        self, found: Found | None, head: _Head, scope: Scope, receive: Receive, send: Send
+    ) -> None:
         if found is None:
             await self._app(scope, receive, send)
             return
         config = self.api.config
-        if not any(name in _BODY_HEADERS for name, _ in scope["headers"]):
+        if not head.has_body:
             # No body is coming (a probe, a status read): nothing to wait for.
-            await send_answer(send, await self.answer(found, scope, b""))
+            await send_answer(send, await self.answer(found, scope, b"", head))
             return
         body = b""
         chunks: list[bytes] = []
         size = 0
+        message: dict[str, Any] = {"more_body": True}  # none yet
+        # A body of a declared length is whole once that many bytes are in: its closing
+        # (empty) message is not waited for, a receive() and a scheduling round less.
+        expected = head.length if head.length is not None and not head.chunked else -1
         # The body is due within http.body_timeout_seconds (of the slot, as quart's read).
         with trio.move_on_after(config.body_timeout_seconds):
             while True:
@@ -137,26 +147,24 @@ class Front:
                     await self._refuse(found, too_large(config.max_body_bytes), scope, send)
                     return
                 chunks.append(chunk)
-                if not message.get("more_body", False):
-                    body = b"".join(chunks)
+                if size == expected or not message.get("more_body", False):
+                    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
                     break
-        if size <= config.max_body_bytes and message.get("more_body", False):
+        if size <= config.max_body_bytes and size != expected and message.get("more_body", False):
             await self._refuse(found, request_timeout(config.max_body_bytes), scope, send)
             return
-        await send_answer(send, await self.answer(found, scope, body))
+        await send_answer(send, await self.answer(found, scope, body, head))
 
-    async def answer(self, found: Found, scope: Mapping[str, Any], body: bytes) -> Answer:
+    async def answer(
+        self, found: Found, scope: Mapping[str, Any], body: bytes, head: _Head | None = None
+    ) -> Answer:
         """Authorise and run a request whose whole body arrived; count and audit it."""
         spec, params = found
-        authorization = content_type = None
-        for name, value in scope["headers"]:  # the first of each
-            if name == b"authorization" and authorization is None:
-                authorization = value.decode("latin-1")
-            elif name == b"content-type" and content_type is None:
-                content_type = value.decode("latin-1")
-        call = Call(self.api, None, params, {}, content_type or "", body)
+        if head is None:
+            head = _Head(scope["headers"])
+        call = Call(self.api, None, params, {}, head.content_type, body)
         try:
-            call.principal = authorize(spec, self.api, authorization)
+            call.principal = authorize(spec, self.api, head.authorization)
             assert spec.handler is not None
             answer = await spec.handler(call)
         except Exception as exc:  # noqa: BLE001 (every failure is answered with the envelope)
@@ -175,6 +183,45 @@ class Front:
         await send_answer(send, answer)
 
 
+class _Head:
+    """What the front reads of a request's headers, in one pass over them: the first
+    Content-Length, whether a body comes, the first Authorization and Content-Type."""
+
+    __slots__ = ("_length", "authorization", "chunked", "content_type", "has_body", "length")
+
+    def __init__(self, headers: Sequence[tuple[bytes, bytes]]) -> None:
+        self.authorization: str | None = None
+        self.content_type = ""
+        self.has_body = self.chunked = False
+        self._length: bytes | None = None  # as sent
+        self.length: int | None = None  # when a number
+        content_type = None
+        for name, value in headers:
+            if name == b"authorization":
+                if self.authorization is None:
+                    self.authorization = value.decode("latin-1")
+            elif name == b"content-type":
+                if content_type is None:
+                    content_type = value.decode("latin-1")
+            elif name in _BODY_HEADERS:
+                self.has_body = True
+                if name == b"transfer-encoding":
+                    self.chunked = True
+                elif self._length is None:
+                    self._length = value
+            elif self._length is None and name.lower() == b"content-length":
+                self._length = value  # a name not in lower case (scopes not built by h11)
+        self.content_type = content_type or ""
+        if self._length is not None and self._length.isdigit():
+            self.length = int(self._length)
+
+    def length_too_large(self, limit: int) -> bool:
+        """The (first) Content-Length is not a number or is over `limit`."""
+        if self._length is None:
+            return False
+        return self.length is None or self.length > limit
+
+
 def _account(spec: Route, answer: Answer, scope: Mapping[str, Any], call: Call | None) -> None:
     audit.record(
         method=spec.method,
@@ -189,10 +236,12 @@ def _account(spec: Route, answer: Answer, scope: Mapping[str, Any], call: Call |
 
 
 async def send_answer(send: Send, answer: Answer) -> None:
-    headers = [
-        (b"content-type", answer.content_type.encode()),
-        (b"content-length", str(len(answer.body)).encode()),
-        *((name.lower().encode(), value.encode()) for name, value in answer.headers),
-    ]
+    content_type = _JSON if answer.content_type == JSON else answer.content_type.encode()
+    headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(answer.body))]
+    for name, value in answer.headers:
+        headers.append((name.lower().encode(), value.encode()))
     await send({"type": "http.response.start", "status": answer.status, "headers": headers})
     await send({"type": "http.response.body", "body": answer.body})
+
+
+_JSON = JSON.encode()

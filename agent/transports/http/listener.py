@@ -108,17 +108,25 @@ class Connection(trio.abc.HalfCloseableStream):
     @contextmanager
     def serving(self) -> Iterator[None]:
         """Around a request's run in the app: not evictable, no header deadline."""
+        self.request_began()
+        try:
+            yield
+        finally:
+            self.request_ended()
+
+    def request_began(self) -> None:
+        """A request went into the app (`serving`'s start, for callers without a `with`)."""
         self.active += 1
         self._listener.busy(self)
         if self._reading is not None:
             self._reading.deadline = inf
-        try:
-            yield
-        finally:
-            self.active -= 1
-            if not self.active:
-                self._first_byte_at = None
-                self._listener.waiting(self)
+
+    def request_ended(self) -> None:
+        """The app returned from a request (`serving`'s end)."""
+        self.active -= 1
+        if not self.active:
+            self._first_byte_at = None
+            self._listener.waiting(self)
 
     def evict(self) -> None:
         """Closed to make room for a newer connection (its descriptor goes at once)."""
@@ -146,20 +154,36 @@ class Connection(trio.abc.HalfCloseableStream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self._evicted:
             raise trio.BrokenResourceError("closed to make room for another connection")
-        with trio.CancelScope(deadline=self._deadline()) as reading:
-            self._reading = reading
+        deadline = self._deadline()
+        if deadline == inf:
+            # No header deadline to keep (a request in hand, or none begun): no cancel
+            # scope either (a read waiting for a request's first byte is most reads).
             data = await self._receive(max_bytes)
-        self._reading = None
-        if reading.cancelled_caught:
-            await trio.lowlevel.checkpoint_if_cancelled()  # a cancel from outside wins
-            metrics.HTTP_CONNECTIONS_TIMED_OUT.inc()
-            self.finish()
-            raise trio.BrokenResourceError("the request's headers did not arrive in time")
+        else:
+            by_deadline = await self._receive_by(deadline, max_bytes)
+            if by_deadline is None:
+                await trio.lowlevel.checkpoint_if_cancelled()  # a cancel from outside wins
+                metrics.HTTP_CONNECTIONS_TIMED_OUT.inc()
+                self.finish()
+                raise trio.BrokenResourceError("the request's headers did not arrive in time")
+            data = by_deadline
         if not self.active:
             if not data:
                 self.finish()  # the client is gone and nothing is in hand
             elif self._first_byte_at is None:
                 self._first_byte_at = trio.current_time()
+        return data
+
+    async def _receive_by(self, deadline: float, max_bytes: int | None) -> bytes | bytearray | None:
+        """A read that ends at `deadline` (None) unless the app takes the request first
+        (`serving` lifts the deadline)."""
+        data = None
+        with trio.CancelScope(deadline=deadline) as reading:
+            self._reading = reading
+            data = await self._receive(max_bytes)
+        self._reading = None
+        if reading.cancelled_caught:
+            return None
         return data
 
     def _deadline(self) -> float:

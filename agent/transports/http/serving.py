@@ -53,8 +53,12 @@ class _ConnectionApp:
         connection = self._connection
         if connection.extensions:
             scope.update(connection.extensions)
-        with connection.serving():
+        # connection.serving(), without a generator-based context manager per request.
+        connection.request_began()
+        try:
             await self._app(scope, receive, send, sync_spawn, call_soon)
+        finally:
+            connection.request_ended()
 
 
 async def serve(
