@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
@@ -25,7 +25,7 @@ from agent.errors import (
     UnauthorizedError,
     ValidationError,
 )
-from agent.jobs import JobState, NewJob, check_job_id, parse_json
+from agent.jobs import check_job_id, parse_json
 from agent.transports.kafka.consumer import Record
 from agent.transports.kafka.events import EventType, event_value
 from agent.transports.kafka.producer import Outgoing
@@ -33,34 +33,13 @@ from agent.transports.kafka.signing import SIGNATURE, Signer, Verifier
 from agent.transports.kafka.topics import Selector
 
 if TYPE_CHECKING:
-    from agent.core.intake import Submission
+    from agent.core.intake import Submission, TransportIntake
 
 log = structlog.get_logger("agent.transports.kafka")
 
 TRANSPORT = "kafka"
 # A rejected record's job_id is echoed in its event up to this many characters.
 _ECHOED_ID_CHARS = 256
-
-
-class JobIntake(Protocol):
-    """The part of the TransportIntake this module uses."""
-
-    def prepare(
-        self,
-        raw: object,
-        *,
-        transport: str,
-        job_id: str | None = None,
-        origin: str | None = None,
-        privileged: bool = False,
-    ) -> NewJob: ...
-
-    async def wait_for_room(self, count: int = 1) -> None: ...
-
-    # Raises DrainingError (nothing recorded) while the agent drains.
-    async def submit_many(self, jobs: Sequence[NewJob]) -> list[Submission | AgentError]: ...
-
-    async def status(self, job_id: str) -> JobState: ...
 
 
 @dataclass
@@ -128,7 +107,7 @@ class Examiner:
         return self.event("rejected", record, job_id=job_id, data={"error": error.to_dict()})
 
     def examine(
-        self, intake: JobIntake, record: Record, kind: str, signed: Signed = None
+        self, intake: TransportIntake, record: Record, kind: str, signed: Signed = None
     ) -> Any | Expired | Outgoing | None:
         """A prepared job, an event to send instead, or None (a broadcast not for us).
 
@@ -174,7 +153,12 @@ class Examiner:
             )
 
     def _examine(
-        self, intake: JobIntake, record: Record, kind: str, seen: _Seen, signed: Signer | _Unsigned
+        self,
+        intake: TransportIntake,
+        record: Record,
+        kind: str,
+        seen: _Seen,
+        signed: Signer | _Unsigned,
     ) -> Any:
         key = record.key.decode(errors="replace") if record.key is not None else None
         seen.job_id = key
@@ -257,7 +241,7 @@ class Examiner:
         operation = raw.get("operation")
         return chosen.matches(self.labels, self.operations) and operation in self.operations
 
-    async def sort(self, intake: JobIntake, records: Sequence[Record], kind: str) -> Sorted:
+    async def sort(self, intake: TransportIntake, records: Sequence[Record], kind: str) -> Sorted:
         jobs: list[Any] = []
         events: list[Outgoing] = []
         job_records: list[Record] = []
@@ -292,7 +276,7 @@ class Examiner:
         return Sorted(jobs=jobs, events=events)
 
     async def _submit(
-        self, intake: JobIntake, jobs: Sequence[Any]
+        self, intake: TransportIntake, jobs: Sequence[Any]
     ) -> Sequence[Submission | AgentError]:
         """One answer per job; a batch that fails as a whole is tried job by job, so
         the one job that breaks it is rejected and the others go in."""
@@ -309,7 +293,7 @@ class Examiner:
             answers += await self._submit(intake, [job])
         return answers
 
-    async def _expired(self, intake: JobIntake, expired: Expired, record: Record) -> Outgoing:
+    async def _expired(self, intake: TransportIntake, expired: Expired, record: Record) -> Outgoing:
         try:
             state = await intake.status(expired.job_id)
         except NotFoundError:
