@@ -221,7 +221,8 @@ def health_summary(report: dict[str, Any]) -> None:
     print(f"status: {report.get('status')}")
     for name, component in (report.get("components") or {}).items():
         if isinstance(component, dict):
-            print(f"  {name:12} {component.get('status', '?'):10} {component.get('message', '')}")
+            # Components say why they are not healthy in `reason` (agent.core.health).
+            print(f"  {name:12} {component.get('status', '?'):10} {component.get('reason') or ''}")
 
 
 # --- shell completion ---
