@@ -125,6 +125,23 @@ class held_open_for_writing:  # noqa: N801 (reads as the context manager it is)
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> None:
+        # Ready once qemu-io holds the write lock: a plain `qemu-img info` is refused for it.
+        # qemu-io gives up at once when someone else still holds the image (the disk
+        # builder's libguestfs appliance may be exiting): start it again until it holds.
+        deadline = time.monotonic() + 60
+        probe = ["qemu-img", "info", str(self.path)]
+        self._start()
+        while subprocess.run(probe, capture_output=True, check=False).returncode == 0:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                self._stop()
+                self._start()
+            if time.monotonic() > deadline:
+                self._stop()
+                raise AssertionError("qemu-io never took the image's lock")
+            time.sleep(0.05)
+
+    def _start(self) -> None:
         # qemu-io opens read-write and waits on stdin: the locks a running VM holds.
         self.process = subprocess.Popen(
             ["qemu-io", "-f", "qcow2", str(self.path)],
@@ -132,19 +149,16 @@ class held_open_for_writing:  # noqa: N801 (reads as the context manager it is)
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        # Ready once the write lock is taken: a plain `qemu-img info` is refused for it.
-        deadline = time.monotonic() + 30
-        probe = ["qemu-img", "info", str(self.path)]
-        while subprocess.run(probe, capture_output=True, check=False).returncode == 0:
-            assert time.monotonic() < deadline, "qemu-io never took the image's lock"
-            time.sleep(0.05)
 
-    def __exit__(self, *exc_info: object) -> None:
+    def _stop(self) -> None:
         assert self.process is not None
         self.process.kill()
         self.process.wait()
         assert self.process.stdin is not None
         self.process.stdin.close()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop()
 
 
 def completed(outcome: dict[str, Any]) -> dict[str, Any]:
