@@ -266,6 +266,14 @@ def unencodable_text(value: object, prefix: str = "") -> ValidationError:
     return ValidationError(f"Invalid {name}: {reason}", field=name, reason=reason)
 
 
+def check_encodable(value: object) -> None:
+    """Raise unencodable_text's ValidationError if any string (key or value) in `value`
+    is not encodable UTF-8: for a transport that must refuse such text before anything
+    encodes it (an event, a log line), ahead of the fingerprint."""
+    if _unencodable_field(value, []) is not None:
+        raise unencodable_text(value)
+
+
 def _encodable(text: str) -> bool:
     try:
         text.encode()

@@ -25,7 +25,7 @@ from agent.errors import (
     UnauthorizedError,
     ValidationError,
 )
-from agent.jobs import check_job_id, parse_json
+from agent.jobs import check_encodable, check_job_id, parse_json
 from agent.transports.kafka.consumer import Record
 from agent.transports.kafka.events import EventType, event_value
 from agent.transports.kafka.producer import Outgoing
@@ -180,13 +180,7 @@ class Examiner:
             seen.job_id = named
         # Text that UTF-8 cannot carry (a lone surrogate) is refused before anything
         # encodes it (the fingerprint, the store, an event).
-        where = _unencodable(raw)
-        if where is not None:
-            raise ValidationError(
-                "The job holds text that is not encodable as UTF-8",
-                field=where,
-                reason="a lone surrogate or other unencodable code point",
-            )
+        check_encodable(raw)
         job_id = self._job_id(record, named, signer)
         seen.job_id = seen.job_id if named is not None else job_id
         # Kafka's addition to the document: addressing, not job data.
@@ -333,34 +327,6 @@ def _valid_job_id(value: str | None) -> bool:
     try:
         check_job_id(value, field="job_id")
     except ValidationError:
-        return False
-    return True
-
-
-def _unencodable(value: object, path: str = "") -> str | None:
-    """The dotted path of the first string (or key) UTF-8 cannot encode, or None."""
-    if isinstance(value, str):
-        return None if value.isascii() or _encodes(value) else (path or "document")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            here = f"{path}.{key}" if path else str(key)
-            if not _encodes(str(key)):
-                return path or "document"
-            found = _unencodable(item, here)
-            if found is not None:
-                return found
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            found = _unencodable(item, f"{path}.{index}" if path else str(index))
-            if found is not None:
-                return found
-    return None
-
-
-def _encodes(text: str) -> bool:
-    try:
-        text.encode()
-    except UnicodeEncodeError:
         return False
     return True
 
