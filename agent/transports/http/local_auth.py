@@ -26,7 +26,7 @@ class PeerPrincipal(Principal):
 
     uid: int = -1
     own_jobs_only: bool = False
-    groups: frozenset[str] = frozenset()  # the peer's group names (the allowlist's `groups`)
+    gid: int = -1
 
     @property
     def submitter(self) -> str | None:
@@ -34,9 +34,10 @@ class PeerPrincipal(Principal):
 
     @property
     def caller(self) -> Caller:
+        # The group names only a submit asks for (group database lookups, as the scope check's).
         return Caller(
             "socket",
-            groups=self.groups,
+            groups=submitter.group_names(submitter.groups_of(self.uid, self.gid)),
             privileged=self.allows("admin"),
             submitter=self.submitter,
         )
@@ -61,7 +62,7 @@ async def authorize_local(spec: Route, req: Any) -> Principal | None:
         scopes=scopes,
         uid=peer.uid,
         own_jobs_only=own_only,
-        groups=submitter.group_names(peer.groups()),
+        gid=peer.gid,
     )
     if own_only and spec.endpoint == "cancel_job":
         job_id = str(req.view_args.get("job_id"))
