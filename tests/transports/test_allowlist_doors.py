@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+import trio
 
 from agent.config import AllowRule, Config
 from agent.errors import NotFoundError
@@ -19,6 +20,7 @@ from agent.service.daemon import Agent
 from agent.transports.http.settings import HttpConfig
 from tests.http_helpers import ADMIN, SUBMIT, TOKEN_ENTRIES, client, serving, with_http
 from tests.jobs import job, wait_done
+from tests.localapi import NOBODY, request_as
 from tests.spoolkit import drop, read_json, wait_for_files
 
 RULES: list[dict[str, Any]] = [
@@ -29,6 +31,8 @@ RULES: list[dict[str, Any]] = [
     {"name": "spool", "transports": ["spool"], "operations": ["system.echo"]},
     # Root's group over the socket may only echo.
     {"transports": ["socket"], "groups": ["root"], "operations": ["system.echo"]},
+    # nogroup (standing in for hostagent-submit) may only sleep.
+    {"transports": ["socket"], "groups": ["nogroup"], "operations": ["system.sleep"]},
 ]
 
 
@@ -43,13 +47,19 @@ def ruled(config: Config, rules: list[dict[str, Any]]) -> Config:
 def socket_path() -> Iterator[Path]:
     # A short directory: pytest's tmp_path can exceed a socket path's 107 bytes.
     with tempfile.TemporaryDirectory(prefix="ha-") as short:
+        Path(short).chmod(0o711)  # an unprivileged peer reaches the socket inside
         yield Path(short) / "api.sock"
 
 
 @pytest.fixture
 async def agent(config: Config, socket_path: Path) -> AsyncIterator[Agent]:
     settings = with_http(config, spool=True)
-    http = HttpConfig(bind="127.0.0.1:0", tokens=TOKEN_ENTRIES, socket=socket_path)
+    http = HttpConfig(
+        bind="127.0.0.1:0",
+        tokens=TOKEN_ENTRIES,
+        socket=socket_path,
+        socket_submit_group="nogroup",  # nobody (gid nogroup) submits over the socket
+    )
     settings = settings.model_copy(update={"http": http})
     async with serving(ruled(settings, RULES)) as running:
         yield running
@@ -157,3 +167,19 @@ async def test_a_reload_applies_new_rules_to_new_http_jobs(agent: Agent, config:
     # Token rules leave each transport's other callers (what capabilities list) alone.
     assert "system.sleep" in capabilities["allowed_operations"]["http"]
     assert capabilities["allowed_operations"]["spool"] == agent.registry.operations
+
+
+@pytest.mark.slow
+async def test_the_socket_names_an_unprivileged_peer_by_its_group(
+    agent: Agent, socket_path: Path
+) -> None:
+    def submit(document: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        return request_as(NOBODY, NOBODY, socket_path, "POST", "/api/v1/jobs", body=document)
+
+    refused = await trio.to_thread.run_sync(submit, job("n-echo", "system.echo", {}))
+    allowed = await trio.to_thread.run_sync(submit, job("n-sleep", "system.sleep", {"seconds": 0}))
+    assert refused[0] == 403, refused
+    assert refused[1]["details"]["rule"] == "policy.allow[4]"
+    assert allowed[0] == 201, allowed
+    assert await no_job(agent, "n-echo")
+    assert await agent.intake.submitter("n-sleep") == f"uid:{NOBODY}"
