@@ -255,6 +255,8 @@ class _Decision(NamedTuple):
     targets: tuple[Target, ...] | None  # where the operation names its resources
 
 
+# A refusal echoes this much of the resource's name (the payload's own text).
+_SHOWN_CHARS = 200
 # Decisions kept per allowlist (callers x operations); a reload builds a new one.
 _DECISIONS_KEPT = 4096
 
@@ -313,7 +315,10 @@ class Allowlist:
         if refused is _NO_RESOURCE:
             what = f"{operation} names no resource"
         else:
-            what = f"{refused.name!r} is not one"
+            shown = refused.name[:_SHOWN_CHARS] + (
+                "..." if len(refused.name) > _SHOWN_CHARS else ""
+            )
+            what = f"{shown!r} is not one"
         raise ForbiddenError(
             f"{caller.describe()} may not run {operation} on this resource",
             field=refused.field,
