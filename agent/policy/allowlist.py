@@ -89,7 +89,8 @@ class Target:
 
     def value(self, payload: object) -> str | None:
         """The resource this payload names here (None: it names none)."""
-        name = _text(_lookup(payload, self._parts))
+        found = _lookup(payload, self._parts)
+        name = found if type(found) is str else _text(found)
         if name is None:
             return None
         if self.path:
@@ -165,8 +166,7 @@ def _named(targets: tuple[Target, ...] | None, payload: object) -> list[Resource
         return None
     named: list[Resource] = []
     for target in targets:
-        name = target.value(payload)
-        if name is not None:
+        if (name := target.value(payload)) is not None:
             named.append(Resource(target.field, name))
     return named
 
