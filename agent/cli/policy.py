@@ -1,8 +1,9 @@
 """`hostagent policy show`: the operation allowlist in effect, per transport, per
 token (HTTP tokens, Kafka signing keys) and per socket group the rules name.
 
-Read from the config the agent runs with (file, environment), as `config show` is:
-a reload applies it to new jobs.
+Asked of the running agent (`GET /api/v1/policy`, over its socket or --url), like
+the other read commands: its rules are the ones in effect, reloads included. With
+--offline, read from the config file instead (what a reload would apply).
 """
 
 from __future__ import annotations
@@ -11,25 +12,36 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from agent.cli.support import EXIT_OK
-from agent.policy.allowlist import TRANSPORTS, Allowlist, Caller
+from agent.cli.support import EXIT_OK, add_client_options, connect, no_agent
+from agent.errors import UnreachableError
+from agent.policy.allowlist import Allowlist
+from agent.policy.report import policy_report
 from agent.service.settings import Settings
 
 Commands = Any  # argparse's private _SubParsersAction
+POLICY_PATH = "/api/v1/policy"
 
 
 def add_commands(commands: Commands, common: Callable[[argparse.ArgumentParser], None]) -> None:
     policy = commands.add_parser("policy", help="the host policy: what may run here")
     actions = policy.add_subparsers(dest="policy_command", required=True)
     show = actions.add_parser(
-        "show", help="the operation allowlist in effect per transport, token and group"
+        "show",
+        help="the operation allowlist in effect per transport, token and group "
+        "(the running agent's; --offline: the config file's)",
     )
     common(show)
+    add_client_options(show)
     show.add_argument("--json", action="store_true", help="the rules and who may run what")
+    show.add_argument(
+        "--offline",
+        action="store_true",
+        help="read the rules from the config file (--config), not the running agent",
+    )
 
 
 def run(args: argparse.Namespace, config: Settings) -> int:
-    report = describe(config)
+    report = describe(config) if args.offline else _ask_agent(args, config)
     if args.json:
         import json
 
@@ -39,6 +51,19 @@ def run(args: argparse.Namespace, config: Settings) -> int:
     return EXIT_OK
 
 
+def _ask_agent(args: argparse.Namespace, config: Settings) -> dict[str, Any]:
+    remote = connect(args, config)
+    if remote is None:
+        found = no_agent(config, "policy show")
+        raise UnreachableError(
+            f"{found.message}; --offline reads the rules from the config file instead",
+            field="socket",
+        )
+    with remote:
+        report: dict[str, Any] = remote.call("GET", POLICY_PATH)
+    return report
+
+
 def _operations() -> list[str]:
     from agent.service.agent import build_registry
 
@@ -46,36 +71,15 @@ def _operations() -> list[str]:
 
 
 def describe(config: Settings, operations: list[str] | None = None) -> dict[str, Any]:
-    """The rules, and what each caller they could name may run: `callers` holds one
-    entry per transport (its callers no token or group rule names), per HTTP token,
-    per Kafka key and per group a rule names."""
-    rules = Allowlist.from_config(config.policy)
-    known = sorted(operations if operations is not None else _operations())
-    callers: list[Caller] = [Caller(transport) for transport in TRANSPORTS]
-    callers += [Caller("http", token=token.name) for token in config.http.tokens]
+    """The report of `config`'s rules (agent.policy.report), as the agent would answer
+    it after loading this config."""
     kafka = getattr(config, "kafka", None)
-    callers += [Caller("kafka", token=key.id) for key in getattr(kafka, "keys", [])]
-    named_groups = sorted({group for rule in rules.rules for group in rule.groups})
-    callers += [Caller("socket", groups=frozenset({group})) for group in named_groups]
-    return {
-        "rules": rules.to_list(),
-        "callers": [_entry(rules, caller, known) for caller in callers],
-    }
-
-
-def _entry(rules: Allowlist, caller: Caller, operations: list[str]) -> dict[str, Any]:
-    allowed = rules.operations_for(
-        caller.transport, operations, token=caller.token, groups=caller.groups
+    return policy_report(
+        Allowlist.from_config(config.policy),
+        operations if operations is not None else _operations(),
+        tokens=[token.name for token in config.http.tokens],
+        keys=[key.id for key in getattr(kafka, "keys", [])],
     )
-    return {
-        "transport": caller.transport,
-        "token": caller.token,
-        "groups": sorted(caller.groups),
-        "named_by": [f"policy.allow[{rule.index}]" for rule in rules.naming(caller)],
-        "operations": {
-            name: None if globs is None else list(globs) for name, globs in allowed.items()
-        },
-    }
 
 
 def print_report(report: dict[str, Any]) -> None:
