@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from agent.config import Config
+from agent.core.registry import Registry
 from agent.policy.allowlist import Allowlist
 from agent.policy.paths import Policy
 from agent.policy.report import policy_report
@@ -73,7 +74,12 @@ async def live_report(call: Call) -> dict[str, Any]:
     config = services.find(Config)
     http = getattr(config, "http", None) or call.api.config
     kafka = getattr(config, "kafka", None)
-    operations: list[str] = (await call.api.intake.capabilities())["operations"]
+    registry = services.find(Registry)
+    operations: list[str] = (
+        registry.operations
+        if registry is not None
+        else (await call.api.intake.capabilities())["operations"]  # builds every schema
+    )
     return policy_report(
         rules,
         operations,
