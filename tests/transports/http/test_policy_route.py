@@ -3,15 +3,19 @@ included), and what each transport, token, Kafka key and named group may run."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
+from agent.cli.command import main
 from agent.cli.policy import describe
 from agent.config import AllowRule, Config
 from agent.service.daemon import Agent
-from tests.http_helpers import ADMIN, READ, SUBMIT, client, serving, with_http
+from tests.http_helpers import ADMIN, READ, SUBMIT, client, http_of, serving, with_http
 
 RULES = [
     AllowRule(name="ci", tokens=["submitter"], operations=["vm.start"], resources=["ci-*"]),
@@ -85,3 +89,24 @@ async def test_policy_route_is_in_the_openapi_document(served: Agent) -> None:
     assert "403" in route["responses"]
     schema = document["components"]["schemas"]["PolicyReport"]
     assert set(schema["properties"]) == {"rules", "callers"}
+
+
+@pytest.mark.slow
+async def test_policy_show_over_url_needs_a_read_token(
+    served: Agent, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = http_of(served).url
+
+    async def show(token: str) -> int:
+        token_file = tmp_path / "token"
+        token_file.write_text(token)
+        argv = ["policy", "show", "--json", "--url", url, "--token-file", str(token_file)]
+        # The CLI's client is synchronous: off the loop that serves it.
+        return await trio.to_thread.run_sync(main, argv)
+
+    assert await show(READ) == 0
+    lines = capsys.readouterr().out.splitlines()  # the agent's own log lines come here too
+    report = json.loads("\n".join(lines[lines.index("{") : lines.index("}") + 1]))
+    assert by_caller(report)["http", "submitter"]["operations"] == {"vm.start": ["ci-*"]}
+    assert await show(SUBMIT) == 77  # EXIT_DENIED: the token lacks read
+    assert "Requires scope 'read'" in capsys.readouterr().err
