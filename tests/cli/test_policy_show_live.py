@@ -15,7 +15,7 @@ import pytest
 
 from tests.agentproc import AgentProcess
 from tests.jobs import wait_for
-from tests.localapi import socket_agent
+from tests.localapi import NOBODY, request_as, socket_agent
 
 FIRST = """
 [[policy.allow]]
@@ -47,7 +47,9 @@ def config_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def agent(tmp_path: Path, config_file: Path) -> Iterator[AgentProcess]:
-    process = socket_agent(tmp_path, "--config", str(config_file)).start()
+    # nogroup stands in for hostagent-submit: its members hold read over the socket.
+    env = {"HOSTAGENT_HTTP__SOCKET_SUBMIT_GROUP": "nogroup"}
+    process = socket_agent(tmp_path, "--config", str(config_file), env=env).start()
     yield process
     process.stop()
 
@@ -100,3 +102,16 @@ def test_policy_show_follows_the_running_agent_through_a_reload(
     assert table.returncode == 0, table.stderr
     assert "policy.allow[1] kafka-starts" in table.stdout
     assert "vm.start [ci-*]" in table.stdout
+
+
+@pytest.mark.slow
+def test_the_socket_answers_policy_to_peers_holding_read(
+    agent: AgentProcess, tmp_path: Path
+) -> None:
+    sock = tmp_path / "state" / "api.sock"
+    status, body = request_as(NOBODY, NOBODY, sock, "GET", "/api/v1/policy")
+    assert status == 200
+    assert names(body["data"]) == ["spool-inspects"]
+    status, body = request_as(NOBODY, NOBODY + 1000, sock, "GET", "/api/v1/policy")
+    assert status == 403  # neither root, nor admin, nor the submit group: no read
+    assert body["details"]["field"] == "scope"
