@@ -1,0 +1,448 @@
+"""What happened across the fleet: `<prefix>.job-events` read back, one job per host.
+
+Blocking on purpose (the CLI calls it; the agent never does). Every call that can
+wait on a broker is bounded by the caller's deadline (`time.monotonic()` seconds):
+consume() runs in short slices, so a reader returns within a slice of its deadline
+whatever the brokers or the agents do.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from agent.errors import UnavailableError, UsageError
+from agent.transports.kafka.events import TERMINAL
+from agent.transports.kafka.settings import KafkaConfig
+from agent.transports.kafka.topics import Topics
+
+# The longest one consume() may block: the reader's answer to "return on time".
+SLICE_SECONDS = 0.2
+# An event's type -> the status its host's job is in after it (rejected and
+# expired are no job status: the job never ran there).
+_STATUS_AFTER = {
+    "accepted": "Pending",
+    "running": "Running",
+    "progress": "Running",
+    "completed": "Completed",
+    "failed": "Failed",
+    "cancelled": "Cancelled",
+    "expired": "Expired",
+    "rejected": "Rejected",
+}
+_SINCE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str, *, now: datetime | None = None) -> datetime:
+    """`--since`: a duration back from now (90s, 15m, 1h, 2d) or an RFC 3339 time."""
+    now = now or datetime.now(UTC)
+    if match := _SINCE.fullmatch(text.strip()):
+        return now - timedelta(seconds=float(match[1]) * _UNIT_SECONDS[match[2]])
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(
+            f"--since: {text!r} is neither a duration (90s, 15m, 1h, 2d) nor an RFC 3339 time",
+            field="since",
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def remaining(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
+
+
+def _unavailable(exc: KafkaException, what: str) -> UnavailableError:
+    error = exc.args[0]
+    return UnavailableError(
+        f"Kafka: {what}: {error.str()}", field="kafka.bootstrap_servers", reason=error.name()
+    )
+
+
+class JobEventReader:
+    """Reads `<prefix>.job-events` from a point (its end now, or a time) in batches.
+
+    Events delivered twice (at least once, after a crash) are dropped by event_id.
+    """
+
+    def __init__(self, settings: KafkaConfig, *, deadline: float) -> None:
+        self.topic = Topics(settings.topic_prefix).events
+        self._deadline = deadline
+        self._seen: set[str] = set()
+        # Where each partition ended when the reader started, until read that far.
+        self._pending: dict[int, int] = {}
+        self._consumer = Consumer(
+            {
+                # A throwaway group that never commits: reading changes nothing.
+                "group.id": f"{settings.topic_prefix}.fleet-jobs.{uuid.uuid4()}",
+                "enable.auto.commit": False,
+                "enable.partition.eof": False,
+                "auto.offset.reset": "earliest",
+                # The broker answers a fetch as soon as data arrives; this only
+                # bounds how long an idle fetch stays open.
+                "fetch.wait.max.ms": 100,
+                **settings.client_config(),
+            }
+        )
+
+    def __enter__(self) -> JobEventReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._consumer.close()
+
+    def _time_left(self, what: str) -> float:
+        left = remaining(self._deadline)
+        if left <= 0:
+            raise UnavailableError(
+                f"Kafka: {what}: no answer before the deadline",
+                field="kafka.bootstrap_servers",
+                reason="timed out",
+            )
+        return left
+
+    def start(self, since: datetime | None = None) -> None:
+        """Read from `since` (None: only events written from now on)."""
+        try:
+            metadata = self._consumer.list_topics(
+                self.topic, timeout=self._time_left(f"cannot list {self.topic}")
+            )
+            described = metadata.topics.get(self.topic)
+            partitions = (
+                []
+                if described is None or described.error is not None
+                else list(described.partitions)
+            )
+            if not partitions:
+                # Not created yet: its partitions are read from their start as they appear.
+                self._consumer.subscribe([self.topic])
+                return
+            ends = {partition: self._end_of(partition) for partition in partitions}
+            starts = dict(ends)
+            if since is not None:
+                wanted = [
+                    TopicPartition(self.topic, p, int(since.timestamp() * 1000)) for p in partitions
+                ]
+                found = self._consumer.offsets_for_times(
+                    wanted, timeout=self._time_left(f"cannot search {self.topic}")
+                )
+                for tp in found:
+                    # -1: no event at or after `since` in that partition.
+                    if tp.offset >= 0:
+                        starts[tp.partition] = tp.offset
+            self._consumer.assign([TopicPartition(self.topic, p, o) for p, o in starts.items()])
+            self._pending = {p: end for p, end in ends.items() if starts[p] < end}
+        except KafkaException as exc:
+            raise _unavailable(exc, f"cannot read {self.topic}") from exc
+
+    def _end_of(self, partition: int) -> int:
+        while True:
+            try:
+                _low, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, partition),
+                    timeout=self._time_left(f"cannot read the end of {self.topic}"),
+                )
+            except KafkaException:
+                # A topic created a moment ago may still be electing its leaders
+                # (NOT_LEADER_FOR_PARTITION is not flagged retriable by librdkafka).
+                if remaining(self._deadline) <= SLICE_SECONDS:
+                    raise
+                time.sleep(SLICE_SECONDS)
+            else:
+                return int(high)
+
+    @property
+    def caught_up(self) -> bool:
+        """Every event written before the reader started has been read."""
+        return not self._pending
+
+    def batches(self, *, until_end: bool = False) -> Iterator[list[dict[str, Any]]]:
+        """What each short consume() brought (maybe nothing), until the deadline (or,
+        `until_end`, the end the topic had at start), repeats dropped by event_id."""
+        while not (until_end and self.caught_up):
+            left = remaining(self._deadline)
+            if left <= 0:
+                if until_end:
+                    raise UnavailableError(
+                        f"Kafka: reading {self.topic} did not reach its end before the deadline",
+                        field="topic",
+                        reason="timed out before the end of the topic",
+                    )
+                return
+            batch = []
+            for message in self._consumer.consume(1000, min(SLICE_SECONDS, left)):
+                if message.error() is not None:
+                    continue
+                partition, offset = message.partition() or 0, message.offset() or 0
+                if partition in self._pending and offset + 1 >= self._pending[partition]:
+                    del self._pending[partition]
+                event = _event(message.value())
+                if event is not None and self._fresh(event):
+                    batch.append(event)
+            yield batch
+
+    def job_events(self, *, until_end: bool = False) -> Iterator[dict[str, Any]]:
+        """Each new event once, until the deadline (or the end the topic had at start)."""
+        for batch in self.batches(until_end=until_end):
+            yield from batch
+
+    def _fresh(self, event: dict[str, Any]) -> bool:
+        event_id = event.get("event_id")
+        if not isinstance(event_id, str):
+            return True
+        if event_id in self._seen:
+            return False
+        self._seen.add(event_id)
+        return True
+
+
+def _event(value: bytes | str | None) -> dict[str, Any] | None:
+    try:
+        event = json.loads(value or b"null")
+    except ValueError:
+        return None
+    ok = isinstance(event, dict) and isinstance(event.get("job_id"), str)
+    return event if ok and isinstance(event.get("worker_id"), str) else None
+
+
+@dataclass
+class HostRun:
+    """One job on one host, as its events tell it."""
+
+    worker_id: str
+    job_id: str
+    operation: str | None = None
+    status: str | None = None
+    last_event: str | None = None
+    submitted_at: str | None = None
+    started_at: str | None = None
+    completed_at: str | None = None
+    # The job's error text (failed, cancelled), or the refusal's envelope (rejected, expired).
+    error: Any = None
+    progress: float | None = None
+    attempts: int = 0
+    result: Any = None
+    result_fields: dict[str, Any] = field(default_factory=dict)
+    target: str | None = None
+    ended: bool = False
+
+    def apply(self, event: dict[str, Any]) -> None:
+        kind = str(event.get("type"))
+        data = _data(event)
+        at = event.get("timestamp")
+        self.operation = event.get("operation") or self.operation
+        self.last_event = kind
+        if kind == "duplicate":
+            # The host knew this job_id already; its status says how that job stands.
+            self.status = self.status or event.get("status")
+            self.ended = self.ended or self.status in {"Completed", "Failed", "Cancelled"}
+            return
+        self.status = _STATUS_AFTER.get(kind, self.status)
+        if kind == "accepted":
+            self.submitted_at = at
+            self.target = self.target or _target(data.get("origin"))
+        elif kind == "running":
+            self.started_at = at
+            self.attempts += 1
+        elif kind == "progress" and isinstance(data.get("percent"), int | float):
+            self.progress = float(data["percent"])
+        if kind in {"rejected", "expired"}:
+            self.target = self.target or _target(data.get("origin"))
+        if kind in TERMINAL:
+            self.ended = True
+            self.completed_at = at
+            self.error = data.get("error")
+            self.result = data.get("result")
+            self.result_fields = {
+                k: data[k] for k in ("result_truncated", "result_bytes", "result_url") if k in data
+            }
+
+    @property
+    def refused(self) -> bool:
+        """Rejected or expired: the job never became a job on this host."""
+        return self.last_event in {"rejected", "expired"}
+
+    def document(self, *, operation: str | None = None, priority: int | None = 5) -> dict[str, Any]:
+        """The job as `hostagent submit --wait` prints it from a local agent, plus worker_id."""
+        document: dict[str, Any] = {
+            "job_id": self.job_id,
+            "operation": self.operation or operation,
+            "status": self.status,
+            "submitted_at": self.submitted_at,
+            "started_at": self.started_at,
+            "completed_at": self.completed_at,
+            "error": self.error if isinstance(self.error, str | None) else _message(self.error),
+            "progress": self.progress,
+            "transport": "kafka",
+            "attempts": self.attempts,
+            "priority": priority,
+            "result": self.result,
+            **self.result_fields,
+            "worker_id": self.worker_id,
+        }
+        if priority is None:
+            del document["priority"]
+        return document
+
+
+def _data(event: dict[str, Any]) -> dict[str, Any]:
+    data = event.get("data")
+    return data if isinstance(data, dict) else {}
+
+
+def _message(error: Any) -> str:
+    return str(error.get("message")) if isinstance(error, dict) else str(error)
+
+
+def _target(origin: Any) -> str | None:
+    """`host a`, `pool p1` or `broadcast`, from an event's origin (where the job was read)."""
+    topic = origin.get("topic") if isinstance(origin, dict) else str(origin or "").split("/")[0]
+    if not isinstance(topic, str) or not topic.endswith(".jobs"):
+        return None
+    for kind in ("host", "pool"):
+        if f".{kind}." in topic:
+            return f"{kind} {topic.rsplit(f'.{kind}.', 1)[1].removesuffix('.jobs')}"
+    return "broadcast" if topic.endswith(".broadcast.jobs") else None
+
+
+@dataclass
+class FleetJob:
+    """One job_id across the fleet: every host that told something of it."""
+
+    job_id: str
+    first_at: str | None = None
+    last_at: str | None = None
+    hosts: dict[str, HostRun] = field(default_factory=dict)
+
+    def apply(self, event: dict[str, Any]) -> HostRun:
+        worker_id = str(event["worker_id"])
+        run = self.hosts.get(worker_id)
+        if run is None:
+            run = self.hosts[worker_id] = HostRun(worker_id=worker_id, job_id=self.job_id)
+        run.apply(event)
+        at = event.get("timestamp")
+        if isinstance(at, str):
+            self.first_at = min(self.first_at or at, at)
+            self.last_at = max(self.last_at or at, at)
+        return run
+
+    @property
+    def operation(self) -> str | None:
+        return next((run.operation for run in self.hosts.values() if run.operation), None)
+
+    @property
+    def target(self) -> str | None:
+        return next((run.target for run in self.hosts.values() if run.target), None)
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for run in self.hosts.values():
+            status = run.status or "Unknown"
+            counts[status] = counts.get(status, 0) + 1
+        return counts
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "operation": self.operation,
+            "target": self.target,
+            "first_event_at": self.first_at,
+            "last_event_at": self.last_at,
+            "outcome": self.counts(),
+            "hosts": {
+                worker_id: run.document(priority=None)
+                for worker_id, run in sorted(self.hosts.items())
+            },
+        }
+
+
+def collect(events: Iterable[dict[str, Any]]) -> dict[str, FleetJob]:
+    """job_id -> FleetJob, from events in the order they were written."""
+    jobs: dict[str, FleetJob] = {}
+    for event in events:
+        job_id = str(event["job_id"])
+        job = jobs.get(job_id)
+        if job is None:
+            job = jobs[job_id] = FleetJob(job_id)
+        job.apply(event)
+    return jobs
+
+
+def select(
+    jobs: Iterable[FleetJob],
+    *,
+    operation: str | None = None,
+    host: str | None = None,
+    status: str | None = None,
+) -> list[FleetJob]:
+    """The jobs that match every filter given, newest first."""
+    chosen = [
+        job
+        for job in jobs
+        if (operation is None or job.operation == operation)
+        and (host is None or host in job.hosts)
+        and (status is None or any(run.status == status for run in job.hosts.values()))
+    ]
+    return sorted(chosen, key=lambda job: job.first_at or "", reverse=True)
+
+
+def outcome_line(job: FleetJob) -> str:
+    counts = job.counts()
+    return ", ".join(f"{n} {status.lower()}" for status, n in sorted(counts.items()))
+
+
+_HOSTS_SHOWN = 4
+
+
+def render_jobs(jobs: Iterable[FleetJob]) -> str:
+    """`hostagent fleet jobs` as a table, one job per line."""
+    rows = [("JOB ID", "OPERATION", "TARGET", "FIRST EVENT", "OUTCOME", "HOSTS")]
+    for job in jobs:
+        runs = sorted(job.hosts.values(), key=lambda run: run.worker_id)
+        hosts = " ".join(f"{run.worker_id}:{run.status or '?'}" for run in runs[:_HOSTS_SHOWN])
+        if len(runs) > _HOSTS_SHOWN:
+            hosts += f" (+{len(runs) - _HOSTS_SHOWN} more: --json)"
+        rows.append(
+            (
+                job.job_id,
+                job.operation or "-",
+                job.target or "-",
+                job.first_at or "-",
+                outcome_line(job),
+                hosts,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def render_event(event: dict[str, Any]) -> str:
+    """One event of `fleet jobs --follow`, for people."""
+    data = _data(event)
+    detail = ""
+    kind = event.get("type")
+    if kind == "progress":
+        detail = f"{data.get('percent', '?')}% {data.get('message') or ''}".rstrip()
+    elif kind in {"failed", "cancelled", "rejected", "expired"}:
+        detail = _message(data.get("error"))
+    elif kind == "completed":
+        detail = json.dumps(data.get("result"), separators=(",", ":"))[:120]
+    return f"{event.get('timestamp')}  {event.get('worker_id')}  {kind}  {detail}".rstrip()
