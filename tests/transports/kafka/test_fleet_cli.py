@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from agent.errors import UnavailableError
 from agent.jobs import JobState
 from agent.transports.kafka import KafkaConfig, read_fleet
 from agent.transports.kafka.topics import Topics
@@ -60,8 +61,11 @@ def messages_on(settings: KafkaConfig, topic: str) -> int:
 
 
 def live(settings: KafkaConfig) -> dict[str, bool]:
-    """worker_id -> live, as the fleet map says now."""
-    return {host.worker_id: not host.stale for host in read_fleet(settings)}
+    """worker_id -> live, as the fleet map says now ({} while its topics elect leaders)."""
+    try:
+        return {host.worker_id: not host.stale for host in read_fleet(settings)}
+    except UnavailableError:
+        return {}
 
 
 class Fleet:
@@ -147,13 +151,14 @@ def test_wait_for_a_stopped_host_ends_with_exit_4_within_a_second_of_its_timeout
         wait_for(lambda: live(fleet.settings) == {"gone": True}, 30, "the map")
     finally:
         agent.stop()
-    timeout = 3.0
+    # Python, librdkafka, the map's read and the send take ~2 s of it on a busy host.
+    timeout = 5.0
     took = []
     for _ in range(10):
         done, seconds = hostagent(*fleet.submit, "--host", "gone", "--op", "system.echo",
                                   "--wait", "--wait-timeout", str(timeout))  # fmt: skip
         assert done.returncode == 4, done.stderr
-        assert "no answer from gone within the wait timeout (3 s)" in done.stderr
+        assert "no answer from gone within the wait timeout (5 s)" in done.stderr
         took.append(seconds)
     print(f"\n--wait-timeout {timeout}: took {', '.join(f'{s:.2f}' for s in took)} s")
     assert max(took) <= timeout + 1.0, took
