@@ -153,12 +153,14 @@ class Waiter:
     def wait(self, *, follow: bool, broadcast: bool) -> int:
         """Print each host's answer (every event, with `follow`); the exit code."""
         answered: set[str] = set()
-        for event in self._reader.job_events():
+        for event in self._reader.job_events(job_id=self.job.job_id):
             if event["job_id"] != self.job.job_id:
                 continue
+            run = self.job.apply(event)
+            if run is None:
+                continue  # a repeat
             if follow:
                 print(json.dumps(event), flush=True)
-            run = self.job.apply(event)
             if run.ended and run.worker_id not in answered:
                 answered.add(run.worker_id)
                 if not follow:
@@ -251,10 +253,9 @@ def follow_job(args: argparse.Namespace, settings: KafkaConfig, since: Any) -> i
     deadline = command_started() + args.wait_timeout
     with JobEventReader(settings, deadline=deadline) as reader:
         reader.start(since)
-        for batch in reader.batches():
+        for batch in reader.batches(job_id=job.job_id):
             for event in batch:
-                if event["job_id"] == job.job_id:
-                    job.apply(event)
+                if event["job_id"] == job.job_id and job.apply(event) is not None:
                     print(json.dumps(event) if args.json else render_event(event), flush=True)
             if reader.caught_up and job.hosts and _done(job, job.hosts):
                 break

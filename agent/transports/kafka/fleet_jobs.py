@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -18,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
 
+import orjson
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from agent.errors import UnavailableError, UsageError
@@ -78,7 +80,6 @@ class JobEventReader:
     def __init__(self, settings: KafkaConfig, *, deadline: float) -> None:
         self.topic = Topics(settings.topic_prefix).events
         self._deadline = deadline
-        self._seen: set[str] = set()
         # Where each partition ended when the reader started, until read that far.
         self._pending: dict[int, int] = {}
         self._consumer = Consumer(
@@ -91,6 +92,8 @@ class JobEventReader:
                 # The broker answers a fetch as soon as data arrives; this only
                 # bounds how long an idle fetch stays open.
                 "fetch.wait.max.ms": 100,
+                # Prefetch bounded (librdkafka's default queue is 64 MiB per partition).
+                "queued.max.messages.kbytes": 8192,
                 **settings.client_config(),
             }
         )
@@ -171,9 +174,14 @@ class JobEventReader:
         """Every event written before the reader started has been read."""
         return not self._pending
 
-    def batches(self, *, until_end: bool = False) -> Iterator[list[dict[str, Any]]]:
+    def batches(
+        self, *, until_end: bool = False, job_id: str | None = None
+    ) -> Iterator[list[dict[str, Any]]]:
         """What each short consume() brought (maybe nothing), until the deadline (or,
-        `until_end`, the end the topic had at start), repeats dropped by event_id."""
+        `until_end`, the end the topic had at start). Events come at least once:
+        FleetJob.apply drops repeats.
+        `job_id`: only that job's events (its message key: others are not parsed)."""
+        key = job_id.encode() if job_id is not None else None
         while not (until_end and self.caught_up):
             left = remaining(self._deadline)
             if left <= 0:
@@ -191,36 +199,32 @@ class JobEventReader:
                 partition, offset = message.partition() or 0, message.offset() or 0
                 if partition in self._pending and offset + 1 >= self._pending[partition]:
                     del self._pending[partition]
+                if key is not None and message.key() != key:
+                    continue
                 event = _event(message.value())
-                if event is not None and self._fresh(event):
+                if event is not None:
                     batch.append(event)
             yield batch
 
-    def job_events(self, *, until_end: bool = False) -> Iterator[dict[str, Any]]:
-        """Each new event once, until the deadline (or the end the topic had at start)."""
-        for batch in self.batches(until_end=until_end):
+    def job_events(
+        self, *, until_end: bool = False, job_id: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Each event read, until the deadline (or the end the topic had at start)."""
+        for batch in self.batches(until_end=until_end, job_id=job_id):
             yield from batch
-
-    def _fresh(self, event: dict[str, Any]) -> bool:
-        event_id = event.get("event_id")
-        if not isinstance(event_id, str):
-            return True
-        if event_id in self._seen:
-            return False
-        self._seen.add(event_id)
-        return True
 
 
 def _event(value: bytes | str | None) -> dict[str, Any] | None:
     try:
-        event = json.loads(value or b"null")
-    except ValueError:
+        # orjson: parsing is most of the cost of reading an hour of a busy fleet's events.
+        event = orjson.loads(value or b"null")
+    except orjson.JSONDecodeError:
         return None
     ok = isinstance(event, dict) and isinstance(event.get("job_id"), str)
     return event if ok and isinstance(event.get("worker_id"), str) else None
 
 
-@dataclass
+@dataclass(slots=True)
 class HostRun:
     """One job on one host, as its events tell it."""
 
@@ -237,21 +241,31 @@ class HostRun:
     progress: float | None = None
     attempts: int = 0
     result: Any = None
-    result_fields: dict[str, Any] = field(default_factory=dict)
+    result_fields: dict[str, Any] | None = None
     target: str | None = None
     ended: bool = False
+    # The last outbox entry applied (event_id "worker:N"): a repeat is one at or below it.
+    seq: int = -1
 
-    def apply(self, event: dict[str, Any]) -> None:
-        kind = str(event.get("type"))
+    def apply(self, event: dict[str, Any]) -> bool:
+        """Take the event in; False for a repeat (delivery is at least once)."""
+        seq = _outbox_seq(event.get("event_id"))
+        if seq is not None:
+            if seq <= self.seq:
+                return False
+            self.seq = seq
+        kind = sys.intern(str(event.get("type")))
         data = _data(event)
         at = event.get("timestamp")
-        self.operation = event.get("operation") or self.operation
+        operation = event.get("operation")
+        if isinstance(operation, str):
+            self.operation = sys.intern(operation)
         self.last_event = kind
         if kind == "duplicate":
             # The host knew this job_id already; its status says how that job stands.
             self.status = self.status or event.get("status")
             self.ended = self.ended or self.status in {"Completed", "Failed", "Cancelled"}
-            return
+            return True
         self.status = _STATUS_AFTER.get(kind, self.status)
         if kind == "accepted":
             self.submitted_at = at
@@ -270,7 +284,8 @@ class HostRun:
             self.result = data.get("result")
             self.result_fields = {
                 k: data[k] for k in ("result_truncated", "result_bytes", "result_url") if k in data
-            }
+            } or None
+        return True
 
     @property
     def refused(self) -> bool:
@@ -292,12 +307,21 @@ class HostRun:
             "attempts": self.attempts,
             "priority": priority,
             "result": self.result,
-            **self.result_fields,
+            **(self.result_fields or {}),
             "worker_id": self.worker_id,
         }
         if priority is None:
             del document["priority"]
         return document
+
+
+def _outbox_seq(event_id: object) -> int | None:
+    """N of an agent's outbox event id `worker:N` (a worker_id holds no ':'); None for
+    the intake's `worker:topic:partition:offset` (re-applying those changes nothing)."""
+    if not isinstance(event_id, str) or event_id.count(":") != 1:
+        return None
+    tail = event_id.partition(":")[2]
+    return int(tail) if tail.isdigit() else None
 
 
 def _data(event: dict[str, Any]) -> dict[str, Any]:
@@ -320,7 +344,7 @@ def _target(origin: Any) -> str | None:
     return "broadcast" if topic.endswith(".broadcast.jobs") else None
 
 
-@dataclass
+@dataclass(slots=True)
 class FleetJob:
     """One job_id across the fleet: every host that told something of it."""
 
@@ -329,12 +353,14 @@ class FleetJob:
     last_at: str | None = None
     hosts: dict[str, HostRun] = field(default_factory=dict)
 
-    def apply(self, event: dict[str, Any]) -> HostRun:
+    def apply(self, event: dict[str, Any]) -> HostRun | None:
+        """The host's run after the event; None when it was a repeat."""
         worker_id = str(event["worker_id"])
         run = self.hosts.get(worker_id)
         if run is None:
-            run = self.hosts[worker_id] = HostRun(worker_id=worker_id, job_id=self.job_id)
-        run.apply(event)
+            run = self.hosts[worker_id] = HostRun(sys.intern(worker_id), self.job_id)
+        if not run.apply(event):
+            return None
         at = event.get("timestamp")
         if isinstance(at, str):
             self.first_at = min(self.first_at or at, at)
@@ -364,22 +390,31 @@ class FleetJob:
             "first_event_at": self.first_at,
             "last_event_at": self.last_at,
             "outcome": self.counts(),
+            # Without results (collect keeps none): `fleet jobs --follow ID --json` has them.
             "hosts": {
-                worker_id: run.document(priority=None)
+                worker_id: _without_result(run.document(priority=None))
                 for worker_id, run in sorted(self.hosts.items())
             },
         }
 
 
+def _without_result(document: dict[str, Any]) -> dict[str, Any]:
+    document.pop("result", None)
+    return document
+
+
 def collect(events: Iterable[dict[str, Any]]) -> dict[str, FleetJob]:
-    """job_id -> FleetJob, from events in the order they were written."""
+    """job_id -> FleetJob, from events in the order they were written; results are
+    dropped as they come (an hour of a fleet's results would not fit in memory)."""
     jobs: dict[str, FleetJob] = {}
     for event in events:
         job_id = str(event["job_id"])
         job = jobs.get(job_id)
         if job is None:
             job = jobs[job_id] = FleetJob(job_id)
-        job.apply(event)
+        run = job.apply(event)
+        if run is not None:
+            run.result = None
     return jobs
 
 

@@ -168,10 +168,12 @@ def test_kafka_wait_prints_the_local_job_document_and_fleet_jobs_shows_every_hos
     tmp_path: Path, kafka_broker: str, kafka_prefix: str
 ) -> None:
     fleet = Fleet(tmp_path, kafka_broker, kafka_prefix)
+    # b heartbeats every 10 s: stopped, it stays live in the map for 30 s (no race).
     agents = {
-        name: kafka_agent(tmp_path, kafka_broker, kafka_prefix, name, labels={"rack": "r1"})
-        for name in ("a", "b")
-    }
+        name: kafka_agent(tmp_path, kafka_broker, kafka_prefix, name, labels={"rack": "r1"},
+                          heartbeat=beat)
+        for name, beat in (("a", 1.0), ("b", 10.0))
+    }  # fmt: skip
     try:
         for agent in agents.values():
             agent.start()
@@ -199,7 +201,7 @@ def test_kafka_wait_prints_the_local_job_document_and_fleet_jobs_shows_every_hos
         (answer,) = documents(done.stdout)
         assert (answer["status"], answer["error"]) == ("Failed", "Job timed out after 0.1 seconds")
 
-        # A broadcast to both, b stopped a moment before (its heartbeat is still fresh):
+        # A broadcast to both, b stopped a moment before (its heartbeat still fresh):
         # a's document, then the summary; b did not answer, so exit 4.
         agents["b"].stop()
         done, took = hostagent(*fleet.submit, "--broadcast", "--selector", "rack=r1", "--op",

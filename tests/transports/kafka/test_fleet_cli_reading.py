@@ -51,13 +51,18 @@ def test_since_takes_durations_and_rfc3339_times_and_names_the_option_otherwise(
 
 
 def test_a_hosts_events_become_the_job_document_a_local_wait_prints() -> None:
-    jobs = collect([
+    job = FleetJob("j1")
+    steps = [
         event("accepted", "a", at="12:00:00", origin="p.host.a.jobs/3/7"),
         event("running", "a", at="12:00:01"),
         event("progress", "a", at="12:00:02", percent=50),
         event("completed", "a", at="12:00:03", result={"message": "hi"}),
-    ])  # fmt: skip
-    job = jobs["j1"]
+    ]
+    for seq, step in enumerate(steps, start=1):
+        step["event_id"] = f"a:{seq}"  # the agent's outbox ids
+        assert job.apply(step) is not None
+    # Delivered again after a crash (at least once): the repeats change nothing.
+    assert [job.apply(step) for step in steps[1:]] == [None, None, None]
     document = job.hosts["a"].document(priority=7)
     assert set(document) == {*JobState.model_fields, "result", "worker_id"}
     assert document == {
@@ -68,6 +73,10 @@ def test_a_hosts_events_become_the_job_document_a_local_wait_prints() -> None:
         "worker_id": "a",
     }  # fmt: skip
     assert job.target == "host a"
+    # The listing keeps no results (an hour of a fleet's would not fit in memory).
+    listed = collect(steps)["j1"].to_dict()
+    assert "result" not in listed["hosts"]["a"]
+    assert listed["outcome"] == {"Completed": 1}
 
 
 def test_a_broadcast_outcome_counts_each_host_and_the_worst_exit_code_wins(
