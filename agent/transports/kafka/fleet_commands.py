@@ -32,10 +32,8 @@ from agent.transports.kafka.fleet import read_fleet
 from agent.transports.kafka.fleet_jobs import (
     FleetJob,
     HostRun,
-    JobEventReader,
     collect,
     parse_since,
-    remaining,
     render_event,
     render_jobs,
     select,
@@ -48,6 +46,7 @@ from agent.transports.kafka.fleet_targets import (
     pool_reach,
     require_live,
 )
+from agent.transports.kafka.job_events import JobEventReader, remaining
 from agent.transports.kafka.settings import KafkaConfig
 
 # The exit codes of agent.cli.support (the README's table); the transport may not import the CLI.

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -27,7 +28,9 @@ pytestmark = pytest.mark.slow
 STALE_AFTER = 3.5
 
 
-def hostagent(*args: str, timeout: float = 60) -> tuple[subprocess.CompletedProcess[str], float]:
+def hostagent(
+    *args: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], float]:
     """A fresh `hostagent` process, and how long it ran (seconds, wall clock)."""
     started = time.monotonic()
     done = subprocess.run(
@@ -35,7 +38,8 @@ def hostagent(*args: str, timeout: float = 60) -> tuple[subprocess.CompletedProc
         check=False,
         capture_output=True,
         text=True,
-        timeout=timeout,
+        timeout=60,
+        env=None if env is None else {**os.environ, **env},
     )
     return done, time.monotonic() - started
 
@@ -74,8 +78,9 @@ class Fleet:
     def __init__(self, tmp: Path, bootstrap: str, prefix: str) -> None:
         self.settings = KafkaConfig(bootstrap_servers=bootstrap, topic_prefix=prefix)
         self.topics = Topics(prefix)
-        key = str(write_key_file(tmp / "operator.key"))
-        self.submit = ["submit", "--kafka", bootstrap, "--topic-prefix", prefix, "--key", key]
+        self.key = str(write_key_file(tmp / "operator.key"))
+        self.unsigned = ["submit", "--kafka", bootstrap, "--topic-prefix", prefix]
+        self.submit = [*self.unsigned, "--key", self.key]
         self.admin = ["--bootstrap", bootstrap, "--topic-prefix", prefix]
 
 
@@ -179,9 +184,11 @@ def test_kafka_wait_prints_the_local_job_document_and_fleet_jobs_shows_every_hos
             agent.start()
         wait_for(lambda: live(fleet.settings) == {"a": True, "b": True}, 30, "the map")
 
-        # A host job: the job document of a local --wait (JobState and its result).
-        done, _ = hostagent(*fleet.submit, "--host", "a", "--op", "system.echo", "--priority",
-                            "7", "--data", '{"message": "x"}', "--wait")  # fmt: skip
+        # A host job (signed with $HOSTAGENT_KAFKA_KEY, as the README says): the job
+        # document of a local --wait (JobState and its result).
+        done, _ = hostagent(*fleet.unsigned, "--host", "a", "--op", "system.echo", "--priority",
+                            "7", "--data", '{"message": "x"}', "--wait",
+                            env={"HOSTAGENT_KAFKA_KEY": fleet.key})  # fmt: skip
         assert done.returncode == 0, done.stderr
         (answer,) = documents(done.stdout)
         assert set(answer) == {*JobState.model_fields, "result", "worker_id"}
