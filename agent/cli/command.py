@@ -351,6 +351,12 @@ def _prune(args: argparse.Namespace, config: Settings) -> int:
     return cli_prune.run(args, config)
 
 
+def _policy(args: argparse.Namespace, config: Settings) -> int:
+    from agent.cli import policy as cli_policy
+
+    return cli_policy.run(args, config)
+
+
 def _fleet(args: argparse.Namespace, config: Settings) -> int:
     from agent.transports.kafka import cli as kafka_cli
 
@@ -387,4 +393,5 @@ _COMMANDS = {
     "decommission": _decommission,
     "key": _key,
     "prune": _prune,
+    "policy": _policy,
 }
