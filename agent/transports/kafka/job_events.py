@@ -24,6 +24,9 @@ from agent.transports.kafka.topics import Topics
 
 # The longest one consume() may block: the reader's answer to "return on time".
 SLICE_SECONDS = 0.2
+# What start() may take past the deadline (~0.1 s on a busy host; seconds only
+# while a new topic elects its leaders).
+SETUP_SECONDS = 2.0
 
 
 def remaining(deadline: float) -> float:
@@ -47,6 +50,7 @@ class JobEventReader:
     def __init__(self, settings: KafkaConfig, *, deadline: float) -> None:
         self.topic = Topics(settings.topic_prefix).events
         self._deadline = deadline
+        self._setup_deadline = deadline
         # Where each partition ended when the reader started, until read that far.
         self._pending: dict[int, int] = {}
         self._consumer = Consumer(
@@ -77,7 +81,7 @@ class JobEventReader:
         self._consumer.close()
 
     def _time_left(self, what: str) -> float:
-        left = remaining(self._deadline)
+        left = remaining(self._setup_deadline)
         if left <= 0:
             raise UnavailableError(
                 f"Kafka: {what}: no answer before the deadline",
@@ -87,7 +91,13 @@ class JobEventReader:
         return left
 
     def start(self, since: datetime | None = None) -> None:
-        """Read from `since` (None: only events written from now on)."""
+        """Read from `since` (None: only events written from now on).
+
+        Given SETUP_SECONDS even past the deadline: a wait whose timeout went on
+        starting Python still finds where the job's events will begin, sends the
+        job, and then ends at once (rather than failing before anything was sent).
+        """
+        self._setup_deadline = max(self._deadline, time.monotonic() + SETUP_SECONDS)
         try:
             metadata = self._consumer.list_topics(
                 self.topic, timeout=self._time_left(f"cannot list {self.topic}")
@@ -130,7 +140,7 @@ class JobEventReader:
             except KafkaException:
                 # A topic created a moment ago may still be electing its leaders
                 # (NOT_LEADER_FOR_PARTITION is not flagged retriable by librdkafka).
-                if remaining(self._deadline) <= SLICE_SECONDS:
+                if remaining(self._setup_deadline) <= SLICE_SECONDS:
                     raise
                 time.sleep(SLICE_SECONDS)
             else:
