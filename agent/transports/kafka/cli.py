@@ -1,4 +1,6 @@
-"""`hostagent submit --kafka`, `hostagent fleet` and `hostagent decommission`."""
+"""`hostagent submit --kafka`, `hostagent fleet [jobs]`, `hostagent decommission` and
+`hostagent key`: their arguments, and each command's entry (the work is in
+fleet_commands, fleet_targets and fleet_jobs)."""
 
 from __future__ import annotations
 
