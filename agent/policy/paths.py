@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
-from agent.errors import ForbiddenError
+from agent.errors import ForbiddenError, NotFoundError
 
 if TYPE_CHECKING:
     from agent.config import Config
@@ -227,7 +227,9 @@ class Policy:
             try:
                 fd = open_beneath(root_fd, located.relative, _READ_FLAGS)
             except OSError as exc:
-                raise ForbiddenError(
+                # Allowed to look, nothing there: not found (404, CLI exit 66), not forbidden.
+                error = NotFoundError if exc.errno == errno.ENOENT else ForbiddenError
+                raise error(
                     f"{field}: {located.path}: {_reason(exc)}", field=field, reason=_reason(exc)
                 ) from exc
         try:

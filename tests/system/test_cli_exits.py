@@ -19,6 +19,7 @@ from agent.cli.support import (
     EXIT_DENIED,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
+    EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_TIMEOUT,
     EXIT_UNREACHABLE,
@@ -74,7 +75,7 @@ def test_exit_codes_tell_how_a_job_ended(agent: tuple[AgentProcess, Path]) -> No
     assert followed.returncode == EXIT_CANCELLED
     assert json.loads(followed.stdout)["status"] == "Cancelled"
     missing = run(root, "status", "no-such-job")
-    assert missing.returncode == EXIT_FAILED
+    assert missing.returncode == EXIT_NOT_FOUND
     for result in (failed, slow, followed, missing):
         no_traceback(result)
 
@@ -238,7 +239,7 @@ def test_config_check_show_and_tokens(tmp_path: Path) -> None:
         text=True,
         check=False,
     )
-    assert again.returncode == EXIT_FAILED
+    assert again.returncode == EXIT_NOT_FOUND
 
 
 @pytest.mark.slow
