@@ -208,7 +208,8 @@ class Policy:
         try:
             fd = os.open(located.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
-            raise ForbiddenError(
+            error = NotFoundError if exc.errno == errno.ENOENT else ForbiddenError
+            raise error(
                 f"{field}: image root {located.root} is unusable: {_reason(exc)}",
                 field=field,
                 reason=_reason(exc),
