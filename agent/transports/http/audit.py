@@ -74,7 +74,7 @@ def refused_value(field: str, request_body: bytes) -> str | None:
         return None
     try:
         value: Any = json.loads(request_body)
-    except ValueError:
+    except (ValueError, RecursionError):  # the body the refusal was about: anything
         return None
     for part in field.split("."):
         if isinstance(value, dict) and part in value:
