@@ -72,6 +72,11 @@ def _main(argv: list[str]) -> int:
             from agent.cli.commands import completion
 
             return completion(args, parser)
+        if args.command == "appliance":
+            from agent.handlers._guestfs_host import build_appliance
+
+            print(build_appliance(args.output))
+            return 0
         if args.command == "config" and args.config_command == "check":
             from agent.cli.commands import config_check
 

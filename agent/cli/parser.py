@@ -10,6 +10,7 @@ from agent import __version__
 from agent.cli import prune as cli_prune
 from agent.cli.resources import add_commands
 from agent.cli.support import EXIT_CODES_HELP, add_client_options
+from agent.handlers._guestfs_host import PACKAGED_APPLIANCE
 from agent.transports.kafka import cli as kafka_cli
 
 DESCRIPTION = "hostagent: the per-host job agent, and the command line to talk to it."
@@ -179,5 +180,18 @@ def _add_admin(commands: Commands) -> None:
     _common(prune)
     cli_prune.add_arguments(prune)
 
+    appliance = commands.add_parser(
+        "appliance",
+        help="build libguestfs' fixed appliance for guestkit.* (as root; the package's "
+        "postinst runs it: the service itself cannot read the kernel's modules)",
+    )
+    appliance.add_argument(
+        "output",
+        nargs="?",
+        type=Path,
+        default=PACKAGED_APPLIANCE,
+        help=f"where to build it (default {PACKAGED_APPLIANCE}, the unit's LIBGUESTFS_PATH)",
+    )
+
     completion = commands.add_parser("completion", help="shell completion script")
-    completion.add_argument("shell", choices=["bash", "zsh", "tcsh"])
+    completion.add_argument("shell", choices=["bash", "zsh", "tcsh"], help="the shell to complete")

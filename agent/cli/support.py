@@ -65,7 +65,14 @@ def config_path(explicit: Path | None, *, discover: bool = True) -> Path | None:
         return Path(env)
     if discover and PROJECT_CONFIG.is_file():
         return PROJECT_CONFIG
-    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+    if not DEFAULT_CONFIG_PATH.exists():
+        return None
+    # The packaged config is 0640 root:hostagent (it can hold secrets): a client command
+    # run by a submitter who may not read it uses the defaults, which name the same
+    # socket (an empty file: None would mean the default path to the loader).
+    if discover and not os.access(DEFAULT_CONFIG_PATH, os.R_OK):
+        return Path(os.devnull)
+    return DEFAULT_CONFIG_PATH
 
 
 def exit_code(exc: BaseException) -> int:
