@@ -156,10 +156,8 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
 def socket_of(config: Settings) -> Path | None:
     from agent.transports.http.local import local_socket_path
 
-    http = config.http
-    if not http.enabled:
-        return None
-    return local_socket_path(http, config.state_dir)
+    # http.enabled is the TCP listener only: the socket has its own switch.
+    return local_socket_path(config.http, config.state_dir)
 
 
 def connect(args: argparse.Namespace, config: Settings) -> AgentClient | None:

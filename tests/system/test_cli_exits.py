@@ -71,7 +71,7 @@ def test_exit_codes_tell_how_a_job_ended(agent: tuple[AgentProcess, Path]) -> No
     assert "keeps running" in slow.stderr
     job_id = slow.stdout.strip()
     assert run(root, "cancel", job_id).returncode == EXIT_OK
-    followed = run(root, "follow", job_id)
+    followed = run(root, "follow", job_id, "--json")
     assert followed.returncode == EXIT_CANCELLED
     assert json.loads(followed.stdout)["status"] == "Cancelled"
     missing = run(root, "status", "no-such-job")
@@ -172,7 +172,7 @@ def test_ctrl_c_while_following_says_the_job_keeps_running(
     assert f"job {job_id} keeps running" in stderr
     assert f"hostagent cancel {job_id}" in stderr
     assert "Traceback" not in stderr
-    status = json.loads(run(root, "status", job_id).stdout)
+    status = json.loads(run(root, "status", job_id, "--json").stdout)
     assert status["status"] == "Running"
     assert run(root, "cancel", job_id).returncode == 0
 
