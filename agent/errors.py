@@ -8,7 +8,7 @@ one is to blame, the field and the reason.
     ├── UnauthorizedError         UNAUTHORIZED 401     no token, or an unknown one
     ├── ForbiddenError            FORBIDDEN 403        a token without the scope
     │   └── LinkRefusedError        (same code)        a spool symlink (transports.spool.claim)
-    ├── NotFoundError             NOT_FOUND 404
+    ├── NotFoundError             NOT_FOUND 404        a job, a token, a payload's file
     ├── ConflictError             CONFLICT 409         same job_id, different document
     ├── PayloadTooLargeError      PAYLOAD_TOO_LARGE 413
     ├── UnsupportedMediaTypeError UNSUPPORTED_MEDIA_TYPE 415
@@ -76,6 +76,9 @@ class ExpiredError(ValidationError):
 
 
 class NotFoundError(AgentError):
+    """What a request names is not there: a job, a token, a file a payload names
+    (CLI exit 66)."""
+
     code = "NOT_FOUND"
     http_status = 404
 

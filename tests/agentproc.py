@@ -26,6 +26,7 @@ class AgentProcess:
             "json",
             # The spool is what these tests drive; the HTTP API has its own daemon tests.
             "--no-http",
+            "--no-socket",
             "--libvirt-uri",
             "test:///default",
             *extra,

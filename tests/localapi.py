@@ -18,6 +18,7 @@ def socket_agent(tmp_path: Path, *extra: str, env: dict[str, str] | None = None)
     """A real agent with HTTP on an ephemeral port and its socket at <state>/api.sock."""
     agent = AgentProcess(tmp_path / "state", tmp_path / "spool", "--http-bind", "127.0.0.1:0")
     agent.argv.remove("--no-http")
+    agent.argv.remove("--no-socket")
     agent.argv.extend(extra)
     if env:
         agent.env = {**os.environ, **env}

@@ -32,6 +32,7 @@ def _config(args: argparse.Namespace) -> Settings:
         "libvirt.uri": getattr(args, "libvirt_uri", None),
         "http.bind": getattr(args, "http_bind", None),
         "http.enabled": getattr(args, "http_enabled", None),
+        "http.socket_enabled": getattr(args, "socket_enabled", None),
         "http.insecure_no_auth": getattr(args, "insecure_no_auth", None),
     }
     # `run` reads what the service reads; other commands also find a checkout's hostagent.toml.
@@ -72,6 +73,11 @@ def _main(argv: list[str]) -> int:
             from agent.cli.commands import completion
 
             return completion(args, parser)
+        if args.command == "appliance":
+            from agent.handlers._guestfs_host import build_appliance
+
+            print(build_appliance(args.output))
+            return 0
         if args.command == "config" and args.config_command == "check":
             from agent.cli.commands import config_check
 
@@ -187,25 +193,35 @@ def _jobs(args: argparse.Namespace, config: Settings) -> int:
 
 def _status(args: argparse.Namespace, config: Settings) -> int:
     from agent.cli import offline as cli_offline
+    from agent.cli.commands import status_view
     from agent.store.queries import get_job
 
     if (remote := _remote(args, config)) is not None:
         with remote:
-            _print(remote.status(args.job_id))
-        return 0
-    _print(cli_offline.read_store(config, get_job, args.job_id).model_dump(mode="json"))
+            state = remote.status(args.job_id)
+    else:
+        state = cli_offline.read_store(config, get_job, args.job_id).model_dump(mode="json")
+    if args.json:
+        _print(state)
+    else:
+        status_view(state)
     return 0
 
 
 def _result(args: argparse.Namespace, config: Settings) -> int:
     from agent.cli import offline as cli_offline
+    from agent.cli.commands import print_tree
     from agent.store.queries import get_result
 
     if (remote := _remote(args, config)) is not None:
         with remote:
-            _print(remote.result(args.job_id))
-        return 0
-    _print(cli_offline.read_store(config, get_result, args.job_id))
+            result = remote.result(args.job_id)
+    else:
+        result = cli_offline.read_store(config, get_result, args.job_id)
+    if args.json:
+        _print(result)
+    else:
+        print_tree(result)
     return 0
 
 
@@ -218,7 +234,12 @@ def _logs(args: argparse.Namespace, config: Settings) -> int:
             events = remote.logs(args.job_id)
     else:
         events = cli_offline.read_store(config, get_events, args.job_id)
-    for event in events:
+    if not args.json:
+        from agent.cli.commands import logs_view
+
+        logs_view(events)
+        return 0
+    for event in events:  # JSON lines: one event each, as they are stored
         print(json.dumps(event))
     return 0
 
@@ -253,7 +274,10 @@ def _follow(args: argparse.Namespace, config: Settings) -> int:
 
     remote = _require_remote(args, config)
     with remote:
-        return follow(remote, args.job_id, timeout=args.wait_timeout, progress=True)
+        live = not args.json  # a program reading JSON wants no live view on stderr
+        return follow(
+            remote, args.job_id, timeout=args.wait_timeout, progress=live, as_json=args.json
+        )
 
 
 def _validate(args: argparse.Namespace, config: Settings) -> int:

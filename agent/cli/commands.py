@@ -147,8 +147,11 @@ def _replace(path: Path, text: str) -> None:
 # --- following a job ---
 
 
-def follow(remote: AgentClient, job_id: str, *, timeout: float, progress: bool) -> int:
-    """Show a job's progress until it ends; the exit code says how it ended."""
+def follow(
+    remote: AgentClient, job_id: str, *, timeout: float, progress: bool, as_json: bool = True
+) -> int:
+    """Show a job's progress until it ends; the exit code says how it ended. The end
+    is printed as JSON (`as_json`, for programs) or as the human view."""
     from agent.cli.client import ProgressView
 
     view = ProgressView() if progress else None
@@ -173,7 +176,13 @@ def follow(remote: AgentClient, job_id: str, *, timeout: float, progress: bool) 
         if view is not None:
             view.finish()
     result = remote.result(job_id) if state["status"] == "Completed" else None
-    print_json({**state, "result": result})
+    if as_json:
+        print_json({**state, "result": result})
+    else:
+        status_view(state)
+        if result is not None:
+            print("result:")
+            print_tree(result, indent=2)
     return outcome_code(state["status"])
 
 
@@ -191,6 +200,99 @@ def print_jobs(jobs: list[dict[str, Any]], *, header: bool) -> None:
         print(JOB_COLUMNS)
     for job in jobs:
         print(f"{job['job_id']:40} {job['status']:10} {job['operation']:24} {job['submitted_at']}")
+
+
+_STATUS_ROWS = (
+    ("job", "job_id"),
+    ("operation", "operation"),
+    ("status", "status"),
+    ("progress", "progress"),
+    ("attempts", "attempts"),
+    ("priority", "priority"),
+    ("transport", "transport"),
+    ("submitted", "submitted_at"),
+    ("started", "started_at"),
+    ("finished", "completed_at"),
+    ("error", "error"),
+)
+
+
+def status_view(state: dict[str, Any]) -> None:
+    """A job's state as `name: value` lines (what is not known yet is left out)."""
+    for name, key in _STATUS_ROWS:
+        value = state.get(key)
+        if value is None or (key == "progress" and state.get("status") != "Running"):
+            continue
+        shown = f"{value:g}%" if key == "progress" else value
+        print(f"{name + ':':11} {shown}")
+
+
+def print_tree(value: Any, *, indent: int = 0) -> None:
+    """A JSON value as indented `key: value` lines; short lists of scalars on one line."""
+    pad = " " * indent
+    if isinstance(value, dict):
+        if not value:
+            print(f"{pad}(empty)")
+        for key, item in value.items():
+            if _is_scalar(item) or _short_list(item):
+                print(f"{pad}{key}: {_scalar(item)}")
+            else:
+                print(f"{pad}{key}:")
+                print_tree(item, indent=indent + 2)
+    elif isinstance(value, list):
+        if not value:
+            print(f"{pad}(none)")
+        for item in value:
+            if _is_scalar(item) or _short_list(item):
+                print(f"{pad}- {_scalar(item)}")
+            else:
+                print(f"{pad}-")
+                print_tree(item, indent=indent + 2)
+    else:
+        print(f"{pad}{_scalar(value)}")
+
+
+def _is_scalar(value: Any) -> bool:
+    return not isinstance(value, dict | list)
+
+
+def _short_list(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and all(_is_scalar(item) for item in value)
+        and len(", ".join(map(str, value))) <= 72
+    )
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(_scalar(item) for item in value) or "(none)"
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def logs_view(events: list[dict[str, Any]]) -> None:
+    """A job's log: one line per event, oldest first (`at  kind  message  key=value`)."""
+    for event in events:
+        data = dict(event.get("data") or {})
+        kind = event.get("type", "?")
+        if kind == "log":
+            kind = str(data.pop("level", "info"))
+            text = str(data.pop("message", ""))
+        elif kind == "progress":
+            percent = data.pop("percent", None)
+            text = " ".join(
+                part
+                for part in ("" if percent is None else f"{percent:g}%", data.pop("message", ""))
+                if part
+            )
+        else:
+            text = ""
+        extra = " ".join(f"{key}={json.dumps(value)}" for key, value in data.items())
+        print(f"{event.get('at', '')}  {kind:8} {text} {extra}".rstrip())
 
 
 def caps_summary(caps: dict[str, Any]) -> None:

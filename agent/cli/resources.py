@@ -33,6 +33,32 @@ VM_VERBS = (
 )
 
 
+# What each action does to the domain (its help line): the four ways to stop a VM differ.
+VERB_HELP = {
+    "start": "boot the VM (vm.start)",
+    "shutdown": "ask the guest OS to shut down (ACPI; vm.shutdown): it may take a while or "
+    'be ignored; --data \'{"timeout_seconds": 120, "force": true}\' pulls the plug after',
+    "poweroff": "pull the plug now (vm.destroy): no guest shutdown, unwritten data is lost; "
+    "the VM stays defined",
+    "off": "shut down cleanly, then pull the plug if the guest has not stopped "
+    "(vm.shutdown with force: true; Concertim's name)",
+    "destroy": "the same as poweroff (vm.destroy; Concertim's name): it removes nothing, "
+    "`vm delete` does",
+    "on": "the same as start (Concertim's name)",
+    "reboot": "ask the guest OS to reboot (vm.reboot)",
+    "reset": "hard reset, like the reset button (vm.reset): no guest shutdown",
+    "suspend": "pause the VM's CPUs; it stays in memory (vm.suspend)",
+    "resume": "continue a suspended VM (vm.resume)",
+    "snapshot": "take a snapshot (vm.snapshot.create; --data '{\"snapshot\": NAME}')",
+    "autostart": "start the VM with libvirtd (--data '{\"enabled\": false}' turns it off)",
+    "delete": "undefine the VM (vm.undefine); --force powers it off first",
+    "activate": "start the storage pool (storage.pool.start)",
+    "deactivate": "stop the storage pool (storage.pool.stop)",
+    "stop": "stop the network (network.stop)",
+}
+NOUN_NAME = {"vm": "the VM's name", "pool": "the storage pool's name", "net": "the network's name"}
+
+
 def _mib(kib: int) -> str:
     return f"{kib // 1024} MiB"
 
@@ -196,19 +222,29 @@ def add_commands(commands: Any, options: Callable[[argparse.ArgumentParser], Non
             options(read)
             read.add_argument("--json", action="store_true", help="the API's JSON, for programs")
             if noun == "volume":
-                read.add_argument("pool")
+                read.add_argument("pool", help="the storage pool's name")
             if verb == "info" and noun != "host":
-                read.add_argument("name")
+                read.add_argument("name", help=NOUN_NAME.get(noun, "the volume's name"))
             if noun == "vm" and verb == "list":
                 read.add_argument("--state", help="only VMs in this state (running, shutoff, ...)")
         for verb in actions:
-            action = nested.add_parser(verb, help=f"{verb} (a job)")
+            explained = VERB_HELP.get(verb, f"{verb} ({noun}.{verb})")
+            if noun == "net" and verb in ("start", "autostart", "delete"):
+                explained = f"{verb} the network (network.{verb})"
+            if noun == "pool" and verb == "delete":
+                explained = "delete the storage pool (storage.pool.delete)"
+            action = nested.add_parser(verb, help=f"{explained}; a job", description=explained)
             options(action)
-            action.add_argument("name")
+            action.add_argument("name", help=NOUN_NAME[noun])
             action.add_argument("--data", default="{}", help="the action's body as JSON")
             action.add_argument("--job-id", help="sent as Idempotency-Key: a retry is one job")
             action.add_argument("--wait", action="store_true", help="follow the job to its end")
-            action.add_argument("--wait-timeout", type=float, default=3600.0)
+            action.add_argument(
+                "--wait-timeout",
+                type=float,
+                default=3600.0,
+                help="seconds --wait waits (default 3600); the job keeps running after",
+            )
             if verb == "delete" and noun == "vm":
                 action.add_argument("--force", action="store_true", help="power it off first")
     return list(verbs)

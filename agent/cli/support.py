@@ -17,6 +17,7 @@ from agent.errors import (
     BadRequestError,
     ConfigError,
     ForbiddenError,
+    NotFoundError,
     UnauthorizedError,
     UnreachableError,
     UsageError,
@@ -28,10 +29,11 @@ if TYPE_CHECKING:
 
 # Exit codes: documented in --help (EXIT_CODES_HELP) and the README.
 EXIT_OK = 0
-EXIT_FAILED = 1  # the job failed, or the agent refused the request (invalid, not found)
+EXIT_FAILED = 1  # the job failed, or the agent refused the request (invalid, conflict)
 EXIT_USAGE = 2  # bad command line or config
 EXIT_CANCELLED = 3  # the job was cancelled
 EXIT_TIMEOUT = 4  # --wait/--follow gave up before the job finished
+EXIT_NOT_FOUND = 66  # no such job, token or file a payload names (sysexits EX_NOINPUT)
 EXIT_UNREACHABLE = 69  # no agent answered (sysexits EX_UNAVAILABLE)
 EXIT_SOFTWARE = 70  # a bug in hostagent (sysexits EX_SOFTWARE)
 EXIT_DENIED = 77  # authentication or permission refused (sysexits EX_NOPERM)
@@ -40,10 +42,11 @@ EXIT_INTERRUPTED = 130  # Ctrl-C
 EXIT_CODES_HELP = """\
 exit codes:
   0    success (a waited-for job Completed)
-  1    the job Failed, or the agent refused the request (invalid, not found, conflict)
+  1    the job Failed, or the agent refused the request (invalid, conflict)
   2    usage error, or an invalid config (the key is named)
   3    the job was Cancelled
   4    --wait/--follow timed out before the job finished (it keeps running)
+  66   not found: no such job or token, or a file the payload names does not exist
   69   the agent could not be reached
   77   authentication or permission refused (token, socket group, file mode)
   130  interrupted (Ctrl-C)
@@ -62,22 +65,33 @@ def config_path(explicit: Path | None, *, discover: bool = True) -> Path | None:
         return Path(env)
     if discover and PROJECT_CONFIG.is_file():
         return PROJECT_CONFIG
-    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+    if not DEFAULT_CONFIG_PATH.exists():
+        return None
+    # The packaged config is 0640 root:hostagent (it can hold secrets): a client command
+    # run by a submitter who may not read it uses the defaults, which name the same
+    # socket (an empty file: None would mean the default path to the loader).
+    if discover and not os.access(DEFAULT_CONFIG_PATH, os.R_OK):
+        return Path(os.devnull)
+    return DEFAULT_CONFIG_PATH
 
 
 def exit_code(exc: BaseException) -> int:
     """The exit code of a command that ended with `exc`."""
-    if isinstance(exc, UnreachableError):
-        return EXIT_UNREACHABLE
-    if isinstance(exc, UnauthorizedError | ForbiddenError | PermissionError):
-        return EXIT_DENIED
-    if isinstance(exc, ConfigError | UsageError):
-        return EXIT_USAGE
-    if isinstance(exc, KeyboardInterrupt):
-        return EXIT_INTERRUPTED
-    if isinstance(exc, AgentError | OSError):
-        return EXIT_FAILED
+    for kinds, code in _EXIT_CODES:
+        if isinstance(exc, kinds):
+            return code
     return EXIT_SOFTWARE
+
+
+# First match wins: the specific errors before AgentError and OSError.
+_EXIT_CODES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int], ...] = (
+    (UnreachableError, EXIT_UNREACHABLE),
+    ((UnauthorizedError, ForbiddenError, PermissionError), EXIT_DENIED),
+    ((ConfigError, UsageError), EXIT_USAGE),
+    (NotFoundError, EXIT_NOT_FOUND),
+    (KeyboardInterrupt, EXIT_INTERRUPTED),
+    ((AgentError, OSError), EXIT_FAILED),
+)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -142,10 +156,8 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
 def socket_of(config: Settings) -> Path | None:
     from agent.transports.http.local import local_socket_path
 
-    http = config.http
-    if not http.enabled:
-        return None
-    return local_socket_path(http, config.state_dir)
+    # http.enabled is the TCP listener only: the socket has its own switch.
+    return local_socket_path(config.http, config.state_dir)
 
 
 def connect(args: argparse.Namespace, config: Settings) -> AgentClient | None:

@@ -22,6 +22,7 @@ from agent.core.jobstore import JobStore
 from agent.core.locks import ResourceLocks
 from agent.core.registry import Registry
 from agent.core.services import Services
+from agent.core.targets import job_target
 from agent.errors import AgentError, ConflictError
 from agent.jobs import JobState, JobStatus, PendingJob
 
@@ -288,7 +289,12 @@ class Dispatcher:
                     if started is None:
                         return  # no longer pending
                     self._publish_status(started)
-                log.info("job.started", attempt=job.attempts + 1, timeout=timeout)
+                log.info(
+                    "job.started",
+                    attempt=job.attempts + 1,
+                    timeout=timeout,
+                    **job_target(job.operation, job.document["payload"]["data"]),
+                )
                 ctx = JobContext(
                     job.job_id,
                     job.operation,

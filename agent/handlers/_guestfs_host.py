@@ -1,4 +1,11 @@
-"""Whether libguestfs can work on this host, and which accelerator its appliance gets.
+"""Whether libguestfs can work on this host, which appliance it boots, and which
+accelerator that appliance gets.
+
+The appliance: the package builds a fixed one at install, as root, with
+`hostagent appliance` (build_appliance), under the state directory; the unit names
+it in LIBGUESTFS_PATH (libguestfs' own variable). The service cannot build one
+itself: its ProtectKernelModules= hides /lib/modules, which supermin reads. Outside
+the unit (`make run`, tests) the appliance is built per user in libguestfs' cache.
 
 The start-up check only looks at files (no appliance, no qemu): start-up stays
 fast. Whether KVM works is asked of qemu once, at the first job: /dev/kvm can
@@ -11,12 +18,16 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import subprocess
+import tempfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import trio
+
+from agent.errors import HandlerError
 
 if TYPE_CHECKING:
     from agent.core.capabilities import Capabilities
@@ -34,17 +45,79 @@ _QMP_QUIT = b'{"execute": "qmp_capabilities"}\n{"execute": "quit"}\n'
 SUPERMIN_D = Path(f"/usr/lib/{platform.machine()}-linux-gnu/guestfs/supermin.d")
 # libguestfs' own appliance cache for this user (it would build it there itself).
 APPLIANCE_CACHE = Path(f"/var/tmp/.guestfs-{os.geteuid()}")  # noqa: S108 (libguestfs' choice)
+# Where the package builds the fixed appliance (the unit's LIBGUESTFS_PATH).
+PACKAGED_APPLIANCE = Path("/var/lib/hostagent/appliance")
+APPLIANCE_FILES = ("kernel", "initrd", "root")
+# libguestfs takes a directory holding this file as a ready (fixed) appliance.
+FIXED_MARK = "README.fixed"
+
+
+def prebuilt_appliance() -> Path | None:
+    """The fixed appliance named by LIBGUESTFS_PATH, when it is complete there."""
+    named = os.environ.get("LIBGUESTFS_PATH")  # libguestfs' variable: the unit sets it
+    if not named:
+        return None
+    path = Path(named)
+    wanted = (*APPLIANCE_FILES, FIXED_MARK)
+    return path if all((path / name).is_file() for name in wanted) else None
+
+
+def build_appliance(output: Path) -> Path:
+    """Build a fixed appliance into `output` (blocking; root, at install: supermin reads
+    the host's kernel, its modules and packages). Replaces an older one atomically."""
+    problem = _tools_problem() or _kernel_problem()
+    if problem is not None:
+        raise HandlerError(f"cannot build the libguestfs appliance: {problem}", field="appliance")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".appliance-", dir=output.parent))
+    try:
+        built = staging / "appliance"
+        argv = ["supermin", "--build", "--copy-kernel", "-f", "ext2"]
+        argv += ["--host-cpu", platform.machine(), str(SUPERMIN_D), "-o", str(built)]
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            tail = done.stderr.strip()[-500:]
+            raise HandlerError(
+                f"supermin failed (status {done.returncode}): {tail}", field="appliance"
+            )
+        (built / FIXED_MARK).write_text(
+            "A fixed libguestfs appliance built by hostagent appliance.\n"
+        )
+        built.chmod(0o755)  # the service user reads it; nothing in it is secret
+        for child in built.iterdir():
+            child.chmod(0o644)
+        old = staging / "old"
+        if output.exists():
+            output.rename(old)
+        built.rename(output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output
 
 
 def libguestfs_problem() -> str | None:
     """Why libguestfs cannot work here, or None; reads a few paths, starts nothing."""
+    problem = _tools_problem()
+    if problem is not None or prebuilt_appliance() is not None:
+        return problem
+    kernel = _kernel_problem()
+    named = os.environ.get("LIBGUESTFS_PATH")
+    if kernel is not None and named:
+        return (
+            f"no prebuilt appliance in {named} ({kernel}): run `hostagent appliance {named}`"
+            " as root (the package does at install)"
+        )
+    return kernel
+
+
+def _tools_problem() -> str | None:
     if not BINDING.exists():
         return f"libguestfs' Python binding is missing ({BINDING}; Debian: python3-guestfs)"
     if not SUPERMIN_D.is_dir():
         return f"no libguestfs appliance ({SUPERMIN_D}; Debian: libguestfs-tools)"
     if shutil.which(QEMU) is None:
         return f"{QEMU} is not installed"
-    return _kernel_problem()
+    return None
 
 
 def _kernel_problem() -> str | None:
@@ -68,7 +141,11 @@ def _kernel_problem() -> str | None:
 async def fixed_appliance(ctx: JobContext) -> Path:
     """The appliance (kernel, initrd, root) built as libguestfs would build it, but
     outside the sandbox and before the job's files are in reach: supermin reads the
-    host's packages, which the sandbox does not show. Quick when it is up to date."""
+    host's packages, which the sandbox does not show. Quick when it is up to date.
+    The prebuilt one (LIBGUESTFS_PATH, the package's) when there is one."""
+    prebuilt = prebuilt_appliance()
+    if prebuilt is not None:
+        return prebuilt
     output = APPLIANCE_CACHE / "appliance.d"
     await trio.to_thread.run_sync(partial(APPLIANCE_CACHE.mkdir, mode=0o755, exist_ok=True))
     argv = ["supermin", "--build", "--if-newer", "--lock", str(APPLIANCE_CACHE / "lock")]

@@ -14,6 +14,7 @@ packages, services, filesystems, profile.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from typing import Any
@@ -56,6 +57,7 @@ def main() -> int:
     g.set_backend("direct")
     if request["tcg"]:
         g.set_backend_settings(["force_tcg"])
+        g.set_hv(split_wx_qemu(g.get_hv(), request["tmpdir"]))
     # readonly: libguestfs puts a throwaway overlay in front of the disk, so a running
     # VM's disk is neither written nor (with the overlay's shared open) locked.
     g.add_drive_opts(request["disk"], readonly=True, format=request["format"])
@@ -88,6 +90,40 @@ def main() -> int:
     g.close()
     emit(result=result)
     return 0
+
+
+# qemu's TCG writes code it then runs. Its default JIT buffer is one mapping made
+# writable and executable (mprotect RWX), which the shipped unit's
+# MemoryDenyWriteExecute= refuses ("mprotect of jit buffer: Operation not permitted").
+# With split-wx the buffer is mapped twice (a writable view and an executable one):
+# never both at once. libguestfs asks for TCG with `-machine accel=...`, which qemu
+# will not combine with `-accel tcg,split-wx=on`: this wrapper swaps one for the other.
+_SPLIT_WX = """#!{python}
+import os, sys
+args, accel = [], False
+argv = sys.argv[1:]
+for index, arg in enumerate(argv):
+    if index and argv[index - 1] == "-machine":
+        kept = [item for item in arg.split(",") if not item.startswith("accel=")]
+        accel = accel or len(kept) < len(arg.split(","))
+        if not kept:
+            args.pop()  # "-machine accel=tcg" alone: drop both
+            continue
+        arg = ",".join(kept)
+    args.append(arg)
+if accel:
+    args += ["-accel", "tcg,split-wx=on"]
+os.execv({qemu!r}, [{qemu!r}, *args])
+"""
+
+
+def split_wx_qemu(qemu: str, directory: str) -> str:
+    """A qemu for libguestfs that runs TCG with split W^X mappings (see _SPLIT_WX)."""
+    path = os.path.join(directory, "qemu-split-wx")
+    with open(path, "w") as script:
+        script.write(_SPLIT_WX.format(python=sys.executable, qemu=qemu))
+    os.chmod(path, 0o700)
+    return path
 
 
 def report_socket_directory(g: Any) -> None:

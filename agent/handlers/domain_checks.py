@@ -14,7 +14,7 @@ from typing import Any
 import trio
 
 from agent.core.context import JobContext
-from agent.errors import ForbiddenError, HandlerError, HypervisorError
+from agent.errors import ForbiddenError, HandlerError, HypervisorError, NotFoundError
 from agent.handlers.domain_xml import VmSpec
 from agent.hypervisor import lookup_network
 from agent.policy.domain import disk_files, network_names
@@ -56,10 +56,8 @@ async def check_disk_images(
                 continue
         try:
             await trio.to_thread.run_sync(partial(check_image, policy, path, fmt, field=field))
-        except ForbiddenError as exc:
-            if exc.details.get("reason") == "no such file":
-                continue
-            raise
+        except NotFoundError:
+            continue
 
 
 def check_networks(conn: Any, spec: VmSpec | None, xml: str) -> None:

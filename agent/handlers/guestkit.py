@@ -260,8 +260,13 @@ async def _run_reader(
         await ctx.progress(100, "done")
         return dict(final["result"])
     if "error" in final:
+        why = final["error"]
+        if final.get("reason") == "libguestfs":
+            # "see earlier error messages": those are the reader's stderr (its debug tail).
+            lines = process.stderr.decode(errors="replace").strip().splitlines()
+            why += ": " + " | ".join(line.strip() for line in lines[-6:] if line.strip())
         raise HandlerError(
-            f"{request['disk']}: {final['error']}",
+            f"{request['disk']}: {why}",
             field="payload.data.image.path",
             reason=final.get("reason"),
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from functools import partial
 from typing import Any, Literal
 from xml.etree import ElementTree as ET
@@ -11,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.core.context import JobContext
 from agent.core.registry import handler
-from agent.errors import ForbiddenError, HandlerError
+from agent.errors import HandlerError, NotFoundError
 from agent.handlers import check_disk_size, connection, missing_is_done
 from agent.handlers.domain_xml import NAME_PATTERN
 from agent.handlers.storage_roots import check_pool_directory, refresh_pool_roots
@@ -227,13 +228,10 @@ async def check_volume_image(ctx: JobContext, ref: VolumeRef) -> None:
     field = "payload.data.name"
     # An ISO image is raw bytes to qemu-img.
     fmt = "raw" if found["format"] == "iso" else found["format"]
-    try:
+    with contextlib.suppress(NotFoundError):  # a volume that is no file (yet): nothing to read
         await trio.to_thread.run_sync(
             partial(check_image, ctx.get(Policy), found["path"], fmt, field=field)
         )
-    except ForbiddenError as exc:
-        if exc.details.get("reason") != "no such file":
-            raise
 
 
 class VolumeCreatePayload(VolumeRef):

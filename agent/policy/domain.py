@@ -14,10 +14,11 @@ scope and `policy.allow_passthrough`; file disks are checked for everyone.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from agent.errors import ForbiddenError
+from agent.errors import ForbiddenError, NotFoundError
 from agent.policy.images import check_image
 from agent.policy.paths import Admission, Policy
 from agent.policy.xml_allowlist import (
@@ -141,11 +142,8 @@ def check_disk_image(policy: Policy, path: str, *, field: str, fmt: str | None =
     """The image check at intake, for a disk or CD-ROM: under an image root, reached
     without a link, and if it exists the image and every file it names checked by the
     image opener (agent.policy.images; again when the job runs)."""
-    try:
+    with contextlib.suppress(NotFoundError):  # not there yet: checked again when the job runs
         check_image(policy, path, fmt, field=field)
-    except ForbiddenError as exc:
-        if exc.details.get("reason") != "no such file":
-            raise
 
 
 def admit_define(payload: Any, gate: Admission) -> None:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Any
 
-from agent.errors import ForbiddenError
+from agent.errors import ForbiddenError, NotFoundError
 from agent.policy.paths import Policy
 
 MAX_DEPTH = 16
@@ -222,12 +222,13 @@ class _Walk:
     def open_checked(self, path: str, named_by: str | None = None, what: str = "") -> int:
         try:
             fd = self.policy.open_input(path, field=self.field)
-        except ForbiddenError as exc:
+        except (ForbiddenError, NotFoundError) as exc:
             if named_by is None:
                 raise
             reason = str(exc.details.get("reason", "refused"))
             detail = exc.message.removeprefix(f"{self.field}: ")
-            raise _refuse(self.field, f"{what} named by {named_by}: {detail}", reason) from exc
+            message = f"{self.field}: {what} named by {named_by}: {detail}"
+            raise type(exc)(message, field=self.field, reason=reason) from exc
         info = os.fstat(fd)
         key = (info.st_dev, info.st_ino)
         if key in self.seen:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
-from agent.errors import ForbiddenError
+from agent.errors import ForbiddenError, NotFoundError
 from agent.policy.allowlist import Allowlist, Caller
 
 if TYPE_CHECKING:
@@ -211,7 +211,8 @@ class Policy:
         try:
             fd = os.open(located.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
-            raise ForbiddenError(
+            error = NotFoundError if exc.errno == errno.ENOENT else ForbiddenError
+            raise error(
                 f"{field}: image root {located.root} is unusable: {_reason(exc)}",
                 field=field,
                 reason=_reason(exc),
@@ -230,7 +231,9 @@ class Policy:
             try:
                 fd = open_beneath(root_fd, located.relative, _READ_FLAGS)
             except OSError as exc:
-                raise ForbiddenError(
+                # Allowed to look, nothing there: not found (404, CLI exit 66), not forbidden.
+                error = NotFoundError if exc.errno == errno.ENOENT else ForbiddenError
+                raise error(
                     f"{field}: {located.path}: {_reason(exc)}", field=field, reason=_reason(exc)
                 ) from exc
         try:

@@ -22,7 +22,7 @@ import pytest
 import trio
 
 from agent.config import Config, LibvirtConfig, PolicyConfig
-from agent.errors import ForbiddenError, ValidationError
+from agent.errors import ForbiddenError, NotFoundError, ValidationError
 from agent.handlers import _findings, _guestfs_host
 from agent.service.daemon import Agent
 from agent.service.settings import Settings
@@ -316,8 +316,11 @@ async def test_missing_and_non_image_paths_fail_clearly(agent: Agent, tmp_path: 
     images.mkdir()
     missing = images / "missing.qcow2"
     (images / "folder").mkdir()
-    for path, reason in ((missing, "no such file"), (images / "folder", "only regular files")):
-        with pytest.raises(ForbiddenError) as refused:  # the path policy, at intake
+    for path, error, reason in (
+        (missing, NotFoundError, "no such file"),
+        (images / "folder", ForbiddenError, "only regular files"),
+    ):
+        with pytest.raises(error) as refused:  # the path policy, at intake
             await submit(agent, "guestkit.inspect", {"image": {"path": str(path)}})
         assert refused.value.details["reason"].startswith(reason)
     notes = images / "notes.txt"

@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from agent.config import Config
-from agent.errors import ForbiddenError, ValidationError
+from agent.errors import ForbiddenError, NotFoundError, ValidationError
 from agent.service.daemon import Agent
 from agent.transports.spool.settings import SpoolConfig
 from tests.jobs import failed, job_document, ok, submit, wait_done
@@ -110,7 +110,7 @@ async def test_image_check_finds_a_corrupt_image_and_fails_on_unreadable(
     checked = await ok(agent, "image.check", {"path": str(path)})
     assert checked["result"] == "corrupt"
     assert checked["corruptions"] > 0
-    with pytest.raises(ForbiddenError) as caught:
+    with pytest.raises(NotFoundError) as caught:  # not found (404), not forbidden
         await submit(agent, "image.check", {"path": str(images / "missing.qcow2")})
     assert caught.value.details["reason"] == "no such file"
     raw = images / "plain.raw"
@@ -227,7 +227,7 @@ async def test_image_checksum_streams_with_progress_and_checks_expected(
 async def test_image_checksum_of_missing_file_is_refused_clearly(
     agent: Agent, images: Path
 ) -> None:
-    with pytest.raises(ForbiddenError) as caught:
+    with pytest.raises(NotFoundError) as caught:
         await submit(agent, "image.checksum", {"path": str(images / "nope")})
     assert caught.value.details == {"field": "payload.data.path", "reason": "no such file"}
 

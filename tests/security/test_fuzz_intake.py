@@ -189,6 +189,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     work = tmp_path_factory.mktemp("fuzz")
     agent = AgentProcess(work / "state", work / "spool", "--http-bind", "127.0.0.1:0")
     agent.argv.remove("--no-http")
+    agent.argv.remove("--no-socket")
     agent.env = {
         **os.environ,
         "HOSTAGENT_HTTP__TOKENS": json.dumps([entry.model_dump() for entry in TOKEN_ENTRIES]),

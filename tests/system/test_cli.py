@@ -67,10 +67,12 @@ def test_submit_wait_status_result_logs_and_jobs(tmp_path: Path) -> None:
         assert record["status"] == "Completed"
         assert record["result"]["slept_seconds"] >= 0.1
 
-        status = json.loads(hostagent("status", *where, "nap-1").stdout)
+        status = json.loads(hostagent("status", *where, "nap-1", "--json").stdout)
         assert status["status"] == "Completed"
-        assert json.loads(hostagent("result", *where, "nap-1").stdout)["slept_seconds"] >= 0.1
-        logs = [json.loads(line) for line in hostagent("logs", *where, "nap-1").stdout.splitlines()]
+        result = json.loads(hostagent("result", *where, "nap-1", "--json").stdout)
+        assert result["slept_seconds"] >= 0.1
+        logged = hostagent("logs", *where, "nap-1", "--json").stdout
+        logs = [json.loads(line) for line in logged.splitlines()]
         assert any(entry["type"] == "progress" for entry in logs)
         assert "nap-1" in hostagent("jobs", *where, "--status", "Completed").stdout
 

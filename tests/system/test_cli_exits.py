@@ -19,6 +19,7 @@ from agent.cli.support import (
     EXIT_DENIED,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
+    EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_TIMEOUT,
     EXIT_UNREACHABLE,
@@ -70,11 +71,11 @@ def test_exit_codes_tell_how_a_job_ended(agent: tuple[AgentProcess, Path]) -> No
     assert "keeps running" in slow.stderr
     job_id = slow.stdout.strip()
     assert run(root, "cancel", job_id).returncode == EXIT_OK
-    followed = run(root, "follow", job_id)
+    followed = run(root, "follow", job_id, "--json")
     assert followed.returncode == EXIT_CANCELLED
     assert json.loads(followed.stdout)["status"] == "Cancelled"
     missing = run(root, "status", "no-such-job")
-    assert missing.returncode == EXIT_FAILED
+    assert missing.returncode == EXIT_NOT_FOUND
     for result in (failed, slow, followed, missing):
         no_traceback(result)
 
@@ -171,7 +172,7 @@ def test_ctrl_c_while_following_says_the_job_keeps_running(
     assert f"job {job_id} keeps running" in stderr
     assert f"hostagent cancel {job_id}" in stderr
     assert "Traceback" not in stderr
-    status = json.loads(run(root, "status", job_id).stdout)
+    status = json.loads(run(root, "status", job_id, "--json").stdout)
     assert status["status"] == "Running"
     assert run(root, "cancel", job_id).returncode == 0
 
@@ -238,7 +239,7 @@ def test_config_check_show_and_tokens(tmp_path: Path) -> None:
         text=True,
         check=False,
     )
-    assert again.returncode == EXIT_FAILED
+    assert again.returncode == EXIT_NOT_FOUND
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.cli.command import main
-from agent.cli.support import EXIT_DENIED, EXIT_UNREACHABLE
+from agent.cli.support import EXIT_DENIED, EXIT_NOT_FOUND, EXIT_UNREACHABLE
 from agent.jobs import JOB_ID_PATTERN
 from tests.http_helpers import ADMIN, READ, TOKEN_ENTRIES
 from tests.jobs import echo_job, sleep_job
@@ -120,9 +120,9 @@ def test_cli_status_jobs_result_logs_caps_health(
 ) -> None:
     assert main(["submit", "--op", "system.echo", "--job-id", "seen", "--wait"]) == 0
     _out(capsys)
-    assert main(["status", "seen"]) == 0
+    assert main(["status", "seen", "--json"]) == 0
     assert json.loads(_out(capsys)[0])["status"] == "Completed"
-    assert main(["result", "seen"]) == 0
+    assert main(["result", "seen", "--json"]) == 0
     assert json.loads(_out(capsys)[0]) == {}
     assert main(["jobs", "--operation", "system.echo"]) == 0
     out, err = _out(capsys)
@@ -151,7 +151,7 @@ def test_cli_cancel_over_http(cli: str, capsys: pytest.CaptureFixture[str], tmp_
 def test_cli_reports_remote_errors(
     cli: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    assert main(["status", "nobody"]) == 1
+    assert main(["status", "nobody"]) == EXIT_NOT_FOUND
     assert "Job nobody not found" in _out(capsys)[1]
     assert main(["submit", "--op", "echo"]) == 1
     assert "namespaced" in _out(capsys)[1]

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+import agent
+from tests import guestdisks
 from tests.container import Container
 from tests.jobs import wait_for
 
@@ -30,23 +32,31 @@ Environment=HOSTAGENT_SERVICE__DRAIN_SECONDS=3
 
 
 @pytest.fixture(scope="module")
-def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("deb")
+def package() -> Path:
+    """The package exactly as the README builds it: `make deb` (the build, then lintian)."""
     built = subprocess.run(
-        [str(ROOT / "packaging" / "build-deb"), str(out)],
+        ["make", "deb"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=900,
         check=False,
     )
-    assert built.returncode == 0, built.stderr[-3000:]
-    return Path(built.stdout.strip().splitlines()[-1])
+    assert built.returncode == 0, (built.stdout + built.stderr)[-3000:]
+    assert "E: " not in built.stdout, built.stdout[-3000:]  # lintian's errors
+    version = agent.__version__
+    return ROOT / "build" / f"hostagent_{version}_amd64.deb"
+
+
+@pytest.fixture(scope="module")
+def guest_disk() -> Path:
+    """A small real Debian guest disk (tests/guestdisks.py), for guestkit.inspect."""
+    return guestdisks.build(guestdisks.clean_disk())
 
 
 @pytest.fixture
-def container(package: Path) -> Iterator[Container]:
-    box = Container(binds={package.parent: "/mnt/build"})
+def container(package: Path, guest_disk: Path) -> Iterator[Container]:
+    box = Container(binds={package.parent: "/mnt/build", guest_disk.parent: "/mnt/disks"})
     try:
         yield box.boot()
     finally:
@@ -72,7 +82,7 @@ def submit(box: Container, user: str, *args: str) -> subprocess.CompletedProcess
     return box.run("hostagent", "submit", *args, user=user, check=False)
 
 
-def test_the_package_under_systemd(package: Path, container: Container) -> None:
+def test_the_package_under_systemd(package: Path, guest_disk: Path, container: Container) -> None:
     box = container
     steps: dict[str, float] = {}
     mark = time.monotonic()
@@ -95,6 +105,13 @@ def test_the_package_under_systemd(package: Path, container: Container) -> None:
     assert box.run("systemctl", "is-enabled", "hostagent").stdout.strip() == "enabled"
     status = box.run("systemctl", "status", "hostagent", "--no-pager", check=False).stdout
     assert "Status:" in status
+    # The config can hold secrets: the agent's group reads it, nobody else.
+    mode = box.run("stat", "-c", "%a %U %G", "/etc/hostagent/agent.toml").stdout.split()
+    assert mode == ["640", "root", "hostagent"]
+    # The Python the bundled venv was built for, and nothing newer.
+    depends = box.run("dpkg-query", "-W", "-f=${Depends}", "hostagent").stdout
+    assert "python3 (<< 3.12)" in depends
+    assert "python3.11" in depends
     step("install and start")
 
     # HTTP on without tokens: a warning saying how to add one.
@@ -157,6 +174,46 @@ def test_the_package_under_systemd(package: Path, container: Container) -> None:
             assert read.returncode == 0, read.stdout + read.stderr
     step("failed job and images")
 
+    # Guest inspection through the installed service: the appliance postinst built
+    # (the unit's ProtectKernelModules= keeps the service from building one), a real disk
+    # under the image root the default policy allows.
+    assert (
+        box.run("test", "-f", "/var/lib/hostagent/appliance/README.fixed", check=False).returncode
+        == 0
+    )
+    caps = json.loads(box.run("hostagent", "caps", "--json").stdout)
+    assert "inspect" in caps["features"], caps["features"]
+    assert "guestkit.inspect" in caps["operations"]
+    disk = "/var/lib/hostagent/images/guest.qcow2"
+    box.run(
+        "install",
+        "-o",
+        "hostagent",
+        "-g",
+        "libvirt",
+        "-m",
+        "0640",
+        f"/mnt/disks/{guest_disk.name}",
+        disk,
+    )
+    data = json.dumps({"image": {"path": disk, "format": "qcow2"}})
+    inspected = submit(
+        box,
+        "root",
+        "--op",
+        "guestkit.inspect",
+        "--data",
+        data,
+        "--timeout",
+        "900",
+        "--wait",
+    )
+    assert inspected.returncode == 0, inspected.stdout + inspected.stderr
+    system = json.loads(inspected.stdout.split("\n", 1)[1])["result"]["operating_system"]
+    assert system["hostname"] == guestdisks.CLEAN_HOSTNAME
+    assert system["distribution"] == "debian"
+    step("guest inspection")
+
     # Reload: the agent stays up and says it reloaded.
     pid = main_pid(box)
     box.run("systemctl", "reload", "hostagent")
@@ -167,7 +224,9 @@ def test_the_package_under_systemd(package: Path, container: Container) -> None:
     # Stop during a long job: drained, interrupted, re-run after the next start.
     submit(box, "alice", "--op", "system.sleep", "--data", '{"seconds": 120}', "--job-id", "long-1")
     wait_for(
-        lambda: '"Running"' in box.run("hostagent", "status", "long-1", check=False).stdout,
+        lambda: (
+            '"Running"' in box.run("hostagent", "status", "--json", "long-1", check=False).stdout
+        ),
         15,
         "long-1 running",
     )
@@ -176,7 +235,7 @@ def test_the_package_under_systemd(package: Path, container: Container) -> None:
     stop_seconds = time.monotonic() - started
     assert 2.5 < stop_seconds < 30, stop_seconds
     box.run("systemctl", "start", "hostagent")
-    recovered = json.loads(box.run("hostagent", "status", "long-1").stdout)
+    recovered = json.loads(box.run("hostagent", "status", "--json", "long-1").stdout)
     assert recovered["attempts"] == 2
     assert recovered["status"] in ("Pending", "Running")
     box.run("hostagent", "cancel", "long-1", user="alice")
@@ -207,4 +266,17 @@ def test_the_package_under_systemd(package: Path, container: Container) -> None:
     assert "duration_seconds" in json.loads(by_status[failed_id]["MESSAGE"])
     assert messages(everything, "http.refused")[0]["PRIORITY"] == "4"
     step("journal priorities")
+
+    # Purge: the package's state goes, the operator's images stay.
+    box.run("dpkg", "--purge", "hostagent", timeout=120)
+    for gone in (
+        "/var/lib/hostagent/appliance",
+        "/var/spool/hostagent",
+        "/etc/hostagent/agent.toml",
+    ):
+        assert box.run("test", "-e", gone, check=False).returncode != 0, gone
+    assert box.run("ls", "/var/lib/hostagent").stdout.split() == ["images"]
+    kept = box.run("ls", "/var/lib/hostagent/images").stdout.split()
+    assert {"a.qcow2", "guest.qcow2"} <= set(kept)
+    step("purge")
     print(f"\nsystemd container test steps (seconds): {steps}")

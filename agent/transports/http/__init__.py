@@ -14,8 +14,8 @@ if TYPE_CHECKING:
 
 
 def _build(settings: HttpConfig, services: Services) -> Transport | None:
-    if not settings.enabled:
-        return None
+    if not settings.enabled and not settings.socket_enabled:
+        return None  # no TCP listener (--no-http) and no local socket (--no-socket)
     # hypercorn and quart are imported only when the API is on.
     from agent.transports.http.transport import HttpTransport  # noqa: PLC0415
 

@@ -90,6 +90,7 @@ def view_of(spec: Route) -> Callable[..., Awaitable[Response]]:
             # Already read by the before_request hook whenever there is a body.
             body=await request.get_data(cache=False, as_text=False, parse_form_data=False),
         )
+        g.request_body = call.body  # a refusal's audit line names the value of its field
         return respond(await handler(call))
 
     view.__name__ = view.__qualname__ = spec.endpoint

@@ -83,6 +83,7 @@ def build_app(state: ApiState, *, local: LocalAccess | None = None) -> QuartTrio
             body=await response.get_data(as_text=False) if status in audit.AUDITED else b"",
             scope=request.scope,
             principal=getattr(g, "principal", None),
+            request_body=getattr(g, "request_body", b""),  # the view's (api.view_of)
         )
         return response
 

@@ -1,10 +1,12 @@
 """Request metrics and the audit trail of refused requests, for both serving paths.
 
 Every answered request is counted by route template and status, and each
-refusal (400, 401, 403, 413, 429, 503) gets one warning line naming the
+refusal (400, 401, 403, 413, 429, 503; 404 for a submit) gets one warning line naming the
 route, the client (its address, or the socket peer's uid), the token's
-name when one was recognised (never the token) and the reason from the
-error envelope, so `journalctl -u hostagent -p warning` shows them.
+name when one was recognised (never the token), the reason from the
+error envelope, and the refused field with the value the request gave it
+(`field=payload.data.path value=/etc/shadow`; a secret's value redacted), so
+`journalctl -u hostagent -p warning` shows them.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from agent.transports.http.local import peer_of
 
 log = structlog.get_logger("agent.http.audit")
 
-AUDITED = frozenset({400, 401, 403, 413, 429, 503})
+AUDITED = frozenset({400, 401, 403, 404, 413, 429, 503})
+# 404 is a refusal only for a submit (a file the payload names is missing); a read of
+# a job that is not there is an answer.
 _SUBMITS = ("submit_job", "submit_batch")
 _CONVERTER = re.compile(r"<[a-z]+:")  # <jobid:job_id> is counted as <job_id>, as documented
 
@@ -41,16 +45,48 @@ def client_of(scope: Mapping[str, Any]) -> str:
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
-def _reason(body: bytes) -> tuple[str | None, str | None]:
+def _envelope(body: bytes) -> dict[str, Any]:
     try:
         envelope = json.loads(body)
     except ValueError:
-        return None, None
-    if not isinstance(envelope, dict):
+        return {}
+    return envelope if isinstance(envelope, dict) else {}
+
+
+def _reason(envelope: dict[str, Any]) -> tuple[str | None, str | None]:
+    if not envelope:
         return None, None
     details = envelope.get("details") if isinstance(envelope.get("details"), dict) else {}
     reason = details.get("reason") if details else None
     return str(envelope.get("error")), str(reason or envelope.get("message"))
+
+
+# A field whose value is a secret: its value is never logged.
+_SECRET = re.compile(r"password|passphrase|secret|token|credential|private_key", re.IGNORECASE)
+REDACTED = "<redacted>"
+MAX_VALUE = 200  # a log line names the value; it does not carry a payload
+
+
+def refused_value(field: str, request_body: bytes) -> str | None:
+    """The value the request gave `field` (a dotted path: payload.data.disks.0.path),
+    as a log line shows it: None when the body has none, redacted for a secret."""
+    if not field or not request_body:
+        return None
+    try:
+        value: Any = json.loads(request_body)
+    except (ValueError, RecursionError):  # the body the refusal was about: anything
+        return None
+    for part in field.split("."):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return None
+    if _SECRET.search(field):
+        return REDACTED
+    shown = value if isinstance(value, str) else json.dumps(value)
+    return shown if len(shown) <= MAX_VALUE else shown[:MAX_VALUE] + "..."
 
 
 @functools.lru_cache(maxsize=1024)
@@ -71,15 +107,21 @@ def record(
     body: bytes,
     scope: Mapping[str, Any],
     principal: Principal | None,
+    request_body: bytes = b"",
 ) -> None:
     """Count an answered request by its route template; audit it if it was refused.
 
-    `rule` is the matched route's rule (None: no route matched), `endpoint` its name.
+    `rule` is the matched route's rule (None: no route matched), `endpoint` its name;
+    `request_body` is read only for a refusal that names a field.
     """
     _request_counter(method, rule, status).inc()
-    if status not in AUDITED:
+    if status not in AUDITED or (status == 404 and endpoint not in _SUBMITS):
         return
-    code, reason = _reason(body)
+    envelope = _envelope(body)
+    code, reason = _reason(envelope)
+    details = envelope.get("details")
+    field = details.get("field") if isinstance(details, dict) else None
+    field = field if isinstance(field, str) else None
     if endpoint in _SUBMITS:
         metrics.record_rejected("http", code or str(status))
     log.warning(
@@ -91,4 +133,6 @@ def record(
         client=client_of(scope),
         token_name=getattr(principal, "name", None),
         reason=reason,
+        field=field,
+        value=None if field is None else refused_value(field, request_body),
     )

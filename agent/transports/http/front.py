@@ -232,6 +232,7 @@ def _account(spec: Route, answer: Answer, scope: Mapping[str, Any], call: Call |
         body=answer.body,
         scope=scope,
         principal=None if call is None else call.principal,
+        request_body=b"" if call is None else call.body,
     )
 
 

@@ -185,11 +185,13 @@ class HttpTransport:
         return ["http", "websocket", "sse", "batch", *tls]
 
     async def health(self) -> tuple[Status, str, dict[str, Any]]:
-        if self.address is None or self._intake is None:
+        tcp = self.config.enabled
+        if (tcp and self.address is None) or self._intake is None:
             return "unhealthy", "not listening", {}
+        where = {"url": self.url} if tcp else {"socket": str(self.socket_path)}
         if not self._intake.accepting:
-            return "degraded", "draining: new jobs are refused", {"url": self.url}
-        return "healthy", "listening", {"url": self.url}
+            return "degraded", "draining: new jobs are refused", where
+        return "healthy", "listening" if tcp else "listening on the local socket only", where
 
     def reload(self, config: HttpConfig) -> None:
         """Take new tokens and TLS cert/key (SIGHUP); the bind address needs a restart."""
@@ -219,7 +221,8 @@ class HttpTransport:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         self._intake = intake
-        listener = self._bind()
+        # http.enabled = false (--no-http): no TCP listener, the local socket still serves.
+        listener = self._bind() if self.config.enabled else None
         api = self._api = ApiState(intake, self.config, self._tokens, self._services)
         # quart only for the routes the front does not answer, built when first
         # needed (lazy.py); the socket's LocalAccess is set by then.
@@ -232,12 +235,19 @@ class HttpTransport:
             await nursery.start(api.health.refresh)
             if self.socket_path is not None:
                 await nursery.start(
-                    partial(self._serve_socket, front, self.socket_path, intake.submitter)
+                    partial(
+                        self._serve_socket,
+                        front,
+                        self.socket_path,
+                        intake.submitter,
+                        lifespan=listener is None,
+                    )
                 )
-            await nursery.start(
-                partial(serve_asgi, front, listener, settings, limits=self._limits())
-            )
-            if not self.config.tokens and not self.config.insecure_no_auth:
+            if listener is not None:
+                await nursery.start(
+                    partial(serve_asgi, front, listener, settings, limits=self._limits())
+                )
+            if listener is not None and not self.config.tokens and not self.config.insecure_no_auth:
                 log.warning(
                     "http.no_tokens",
                     message="every request over TCP but health is refused until a token is "
@@ -246,7 +256,7 @@ class HttpTransport:
                 )
             log.info(
                 "http.ready",
-                url=self.url,
+                url=None if listener is None else self.url,
                 auth="none (loopback development)" if self.config.insecure_no_auth else "tokens",
                 mtls=self.config.tls_client_ca is not None,
                 socket=None if self.socket_path is None else str(self.socket_path),
@@ -266,6 +276,7 @@ class HttpTransport:
         path: Path,
         submitter_of: Callable[[str], Awaitable[str | None]],
         *,
+        lifespan: bool = False,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         sock = bind_socket(path)
@@ -278,9 +289,9 @@ class HttpTransport:
         listener = CappedListener(sock, limits, describe=describe_peer)
         settings = hypercorn_settings(self.config, None)
         try:
-            # The TCP server runs the app's lifespan; requests over the socket are
-            # authorised by their peer (put into each scope by describe_peer).
-            await serve(app, listener, settings, lifespan=False, task_status=task_status)
+            # The TCP server runs the app's lifespan (this one when there is none); requests
+            # over the socket are authorised by their peer (put into each scope by describe_peer).
+            await serve(app, listener, settings, lifespan=lifespan, task_status=task_status)
         finally:
             # Also while cancelled (no await can run then); unlinking a socket is quick.
             path.unlink(missing_ok=True)  # noqa: ASYNC240

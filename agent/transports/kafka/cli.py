@@ -71,14 +71,16 @@ def add_commands(commands: Any, common: Callable[[argparse.ArgumentParser], None
         "--label", action="append", default=[], metavar="K=V", help="only hosts with this label"
     )
     fleet.add_argument("--json", action="store_true", help="JSON for programs")
-    fleet.add_argument("--timeout", type=float, default=15.0)
+    fleet.add_argument(
+        "--timeout", type=float, default=15.0, help="seconds to read the fleet (default 15)"
+    )
     common(fleet)
     _add_fleet_jobs(fleet, common)
     retire = commands.add_parser(
         "decommission", help="remove a host from the fleet map (stop its agent first)"
     )
     add_connection_arguments(retire, flag="--bootstrap")
-    retire.add_argument("worker_id")
+    retire.add_argument("worker_id", help="the agent's worker_id (fleet lists them)")
     retire.add_argument(
         "--force",
         action="store_true",

@@ -1,0 +1,45 @@
+"""What a job acts on, read from its payload for its log lines: `job.started
+operation=vm.suspend domain=web1`, `path=/var/lib/hostagent/images/a.qcow2`.
+
+Generic on purpose: no handler declares it. The payload's data is read for the
+keys that name a target (domain, pool, volume, network, snapshot, uuid, path
+and *_path), at its top level and one object down (`image.path`, `spec.name`);
+a bare `name` is named after the operation's namespace (vm.* -> domain,
+storage.pool.* -> pool, storage.volume.* -> volume, network.* -> network).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+_NAMED = frozenset({"domain", "pool", "volume", "network", "snapshot", "uuid", "path"})
+# The longest prefix wins: storage.volume.* is a volume, storage.pool.* a pool.
+_NAME_BY_NAMESPACE = (
+    ("storage.volume.", "volume"),
+    ("storage.pool.", "pool"),
+    ("vm.", "domain"),
+    ("network.", "network"),
+)
+# A log line names its target; it does not carry a payload.
+MAX_VALUE = 200
+
+
+def job_target(operation: str, data: Any) -> dict[str, str]:
+    """The target fields of a job (empty when its payload names none)."""
+    if not isinstance(data, Mapping):
+        return {}
+    name_key = next(
+        (key for prefix, key in _NAME_BY_NAMESPACE if operation.startswith(prefix)), "name"
+    )
+    found: dict[str, str] = {}
+    for level in (data, *(value for value in data.values() if isinstance(value, Mapping))):
+        for key, value in level.items():
+            if not isinstance(value, str | int) or isinstance(value, bool):
+                continue
+            if key == "name":
+                key = name_key  # noqa: PLW2901 (the name the line shows)
+            elif key not in _NAMED and not key.endswith("_path"):
+                continue
+            found.setdefault(key, str(value)[:MAX_VALUE])
+    return found
