@@ -181,6 +181,8 @@ class HttpTransport:
         return f"{'https' if self._context else 'http'}://{host}:{port}"
 
     def features(self) -> list[str]:
+        if not self.config.enabled:
+            return ["socket"]  # --no-http: reachable on this host only, not by a fleet
         tls = ["tls"] if self.config.tls_cert is not None else []
         return ["http", "websocket", "sse", "batch", *tls]
 

@@ -130,7 +130,12 @@ def _add_fleet_jobs(fleet: argparse.ArgumentParser, common: Any) -> None:
         metavar="JOB_ID",
         help="follow one job on every host until each ends (or --wait-timeout)",
     )
-    jobs.add_argument("--wait-timeout", type=float, default=3600.0)
+    jobs.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=3600.0,
+        help="seconds --follow waits for every host to end the job (default 3600; exit 4)",
+    )
     common(jobs)
 
 
