@@ -57,6 +57,7 @@ class _Job:
             transport=self.new.transport,
             attempts=self.attempts,
             priority=self.new.priority,
+            parent=self.new.parent,
         )
 
     def transition(self, status: JobStatus, at: str, reason: str | None = None) -> None:

@@ -8,18 +8,38 @@ import subprocess
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import structlog
 import trio
 
 from agent.errors import HandlerError
+from agent.jobs import JobState
 
 if TYPE_CHECKING:
     from agent.core.services import Services
 
 ServiceT = TypeVar("ServiceT")
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+class ChildJobs(Protocol):
+    """How a job runs others as its children (agent.core.children, a service): each is
+    an ordinary job (intake checks, queue, locks, timeouts, events, outbox) that
+    names its parent."""
+
+    async def submit(self, parent: str, document: dict[str, Any]) -> JobState:
+        """Submit a child of `parent` (its transport and submitter); the AgentError
+        refusing it. The same document under the same job_id is the same job."""
+
+    async def find(self, job_id: str) -> JobState | None:
+        """A job's status, None when there is no such job."""
+
+    async def wait(self, job_id: str) -> JobState:
+        """Until the job has ended; its final status. Cancelling the wait cancels the
+        job too (unless the agent is draining: then both resume after the restart)."""
+
+    async def result(self, job_id: str) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -70,6 +90,15 @@ class JobContext:
     def get(self, kind: type[ServiceT]) -> ServiceT:
         """A shared service the daemon provides (e.g. the libvirt connection)."""
         return self._services.get(kind)
+
+    async def submit_child(self, document: dict[str, Any]) -> JobState:
+        """Submit a job as this job's child (see ChildJobs)."""
+        return await self._services.get(ChildJobs).submit(self.job_id, document)  # type: ignore[type-abstract]
+
+    @property
+    def children(self) -> ChildJobs:
+        """Find, await and read this job's children (see ChildJobs)."""
+        return self._services.get(ChildJobs)  # type: ignore[type-abstract]
 
     async def run_process(
         self,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import heapq
 import json
-from contextlib import nullcontext
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -73,7 +74,11 @@ class Dispatcher:
         self._executing = 0
         # Finished jobs whose outcome is not yet committed and published.
         self._unannounced = trio.Semaphore(256)
-        self._publisher = CommitPublisher(store, bus)
+        self._publisher = CommitPublisher(store, bus, on_final=self._finished)
+        # Jobs someone awaits the end of (a parent its child), set once it is recorded.
+        self._awaited: dict[str, trio.Event] = {}
+        # Worker slots lent by jobs that wait for a child (see lend_slot).
+        self._lent = 0
         self._resource_locks = ResourceLocks()
         self.reruns = 0
         self._nursery: trio.Nursery | None = None
@@ -132,7 +137,7 @@ class Dispatcher:
         self._max_timeout = config.max_timeout_seconds
         self._max_concurrent = config.max_concurrent_jobs
         if self._nursery is not None:
-            while self._workers < self._max_concurrent:
+            while self._workers < self._max_concurrent + self._lent:
                 self._spawn_worker()
         self._wakeup.unpark_all()  # surplus workers notice and leave when idle
 
@@ -215,6 +220,33 @@ class Dispatcher:
                 return cancelled
             await trio.lowlevel.checkpoint()
 
+    def awaited(self, job_id: str) -> trio.Event:
+        """An event set once the job's final status is recorded and published. Take it
+        before reading the job's status: an end recorded after that read sets it."""
+        event = self._awaited.get(job_id)
+        if event is None:
+            event = self._awaited[job_id] = trio.Event()
+        return event
+
+    def _finished(self, state: JobState) -> None:
+        if self._awaited:
+            event = self._awaited.pop(state.job_id, None)
+            if event is not None:
+                event.set()
+
+    @asynccontextmanager
+    async def lend_slot(self) -> AsyncIterator[None]:
+        """While a job waits for a child, one more worker runs: with max_concurrent_jobs
+        = 1, a parent holding the only slot would otherwise wait for ever."""
+        self._lent += 1
+        if self._nursery is not None and self._workers < self._max_concurrent + self._lent:
+            self._spawn_worker()
+        try:
+            yield
+        finally:
+            self._lent -= 1
+            self._wakeup.unpark_all()  # a surplus worker leaves once idle
+
     def _spawn_worker(self) -> None:
         assert self._nursery is not None
         self._workers += 1
@@ -222,7 +254,7 @@ class Dispatcher:
 
     async def _worker(self) -> None:
         try:
-            while self._workers <= self._max_concurrent:
+            while self._workers <= self._max_concurrent + self._lent:
                 if self._draining or not self._heap:
                     self._idle += 1
                     try:

@@ -13,7 +13,7 @@ from agent.jobs import JobState, JobStatus, NewJob, OutboxEntry, PendingJob
 
 STATE_COLUMNS = (
     "job_id, operation, status, submitted_at, started_at, completed_at, error, progress, "
-    "transport, attempts, priority"
+    "transport, attempts, priority, parent"
 )
 
 
@@ -58,6 +58,7 @@ def pending_state(job: NewJob, submitted_at: str) -> JobState:
             "transport": job.transport,
             "attempts": 0,
             "priority": job.priority,
+            "parent": job.parent,
         },
     )
     _set(state, "__pydantic_fields_set__", set(_STATE_FIELDS_SET))

@@ -1,0 +1,65 @@
+"""Child jobs: a job (a runbook's) that runs others as ordinary jobs naming it as
+their parent, through the one intake, so their checks, queue, locks, timeouts,
+events and outbox are every job's."""
+
+from __future__ import annotations
+
+from contextlib import suppress
+from dataclasses import replace
+from typing import Any
+
+import trio
+
+from agent.core.dispatcher import Dispatcher
+from agent.core.intake import Intake
+from agent.errors import AgentError, ConflictError, DrainingError, NotFoundError
+from agent.jobs import JobState
+
+
+class Children:
+    """The daemon's ChildJobs (agent.core.context), registered as a service."""
+
+    def __init__(self, intake: Intake, dispatcher: Dispatcher) -> None:
+        self._intake = intake
+        self._dispatcher = dispatcher
+
+    async def submit(self, parent: str, document: dict[str, Any]) -> JobState:
+        # The parent's transport (its outbox hears of the child) and submitter (who
+        # may cancel it); the parent's own checks were made at its intake.
+        state = await self._intake.status(parent)
+        submitter = await self._intake.submitter(parent)
+        prepared = self._intake.prepare(document, transport=state.transport, submitter=submitter)
+        prepared = replace(prepared, parent=parent)
+        try:
+            outcome = (await self._intake.submit_many([prepared]))[0]
+        except DrainingError:
+            # Shutting down: the parent stays Running until the drain interrupts it,
+            # and resumes (submitting this child) after the restart.
+            await trio.sleep_forever()
+        if isinstance(outcome, AgentError):
+            raise outcome
+        return outcome.state
+
+    async def find(self, job_id: str) -> JobState | None:
+        try:
+            return await self._intake.status(job_id)
+        except NotFoundError:
+            return None
+
+    async def wait(self, job_id: str) -> JobState:
+        ended = self._dispatcher.awaited(job_id)  # before the read: see Dispatcher.awaited
+        state = await self._intake.status(job_id)
+        if state.status.terminal:
+            return state
+        async with self._dispatcher.lend_slot():
+            try:
+                await ended.wait()
+            except trio.Cancelled:
+                if not self._dispatcher.draining:
+                    with trio.CancelScope(shield=True), suppress(ConflictError, NotFoundError):
+                        await self._dispatcher.cancel(job_id)
+                raise
+        return await self._intake.status(job_id)
+
+    async def result(self, job_id: str) -> Any:
+        return await self._intake.result(job_id)
