@@ -4,6 +4,7 @@ events and outbox are every job's."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import replace
 from typing import Any
@@ -11,7 +12,8 @@ from typing import Any
 import trio
 
 from agent.core.dispatcher import Dispatcher
-from agent.core.intake import Intake
+from agent.core.intake import Intake, PreparedJob
+from agent.core.withheld import withhold
 from agent.errors import AgentError, ConflictError, DrainingError, NotFoundError
 from agent.jobs import JobState
 
@@ -23,13 +25,18 @@ class Children:
         self._intake = intake
         self._dispatcher = dispatcher
 
-    async def submit(self, parent: str, document: dict[str, Any]) -> JobState:
+    async def submit(
+        self, parent: str, document: dict[str, Any], secrets: Sequence[Any] = ()
+    ) -> JobState:
         # The parent's transport (its outbox hears of the child) and submitter (who
         # may cancel it); the parent's own checks were made at its intake.
         state = await self._intake.status(parent)
         submitter = await self._intake.submitter(parent)
         prepared = self._intake.prepare(document, transport=state.transport, submitter=submitter)
         prepared = replace(prepared, parent=parent)
+        if secrets and isinstance(prepared, PreparedJob):
+            stored, held = withhold(prepared.document, secrets)
+            prepared = replace(prepared, document=stored, withheld=held)
         try:
             outcome = (await self._intake.submit_many([prepared]))[0]
         except DrainingError:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import structlog
 import trio
 
+from agent.core.withheld import redact
 from agent.errors import HandlerError
 from agent.jobs import JobState
 
@@ -28,9 +29,12 @@ class ChildJobs(Protocol):
     an ordinary job (intake checks, queue, locks, timeouts, events, outbox) that
     names its parent."""
 
-    async def submit(self, parent: str, document: dict[str, Any]) -> JobState:
+    async def submit(
+        self, parent: str, document: dict[str, Any], secrets: Sequence[Any] = ()
+    ) -> JobState:
         """Submit a child of `parent` (its transport and submitter); the AgentError
-        refusing it. The same document under the same job_id is the same job."""
+        refusing it. The same document under the same job_id is the same job.
+        `secrets`: values in its payload recorded redacted (agent.core.withheld)."""
 
     async def find(self, job_id: str) -> JobState | None:
         """A job's status, None when there is no such job."""
@@ -60,12 +64,15 @@ class JobContext:
         attempt: int,
         emit: Emit,
         services: Services,
+        secrets: Sequence[Any] = (),
     ) -> None:
         self.job_id = job_id
         self.operation = operation
         self.attempt = attempt
         self._emit = emit
         self._services = services
+        # Values never to log (agent.core.withheld); events are redacted by `emit`.
+        self.secrets = tuple(secrets)
 
     @cached_property
     def logger(self) -> Any:
@@ -84,6 +91,8 @@ class JobContext:
 
     async def log(self, message: str, *, level: str = "info", **fields: Any) -> None:
         """A line in the job's own log (GET /jobs/{id}/logs), also sent to the agent log."""
+        if self.secrets:
+            message, fields = redact(message, self.secrets), redact(fields, self.secrets)
         self.logger.log(_LEVELS.get(level, 20), "job.log", line=message, **fields)
         await self._emit("log", {"level": level, "message": message, **fields})
 
@@ -91,9 +100,9 @@ class JobContext:
         """A shared service the daemon provides (e.g. the libvirt connection)."""
         return self._services.get(kind)
 
-    async def submit_child(self, document: dict[str, Any]) -> JobState:
+    async def submit_child(self, document: dict[str, Any], secrets: Sequence[Any] = ()) -> JobState:
         """Submit a job as this job's child (see ChildJobs)."""
-        return await self._services.get(ChildJobs).submit(self.job_id, document)  # type: ignore[type-abstract]
+        return await self.children.submit(self.job_id, document, secrets)
 
     @property
     def children(self) -> ChildJobs:

@@ -23,6 +23,7 @@ from agent.core.jobstore import JobStore
 from agent.core.locks import ResourceLocks
 from agent.core.registry import Registry
 from agent.core.services import Services
+from agent.core.withheld import LOST, WITHHELD_LABEL, Held, redact
 from agent.errors import AgentError, ConflictError
 from agent.jobs import JobState, JobStatus, PendingJob
 
@@ -43,6 +44,15 @@ def _failure_reason(exc: BaseException) -> str | BaseException:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     return exc.message if isinstance(exc, AgentError) else exc
+
+
+def _payload_data(job: PendingJob, held: Held | None) -> Any:
+    """The payload to run: as submitted, held in memory when its record is redacted."""
+    if held is not None:
+        return held.data
+    if WITHHELD_LABEL in job.document.get("labels", ()):
+        raise AgentError(LOST)  # never run on the redacted values
+    return job.document["payload"]["data"]
 
 
 class Dispatcher:
@@ -79,6 +89,8 @@ class Dispatcher:
         self._awaited: dict[str, trio.Event] = {}
         # Worker slots lent by jobs that wait for a child (see lend_slot).
         self._lent = 0
+        # Payloads of jobs recorded redacted, until they run (agent.core.withheld).
+        self._held: dict[str, Held] = {}
         self._resource_locks = ResourceLocks()
         self.reruns = 0
         self._nursery: trio.Nursery | None = None
@@ -220,6 +232,10 @@ class Dispatcher:
                 return cancelled
             await trio.lowlevel.checkpoint()
 
+    def hold(self, job_id: str, held: Held) -> None:
+        """Keep a job's payload as submitted (its record is redacted) until it runs."""
+        self._held[job_id] = held
+
     def awaited(self, job_id: str) -> trio.Event:
         """An event set once the job's final status is recorded and published. Take it
         before reading the job's status: an end recorded after that read sets it."""
@@ -286,12 +302,14 @@ class Dispatcher:
             self._wakeup.unpark()  # pass on a wakeup this worker may have taken
 
     async def _execute(self, job: PendingJob) -> None:
+        held = self._held.pop(job.job_id, None) if self._held else None
         try:
             found = self._registry.get(job.operation)
             # Validated at intake already; parsed again into the handler's model.
-            payload: BaseModel = found.payload_model.model_validate(job.document["payload"]["data"])
+            payload: BaseModel = found.payload_model.model_validate(_payload_data(job, held))
         except (AgentError, pydantic.ValidationError) as exc:
-            # The handler went away since the job was accepted (upgrade/config change).
+            # The handler went away since the job was accepted (upgrade/config change),
+            # or its secrets did not survive a restart.
             state = await self._store.settle(
                 self._store.queue_finish(
                     job.job_id, JobStatus.FAILED, error=str(exc), only_from=(JobStatus.PENDING,)
@@ -321,12 +339,14 @@ class Dispatcher:
                         return  # no longer pending
                     self._publish_status(started)
                 log.info("job.started", attempt=job.attempts + 1, timeout=timeout)
+                secrets = () if held is None else held.secrets
                 ctx = JobContext(
                     job.job_id,
                     job.operation,
                     attempt=job.attempts + 1,
-                    emit=lambda kind, data: self._emit(job.job_id, kind, data),
+                    emit=lambda kind, data: self._emit(job.job_id, kind, redact(data, secrets)),
                     services=self._services,
+                    secrets=secrets,
                 )
                 self._executing += 1
                 try:
@@ -367,6 +387,14 @@ class Dispatcher:
         self._unannounced.release()
 
     async def _run_handler(
+        self, run: Any, payload: BaseModel, ctx: JobContext, running: _Running, time_limit: float
+    ) -> tuple[JobStatus, Any, str | None]:
+        status, result, error = await self._handler_outcome(run, payload, ctx, running, time_limit)
+        if ctx.secrets:  # nothing a job was given as secret is recorded
+            return status, redact(result, ctx.secrets), redact(error, ctx.secrets)
+        return status, result, error
+
+    async def _handler_outcome(
         self, run: Any, payload: BaseModel, ctx: JobContext, running: _Running, time_limit: float
     ) -> tuple[JobStatus, Any, str | None]:
         # One scope for the time limit, a cancel request and the drain's end (a

@@ -134,6 +134,13 @@ def runbook_handler(
             prefix="payload.data.",
         )
 
+    def secrets(payload: RunbookRunPayload) -> list[Any]:
+        try:
+            runbook, _ = _find_runbook(payload, library, inline_ok=True)
+        except AgentError:
+            return []  # refused by admit: nothing is recorded
+        return [payload.parameters[name] for name in runbook.secrets if name in payload.parameters]
+
     async def run(payload: RunbookRunPayload, ctx: JobContext) -> dict[str, Any]:
         """Run a runbook: its steps as child jobs, in order."""
         config = ctx.get(Config)
@@ -141,11 +148,13 @@ def runbook_handler(
         runbook, identity = _find_runbook(payload, library, inline_ok=True)
         params = check_parameters(runbook, payload.parameters, prefix="parameters")
         scope = Scope(params, labels=config.labels, facts=host_facts(config))
+        # A secret parameter with a default is secret too; the job's own are ctx.secrets.
+        hidden = [*ctx.secrets, *(params[name] for name in runbook.secrets)]
         if payload.dry_run:
             scope.partial = True
             steps = [_dry_step(step, index, scope) for index, step in enumerate(runbook.steps)]
             return {"runbook": identity, "dry_run": True, "steps": steps, "outputs": {}}
-        return await _run_steps(runbook, identity, scope, ctx, registry)
+        return await _run_steps(runbook, identity, scope, ctx, registry, secrets=hidden)
 
     return handler(
         RUNBOOK_OPERATION,
@@ -153,11 +162,18 @@ def runbook_handler(
         # A re-run resumes: completed steps are found, not run again (module docstring).
         rerun_safe=True,
         admit=admit,
+        secrets=secrets,
     )(run)
 
 
 async def _run_steps(
-    runbook: Runbook, identity: dict[str, Any], scope: Scope, ctx: JobContext, registry: Registry
+    runbook: Runbook,
+    identity: dict[str, Any],
+    scope: Scope,
+    ctx: JobContext,
+    registry: Registry,
+    *,
+    secrets: list[Any],
 ) -> dict[str, Any]:
     outcomes: list[dict[str, Any]] = []
     outputs: dict[str, Any] = {}
@@ -175,7 +191,9 @@ async def _run_steps(
             scope.steps[step.name] = {"status": "Skipped", "result": None, "error": None}
             await ctx.log("runbook.step_skipped", step=step.name)
             continue
-        state, result = await _run_step(ctx, step, data, registry)
+        # The secret values this step's payload holds: recorded redacted in its child.
+        carried = [value for value in secrets if _holds(data, value)]
+        state, result = await _run_step(ctx, step, data, registry, carried)
         outcome: dict[str, Any] = {
             "name": step.name,
             "job_id": state.job_id if state else None,
@@ -223,8 +241,18 @@ def _failed_at(index: int, step: Step, reason: str) -> HandlerError:
     )
 
 
+def _holds(value: Any, secret: Any) -> bool:
+    if value == secret and type(value) is type(secret):
+        return True
+    if isinstance(value, dict):
+        return any(_holds(item, secret) for item in value.values())
+    if isinstance(value, list):
+        return any(_holds(item, secret) for item in value)
+    return False
+
+
 async def _run_step(
-    ctx: JobContext, step: Step, data: dict[str, Any], registry: Registry
+    ctx: JobContext, step: Step, data: dict[str, Any], registry: Registry, secrets: list[Any]
 ) -> tuple[JobState | None, Any]:
     """(final state, result) of the step's child; (None, reason) when the intake refused
     it. Attempts up to max_attempts, never again after a restart interrupted an unsafe one."""
@@ -245,7 +273,7 @@ async def _run_step(
             if step.timeout_seconds is not None:
                 document["timeout_seconds"] = step.timeout_seconds
             try:
-                state = await ctx.submit_child(document)
+                state = await ctx.submit_child(document, secrets)
             except AgentError as exc:  # refused at the step's intake: nothing ran
                 return None, f"refused: {exc.message}"
         if not state.status.terminal:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import pytest
 
+from agent.core.withheld import REDACTED
 from agent.errors import AgentError
 from agent.service.daemon import Agent
+from agent.service.settings import Settings
 from tests.jobs import job, wait_done
 
 pytestmark = pytest.mark.slow
@@ -65,3 +70,73 @@ async def test_an_inline_step_outside_the_image_roots_is_refused_naming_step_and
     assert refused.value.details["step"] == "look"
     _, total, _ = await agent.intake.list_jobs()
     assert total == 0
+
+
+SECRET = "correct-horse-battery-staple"
+WITH_SECRET = {
+    "schema_version": 1,
+    "name": "keeper",
+    "version": 1,
+    "parameters": {"token": {"type": "string", "secret": True}, "who": {"type": "string"}},
+    "steps": [
+        {
+            "name": "tell",
+            "operation": "system.echo",
+            "payload": {"token": {"$param": "token"}, "who": {"$param": "who"}},
+            "outputs": {"token": "result.token"},
+        },
+        {
+            "name": "again",
+            "operation": "system.echo",
+            "payload": {"t": {"$step": "tell.outputs.token"}},
+        },
+    ],
+}
+
+
+async def test_a_secret_parameter_is_nowhere_in_the_store_events_results_or_logs(
+    agent: Agent, config: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    document = run_document(
+        "rb-secret", runbook=WITH_SECRET, parameters={"token": SECRET, "who": "ops"}
+    )
+    await agent.intake.submit(document, transport="test")
+    state = await wait_done(agent, "rb-secret")
+    assert state.status == "Completed", state.error
+    result = await agent.intake.result("rb-secret")
+    # The step got the real value (it echoed it), every record shows it redacted.
+    assert result["steps"][0]["result"] == {"token": REDACTED, "who": "ops"}
+    assert result["outputs"] == {"token": REDACTED}
+    for step in result["steps"]:
+        assert SECRET not in json.dumps(await agent.intake.result(step["job_id"]))
+        assert SECRET not in json.dumps(await agent.intake.logs(step["job_id"]))
+    await agent.store.aclose()  # every write on disk before the grep
+    found = [
+        path
+        for path in config.state_dir.rglob("*")
+        if path.is_file() and SECRET.encode() in path.read_bytes()
+    ]
+    assert found == []
+    await agent.store.open()
+    logged = capsys.readouterr()
+    assert "rb-secret" in logged.out + logged.err  # the agent's log was captured
+    assert SECRET not in logged.out + logged.err
+
+
+async def test_a_job_whose_secrets_were_lost_fails_instead_of_running_redacted(
+    agent: Agent,
+) -> None:
+    # As after a restart: recorded redacted, nothing held in memory.
+    document = run_document(
+        "rb-lost", runbook=WITH_SECRET, parameters={"token": SECRET, "who": "x"}
+    )
+    prepared = agent.intake.prepare(document, transport="test")
+    assert "hostagent.withheld" in prepared.document["labels"]
+    assert prepared.document["payload"]["data"]["parameters"]["token"] == REDACTED
+    await agent.intake.submit_many([replace(prepared, withheld=None)])
+    state = await wait_done(agent, "rb-lost")
+    assert state.status == "Failed"
+    assert state.error is not None
+    assert "held in memory only" in state.error
+    _, total, _ = await agent.intake.list_jobs()
+    assert total == 1  # no step ran
