@@ -13,6 +13,9 @@ import trio
 from agent.config import RunbooksConfig
 from agent.service.daemon import Agent
 from agent.service.settings import Settings
+from tests.kafka_broker import kafka_broker, kafka_prefix
+
+__all__ = ["kafka_broker", "kafka_prefix"]  # real brokers for test_fuzz_kafka
 
 ECHO_CHAIN: dict[str, Any] = {
     "schema_version": 1,
