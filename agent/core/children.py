@@ -4,6 +4,7 @@ events and outbox are every job's."""
 
 from __future__ import annotations
 
+import grp
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import replace
@@ -13,9 +14,31 @@ import trio
 
 from agent.core.dispatcher import Dispatcher
 from agent.core.intake import Intake, PreparedJob
+from agent.core.submitter import groups_of
 from agent.core.withheld import withhold
 from agent.errors import AgentError, ConflictError, DrainingError, NotFoundError
 from agent.jobs import JobState
+from agent.policy.allowlist import Caller
+
+
+def caller_of_parent(transport: str, submitter: str | None) -> Caller:
+    """The caller a child is checked for (the allowlist; blocking: group lookups): its
+    parent's, as recorded with it. Not recorded: admin (a step never gets passthrough
+    the intake did not check), and the groups a socket peer had then (read again)."""
+    token: str | None = None
+    groups: frozenset[str] = frozenset()
+    kind, _, name = (submitter or "").partition(":")
+    if kind in ("token", "key"):  # an HTTP token, a Kafka signing key
+        token = name
+    elif kind == "uid" and transport == "socket" and name.isdigit():
+        names = set()
+        for gid in groups_of(int(name)):
+            try:
+                names.add(grp.getgrgid(gid).gr_name)
+            except KeyError:
+                names.add(str(gid))
+        groups = frozenset(names)
+    return Caller(transport, token=token, groups=groups, submitter=submitter)
 
 
 class Children:
@@ -32,7 +55,8 @@ class Children:
         # may cancel it); the parent's own checks were made at its intake.
         state = await self._intake.status(parent)
         submitter = await self._intake.submitter(parent)
-        prepared = self._intake.prepare(document, transport=state.transport, submitter=submitter)
+        caller = await trio.to_thread.run_sync(caller_of_parent, state.transport, submitter)
+        prepared = self._intake.prepare(document, caller=caller)
         prepared = replace(prepared, parent=parent)
         if secrets and isinstance(prepared, PreparedJob):
             stored, held = withhold(prepared.document, secrets)

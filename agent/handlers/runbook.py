@@ -38,13 +38,14 @@ from agent.runbooks import (
     parse_runbook,
     resolve,
 )
+from agent.runbooks.checks import allowlist_of
 from agent.runbooks.loader import inline_sha256
 from agent.runbooks.model import Step
 from agent.runbooks.substitution import UNRESOLVED, SubstitutionError
 
 # How recovery fails a job it cannot re-run (agent.store.writes.recover).
 _UNSAFE_RESTART = "The agent restarted while the job was running"
-# How an allowlist is found for a caller's admission: None, every step may run.
+# How the allowlist is found for a caller's admission (None: every step may run).
 AllowFor = Callable[[Admission], Allow | None]
 
 
@@ -111,7 +112,7 @@ def runbook_handler(
     library: RunbookLibrary,
     registry: Registry,
     settings: Callable[[], Config],
-    allow_for: AllowFor | None = None,
+    allow_for: AllowFor = allowlist_of,
 ) -> Handler:
     """The runbook.run handler over these installed runbooks and operations."""
 
@@ -128,7 +129,7 @@ def runbook_handler(
             params,
             registry=registry,
             admission=admission,
-            allow=None if allow_for is None else allow_for(admission),
+            allow=allow_for(admission),
             labels=config.labels,
             facts=host_facts(config),
             prefix="payload.data.",

@@ -16,6 +16,7 @@ import pydantic
 
 from agent.core.registry import Registry
 from agent.errors import AgentError, ForbiddenError, ValidationError
+from agent.policy.allowlist import targets_of
 from agent.policy.paths import Admission
 from agent.runbooks.model import Runbook, Step
 from agent.runbooks.substitution import UNRESOLVED, Scope, resolve, unresolved_paths
@@ -24,6 +25,41 @@ RUNBOOK_OPERATION = "runbook.run"
 # The caller's allowlist, one call per step: (operation, payload data); raises the
 # ForbiddenError naming the field and the rule.
 Allow = Callable[[str, dict[str, Any]], None]
+
+
+def allowlist_of(admission: Admission) -> Allow | None:
+    """The allowlist of the caller that submitted the runbook, one call per step.
+
+    A resource the allowlist limits that only an earlier step's outcome names cannot
+    be checked now: for a caller the rules name, such a step is refused."""
+    caller = admission.caller
+    if caller is None:
+        return None
+    allowlist = admission.policy.allowlist
+    if not allowlist.naming(caller):
+        return None  # a caller no rule names keeps every operation
+
+    def allow(operation: str, data: dict[str, Any]) -> None:
+        for target in targets_of(operation) or ():
+            if _lookup(data, target.attribute) is UNRESOLVED:
+                raise ForbiddenError(
+                    f"{caller.describe()}: {target.field} comes from an earlier step, "
+                    "and the allowlist cannot be checked on it before the runbook runs",
+                    field=target.field,
+                    reason="a resource named by a step reference, for a caller the "
+                    "allowlist limits",
+                )
+        allowlist.check(caller, operation, data)
+
+    return allow
+
+
+def _lookup(data: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(data, dict):
+            return None
+        data = data.get(part)
+    return data
 
 
 def at_step(exc: AgentError, prefix: str, index: int, step: Step) -> AgentError:
@@ -116,4 +152,12 @@ def _within(loc: tuple[str | int, ...], path: tuple[str | int, ...]) -> bool:
     return tuple(loc[: len(path)]) == path
 
 
-__all__ = ["RUNBOOK_OPERATION", "UNRESOLVED", "Allow", "at_step", "check_runbook", "check_step"]
+__all__ = [
+    "RUNBOOK_OPERATION",
+    "UNRESOLVED",
+    "Allow",
+    "allowlist_of",
+    "at_step",
+    "check_runbook",
+    "check_step",
+]

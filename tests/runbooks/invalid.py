@@ -45,9 +45,15 @@ def base_runbook(images: Path) -> dict[str, Any]:
     }
 
 
+# The agents of the property tests allow every caller only these operations.
+ALLOW_ONLY = [{"operations": ["system.*", "image.*", "runbook.run"]}]
 BASE_PARAMETERS: dict[str, Any] = {"size": 5, "mode": "a", "label": "ok"}
 _JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
     lambda inner: (
         st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
     ),
@@ -97,6 +103,7 @@ def invalid_case(draw: st.DrawFn, images: Path) -> tuple[str, dict[str, Any]]:  
                 "step-payload",
                 "document-field",
                 "installed",
+                "allowlist",
             ]
         )
     )
@@ -206,6 +213,18 @@ def invalid_case(draw: st.DrawFn, images: Path) -> tuple[str, dict[str, Any]]:  
             )
         )
         runbook[field] = value
+    elif kind == "allowlist":  # ALLOW_ONLY lets every caller run only these
+        operation, payload = draw(
+            st.sampled_from(
+                [
+                    ("vm.destroy", {"name": "web-1"}),
+                    ("storage.volume.wipe", {"pool": "default", "name": "v1"}),
+                    ("network.delete", {"name": "n1"}),
+                ]
+            )
+        )
+        step = runbook["steps"][draw(st.integers(0, 2))]
+        step["operation"], step["payload"] = operation, payload
     else:  # an installed runbook by name: unknown name, version, or a bad parameter
         data = draw(
             st.sampled_from(

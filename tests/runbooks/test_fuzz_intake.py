@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from agent.runbooks import check_parameters, parse_runbook
 from tests.agentproc import AgentProcess
 from tests.http_helpers import SUBMIT, TOKEN_ENTRIES
-from tests.runbooks.invalid import BASE_PARAMETERS, base_runbook, invalid_case
+from tests.runbooks.invalid import ALLOW_ONLY, BASE_PARAMETERS, base_runbook, invalid_case
 from tests.spoolkit import drop
 
 pytestmark = pytest.mark.slow
@@ -53,6 +53,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         "HOSTAGENT_HTTP__TOKENS": json.dumps([entry.model_dump() for entry in TOKEN_ENTRIES]),
         "HOSTAGENT_RUNBOOKS__DIRS": json.dumps([str(books)]),
         "HOSTAGENT_RUNBOOKS__INLINE": "any",
+        "HOSTAGENT_POLICY__ALLOW": json.dumps(ALLOW_ONLY),
         "HOSTAGENT_POLICY__IMAGE_ROOTS": json.dumps([str(images)]),
     }
     agent.start()
@@ -101,7 +102,7 @@ def test_invalid_runbooks_over_http_are_refused_naming_the_field(running: Runnin
 
         feed()
     assert sum(kinds.values()) >= EXAMPLES
-    assert len(kinds) == 14, kinds  # every kind of breakage was tried
+    assert len(kinds) == 15, kinds  # every kind of breakage was tried
     assert jobs_recorded(running.state) == 0
     print(f"\nHTTP: {sum(kinds.values())} invalid runbooks refused, 0 jobs: {dict(kinds)}")
 

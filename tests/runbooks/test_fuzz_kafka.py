@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from agent.transports.kafka import KafkaConfig
 from agent.transports.kafka.client import EventWatcher
 from agent.transports.kafka.topics import Topics
-from tests.runbooks.invalid import base_runbook, invalid_case
+from tests.runbooks.invalid import ALLOW_ONLY, base_runbook, invalid_case
 from tests.transports.kafka.fleetkit import KEY_ENTRY, kafka_agent, signed_headers
 
 pytestmark = pytest.mark.slow
@@ -40,6 +40,7 @@ def test_invalid_runbooks_over_kafka_are_rejected_and_nothing_runs(
         **os.environ,
         "HOSTAGENT_RUNBOOKS__DIRS": json.dumps([str(books)]),
         "HOSTAGENT_RUNBOOKS__INLINE": "any",
+        "HOSTAGENT_POLICY__ALLOW": json.dumps(ALLOW_ONLY),
         "HOSTAGENT_POLICY__IMAGE_ROOTS": json.dumps([str(images)]),
     }
     producer = Producer({"bootstrap.servers": kafka_broker})

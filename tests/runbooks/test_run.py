@@ -7,10 +7,13 @@ from dataclasses import replace
 
 import pytest
 
+from agent.config import AllowRule
 from agent.core.withheld import REDACTED
-from agent.errors import AgentError
+from agent.errors import AgentError, ForbiddenError
+from agent.policy.allowlist import Caller
 from agent.service.daemon import Agent
 from agent.service.settings import Settings
+from tests.http_helpers import serving
 from tests.jobs import job, wait_done
 
 pytestmark = pytest.mark.slow
@@ -140,3 +143,43 @@ async def test_a_job_whose_secrets_were_lost_fails_instead_of_running_redacted(
     assert "held in memory only" in state.error
     _, total, _ = await agent.intake.list_jobs()
     assert total == 1  # no step ran
+
+
+async def test_a_runbook_whose_third_step_is_outside_the_allowlist_is_refused_whole(
+    config: Settings,
+) -> None:
+    rules = [
+        AllowRule(tokens=["ci"], operations=["system.*", "runbook.run"]),
+        AllowRule(tokens=["ci"], operations=["vm.start"], resources=["ci-*"]),
+    ]
+    policy = config.policy.model_copy(update={"allow": rules})
+    runbook = {
+        "schema_version": 1,
+        "name": "ci",
+        "version": 1,
+        "parameters": {"vm": {"type": "string"}},
+        "steps": [
+            {"name": "hello", "operation": "system.echo"},
+            {"name": "up", "operation": "vm.start", "payload": {"name": {"$param": "vm"}}},
+            {"name": "gone", "operation": "vm.destroy", "payload": {"name": "ci-1"}},
+        ],
+    }
+    ci = Caller("http", token="ci", submitter="token:ci")
+    async with serving(config.model_copy(update={"policy": policy})) as agent:
+        document = run_document("rb-ci", runbook=runbook, parameters={"vm": "ci-1"})
+        with pytest.raises(ForbiddenError) as refused:
+            await agent.intake.submit(document, caller=ci)
+        assert refused.value.details["field"] == "payload.data.steps.2.operation"
+        assert refused.value.details["step"] == "gone"
+        assert refused.value.details["rule"].startswith("policy.allow[")
+        # The resource globs apply to each step: vm.start on web-1 is refused too.
+        del runbook["steps"][2]
+        document = run_document("rb-web", runbook=runbook, parameters={"vm": "web-1"})
+        with pytest.raises(ForbiddenError) as refused:
+            await agent.intake.submit(document, caller=ci)
+        assert refused.value.details["field"] == "payload.data.steps.1.payload.name"
+        _, total, _ = await agent.intake.list_jobs()
+        assert total == 0  # refused whole: nothing started
+        # Another caller, that no rule names, keeps its rights.
+        document = run_document("rb-other", runbook=runbook, parameters={"vm": "web-1"})
+        await agent.intake.submit(document, caller=Caller("http", token="ops"))
