@@ -69,7 +69,7 @@ def at_step(exc: AgentError, prefix: str, index: int, step: Step) -> AgentError:
         inner = "payload." + inner.removeprefix("payload.data.")  # an admit hook's name
     field = f"{prefix}steps.{index}" + (f".{inner}" if inner else "")
     details = {**exc.details, "field": field, "step": step.name}
-    return type(exc)(f"Step {index} ({step.name}): {exc.message}", details=details)
+    return type(exc)(f"Step {index + 1} ({step.name}): {exc.message}", details=details)
 
 
 def check_runbook(

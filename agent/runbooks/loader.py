@@ -82,8 +82,9 @@ class RunbookLibrary:
         # Files that could not be installed: {path, error}; logged at load.
         self.problems: list[dict[str, Any]] = []
 
-    def load(self) -> None:
-        """Read every directory again (blocking: at start and on reload)."""
+    def load(self, *, quiet: bool = False) -> None:
+        """Read every directory again (blocking: at start and on reload). `quiet`: log
+        nothing (the CLI reports itself)."""
         found: dict[str, dict[int, Installed]] = {}
         problems: list[dict[str, Any]] = []
         for directory in self._dirs:
@@ -111,9 +112,11 @@ class RunbookLibrary:
                     )
                     continue
                 versions[installed.runbook.version] = installed
+        self._by_name, self.problems = found, problems
+        if quiet:
+            return
         for problem in problems:
             log.warning("runbooks.not_installed", **problem)
-        self._by_name, self.problems = found, problems
         log.info("runbooks.loaded", count=sum(len(v) for v in found.values()))
 
     def reload(self, config: Config) -> None:
