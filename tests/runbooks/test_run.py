@@ -8,13 +8,15 @@ from dataclasses import replace
 import pytest
 
 from agent.config import AllowRule
+from agent.core.context import ChildJobs
 from agent.core.withheld import REDACTED
 from agent.errors import AgentError, ForbiddenError
+from agent.jobs import JobStatus
 from agent.policy.allowlist import Caller
 from agent.service.daemon import Agent
 from agent.service.settings import Settings
 from tests.http_helpers import serving
-from tests.jobs import job, wait_done
+from tests.jobs import eventually, job, wait_done
 
 pytestmark = pytest.mark.slow
 
@@ -183,3 +185,82 @@ async def test_a_runbook_whose_third_step_is_outside_the_allowlist_is_refused_wh
         # Another caller, that no rule names, keeps its rights.
         document = run_document("rb-other", runbook=runbook, parameters={"vm": "web-1"})
         await agent.intake.submit(document, caller=Caller("http", token="ops"))
+
+
+def sleepy(on_failure: str) -> dict[str, object]:
+    return {
+        "schema_version": 1,
+        "name": "sleepy",
+        "version": 1,
+        "steps": [
+            {
+                "name": "short",
+                "operation": "system.sleep",
+                "payload": {"seconds": 5},
+                "timeout_seconds": 0.05,
+                "on_failure": on_failure,
+            },
+            {"name": "after", "operation": "system.echo", "payload": {"ran": True}},
+        ],
+    }
+
+
+async def test_a_failed_step_fails_the_runbook_at_that_step(agent: Agent) -> None:
+    await agent.intake.submit(run_document("rb-abort", runbook=sleepy("abort")), transport="t")
+    state = await wait_done(agent, "rb-abort")
+    assert state.status == "Failed"
+    assert state.error == "Failed at step 1 (short): Job timed out after 0.05 seconds"
+    with pytest.raises(AgentError):
+        await agent.intake.status("rb-abort.after")  # never submitted
+
+
+async def test_on_failure_continue_runs_the_next_step(agent: Agent) -> None:
+    await agent.intake.submit(run_document("rb-go", runbook=sleepy("continue")), transport="t")
+    state = await wait_done(agent, "rb-go")
+    assert state.status == "Completed", state.error
+    steps = (await agent.intake.result("rb-go"))["steps"]
+    assert [(s["name"], s["status"]) for s in steps] == [
+        ("short", "Failed"),
+        ("after", "Completed"),
+    ]
+    assert "timed out" in steps[0]["error"]
+
+
+async def test_cancelling_the_runbook_cancels_its_running_step(agent: Agent) -> None:
+    runbook = sleepy("abort")
+    runbook["steps"][0] = {"name": "long", "operation": "system.sleep", "payload": {"seconds": 60}}
+    await agent.intake.submit(run_document("rb-stop", runbook=runbook), transport="t")
+
+    async def step_running() -> bool:
+        found = await agent.services.get(ChildJobs).find("rb-stop.long")  # type: ignore[type-abstract]
+        return found is not None and found.status is JobStatus.RUNNING
+
+    await eventually(step_running, within=30, every=0.01)
+    assert (await agent.intake.cancel("rb-stop")).status == "Cancelled"
+    assert (await wait_done(agent, "rb-stop.long")).status == "Cancelled"
+
+
+async def test_a_dry_run_names_every_step_and_runs_none(agent: Agent) -> None:
+    document = run_document(
+        "rb-dry", runbook="echo-chain", parameters={"greeting": "hi"}, dry_run=True
+    )
+    await agent.intake.submit(document, transport="t")
+    assert (await wait_done(agent, "rb-dry")).status == "Completed"
+    result = await agent.intake.result("rb-dry")
+    assert result["dry_run"] is True
+    assert [(s["name"], s["status"]) for s in result["steps"]] == [
+        ("first", "WouldRun"),
+        ("shout", "WouldSkip"),
+        ("last", "WouldRun"),
+    ]
+    assert result["steps"][0]["payload"] == {"said": "hi", "n": 2}
+    assert result["steps"][2]["payload"]["again"] == {"$step": "first.result.said"}
+    assert result["steps"][0]["check_mode"] is False
+    _, total, _ = await agent.intake.list_jobs()
+    assert total == 1  # the runbook's own job only
+
+
+async def test_a_submitters_withheld_label_is_not_taken(agent: Agent) -> None:
+    document = job("plain", "system.echo", {"m": 1}, labels={"hostagent.withheld": "true"})
+    prepared = agent.intake.prepare(document, transport="t")
+    assert "hostagent.withheld" not in prepared.document["labels"]
