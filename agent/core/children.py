@@ -16,7 +16,7 @@ from agent.core.dispatcher import Dispatcher
 from agent.core.intake import Intake, PreparedJob
 from agent.core.submitter import groups_of
 from agent.core.withheld import withhold
-from agent.errors import AgentError, ConflictError, DrainingError, NotFoundError
+from agent.errors import AgentError, ConflictError, DrainingError, NotFoundError, QueueFullError
 from agent.jobs import JobState
 from agent.policy.allowlist import Caller
 
@@ -61,12 +61,16 @@ class Children:
         if secrets and isinstance(prepared, PreparedJob):
             stored, held = withhold(prepared.document, secrets)
             prepared = replace(prepared, document=stored, withheld=held)
-        try:
-            outcome = (await self._intake.submit_many([prepared]))[0]
-        except DrainingError:
-            # Shutting down: the parent stays Running until the drain interrupts it,
-            # and resumes (submitting this child) after the restart.
-            await trio.sleep_forever()
+        while True:
+            try:
+                outcome = (await self._intake.submit_many([prepared]))[0]
+                break
+            except DrainingError:
+                # Shutting down: the parent stays Running until the drain interrupts it,
+                # and resumes (submitting this child) after the restart.
+                await trio.sleep_forever()
+            except QueueFullError:
+                await self._intake.wait_for_room()  # back-pressure, as a transport waits
         if isinstance(outcome, AgentError):
             raise outcome
         return outcome.state

@@ -264,3 +264,11 @@ async def test_a_submitters_withheld_label_is_not_taken(agent: Agent) -> None:
     document = job("plain", "system.echo", {"m": 1}, labels={"hostagent.withheld": "true"})
     prepared = agent.intake.prepare(document, transport="t")
     assert "hostagent.withheld" not in prepared.document["labels"]
+
+
+async def test_capabilities_list_the_installed_runbooks(agent: Agent) -> None:
+    caps = await agent.intake.capabilities()
+    (listed,) = caps["runbooks"]
+    assert (listed["name"], listed["version"]) == ("echo-chain", 1)
+    assert len(listed["sha256"]) == 64
+    assert "runbook.run" in caps["operations"]
