@@ -351,6 +351,12 @@ def _prune(args: argparse.Namespace, config: Settings) -> int:
     return cli_prune.run(args, config)
 
 
+def _policy(args: argparse.Namespace, config: Settings) -> int:
+    from agent.cli import policy as cli_policy
+
+    return cli_policy.run(args, config)
+
+
 def _fleet(args: argparse.Namespace, config: Settings) -> int:
     from agent.transports.kafka import cli as kafka_cli
 
@@ -395,4 +401,5 @@ _COMMANDS = {
     "key": _key,
     "prune": _prune,
     "runbook": _runbook,
+    "policy": _policy,
 }

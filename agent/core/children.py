@@ -4,7 +4,6 @@ events and outbox are every job's."""
 
 from __future__ import annotations
 
-import grp
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import replace
@@ -14,7 +13,7 @@ import trio
 
 from agent.core.dispatcher import Dispatcher
 from agent.core.intake import Intake, PreparedJob
-from agent.core.submitter import groups_of
+from agent.core.submitter import group_names, groups_of
 from agent.core.withheld import withhold
 from agent.errors import AgentError, ConflictError, DrainingError, NotFoundError, QueueFullError
 from agent.jobs import JobState
@@ -31,13 +30,7 @@ def caller_of_parent(transport: str, submitter: str | None) -> Caller:
     if kind in ("token", "key"):  # an HTTP token, a Kafka signing key
         token = name
     elif kind == "uid" and transport == "socket" and name.isdigit():
-        names = set()
-        for gid in groups_of(int(name)):
-            try:
-                names.add(grp.getgrgid(gid).gr_name)
-            except KeyError:
-                names.add(str(gid))
-        groups = frozenset(names)
+        groups = group_names(groups_of(int(name)))
     return Caller(transport, token=token, groups=groups, submitter=submitter)
 
 

@@ -24,12 +24,14 @@ the payload field of the refused resource) and the rule.
 
 from __future__ import annotations
 
+import fnmatch
 import posixpath
+import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
-from typing import Any
+from functools import cached_property
+from typing import Any, NamedTuple
 
 from agent.config import AllowRule, PolicyConfig
 from agent.errors import ForbiddenError
@@ -76,21 +78,26 @@ class Target:
     within: tuple[str, ...] = ()
     path: bool = False
 
-    @property
+    @cached_property
     def field(self) -> str:
         """The contract's name of the field, as a refusal names it."""
         return f"payload.data.{self.attribute}"
 
+    @cached_property
+    def _parts(self) -> tuple[str, ...]:
+        return tuple(self.attribute.split("."))
+
     def value(self, payload: object) -> str | None:
         """The resource this payload names here (None: it names none)."""
-        name = _text(_lookup(payload, self.attribute))
+        found = _lookup(payload, self._parts)
+        name = found if type(found) is str else _text(found)
         if name is None:
             return None
         if self.path:
             name = _normal_path(name)
         if self.within:
             container = next(
-                (found for part in self.within if (found := _text(_lookup(payload, part)))),
+                (found for part in self.within if (found := _text(_lookup(payload, (part,))))),
                 None,
             )
             if container is None:
@@ -142,8 +149,7 @@ def targets_of(operation: str) -> tuple[Target, ...] | None:
     return None
 
 
-@dataclass(frozen=True)
-class Resource:
+class Resource(NamedTuple):
     """A resource a payload names, and the field it is named in."""
 
     field: str
@@ -152,11 +158,17 @@ class Resource:
 
 def resources_of(operation: str, payload: object) -> list[Resource] | None:
     """The resources `payload` names for `operation`; None: the operation is undeclared."""
-    targets = targets_of(operation)
+    return _named(targets_of(operation), payload)
+
+
+def _named(targets: tuple[Target, ...] | None, payload: object) -> list[Resource] | None:
     if targets is None:
         return None
-    named = ((target.field, target.value(payload)) for target in targets)
-    return [Resource(where, name) for where, name in named if name is not None]
+    named: list[Resource] = []
+    for target in targets:
+        if (name := target.value(payload)) is not None:
+            named.append(Resource(target.field, name))
+    return named
 
 
 @dataclass(frozen=True)
@@ -197,17 +209,25 @@ class Rule:
             return False
         return not self.groups or not self.groups.isdisjoint(caller.groups)
 
+    @cached_property
+    def _operations(self) -> re.Pattern[str]:
+        return _any_of(self.operations)
+
+    @cached_property
+    def _resources(self) -> re.Pattern[str] | None:
+        return None if self.resources is None else _any_of(self.resources)
+
     def allows_operation(self, operation: str) -> bool:
-        return any(fnmatchcase(operation, glob) for glob in self.operations)
+        return self._operations.match(operation) is not None
 
     def refused_resource(self, resources: Sequence[Resource] | None) -> Resource | None:
         """The first resource this rule does not allow (the rule allows the operation)."""
-        if self.resources is None:
+        if self._resources is None:
             return None
         if not resources:  # undeclared, or names none: nothing the globs could match
             return _NO_RESOURCE
         for resource in resources:
-            if not any(fnmatchcase(resource.name, glob) for glob in self.resources):
+            if self._resources.match(resource.name) is None:
                 return resource
         return None
 
@@ -226,11 +246,31 @@ class Rule:
 _NO_RESOURCE = Resource("operation", "")
 
 
+class _Decision(NamedTuple):
+    """What the rules say of one caller and operation, whatever the payload."""
+
+    naming: list[Rule]  # the rules naming the caller (none: it may run anything)
+    matching: list[Rule]  # those of them allowing the operation
+    anywhere: bool  # one of those allows it on any resource
+    targets: tuple[Target, ...] | None  # where the operation names its resources
+
+
+# A refusal echoes this much of the resource's name (the payload's own text).
+_SHOWN_CHARS = 200
+# Decisions kept per allowlist (callers x operations); a reload builds a new one.
+_DECISIONS_KEPT = 4096
+
+
 @dataclass(frozen=True)
 class Allowlist:
     """The rules in effect; `check` is the one question everything asks of them."""
 
     rules: tuple[Rule, ...] = field(default=())
+    # (caller, operation) -> the rules naming the caller and those of them allowing
+    # the operation: the same few callers and operations come again and again.
+    _decided: dict[tuple[object, ...], _Decision] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def from_rules(cls, tables: Iterable[AllowRule]) -> Allowlist:
@@ -246,12 +286,14 @@ class Allowlist:
 
     def check(self, caller: Caller, operation: str, payload: object) -> None:
         """Return if `caller` may run `operation` with `payload` (a validated payload
-        model or its data as a mapping); else raise the ForbiddenError naming the
+        model or its data as a dict); else raise the ForbiddenError naming the
         field and the rule that refused it."""
-        rules = self.naming(caller)
-        if not rules:
+        if not self.rules:
             return
-        matching = [rule for rule in rules if rule.allows_operation(operation)]
+        decision = self._decide(caller, operation)
+        rules, matching = decision.naming, decision.matching
+        if not rules or decision.anywhere:
+            return
         if not matching:
             allowed = sorted({glob for rule in rules for glob in rule.operations})
             labels = ", ".join(rule.label for rule in rules)
@@ -261,7 +303,7 @@ class Allowlist:
                 reason=f"not allowed by {labels}: allows only {', '.join(allowed)}",
                 details={"rule": rules[0].label, "operation": operation},
             )
-        resources = resources_of(operation, payload)
+        resources = _named(decision.targets, payload)
         refusals: list[tuple[Rule, Resource]] = []
         for rule in matching:
             refused = rule.refused_resource(resources)
@@ -273,13 +315,30 @@ class Allowlist:
         if refused is _NO_RESOURCE:
             what = f"{operation} names no resource"
         else:
-            what = f"{refused.name!r} is not one"
+            shown = refused.name[:_SHOWN_CHARS] + (
+                "..." if len(refused.name) > _SHOWN_CHARS else ""
+            )
+            what = f"{shown!r} is not one"
         raise ForbiddenError(
             f"{caller.describe()} may not run {operation} on this resource",
             field=refused.field,
             reason=f"{rule.label} allows {operation} only on {globs}; {what}",
             details={"rule": rule.label, "operation": operation},
         )
+
+    def _decide(self, caller: Caller, operation: str) -> _Decision:
+        # The fields the rules look at (hashing the Caller itself costs a Python call).
+        key = (caller.transport, caller.token, caller.groups, operation)
+        found = self._decided.get(key)
+        if found is None:
+            rules = self.naming(caller)
+            matching = [rule for rule in rules if rule.allows_operation(operation)]
+            anywhere = any(rule.resources is None for rule in matching)
+            found = _Decision(rules, matching, anywhere, targets_of(operation))
+            if len(self._decided) >= _DECISIONS_KEPT:
+                self._decided.clear()
+            self._decided[key] = found
+        return found
 
     def operations_for(
         self,
@@ -317,12 +376,18 @@ class Allowlist:
         return [rule.to_dict() for rule in self.rules]
 
 
-def _lookup(payload: object, dotted: str) -> object:
+def _any_of(globs: Iterable[str]) -> re.Pattern[str]:
+    """One pattern matching what any of the shell globs matches (fnmatchcase's rules)."""
+    return re.compile("|".join(f"(?:{fnmatch.translate(glob)})" for glob in globs))
+
+
+def _lookup(payload: object, parts: tuple[str, ...]) -> object:
     found = payload
-    for part in dotted.split("."):
+    for part in parts:
         if found is None:
             return None
-        found = found.get(part) if isinstance(found, Mapping) else getattr(found, part, None)
+        # dict, not Mapping: an ABC's isinstance costs more than the rest of the check.
+        found = found.get(part) if isinstance(found, dict) else getattr(found, part, None)
     return found
 
 

@@ -67,6 +67,12 @@ def test_vm_start_on_ci_domain_allowed_on_web_refused_naming_field_and_rule() ->
     assert "ci-*" in error.details["reason"]
 
 
+def test_a_refusal_echoes_a_long_resource_name_shortened() -> None:
+    error = refusal(CI_RULES, HTTP_CI, "vm.start", DomainRef(name="w" * 5000))
+    assert len(error.details["reason"]) < 400
+    assert "..." in error.details["reason"]
+
+
 def test_operation_no_rule_naming_the_caller_allows_is_refused_on_operation() -> None:
     error = refusal(CI_RULES, HTTP_CI, "vm.destroy", {"name": "ci-7"})
     assert error.details["field"] == "operation"

@@ -100,3 +100,29 @@ async def test_admit_hooks_see_the_caller(core: Agent) -> None:
     async with dispatching(core):
         await core.intake.submit(document, caller=caller)
     assert seen_callers == [caller]
+
+
+async def test_capabilities_say_what_each_transport_may_run(core: Agent, config: Config) -> None:
+    before = await core.capabilities.describe()
+    allowed = before["allowed_operations"]
+    assert allowed["kafka"] == ["system.echo", "vm.info"]
+    # The token rule names no transport's tokenless callers: they keep everything.
+    assert allowed["spool"] == allowed["http"] == allowed["socket"] == core.registry.operations
+    assert before["allowed_resources"]["kafka"] == {}
+    assert before["operations"] == core.registry.operations  # the existing keys stay
+
+    await core.reload(
+        with_rules(
+            config,
+            {"transports": ["spool"], "operations": ["vm.start", "image.info"]},
+            {"transports": ["spool"], "operations": ["vm.*"], "resources": ["ci-*"]},
+        )
+    )
+    after = await core.capabilities.refresh()
+    assert after["allowed_operations"]["kafka"] == core.registry.operations
+    spool_ops = after["allowed_operations"]["spool"]
+    assert "vm.list" not in spool_ops  # names no resource: the resource rule cannot allow it
+    assert {"vm.start", "image.info", "vm.destroy"} <= set(spool_ops)
+    assert after["allowed_resources"]["spool"]["vm.destroy"] == ["ci-*"]
+    assert "vm.start" not in after["allowed_resources"]["spool"]  # any resource
+    assert core.capabilities.fingerprint != before["fingerprint"]
