@@ -63,6 +63,8 @@ def test_list_show_validate_and_run_with_the_steps_as_a_table(tmp_path: Path) ->
         lines = ran.stdout.splitlines()
         assert lines[0] == "cli-rb"
         assert json.loads("\n".join(lines[1:]))["result"]["outputs"]["said"] == "hi there"
+        step = json.loads(hostagent("status", "cli-rb.first", *where, env=env).stdout)
+        assert step["parent"] == "cli-rb"  # a step's status names its runbook's job
         table = ran.stderr.splitlines()
         assert table[1].split()[:2] == ["STEP", "STATUS"]
         assert [row.split()[:2] for row in table[2:5]] == [

@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from agent.transports.kafka import KafkaConfig
 from agent.transports.kafka.client import EventWatcher
 from agent.transports.kafka.topics import Topics
-from tests.runbooks.invalid import ALLOW_ONLY, base_runbook, invalid_case
+from tests.jobs import job
+from tests.runbooks.invalid import ALLOW_ONLY, BASE_PARAMETERS, base_runbook, invalid_case
 from tests.transports.kafka.fleetkit import KEY_ENTRY, kafka_agent, signed_headers
 
 pytestmark = pytest.mark.slow
@@ -79,9 +80,20 @@ def test_invalid_runbooks_over_kafka_are_rejected_and_nothing_runs(
         for job_id, event in answers.items():
             assert event["type"] == "rejected", (sent[job_id], event)
             assert event["data"]["error"]["details"].get("field"), (sent[job_id], event)
+        with sqlite3.connect(tmp_path / "w1" / "state" / "jobs.sqlite3") as conn:
+            assert conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == 0
+        # A valid runbook over the same door runs, its steps' events on the same topic.
+        data = {"runbook": base_runbook(images), "parameters": BASE_PARAMETERS}
+        value = json.dumps(job("rb-ok", "runbook.run", data)).encode()
+        headers = signed_headers(topic, b"rb-ok", value)
+        producer.produce(topic, value=value, key=b"rb-ok", headers=headers, partition=0)
+        assert producer.flush(30) == 0
+        steps = ["rb-ok.one", "rb-ok.two", "rb-ok.three"]
+        with EventWatcher(config, from_beginning=True) as watcher:
+            done = list(watcher.until_done(["rb-ok", *steps], timeout=60))
+        finished = {e["job_id"]: e["type"] for e in done if e["type"] in ("completed", "failed")}
+        assert finished == dict.fromkeys(["rb-ok", *steps], "completed"), done[-3:]
     finally:
         code = agent.stop(timeout=60)
     assert code == 0, "".join(agent.lines[-30:])
-    with sqlite3.connect(tmp_path / "w1" / "state" / "jobs.sqlite3") as conn:
-        assert conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == 0
     print(f"\nKafka: {len(sent)} invalid runbooks rejected, 0 jobs")
