@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -81,6 +82,11 @@ class RunbookLibrary:
         self._by_name: dict[str, dict[int, Installed]] = {}
         # Files that could not be installed: {path, error}; logged at load.
         self.problems: list[dict[str, Any]] = []
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call `listener` after every load (capabilities list the runbooks)."""
+        self._listeners.append(listener)
 
     def load(self, *, quiet: bool = False) -> None:
         """Read every directory again (blocking: at start and on reload). `quiet`: log
@@ -113,6 +119,8 @@ class RunbookLibrary:
                     continue
                 versions[installed.runbook.version] = installed
         self._by_name, self.problems = found, problems
+        for listener in self._listeners:
+            listener()
         if quiet:
             return
         for problem in problems:

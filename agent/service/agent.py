@@ -139,6 +139,7 @@ class Agent:
         self.capabilities = Capabilities(config, self.registry, self.bus)
         self.capabilities.contribute(partial(libvirt_facts, self.libvirt))
         self.capabilities.contribute(self.runbooks.describe)
+        self.runbooks.on_change(self.capabilities.request_refresh)  # reloaded: listed anew
         self.capabilities.contribute(partial(refresh_pool_roots, self.libvirt, self.policy))
         self.libvirt.on_change(self.capabilities.request_refresh)
         self.space = SpaceFloor(config.state_dir, config.state_min_free_bytes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,7 @@ from agent.service.daemon import Agent
 from agent.service.settings import Settings
 from tests.http_helpers import serving
 from tests.jobs import eventually, job, wait_done
+from tests.runbooks.conftest import ECHO_CHAIN, install
 
 pytestmark = pytest.mark.slow
 
@@ -272,3 +274,19 @@ async def test_capabilities_list_the_installed_runbooks(agent: Agent) -> None:
     assert (listed["name"], listed["version"]) == ("echo-chain", 1)
     assert len(listed["sha256"]) == 64
     assert "runbook.run" in caps["operations"]
+
+
+async def test_a_reload_installs_new_runbooks(
+    agent: Agent, config: Settings, runbook_dir: Path
+) -> None:
+    install(runbook_dir, {**ECHO_CHAIN, "version": 2})
+    with pytest.raises(AgentError):
+        agent.runbooks.get("echo-chain", 2)
+    await agent.reload(config)
+    assert agent.runbooks.get("echo-chain").runbook.version == 2
+    await agent.capabilities.refresh()
+    listed = (await agent.intake.capabilities())["runbooks"]
+    assert [(item["name"], item["version"]) for item in listed] == [
+        ("echo-chain", 1),
+        ("echo-chain", 2),
+    ]
