@@ -59,8 +59,9 @@ class Children:
                 outcome = (await self._intake.submit_many([prepared]))[0]
                 break
             except DrainingError:
-                # Shutting down: the parent stays Running until the drain interrupts it,
-                # and resumes (submitting this child) after the restart.
+                # Shutting down: the parent is interrupted now and left Running, and
+                # resumes (submitting this child) after the restart.
+                self._dispatcher.interrupt_now(parent)
                 await trio.sleep_forever()
             except QueueFullError:
                 await self._intake.wait_for_room()  # back-pressure, as a transport waits

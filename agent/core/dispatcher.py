@@ -169,6 +169,13 @@ class Dispatcher:
             await next(iter(self._running.values())).done.wait()
         return list(self.interrupted)
 
+    def interrupt_now(self, job_id: str) -> None:
+        """While draining: interrupt this running job now (a parent that can take no
+        further step), left Running for recovery, instead of at the drain's end."""
+        running = self._running.get(job_id)
+        if self._draining and running is not None:
+            running.scope.deadline = trio.current_time()
+
     def set_drain_deadline(self, deadline: float) -> None:
         """Bring the drain's end forward (or set it): running jobs get until then."""
         for running in self._running.values():

@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import trio
 
 from agent.config import AllowRule
 from agent.core.context import ChildJobs
@@ -290,3 +291,24 @@ async def test_a_reload_installs_new_runbooks(
         ("echo-chain", 1),
         ("echo-chain", 2),
     ]
+
+
+async def test_a_drain_interrupts_a_runbook_between_steps_without_waiting_it_out(
+    config: Settings,
+) -> None:
+    runbook = sleepy("abort")
+    runbook["steps"][0] = {"name": "nap", "operation": "system.sleep", "payload": {"seconds": 0.3}}
+    service = config.service.model_copy(update={"drain_seconds": 600})
+    async with serving(config.model_copy(update={"service": service})) as agent:
+        await agent.intake.submit(run_document("rb-drain", runbook=runbook), transport="t")
+
+        async def napping() -> bool:
+            found = await agent.services.get(ChildJobs).find("rb-drain.nap")  # type: ignore[type-abstract]
+            return found is not None and found.status is JobStatus.RUNNING
+
+        await eventually(napping, within=30, every=0.01)
+        with trio.fail_after(20):  # far less than the drain's 600 s
+            interrupted = await agent.drain()
+        assert interrupted == ["rb-drain"]  # left Running, for recovery to resume
+        assert (await agent.intake.status("rb-drain.nap")).status == "Completed"
+        assert (await agent.intake.status("rb-drain")).status == "Running"
