@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict
 from agent.config import Config
 from agent.core.context import JobContext
 from agent.core.registry import Handler, Registry, handler
+from agent.core.withheld import redact
 from agent.errors import AgentError, ForbiddenError, HandlerError, ValidationError
 from agent.jobs import JobState, JobStatus
 from agent.policy.paths import Admission
@@ -140,7 +141,12 @@ def runbook_handler(
             runbook, _ = _find_runbook(payload, library, inline_ok=True)
         except AgentError:
             return []  # refused by admit: nothing is recorded
-        return [payload.parameters[name] for name in runbook.secrets if name in payload.parameters]
+        # A secret's default too: an inline runbook's document holds it.
+        return [
+            payload.parameters.get(name, param.default)
+            for name, param in runbook.parameters.items()
+            if param.secret and (name in payload.parameters or not param.required)
+        ]
 
     async def run(payload: RunbookRunPayload, ctx: JobContext) -> dict[str, Any]:
         """Run a runbook: its steps as child jobs, in order."""
@@ -149,13 +155,15 @@ def runbook_handler(
         runbook, identity = _find_runbook(payload, library, inline_ok=True)
         params = check_parameters(runbook, payload.parameters, prefix="parameters")
         scope = Scope(params, labels=config.labels, facts=host_facts(config))
-        # A secret parameter with a default is secret too; the job's own are ctx.secrets.
+        # Secret values: the job's own (ctx.secrets), and defaults of an installed runbook.
         hidden = [*ctx.secrets, *(params[name] for name in runbook.secrets)]
         if payload.dry_run:
             scope.partial = True
             steps = [_dry_step(step, index, scope) for index, step in enumerate(runbook.steps)]
             return {"runbook": identity, "dry_run": True, "steps": steps, "outputs": {}}
-        return await _run_steps(runbook, identity, scope, ctx, registry, secrets=hidden)
+        outcome = await _run_steps(runbook, identity, scope, ctx, registry, secrets=hidden)
+        # A secret's default is no job's secret value: the runbook's result hides it too.
+        return redact(outcome, hidden) if hidden else outcome
 
     return handler(
         RUNBOOK_OPERATION,

@@ -312,3 +312,25 @@ async def test_a_drain_interrupts_a_runbook_between_steps_without_waiting_it_out
         assert interrupted == ["rb-drain"]  # left Running, for recovery to resume
         assert (await agent.intake.status("rb-drain.nap")).status == "Completed"
         assert (await agent.intake.status("rb-drain")).status == "Running"
+
+
+async def test_a_secret_parameters_default_is_hidden_too(agent: Agent, config: Settings) -> None:
+    runbook = {
+        "schema_version": 1,
+        "name": "pin",
+        "version": 1,
+        "parameters": {"pin": {"type": "string", "secret": True, "default": "default-pin-4711"}},
+        "steps": [{"name": "say", "operation": "system.echo", "payload": {"p": {"$param": "pin"}}}],
+    }
+    await agent.intake.submit(run_document("rb-pin", runbook=runbook), transport="t")
+    assert (await wait_done(agent, "rb-pin")).status == "Completed"
+    result = await agent.intake.result("rb-pin")
+    assert result["steps"][0]["result"] == {"p": REDACTED}
+    assert await agent.intake.result("rb-pin.say") == {"p": REDACTED}
+    await agent.store.aclose()
+    assert not [
+        p
+        for p in config.state_dir.rglob("*")
+        if p.is_file() and b"default-pin-4711" in p.read_bytes()
+    ]
+    await agent.store.open()
