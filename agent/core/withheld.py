@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 REDACTED = "[secret]"
+MIN_SPLICED = 4
 WITHHELD_LABEL = "hostagent.withheld"
 LOST = (
     "The job's secret values were held in memory only and did not survive the agent's "
@@ -32,14 +33,15 @@ class Held:
 
 def redact(value: Any, secrets: Sequence[Any]) -> Any:
     """`value` with every secret replaced: a value equal to one, and (in text) every
-    occurrence of a secret string."""
+    occurrence of a secret string of MIN_SPLICED characters or more (a shorter one
+    would mangle every text it happens to occur in)."""
     if not secrets:
         return value
     if any(value == secret and type(value) is type(secret) for secret in secrets):
         return REDACTED
     if isinstance(value, str):
         for secret in secrets:
-            if isinstance(secret, str) and secret:
+            if isinstance(secret, str) and len(secret) >= MIN_SPLICED:
                 value = value.replace(secret, REDACTED)
         return value
     if isinstance(value, dict):
