@@ -9,6 +9,7 @@ import os
 import random
 import sqlite3
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,12 @@ def test_kill_9_at_twenty_random_moments_of_runbooks(tmp_path: Path) -> None:
         assert parent is not None
         assert attempts <= 1, (job_id, attempts, status, error)
         assert job_id.count(".") == 1, job_id  # attempt 1 only: rb7.snap, never rb7.snap.2
+    # Every step was submitted once (no second attempt: max_attempts is 1), whatever
+    # the kills: a resumed runbook finds its steps' jobs, it does not submit them again.
+    children = conn.execute("SELECT job_id, parent FROM jobs WHERE parent IS NOT NULL").fetchall()
+    assert all(
+        job_id.startswith(f"{parent}.") and job_id.count(".") == 1 for job_id, parent in children
+    )
     completed = [row[0] for row in runbooks if row[1] == "Completed"]
     for job_id in completed:
         steps = conn.execute(
@@ -125,8 +132,8 @@ def test_kill_9_at_twenty_random_moments_of_runbooks(tmp_path: Path) -> None:
     reruns = conn.execute("SELECT sum(attempts - 1) FROM jobs WHERE parent IS NOT NULL").fetchone()[
         0
     ]
-    failures = [row[2] for row in runbooks if row[1] == "Failed"]
+    failed_at = Counter(row[2].split(":")[0] for row in runbooks if row[1] == "Failed")
     print(
-        f"\nfailures: {failures}\n{KILLS} kill -9s during {RUNBOOKS} runbooks: {outcomes}; "
+        f"\n{dict(failed_at)}\n{KILLS} kill -9s during {RUNBOOKS} runbooks: {outcomes}; "
         f"{reruns} safe step re-runs; unsafe steps run twice: 0"
     )
