@@ -1,5 +1,6 @@
-"""`hostagent policy show`: the rules in effect, and what each transport, token, key
-and named group may run under them (a table, or --json)."""
+"""`hostagent policy show --offline`: a config file's rules, and what each transport,
+token, key and named group may run under them (a table, or --json); without
+--offline it asks the running agent (tests/cli/test_policy_show_live.py)."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def config_file(tmp_path: Path) -> Path:
 
 
 def show(config_file: Path, capsys: pytest.CaptureFixture[str], *flags: str) -> str:
-    code = main(["policy", "show", "--config", str(config_file), *flags])
+    code = main(["policy", "show", "--config", str(config_file), "--offline", *flags])
     assert code == 0
     return capsys.readouterr().out
 
@@ -90,3 +91,16 @@ def test_policy_show_without_rules_says_everything_runs(
     empty = tmp_path / "empty.toml"
     empty.write_text("")
     assert "every caller may run every operation" in show(empty, capsys)
+
+
+def test_policy_show_without_an_agent_points_at_offline(
+    config_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("HOSTAGENT_URL", raising=False)
+    state = tmp_path / "state"  # no agent: no socket there
+    code = main(["policy", "show", "--config", str(config_file), "--state-dir", str(state)])
+    assert code == 69
+    assert "--offline" in capsys.readouterr().err
