@@ -129,6 +129,8 @@ def test_kill_9_at_twenty_random_moments_of_runbooks(tmp_path: Path) -> None:
             "SELECT count(*) FROM jobs WHERE parent = ? AND status = 'Completed'", (job_id,)
         ).fetchone()[0]
         assert steps == len(KILLED["steps"])  # type: ignore[arg-type]
+        # The steps' outcomes reach the runbook's transport too (the spool's done/).
+        assert (spool / "done" / f"{job_id}.report.result.json").exists()
     reruns = conn.execute("SELECT sum(attempts - 1) FROM jobs WHERE parent IS NOT NULL").fetchone()[
         0
     ]
