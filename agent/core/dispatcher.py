@@ -351,7 +351,10 @@ class Dispatcher:
                     job.job_id,
                     job.operation,
                     attempt=job.attempts + 1,
-                    emit=lambda kind, data: self._emit(job.job_id, kind, redact(data, secrets)),
+                    # Nothing a job was given as secret is recorded (agent.core.withheld).
+                    emit=partial(self._emit_redacted, job.job_id, secrets)
+                    if secrets
+                    else lambda kind, data: self._emit(job.job_id, kind, data),
                     services=self._services,
                     secrets=secrets,
                 )
@@ -368,7 +371,12 @@ class Dispatcher:
                     self.interrupted.append(job.job_id)
                     log.warning("job.interrupted", reason=error)
                     return
-                finished = self._store.queue_finish(job.job_id, status, result=result, error=error)
+                finished = self._store.queue_finish(
+                    job.job_id,
+                    status,
+                    result=redact(result, secrets) if secrets else result,
+                    error=redact(error, secrets) if secrets else error,
+                )
                 # Bounded, so that a backlog of instant jobs cannot flood the
                 # scheduler with announcements and starve the API's requests.
                 try:
@@ -394,14 +402,6 @@ class Dispatcher:
         self._unannounced.release()
 
     async def _run_handler(
-        self, run: Any, payload: BaseModel, ctx: JobContext, running: _Running, time_limit: float
-    ) -> tuple[JobStatus, Any, str | None]:
-        status, result, error = await self._handler_outcome(run, payload, ctx, running, time_limit)
-        if ctx.secrets:  # nothing a job was given as secret is recorded
-            return status, redact(result, ctx.secrets), redact(error, ctx.secrets)
-        return status, result, error
-
-    async def _handler_outcome(
         self, run: Any, payload: BaseModel, ctx: JobContext, running: _Running, time_limit: float
     ) -> tuple[JobStatus, Any, str | None]:
         # One scope for the time limit, a cancel request and the drain's end (a
@@ -431,6 +431,11 @@ class Dispatcher:
             # Still Running: restart recovery re-queues or fails it.
             return JobStatus.RUNNING, None, "Interrupted by shutdown after the drain budget"
         return JobStatus.FAILED, None, f"Job timed out after {time_limit:g} seconds"
+
+    async def _emit_redacted(
+        self, job_id: str, secrets: tuple[Any, ...], kind: str, data: dict[str, Any]
+    ) -> None:
+        await self._emit(job_id, kind, redact(data, secrets))
 
     async def _emit(self, job_id: str, kind: str, data: dict[str, Any]) -> None:
         at = await self._store.add_event(job_id, kind, data)
