@@ -123,6 +123,14 @@ class MemoryStore:
         await trio.lowlevel.checkpoint()
         return self._job(job_id).state()
 
+    async def unfinished_children(self, job_id: str) -> list[str]:
+        await trio.lowlevel.checkpoint()
+        return [
+            item.new.job_id
+            for item in self._jobs.values()
+            if item.new.parent == job_id and not item.status.terminal
+        ]
+
     async def get_submitter(self, job_id: str) -> str | None:
         await trio.lowlevel.checkpoint()
         return self._job(job_id).new.submitter

@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, nullcontext
+from contextlib import asynccontextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -270,6 +270,13 @@ class Dispatcher:
             self._lent -= 1
             self._wakeup.unpark_all()  # a surplus worker leaves once idle
 
+    async def _cancel_children(self, job_id: str) -> None:
+        """A job that ended without its handler (which awaits its children): the
+        children it had submitted before a restart do not run on without it."""
+        for child in await self._store.unfinished_children(job_id):
+            with suppress(ConflictError):  # it ended meanwhile
+                await self.cancel(child)
+
     def _spawn_worker(self) -> None:
         assert self._nursery is not None
         self._workers += 1
@@ -324,6 +331,7 @@ class Dispatcher:
             )
             if state is not None:
                 self._publish_status(state)
+                await self._cancel_children(job.job_id)
             return
         timeout = min(job.timeout_seconds or self._default_timeout, self._max_timeout)
         resource = found.resource(payload) if found.resource else None

@@ -74,6 +74,15 @@ def get_job(conn: sqlite3.Connection, job_id: str) -> JobState:
     return row_state(row)
 
 
+def unfinished_children(conn: sqlite3.Connection, job_id: str) -> list[str]:
+    """The job's children not yet Completed, Failed or Cancelled, oldest first."""
+    rows = conn.execute(
+        "SELECT job_id FROM jobs WHERE parent = ? AND status NOT IN (?, ?, ?) ORDER BY seq",
+        (job_id, JobStatus.COMPLETED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value),
+    )
+    return [row[0] for row in rows]
+
+
 def get_submitter(conn: sqlite3.Connection, job_id: str) -> str | None:
     """Who submitted the job (None: not recorded); NotFoundError when there is no such job."""
     row = conn.execute("SELECT submitter FROM jobs WHERE job_id = ?", (job_id,)).fetchone()

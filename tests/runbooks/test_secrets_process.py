@@ -1,6 +1,6 @@
 """A secret runbook parameter, given to a real agent process over its local API: the
 value is found nowhere in the state directory nor in the agent's log; and after a
-kill -9 the runbook does not run on, it fails saying why."""
+kill -9 the runbook does not run on, it fails saying why, its queued step cancelled."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ KEEPER = {
     "parameters": {"token": {"type": "string", "secret": True}},
     "steps": [
         {"name": "use", "operation": "system.echo", "payload": {"t": {"$param": "token"}}},
-        {"name": "wait", "operation": "system.sleep", "payload": {"seconds": 2}},
+        {"name": "wait", "operation": "system.sleep", "payload": {"seconds": 60}},
     ],
 }
 
@@ -77,6 +77,18 @@ def test_a_secret_is_in_no_file_nor_log_line_and_does_not_survive_a_restart(
             time.sleep(0.05)
         assert status["status"] == "Failed"
         assert "held in memory only" in status["error"]
+        # Its step that was running at the kill (re-queued: safe to re-run) does not
+        # run on without it.
+        wait_for(
+            lambda: (
+                api.get("/api/v1/jobs/rb-s.wait").json()["data"]["status"]
+                in ("Completed", "Failed", "Cancelled")
+            ),
+            30,
+            "the step to end",
+        )
+        step = api.get("/api/v1/jobs/rb-s.wait").json()["data"]
+        assert step["status"] == "Cancelled", step
     finally:
         api.close()
         agent.stop(timeout=60)
