@@ -121,6 +121,15 @@ class PolicyConfig(Section):
     allow: list[AllowRule] = Field(default_factory=list)
 
 
+class RunbooksConfig(Section):
+    """Installed runbooks (agent.runbooks; README "Runbooks")."""
+
+    dirs: list[Path] = Field(default_factory=lambda: [Path("/etc/hostagent/runbooks")])
+    # Who may submit a runbook inline (a document in the job, not an installed name):
+    # nobody, admin callers only, or every caller that may submit.
+    inline: Literal["none", "admin", "any"] = "admin"
+
+
 class StoreConfig(Section):
     """The job store's retention (see agent/store/retention.py)."""
 
@@ -157,6 +166,7 @@ class Config(Section):
     # Capabilities are re-fingerprinted this often (and when libvirt reconnects).
     capabilities_refresh_seconds: float = Field(default=300.0, gt=0)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    runbooks: RunbooksConfig = Field(default_factory=RunbooksConfig)
     # New jobs are refused (503) while the state directory's filesystem has
     # less free space than this, so the store never fills the disk (0: off).
     state_min_free_bytes: int = Field(default=64 * 1024 * 1024, ge=0)

@@ -164,6 +164,8 @@ class JobState(BaseModel):
     transport: str
     attempts: int = 0
     priority: int = 5
+    # The job this one is a step of (a runbook's job); None for a job of its own.
+    parent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,8 @@ class NewJob:
     # Who handed the job in, recorded with it (agent.core.submitter): "uid:N" (a
     # socket peer, a spool file's owner), "token:NAME" (HTTP); None: not known.
     submitter: str | None = None
+    # The job that submitted this one as its child (agent.core.children).
+    parent: str | None = None
 
 
 @dataclass(frozen=True)

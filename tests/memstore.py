@@ -57,6 +57,7 @@ class _Job:
             transport=self.new.transport,
             attempts=self.attempts,
             priority=self.new.priority,
+            parent=self.new.parent,
         )
 
     def transition(self, status: JobStatus, at: str, reason: str | None = None) -> None:
@@ -121,6 +122,14 @@ class MemoryStore:
     async def get_job(self, job_id: str) -> JobState:
         await trio.lowlevel.checkpoint()
         return self._job(job_id).state()
+
+    async def unfinished_children(self, job_id: str) -> list[str]:
+        await trio.lowlevel.checkpoint()
+        return [
+            item.new.job_id
+            for item in self._jobs.values()
+            if item.new.parent == job_id and not item.status.terminal
+        ]
 
     async def get_submitter(self, job_id: str) -> str | None:
         await trio.lowlevel.checkpoint()

@@ -406,6 +406,13 @@ def _key(args: argparse.Namespace, config: Settings) -> int:
     return kafka_cli.generate_key(args, config.kafka)
 
 
+def _runbook(args: argparse.Namespace, config: Settings) -> int:
+    from agent.cli import runbook as cli_runbook
+
+    remote = _remote(args, config) if args.runbook_command == "run" else None
+    return cli_runbook.run_command(args, config, remote)
+
+
 _COMMANDS = {
     "run": _run,
     "submit": _submit,
@@ -424,5 +431,6 @@ _COMMANDS = {
     "decommission": _decommission,
     "key": _key,
     "prune": _prune,
+    "runbook": _runbook,
     "policy": _policy,
 }

@@ -9,6 +9,7 @@ from typing import Any
 from agent import __version__
 from agent.cli import policy as cli_policy
 from agent.cli import prune as cli_prune
+from agent.cli import runbook as cli_runbook
 from agent.cli.resources import add_commands
 from agent.cli.support import EXIT_CODES_HELP, add_client_options
 from agent.handlers._guestfs_host import PACKAGED_APPLIANCE
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reads(commands)
     RESOURCE_NOUNS.extend(add_commands(commands, _resource_options))
     _add_admin(commands)
+    cli_runbook.add_arguments(commands, _common, _client, _json_flag)
     validate = commands.add_parser("validate", help="check a job file without submitting it")
     _common(validate)
     validate.add_argument("file", type=Path, help="a job document (JSON)")

@@ -26,9 +26,16 @@ class CommitPublisher:
     """Publishes jobs' starts and outcomes, in order, as their store writes commit (the
     dispatcher's; not to be confused with the Kafka transport's Announcer)."""
 
-    def __init__(self, store: JobStore, bus: EventBus) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        bus: EventBus,
+        on_final: Callable[[JobState], None] | None = None,
+    ) -> None:
         self._store = store
         self._bus = bus
+        # Told of every final status once it is recorded (a parent awaiting its child).
+        self._on_final = on_final
         # (write, job id, None for a start or what to call once an outcome is out).
         self._pending: deque[tuple[Queued, str, Callable[[], None] | None]] = deque()
         self._arrived = trio.lowlevel.ParkingLot()
@@ -104,6 +111,8 @@ class CommitPublisher:
         """Count and broadcast a recorded status."""
         if state.status.terminal:
             metrics.record_finished(state)
+            if self._on_final is not None:
+                self._on_final(state)
         if self._bus.listening:  # the dump costs more than the rest of the bookkeeping
             self._bus.publish(
                 {"type": "status", "job_id": state.job_id, "data": state.model_dump(mode="json")}

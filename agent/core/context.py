@@ -8,18 +8,42 @@ import subprocess
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import structlog
 import trio
 
+from agent.core.withheld import redact
 from agent.errors import HandlerError
+from agent.jobs import JobState
 
 if TYPE_CHECKING:
     from agent.core.services import Services
 
 ServiceT = TypeVar("ServiceT")
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+class ChildJobs(Protocol):
+    """How a job runs others as its children (agent.core.children, a service): each is
+    an ordinary job (intake checks, queue, locks, timeouts, events, outbox) that
+    names its parent."""
+
+    async def submit(
+        self, parent: str, document: dict[str, Any], secrets: Sequence[Any] = ()
+    ) -> JobState:
+        """Submit a child of `parent` (its transport and submitter); the AgentError
+        refusing it. The same document under the same job_id is the same job.
+        `secrets`: values in its payload recorded redacted (agent.core.withheld)."""
+
+    async def find(self, job_id: str) -> JobState | None:
+        """A job's status, None when there is no such job."""
+
+    async def wait(self, job_id: str) -> JobState:
+        """Until the job has ended; its final status. Cancelling the wait cancels the
+        job too (unless the agent is draining: then both resume after the restart)."""
+
+    async def result(self, job_id: str) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -40,12 +64,15 @@ class JobContext:
         attempt: int,
         emit: Emit,
         services: Services,
+        secrets: Sequence[Any] = (),
     ) -> None:
         self.job_id = job_id
         self.operation = operation
         self.attempt = attempt
         self._emit = emit
         self._services = services
+        # Values never to log (agent.core.withheld); events are redacted by `emit`.
+        self.secrets = tuple(secrets)
 
     @cached_property
     def logger(self) -> Any:
@@ -64,12 +91,23 @@ class JobContext:
 
     async def log(self, message: str, *, level: str = "info", **fields: Any) -> None:
         """A line in the job's own log (GET /jobs/{id}/logs), also sent to the agent log."""
+        if self.secrets:
+            message, fields = redact(message, self.secrets), redact(fields, self.secrets)
         self.logger.log(_LEVELS.get(level, 20), "job.log", line=message, **fields)
         await self._emit("log", {"level": level, "message": message, **fields})
 
     def get(self, kind: type[ServiceT]) -> ServiceT:
         """A shared service the daemon provides (e.g. the libvirt connection)."""
         return self._services.get(kind)
+
+    async def submit_child(self, document: dict[str, Any], secrets: Sequence[Any] = ()) -> JobState:
+        """Submit a job as this job's child (see ChildJobs)."""
+        return await self.children.submit(self.job_id, document, secrets)
+
+    @property
+    def children(self) -> ChildJobs:
+        """Find, await and read this job's children (see ChildJobs)."""
+        return self._services.get(ChildJobs)  # type: ignore[type-abstract]
 
     async def run_process(
         self,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import heapq
 import json
-from contextlib import nullcontext
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -23,6 +24,7 @@ from agent.core.locks import ResourceLocks
 from agent.core.registry import Registry
 from agent.core.services import Services
 from agent.core.targets import job_target
+from agent.core.withheld import LOST, WITHHELD_LABEL, Held, redact
 from agent.errors import AgentError, ConflictError
 from agent.jobs import JobState, JobStatus, PendingJob
 
@@ -43,6 +45,15 @@ def _failure_reason(exc: BaseException) -> str | BaseException:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     return exc.message if isinstance(exc, AgentError) else exc
+
+
+def _payload_data(job: PendingJob, held: Held | None) -> Any:
+    """The payload to run: as submitted, held in memory when its record is redacted."""
+    if held is not None:
+        return held.data
+    if WITHHELD_LABEL in job.document.get("labels", ()):
+        raise AgentError(LOST)  # never run on the redacted values
+    return job.document["payload"]["data"]
 
 
 class Dispatcher:
@@ -74,7 +85,13 @@ class Dispatcher:
         self._executing = 0
         # Finished jobs whose outcome is not yet committed and published.
         self._unannounced = trio.Semaphore(256)
-        self._publisher = CommitPublisher(store, bus)
+        self._publisher = CommitPublisher(store, bus, on_final=self._finished)
+        # Jobs someone awaits the end of (a parent its child), set once it is recorded.
+        self._awaited: dict[str, trio.Event] = {}
+        # Worker slots lent by jobs that wait for a child (see lend_slot).
+        self._lent = 0
+        # Payloads of jobs recorded redacted, until they run (agent.core.withheld).
+        self._held: dict[str, Held] = {}
         self._resource_locks = ResourceLocks()
         self.reruns = 0
         self._nursery: trio.Nursery | None = None
@@ -133,7 +150,7 @@ class Dispatcher:
         self._max_timeout = config.max_timeout_seconds
         self._max_concurrent = config.max_concurrent_jobs
         if self._nursery is not None:
-            while self._workers < self._max_concurrent:
+            while self._workers < self._max_concurrent + self._lent:
                 self._spawn_worker()
         self._wakeup.unpark_all()  # surplus workers notice and leave when idle
 
@@ -152,6 +169,13 @@ class Dispatcher:
         while self._running:
             await next(iter(self._running.values())).done.wait()
         return list(self.interrupted)
+
+    def interrupt_now(self, job_id: str) -> None:
+        """While draining: interrupt this running job now (a parent that can take no
+        further step), left Running for recovery, instead of at the drain's end."""
+        running = self._running.get(job_id)
+        if self._draining and running is not None:
+            running.scope.deadline = trio.current_time()
 
     def set_drain_deadline(self, deadline: float) -> None:
         """Bring the drain's end forward (or set it): running jobs get until then."""
@@ -216,6 +240,44 @@ class Dispatcher:
                 return cancelled
             await trio.lowlevel.checkpoint()
 
+    def hold(self, job_id: str, held: Held) -> None:
+        """Keep a job's payload as submitted (its record is redacted) until it runs."""
+        self._held[job_id] = held
+
+    def awaited(self, job_id: str) -> trio.Event:
+        """An event set once the job's final status is recorded and published. Take it
+        before reading the job's status: an end recorded after that read sets it."""
+        event = self._awaited.get(job_id)
+        if event is None:
+            event = self._awaited[job_id] = trio.Event()
+        return event
+
+    def _finished(self, state: JobState) -> None:
+        if self._awaited:
+            event = self._awaited.pop(state.job_id, None)
+            if event is not None:
+                event.set()
+
+    @asynccontextmanager
+    async def lend_slot(self) -> AsyncIterator[None]:
+        """While a job waits for a child, one more worker runs: with max_concurrent_jobs
+        = 1, a parent holding the only slot would otherwise wait for ever."""
+        self._lent += 1
+        if self._nursery is not None and self._workers < self._max_concurrent + self._lent:
+            self._spawn_worker()
+        try:
+            yield
+        finally:
+            self._lent -= 1
+            self._wakeup.unpark_all()  # a surplus worker leaves once idle
+
+    async def _cancel_children(self, job_id: str) -> None:
+        """A job that ended without its handler (which awaits its children): the
+        children it had submitted before a restart do not run on without it."""
+        for child in await self._store.unfinished_children(job_id):
+            with suppress(ConflictError):  # it ended meanwhile
+                await self.cancel(child)
+
     def _spawn_worker(self) -> None:
         assert self._nursery is not None
         self._workers += 1
@@ -223,7 +285,7 @@ class Dispatcher:
 
     async def _worker(self) -> None:
         try:
-            while self._workers <= self._max_concurrent:
+            while self._workers <= self._max_concurrent + self._lent:
                 if self._draining or not self._heap:
                     self._idle += 1
                     try:
@@ -255,12 +317,14 @@ class Dispatcher:
             self._wakeup.unpark()  # pass on a wakeup this worker may have taken
 
     async def _execute(self, job: PendingJob) -> None:
+        held = self._held.pop(job.job_id, None) if self._held else None
         try:
             found = self._registry.get(job.operation)
             # Validated at intake already; parsed again into the handler's model.
-            payload: BaseModel = found.payload_model.model_validate(job.document["payload"]["data"])
+            payload: BaseModel = found.payload_model.model_validate(_payload_data(job, held))
         except (AgentError, pydantic.ValidationError) as exc:
-            # The handler went away since the job was accepted (upgrade/config change).
+            # The handler went away since the job was accepted (upgrade/config change),
+            # or its secrets did not survive a restart.
             state = await self._store.settle(
                 self._store.queue_finish(
                     job.job_id, JobStatus.FAILED, error=str(exc), only_from=(JobStatus.PENDING,)
@@ -268,6 +332,7 @@ class Dispatcher:
             )
             if state is not None:
                 self._publish_status(state)
+                await self._cancel_children(job.job_id)
             return
         timeout = min(job.timeout_seconds or self._default_timeout, self._max_timeout)
         resource = found.resource(payload) if found.resource else None
@@ -289,18 +354,24 @@ class Dispatcher:
                     if started is None:
                         return  # no longer pending
                     self._publish_status(started)
+                # The recorded document: a secret parameter is already "[secret]" there.
                 log.info(
                     "job.started",
                     attempt=job.attempts + 1,
                     timeout=timeout,
                     **job_target(job.operation, job.document["payload"]["data"]),
                 )
+                secrets = () if held is None else held.secrets
                 ctx = JobContext(
                     job.job_id,
                     job.operation,
                     attempt=job.attempts + 1,
-                    emit=lambda kind, data: self._emit(job.job_id, kind, data),
+                    # Nothing a job was given as secret is recorded (agent.core.withheld).
+                    emit=partial(self._emit_redacted, job.job_id, secrets)
+                    if secrets
+                    else lambda kind, data: self._emit(job.job_id, kind, data),
                     services=self._services,
+                    secrets=secrets,
                 )
                 self._executing += 1
                 try:
@@ -315,7 +386,12 @@ class Dispatcher:
                     self.interrupted.append(job.job_id)
                     log.warning("job.interrupted", reason=error)
                     return
-                finished = self._store.queue_finish(job.job_id, status, result=result, error=error)
+                finished = self._store.queue_finish(
+                    job.job_id,
+                    status,
+                    result=redact(result, secrets) if secrets else result,
+                    error=redact(error, secrets) if secrets else error,
+                )
                 # Bounded, so that a backlog of instant jobs cannot flood the
                 # scheduler with announcements and starve the API's requests.
                 try:
@@ -370,6 +446,11 @@ class Dispatcher:
             # Still Running: restart recovery re-queues or fails it.
             return JobStatus.RUNNING, None, "Interrupted by shutdown after the drain budget"
         return JobStatus.FAILED, None, f"Job timed out after {time_limit:g} seconds"
+
+    async def _emit_redacted(
+        self, job_id: str, secrets: tuple[Any, ...], kind: str, data: dict[str, Any]
+    ) -> None:
+        await self._emit(job_id, kind, redact(data, secrets))
 
     async def _emit(self, job_id: str, kind: str, data: dict[str, Any]) -> None:
         at = await self._store.add_event(job_id, kind, data)

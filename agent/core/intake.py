@@ -25,6 +25,7 @@ from agent.core.health import Health
 from agent.core.jobstore import JobStore
 from agent.core.outbox import Outbox
 from agent.core.registry import Registry
+from agent.core.withheld import WITHHELD_LABEL, Held, withhold
 from agent.errors import AgentError, DrainingError, ExpiredError, QueueFullError
 from agent.jobs import (
     JobState,
@@ -145,6 +146,8 @@ class PreparedJob(NewJob):
     every transport alike (`admit_now` runs it in the caller's thread)."""
 
     admission: Callable[[], None] | None = field(default=None, compare=False, repr=False)
+    # The payload as submitted when the recorded one is redacted (agent.core.withheld).
+    withheld: Held | None = field(default=None, compare=False, repr=False)
 
 
 def admit_now(job: NewJob) -> None:
@@ -209,6 +212,12 @@ def prepare_job(
     normalized["created_at"] = (
         format_timestamp(document.created_at) if document.created_at else utc_now()
     )
+    held: Held | None = None
+    if WITHHELD_LABEL in document.labels:  # the agent's own mark, never the submitter's
+        del normalized["labels"][WITHHELD_LABEL]
+    secrets = registry.secrets(document.operation, payload)
+    if secrets:
+        normalized, held = withhold(normalized, secrets)
     timeout = document.timeout_seconds
     return PreparedJob(
         job_id=normalized["job_id"],
@@ -221,6 +230,7 @@ def prepare_job(
         origin=origin,
         submitter=caller.submitter,
         admission=admission,
+        withheld=held,
     )
 
 
@@ -367,6 +377,9 @@ class Intake:
                 continue
             state, pending = outcome
             if pending is not None:
+                job = jobs[len(answers)]
+                if isinstance(job, PreparedJob) and job.withheld is not None:
+                    self._dispatcher.hold(state.job_id, job.withheld)
                 if listening:
                     self._bus.publish(
                         {

@@ -81,6 +81,9 @@ class JobStore(OutboxSource, Protocol):
     async def get_submitter(self, job_id: str) -> str | None:
         """Who submitted the job (None: not recorded); NotFoundError when there is none."""
 
+    async def unfinished_children(self, job_id: str) -> list[str]:
+        """The job's children (agent.core.children) that have not ended yet."""
+
     async def get_events(self, job_id: str) -> list[dict[str, Any]]: ...
     async def count_by_status(self) -> dict[str, int]: ...
 

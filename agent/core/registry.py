@@ -35,6 +35,8 @@ class Handler:
     # Checks the payload against the host's policy at intake (paths, domain
     # definitions); raises ForbiddenError naming the field.
     admit: Callable[[Any, Admission], None] | None = None
+    # The payload's secret values (agent.core.withheld): recorded redacted, held in memory.
+    secrets: Callable[[Any], list[Any]] | None = None
 
 
 def handler(
@@ -45,6 +47,7 @@ def handler(
     version: int = 1,
     resource: Callable[[PayloadT], str | None] | None = None,
     admit: Callable[[PayloadT, Admission], None] | None = None,
+    secrets: Callable[[PayloadT], list[Any]] | None = None,
 ) -> Callable[[Callable[[PayloadT, JobContext], Awaitable[Any]]], Handler]:
     """Declare an async function `(payload, ctx) -> result` as the handler of `operation`."""
 
@@ -59,6 +62,7 @@ def handler(
             summary=summary,
             resource=resource,
             admit=admit,
+            secrets=secrets,
         )
 
     return wrap
@@ -137,6 +141,11 @@ class Registry:
             check(payload, admission)
 
         return admit
+
+    def secrets(self, operation: str, payload: BaseModel) -> list[Any]:
+        """The payload's secret values (none for most operations)."""
+        found = self._handlers.get(operation)
+        return [] if found is None or found.secrets is None else found.secrets(payload)
 
     def schemas(self) -> dict[str, dict[str, Any]]:
         """Per-operation payload JSON schema, for capability discovery."""

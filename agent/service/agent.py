@@ -15,6 +15,8 @@ from agent.config import Config, restart_keys
 from agent.core import metrics
 from agent.core import periodic as background
 from agent.core.capabilities import Capabilities
+from agent.core.children import Children
+from agent.core.context import ChildJobs
 from agent.core.diskspace import SpaceFloor
 from agent.core.dispatcher import Dispatcher
 from agent.core.events import EventBus
@@ -24,10 +26,12 @@ from agent.core.jobstore import JobStore
 from agent.core.registry import Handler, Registry
 from agent.core.services import Services
 from agent.handlers import guestkit, image, network, storage, system, vm, vm_screen, vm_snapshot
+from agent.handlers.runbook import runbook_handler
 from agent.handlers.storage_roots import refresh_pool_roots
 from agent.hypervisor import LibvirtConnection
 from agent.hypervisor.facts import libvirt_facts
 from agent.policy.paths import Policy
+from agent.runbooks import RunbookLibrary
 from agent.service.logs import set_log_level
 from agent.service.settings import (
     Settings,
@@ -101,6 +105,10 @@ class Agent:
         self.registry.policy = self.policy  # every handler's intake check (admit) uses it
         for extra in extra_handlers:
             self.registry.add(extra)
+        # Installed runbooks, checked whole at intake against the operations above.
+        self.runbooks = RunbookLibrary(config.runbooks.dirs)
+        self.runbooks.load()
+        self.registry.add(runbook_handler(self.runbooks, self.registry, lambda: self.config))
         self.store: JobStore = store if store is not None else SqliteStore(config.store_path)
         self.libvirt = LibvirtConnection(config.libvirt)
         self.services = Services()
@@ -131,6 +139,8 @@ class Agent:
         )
         self.capabilities = Capabilities(config, self.registry, self.bus)
         self.capabilities.contribute(partial(libvirt_facts, self.libvirt))
+        self.capabilities.contribute(self.runbooks.describe)
+        self.runbooks.on_change(self.capabilities.request_refresh)  # reloaded: listed anew
         self.capabilities.contribute(partial(refresh_pool_roots, self.libvirt, self.policy))
         self.libvirt.on_change(self.capabilities.request_refresh)
         self.space = SpaceFloor(config.state_dir, config.state_min_free_bytes)
@@ -150,6 +160,11 @@ class Agent:
             capabilities=self.capabilities,
             health=self.health,
             space=self.space,
+        )
+        self.services.register(
+            ChildJobs,  # type: ignore[type-abstract]  # a Protocol names the service
+            Children(self.intake, self.dispatcher),
+            name="children",
         )
         self.pruner = (
             Pruner(
@@ -259,7 +274,14 @@ class Agent:
         self.config = applied
         self.services.replace(Config, applied)
         set_log_level(applied.log_level)
-        core = (self.dispatcher, self.intake, self.capabilities, self.policy, self.space)
+        core = (
+            self.dispatcher,
+            self.intake,
+            self.capabilities,
+            self.policy,
+            self.space,
+            self.runbooks,
+        )
         parts: list[tuple[object, object]] = [(part, applied) for part in core]
         parts += [
             (transport, section_of(applied, self._spec_of[transport.name]))

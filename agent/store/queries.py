@@ -13,7 +13,7 @@ from agent.jobs import JobState, JobStatus, NewJob, OutboxEntry, PendingJob
 
 STATE_COLUMNS = (
     "job_id, operation, status, submitted_at, started_at, completed_at, error, progress, "
-    "transport, attempts, priority"
+    "transport, attempts, priority, parent"
 )
 
 
@@ -58,6 +58,7 @@ def pending_state(job: NewJob, submitted_at: str) -> JobState:
             "transport": job.transport,
             "attempts": 0,
             "priority": job.priority,
+            "parent": job.parent,
         },
     )
     _set(state, "__pydantic_fields_set__", set(_STATE_FIELDS_SET))
@@ -71,6 +72,15 @@ def get_job(conn: sqlite3.Connection, job_id: str) -> JobState:
     if row is None:
         raise NotFoundError(f"Job {job_id} not found", field="job_id")
     return row_state(row)
+
+
+def unfinished_children(conn: sqlite3.Connection, job_id: str) -> list[str]:
+    """The job's children not yet Completed, Failed or Cancelled, oldest first."""
+    rows = conn.execute(
+        "SELECT job_id FROM jobs WHERE parent = ? AND status NOT IN (?, ?, ?) ORDER BY seq",
+        (job_id, JobStatus.COMPLETED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value),
+    )
+    return [row[0] for row in rows]
 
 
 def get_submitter(conn: sqlite3.Connection, job_id: str) -> str | None:

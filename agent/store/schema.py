@@ -8,7 +8,7 @@ from pathlib import Path
 
 from agent.errors import StoreError
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 8
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -120,6 +120,12 @@ _MIGRATIONS: dict[int, str] = {
     # socket-owners.sqlite3). Jobs recorded before have none: NULL, nobody's own.
     6: """
     ALTER TABLE jobs ADD COLUMN submitter TEXT;
+    """,
+    7: "",
+    # A job may have a parent (a runbook step is a child job of the runbook's job).
+    8: """
+    ALTER TABLE jobs ADD COLUMN parent TEXT;
+    CREATE INDEX jobs_by_parent ON jobs (parent) WHERE parent IS NOT NULL;
     """,
 }
 

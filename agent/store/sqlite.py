@@ -102,6 +102,9 @@ class SqliteStore:
     async def get_submitter(self, job_id: str) -> str | None:
         return await self._read(queries.get_submitter, job_id)
 
+    async def unfinished_children(self, job_id: str) -> list[str]:
+        return await self._read(queries.unfinished_children, job_id)
+
     async def get_result(self, job_id: str) -> Any:
         return await self._reads.read_now(lambda conn: queries.get_result(conn, job_id))
 

@@ -29,8 +29,8 @@ _EXISTING = (
 # fewer rows written per submit.
 _INSERT = (
     "INSERT INTO jobs (job_id, operation, status, priority, transport, document, "
-    "fingerprint, timeout_seconds, submitted_at, submitter) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "fingerprint, timeout_seconds, submitted_at, submitter, parent) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 # New jobs enter job_counts here, once per batch and operation (no per-row trigger);
 # status changes and deletes keep them right by triggers (schema.py).
@@ -105,6 +105,7 @@ def insert_jobs(
                 job.timeout_seconds,
                 now,
                 job.submitter,
+                job.parent,
             )
             for job, _ in new.values()
         ],

@@ -45,6 +45,7 @@ def checkout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A directory laid out like a fresh clone after `make run`: its config, its venv."""
     where = tmp_path_factory.mktemp("clone")
     shutil.copy(ROOT / "hostagent.toml", where / "hostagent.toml")
+    shutil.copytree(ROOT / "etc" / "hostagent" / "runbooks", where / "etc/hostagent/runbooks")
     (where / ".venv").symlink_to(ROOT / ".venv")
     env = {key: value for key, value in os.environ.items() if not key.startswith("HOSTAGENT_")}
     # Only the port differs from `make run`: tests must not collide with one running here.
