@@ -30,14 +30,14 @@ def add_arguments(commands: Any, common: Any, client: Any, json_flag: Any) -> No
     actions = runbook.add_subparsers(dest="runbook_command", required=True)
     listing = actions.add_parser("list", help="the installed runbooks (name, version, sha256)")
     show = actions.add_parser("show", help="an installed runbook's document")
-    show.add_argument("name")
+    show.add_argument("name", help="an installed runbook's name (runbook list)")
     show.add_argument("--version", type=int, help="that version (default: the highest)")
     validate = actions.add_parser(
         "validate", help="check a runbook file without installing it (exit 2 names step and field)"
     )
-    validate.add_argument("file", type=Path)
+    validate.add_argument("file", type=Path, help="a runbook document (YAML or JSON)")
     run = actions.add_parser("run", help="run an installed runbook on the agent")
-    run.add_argument("name")
+    run.add_argument("name", help="an installed runbook's name (runbook list)")
     run.add_argument(
         "--param",
         action="append",
@@ -47,11 +47,16 @@ def add_arguments(commands: Any, common: Any, client: Any, json_flag: Any) -> No
     )
     run.add_argument("--version", type=int, help="that version (default: the highest)")
     run.add_argument("--dry-run", action="store_true", help="check and resolve; run nothing")
-    run.add_argument("--job-id")
+    run.add_argument("--job-id", help="the runbook job's id (default: a new UUID)")
     waiting = run.add_mutually_exclusive_group()
     waiting.add_argument("--wait", action="store_true", help="wait, then print the steps")
     waiting.add_argument("--follow", action="store_true", help="show progress, then the steps")
-    run.add_argument("--wait-timeout", type=float, default=3600.0)
+    run.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=3600.0,
+        help="seconds --wait/--follow wait before exit 4 (default 3600)",
+    )
     for command in (listing, show, validate, run):
         common(command)
     for command in (listing, show):
