@@ -46,6 +46,7 @@ from agent.store.retention import (
 )
 from agent.transports import TRANSPORTS, Transport, TransportSpec
 from agent.view.reads import ResourceView
+from agent.view.templates import TemplateCatalog, TemplateRows
 
 log = structlog.get_logger("agent.service.agent")
 
@@ -119,6 +120,9 @@ class Agent:
         # Direct reads of VMs, pools, networks and the host (the HTTP API's); their
         # actions still come in through the intake as jobs.
         self.services.register(ResourceView, ResourceView(self.libvirt, config), name="resources")
+        if isinstance(self.store, TemplateRows):  # VM templates live in the job store
+            templates = TemplateCatalog(self.store, self.policy, config)
+            self.services.register(TemplateCatalog, templates, name="templates")
         self.dispatcher = Dispatcher(
             self.store,
             self.registry,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from agent.errors import StoreError
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 9
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -120,6 +120,18 @@ _MIGRATIONS: dict[int, str] = {
     # socket-owners.sqlite3). Jobs recorded before have none: NULL, nobody's own.
     6: """
     ALTER TABLE jobs ADD COLUMN submitter TEXT;
+    """,
+    7: "",
+    8: "",
+    # Issue 23: VM templates (Kimchi's /templates), kept with the jobs so a backup of
+    # the store holds them. `document` is the template's JSON as the API shows it.
+    9: """
+    CREATE TABLE templates (
+        name TEXT PRIMARY KEY,
+        document TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    ) WITHOUT ROWID;
     """,
 }
 

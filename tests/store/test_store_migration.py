@@ -122,7 +122,7 @@ def test_migration_to_6_keeps_every_job_and_adds_a_submitter_of_none(tmp_path: P
         before = old.execute("SELECT * FROM jobs ORDER BY seq").fetchall()
     conn = connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 6
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         after = conn.execute("SELECT * FROM jobs ORDER BY seq").fetchall()
         assert [row[:-1] for row in after] == before  # every column of every row kept
         assert [row[-1] for row in after] == [None, None]  # the new submitter column
