@@ -9,7 +9,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
 from agent.jobs import RESERVED_JOB_IDS
-from agent.transports.http import audit, docs, events, job_api, local_auth, resources
+from agent.transports.http import audit, console, docs, events, job_api, local_auth, resources, ui
 from agent.transports.http.api import (
     ApiState,
     authorize,
@@ -38,7 +38,7 @@ def build_app(state: ApiState, *, local: LocalAccess | None = None) -> QuartTrio
     app.extensions["hostagent"] = state
     if local is not None:
         app.extensions[EXTENSION] = local
-    routes = [*job_api.ROUTES, *resources.ROUTES, *events.ROUTES]
+    routes = [*job_api.ROUTES, *resources.ROUTES, *events.ROUTES, *console.ROUTES, *ui.ROUTES]
     by_endpoint = {spec.endpoint: spec for spec in routes}
     for spec in routes:
         view = spec.view if spec.view is not None else view_of(spec)

@@ -165,6 +165,6 @@ add_read(
 )
 
 # Pools, volumes and networks register their routes when imported.
-from agent.transports.http import resources_storage  # noqa: E402, F401
+from agent.transports.http import live, resources_storage  # noqa: E402, F401
 
 __all__ = ["ROUTES"]
