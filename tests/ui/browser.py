@@ -10,7 +10,11 @@ from typing import Any, TypeVar
 
 import trio
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import (
+    JavascriptException,
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
@@ -19,6 +23,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 T = TypeVar("T")
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
+_PASSING = (JavascriptException, StaleElementReferenceException)
 
 
 def start_chromium() -> webdriver.Chrome:
@@ -60,7 +65,9 @@ class Page:
         """The first truthy value of `condition(driver)`; after `within` seconds, a
         TimeoutException that shows the page (and a screenshot, timeout.png)."""
         try:
-            return await self.run(lambda: WebDriverWait(self.driver, within, 0.05).until(condition))
+            # A view being replaced meanwhile: look again.
+            wait = WebDriverWait(self.driver, within, 0.05, ignored_exceptions=_PASSING)
+            return await self.run(wait.until, condition)
         except TimeoutException as exc:
             await self.shot("timeout")
             html = await self.js("return document.querySelector('main').outerHTML")

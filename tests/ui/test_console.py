@@ -1,0 +1,143 @@
+"""On a real libvirtd with QEMU (tests/libvirtd.py): start a VM from the VM view, open
+its console (noVNC over the agent's websocket relay), see a frame that is not blank,
+type into it, and shut it down, all in headless Chromium."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from agent.config import LibvirtConfig
+from agent.core.metrics import REGISTRY
+from agent.service.daemon import Agent
+from agent.service.settings import Settings
+from tests.http_helpers import ADMIN, client, http_of, serving, with_http
+from tests.jobs import wait_done
+from tests.libvirtd import PrivateLibvirtd, private_libvirtd
+from tests.ui.browser import Page, start_chromium
+
+pytestmark = pytest.mark.slow
+
+NON_BLANK = """
+const canvas = document.querySelector('#screen canvas');
+if (!canvas || !canvas.width) return false;
+const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+let lit = 0;
+for (let i = 0; i < pixels.length; i += 4) {
+  if (pixels[i] + pixels[i + 1] + pixels[i + 2] > 96) lit += 1;
+}
+return lit > 100 && lit;
+"""
+
+
+@pytest.fixture(scope="session")
+def libvirtd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateLibvirtd]:
+    with private_libvirtd(tmp_path_factory.mktemp("libvirtd")) as daemon:
+        yield daemon
+
+
+@pytest.fixture
+async def qemu_agent(config: Settings, libvirtd: PrivateLibvirtd) -> AsyncIterator[Agent]:
+    config = config.model_copy(update={"libvirt": LibvirtConfig(uri=libvirtd.uri)})
+    async with serving(with_http(config)) as agent:
+        yield agent
+
+
+@pytest.fixture
+async def qemu_page(qemu_agent: Agent, tmp_path: Path) -> AsyncIterator[Page]:
+    driver = await trio.to_thread.run_sync(start_chromium)
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    try:
+        yield Page(driver, http_of(qemu_agent).url, shots)
+    finally:
+        await trio.to_thread.run_sync(driver.quit)
+
+
+def relayed(direction: str) -> float:
+    found = REGISTRY.get_sample_value(
+        "hostagent_console_bytes_total", {"kind": "vnc", "direction": direction}
+    )
+    return found or 0.0
+
+
+async def job_end(page: Page, box: str) -> str:
+    status: str = await page.until(
+        lambda d: d.execute_script(
+            f"const s = document.querySelector('{box} .job-status');"
+            "return s && s.dataset.status && !['Pending','Running'].includes(s.dataset.status)"
+            " && s.dataset.status"
+        ),
+        within=60,
+    )
+    return status
+
+
+async def test_start_console_keys_and_shutdown_on_real_qemu(
+    qemu_agent: Agent, qemu_page: Page
+) -> None:
+    page = qemu_page
+    name = f"real-ui-{uuid.uuid4().hex[:6]}"
+    async with client(qemu_agent, ADMIN) as http:
+        answer = await http.post("/api/v1/vms", json={"spec": {"name": name, "memory_mib": 64}})
+        assert answer.status_code == 202, answer.text
+        await wait_done(qemu_agent, answer.json()["data"]["job_id"])
+    try:
+        await page.open(f"/ui/vms/{name}")
+        await page.login(ADMIN)
+        await page.click('button[data-action="start"]')
+        assert await job_end(page, "#job") == "Completed"
+        await page.until(
+            lambda d: (
+                d.execute_script(
+                    "return document.querySelector('#vm-state [data-state]').textContent"
+                )
+                == "running"
+            )
+        )
+        await page.shot("vm")
+
+        await page.click("#open-console")
+        await page.until(
+            lambda d: (
+                d.execute_script("return document.querySelector('#console-status').dataset.state")
+                == "connected"
+            ),
+            within=30,
+        )
+        lit = await page.until(lambda d: d.execute_script(NON_BLANK), within=60)
+        assert lit > 100
+        await page.shot("console")
+
+        before = relayed("to_vm")
+        await page.type("#paste-text", "Hello")
+        await page.click("#paste")
+        assert await page.text("#keys-sent") == "5 keys sent"
+        # Each key is a press and a release (8 bytes each, more with QEMU's extended
+        # key events) relayed to the VM's VNC server.
+        with trio.fail_after(10):
+            while relayed("to_vm") < before + 5 * 2 * 8:
+                await trio.sleep(0.05)
+        assert relayed("to_browser") > 0
+
+        await page.click("a[href$='/ui/vms/" + name + "'][data-nav]")
+        await page.click('button[data-action="poweroff"]')
+        assert await job_end(page, "#job") == "Completed"
+        await page.until(
+            lambda d: (
+                d.execute_script(
+                    "return document.querySelector('#vm-state [data-state]').textContent"
+                )
+                == "shutoff"
+            )
+        )
+    finally:
+        async with httpx.AsyncClient(
+            base_url=http_of(qemu_agent).url, headers={"Authorization": f"Bearer {ADMIN}"}
+        ) as http:
+            await http.delete(f"/api/v1/vms/{name}", params={"force": "true"})
