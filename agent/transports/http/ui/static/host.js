@@ -183,7 +183,7 @@ export async function hostView(main, view) {
     const caps = await api("GET", "/capabilities");
     main.querySelector("#capabilities").innerHTML = `
       <dt>Worker</dt><dd>${esc(caps.worker_id)}</dd>
-      <dt>Hypervisor</dt><dd>${esc(caps.hypervisor)}</dd>
+      <dt>Hypervisor</dt><dd>${esc(typeof caps.hypervisor === "object" && caps.hypervisor ? Object.entries(caps.hypervisor).map(([k, v]) => `${k} ${v}`).join(", ") : caps.hypervisor)}</dd>
       <dt>Features</dt><dd>${esc(caps.features.join(", "))}</dd>
       <dt>Disk formats</dt><dd>${esc(caps.disk_formats.join(", "))}</dd>
       <dt>Jobs at once</dt><dd>${caps.max_concurrent_jobs}</dd>
