@@ -15,25 +15,34 @@ Usage: python bench/ui_watch.py [--vms 200] [--seconds 30]
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import re
-import subprocess
 import sys
-import tempfile
-import threading
-import time
-import urllib.request
-from collections.abc import Iterable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# Run as a script, bench/ would come first on sys.path and its http.py would shadow
+# the standard library's `http` package (which urllib and selenium import).
+_BENCH = Path(__file__).resolve().parent
+sys.path[:] = [str(_BENCH.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
 
-from idle import cpu_seconds, switches_by_thread, verdict, wakeups
+import argparse  # noqa: E402
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
+from collections.abc import Iterable  # noqa: E402
 
-from tests.ui.browser import start_chromium
+from tests.ui.browser import start_chromium  # noqa: E402
+
+# bench/idle.py's measures of a process (CPU seconds, wake-ups).
+_spec = importlib.util.spec_from_file_location("bench_idle", _BENCH / "idle.py")
+assert _spec is not None
+assert _spec.loader is not None
+idle = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(idle)
 
 FIRST_PAINT_TARGET_MS = 1000
 
@@ -105,10 +114,10 @@ def define_vms(url: str, count: int) -> None:
 
 
 def measure(pid: int, seconds: float) -> tuple[float, float]:
-    cpu0, switches0 = cpu_seconds(pid), switches_by_thread(pid)
+    cpu0, switches0 = idle.cpu_seconds(pid), idle.switches_by_thread(pid)
     time.sleep(seconds)
-    cpu1, switches1 = cpu_seconds(pid), switches_by_thread(pid)
-    return cpu1 - cpu0, wakeups(switches0, switches1) / seconds
+    cpu1, switches1 = idle.cpu_seconds(pid), idle.switches_by_thread(pid)
+    return cpu1 - cpu0, idle.wakeups(switches0, switches1) / seconds
 
 
 def main() -> None:
@@ -155,7 +164,7 @@ def main() -> None:
     met = first is not None and first <= FIRST_PAINT_TARGET_MS
     print(
         f"VMs view first paint with every row ({rows} rows, '{shown}'): {first} ms after "
-        f"navigation start (target <= {FIRST_PAINT_TARGET_MS}) {verdict(met)}"
+        f"navigation start (target <= {FIRST_PAINT_TARGET_MS}) {idle.verdict(met)}"
     )
     assert re.match(r"\d+ of \d+", shown)
 
