@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
+import libvirt
 import pytest
 import trio
 
@@ -141,3 +142,43 @@ async def test_start_console_keys_and_shutdown_on_real_qemu(
             base_url=http_of(qemu_agent).url, headers={"Authorization": f"Bearer {ADMIN}"}
         ) as http:
             await http.delete(f"/api/v1/vms/{name}", params={"force": "true"})
+
+
+SERIAL_DOMAIN = """<domain type='{kind}'>
+  <name>{name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
+  <os><type>hvm</type><bios useserial='yes' rebootTimeout='500'/></os>
+  <devices><serial type='pty'><target port='0'/></serial><console type='pty'/></devices>
+</domain>"""
+
+
+async def test_serial_console_in_the_page_on_real_qemu(
+    qemu_agent: Agent, qemu_page: Page, libvirtd: PrivateLibvirtd
+) -> None:
+    """SeaBIOS writes to the serial port (useserial) and reboots every half second with
+    no disk: its text shows in the console view's serial panel."""
+    page = qemu_page
+    name = f"real-ui-{uuid.uuid4().hex[:6]}"
+    conn = await trio.to_thread.run_sync(libvirt.open, libvirtd.uri)
+    kind = "kvm" if "<domain type='kvm'" in conn.getCapabilities() else "qemu"
+    dom = conn.defineXML(SERIAL_DOMAIN.format(kind=kind, name=name))
+    try:
+        dom.create()
+        await page.open(f"/ui/vms/{name}/console")
+        await page.login(ADMIN)
+        await page.find("#serial")
+        text = await page.until(
+            lambda d: d.execute_script(
+                "const t = document.querySelector('#serial-out').textContent;"
+                "return t.includes('SeaBIOS') || t.includes('Booting') ? t : false"
+            ),
+            within=60,
+        )
+        assert "Boot" in text or "SeaBIOS" in text
+        # No graphics: no VNC, the screenshot stands in.
+        assert "no graphical console" in await page.text("#console-status")
+        await page.shot("serial")
+    finally:
+        if dom.isActive():
+            dom.destroy()
+        dom.undefine()
+        conn.close()

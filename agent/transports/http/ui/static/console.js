@@ -88,6 +88,7 @@ export async function consoleView(main, view, name) {
     await vnc(main, view, name, status);
   } else {
     status.textContent = `no graphical console (${vm.state})`;
+    main.querySelector("#screen").hidden = true;
     main.querySelectorAll(".toolbar button").forEach((b) => (b.disabled = true));
     screenshotFallback(main, path);
   }
@@ -159,7 +160,9 @@ function serial(main, view, name) {
   onLeave(() => socket.close());
   socket.addEventListener("open", () => (box.hidden = false));
   socket.addEventListener("message", (event) => {
-    out.append(typeof event.data === "string" ? event.data : "");
+    // The guest's terminal escapes (cursor, colours, clear) have no place in a <div>.
+    const text = typeof event.data === "string" ? event.data : "";
+    out.append(text.replace(/\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\x1b[@-_]|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]/g, ""));
     out.scrollTop = out.scrollHeight;
   });
   main.querySelector("#serial-in").addEventListener("keydown", (event) => {
