@@ -85,8 +85,16 @@ class Page:
         return await self.run(lambda: element.text)
 
     async def click(self, css: str) -> None:
-        element = await self.find(css)
-        await self.run(element.click)
+        """Find and click in one go (again if the page replaced the element meanwhile)."""
+
+        def clicked(driver: webdriver.Chrome) -> bool:
+            elements = driver.find_elements(By.CSS_SELECTOR, css)
+            if not elements or not elements[0].is_displayed():
+                return False
+            elements[0].click()
+            return True
+
+        await self.until(clicked)
 
     async def type(self, css: str, text: str) -> None:
         element = await self.find(css)

@@ -129,3 +129,34 @@ async def test_vm_from_template_creates_volumes_and_domain(served: Agent) -> Non
         await wait_done(served, unnamed.json()["data"]["job_id"])
         vms = (await http.get("/api/v1/vms")).json()["data"]["vms"]
         assert any(v["name"].startswith(f"{name}-") for v in vms)
+
+
+async def test_vm_from_template_copies_a_source_volume(served: Agent) -> None:
+    """A template disk naming a volume of the pool gets a copy of it per VM."""
+    name = f"t-{uuid.uuid4().hex[:6]}"
+    base = f"{name}-base.qcow2"
+    vm = f"vm-{uuid.uuid4().hex[:6]}"
+    async with client(served, ADMIN) as http:
+        made = await http.post(
+            "/api/v1/storagepools/default-pool/volumes",
+            json={"name": base, "capacity_bytes": 1024**3},
+        )
+        assert made.status_code == 202, made.text
+        await wait_done(served, made.json()["data"]["job_id"])
+        body = template(name, disks=[{"index": 0, "volume": base}])
+        assert (await http.post("/api/v1/templates", json=body)).status_code == 201
+        answer = await http.post("/api/v1/vms", json={"template": name, "name": vm})
+        job_id = answer.json()["data"]["job_id"]
+        await wait_done(served, job_id)
+        result = (await http.get(f"/api/v1/jobs/{job_id}/result")).json()["data"]
+        [copy] = result["volumes"]
+        assert (copy["name"], copy["capacity_bytes"]) == (f"{vm}-disk0.qcow2", 1024**3)
+        # A failed definition takes its volumes back: a network that does not exist.
+        body = template(f"{name}-x", networks=["no-such-net"])
+        assert (await http.post("/api/v1/templates", json=body)).status_code == 201
+        failed = await http.post("/api/v1/vms", json={"template": f"{name}-x", "name": f"{vm}x"})
+        state = await wait_done(served, failed.json()["data"]["job_id"])
+        assert state.status.value == "Failed"
+        assert "no-such-net" in (state.error or "")
+        volumes = (await http.get("/api/v1/storagepools/default-pool/volumes")).json()["data"]
+        assert f"{vm}x-disk0.qcow2" not in [v["name"] for v in volumes["volumes"]]

@@ -58,13 +58,10 @@ export async function vmsView(main, view) {
     return rows;
   };
 
-  const render = () => {
-    const rows = shown();
-    body.innerHTML = rows
-      .map((vm) => {
-        const chosen = state.selected.has(vm.name);
-        return `<tr data-vm="${esc(vm.name)}" class="${chosen ? "selected" : ""}">
-        <td><input type="checkbox" data-select="${esc(vm.name)}" ${chosen ? "checked" : ""}></td>
+  // Rows are kept (keyed by name) and only their changed cells rewritten, so a click
+  // on a row's checkbox or link is never lost to a refresh.
+  const kept = new Map();
+  const cells = (vm) => `
         <td><a href="/ui/vms/${encodeURIComponent(vm.name)}" data-nav>${esc(vm.name)}</a></td>
         <td><span class="state ${esc(vm.state)}" data-state>${esc(vm.state)}</span></td>
         <td class="num">${percent(vm.cpu_percent)}</td>
@@ -73,9 +70,38 @@ export async function vmsView(main, view) {
         <td class="num">${rate(vm.disk_read_bps)}</td>
         <td class="num">${rate(vm.disk_write_bps)}</td>
         <td class="num">${rate(vm.net_rx_bps)}</td>
-        <td class="num">${rate(vm.net_tx_bps)}</td></tr>`;
-      })
-      .join("");
+        <td class="num">${rate(vm.net_tx_bps)}</td>`;
+  const rowOf = (vm) => {
+    let row = kept.get(vm.name);
+    if (!row) {
+      row = document.createElement("tr");
+      row.dataset.vm = vm.name;
+      const box = document.createElement("td");
+      box.innerHTML = `<input type="checkbox" data-select="${esc(vm.name)}">`;
+      row.append(box);
+      kept.set(vm.name, row);
+    }
+    const html = cells(vm);
+    if (row.shown !== html) {
+      row.shown = html;
+      while (row.children.length > 1) row.lastElementChild.remove();
+      row.insertAdjacentHTML("beforeend", html);
+    }
+    const chosen = state.selected.has(vm.name);
+    row.classList.toggle("selected", chosen);
+    row.firstElementChild.firstElementChild.checked = chosen;
+    return row;
+  };
+
+  const render = () => {
+    const rows = shown();
+    const names = new Set(state.vms.map((vm) => vm.name));
+    for (const name of kept.keys()) if (!names.has(name)) kept.delete(name);
+    const wanted = rows.map(rowOf);
+    const current = [...body.children];
+    if (wanted.length !== current.length || wanted.some((row, i) => row !== current[i])) {
+      body.replaceChildren(...wanted);
+    }
     main.querySelector("#vm-count").textContent = `${rows.length} of ${state.vms.length}`;
     main.querySelectorAll("th[data-sort]").forEach((th) => {
       th.classList.toggle("sorted", th.dataset.sort === state.sort);
