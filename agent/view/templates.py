@@ -8,6 +8,7 @@ submission, so the job is the same whatever happens to the template later.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from typing import Any, Protocol, runtime_checkable
 
@@ -42,6 +43,12 @@ def parse_template(raw: Any, *, prefix: str = "body") -> TemplateSpec:
     except pydantic.ValidationError as exc:
         raise_validation_error(exc, prefix=prefix)
     raise AssertionError("unreachable")
+
+
+def _suffix(key: str | None) -> str:
+    if key is None:
+        return secrets.token_hex(3)
+    return hashlib.sha256(key.encode()).hexdigest()[:6]
 
 
 class TemplateCatalog:
@@ -90,14 +97,16 @@ class TemplateCatalog:
         await self.rows.delete_template(name)
 
     async def vm_create_data(
-        self, template: str, name: str | None, storagepool: str | None
+        self, template: str, name: str | None, storagepool: str | None, key: str | None = None
     ) -> dict[str, Any]:
-        """The payload data of the vm.create job for a VM from `template` (404 when none)."""
+        """The payload data of the vm.create job for a VM from `template` (404 when none);
+        an unnamed VM's name comes from the request's idempotency `key` when there is
+        one, so a retried request is the same job."""
         found = await self.rows.get_template(template)
         spec = {key: value for key, value in found.items() if key not in _SHOWN}
         data: dict[str, Any] = {
             # Kimchi names an unnamed VM after its template.
-            "name": name or f"{template[:56]}-{secrets.token_hex(3)}",
+            "name": name or f"{template[:56]}-{_suffix(key)}",
             "template": spec,
         }
         if storagepool is not None:

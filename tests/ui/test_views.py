@@ -101,6 +101,12 @@ async def test_read_only_token_sees_but_cannot_act(
     async with httpx.AsyncClient(base_url=http_of(ui_agent).url) as http:
         admitted = await http.get(path, params={"access_token": ADMIN}, headers=handshake)
         assert admitted.status_code == 409  # admin passes; a test domain has no VNC
+    # Another site's page cannot open it, token or not (websockets have no CORS).
+    async with httpx.AsyncClient(base_url=http_of(ui_agent).url) as http:
+        foreign = {**handshake, "Origin": "http://evil.example"}
+        cross = await http.get(path, params={"access_token": ADMIN}, headers=foreign)
+        assert cross.status_code == 403
+        assert cross.json()["details"]["field"] == "Origin"
     await page.shot("console-refused")
 
 

@@ -10,6 +10,7 @@ domain's serial console (a libvirt stream) as text frames.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 import trio
@@ -17,7 +18,7 @@ from prometheus_client import Counter
 from quart import Response, websocket
 
 from agent.core.metrics import REGISTRY
-from agent.errors import AgentError, UnavailableError
+from agent.errors import AgentError, ForbiddenError, UnavailableError
 from agent.transports.http.api import API, Route, error_response
 from agent.transports.http.resource_kit import resource_view
 
@@ -33,9 +34,25 @@ CONSOLE_BYTES = Counter(
 _CHUNK = 65536
 
 
+def check_origin() -> None:
+    """A browser's websocket from another site is refused (403): websockets have no
+    CORS, and on a tokenless loopback agent any page the user opens could otherwise
+    reach a VM's keyboard. Clients that send no Origin (not browsers) pass."""
+    origin = websocket.headers.get("Origin")
+    if origin is None:
+        return
+    if urlsplit(origin).netloc.lower() != websocket.headers.get("Host", "").lower():
+        raise ForbiddenError(
+            "A console opens only from this agent's own pages",
+            field="Origin",
+            reason=f"{origin} is another site",
+        )
+
+
 async def vm_console(name: str) -> Response | None:
-    """Relay the domain's VNC server; refused (404/409/503) before the upgrade."""
+    """Relay the domain's VNC server; refused (403/404/409/503) before the upgrade."""
     try:
+        check_origin()
         host, port = await resource_view().console_endpoint(name)
         try:
             tcp = await trio.open_tcp_stream(host, port)
@@ -68,6 +85,7 @@ async def vm_console(name: str) -> Response | None:
 async def vm_serial(name: str) -> Response | None:
     """Relay the domain's serial console: guest output as text frames, typed text in."""
     try:
+        check_origin()
         stream = await resource_view().open_serial(name)
     except AgentError as exc:
         return error_response(exc)

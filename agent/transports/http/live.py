@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
+import trio
 from pydantic import Field
 from quart import Response
 
+from agent.errors import AgentError
 from agent.transports.http.api import state
 from agent.transports.http.resource_kit import add_read, parse_query, resource_view
 from agent.view.models import _Query
@@ -21,6 +24,10 @@ from agent.view.models import _Query
 
 class LiveQuery(_Query):
     interval_seconds: float = Field(default=1.0, ge=0.5, le=10, description="between samples")
+
+
+def _frame(kind: str, data: dict[str, Any]) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
 async def _vm_usage() -> Response:
@@ -34,9 +41,13 @@ async def _vm_usage() -> Response:
         with usage.watching():
             yield b"retry: 2000\n\n"
             while api.intake.accepting:
-                seq, rows = await usage.next_sample(seq)
-                data = json.dumps({"sample": seq, "vms": rows}, separators=(",", ":"))
-                yield f"event: vms\ndata: {data}\n\n".encode()
+                try:
+                    seq, rows = await usage.next_sample(seq)
+                except AgentError as exc:  # libvirt away: say so, and try again
+                    yield _frame("error", exc.to_dict())
+                    await trio.sleep(usage.interval)
+                    continue
+                yield _frame("vms", {"sample": seq, "vms": rows})
 
     response = Response(
         generate(),

@@ -100,13 +100,15 @@ async def vm_from_template(raw: dict[str, Any]) -> Response:
         body = VmFromTemplate.model_validate(raw)
     except pydantic.ValidationError as exc:
         raise_validation_error(exc, prefix="body")
-    data = await catalog().vm_create_data(body.template, body.name, body.storagepool)
+    key = request.headers.get("Idempotency-Key")
+    data = await catalog().vm_create_data(body.template, body.name, body.storagepool, key)
     name = data["name"]
     try:
         current = await resource_view().vm_state(name)
     except NotFoundError:
         current = None
-    if current is not None:
+    # A retry (its key names a job already) is answered by that job, as act() does.
+    if current is not None and not await _known(key):
         raise ConflictError(
             f"a VM named {name!r} exists",
             field="name",
@@ -114,6 +116,16 @@ async def vm_from_template(raw: dict[str, Any]) -> Response:
             details={"state": current, "action": "create"},
         )
     return await act(CREATE_VM, "VM", name, None, data)
+
+
+async def _known(key: str | None) -> bool:
+    if key is None:
+        return False
+    try:
+        await state().intake.status(key)
+    except NotFoundError:
+        return False
+    return True
 
 
 _WRITE = {"scope": "submit", "errors": ACT_ERRORS}

@@ -160,3 +160,19 @@ async def test_vm_from_template_copies_a_source_volume(served: Agent) -> None:
         assert "no-such-net" in (state.error or "")
         volumes = (await http.get("/api/v1/storagepools/default-pool/volumes")).json()["data"]
         assert f"{vm}x-disk0.qcow2" not in [v["name"] for v in volumes["volumes"]]
+
+
+async def test_a_retried_vm_create_is_the_same_job(served: Agent) -> None:
+    name = f"t-{uuid.uuid4().hex[:6]}"
+    key = f"create-{uuid.uuid4().hex[:8]}"
+    async with client(served, ADMIN) as http:
+        assert (await http.post("/api/v1/templates", json=template(name))).status_code == 201
+        headers = {"Idempotency-Key": key}
+        first = await http.post("/api/v1/vms", json={"template": name}, headers=headers)
+        assert first.status_code == 202, first.text
+        await wait_done(served, key)
+        # The VM exists now, yet the retry is answered by its job, not refused.
+        again = await http.post("/api/v1/vms", json={"template": name}, headers=headers)
+        assert again.status_code == 202, again.text
+        assert again.json()["data"]["job_id"] == key
+        assert again.json()["data"]["created"] is False

@@ -137,7 +137,7 @@ export function every(seconds, fn) {
 
 // An error as the page shows it: a 409 names the state that refused the action.
 export function explain(exc) {
-  if (exc.status === 409 && exc.details.state) {
+  if (exc.status === 409 && exc.details.state && exc.details.valid_in) {
     const valid = exc.details.valid_in ? ` (valid in: ${exc.details.valid_in.join(", ")})` : "";
     return `Refused: it is ${exc.details.state}${valid}`;
   }

@@ -29,6 +29,7 @@ export async function vmsView(main, view) {
         <span class="spacer"></span>
         ${BULK.map((a) => `<button data-bulk="${a}" ${disabled}>${a[0].toUpperCase() + a.slice(1)}</button>`).join("")}
       </div>
+      <p id="vm-problem" class="error" hidden></p>
       <table id="vms"><thead><tr>
         <th><input type="checkbox" id="vm-all" aria-label="select all"></th>
         ${COLUMNS.map(([key, label, num]) => `<th data-sort="${key}" class="${num ? "num" : ""}">${label}</th>`).join("")}
@@ -140,19 +141,35 @@ export async function vmsView(main, view) {
     button.addEventListener("click", () => bulk(main, view, button.dataset.bulk, [...state.selected])),
   );
 
-  stream(
-    "/stats/vms",
-    (kind, data) => {
-      if (kind === "vms") {
-        state.vms = data.vms;
-        render();
+  const problem = main.querySelector("#vm-problem");
+  const watch = async () => {
+    // The stream is the subscription; if it ends (the agent restarts), open it again.
+    while (!view.abort.signal.aborted) {
+      try {
+        await stream(
+          "/stats/vms",
+          (kind, data) => {
+            if (kind === "vms") {
+              problem.hidden = true;
+              state.vms = data.vms;
+              render();
+            } else if (kind === "error") {
+              problem.hidden = false;
+              problem.textContent = `${data.message} (${data.details?.reason ?? data.error})`;
+            }
+            return true;
+          },
+          view.abort.signal,
+        );
+      } catch (exc) {
+        if (exc.name === "AbortError") return;
+        problem.hidden = false;
+        problem.textContent = explain(exc);
       }
-      return true;
-    },
-    view.abort.signal,
-  ).catch((exc) => {
-    if (exc.name !== "AbortError") body.innerHTML = `<tr><td colspan="10" class="error">${esc(explain(exc))}</td></tr>`;
-  });
+      await new Promise((resolve) => setTimeout(resolve, 2000));
+    }
+  };
+  watch();
 }
 
 async function bulk(main, view, action, names) {
