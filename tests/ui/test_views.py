@@ -88,6 +88,11 @@ async def test_read_only_token_sees_but_cannot_act(
     # The console needs admin: the page says so, the websocket refuses.
     await page.open(f"/ui/vms/{running_vm}/console")
     assert "admin" in await page.text("#console-refused")
+    # What a read token may see of the screen: the screenshot, loaded with its token.
+    width = await page.until(
+        lambda d: d.execute_script("return document.querySelector('#screenshot').naturalWidth")
+    )
+    assert width > 0
     async with httpx.AsyncClient(base_url=http_of(ui_agent).url) as http:
         handshake = {
             "Connection": "Upgrade",
@@ -153,7 +158,25 @@ async def test_template_then_vm_from_it_in_the_list(ui_agent: Agent, page: Page)
     await page.click(f"{row} button[data-create]")
     assert await job_end(page, "#template-job") == "Completed"
     await page.shot("host")
-    await page.click(f"#template-job a[href='/ui/vms/{vm}']")
+    # A VM from a template whose network does not exist: its job fails, and the jobs
+    # list puts failures first; picking it shows its status and logs.
+    await page.find(f"#template-job a[href='/ui/vms/{vm}']")
+    await page.type("#template-form [name=name]", f"{template}-bad")
+    await page.type("#template-form [name=networks]", "no-such-net")
+    await page.click("#template-form button[type=submit]")
+    bad = f'#templates tr[data-template="{template}-bad"]'
+    await page.click(f"{bad} button[data-create]")
+    assert await job_end(page, "#template-job") == "Failed"
+    first = await page.until(
+        lambda d: d.execute_script(
+            "const r = document.querySelector('#jobs tr[data-job]');"
+            "return r && r.classList.contains('failed') && r.dataset.job"
+        )
+    )
+    await page.click(f'#jobs a[data-show="{first}"]')
+    assert await job_end(page, "#job-detail") == "Failed"
+    assert "no-such-net" in await page.text("#job-detail .job-status")
+    await page.open(f"/ui/vms/{vm}")
     assert await page.text("#vm-state") == "shutoff"
     await page.click("a[href='/ui/vms'][data-nav]")
     await page.type("#vm-filter", vm)

@@ -157,6 +157,8 @@ export async function hostView(main, view) {
     const box = main.querySelector("#template-job");
     box.hidden = false;
     const status = box.querySelector(".job-status");
+    delete status.dataset.status;
+    box.querySelector("a")?.remove();
     try {
       if (create) {
         const name = create.parentElement.querySelector("[data-vm-name]").value.trim();
