@@ -12,6 +12,8 @@ import httpx
 import libvirt
 import pytest
 import trio
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select
 
 from agent.config import LibvirtConfig
 from agent.core.metrics import REGISTRY
@@ -125,6 +127,18 @@ async def test_start_console_keys_and_shutdown_on_real_qemu(
             while relayed("to_vm") < before + 5 * 2 * 8:
                 await trio.sleep(0.05)
         assert relayed("to_browser") > 0
+        # The keymap: on a German layout '@' is AltGr+Q, four events for one character.
+        await page.run(
+            lambda: Select(page.driver.find_element(By.ID, "keymap")).select_by_value("de")
+        )
+        before = relayed("to_vm")
+        await page.type("#paste-text", "@")
+        await page.click("#paste")
+        assert await page.text("#keys-sent") == "6 keys sent"
+        with trio.fail_after(10):
+            while relayed("to_vm") < before + 4 * 8:
+                await trio.sleep(0.05)
+        assert await page.js("return localStorage.getItem('hostagent.keymap')") == "de"
 
         await page.click("a[href$='/ui/vms/" + name + "'][data-nav]")
         await page.click('button[data-action="poweroff"]')

@@ -57,7 +57,7 @@ export async function consoleView(main, view, name) {
       <h1><a href="/ui/vms" data-nav>VMs</a> / <a href="/ui/vms/${encodeURIComponent(name)}" data-nav>${esc(name)}</a> / console
         <span id="console-status" class="pill">connecting…</span></h1>
       <div class="toolbar">
-        <label>Keymap <select id="keymap">${Object.keys(KEYMAPS).map((k) => `<option ${k === keymap ? "selected" : ""}>${k}</option>`).join("")}</select></label>
+        <label>Keymap <select id="keymap">${Object.keys(KEYMAPS).map((k) => `<option value="${k}" ${k === keymap ? "selected" : ""}>${k}</option>`).join("")}</select></label>
         <button id="send-cad">Ctrl+Alt+Del</button>
         <input id="paste-text" placeholder="text to type into the VM" size="40">
         <button id="paste">Type it</button>
