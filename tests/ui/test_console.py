@@ -5,7 +5,7 @@ type into it, and shut it down, all in headless Chromium."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -21,7 +21,7 @@ from agent.service.daemon import Agent
 from agent.service.settings import Settings
 from tests.http_helpers import ADMIN, client, http_of, serving, with_http
 from tests.jobs import wait_done
-from tests.libvirtd import PrivateLibvirtd, private_libvirtd
+from tests.libvirtd import PrivateLibvirtd
 from tests.ui.browser import Page, start_chromium
 
 pytestmark = pytest.mark.slow
@@ -36,12 +36,6 @@ for (let i = 0; i < pixels.length; i += 4) {
 }
 return lit > 100 && lit;
 """
-
-
-@pytest.fixture(scope="session")
-def libvirtd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateLibvirtd]:
-    with private_libvirtd(tmp_path_factory.mktemp("libvirtd")) as daemon:
-        yield daemon
 
 
 @pytest.fixture
