@@ -74,8 +74,31 @@ class LibvirtConfig(Section):
     degraded_latency_ms: float = Field(default=500.0, gt=0)
 
 
+# The doors a job comes in by, as the operation allowlist names them.
+TransportName = Literal["spool", "http", "socket", "kafka"]
+
+
+class AllowRule(Section):
+    """One `[[policy.allow]]` table (agent.policy.allowlist; README "What may run here").
+
+    The rule names the callers its selectors match (every selector given must match;
+    none given: every caller) and allows them the operations its globs match, on the
+    resources its `resources` globs match when it has them.
+    """
+
+    name: str | None = Field(default=None, min_length=1, description="shown in refusals")
+    transports: list[TransportName] = Field(default_factory=list)
+    tokens: list[str] = Field(default_factory=list)  # HTTP token (and Kafka key) names
+    groups: list[str] = Field(default_factory=list)  # socket peers' group names
+    operations: list[str] = Field(min_length=1)  # globs: "vm.*", "image.info"
+    # Globs over what an operation acts on (a domain's name, "pool/volume", a path);
+    # None: any resource, and operations that name none.
+    resources: list[str] | None = Field(default=None, min_length=1)
+
+
 class PolicyConfig(Section):
-    """Where jobs may reach on the host (agent.policy.paths; README "The path policy")."""
+    """Where jobs may reach on the host (agent.policy.paths; README "The path policy")
+    and which operations each caller may run there (README "What may run here")."""
 
     # Image files and pool directories must lie under one of these (or under
     # the directory of a storage pool libvirt has defined, see include_pool_paths).
@@ -86,6 +109,9 @@ class PolicyConfig(Section):
     # Host devices, block devices, qemu:commandline and the like in vm.define:
     # only for admin tokens, and only when this is true.
     allow_passthrough: bool = False
+    # The operation allowlist: a caller some rule names may run only what a rule
+    # naming it allows; a caller no rule names keeps every operation. Empty: today's.
+    allow: list[AllowRule] = Field(default_factory=list)
 
 
 class StoreConfig(Section):

@@ -76,6 +76,11 @@ def _main(argv: list[str]) -> int:
             from agent.cli.commands import config_check
 
             return config_check(args)
+        if args.command == "validate":
+            from agent.cli.policy import check_allowlist
+            from agent.cli.support import config_path
+
+            check_allowlist(config_path(args.config))  # all bad rules, before the config loads
         if args.command in RESOURCE_NOUNS:
             return _resource(args, _config(args))
         return int(_COMMANDS[args.command](args, _config(args)) or 0)
@@ -252,10 +257,12 @@ def _follow(args: argparse.Namespace, config: Settings) -> int:
 
 
 def _validate(args: argparse.Namespace, config: Settings) -> int:
+    from agent.cli.policy import warn_allowlist
     from agent.cli.usage import json_file
     from agent.core.intake import admit_now, prepare_job
     from agent.service.daemon import build_registry
 
+    warn_allowlist(config)
     raw = json_file(args.file, "FILE")
     job = prepare_job(
         build_registry(), raw, transport="cli", max_timeout=config.max_timeout_seconds
@@ -351,6 +358,12 @@ def _prune(args: argparse.Namespace, config: Settings) -> int:
     return cli_prune.run(args, config)
 
 
+def _policy(args: argparse.Namespace, config: Settings) -> int:
+    from agent.cli import policy as cli_policy
+
+    return cli_policy.run(args, config)
+
+
 def _fleet(args: argparse.Namespace, config: Settings) -> int:
     from agent.transports.kafka import cli as kafka_cli
 
@@ -387,4 +400,5 @@ _COMMANDS = {
     "decommission": _decommission,
     "key": _key,
     "prune": _prune,
+    "policy": _policy,
 }

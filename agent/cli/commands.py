@@ -37,16 +37,19 @@ def print_json(value: Any) -> None:
 
 def config_check(args: argparse.Namespace) -> int:
     """Validate a config file as `hostagent run` would, without starting anything."""
+    from agent.cli.policy import check_allowlist, warn_allowlist
     from agent.transports.http.transport import check_exposure
 
     path = args.file or config_path(args.config, discover=True)
     if path is None:
         print("hostagent: no config file (the built-in defaults apply)", file=sys.stderr)
+    check_allowlist(path)  # every bad rule, named as policy.allow[2].transports[0]
     config = load_settings(path)
     http = config.http
     if http.enabled:
         check_exposure(http)
-    print(f"{path or '(defaults)'}: ok")
+    warned = warn_allowlist(config)
+    print(f"{path or '(defaults)'}: ok" + (f" ({warned} warnings)" if warned else ""))
     return EXIT_OK
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.cli import policy as cli_policy
 from agent.cli import prune as cli_prune
 from agent.cli.resources import add_commands
 from agent.cli.support import EXIT_CODES_HELP, add_client_options
@@ -174,6 +175,8 @@ def _add_admin(commands: Commands) -> None:
     check.add_argument("--config", type=Path, help=argparse.SUPPRESS)
     show = config_commands.add_parser("show", help="the effective config, secrets redacted")
     _common(show)
+
+    cli_policy.add_commands(commands, _common)
 
     prune = commands.add_parser("prune", help="prune finished jobs past store.retention_days")
     _common(prune)

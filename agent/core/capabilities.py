@@ -18,6 +18,7 @@ from agent.core import periodic as background
 from agent.core.events import EventBus
 from agent.core.registry import Registry
 from agent.errors import AgentError
+from agent.policy.allowlist import TRANSPORTS, Allowlist
 
 log = structlog.get_logger("agent.core.capabilities")
 
@@ -37,8 +38,11 @@ class Capabilities:
         self._refresh_requested = trio.Event()
 
     def reload(self, config: Config) -> None:
-        """Describe a reloaded config (labels, limits) from now on."""
+        """Describe a reloaded config (labels, limits, the allowlist) from now on."""
+        changed = config.policy.allow != self._config.policy.allow
         self._config = config
+        if changed:  # what each transport may run is in the fingerprint
+            self.request_refresh()
 
     def contribute(self, contributor: Contributor) -> None:
         self._contributors.append(contributor)
@@ -55,6 +59,7 @@ class Capabilities:
             features = contributed.pop("features", [])
             facts.update(contributed)
             facts["features"] = [*facts["features"], *features]
+        facts.update(self._allowed())
         fingerprint = hashlib.sha256(
             json.dumps(facts, sort_keys=True, default=str).encode()
         ).hexdigest()
@@ -113,5 +118,21 @@ class Capabilities:
         }
         features = facts.pop("features", [])
         description.update(facts)
+        description.update(self._allowed())  # the rules in effect now, refreshed or not
         description["features"] = sorted({*description["features"], *features})
         return description
+
+    def _allowed(self) -> dict[str, Any]:
+        """What each transport's callers may run under the operation allowlist (callers
+        no token or group rule names): `allowed_operations` per transport, and the
+        resource globs of those limited to some resources."""
+        rules = Allowlist.from_config(self._config.policy)
+        operations: dict[str, list[str]] = {}
+        resources: dict[str, dict[str, list[str]]] = {}
+        for transport in TRANSPORTS:
+            allowed = rules.operations_for(transport, self._registry.operations)
+            operations[transport] = sorted(allowed)
+            resources[transport] = {
+                operation: list(globs) for operation, globs in allowed.items() if globs is not None
+            }
+        return {"allowed_operations": operations, "allowed_resources": resources}

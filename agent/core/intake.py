@@ -36,6 +36,7 @@ from agent.jobs import (
     parse_document,
     utc_now,
 )
+from agent.policy.allowlist import Caller
 
 if TYPE_CHECKING:
     from agent.config import Config
@@ -59,22 +60,28 @@ class IntakeDoor(Protocol):
         self,
         raw: object,
         *,
-        transport: str,
+        caller: Caller | None = None,
+        transport: str | None = None,
         job_id: str | None = None,
         origin: str | None = None,
         privileged: bool = False,
         submitter: str | None = None,
     ) -> NewJob:
-        """Validate a document completely (`submitter`: who hands it in, recorded with
-        the job, see agent.core.submitter); raises the ValidationError naming the field.
-        The host policy's check (`privileged`: the caller holds admin) opens files, so it
-        runs in a worker thread at submit: its ForbiddenError is that job's answer."""
+        """Validate a document completely; raises the ValidationError naming the field.
+
+        `caller`: who hands it in (the door, its token or groups, whether it holds
+        admin, the submitter recorded with the job, see agent.core.submitter); without
+        one, `transport`, `privileged` and `submitter` say it (a caller with no token
+        or groups). The operation allowlist is checked here (ForbiddenError). The host
+        policy's check opens files, so it runs in a worker thread at submit: its
+        ForbiddenError is that job's answer."""
 
     async def submit(
         self,
         raw: object,
         *,
-        transport: str,
+        caller: Caller | None = None,
+        transport: str | None = None,
         job_id: str | None = None,
         origin: str | None = None,
         privileged: bool = False,
@@ -161,19 +168,22 @@ def prepare_job(
     registry: Registry,
     raw: object,
     *,
-    transport: str,
+    caller: Caller | None = None,
+    transport: str | None = None,
     job_id: str | None = None,
     origin: str | None = None,
     max_timeout: float,
     privileged: bool = False,
     submitter: str | None = None,
 ) -> PreparedJob:
-    """Validate a document completely (envelope and handler payload); its host-policy
-    check is left in `admission` (see PreparedJob).
+    """Validate a document completely (envelope and handler payload) and check it
+    against the operation allowlist for `caller` (see IntakeDoor.prepare); its
+    host-policy check is left in `admission` (see PreparedJob).
 
     `job_id` is the id to use when the document has none (a transport that
     can derive a stable one passes it, so a retry is not a new job).
     """
+    caller = caller_of(caller, transport, privileged=privileged, submitter=submitter)
     # First: text UTF-8 cannot encode (a lone surrogate) would raise out of every
     # later step that writes or opens it (the policy's paths, the store), and the
     # error reports below must not echo it. The document's own job_id is checked
@@ -182,10 +192,11 @@ def prepare_job(
     if job_id is not None:
         check_job_id(job_id, field="job_id")
     document = parse_document(raw)
-    # The host policy (paths, domain definitions) refuses before anything is recorded.
-    admission = registry.admission(
-        document, registry.validate_payload(document), privileged=privileged
-    )
+    payload = registry.validate_payload(document)
+    # The host policy (what this caller may run; paths, domain definitions) refuses
+    # before anything is recorded.
+    registry.check_allowed(caller, document.operation, payload)
+    admission = registry.admission(document, payload, caller=caller)
     assert isinstance(raw, dict)
     if document.not_after is not None and document.not_after <= datetime.now(UTC):
         raise ExpiredError(
@@ -203,14 +214,29 @@ def prepare_job(
         job_id=normalized["job_id"],
         operation=document.operation,
         priority=document.priority,
-        transport=transport,
+        transport=caller.transport,
         document=normalized,
         fingerprint=identity,
         timeout_seconds=None if timeout is None else min(timeout, max_timeout),
         origin=origin,
-        submitter=submitter,
+        submitter=caller.submitter,
         admission=admission,
     )
+
+
+def caller_of(
+    caller: Caller | None,
+    transport: str | None,
+    *,
+    privileged: bool = False,
+    submitter: str | None = None,
+) -> Caller:
+    """The caller a job is prepared for: `caller`, or one made of the short form."""
+    if caller is not None:
+        return caller
+    if transport is None:
+        raise TypeError("prepare needs a caller (or at least its transport)")
+    return Caller(transport, privileged=privileged, submitter=submitter)
 
 
 class Intake:
@@ -258,7 +284,8 @@ class Intake:
         self,
         raw: object,
         *,
-        transport: str,
+        caller: Caller | None = None,
+        transport: str | None = None,
         job_id: str | None = None,
         origin: str | None = None,
         privileged: bool = False,
@@ -267,6 +294,7 @@ class Intake:
         return prepare_job(
             self.registry,
             raw,
+            caller=caller,
             transport=transport,
             job_id=job_id,
             origin=origin,
@@ -279,7 +307,8 @@ class Intake:
         self,
         raw: object,
         *,
-        transport: str,
+        caller: Caller | None = None,
+        transport: str | None = None,
         job_id: str | None = None,
         origin: str | None = None,
         privileged: bool = False,
@@ -287,6 +316,7 @@ class Intake:
     ) -> Submission:
         prepared = self.prepare(
             raw,
+            caller=caller,
             transport=transport,
             job_id=job_id,
             origin=origin,

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from agent.core.context import JobContext
 from agent.errors import ForbiddenError, ValidationError
 from agent.jobs import JobDocument, raise_validation_error
+from agent.policy.allowlist import Caller
 from agent.policy.paths import Admission, Policy
 
 PayloadT = TypeVar("PayloadT", bound=BaseModel)
@@ -109,8 +110,14 @@ class Registry:
             raise_validation_error(exc, prefix="payload.data")
         raise AssertionError("unreachable")
 
+    def check_allowed(self, caller: Caller, operation: str, payload: BaseModel) -> None:
+        """The host's operation allowlist (agent.policy.allowlist) on this caller and
+        payload: ForbiddenError naming the field and the rule. Pure: runs at prepare."""
+        if self.policy is not None:
+            self.policy.allowlist.check(caller, operation, payload)
+
     def admission(
-        self, document: JobDocument, payload: BaseModel, *, privileged: bool
+        self, document: JobDocument, payload: BaseModel, *, caller: Caller
     ) -> Callable[[], None] | None:
         """The handler's host-policy check of this payload, still to run (None: it has
         none). The check opens and stats files, so it blocks: run it in a worker thread.
@@ -124,7 +131,7 @@ class Registry:
                 field="operation",
                 reason="no policy configured",
             )
-        check, admission = found.admit, Admission(self.policy, privileged)
+        check, admission = found.admit, Admission(self.policy, caller.privileged, caller)
 
         def admit() -> None:
             check(payload, admission)

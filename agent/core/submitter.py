@@ -23,6 +23,22 @@ def of_token(name: str) -> str:
     return f"token:{name}"
 
 
+def of_key(key_id: str) -> str:
+    """A Kafka signing key as the submitter of the jobs it signed."""
+    return f"key:{key_id}"
+
+
+def group_names(gids: set[int]) -> frozenset[str]:
+    """The names of these groups (a gid with no name: its number)."""
+    names: set[str] = set()
+    for gid in gids:
+        try:
+            names.add(grp.getgrgid(gid).gr_name)
+        except KeyError:
+            names.add(str(gid))
+    return frozenset(names)
+
+
 def group_id(name: str) -> int | None:
     """The gid of a group name; None for no name or a group that does not exist (yet):
     it grants nothing (sysusers creates it)."""

@@ -26,6 +26,7 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
 from agent.errors import ForbiddenError
+from agent.policy.allowlist import Allowlist, Caller
 
 if TYPE_CHECKING:
     from agent.config import Config
@@ -147,6 +148,8 @@ class Policy:
         self.configured_roots = tuple(_clean(str(p)) for p in settings.image_roots)
         self.include_pools = settings.include_pool_paths
         self.allow_passthrough = settings.allow_passthrough
+        # Which operations each caller may run (checked at intake; new rules, new jobs).
+        self.allowlist = Allowlist.from_config(settings)
         self.forbidden = tuple(
             _clean(os.path.realpath(p)) for p in (config.state_dir, config.spool_dir)
         )
@@ -352,6 +355,9 @@ class Admission:
     policy: Policy
     # The caller holds `admin` (HTTP token); spool files are never privileged.
     privileged: bool = False
+    # Who hands the job in (None: not said), for checks of what it names in turn
+    # (a runbook's steps) against `policy.allowlist`.
+    caller: Caller | None = None
 
 
 def _check_regular(info: os.stat_result, field: str, path: str) -> None:

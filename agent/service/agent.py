@@ -107,6 +107,7 @@ class Agent:
         self.services = Services()
         self.services.register(Config, config, name="config")
         self.services.register(Policy, self.policy, name="policy")
+        self.services.register(Registry, self.registry, name="registry")  # GET /policy's operations
         self.services.register(
             type(self.store),
             self.store,

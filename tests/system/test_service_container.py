@@ -108,7 +108,7 @@ def test_the_package_under_systemd(package: Path, container: Container) -> None:
     assert echoed.returncode == 0, echoed.stderr
     record = json.loads(echoed.stdout.split("\n", 1)[1])
     assert record["result"] == {"m": 1}
-    assert record["transport"] == "http"  # the socket, not the spool
+    assert record["transport"] == "socket"  # not the spool
     # ... and through the spool, the README's way.
     job = {
         "version": "1.0",

@@ -9,7 +9,17 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
 from agent.jobs import RESERVED_JOB_IDS
-from agent.transports.http import audit, console, docs, events, job_api, local_auth, resources, ui
+from agent.transports.http import (
+    audit,
+    console,
+    docs,
+    events,
+    job_api,
+    local_auth,
+    policy_route,
+    resources,
+    ui,
+)
 from agent.transports.http.api import (
     ApiState,
     authorize,
@@ -38,7 +48,8 @@ def build_app(state: ApiState, *, local: LocalAccess | None = None) -> QuartTrio
     app.extensions["hostagent"] = state
     if local is not None:
         app.extensions[EXTENSION] = local
-    routes = [*job_api.ROUTES, *resources.ROUTES, *events.ROUTES, *console.ROUTES, *ui.ROUTES]
+    routes = [*job_api.ROUTES, *policy_route.ROUTES, *resources.ROUTES, *events.ROUTES]
+    routes += [*console.ROUTES, *ui.ROUTES]
     by_endpoint = {spec.endpoint: spec for spec in routes}
     for spec in routes:
         view = spec.view if spec.view is not None else view_of(spec)

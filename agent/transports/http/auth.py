@@ -17,6 +17,7 @@ from typing import get_args
 
 from agent.core import submitter
 from agent.errors import ForbiddenError, UnauthorizedError
+from agent.policy.allowlist import Caller
 from agent.transports.http.settings import Scope, TokenConfig
 
 SCOPES: tuple[Scope, ...] = get_args(Scope)
@@ -55,6 +56,16 @@ class Principal:
     def submitter(self) -> str | None:
         """The caller as the submitter recorded with its jobs (None: anonymous)."""
         return None if self is ANONYMOUS else submitter.of_token(self.name)
+
+    @property
+    def caller(self) -> Caller:
+        """The caller as the intake (and its allowlist) sees it: a token over HTTP."""
+        return Caller(
+            "http",
+            token=None if self is ANONYMOUS else self.name,
+            privileged=self.allows("admin"),
+            submitter=self.submitter,
+        )
 
 
 ANONYMOUS = Principal("anonymous", frozenset(SCOPES))

@@ -15,6 +15,7 @@ from agent.core import metrics
 from agent.core.intake import Submission
 from agent.errors import AgentError, ValidationError
 from agent.jobs import JobDocument, JobState, NewJob
+from agent.policy.allowlist import Caller
 from agent.transports.http.envelope import Answer, no_store, ok, ok_model
 from agent.transports.http.models import (
     AnyResult,
@@ -47,9 +48,9 @@ def submitted(submission: Submission) -> Submitted:
     )
 
 
-def _submitter(call: Call) -> str | None:
-    """Who the job is recorded as submitted by: the token, or the socket peer's uid."""
-    return None if call.principal is None else call.principal.submitter
+def _caller(call: Call) -> Caller:
+    """Who submits: the token, or the socket peer (its uid and groups)."""
+    return Caller("http") if call.principal is None else call.principal.caller
 
 
 @route(
@@ -68,9 +69,7 @@ async def submit_job(call: Call) -> Answer:
     call.require_accepting()
     raw = call.json()
     intake = call.api.intake
-    prepared = intake.prepare(
-        raw, transport="http", privileged=call.privileged, submitter=_submitter(call)
-    )
+    prepared = intake.prepare(raw, caller=_caller(call))
     async with call.api.slots.committing():
         outcome = (await intake.submit_many([prepared]))[0]
     if isinstance(outcome, AgentError):
@@ -113,7 +112,7 @@ async def submit_batch(call: Call) -> Answer:
             field="jobs",
             reason=f"{len(items)} jobs sent, limit {limit}",
         )
-    intake, admin, submitter = call.api.intake, call.privileged, _submitter(call)
+    intake, caller = call.api.intake, _caller(call)
     answers: list[dict[str, Any] | None] = [None] * len(items)
     prepared: list[NewJob] = []
     positions: list[int] = []
@@ -121,9 +120,7 @@ async def submit_batch(call: Call) -> Answer:
         if index % 64 == 63:
             await trio.lowlevel.checkpoint()  # let other requests in during a big batch
         try:
-            prepared.append(
-                intake.prepare(item, transport="http", privileged=admin, submitter=submitter)
-            )
+            prepared.append(intake.prepare(item, caller=caller))
             positions.append(index)
         except AgentError as exc:  # one bad job is that job's answer, not the batch's
             answers[index] = _batch_failure(exc, index)

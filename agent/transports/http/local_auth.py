@@ -14,6 +14,7 @@ from quart import current_app
 
 from agent.core import submitter
 from agent.errors import ForbiddenError, NotFoundError
+from agent.policy.allowlist import Caller
 from agent.transports.http.api import Route
 from agent.transports.http.auth import Principal
 from agent.transports.http.local import EXTENSION, LocalAccess, peer_of
@@ -25,10 +26,21 @@ class PeerPrincipal(Principal):
 
     uid: int = -1
     own_jobs_only: bool = False
+    gid: int = -1
 
     @property
     def submitter(self) -> str | None:
         return submitter.of_uid(self.uid)
+
+    @property
+    def caller(self) -> Caller:
+        # The group names only a submit asks for (group database lookups, as the scope check's).
+        return Caller(
+            "socket",
+            groups=submitter.group_names(submitter.groups_of(self.uid, self.gid)),
+            privileged=self.allows("admin"),
+            submitter=self.submitter,
+        )
 
 
 def _access() -> LocalAccess:
@@ -46,7 +58,11 @@ async def authorize_local(spec: Route, req: Any) -> Principal | None:
     access.policy.check(peer, spec.scope)
     scopes, own_only = access.policy.scopes(peer)
     principal = PeerPrincipal(
-        name=f"{peer.user} ({peer.label})", scopes=scopes, uid=peer.uid, own_jobs_only=own_only
+        name=f"{peer.user} ({peer.label})",
+        scopes=scopes,
+        uid=peer.uid,
+        own_jobs_only=own_only,
+        gid=peer.gid,
     )
     if own_only and spec.endpoint == "cancel_job":
         job_id = str(req.view_args.get("job_id"))

@@ -16,6 +16,7 @@ from quart import Response, g, request
 
 from agent.errors import NotFoundError, UnavailableError
 from agent.jobs import check_job_id, raise_validation_error
+from agent.policy.allowlist import Caller
 from agent.transports.http.api import API, Route, ok_model, require_accepting, state, submitted
 from agent.transports.http.models import Submitted
 from agent.transports.http.routes import json_body
@@ -89,14 +90,9 @@ async def act(
     if current is not None and not retried:
         action.check(kind, name, await current())
     document = job_document(action.operation, {**data, **action.fixed}, key)
-    principal = getattr(g, "principal", None)  # recorded as the job's submitter
-    answer = submitted(
-        await api.intake.submit(
-            document,
-            transport="http",
-            submitter=None if principal is None else principal.submitter,
-        )
-    )
+    principal = getattr(g, "principal", None)  # the job's caller (submitter, allowlist)
+    caller = Caller("http") if principal is None else principal.caller
+    answer = submitted(await api.intake.submit(document, caller=caller))
     response = ok_model(answer, 202)
     response.headers["Location"] = f"{API}/jobs/{answer.job_id}"
     return response

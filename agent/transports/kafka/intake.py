@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
+from agent.core import submitter
 from agent.errors import (
     AgentError,
     ExpiredError,
@@ -26,6 +27,7 @@ from agent.errors import (
     ValidationError,
 )
 from agent.jobs import check_encodable, check_job_id, parse_json
+from agent.policy.allowlist import Caller
 from agent.transports.kafka.consumer import Record
 from agent.transports.kafka.events import EventType, event_value
 from agent.transports.kafka.producer import Outgoing
@@ -189,10 +191,9 @@ class Examiner:
             return None
         return intake.prepare(
             raw,
-            transport=TRANSPORT,
+            caller=_caller(signer),
             job_id=job_id,
             origin=f"{record.topic}/{record.partition}/{record.offset}",
-            privileged=signer is not None and "admin" in signer.scopes,
         )
 
     def _signer(self, record: Record) -> Signer | None:
@@ -299,6 +300,18 @@ class Examiner:
         return self.event(
             "duplicate", record, job_id=expired.job_id, status=str(state.status), data={}
         )
+
+
+def _caller(signer: Signer | None) -> Caller:
+    """Who hands a record's job in: its signing key (the allowlist's token), if signed."""
+    if signer is None:
+        return Caller(TRANSPORT)
+    return Caller(
+        TRANSPORT,
+        token=signer.key_id,
+        privileged="admin" in signer.scopes,
+        submitter=submitter.of_key(signer.key_id),
+    )
 
 
 def _record_job_id(record: Record) -> str:

@@ -35,6 +35,7 @@ from agent.errors import (
     ValidationError,
 )
 from agent.jobs import OutboxEntry, check_job_id
+from agent.policy.allowlist import Caller
 from agent.transports.spool import claim, inotify
 from agent.transports.spool.delivery import deliver, forget, host_condition
 from agent.transports.spool.layout import CLAIMED, DIR_MODES, spool_dirs
@@ -290,10 +291,9 @@ class SpoolTransport:
         def prepare(raw: object, stable_id: str | None, origin: str, owner: int) -> Any:
             return intake.prepare(
                 raw,
-                transport=self.name,
+                caller=Caller(self.name, submitter=submitter.of_uid(owner)),
                 job_id=stable_id,
                 origin=origin,
-                submitter=submitter.of_uid(owner),
             )
 
         looked: list[claim.Examined] = []

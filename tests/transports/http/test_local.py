@@ -64,7 +64,7 @@ def test_root_uses_the_socket_without_flags_or_token(agent: AgentProcess, tmp_pa
     assert done.returncode == 0, done.stderr
     record = json.loads(done.stdout.split("\n", 1)[1])
     # Over the socket (the HTTP transport's door), not dropped into the spool.
-    assert record["transport"] == "http"
+    assert record["transport"] == "socket"
     assert record["result"] == {"m": 2}
     assert not any((tmp_path / "spool" / "done").iterdir())
 

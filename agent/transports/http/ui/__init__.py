@@ -1,6 +1,7 @@
 """The browser UI at /ui: static files from this package (no build step, no CDN), noVNC
 from Debian's package (/usr/share/novnc, served at /ui/novnc/), and the two reads the
-pages need beside the API: who the token is (/api/v1/session) and the policy in effect.
+pages need beside the API: who the token is (/api/v1/session) and the path policy in
+effect (/api/v1/policy/paths).
 
 Every page is index.html: the views route on the client (/ui/vms, /ui/vms/NAME,
 /ui/vms/NAME/console, /ui/host), so each has its own URL. The pages hold no data;
@@ -119,9 +120,10 @@ ROUTES = [
     ),
     Route(
         "GET",
-        f"{API}/policy",
+        f"{API}/policy/paths",
         "read",
-        "The path policy in effect (image roots, passthrough, max disk size)",
+        "The path policy in effect (image roots, passthrough, max disk size); the "
+        "operation allowlist is GET /api/v1/policy",
         view=ui_policy,
         errors=(401, 403),
     ),

@@ -192,12 +192,20 @@ export async function hostView(main, view) {
       <dt>Operations</dt><dd>${esc(caps.operations.join(", "))}</dd>`;
   };
   const policy = async () => {
-    const found = await api("GET", "/policy");
+    const [found, allow] = await Promise.all([
+      api("GET", "/policy/paths"),
+      api("GET", "/policy").catch(() => null), // the operation allowlist, where served
+    ]);
+    const rules = allow && allow.rules.length
+      ? allow.rules.map((r) => `${esc(r.rule)}${r.name ? ` (${esc(r.name)})` : ""}: ${esc(r.operations.join(", "))}` +
+          `${r.transports.length ? ` via ${esc(r.transports.join(", "))}` : ""}${r.tokens.length ? ` for ${esc(r.tokens.join(", "))}` : ""}`).join("<br>")
+      : "none: every caller keeps its scopes";
     main.querySelector("#policy").innerHTML = `
       <dt>Image roots</dt><dd>${esc(found.image_roots.join(", "))}</dd>
       <dt>Pool roots</dt><dd>${esc(found.pool_roots.join(", ") || "none")}</dd>
       <dt>Passthrough</dt><dd>${found.allow_passthrough ? "allowed for admin tokens" : "refused"}</dd>
-      <dt>Max disk</dt><dd>${found.max_disk_size_gb} GB</dd>`;
+      <dt>Max disk</dt><dd>${found.max_disk_size_gb} GB</dd>
+      <dt>Allowlist</dt><dd id="allowlist">${rules}</dd>`;
   };
 
   const guard = (fn, where) => fn().catch((exc) => {
