@@ -147,6 +147,9 @@ async def test_template_then_vm_from_it_in_the_list(ui_agent: Agent, page: Page)
     await page.open("/ui/host")
     await page.login(ADMIN)
     await page.find("#health tr[data-component]")
+    policy = await page.text("#policy #allowlist")  # both the path policy and the allowlist
+    assert "every caller keeps its scopes" in policy
+    assert "Image roots" in await page.text("#policy")
     await page.type("#template-form [name=name]", template)
     await page.type("#template-form [name=memory]", "128")
     await page.type("#template-form [name=disk]", "1")
