@@ -23,6 +23,7 @@ from tests.http_helpers import ADMIN, client, http_of, serving, with_http
 from tests.jobs import wait_done
 from tests.libvirtd import PrivateLibvirtd
 from tests.ui.browser import Page, start_chromium
+from tests.ui.streams import samples
 
 pytestmark = pytest.mark.slow
 
@@ -98,6 +99,11 @@ async def test_start_console_keys_and_shutdown_on_real_qemu(
             )
         )
         await page.shot("vm")
+        # Its live usage, as the VMs view gets it: real counters from QEMU.
+        _first, second = await samples(qemu_agent, 2)
+        usage = next(vm for vm in second["vms"] if vm["name"] == name)
+        assert (usage["state"], usage["memory_kib"], usage["vcpus"]) == ("running", 65536, 1)
+        assert usage["cpu_percent"] is not None
 
         await page.click("#open-console")
         await page.until(
