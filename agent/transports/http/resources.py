@@ -105,7 +105,7 @@ add_action(
     "vm_define",
     _vm_define,
     _DEFINE_VM,
-    body=DefinePayload,
+    body=templates.VmPostBody,
     summary="Define (or redefine) a VM; with {template, name?, storagepool?}: create one "
     "from a template (vm.create: its volumes, then its definition; 409 when the name exists)",
 )

@@ -7,11 +7,12 @@ from typing import Any
 from urllib.parse import quote
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 from quart import Response, request
 
 from agent.errors import ConflictError, NotFoundError, UnavailableError
 from agent.handlers.domain_xml import NAME_PATTERN
+from agent.handlers.vm import DefinePayload
 from agent.handlers.vm_create import TemplateSpec
 from agent.jobs import raise_validation_error
 from agent.transports.http.api import ok, state
@@ -52,6 +53,12 @@ class VmFromTemplate(BaseModel):
     storagepool: str | None = Field(
         default=None, pattern=NAME_PATTERN, description="default: the template's"
     )
+
+
+class VmPostBody(RootModel[DefinePayload | VmFromTemplate]):
+    """POST /vms: vm.define's body (`xml` or `spec`), or Kimchi's VM from a template."""
+
+    model_config = ConfigDict(defer_build=True)
 
 
 CREATE_VM = Action("create", "vm.create", "Create a VM from a template", frozenset())
