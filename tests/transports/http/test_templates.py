@@ -176,3 +176,17 @@ async def test_a_retried_vm_create_is_the_same_job(served: Agent) -> None:
         assert again.status_code == 202, again.text
         assert again.json()["data"]["job_id"] == key
         assert again.json()["data"]["created"] is False
+
+
+async def test_templates_outlive_the_agent(config: Config) -> None:
+    """Kept in the job store's file: a restarted agent (or a copy of the store) has them."""
+    name = f"t-{uuid.uuid4().hex[:6]}"
+    async with serving(with_http(config)) as first, client(first, ADMIN) as http:
+        assert (await http.post("/api/v1/templates", json=template(name))).status_code == 201
+    async with serving(with_http(config)) as second, client(second, ADMIN) as http:
+        shown = (await http.get(f"/api/v1/templates/{name}")).json()["data"]
+    assert (shown["name"], shown["memory"], shown["disks"]) == (
+        name,
+        256,
+        [{"index": 0, "size": 1, "volume": None, "format": "qcow2"}],
+    )
