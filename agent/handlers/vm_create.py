@@ -243,7 +243,8 @@ async def create(payload: CreatePayload, ctx: JobContext) -> dict[str, Any]:
         return await hv.call(run)
     except BaseException:
         if created:
-            with trio.CancelScope(shield=True):
+            # Even when cancelled; bounded, so a hung libvirt cannot hold a shutdown.
+            with trio.move_on_after(30, shield=True):
                 await hv.call(_remove_volumes, created)
         raise
 

@@ -13,17 +13,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import trio
-from pydantic import Field
 from quart import Response
 
 from agent.errors import AgentError
 from agent.transports.http.api import state
 from agent.transports.http.resource_kit import add_read, parse_query, resource_view
-from agent.view.models import _Query
-
-
-class LiveQuery(_Query):
-    interval_seconds: float = Field(default=1.0, ge=0.5, le=10, description="between samples")
+from agent.view.models import LiveQuery
 
 
 def _frame(kind: str, data: dict[str, Any]) -> bytes:
