@@ -29,8 +29,15 @@ DEFAULT_CONFIG_PATH = Path("/etc/hostagent/agent.toml")
 # for `make run`, guests' images may), not list; as the unit's StateDirectoryMode.
 STATE_DIR_MODE = 0o751
 ENV_PREFIX = "HOSTAGENT_"
-# HOSTAGENT_* variables that are not config keys (the CLI's client settings).
-_NOT_CONFIG = {"HOSTAGENT_DEBUG", "HOSTAGENT_CONFIG", "HOSTAGENT_TOKEN", "HOSTAGENT_URL"}
+# HOSTAGENT_* variables that are not config keys (the CLI's client settings;
+# HOSTAGENT_KAFKA_KEY: the key `submit --kafka` signs with).
+_NOT_CONFIG = {
+    "HOSTAGENT_DEBUG",
+    "HOSTAGENT_CONFIG",
+    "HOSTAGENT_TOKEN",
+    "HOSTAGENT_URL",
+    "HOSTAGENT_KAFKA_KEY",
+}
 
 
 class Section(BaseModel):

@@ -102,9 +102,7 @@ def _add_submit(commands: Commands) -> None:
     )
     submit.add_argument("--wait-timeout", type=float, default=3600.0)
     kafka_cli.add_submit_arguments(submit)
-    kafka_cli.add_commands(commands)
-    for name in ("fleet", "decommission", "key"):
-        _common(commands.choices[name])
+    kafka_cli.add_commands(commands, _common)
 
 
 def _add_reads(commands: Commands) -> None:

@@ -1,4 +1,6 @@
-"""`hostagent submit --kafka`, `hostagent fleet` and `hostagent decommission`."""
+"""`hostagent submit --kafka`, `hostagent fleet [jobs]`, `hostagent decommission` and
+`hostagent key`: their arguments, and each command's entry (the work is in
+fleet_commands, fleet_targets and fleet_jobs)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,8 @@ import argparse
 import json
 import os
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +17,6 @@ import pydantic
 
 from agent.errors import AgentError
 from agent.jobs import raise_validation_error
-from agent.transports.kafka.events import TERMINAL
 from agent.transports.kafka.settings import KafkaConfig
 from agent.transports.kafka.topics import parse_selector_args
 
@@ -42,6 +45,12 @@ def add_submit_arguments(submit: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--not-after", help="RFC 3339: agents that get the job later do not run it")
     group.add_argument(
+        "--force",
+        action="store_true",
+        help="send even to a host the fleet map does not know, or a pool or selector "
+        "no live host matches",
+    )
+    group.add_argument(
         "--key",
         metavar="FILE",
         default=os.environ.get("HOSTAGENT_KAFKA_KEY"),
@@ -49,7 +58,12 @@ def add_submit_arguments(submit: argparse.ArgumentParser) -> None:
     )
 
 
-def add_commands(commands: Any) -> None:
+# `fleet jobs --status`: a host's job status, or how its agent refused the job.
+HOST_STATUSES = ("Pending", "Running", "Completed", "Failed", "Cancelled", "Expired", "Rejected")
+
+
+def add_commands(commands: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    """fleet [jobs], decommission and key; `common` adds the options every command has."""
     fleet = commands.add_parser("fleet", help="the fleet map from Kafka: hosts, labels, pools")
     add_connection_arguments(fleet, flag="--bootstrap")
     fleet.add_argument("--op", action="append", default=[], help="only hosts offering this op")
@@ -58,11 +72,19 @@ def add_commands(commands: Any) -> None:
     )
     fleet.add_argument("--json", action="store_true", help="JSON for programs")
     fleet.add_argument("--timeout", type=float, default=15.0)
+    common(fleet)
+    _add_fleet_jobs(fleet, common)
     retire = commands.add_parser(
         "decommission", help="remove a host from the fleet map (stop its agent first)"
     )
     add_connection_arguments(retire, flag="--bootstrap")
     retire.add_argument("worker_id")
+    retire.add_argument(
+        "--force",
+        action="store_true",
+        help="remove it even if the map does not know it or its heartbeat is fresh",
+    )
+    common(retire)
     key = commands.add_parser("key", help="signing keys for Kafka jobs")
     key_commands = key.add_subparsers(dest="key_command", required=True)
     generate = key_commands.add_parser(
@@ -77,6 +99,37 @@ def add_commands(commands: Any) -> None:
         default="submit",
         help="comma-separated scopes the entry grants: read, submit, cancel, admin",
     )
+    common(key)
+
+
+def _add_fleet_jobs(fleet: argparse.ArgumentParser, common: Any) -> None:
+    # Optional: `hostagent fleet` alone is the map. Options go after `jobs`.
+    sub = fleet.add_subparsers(dest="fleet_command", metavar="jobs")
+    jobs = sub.add_parser(
+        "jobs", help="what happened across the fleet: each job and its outcome on each host"
+    )
+    add_connection_arguments(jobs, flag="--bootstrap")
+    jobs.add_argument(
+        "--since", default="1h", help="a duration back (90s, 15m, 1h, 2d) or an RFC 3339 time"
+    )
+    jobs.add_argument("--op", help="only jobs of this operation")
+    jobs.add_argument("--host", help="only jobs this worker_id told of")
+    jobs.add_argument(
+        "--status",
+        dest="host_status",
+        choices=HOST_STATUSES,
+        help="only jobs with a host in this status",
+    )
+    jobs.add_argument("--limit", type=int, default=100, help="the newest N jobs (1-1000)")
+    jobs.add_argument("--json", action="store_true", help="JSON for programs")
+    jobs.add_argument("--timeout", type=float, default=30.0, help="to read the events")
+    jobs.add_argument(
+        "--follow",
+        metavar="JOB_ID",
+        help="follow one job on every host until each ends (or --wait-timeout)",
+    )
+    jobs.add_argument("--wait-timeout", type=float, default=3600.0)
+    common(jobs)
 
 
 def settings_from(args: argparse.Namespace, configured: KafkaConfig) -> KafkaConfig:
@@ -95,24 +148,20 @@ def settings_from(args: argparse.Namespace, configured: KafkaConfig) -> KafkaCon
     return settings
 
 
-def _expected_agents(settings: KafkaConfig, document: dict[str, Any], args: Any) -> int:
-    """How many live agents a broadcast reaches (its --wait waits for each of them)."""
-    from agent.transports.kafka.fleet import read_fleet  # noqa: PLC0415
-
-    selector = parse_selector_args(args.selector)
-    operations = [document["operation"], *selector.get("operations", [])]
-    hosts = read_fleet(settings)
-    return sum(
-        1
-        for host in hosts
-        if not host.stale and host.matches(operations=operations, labels=selector["labels"])
-    )
-
-
 def submit(args: argparse.Namespace, settings: KafkaConfig, document: dict[str, Any]) -> int:
-    from agent.transports.kafka.client import EventWatcher, send_jobs, target_topic  # noqa: PLC0415
+    """`hostagent submit --kafka`: send a job to a host, a pool or a broadcast, and with
+    --wait/--follow read its events until each host that should answer has, or the
+    --wait-timeout (which bounds the whole command, the fleet map's read included)."""
+    from agent.transports.kafka.client import send_jobs, target_topic  # noqa: PLC0415
+    from agent.transports.kafka.fleet_commands import (  # noqa: PLC0415
+        Waiter,
+        check_target,
+        command_started,
+    )
     from agent.transports.kafka.signing import load_private_key  # noqa: PLC0415
 
+    waiting = bool(args.wait or args.follow)
+    deadline = command_started() + (args.wait_timeout if waiting else _NO_WAIT_SECONDS)
     chosen = [args.host is not None, args.pool is not None, bool(args.broadcast)]
     if sum(chosen) != 1:
         raise AgentError(
@@ -129,33 +178,37 @@ def submit(args: argparse.Namespace, settings: KafkaConfig, document: dict[str, 
         document["not_after"] = args.not_after
     job_id = str(document["job_id"])
     signer = load_private_key(Path(args.key)) if args.key else None
-    if not (args.wait or args.follow):
+    expected = check_target(settings, args, document, deadline=deadline, waiting=waiting)
+    if not waiting:
         send_jobs(settings, topic, [document], signer=signer)
         print(job_id)
         return 0
-    expected = _expected_agents(settings, document, args) if args.broadcast else 1
-    with EventWatcher(settings) as watcher:
-        send_jobs(settings, topic, [document], signer=signer)
+    waiter = Waiter(
+        settings, document, expected=expected, deadline=deadline, timeout=args.wait_timeout
+    )
+    with waiter:
+        send_jobs(settings, topic, [document], signer=signer, timeout=_send_timeout(deadline))
         print(job_id, file=sys.stderr)
-        outcome = 0
-        ended = 0
-        for event in watcher.until_done([job_id], timeout=args.wait_timeout, per_job=expected):
-            if args.follow:
-                print(json.dumps(event), flush=True)
-            if event["type"] in TERMINAL:
-                ended += 1
-                if not args.follow:
-                    print(json.dumps(event), flush=True)
-                if event["type"] != "completed":
-                    outcome = 1
-    if ended < expected:
-        print(f"hostagent: {ended} of {expected} agents answered in time", file=sys.stderr)
-        return 1
-    return outcome
+        return waiter.wait(follow=args.follow, broadcast=args.broadcast)
+
+
+# A submit without --wait still bounds its read of the fleet map.
+_NO_WAIT_SECONDS = 30.0
+
+
+def _send_timeout(deadline: float) -> float:
+    # The job must reach the brokers (a job dropped at exit would make "it keeps
+    # running" a lie): ~0.5 s on a busy host, given 2 s even when the map's read
+    # took the rest of a short --wait-timeout.
+    return max(2.0, deadline - time.monotonic())
 
 
 def fleet(args: argparse.Namespace, config: KafkaConfig) -> int:
     """`hostagent fleet`: the map, filtered, as a table or JSON."""
+    if getattr(args, "fleet_command", None) == "jobs":
+        from agent.transports.kafka.fleet_commands import fleet_jobs  # noqa: PLC0415
+
+        return fleet_jobs(args, settings_from(args, config))
     from agent.transports.kafka.fleet import read_fleet, render_table  # noqa: PLC0415
 
     settings = settings_from(args, config)
@@ -173,10 +226,22 @@ def fleet(args: argparse.Namespace, config: KafkaConfig) -> int:
 
 
 def retire(args: argparse.Namespace, config: KafkaConfig) -> int:
-    """`hostagent decommission`: tombstones for a host that is gone for good."""
-    from agent.transports.kafka.client import decommission  # noqa: PLC0415
+    """`hostagent decommission`: tombstones for a host that is gone for good.
 
-    decommission(settings_from(args, config), args.worker_id)
+    Refused for a host the map does not know, or whose heartbeat is fresh (its
+    agent would go on taking jobs while missing from the map), unless --force.
+    """
+    from agent.transports.kafka.client import decommission  # noqa: PLC0415
+    from agent.transports.kafka.fleet import read_fleet  # noqa: PLC0415
+    from agent.transports.kafka.fleet_targets import check_decommission, describe  # noqa: PLC0415
+
+    settings = settings_from(args, config)
+    if args.force:
+        print(f"hostagent: --force: not checking {args.worker_id} in the map", file=sys.stderr)
+    else:
+        host = check_decommission(read_fleet(settings), args.worker_id)
+        print(f"hostagent: removing {describe(host)}", file=sys.stderr)
+    decommission(settings, args.worker_id)
     print(f"{args.worker_id} removed from the fleet map")
     return 0
 

@@ -30,19 +30,24 @@ def event_value(
     data: dict[str, Any],
     event_id: str,
     timestamp: str | None = None,
+    operation: str | None = None,
 ) -> bytes:
     """One event. `event_id` is stable across re-sends, so readers can drop repeats
-    (delivery is at least once: an event in flight at a crash is sent again)."""
+    (delivery is at least once: an event in flight at a crash is sent again).
+    `operation`, when the job's is known, lets `hostagent fleet jobs --op` filter."""
+    value: dict[str, Any] = {
+        "type": type,
+        "worker_id": worker_id,
+        "job_id": job_id,
+        "status": status,
+        "timestamp": timestamp or utc_now(),
+        "data": data,
+        "event_id": event_id,
+    }
+    if operation is not None:
+        value["operation"] = operation
     return json.dumps(
-        {
-            "type": type,
-            "worker_id": worker_id,
-            "job_id": job_id,
-            "status": status,
-            "timestamp": timestamp or utc_now(),
-            "data": data,
-            "event_id": event_id,
-        },
+        value,
         separators=(",", ":"),
         default=str,
     ).encode()

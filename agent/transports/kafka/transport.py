@@ -345,6 +345,7 @@ class KafkaTransport:
             status=str(entry.state.status),
             timestamp=_when(entry),
             data=data,
+            operation=entry.state.operation,
             # The outbox id is stable across re-sends: readers drop repeats by it.
             event_id=f"{self.worker_id}:{entry.id}",
         )
