@@ -61,7 +61,7 @@ class Page:
     async def js(self, script: str, *args: Any) -> Any:
         return await self.run(lambda: self.driver.execute_script(script, *args))
 
-    async def until(self, condition: Callable[[webdriver.Chrome], T], within: float = 30) -> T:
+    async def until(self, condition: Callable[[webdriver.Chrome], T], within: float = 60) -> T:
         """The first truthy value of `condition(driver)`; after `within` seconds, a
         TimeoutException that shows the page (and a screenshot, timeout.png)."""
         try:
@@ -73,14 +73,14 @@ class Page:
             html = await self.js("return document.querySelector('main').outerHTML")
             raise TimeoutException(f"waited {within} s; the page: {html[:4000]}") from exc
 
-    async def find(self, css: str, within: float = 30) -> WebElement:
+    async def find(self, css: str, within: float = 60) -> WebElement:
         def found(driver: webdriver.Chrome) -> WebElement | bool:
             elements = driver.find_elements(By.CSS_SELECTOR, css)
             return elements[0] if elements and elements[0].is_displayed() else False
 
         return await self.until(found, within)
 
-    async def text(self, css: str, within: float = 30) -> str:
+    async def text(self, css: str, within: float = 60) -> str:
         element = await self.find(css, within)
         return await self.run(lambda: element.text)
 
