@@ -8,16 +8,17 @@ STAMP := $(VENV)/.deps-installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 # Build deps of libvirt-python, qemu-img for image jobs; libguestfs, its binding for the
-# system Python and a kernel for its appliance (/boot may be empty) for guestkit jobs.
+# system Python and a kernel for its appliance (/boot may be empty) for guestkit jobs;
+# noVNC for the browser UI's console (/ui/novnc/, from /usr/share/novnc).
 RUN_PACKAGES := libvirt-dev pkg-config gcc qemu-utils \
-	libguestfs-tools python3-guestfs linux-image-amd64 bubblewrap
+	libguestfs-tools python3-guestfs linux-image-amd64 bubblewrap novnc
 # Tests also start a real libvirtd with QEMU, and real Kafka brokers (scripts/kafka-broker:
 # Maven fetches the pinned jars once, Java 17 runs them); they boot systemd in a
 # container (systemd-container: systemd-nspawn) on the .deb, and render /docs in
-# headless Chromium.
+# headless Chromium (the UI's tests drive it through chromedriver).
 TEST_PACKAGES := $(RUN_PACKAGES) libvirt-daemon-system qemu-system-x86 systemd \
 	openjdk-17-jre-headless maven \
-	systemd-container chromium python3-venv python3-dev lintian acl
+	systemd-container chromium chromium-driver python3-venv python3-dev lintian acl
 # make bench-http drives the load with wrk (a C load generator: the Python one took a
 # share of the 2 cores the figures are about).
 BENCH_PACKAGES := $(RUN_PACKAGES) wrk

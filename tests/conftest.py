@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,15 @@ from agent.service.daemon import Agent
 from agent.service.settings import Settings
 from agent.transports.http.settings import HttpConfig
 from agent.transports.spool.settings import SpoolConfig
+from tests.libvirtd import PrivateLibvirtd, private_libvirtd
+
+
+@pytest.fixture(scope="session")
+def libvirtd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateLibvirtd]:
+    """One private real libvirtd (tests/libvirtd.py) for the session's real-QEMU tests
+    (handlers, resource view, the browser's console)."""
+    with private_libvirtd(tmp_path_factory.mktemp("libvirtd")) as daemon:
+        yield daemon
 
 
 @pytest.fixture

@@ -101,6 +101,18 @@ _TABLES: dict[str, tuple[str, list[Column]]] = {
             ("PATH", lambda v: v["path"]),
         ],
     ),
+    "template": (
+        "templates",
+        [
+            ("NAME", lambda t: t["name"]),
+            ("OS", lambda t: f"{t['os_distro']} {t['os_version']}"),
+            ("CPUS", lambda t: t["cpus"]),
+            ("MEMORY", lambda t: f"{t['memory']} MiB"),
+            ("DISKS", lambda t: ", ".join(_template_disk(d) for d in t["disks"]) or "-"),
+            ("POOL", lambda t: t["storagepool"]),
+            ("NETWORKS", lambda t: ", ".join(t["networks"]) or "-"),
+        ],
+    ),
     "net": (
         "networks",
         [
@@ -113,6 +125,10 @@ _TABLES: dict[str, tuple[str, list[Column]]] = {
         ],
     ),
 }
+
+
+def _template_disk(disk: dict[str, Any]) -> str:
+    return f"{disk['size']} GB" if disk.get("size") is not None else f"copy of {disk['volume']}"
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:
@@ -176,6 +192,8 @@ def _run(args: argparse.Namespace, remote: AgentClient) -> int:
         if isinstance(getattr(args, dest, None), str):
             setattr(args, dest, quote(getattr(args, dest), safe=""))
     base = {"vm": "/api/v1/vms", "pool": "/api/v1/storagepools", "net": "/api/v1/networks"}
+    if noun == "template" or verb == "create":  # the templates, and a VM from one
+        return (_template if noun == "template" else _create_vm)(args, remote)
     if noun == "host":
         path = "/api/v1/host/stats" if verb == "stats" else "/api/v1/host"
         _show(args, remote.call("GET", path))
@@ -202,6 +220,68 @@ def _run(args: argparse.Namespace, remote: AgentClient) -> int:
         path = f"{base[noun]}/{args.name}/{verb}"
         answer = remote.call("POST", path, json=_body(args), headers=headers)
     return _outcome(args, remote, answer)
+
+
+def _create_vm(args: argparse.Namespace, remote: AgentClient) -> int:
+    body = {"template": args.template, "name": args.vm_name, "storagepool": args.storagepool}
+    headers = {"Idempotency-Key": args.job_id} if args.job_id else {}
+    answer = remote.call(
+        "POST",
+        "/api/v1/vms",
+        json={key: value for key, value in body.items() if value is not None},
+        headers=headers,
+    )
+    return _outcome(args, remote, answer)
+
+
+def _template(args: argparse.Namespace, remote: AgentClient) -> int:
+    base = "/api/v1/templates"
+    if args.verb == "list":
+        _show(args, remote.call("GET", base), "template")
+    elif args.verb == "show":
+        _show(args, remote.call("GET", f"{base}/{args.name}"))
+    elif args.verb == "create":
+        _show(args, remote.call("POST", base, json=_body(args)))
+    else:
+        remote.call("DELETE", f"{base}/{args.name}")
+        print(f"template {args.name} deleted")
+    return 0
+
+
+def _add_template_commands(
+    commands: Any, options: Callable[[argparse.ArgumentParser], None]
+) -> None:
+    parser = commands.add_parser("template", help="VM templates (HTTP)")
+    nested = parser.add_subparsers(dest="verb", required=True)
+    for verb, text in (
+        ("list", "the templates"),
+        ("show", "one template"),
+        ("create", "add a template (Kimchi's fields: name, cpus, memory MiB, disks, ...)"),
+        ("delete", "remove a template"),
+    ):
+        command = nested.add_parser(verb, help=text)
+        options(command)
+        command.add_argument("--json", action="store_true", help="the API's JSON, for programs")
+        if verb in ("show", "delete"):
+            command.add_argument("name")
+        if verb == "create":
+            command.add_argument(
+                "--data",
+                required=True,
+                help='the template as JSON, e.g. \'{"name": "deb", "memory": 1024, '
+                '"disks": [{"size": 10}]}\'',
+            )
+
+
+def _add_vm_create(nested: Any, options: Callable[[argparse.ArgumentParser], None]) -> None:
+    create = nested.add_parser("create", help="create a VM from a template (a job)")
+    options(create)
+    create.add_argument("--template", required=True, help="the template's name")
+    create.add_argument("--name", dest="vm_name", help="default: TEMPLATE-xxxxxx")
+    create.add_argument("--storagepool", help="default: the template's")
+    create.add_argument("--job-id", help="sent as Idempotency-Key: a retry is one job")
+    create.add_argument("--wait", action="store_true", help="follow the job to its end")
+    create.add_argument("--wait-timeout", type=float, default=3600.0)
 
 
 def add_commands(commands: Any, options: Callable[[argparse.ArgumentParser], None]) -> list[str]:
@@ -247,7 +327,10 @@ def add_commands(commands: Any, options: Callable[[argparse.ArgumentParser], Non
             )
             if verb == "delete" and noun == "vm":
                 action.add_argument("--force", action="store_true", help="power it off first")
-    return list(verbs)
+        if noun == "vm":
+            _add_vm_create(nested, options)
+    _add_template_commands(commands, options)
+    return [*verbs, "template"]
 
 
 def run_command(args: argparse.Namespace, remote: AgentClient) -> int:

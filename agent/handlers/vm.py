@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from agent.core.context import JobContext
 from agent.core.registry import handler
 from agent.errors import HandlerError
-from agent.handlers import connection, missing_is_done
+from agent.handlers import connection, missing_is_done, vm_create
 from agent.handlers.domain_checks import check_disk_images, check_networks
 from agent.handlers.domain_xml import (
     VmSpec,
@@ -370,4 +370,5 @@ HANDLERS = (
     resume,
     undefine,
     autostart,
+    *vm_create.HANDLERS,  # vm.create: a VM from a template
 )

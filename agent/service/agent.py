@@ -50,6 +50,7 @@ from agent.store.retention import (
 )
 from agent.transports import TRANSPORTS, Transport, TransportSpec
 from agent.view.reads import ResourceView
+from agent.view.templates import TemplateCatalog, TemplateRows
 
 log = structlog.get_logger("agent.service.agent")
 
@@ -125,9 +126,7 @@ class Agent:
         self.services.register(
             LibvirtConnection, self.libvirt, name="libvirt", ping=self.libvirt.health
         )
-        # Direct reads of VMs, pools, networks and the host (the HTTP API's); their
-        # actions still come in through the intake as jobs.
-        self.services.register(ResourceView, ResourceView(self.libvirt, config), name="resources")
+        self._register_views(config)
         self.dispatcher = Dispatcher(
             self.store,
             self.registry,
@@ -191,6 +190,14 @@ class Agent:
             self.capabilities.contribute(partial(_features_of, transport))
             if transport.outbox is not None:
                 self.store.register_consumer(transport.name, transport.outbox)
+
+    def _register_views(self, config: Settings) -> None:
+        """Direct reads of VMs, pools, networks and the host (the HTTP API's; their
+        actions still come in through the intake as jobs), and the VM templates."""
+        self.services.register(ResourceView, ResourceView(self.libvirt, config), name="resources")
+        if isinstance(self.store, TemplateRows):  # VM templates live in the job store
+            templates = TemplateCatalog(self.store, self.policy, config)
+            self.services.register(TemplateCatalog, templates, name="templates")
 
     def transport(self, name: str) -> Transport:
         """The running transport called `name` (KeyError when it is off)."""

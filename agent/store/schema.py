@@ -8,7 +8,7 @@ from pathlib import Path
 
 from agent.errors import StoreError
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -126,6 +126,16 @@ _MIGRATIONS: dict[int, str] = {
     8: """
     ALTER TABLE jobs ADD COLUMN parent TEXT;
     CREATE INDEX jobs_by_parent ON jobs (parent) WHERE parent IS NOT NULL;
+    """,
+    # Issue 23: VM templates (Kimchi's /templates), kept with the jobs so a backup of
+    # the store holds them. `document` is the template's JSON as the API shows it.
+    9: """
+    CREATE TABLE templates (
+        name TEXT PRIMARY KEY,
+        document TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    ) WITHOUT ROWID;
     """,
 }
 

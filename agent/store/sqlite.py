@@ -24,7 +24,7 @@ from agent.core.jobstore import Queued, Recovery
 from agent.core.outbox import OutboxInterest
 from agent.errors import AgentError, StoreError
 from agent.jobs import JobState, JobStatus, NewJob, OutboxEntry, PendingJob, utc_now
-from agent.store import outbox_sql, queries, retention, writes
+from agent.store import outbox_sql, queries, retention, templates_sql, writes
 from agent.store.batcher import Batcher
 from agent.store.readpool import ReadPool
 from agent.store.retention import PruneReport, RetentionPolicy
@@ -142,6 +142,30 @@ class SqliteStore:
 
     async def outbox_entries(self, consumer: str, after_id: int, limit: int) -> list[OutboxEntry]:
         return await self._read(queries.outbox_entries, consumer, after_id, limit)
+
+    # -- templates (issue 23): kept with the jobs, in backups with them --
+
+    async def list_templates(self) -> list[dict[str, Any]]:
+        return await self._read(templates_sql.list_templates)
+
+    async def get_template(self, name: str) -> dict[str, Any]:
+        return await self._read(templates_sql.get_template, name)
+
+    async def put_template(
+        self, name: str, document: dict[str, Any], *, create: bool
+    ) -> dict[str, Any]:
+        # Not retried: a client is waiting for the answer.
+        found: dict[str, Any] = await self.settle(
+            self._writes.queue(
+                lambda conn: templates_sql.put_template(conn, name, document, create=create)
+            )
+        )
+        return found
+
+    async def delete_template(self, name: str) -> None:
+        await self.settle(
+            self._writes.queue(lambda conn: templates_sql.delete_template(conn, name))
+        )
 
     # -- writes --
 

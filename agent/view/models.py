@@ -39,6 +39,10 @@ class WindowQuery(_Query):
     )
 
 
+class LiveQuery(_Query):
+    interval_seconds: float = Field(default=1.0, ge=0.5, le=10, description="between samples")
+
+
 class VmDeleteQuery(_Query):
     force: bool = Field(default=False, description="power a running VM off first")
     remove_storage: bool = Field(default=False, description="also delete its libvirt volumes")

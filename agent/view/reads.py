@@ -43,6 +43,7 @@ from agent.hypervisor.summaries import (
 )
 from agent.view import host_stats
 from agent.view.actions import NETWORK_ACTIONS, POOL_ACTIONS, VM_ACTIONS, actions_in
+from agent.view.live_stats import VmUsage
 from agent.view.models import (
     DomainState,
     HostFacts,
@@ -177,6 +178,41 @@ def _vm_description(conn: Any, name: str) -> tuple[Any, dict[str, Any]]:
     return dom, described
 
 
+_ANY_ADDRESS = ("", "0.0.0.0", "::")  # noqa: S104 (what the XML may say, not a bind)
+
+
+def _vnc_endpoint(conn: Any, name: str) -> tuple[str, int]:
+    dom = lookup_domain(conn, name, None)
+    state = domain_state(dom)
+    for graphics in _graphics(dom.XMLDesc(0)):
+        if graphics["type"] == "vnc" and graphics["port"] and dom.isActive():
+            listen = graphics["listen"] or ""
+            return ("127.0.0.1" if listen in _ANY_ADDRESS else listen), graphics["port"]
+    raise ConflictError(
+        f"VM {name!r} has no VNC console while it is {state}",
+        field="vm",
+        reason="no_console",
+        details={"state": state, "action": "console"},
+    )
+
+
+def _open_serial(conn: Any, name: str) -> Any:
+    dom = lookup_domain(conn, name, None)
+    root = ET.fromstring(dom.XMLDesc(0))  # noqa: S314 (from libvirtd)
+    ports = [*root.findall("devices/serial"), *root.findall("devices/console")]
+    if not dom.isActive() or not any(port.get("type") == "pty" for port in ports):
+        state = domain_state(dom)
+        raise ConflictError(
+            f"VM {name!r} has no serial console while it is {state}",
+            field="vm",
+            reason="no_console",
+            details={"state": state, "action": "serial"},
+        )
+    stream = conn.newStream(0)
+    dom.openConsole(None, stream, 0)
+    return stream
+
+
 def _screenshot(conn: Any, name: str, screen: int) -> tuple[str, bytes]:
     return capture_screen(conn, lookup_domain(conn, name, None), screen)
 
@@ -209,6 +245,8 @@ class ResourceView:
     def __init__(self, hv: LibvirtConnection, config: Config) -> None:
         self.hv = hv
         self.config = config
+        # Every VM's usage, sampled only while a stream watches (live_stats.py).
+        self.usage = VmUsage(hv)
 
     async def _call(self, kind: str, fn: Callable[..., T], *args: Any) -> T:
         try:
@@ -253,6 +291,18 @@ class ResourceView:
         """The VM's screen as the driver gives it (PNG with QEMU): (media type, bytes)."""
         _usable_name("domain", name)
         return await self._call("vm", _screenshot, name, screen)
+
+    async def console_endpoint(self, name: str) -> tuple[str, int]:
+        """(host, port) of the running VM's VNC server; 409 while it is not running or
+        has no VNC (its state in details), 404 when there is no such VM."""
+        _usable_name("domain", name)
+        return await self._call("vm", _vnc_endpoint, name)
+
+    async def open_serial(self, name: str) -> Any:
+        """A libvirt stream on the running VM's serial console (blocking reads: in a
+        thread); 409 when it is not running or has none, 404 when there is no such VM."""
+        _usable_name("domain", name)
+        return await self._call("vm", _open_serial, name)
 
     # --- storage ---
 

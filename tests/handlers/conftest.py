@@ -1,5 +1,5 @@
-"""The private real libvirtd (tests/libvirtd.py) and an independent connection to it,
-shared by the real-QEMU tests of the handlers and of the resource view."""
+"""An independent connection to the private real libvirtd (tests/conftest.py), for the
+real-QEMU tests of the handlers and of the resource view."""
 
 from __future__ import annotations
 
@@ -9,15 +9,9 @@ from typing import Any
 import libvirt
 import pytest
 
-from tests.libvirtd import PrivateLibvirtd, private_libvirtd
+from tests.libvirtd import PrivateLibvirtd
 
 STATES = {libvirt.VIR_DOMAIN_RUNNING: "running", libvirt.VIR_DOMAIN_PAUSED: "paused"}
-
-
-@pytest.fixture(scope="session")
-def libvirtd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateLibvirtd]:
-    with private_libvirtd(tmp_path_factory.mktemp("libvirtd")) as daemon:
-        yield daemon
 
 
 @pytest.fixture

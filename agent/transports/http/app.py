@@ -11,12 +11,14 @@ from werkzeug.routing import BaseConverter
 from agent.jobs import RESERVED_JOB_IDS
 from agent.transports.http import (
     audit,
+    console,
     docs,
     events,
     job_api,
     local_auth,
     policy_route,
     resources,
+    ui,
 )
 from agent.transports.http.api import (
     ApiState,
@@ -47,6 +49,7 @@ def build_app(state: ApiState, *, local: LocalAccess | None = None) -> QuartTrio
     if local is not None:
         app.extensions[EXTENSION] = local
     routes = [*job_api.ROUTES, *policy_route.ROUTES, *resources.ROUTES, *events.ROUTES]
+    routes += [*console.ROUTES, *ui.ROUTES]
     by_endpoint = {spec.endpoint: spec for spec in routes}
     for spec in routes:
         view = spec.view if spec.view is not None else view_of(spec)

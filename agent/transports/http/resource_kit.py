@@ -109,13 +109,13 @@ def add_read(rule: str, name: str, view: View, summary: str, **spec: Any) -> Non
 
 def add_action(method: str, rule: str, name: str, view: View, action: Action, **spec: Any) -> None:
     spec.setdefault("body", action.body)
+    spec.setdefault("summary", action.summary)
     add_route(
         method,
         rule,
         name,
         view,
         scope="submit",
-        summary=action.summary,
         status=202,
         answer=Submitted,
         errors=ACT_ERRORS,

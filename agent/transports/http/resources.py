@@ -10,9 +10,10 @@ POST is the same job.
 
 from __future__ import annotations
 
-from quart import Response
+from quart import Response, request
 
 from agent.handlers.vm import DefinePayload
+from agent.transports.http import templates
 from agent.transports.http.api import ok_model
 from agent.transports.http.resource_kit import (
     READ_ERRORS,
@@ -25,6 +26,7 @@ from agent.transports.http.resource_kit import (
     parse_query,
     resource_view,
 )
+from agent.transports.http.routes import json_body
 from agent.view.actions import (
     VM_ACTIONS,
     VM_UNDEFINE,
@@ -58,6 +60,11 @@ async def _screenshot(name: str) -> Response:
 
 
 async def _vm_define() -> Response:
+    raw = await request.get_data(cache=True, as_text=False, parse_form_data=False)
+    if raw.strip():
+        body = json_body(raw, request.headers.get("Content-Type", ""))
+        if isinstance(body, dict) and "template" in body:  # Kimchi's VM from a template
+            return await templates.vm_from_template(body)
     payload = await parse_body(DefinePayload)
     data = payload.model_dump(mode="json", exclude_none=True)
     return await act(_DEFINE_VM, "VM", payload.name, None, data)
@@ -92,7 +99,16 @@ add_read(
     answer=VmList,
     errors=(400, *READ_ERRORS),
 )
-add_action("POST", "/vms", "vm_define", _vm_define, _DEFINE_VM, body=DefinePayload)
+add_action(
+    "POST",
+    "/vms",
+    "vm_define",
+    _vm_define,
+    _DEFINE_VM,
+    body=templates.VmPostBody,
+    summary="Define (or redefine) a VM; with {template, name?, storagepool?}: create one "
+    "from a template (vm.create: its volumes, then its definition; 409 when the name exists)",
+)
 add_read(
     "/vms/<name>",
     "vm_detail",
@@ -149,6 +165,6 @@ add_read(
 )
 
 # Pools, volumes and networks register their routes when imported.
-from agent.transports.http import resources_storage  # noqa: E402, F401
+from agent.transports.http import live, resources_storage  # noqa: E402, F401
 
 __all__ = ["ROUTES"]
