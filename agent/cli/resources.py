@@ -263,7 +263,7 @@ def _add_template_commands(
         options(command)
         command.add_argument("--json", action="store_true", help="the API's JSON, for programs")
         if verb in ("show", "delete"):
-            command.add_argument("name")
+            command.add_argument("name", help="the template's name (template list)")
         if verb == "create":
             command.add_argument(
                 "--data",
@@ -281,7 +281,12 @@ def _add_vm_create(nested: Any, options: Callable[[argparse.ArgumentParser], Non
     create.add_argument("--storagepool", help="default: the template's")
     create.add_argument("--job-id", help="sent as Idempotency-Key: a retry is one job")
     create.add_argument("--wait", action="store_true", help="follow the job to its end")
-    create.add_argument("--wait-timeout", type=float, default=3600.0)
+    create.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=3600.0,
+        help="seconds --wait waits before exit 4 (default 3600)",
+    )
 
 
 def add_commands(commands: Any, options: Callable[[argparse.ArgumentParser], None]) -> list[str]:

@@ -15,11 +15,11 @@ from agent.config import LibvirtConfig, RunbooksConfig
 from agent.service.daemon import Agent
 from agent.service.settings import Settings
 from agent.transports.spool.settings import SpoolConfig
-from tests.handlers.conftest import libvirtd, observer, state_of
+from tests.handlers.conftest import observer, state_of
 from tests.jobs import job, ok, wait_done
 from tests.libvirtd import PrivateLibvirtd
 
-__all__ = ["libvirtd", "observer"]  # the real-QEMU fixtures
+__all__ = ["observer"]  # the real-QEMU connection fixture (libvirtd: the root conftest)
 
 SHIPPED = Path(__file__).resolve().parents[2] / "etc" / "hostagent" / "runbooks"
 

@@ -1,3 +1,4 @@
-"""The real libvirtd fixtures of the handler tests, for vm.define + vm.start on hostile disks."""
+"""The real-QEMU connection fixture of the handler tests (libvirtd itself is the root conftest's),
+for vm.define + vm.start on hostile disks."""
 
-from tests.handlers.conftest import libvirtd, observer  # noqa: F401 (fixtures, used by name)
+from tests.handlers.conftest import observer  # noqa: F401 (a fixture, used by name)
