@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.agentproc import AgentProcess
+from tests.localapi import socket_agent
 from tests.runbooks.conftest import ECHO_CHAIN, install
 
 
@@ -50,8 +50,7 @@ def test_list_show_validate_and_run_with_the_steps_as_a_table(tmp_path: Path) ->
     assert refused.returncode == 2
     assert '"field": "steps.2.payload.again"' in refused.stderr
 
-    agent = AgentProcess(state, spool, "--http-bind", "127.0.0.1:0")
-    agent.argv.remove("--no-http")
+    agent = socket_agent(tmp_path)
     agent.env = env
     agent.start()
     try:
@@ -63,7 +62,7 @@ def test_list_show_validate_and_run_with_the_steps_as_a_table(tmp_path: Path) ->
         lines = ran.stdout.splitlines()
         assert lines[0] == "cli-rb"
         assert json.loads("\n".join(lines[1:]))["result"]["outputs"]["said"] == "hi there"
-        step = json.loads(hostagent("status", "cli-rb.first", *where, env=env).stdout)
+        step = json.loads(hostagent("status", "cli-rb.first", "--json", *where, env=env).stdout)
         assert step["parent"] == "cli-rb"  # a step's status names its runbook's job
         table = ran.stderr.splitlines()
         assert table[1].split()[:2] == ["STEP", "STATUS"]

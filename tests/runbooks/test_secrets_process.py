@@ -5,15 +5,14 @@ kill -9 the runbook does not run on, it fails saying why, its queued step cancel
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.agentproc import AgentProcess
 from tests.jobs import job, wait_for
+from tests.localapi import socket_agent
 
 SECRET = "hunter2-is-not-a-password"
 KEEPER = {
@@ -36,12 +35,10 @@ def grep(directory: Path, needle: bytes) -> list[Path]:
 def test_a_secret_is_in_no_file_nor_log_line_and_does_not_survive_a_restart(
     tmp_path: Path,
 ) -> None:
-    state, spool, books = tmp_path / "state", tmp_path / "spool", tmp_path / "runbooks"
+    state, books = tmp_path / "state", tmp_path / "runbooks"
     books.mkdir()
     (books / "keeper.json").write_text(json.dumps(KEEPER))
-    agent = AgentProcess(state, spool, "--http-bind", "127.0.0.1:0")
-    agent.argv.remove("--no-http")
-    agent.env = {**os.environ, "HOSTAGENT_RUNBOOKS__DIRS": json.dumps([str(books)])}
+    agent = socket_agent(tmp_path, env={"HOSTAGENT_RUNBOOKS__DIRS": json.dumps([str(books)])})
     agent.start()
     api = httpx.Client(
         base_url="http://localhost",
