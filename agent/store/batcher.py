@@ -37,6 +37,7 @@ class Batcher:
         self._batch_ended = trio.Event()
         self._failed_batches = 0  # in a row
         self._retry_at = 0.0
+        self.finished = 0  # operations run so far, committed or failed
 
     @property
     def busy(self) -> bool:
@@ -91,6 +92,7 @@ class Batcher:
                     again = await trio.to_thread.run_sync(self._run_batch, batch)
                     for queued in batch:
                         queued.finished = True
+                    self.finished += len(batch) - len(again)
                     self._hold(again)
                     self._after_batch()
             finally:

@@ -291,6 +291,13 @@ class SqliteStore:
     async def would_prune(self, policy: RetentionPolicy, now: datetime) -> PruneReport:
         return await self._read(retention.would_prune, policy, now)
 
+    @property
+    def writes_committed(self) -> int:
+        return self._writes.finished
+
+    async def due(self, policy: RetentionPolicy, now: datetime) -> PruneReport:
+        return await self._read(retention.due, policy, now)
+
     async def reclaim_pages(self) -> None:
         # Outside a transaction: incremental_vacuum does nothing inside BEGIN.
         def reclaim() -> None:
