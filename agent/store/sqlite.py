@@ -117,7 +117,7 @@ class SqliteStore:
         self.path = path
         self._writer: sqlite3.Connection | None = None
         self._reads = ReadPool(lambda: connect(self.path, readonly=True))
-        self._writes = Batcher(self._commit, self._after_commit)
+        self._writes = Batcher(self._commit, self._after_commit, own_thread="hostagent-writer")
         self._targets = outbox_sql.OutboxTargets()
         self._changed: dict[str, trio.Event] = {}
         # True from a write that found the disk full until the next one that did not.
@@ -142,6 +142,7 @@ class SqliteStore:
             log.warning("store.outbox_dropped", entries=dropped, reason="consumer not configured")
 
     async def aclose(self) -> None:
+        self._writes.close()
         await self._reads.aclose()
         if self._writer is not None:
             await trio.to_thread.run_sync(self._writer.close)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from pathlib import Path
@@ -326,3 +327,31 @@ async def test_an_event_between_a_start_and_its_outcome_keeps_them_apart(
     assert len(set(updates)) == 2  # the start, then the outcome
     transitions = get_transitions(sqlite3.connect(store.path), "evented")
     assert [row["status"] for row in transitions] == ["Pending", "Running", "Completed"]
+
+
+async def test_writes_run_in_the_stores_own_writer_thread_even_after_close(
+    tmp_path: Path,
+) -> None:
+    """Every batch in one thread of the store's (a lone submit's batch wakes it directly,
+    no trio worker-thread hop), and a failing batch's error still reaches its waiter."""
+    store = await opened(tmp_path / "jobs.sqlite3")
+    names: list[str] = []
+
+    def record_thread(conn: sqlite3.Connection) -> None:
+        names.append(threading.current_thread().name)
+
+    try:
+        for _ in range(3):
+            await store._write(record_thread)
+        with pytest.raises(ZeroDivisionError):
+            await store._write(lambda conn: 1 / 0)
+        await store.insert_jobs([new_job("after-error")])
+        assert (await store.get_job("after-error")).status is JobStatus.PENDING
+        thread = store._writes._thread._thread  # type: ignore[union-attr]
+        assert thread is not None
+    finally:
+        await store.aclose()
+    assert names == ["hostagent-writer"] * 3
+    with trio.fail_after(5):
+        while thread.is_alive():  # it was told to go: it ends once idle
+            await trio.sleep(0.01)
