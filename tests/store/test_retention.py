@@ -17,6 +17,7 @@ from agent.store.retention import (
     PRUNE_OLD_SQL,
     PRUNE_OVER_CAP_SQL,
     Pruner,
+    PruneReport,
     RetentionPolicy,
     prune_batch,
 )
@@ -217,3 +218,51 @@ def test_prune_batches_walk_the_completion_index_at_a_million_jobs(tmp_path: Pat
     due = retention_due(conn, RetentionPolicy(retention_days=7), now)
     assert due.jobs == 2 * 86400 - 1 - 500  # completed before the cutoff, less those gone
     conn.close()
+
+
+class _BusyStore:
+    """A store with `due` jobs to prune in batches that each take `took` (trio time) and
+    `others` writes of someone else's committed beside each batch."""
+
+    def __init__(self, due: int, took: float, others: int) -> None:
+        self.left = due
+        self.took = took
+        self.others = others
+        self.sizes: list[int] = []
+        self.writes_committed = 0
+
+    async def due(self, policy: RetentionPolicy, now: datetime) -> PruneReport:
+        return PruneReport(jobs=self.left)
+
+    async def would_prune(self, policy: RetentionPolicy, now: datetime) -> PruneReport:
+        return await self.due(policy, now)
+
+    async def prune(self, policy: RetentionPolicy, now: datetime) -> PruneReport:
+        await trio.sleep(self.took)
+        self.writes_committed += 1 + self.others
+        jobs = min(policy.batch, self.left)
+        self.left -= jobs
+        self.sizes.append(policy.batch)
+        return PruneReport(jobs=jobs, seconds=self.took)
+
+    async def reclaim_pages(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("others", "pauses"), [(0, 0.0), (3, 8.0)])
+async def test_a_pass_yields_the_writer_only_while_others_write(
+    autojump_clock: trio.abc.Clock, others: int, pauses: float
+) -> None:
+    """Batches sized to ~2 ms of the writer; alone a pass goes batch after batch, beside
+    others' writes it pauses 8x what each batch took."""
+    store = _BusyStore(due=2000, took=0.004, others=others)
+    pruner = Pruner(store, lambda: RetentionPolicy(batch=500), every=lambda: 3600)
+    began = trio.current_time()
+    report = await pruner.prune_pass()
+    assert report.jobs == 2000
+    assert store.sizes[:3] == [100, 50, 25]  # 4 ms for 100 jobs: halved toward 2 ms
+    batches = len(store.sizes)
+    # Each batch took 0.004 s; beside others' writes, each but the last paused 8x that.
+    assert trio.current_time() - began == pytest.approx(
+        batches * 0.004 + (batches - 1) * 0.004 * pauses
+    )
