@@ -81,10 +81,13 @@ system-deps-bench:
 system-deps-test:
 	@scripts/apt-ensure $(TEST_PACKAGES)
 
+# The agent's byte-code is compiled here, not by its first start (exec -> READY=1 took
+# 0.59 s uncompiled, 0.49 s compiled; issue 25).
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || scripts/apt-ensure python3-venv
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m compileall -q -j 0 agent
 	@touch $@
 
 clean:

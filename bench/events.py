@@ -10,6 +10,7 @@ events (arrival - submitted_at), p50 and p99, and per round the agent's CPU
 seconds and the reading thread's (which shares the machine).
 
 Usage: python bench/events.py [--subscribers 100] [--jobs 5000] [--rounds 3] [--websocket]
+       [--profile agent.prof]
 """
 
 from __future__ import annotations
@@ -204,6 +205,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--websocket", action="store_true", help="subscribe over /api/v1/ws")
+    parser.add_argument("--profile", type=Path, help="run the agent under cProfile, dump here")
     args = parser.parse_args()
     alone: list[float] = []
     watched: list[float] = []
@@ -212,7 +214,8 @@ def main() -> None:
     cut_off = 0
     with tempfile.TemporaryDirectory(prefix="hostagent-events-") as tmp:
         root, port = Path(tmp), free_port()
-        argv = [sys.executable, "-m", "agent", "run", "--state-dir", str(root / "state")]
+        profile = ["-m", "cProfile", "-o", str(args.profile)] if args.profile else []
+        argv = [sys.executable, *profile, "-m", "agent", "run", "--state-dir", str(root / "state")]
         argv += ["--spool-dir", str(root / "spool"), "--libvirt-uri", "test:///default"]
         argv += ["--insecure-no-auth", "--http-bind", f"127.0.0.1:{port}", "--log-level", "error"]
         agent = subprocess.Popen(argv, stderr=subprocess.DEVNULL)

@@ -1,9 +1,16 @@
-"""HTTP API throughput and latency, against the ceiling of a bare quart-trio app.
+"""HTTP API throughput and latency, against three ceilings and the disk's fsync floor.
 
-Starts a real agent process (tokens on, spool on, as deployed) and a bare
-quart-trio hello-world served the same way (stock hypercorn over the agent's
-capped listener: agent.transports.http.transport's hypercorn_settings and
-serve_asgi), then drives both on
+Starts a real agent process (tokens on, spool on, as deployed) and three
+hello-world servers, each its own process, answering the same small JSON:
+- quart-trio: a bare QuartTrio app served the agent's way (stock hypercorn
+  over the agent's capped listener: agent.transports.http.transport's
+  hypercorn_settings and serve_asgi);
+- raw ASGI: a bare ASGI callable on that same hypercorn set-up (what the hot
+  routes really run on: the front router answers them without quart);
+- trio + h11: a bare trio server speaking h11 itself (no ASGI server at all);
+and the fsync floor: 4 KiB appends each followed by fdatasync, per second, on
+the disk of the agent's state directory (a durable submit waits for one).
+It drives the servers on
 loopback with wrk (one thread, keep-alive HTTP/1.1, a few percent of a
 core; bench/wrk.lua makes unique job ids and counts status codes):
 
@@ -11,16 +18,20 @@ core; bench/wrk.lua makes unique job ids and counts status codes):
   batch submits, and the latency at half the submit rate (open loop, from
   the scheduled time: bench/_load.py --rate);
 - jobs only queued (both job slots hold long jobs: the HTTP transport and
-  intake alone), in ROUNDS interleaved rounds of: the ceiling (GET / on the
-  hello-world app, 32 connections), durable submits (POST /api/v1/jobs, 32
-  connections, each answered once committed), status GETs (GET
-  /api/v1/jobs/{id}, 32 connections), batch submits (POST
-  /api/v1/jobs/batch of 500 jobs, 4 connections). Issue 11's ratios are
-  taken per round against that round's ceiling and their medians printed.
+  intake alone), in ROUNDS interleaved rounds of: the three ceilings (GET /
+  on each hello-world server, 32 connections), the fsync floor, then every
+  hot route: durable submits (POST /api/v1/jobs, 32 connections, each
+  answered once committed), status GETs (GET /api/v1/jobs/{id}, 32
+  connections), batch submits (POST /api/v1/jobs/batch of 500 jobs, 4
+  connections), health (GET /api/v1/health) and GET /metrics (32
+  connections). Each route's rate is taken per round against each of that
+  round's ceilings and the medians printed; issue 11's targets are against
+  the quart-trio ceiling.
 
 Then checks that every acknowledged job is in the store.
 
 Usage: python bench/http.py [--seconds 5] [--rounds 3] [--profile agent.prof]
+       python bench/http.py --hello {quart,asgi,h11} PORT   (one ceiling server alone)
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import pstats  # noqa: E402
@@ -60,6 +72,10 @@ LOAD = [sys.executable, str(ROOT / "bench" / "_load.py")]
 WRK = ROOT / "bench" / "wrk.lua"
 P99_TARGET_MS = 10.0
 WORKERS = 2  # max_concurrent_jobs of the benchmarked agent
+CEILINGS = {"quart": "quart-trio hello", "asgi": "raw ASGI hello", "h11": "trio + h11 hello"}
+# The hot GET routes (the front router's, beside the two submits), by name.
+HOT_GETS = {"status": "/api/v1/jobs/probe", "health": "/api/v1/health", "metrics": "/metrics"}
+HELLO = b'{"success":true,"data":"hello"}'
 
 
 def free_port() -> int:
@@ -181,7 +197,8 @@ def main() -> int:
     token, entry = create_token("bench", ["admin"])
     auth = {"Authorization": f"Bearer {token}"}
     work = Path(tempfile.mkdtemp(prefix="bench-http-"))
-    agent_port, hello_port = free_port(), free_port()
+    agent_port = free_port()
+    hello_ports = {kind: free_port() for kind in CEILINGS}
     env = {
         **os.environ,
         "HOSTAGENT_HTTP__TOKENS": json.dumps([entry.model_dump()]),
@@ -211,11 +228,15 @@ def main() -> int:
         env=env,
         cwd=ROOT,
     )
-    hello = subprocess.Popen([sys.executable, __file__, "--hello", str(hello_port)], cwd=ROOT)
+    hellos = {
+        kind: subprocess.Popen([sys.executable, __file__, "--hello", kind, str(port)], cwd=ROOT)
+        for kind, port in hello_ports.items()
+    }
     url = f"http://127.0.0.1:{agent_port}"
     try:
         wait_ready(f"{url}/api/v1/health", auth)
-        wait_ready(f"http://127.0.0.1:{hello_port}/", {})
+        for port in hello_ports.values():
+            wait_ready(f"http://127.0.0.1:{port}/", {})
         header = f"Authorization: Bearer {token}"
         template = work / "submit.json"
         template.write_text(json.dumps(echo_document("s-{n}")))
@@ -280,19 +301,23 @@ def main() -> int:
         for number in range(1, args.rounds + 1):
             print(f"-- round {number}: jobs only queued (both job slots busy), "
                   f"load average {load_average()}")  # fmt: skip
-            ceiling = measured(hello.pid, lambda: wrk(
-                f"http://127.0.0.1:{hello_port}/", conns=args.conns, seconds=seconds
-            ))  # fmt: skip
-            line("ceiling: bare quart-trio GET", ceiling)
-            queued = submits("durable submits")
-            status = measured(agent.pid, lambda: wrk(
-                f"{url}/api/v1/jobs/probe", conns=args.conns, seconds=seconds, header=header
-            ))  # fmt: skip
-            line("status GETs", status)
-            queued_batch = batches(f"batch submits ({args.batch}/request)")
-            rounds.append(
-                {"ceiling": ceiling, "single": queued, "status": status, "batch": queued_batch}
-            )
+            measures: dict[str, dict[str, Any]] = {}
+            for kind, title in CEILINGS.items():
+                measures[kind] = measured(hellos[kind].pid, lambda kind=kind: wrk(
+                    f"http://127.0.0.1:{hello_ports[kind]}/", conns=args.conns, seconds=seconds
+                ))  # fmt: skip
+                line(f"ceiling: {title} GET", measures[kind])
+            floor = fsync_rate(work / "state", min(seconds, 2.0))
+            print(f"{'fsync floor (fdatasync/s, state disk)':34} {floor:10.0f} /s", flush=True)
+            measures["fsync"] = {"rate": floor}
+            measures["single"] = submits("durable submits")
+            for route, path in HOT_GETS.items():
+                measures[route] = measured(agent.pid, lambda path=path: wrk(
+                    f"{url}{path}", conns=args.conns, seconds=seconds, header=header
+                ))  # fmt: skip
+                line(f"{route} GETs", measures[route])
+            measures["batch"] = batches(f"batch submits ({args.batch}/request)")
+            rounds.append(measures)
         queued_paced = paced_submits(
             f"submits paced at {rounds[-1]['single']['rate'] / 2:.0f}/s",
             rounds[-1]["single"]["rate"] / 2,
@@ -312,25 +337,12 @@ def main() -> int:
                 f"p99 at half rate {paced_['p99_ms']:5.2f} ms (<= {P99_TARGET_MS:g} "
                 f"{'ok' if paced_['p99_ms'] <= P99_TARGET_MS else 'MISSED'})"
             )
-        # Issue 11's targets (jobs queued: the transport and intake alone), per round.
-        print(f"{'median of ' + str(len(rounds)) + ' rounds':36} {'median':>6}  rounds")
-        for name, figure, target in (
-            ("durable single submits / ceiling", lambda r: r["single"]["rate"], 0.8),
-            ("status GETs / ceiling", lambda r: r["status"]["rate"], 0.9),
-            ("batch jobs/s per ceiling req/s", lambda r: r["batch"]["rate"] * args.batch, 10.0),
-        ):
-            shares = [figure(r) / r["ceiling"]["rate"] for r in rounds]
-            share = statistics.median(shares)
-            verdict = "MET" if share >= target else "MISSED"
-            each = " ".join(f"{value:.2f}" for value in shares)
-            print(f"{name:36} {share:6.2f}  [{each}] (target >= {target:g}) {verdict}")
-        ceilings = " ".join(f"{r['ceiling']['rate']:.0f}" for r in rounds)
-        print(f"{'ceiling req/s':36} {'':6}  [{ceilings}]")
+        summary(rounds, args.batch)
         return 0 if total["total"] >= acknowledged else 1
     finally:
-        for process in (agent, hello):
+        for process in (agent, *hellos.values()):
             process.send_signal(signal.SIGTERM)
-        for process in (agent, hello):
+        for process in (agent, *hellos.values()):
             process.wait(timeout=30)
         shutil.rmtree(work, ignore_errors=True)  # the store of 100k+ jobs: ~150 MB a run
         if args.profile:
@@ -338,24 +350,136 @@ def main() -> int:
             stats.sort_stats("tottime").print_stats(25)
 
 
-def serve_hello(port: int) -> None:
-    """The ceiling: a bare quart-trio app on the agent's own hypercorn set-up."""
+def summary(rounds: list[dict[str, dict[str, Any]]], batch: int) -> None:
+    """Every hot route against each ceiling of its round, and issue 11's targets."""
+    # Every hot route against each ceiling of the same round (jobs queued: the
+    # transport and intake alone); medians over the rounds.
+    print(f"{'medians of ' + str(len(rounds)) + ' rounds, req/s':36} {'rate':>7}  " + "  ".join(
+        f"{'/ ' + kind:>8}" for kind in CEILINGS))  # fmt: skip
+    routes = {"single": "durable single submits", **{r: f"{r} GETs" for r in HOT_GETS}}
+    routes["batch"] = "batch submits (requests)"
+    for route, title in routes.items():
+        rate = statistics.median(r[route]["rate"] for r in rounds)
+        shares = [
+            statistics.median(r[route]["rate"] / r[kind]["rate"] for r in rounds)
+            for kind in CEILINGS
+        ]
+        print(f"{title:36} {rate:7.0f}  " + "  ".join(f"{x:8.3f}" for x in shares))
+    print(f"{'ceilings, req/s':36} {'':7}  " + "  ".join(
+        f"{statistics.median(r[kind]['rate'] for r in rounds):8.0f}" for kind in CEILINGS
+    ))  # fmt: skip
+    floor = statistics.median(r["fsync"]["rate"] for r in rounds)
+    single = statistics.median(r["single"]["rate"] for r in rounds)
+    print(f"{'fsync floor, fdatasync/s':36} {floor:7.0f}  "
+          f"(durable submits per fdatasync: {single / floor:.2f})")  # fmt: skip
+    # Issue 11's targets, per round against that round's quart-trio ceiling.
+    print(f"{'issue 11: median of ' + str(len(rounds)) + ' rounds':36} {'median':>6}  rounds")
+    for name, figure, target in (
+        ("durable single submits / quart", lambda r: r["single"]["rate"], 0.8),
+        ("status GETs / quart", lambda r: r["status"]["rate"], 0.9),
+        ("batch jobs/s per quart req/s", lambda r: r["batch"]["rate"] * batch, 10.0),
+    ):
+        shares = [figure(r) / r["quart"]["rate"] for r in rounds]
+        share = statistics.median(shares)
+        verdict = "MET" if share >= target else "MISSED"
+        each = " ".join(f"{value:.2f}" for value in shares)
+        print(f"{name:36} {share:6.2f}  [{each}] (target >= {target:g}) {verdict}")
+
+
+def fsync_rate(directory: Path, seconds: float) -> float:
+    """fdatasync per second after 4 KiB appends, in `directory` (the state disk)."""
+    path = directory / "fsync-floor.bench"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        block, done = b"\0" * 4096, 0
+        began = time.monotonic()
+        while time.monotonic() - began < seconds:
+            os.write(fd, block)
+            os.fdatasync(fd)
+            done += 1
+        return done / (time.monotonic() - began)
+    finally:
+        os.close(fd)
+        path.unlink()
+
+
+def hello_listener(port: int) -> socket.socket:
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(1024)
+    listener.setblocking(False)
+    return listener
+
+
+def quart_hello() -> Any:
+    """Ceiling 1: a bare quart-trio app."""
     app = QuartTrio("hello")
 
     @app.get("/")
     async def index() -> Response:
-        return Response(b'{"success":true,"data":"hello"}', content_type="application/json")
+        return Response(HELLO, content_type="application/json")
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", port))
-    listener.listen(1024)
-    listener.setblocking(False)
+    return app
+
+
+async def asgi_hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Ceiling 2: a raw ASGI app (no framework), as the front router's hot routes."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(HELLO))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": HELLO})
+
+
+async def h11_hello(stream: trio.SocketStream) -> None:
+    """Ceiling 3: trio and h11 alone, keep-alive, no ASGI server."""
+    with contextlib.suppress(trio.BrokenResourceError):  # wrk resets its connections at the end
+        await _h11_answer(stream)
+
+
+async def _h11_answer(stream: trio.SocketStream) -> None:
+    import h11  # noqa: PLC0415 (hypercorn's own dependency; only this server needs it)
+
+    conn = h11.Connection(h11.SERVER)
+    headers = [("content-type", "application/json"), ("content-length", str(len(HELLO)))]
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            conn.receive_data(data)
+        elif isinstance(event, h11.Request):
+            continue
+        elif isinstance(event, h11.EndOfMessage):
+            answer = conn.send(h11.Response(status_code=200, headers=headers))
+            answer += conn.send(h11.Data(data=HELLO)) + conn.send(h11.EndOfMessage())
+            await stream.send_all(answer)
+            if conn.our_state is h11.MUST_CLOSE:
+                return
+            conn.start_next_cycle()
+        elif isinstance(event, h11.ConnectionClosed):
+            return
+
+
+def serve_hello(kind: str, port: int) -> None:
+    """One ceiling server until SIGTERM: quart and raw ASGI on the agent's hypercorn set-up."""
+    listener = hello_listener(port)
 
     async def run() -> None:
         with trio.open_signal_receiver(signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
-                settings = hypercorn_settings(HttpConfig(), None)
-                nursery.start_soon(serve_asgi, app, listener, settings)
+                if kind == "h11":
+                    listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(listener))]
+                    nursery.start_soon(trio.serve_listeners, h11_hello, listeners)
+                else:
+                    app = quart_hello() if kind == "quart" else asgi_hello
+                    settings = hypercorn_settings(HttpConfig(), None)
+                    nursery.start_soon(serve_asgi, app, listener, settings)
                 async for _ in signals:
                     nursery.cancel_scope.cancel()
 
@@ -363,7 +487,7 @@ def serve_hello(port: int) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--hello":
-        serve_hello(int(sys.argv[2]))
+    if len(sys.argv) == 4 and sys.argv[1] == "--hello":
+        serve_hello(sys.argv[2], int(sys.argv[3]))
     else:
         sys.exit(main())

@@ -105,9 +105,9 @@ class Core:
         self.commits = 0
         run_batch = self.store._writes._run_batch
 
-        def counted(batch: list[Any]) -> None:
+        def counted(batch: list[Any]) -> list[Any]:
             self.commits += 1
-            run_batch(batch)
+            return run_batch(batch)
 
         self.store._writes._run_batch = counted
         self.intake = Intake(

@@ -11,16 +11,17 @@ from __future__ import annotations
 import heapq
 import json
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
 from itertools import count, islice
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import structlog
 import trio
 
 Event = dict[str, Any]
+_T = TypeVar("_T")
 log = structlog.get_logger("agent.core.events")
 
 
@@ -140,6 +141,31 @@ class Feed:
         self.cursor += len(events)
         return events
 
+    def take(self, limit: int) -> tuple[int, int]:
+        """Take up to `limit` waiting events without listing them: their positions
+        (first, end), read with `events_between` or a `kept` encoding; ends as receive does."""
+        if self.lagged:
+            raise trio.EndOfChannel
+        first = self.cursor
+        end = min(first + limit, self._bus.published)
+        if first == end and self.closed:
+            raise trio.EndOfChannel
+        self.cursor = end
+        return first, end
+
+    def events_between(self, first: int, end: int) -> list[Event]:
+        """The events at positions first..end-1 (taken by this feed, or waiting for it)."""
+        return self._bus.events_between(first, end)
+
+    @property
+    def oldest(self) -> int:
+        """The position of the oldest event the bus still holds."""
+        return self._bus.published - len(self._bus.log_window)
+
+    def kept(self, key: Hashable, make: Callable[[], _T]) -> _T:
+        """See EventBus.kept (the key need not name the bus)."""
+        return self._bus.kept(key, make)
+
     async def receive(self) -> Event:
         while True:
             try:
@@ -194,6 +220,7 @@ class EventBus:
         # gatherer that timed out leaves its entry, gone once the log gets there.
         self._alarms: list[tuple[int, int, trio.Event]] = []
         self._ties = count()
+        self._kept: dict[Hashable, Any] = {}
 
     @contextmanager
     def subscribe(self, *, buffer: int = 1024) -> Iterator[Subscription]:
@@ -216,6 +243,20 @@ class EventBus:
         made = make()
         self._shared = (key, made)
         return made
+
+    def kept(self, key: Hashable, make: Callable[[], _T]) -> _T:
+        """An object the bus keeps for every subscriber that asks by `key`, made by the
+        first: a transport's encoding of the log that all its subscribers read, so an
+        event is encoded once for all of them, not once per subscriber."""
+        found = self._kept.get(key)
+        if found is None:
+            found = self._kept[key] = make()
+        return found
+
+    @property
+    def log_window(self) -> deque[SharedEvent]:
+        """The events still held, oldest first."""
+        return self._log
 
     @property
     def listening(self) -> bool:

@@ -11,6 +11,7 @@ import contextlib
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -53,6 +54,62 @@ def private_files(path: Path) -> None:
             os.chmod(path.with_name(path.name + suffix), 0o600)
 
 
+@dataclass(frozen=True, slots=True)
+class _Start:
+    """A queued Pending -> Running (a Queued's operation, recognisable in its batch)."""
+
+    targets: outbox_sql.OutboxTargets
+    job_id: str
+    now: str
+
+    def __call__(self, conn: sqlite3.Connection) -> JobState | None:
+        return writes.mark_running(conn, self.targets, self.job_id, self.now)
+
+
+@dataclass(frozen=True, slots=True)
+class _Finish:
+    """A queued terminal status (a Queued's operation, recognisable in its batch)."""
+
+    targets: outbox_sql.OutboxTargets
+    job_id: str
+    status: JobStatus
+    result: Any
+    error: str | None
+    only_from: tuple[JobStatus, ...]
+    now: str
+
+    def __call__(self, conn: sqlite3.Connection) -> JobState | None:
+        return writes.finish(
+            conn,
+            self.targets,
+            self.job_id,
+            status=self.status,
+            result=self.result,
+            error=self.error,
+            only_from=self.only_from,
+            now=self.now,
+        )
+
+
+def _starts_to_fold(batch: list[Queued]) -> dict[int, Queued]:
+    """By id of a job's start in the batch, its outcome later in the same batch with
+    nothing else about any job between (only other starts and outcomes), so the two
+    can run as one update (writes.start_and_finish): a job that finished at once."""
+    folds: dict[int, Queued] = {}
+    starts: dict[str, Queued] = {}
+    for item in batch:
+        operation = item.operation
+        if isinstance(operation, _Start):
+            starts[operation.job_id] = item
+        elif isinstance(operation, _Finish):
+            start = starts.pop(operation.job_id, None)
+            if start is not None and operation.only_from == (JobStatus.RUNNING,):
+                folds[id(start)] = item
+        else:
+            starts.clear()  # an event, an insert, a read...: what it sees must not change
+    return folds
+
+
 class SqliteStore:
     """The daemon's handle on the job store (implements agent.store.JobStore)."""
 
@@ -60,7 +117,7 @@ class SqliteStore:
         self.path = path
         self._writer: sqlite3.Connection | None = None
         self._reads = ReadPool(lambda: connect(self.path, readonly=True))
-        self._writes = Batcher(self._commit, self._after_commit)
+        self._writes = Batcher(self._commit, self._after_commit, own_thread="hostagent-writer")
         self._targets = outbox_sql.OutboxTargets()
         self._changed: dict[str, trio.Event] = {}
         # True from a write that found the disk full until the next one that did not.
@@ -85,6 +142,7 @@ class SqliteStore:
             log.warning("store.outbox_dropped", entries=dropped, reason="consumer not configured")
 
     async def aclose(self) -> None:
+        self._writes.close()
         await self._reads.aclose()
         if self._writer is not None:
             await trio.to_thread.run_sync(self._writer.close)
@@ -196,12 +254,19 @@ class SqliteStore:
         """Commit a batch; the writes to try again (see _queue_write)."""
         conn = self._writer
         assert conn is not None, "store not open"
+        folds = _starts_to_fold(batch) if len(batch) > 1 else {}
+        folded: dict[int, Any] = {}  # by id of an outcome: its value, already written
         try:
             conn.execute("BEGIN IMMEDIATE")
             for item in batch:
                 conn.execute("SAVEPOINT op")
                 try:
-                    item.value = item.operation(conn)
+                    if id(item) in folded:
+                        item.value = folded.pop(id(item))
+                    elif id(item) in folds:
+                        item.value = self._start_and_finish(conn, item, folds[id(item)], folded)
+                    else:
+                        item.value = item.operation(conn)
                 except sqlite3.Error:
                     raise  # the transaction itself is in trouble: fail the batch
                 except Exception as exc:  # noqa: BLE001 (delivered to the caller who queued it)
@@ -226,6 +291,29 @@ class SqliteStore:
             return again
         self.disk_full = False
         return []
+
+    def _start_and_finish(
+        self, conn: sqlite3.Connection, start: Queued, finish: Queued, folded: dict[int, Any]
+    ) -> JobState | None:
+        """Run a start and its job's outcome as one update; the start's value (the
+        outcome's is left in `folded`). A job no longer pending: its outcome runs alone."""
+        begin, end = start.operation, finish.operation
+        assert isinstance(begin, _Start)
+        assert isinstance(end, _Finish)
+        both = writes.start_and_finish(
+            conn,
+            self._targets,
+            begin.job_id,
+            started_at=begin.now,
+            status=end.status,
+            result=end.result,
+            error=end.error,
+            now=end.now,
+        )
+        if both is None:
+            return None
+        folded[id(finish)] = both[1]
+        return both[0]
 
     def _after_commit(self) -> None:
         if self.disk_full != self._full_reported:
@@ -257,8 +345,7 @@ class SqliteStore:
         """Pending -> Running, queued; settles to the JobState, or None if the job
         was no longer pending."""
         # The time it is queued, not committed: the handler starts right away.
-        now = utc_now()
-        return self._queue_write(lambda conn: writes.mark_running(conn, self._targets, job_id, now))
+        return self._queue_write(_Start(self._targets, job_id, utc_now()))
 
     def queue_finish(
         self,
@@ -271,19 +358,8 @@ class SqliteStore:
     ) -> Queued:
         """A terminal status, queued; settles to the JobState, or None if the job
         was not in one of `only_from`."""
-        allowed = tuple(only_from)
-        now = utc_now()
         return self._queue_write(
-            lambda conn: writes.finish(
-                conn,
-                self._targets,
-                job_id,
-                status=status,
-                result=result,
-                error=error,
-                only_from=allowed,
-                now=now,
-            )
+            _Finish(self._targets, job_id, status, result, error, tuple(only_from), utc_now())
         )
 
     async def note_interrupted(self, job_id: str, reason: str) -> None:
@@ -317,6 +393,13 @@ class SqliteStore:
 
     async def would_prune(self, policy: RetentionPolicy, now: datetime) -> PruneReport:
         return await self._read(retention.would_prune, policy, now)
+
+    @property
+    def writes_committed(self) -> int:
+        return self._writes.finished
+
+    async def due(self, policy: RetentionPolicy, now: datetime) -> PruneReport:
+        return await self._read(retention.due, policy, now)
 
     async def reclaim_pages(self) -> None:
         # Outside a transaction: incremental_vacuum does nothing inside BEGIN.

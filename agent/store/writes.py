@@ -151,6 +151,47 @@ def mark_running(
     return state
 
 
+def start_and_finish(
+    conn: sqlite3.Connection,
+    targets: OutboxTargets,
+    job_id: str,
+    *,
+    started_at: str,
+    status: JobStatus,
+    result: Any,
+    error: str | None,
+    now: str,
+) -> tuple[JobState, JobState] | None:
+    """mark_running then finish (from Running) in one statement, for a job whose
+    handler returned before its start was committed: the same rows, transitions and
+    outbox entries as the two writes, one update of the job (and of its indexes and
+    counts) instead of two. None if the job was no longer pending (nothing changed)."""
+    row = conn.execute(
+        "UPDATE jobs SET status = ?, started_at = ?, attempts = attempts + 1, progress = NULL, "
+        "completed_at = ?, result = ?, error = ? "
+        f"WHERE job_id = ? AND status = ? RETURNING {STATE_COLUMNS}",
+        (
+            status.value,
+            started_at,
+            now,
+            None if result is None else json.dumps(result),
+            error,
+            job_id,
+            _PENDING,
+        ),
+    ).fetchone()
+    if row is None:
+        return None
+    # What mark_running would have returned: Running, not completed (STATE_COLUMNS order).
+    running = row_state((*row[:2], JobStatus.RUNNING.value, *row[3:5], None, None, *row[7:]))
+    _record_transition(conn, job_id, JobStatus.RUNNING, started_at)
+    append_outbox(conn, targets, running, "running", {})
+    _record_transition(conn, job_id, status, now, error)
+    final = row_state(row)
+    append_outbox(conn, targets, final, status.value.lower(), _outcome_data(status, result, error))
+    return running, final
+
+
 def _outcome_data(status: JobStatus, result: Any, error: str | None) -> dict[str, Any]:
     return {"result": result} if status is JobStatus.COMPLETED else {"error": error}
 

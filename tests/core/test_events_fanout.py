@@ -104,3 +104,22 @@ def test_streams_in_the_same_place_share_one_build_of_their_bytes() -> None:
     assert bus.shared(("sse", 0, 10, 0), make) is first
     bus.shared(("sse", 0, 10, 7), make)  # another log position: its own bytes
     assert len(built) == 2
+
+
+def test_feeds_take_positions_and_share_what_the_bus_keeps() -> None:
+    bus = EventBus()
+    with bus.subscribe(buffer=8) as one, bus.subscribe(buffer=8) as two:
+        for number in range(5):
+            bus.publish({"type": "status", "job_id": f"j{number}", "data": {}})
+        assert one.receive.take(3) == (0, 3)
+        assert one.receive.take(10) == (3, 5)
+        assert two.receive.take(10) == (0, 5)
+        assert [e["job_id"] for e in two.receive.events_between(1, 3)] == ["j1", "j2"]
+        made = one.receive.kept("encoding", list)
+        assert two.receive.kept("encoding", list) is made  # one for every subscriber
+        for number in range(5, 20):
+            bus.publish({"type": "status", "job_id": f"j{number}", "data": {}})
+        assert one.receive.oldest == 12  # the bus holds the last 8
+        with pytest.raises(trio.EndOfChannel):
+            one.receive.take(1)  # 15 behind, past its buffer: cut off
+        assert one.lagged

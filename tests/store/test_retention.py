@@ -13,7 +13,16 @@ from agent.config import Config
 from agent.errors import ConflictError, NotFoundError
 from agent.jobs import JobStatus, NewJob
 from agent.service.daemon import Agent
-from agent.store.retention import Pruner, RetentionPolicy
+from agent.store.retention import (
+    PRUNE_OLD_SQL,
+    PRUNE_OVER_CAP_SQL,
+    Pruner,
+    PruneReport,
+    RetentionPolicy,
+    prune_batch,
+)
+from agent.store.retention import due as retention_due
+from agent.store.schema import connect
 from tests.jobs import job, job_document, new_job
 from tests.spoolkit import drop, wait_for_files
 
@@ -171,3 +180,89 @@ async def test_prune_dry_run_shows_what_would_go_and_changes_nothing(
         assert cli.main(argv) == 0
         assert '"jobs": 1' in capsys.readouterr().out
     assert rows(tmp_path / "jobs.sqlite3", "SELECT count(*) FROM jobs") == 1
+
+
+def _plan(conn: sqlite3.Connection, sql: str, *args: object) -> list[str]:
+    return [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", args)]
+
+
+@pytest.mark.slow
+def test_prune_batches_walk_the_completion_index_at_a_million_jobs(tmp_path: Path) -> None:
+    """At 1M finished jobs the planner, left alone, took jobs_by_status and sorted every
+    finished job for each batch (300 ms holding the writer); the batch is named onto
+    jobs_by_completion and reads only the rows it returns."""
+    conn = connect(tmp_path / "jobs.sqlite3")
+    conn.execute("PRAGMA synchronous = OFF")  # a fixture, not the agent's writes
+    conn.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000000) "
+        "INSERT INTO jobs (job_id, operation, status, priority, transport, document, "
+        "fingerprint, submitted_at, started_at, completed_at) "
+        "SELECT printf('old-%07d', i), 'system.echo', "
+        "CASE WHEN i % 100 = 0 THEN 'Failed' ELSE 'Completed' END, 5, 'test', '{}', 'fp', "
+        "'2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z', "
+        "strftime('%Y-%m-%dT%H:%M:%fZ', '2026-01-01', '+' || i || ' seconds') FROM n"
+    )
+    conn.execute("ANALYZE")  # the planner's statistics as a long-lived store has them
+    cutoff = "2026-06-01T00:00:00.000000Z"
+    for sql in (PRUNE_OLD_SQL, PRUNE_OVER_CAP_SQL):
+        plan = _plan(conn, sql, cutoff, 500)
+        assert any("USING INDEX jobs_by_completion" in step for step in plan), plan
+        assert not any("TEMP B-TREE" in step for step in plan), plan
+
+    now = datetime(2026, 1, 10, tzinfo=UTC)  # 7 days' retention: the first 2 days' jobs are due
+    conn.execute("BEGIN")
+    report = prune_batch(conn, RetentionPolicy(retention_days=7, batch=500), now)
+    conn.execute("COMMIT")
+    assert report.job_ids == [f"old-{n:07d}" for n in range(1, 501)]  # the oldest first
+    assert report.seconds > 0
+    due = retention_due(conn, RetentionPolicy(retention_days=7), now)
+    assert due.jobs == 2 * 86400 - 1 - 500  # completed before the cutoff, less those gone
+    conn.close()
+
+
+class _BusyStore:
+    """A store with `due` jobs to prune in batches that each take `took` (trio time) and
+    `others` writes of someone else's committed beside each batch."""
+
+    def __init__(self, due: int, took: float, others: int) -> None:
+        self.left = due
+        self.took = took
+        self.others = others
+        self.sizes: list[int] = []
+        self.writes_committed = 0
+
+    async def due(self, policy: RetentionPolicy, now: datetime) -> PruneReport:
+        return PruneReport(jobs=self.left)
+
+    async def would_prune(self, policy: RetentionPolicy, now: datetime) -> PruneReport:
+        return await self.due(policy, now)
+
+    async def prune(self, policy: RetentionPolicy, now: datetime) -> PruneReport:
+        await trio.sleep(self.took)
+        self.writes_committed += 1 + self.others
+        jobs = min(policy.batch, self.left)
+        self.left -= jobs
+        self.sizes.append(policy.batch)
+        return PruneReport(jobs=jobs, seconds=self.took)
+
+    async def reclaim_pages(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("others", "pauses"), [(0, 0.0), (3, 8.0)])
+async def test_a_pass_yields_the_writer_only_while_others_write(
+    autojump_clock: trio.abc.Clock, others: int, pauses: float
+) -> None:
+    """Batches sized to ~2 ms of the writer; alone a pass goes batch after batch, beside
+    others' writes it pauses 8x what each batch took."""
+    store = _BusyStore(due=2000, took=0.004, others=others)
+    pruner = Pruner(store, lambda: RetentionPolicy(batch=500), every=lambda: 3600)
+    began = trio.current_time()
+    report = await pruner.prune_pass()
+    assert report.jobs == 2000
+    assert store.sizes[:3] == [100, 50, 25]  # 4 ms for 100 jobs: halved toward 2 ms
+    batches = len(store.sizes)
+    # Each batch took 0.004 s; beside others' writes, each but the last paused 8x that.
+    assert trio.current_time() - began == pytest.approx(
+        batches * 0.004 + (batches - 1) * 0.004 * pauses
+    )

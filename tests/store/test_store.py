@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from pathlib import Path
@@ -16,7 +17,7 @@ import trio.testing
 from agent.core.outbox import Outbox, OutboxInterest
 from agent.errors import AgentError, ConflictError, StorageFullError, StoreError
 from agent.jobs import JobState, JobStatus, NewJob
-from agent.store import SqliteStore
+from agent.store import SqliteStore, writes
 from agent.store.queries import get_transitions
 from agent.store.schema import SCHEMA_VERSION, connect
 from tests.jobs import new_job
@@ -258,3 +259,99 @@ async def test_on_a_full_disk_accepted_jobs_writes_wait_in_order_and_new_jobs_ar
         assert not store.disk_full
     finally:
         await store.aclose()
+
+
+async def test_a_start_and_outcome_in_one_batch_are_one_update_with_every_record(
+    store: SqliteStore,
+) -> None:
+    """A job that finished before its start was committed: one UPDATE of the job, the
+    same transitions, outbox entries, counts and answers as the two writes."""
+    await store.insert_jobs([new_job("quick"), new_job("other")])
+    assert store._writer is not None
+    updates: list[str] = []
+    store._writer.set_trace_callback(
+        lambda sql: updates.append(sql) if sql.startswith("UPDATE jobs") else None
+    )
+    started = store.queue_mark_running("quick")
+    other = store.queue_mark_running("other")  # another job's start between: still folded
+    done = store.queue_finish("quick", JobStatus.COMPLETED, result={"ok": 1})
+    assert (await store.settle(done)).status is JobStatus.COMPLETED
+    store._writer.set_trace_callback(None)
+    running = await store.settle(started)
+    assert running.status is JobStatus.RUNNING
+    assert running.completed_at is None
+    assert running.attempts == 1
+    assert (await store.settle(other)).status is JobStatus.RUNNING
+    # (the trace names a statement with RETURNING more than once)
+    assert len(set(updates)) == 2  # quick's start and outcome together, other's start
+    final = await store.get_job("quick")
+    assert (final.status, final.started_at, final.attempts) == (
+        JobStatus.COMPLETED,
+        running.started_at,
+        1,
+    )
+    assert await store.get_result("quick") == {"ok": 1}
+    assert await store.count_by_status() == {"Completed": 1, "Running": 1}
+    transitions = get_transitions(sqlite3.connect(store.path), "quick")
+    assert [row["status"] for row in transitions] == ["Pending", "Running", "Completed"]
+    entries = [
+        (entry.job_id, entry.event, entry.state.status)
+        for entry in await store.outbox_entries("test", 0, 10)
+    ]
+    assert entries[2:] == [
+        ("quick", "running", JobStatus.RUNNING),
+        ("quick", "completed", JobStatus.COMPLETED),
+        ("other", "running", JobStatus.RUNNING),
+    ]
+
+
+async def test_an_event_between_a_start_and_its_outcome_keeps_them_apart(
+    store: SqliteStore,
+) -> None:
+    """The event's write reads the job as Running: the start and outcome stay two writes."""
+    await store.insert_jobs([new_job("evented")])
+    assert store._writer is not None
+    updates: list[str] = []
+    store._writer.set_trace_callback(
+        lambda sql: updates.append(sql) if sql.startswith("UPDATE jobs SET status") else None
+    )
+    started = store.queue_mark_running("evented")
+    event = store._queue_write(
+        lambda conn: writes.add_event(conn, store._targets, "evented", "log", {"message": "hi"})
+    )
+    done = store.queue_finish("evented", JobStatus.COMPLETED, result=None)
+    assert (await store.settle(done)).status is JobStatus.COMPLETED
+    store._writer.set_trace_callback(None)
+    assert (await store.settle(started)).status is JobStatus.RUNNING
+    await store.settle(event)
+    assert len(set(updates)) == 2  # the start, then the outcome
+    transitions = get_transitions(sqlite3.connect(store.path), "evented")
+    assert [row["status"] for row in transitions] == ["Pending", "Running", "Completed"]
+
+
+async def test_writes_run_in_the_stores_own_writer_thread_even_after_close(
+    tmp_path: Path,
+) -> None:
+    """Every batch in one thread of the store's (a lone submit's batch wakes it directly,
+    no trio worker-thread hop), and a failing batch's error still reaches its waiter."""
+    store = await opened(tmp_path / "jobs.sqlite3")
+    names: list[str] = []
+
+    def record_thread(conn: sqlite3.Connection) -> None:
+        names.append(threading.current_thread().name)
+
+    try:
+        for _ in range(3):
+            await store._write(record_thread)
+        with pytest.raises(ZeroDivisionError):
+            await store._write(lambda conn: 1 / 0)
+        await store.insert_jobs([new_job("after-error")])
+        assert (await store.get_job("after-error")).status is JobStatus.PENDING
+        thread = store._writes._thread._thread  # type: ignore[union-attr]
+        assert thread is not None
+    finally:
+        await store.aclose()
+    assert names == ["hostagent-writer"] * 3
+    with trio.fail_after(5):
+        while thread.is_alive():  # it was told to go: it ends once idle
+            await trio.sleep(0.01)

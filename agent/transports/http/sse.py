@@ -11,9 +11,10 @@ What a hundred subscribers cost: each takes every event waiting for it at
 once and sends them in one write, then lets the next run gather for
 COALESCE_SECONDS or until half its buffer waits, so under load a stream costs
 one write per interval rather than one per event. Each event's JSON is
-encoded once for all (the bus's SharedEvent), and the run of frames that
-unfiltered streams at the same place would each build is built once and
-shared (EventBus.shared).
+encoded once for all (the bus's SharedEvent), and so are the frames that
+unfiltered streams send (_SharedFrames, kept by the bus): such a stream's
+write is one slice of them, whatever the number of events it holds, where
+each stream used to look at every event and join its frames itself.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ KEEPALIVE_SECONDS = 15.0
 # submits watched/alone 42-56% -> 67-72%, event p99 200 -> 520-590 ms, target 1 s).
 COALESCE_SECONDS = 0.2
 _DURABLE = ("progress", "log")
+# Id lines (durable log positions) whose frames are kept at once: unfiltered streams
+# are almost always at the log's end together.
+_SHARED_CURSORS = 4
 _TERMINAL = {status.value for status in JobStatus if status.terminal}
 _LAGGED = {
     "error": "RATE_LIMITED",
@@ -107,16 +111,16 @@ class _Stream:
             self.finished.add(job_id)
         return _frame({"type": kind, "job_id": job_id, "data": data}, self.cursor)
 
-    async def frames(self, feed: Feed, first: int, events: list[Event]) -> bytes:
-        """The frames of a run of bus events taken at once, as one write."""
+    async def frames(self, feed: Feed, first: int, end: int) -> bytes:
+        """The frames of the bus events at positions first..end-1, as one write."""
         if not self.job_ids and not self.unread:
-            # Every unfiltered stream at this place in the bus and the log sends
-            # the same bytes, unless the run holds logged events to read.
-            key = ("sse", first, len(events), self.cursor)
-            if not any(event.get("type") in _DURABLE for event in events):
-                return feed.shared(key, lambda: self._plain(events))
+            # Every unfiltered stream at this place in the log sends the same bytes,
+            # unless the run holds logged events to read.
+            shared = feed.kept(_SharedFrames, _SharedFrames).between(feed, first, end, self.cursor)
+            if shared is not None:
+                return shared
         parts: list[bytes] = []
-        for event in events:
+        for event in feed.events_between(first, end):
             job_id = event.get("job_id")
             if not self.wants(job_id) or job_id in self.finished:
                 continue
@@ -136,14 +140,83 @@ class _Stream:
             await self._read_log(parts)
         return b"".join(parts)
 
-    def _plain(self, events: list[Event]) -> bytes:
-        line = b"id: %d\n" % self.cursor
-        return b"".join([part for event in events for part in (line, _data(event))])
-
     async def _read_log(self, parts: list[bytes]) -> None:
         async with aclosing(self.durable()) as rows:
             async for chunk in rows:
                 parts.append(chunk)
+
+
+class _SharedFrames:
+    """The frames of the bus's events as every unfiltered stream sends them, built
+    once per event for all: per id line (the durable log's position, the same for
+    every stream that has read it as far), a run of frames that streams slice."""
+
+    def __init__(self) -> None:
+        self._runs: dict[int, _FrameRun] = {}
+
+    def between(self, feed: Feed, first: int, end: int, cursor: int) -> bytes | None:
+        """The frames of events first..end-1 with `cursor`'s id line; None if they hold
+        a logged event (progress, log: sent from the log, with its own id)."""
+        run = self._runs.get(cursor)
+        if run is None or not run.start <= first <= run.end:
+            if run is None and len(self._runs) >= _SHARED_CURSORS:
+                del self._runs[next(iter(self._runs))]  # the oldest id line
+            run = self._runs[cursor] = _FrameRun(cursor, first)
+        return run.between(feed, first, end)
+
+
+class _FrameRun:
+    """Frames of consecutive bus events with one id line: bytes, and per event where
+    its frame ends and how many logged events came up to it (so a slice's bytes and
+    whether it holds one are two lookups)."""
+
+    def __init__(self, cursor: int, start: int) -> None:
+        self.line = b"id: %d\n" % cursor
+        self.start = start  # the bus position of the first event held
+        self._base = 0  # bytes dropped off the front of _frames so far
+        self._frames = bytearray()
+        self._offsets = [0]  # where each held event's frame starts, then the end
+        self._logged = [0]  # logged events before each held event, then in all
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self._offsets) - 1
+
+    def between(self, feed: Feed, first: int, end: int) -> bytes | None:
+        if end > self.end:
+            self._extend(feed.events_between(self.end, end))
+        self._trim(feed.oldest)
+        low, high = first - self.start, end - self.start
+        if self._logged[high] != self._logged[low]:
+            return None
+        base = self._base
+        # One copy (a bytearray's slice would be a second): the view is gone before the
+        # frames next grow.
+        return bytes(
+            memoryview(self._frames)[self._offsets[low] - base : self._offsets[high] - base]
+        )
+
+    def _extend(self, events: list[Event]) -> None:
+        frames, line = self._frames, self.line
+        logged = self._logged[-1]
+        for event in events:
+            frames += line
+            frames += _data(event)
+            self._offsets.append(self._base + len(frames))
+            logged += event.get("type") in _DURABLE
+            self._logged.append(logged)
+
+    def _trim(self, oldest: int) -> None:
+        """Drop the frames of events the bus no longer holds (no stream can ask for
+        them), once they are half of what is kept: each byte is moved about once."""
+        gone = oldest - self.start
+        if gone <= 0 or 2 * gone < len(self._offsets):
+            return
+        del self._frames[: self._offsets[gone] - self._base]
+        self._base = self._offsets[gone]
+        del self._offsets[:gone]
+        del self._logged[:gone]
+        self.start = oldest
 
 
 async def event_stream() -> Response:
@@ -205,14 +278,13 @@ async def _live(subscription: Subscription, stream: _Stream) -> AsyncGenerator[b
         if idle.cancelled_caught:
             yield b": keepalive\n\n"
             continue
-        first = feed.cursor
         try:
-            events = feed.receive_many(feed.buffer)
+            first, end = feed.take(feed.buffer)
         except (trio.EndOfChannel, trio.ClosedResourceError):
             if subscription.lagged:
                 yield _frame({"type": "error", "data": _LAGGED}, stream.cursor)
             return
-        chunk = await stream.frames(feed, first, events)
+        chunk = await stream.frames(feed, first, end)
         if chunk:
             yield chunk
             await feed.gather(COALESCE_SECONDS)
