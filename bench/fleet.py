@@ -48,7 +48,7 @@ from agent.transports.kafka import KafkaConfig  # noqa: E402
 from agent.transports.kafka.client import EventWatcher  # noqa: E402
 from agent.transports.kafka.topics import Topics  # noqa: E402
 from tests.agentproc import AgentProcess  # noqa: E402
-from tests.transports.kafka.fleetkit import echo, kafka_agent, send_signed  # noqa: E402
+from tests.transports.kafka.fleetkit import echo, kafka_agent, signed_headers  # noqa: E402
 
 REBUILD_TARGETS = {10_000: 2.0, 100_000: 15.0}
 RECORD_BYTES = 2048
@@ -270,7 +270,7 @@ def stats_totals(agent: AgentProcess) -> list[tuple[float, dict[str, int]]]:
 
 def idle(bootstrap: str, home: Path, seconds: float) -> None:
     prefix = "bench-idle"
-    extra = 'librdkafka = { "statistics.interval.ms" = "5000" }'
+    extra = 'librdkafka = { "statistics.interval.ms" = "30000" }'
     with_kafka = kafka_agent(home, bootstrap, prefix, "idle-k", heartbeat=10.0, extra=extra)
     plain_home = home / "plain"
     plain_home.mkdir()
@@ -289,7 +289,7 @@ def idle(bootstrap: str, home: Path, seconds: float) -> None:
         ended = time.time()
         cpu_k = cpu_seconds(with_kafka.process.pid) - cpu_k0
         cpu_p = cpu_seconds(plain.process.pid) - cpu_p0
-        series = [(at, t) for at, t in stats_totals(with_kafka) if began - 6 <= at <= ended + 1]
+        series = [(at, t) for at, t in stats_totals(with_kafka) if began - 31 <= at <= ended + 1]
         print(f"idle agent over {seconds:.0f} s ({load()}):")
         if len(series) >= 2:
             (t0, first), (t1, last) = series[0], series[-1]
@@ -314,14 +314,21 @@ def idle(bootstrap: str, home: Path, seconds: float) -> None:
 
 
 def latency(bootstrap: str, prefix: str, jobs: int = 30) -> None:
+    """produce -> running of host jobs sent one at a time by one long-lived producer."""
     settings = KafkaConfig(bootstrap_servers=bootstrap, topic_prefix=prefix)
     topic = Topics(prefix).host("idle-k")
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
     took = []
     with EventWatcher(settings) as watcher:
+        producer.produce(topic, key=b"warm-up", value=b"{}", headers=[])
+        producer.flush(10)
         for i in range(jobs):
             job_id = f"lat-{time.time_ns()}-{i}"
+            value = json.dumps(echo(job_id)).encode()
+            headers = signed_headers(topic, job_id.encode(), value)
             sent = time.time()
-            send_signed(settings, topic, [echo(job_id)])
+            producer.produce(topic, key=job_id.encode(), value=value, headers=headers)
+            producer.flush(10)
             for event in watcher.until_done([job_id], timeout=30):
                 if event["type"] == "running":
                     took.append(datetime.fromisoformat(event["timestamp"]).timestamp() - sent)

@@ -22,7 +22,8 @@ import json
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
@@ -35,13 +36,21 @@ from agent.transports.kafka.producer import EventProducer, Outgoing
 from agent.transports.kafka.settings import KafkaConfig
 from agent.transports.kafka.topics import Topics
 
+if TYPE_CHECKING:
+    from agent.core.events import Subscription
+
 log = structlog.get_logger("agent.transports.kafka")
 
 Describe = Callable[[], Awaitable[dict[str, Any]]]
-# Describing the agent costs ~80 ms (every handler's payload schema), and the
-# agent itself re-fingerprints only every capabilities_refresh_seconds (or when
-# libvirt comes or goes): look for a change at most this often, not every heartbeat.
+# The agent's live events (TransportIntake.events): a `capabilities` event says
+# the facts changed.
+Subscribe = Callable[..., AbstractContextManager["Subscription"]]
+# Describing the agent costs ~80 ms (every handler's payload schema): it is
+# described again only after a `capabilities` event (or when the record is due),
+# never on a timer, so an idle agent spends nothing on it. Without events,
+# a change is looked for at most this often.
 _CHANGE_CHECK_SECONDS = 30.0
+_EVENT_BUFFER = 1024
 # libvirt's facts that go by digest (alike on alike hosts, and most of the bytes).
 DETAILS = frozenset({"host", "domain"})
 # Keys of the capabilities document that change without the host changing.
@@ -58,6 +67,7 @@ class Announcer:
         labels: dict[str, str],
         capabilities: Describe,
         health: Describe,
+        events: Subscribe | None = None,
     ) -> None:
         self._producer = producer
         self._settings = settings
@@ -66,6 +76,9 @@ class Announcer:
         self._labels = labels
         self._capabilities = capabilities
         self._health = health
+        self._events = events
+        # Facts may have changed since the last description (a `capabilities` event).
+        self._maybe_changed = False
         # Increases across restarts too (a reader keeps the highest).
         self._seq = time.time_ns() // 1_000_000
         self._published: str | None = None
@@ -146,7 +159,23 @@ class Announcer:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Heartbeat every interval; publish capabilities when due or changed."""
-        task_status.started()
+        async with trio.open_nursery() as nursery:
+            if self._events is not None:
+                nursery.start_soon(self._watch_changes, self._events)
+            task_status.started()
+            await self._beat_forever()
+
+    async def _watch_changes(self, events: Subscribe) -> None:
+        while True:
+            with events(buffer=_EVENT_BUFFER) as subscription:
+                async for event in subscription.receive:
+                    if event.get("type") == "capabilities":
+                        self._maybe_changed = True
+            # Fell behind a busy agent's events: one may have been a change.
+            self._maybe_changed = True
+            await trio.sleep(_CHANGE_CHECK_SECONDS)
+
+    async def _beat_forever(self) -> None:
         while True:
             try:
                 await self._tick()
@@ -165,8 +194,12 @@ class Announcer:
             self.last_published is None
             or now - self.last_published >= self._settings.capabilities_reassert_seconds
         )
-        if due or self._last_checked is None or now - self._last_checked >= _CHANGE_CHECK_SECONDS:
+        polled = self._events is None and (
+            self._last_checked is None or now - self._last_checked >= _CHANGE_CHECK_SECONDS
+        )
+        if due or polled or self._maybe_changed:
             self._last_checked = now
+            self._maybe_changed = False
             document = await self.document()
             if self._published is not None and _digest(document) != self._published:
                 # Debounced and jittered: a fleet-wide change does not arrive as one burst.

@@ -40,9 +40,11 @@ log = structlog.get_logger("agent.transports.kafka")
 # How long a revocation waits for records in the agent's hands to become durable,
 # so that the next owner of the partition does not read them again.
 _REVOKE_WAIT_SECONDS = 10.0
-# How long the thread waits in consume(): it returns as soon as records arrive,
-# so this bounds only how late it sees a store, a withhold or a cancel.
-_POLL_SECONDS = 0.5
+# How long the idle thread waits in poll() (which returns at the first record;
+# consume() would wait out its whole timeout): this bounds only how late it sees a
+# store, a withhold or a cancel. While records are held it looks much sooner.
+_POLL_SECONDS = 1.0
+_HELD_POLL_SECONDS = 0.05
 # Idle cost: a fetch waits this long at the broker when there is nothing to read.
 FETCH_WAIT_MS = 10_000
 # Group members (pools) heartbeat this often; the session outlives three misses.
@@ -328,7 +330,7 @@ class ConsumerThread:
                         [tp for tp in consumer.assignment() if tp.topic not in self._withheld]
                     )
                     self.paused = False
-                messages = consumer.consume(self._batch, _POLL_SECONDS)
+                messages = self._next_batch(consumer)
                 withheld = self._withheld
                 records = [
                     _record(m) for m in messages if self._usable(m) and m.topic() not in withheld
@@ -345,6 +347,13 @@ class ConsumerThread:
         finally:
             self._apply_commands(consumer)
             consumer.close()
+
+    def _next_batch(self, consumer: Consumer) -> list[Message]:
+        """The records that arrive within the poll timeout, as soon as the first does."""
+        first = consumer.poll(_HELD_POLL_SECONDS if self._held else _POLL_SECONDS)
+        if first is None:
+            return []
+        return [first, *consumer.consume(self._batch - 1, 0)] if self._batch > 1 else [first]
 
     def _usable(self, message: Message) -> bool:
         error = message.error()

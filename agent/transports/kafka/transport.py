@@ -171,6 +171,7 @@ class KafkaTransport:
             labels=self.labels,
             capabilities=intake.capabilities,
             health=intake.health,
+            events=intake.events,
         )
         self._announcer = announcer
         await self._serve(
