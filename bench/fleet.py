@@ -193,8 +193,9 @@ def topic_bytes(prefix: str) -> dict[str, int]:
     return sizes
 
 
-def rebuild(bootstrap: str, prefix: str) -> tuple[float, float, int]:
-    """A fresh `hostagent fleet --json`: seconds, peak RSS MB, hosts in its answer."""
+def rebuild(bootstrap: str, prefix: str) -> tuple[float, float, float, int]:
+    """A fresh `hostagent fleet --json`: seconds, CPU seconds, peak RSS MB, hosts in
+    its answer (CPU time is what a loaded machine does not inflate)."""
     argv = [sys.executable, "-m", "agent", "fleet", "--bootstrap", bootstrap,
             "--topic-prefix", prefix, "--json", "--timeout", "300"]  # fmt: skip
     with tempfile.TemporaryFile() as out:
@@ -206,7 +207,8 @@ def rebuild(bootstrap: str, prefix: str) -> tuple[float, float, int]:
         if process.returncode != 0:
             raise SystemExit(f"hostagent fleet failed: exit {process.returncode}")
         out.seek(0)
-        return seconds, usage.ru_maxrss / 1024, len(json.load(out))
+        cpu = usage.ru_utime + usage.ru_stime
+        return seconds, cpu, usage.ru_maxrss / 1024, len(json.load(out))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -340,6 +342,34 @@ def latency(bootstrap: str, prefix: str, jobs: int = 30) -> None:
     )
 
 
+def host_topics(bootstrap: str, broker_pid: int, count: int) -> None:
+    """`count` per-host job topics (one partition each, the agent's layout): creation
+    time, broker RSS, and what an agent's metadata request costs with them there."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    rss0 = rss_mb(broker_pid)
+    began = time.monotonic()
+    names = [f"bench-topics.host.sim-{i:06d}.jobs" for i in range(count)]
+    for start in range(0, count, 500):
+        wanted = [NewTopic(name, num_partitions=1) for name in names[start : start + 500]]
+        for future in admin.create_topics(wanted, operation_timeout=120).values():
+            future.result(timeout=180)
+    created = time.monotonic() - began
+    time.sleep(5)
+    rss1 = rss_mb(broker_pid)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-topics"})
+    began = time.monotonic()
+    consumer.list_topics(names[-1], timeout=30)
+    one = time.monotonic() - began
+    began = time.monotonic()
+    everything = len(consumer.list_topics(timeout=120).topics)
+    full = time.monotonic() - began
+    consumer.close()
+    print(f"{count} host topics: created in {created:.1f} s ({count / created:.0f}/s); broker RSS "
+          f"{rss0:.0f} -> {rss1:.0f} MB ({(rss1 - rss0) * 1024 / count:.0f} KB/topic); an agent's "
+          f"metadata for its topic {one * 1000:.0f} ms; all {everything} topics' metadata "
+          f"{full * 1000:.0f} ms ({load()})")  # fmt: skip
+
+
 BROKER_DIR = ""
 
 
@@ -351,6 +381,7 @@ def main() -> None:
     parser.add_argument("--beats", type=int, default=2, help="heartbeats per simulated host")
     parser.add_argument("--steady", type=float, default=60.0)
     parser.add_argument("--idle", type=float, default=600.0)
+    parser.add_argument("--topics", type=int, default=0, help="also create N host topics")
     args = parser.parse_args()
     script = load_broker_script()
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
@@ -379,10 +410,11 @@ def main() -> None:
                 began = time.monotonic()
                 simulate(bootstrap, prefix, template, schemas, hosts, args.beats)
                 loaded = time.monotonic() - began
-                times = []
+                times, cpus = [], []
                 for _ in range(args.runs):
-                    seconds, rss, seen = rebuild(bootstrap, prefix)
+                    seconds, cpu, rss, seen = rebuild(bootstrap, prefix)
                     times.append(seconds)
+                    cpus.append(cpu)
                     if seen != hosts:
                         print(f"  !! the map had {seen} hosts, not {hosts}")
                 best = min(times)
@@ -393,7 +425,8 @@ def main() -> None:
                     f"{t.split('.', 1)[1]} {b / 1e6:.1f} MB" for t, b in sorted(sizes.items()) if b
                 )
                 print(f"rebuild {hosts:>7} hosts: {best:6.2f} s {mark}  runs "
-                      f"{', '.join(f'{t:.2f}' for t in times)}; peak RSS {rss:.0f} MB; "
+                      f"{', '.join(f'{t:.2f}' for t in times)}; CPU {min(cpus):.2f} s; "
+                      f"peak RSS {rss:.0f} MB; "
                       f"({load()}; loaded in {loaded:.0f} s)")  # fmt: skip
                 print(f"  on the topics: {on_topics}")
             if args.steady > 0:
@@ -412,6 +445,8 @@ def main() -> None:
                           f"RSS {rss:.0f} MB ({load()})")  # fmt: skip
             if args.idle > 0:
                 idle(bootstrap, home, args.idle)
+            if args.topics > 0:
+                host_topics(bootstrap, broker_pid, args.topics)
         finally:
             cluster.stop()
 

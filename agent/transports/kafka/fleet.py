@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import structlog
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -52,6 +53,9 @@ DECOMMISSIONED_BUT_ALIVE = "decommissioned-but-alive"
 # The fleet's size record is rewritten when the count moved by more than this.
 _SIZE_DRIFT = 0.1
 _BATCH = 5000
+# consume() waits this long unless a whole batch is there: short, so the last
+# partial batch of a topic costs little.
+_BATCH_WAIT_SECONDS = 0.1
 
 __all__ = [
     "DECOMMISSIONED_BUT_ALIVE",
@@ -174,7 +178,7 @@ def _read_latest(consumer: Consumer, topics: list[str], timeout: float) -> dict[
                 field="timeout",
                 reason="timed out before the end of " + ", ".join(sorted({t for t, _ in ends})),
             )
-        for message in consumer.consume(_BATCH, 0.5):
+        for message in consumer.consume(_BATCH, _BATCH_WAIT_SECONDS):
             topic, partition = message.topic() or "", message.partition() or 0
             error = message.error()
             if error is not None:
@@ -232,10 +236,10 @@ def _hosts(capabilities: Latest, heartbeats: Latest, fleet: Latest) -> list[Flee
     for worker_id in capabilities.keys() | heartbeats.keys():
         value, tombstoned_ms = capabilities.get(worker_id, (None, 0))
         beat_value, _ = heartbeats.get(worker_id, (None, 0))
-        beat: dict[str, Any] = json.loads(beat_value) if beat_value else {}
+        beat: dict[str, Any] = orjson.loads(beat_value) if beat_value else {}
         if value is None and not beat:
             continue  # decommissioned (or never announced) and silent: gone
-        host = _host(worker_id, json.loads(value)) if value is not None else FleetHost(worker_id)
+        host = _host(worker_id, orjson.loads(value)) if value is not None else FleetHost(worker_id)
         host.heartbeat = beat
         host.last_heartbeat = beat.get("at")
         host.interval_seconds = float(beat.get("interval_seconds", 10.0)) if beat else None
@@ -335,7 +339,7 @@ def read_schemas(
     finally:
         consumer.close()
     return {
-        digest: json.loads(value)
+        digest: orjson.loads(value)
         for digest, (value, _) in found.items()
         if digest in wanted and value is not None
     }
