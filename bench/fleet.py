@@ -193,11 +193,14 @@ def topic_bytes(prefix: str) -> dict[str, int]:
     return sizes
 
 
-def rebuild(bootstrap: str, prefix: str) -> tuple[float, float, float, int]:
-    """A fresh `hostagent fleet --json`: seconds, CPU seconds, peak RSS MB, hosts in
-    its answer (CPU time is what a loaded machine does not inflate)."""
+def rebuild(bootstrap: str, prefix: str, *, cli: bool) -> tuple[float, float, float, int]:
+    """A fresh `hostagent fleet --json` (or a fresh program's read_fleet()): seconds,
+    CPU seconds, peak RSS MB, hosts in its answer (CPU time is what a loaded
+    machine does not inflate)."""
     argv = [sys.executable, "-m", "agent", "fleet", "--bootstrap", bootstrap,
             "--topic-prefix", prefix, "--json", "--timeout", "300"]  # fmt: skip
+    if not cli:
+        argv = [sys.executable, "-c", READ_FLEET.format(bootstrap=bootstrap, prefix=prefix)]
     with tempfile.TemporaryFile() as out:
         began = time.monotonic()
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.DEVNULL)
@@ -209,6 +212,15 @@ def rebuild(bootstrap: str, prefix: str) -> tuple[float, float, float, int]:
         out.seek(0)
         cpu = usage.ru_utime + usage.ru_stime
         return seconds, cpu, usage.ru_maxrss / 1024, len(json.load(out))
+
+
+READ_FLEET = """
+import json
+from agent.transports.kafka import KafkaConfig, read_fleet
+settings = KafkaConfig(bootstrap_servers="{bootstrap}", topic_prefix="{prefix}")
+hosts = read_fleet(settings, timeout=300)
+print(json.dumps([None] * len(hosts)))
+"""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -405,30 +417,6 @@ def main() -> None:
             print(f"host record: {size} bytes (<= {RECORD_BYTES})  {verdict(size <= RECORD_BYTES)}"
                   f"  [schema sets on {schema_topic}: {len(schemas)}, "
                   f"{sum(len(v or b'') for v in schemas.values())} bytes]")  # fmt: skip
-            for hosts in [int(s) for s in args.sizes.split(",") if s]:
-                prefix = f"bench-{hosts}"
-                began = time.monotonic()
-                simulate(bootstrap, prefix, template, schemas, hosts, args.beats)
-                loaded = time.monotonic() - began
-                times, cpus = [], []
-                for _ in range(args.runs):
-                    seconds, cpu, rss, seen = rebuild(bootstrap, prefix)
-                    times.append(seconds)
-                    cpus.append(cpu)
-                    if seen != hosts:
-                        print(f"  !! the map had {seen} hosts, not {hosts}")
-                best = min(times)
-                target = REBUILD_TARGETS.get(hosts)
-                mark = f"(<= {target} s)  {verdict(best <= target)}" if target else ""
-                sizes = topic_bytes(prefix)
-                on_topics = ", ".join(
-                    f"{t.split('.', 1)[1]} {b / 1e6:.1f} MB" for t, b in sorted(sizes.items()) if b
-                )
-                print(f"rebuild {hosts:>7} hosts: {best:6.2f} s {mark}  runs "
-                      f"{', '.join(f'{t:.2f}' for t in times)}; CPU {min(cpus):.2f} s; "
-                      f"peak RSS {rss:.0f} MB; "
-                      f"({load()}; loaded in {loaded:.0f} s)")  # fmt: skip
-                print(f"  on the topics: {on_topics}")
             if args.steady > 0:
                 try:
                     from agent.transports.kafka.heartbeat import fleet_interval  # noqa: PLC0415
@@ -436,6 +424,12 @@ def main() -> None:
                     interval = 10.0
                 else:
                     interval = fleet_interval(KafkaConfig(bootstrap_servers=bootstrap), 10_000)
+                # The broker with nothing to do, for comparison (a JVM is never at 0).
+                cpu0 = cpu_seconds(broker_pid)
+                time.sleep(args.steady / 2)
+                idle_cpu = (cpu_seconds(broker_pid) - cpu0) / (args.steady / 2)
+                print(f"broker doing nothing: CPU {idle_cpu * 100:.1f}% of a core, "
+                      f"RSS {rss_mb(broker_pid):.0f} MB ({load()})")  # fmt: skip
                 for label, rate in (("rule", 10_000 / interval), ("fixed 10 s", 1000.0)):
                     cpu, rss = heartbeat_load(bootstrap, f"bench-beat-{int(rate)}", broker_pid,
                                               rate, args.steady)  # fmt: skip
@@ -443,6 +437,31 @@ def main() -> None:
                           f"interval {10_000 / rate:.0f} s) "
                           f"for {args.steady:.0f} s: broker CPU {cpu * 100:.1f}% of a core, "
                           f"RSS {rss:.0f} MB ({load()})")  # fmt: skip
+            for hosts in [int(s) for s in args.sizes.split(",") if s]:
+                prefix = f"bench-{hosts}"
+                began = time.monotonic()
+                simulate(bootstrap, prefix, template, schemas, hosts, args.beats)
+                loaded = time.monotonic() - began
+                sizes = topic_bytes(prefix)
+                on_topics = ", ".join(
+                    f"{t.split('.', 1)[1]} {b / 1e6:.1f} MB" for t, b in sorted(sizes.items()) if b
+                )
+                target = REBUILD_TARGETS.get(hosts)
+                for cli in (True, False):
+                    times, cpus = [], []
+                    for _ in range(args.runs):
+                        seconds, cpu, rss, seen = rebuild(bootstrap, prefix, cli=cli)
+                        times.append(seconds)
+                        cpus.append(cpu)
+                        if seen != hosts:
+                            print(f"  !! the map had {seen} hosts, not {hosts}")
+                    best = min(times)
+                    mark = f"(<= {target} s)  {verdict(best <= target)}" if target else ""
+                    how = "hostagent fleet --json" if cli else "read_fleet() program"
+                    print(f"rebuild {hosts:>7} hosts, fresh {how}: {best:6.2f} s {mark}  runs "
+                          f"{', '.join(f'{t:.2f}' for t in times)}; CPU {min(cpus):.2f} s; "
+                          f"peak RSS {rss:.0f} MB ({load()}; loaded {loaded:.0f} s)")  # fmt: skip
+                print(f"  on the topics: {on_topics}")
             if args.idle > 0:
                 idle(bootstrap, home, args.idle)
             if args.topics > 0:
