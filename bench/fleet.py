@@ -241,7 +241,10 @@ def heartbeat_load(
     """Heartbeats at `rate`/s for `seconds`: broker CPU (fraction of a core) and RSS MB."""
     create(bootstrap, prefix)
     topic = Topics(prefix).heartbeats
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
+    # One message per request, as from 10,000 hosts each sending its own.
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 0, "batch.num.messages": 1, "acks": "all"}
+    )
     cpu0 = cpu_seconds(broker_pid)
     began = time.monotonic()
     sent = 0
