@@ -368,10 +368,19 @@ def host_topics(bootstrap: str, broker_pid: int, count: int) -> None:
         wanted = [NewTopic(name, num_partitions=1) for name in names[start : start + 500]]
         for future in admin.create_topics(wanted, operation_timeout=120).values():
             future.result(timeout=180)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-topics"})
+    # Created means in the metadata an agent gets.
+    while True:
+        listed = consumer.list_topics(timeout=120).topics
+        there = sum(1 for name in names if name in listed and not listed[name].error)
+        if there == count or time.monotonic() - began > 600:
+            break
+        time.sleep(1)
     created = time.monotonic() - began
+    if there != count:
+        print(f"  !! only {there} of {count} topics appeared")
     time.sleep(5)
     rss1 = rss_mb(broker_pid)
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-topics"})
     began = time.monotonic()
     consumer.list_topics(names[-1], timeout=30)
     one = time.monotonic() - began
