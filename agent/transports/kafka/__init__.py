@@ -37,11 +37,17 @@ def _build(settings: KafkaConfig, services: Services) -> Transport | None:
 SPEC = TransportSpec(name="kafka", settings=KafkaConfig, build=_build)
 
 
-def read_fleet(settings: KafkaConfig, *, timeout: float = 15.0) -> list[FleetHost]:
-    """The fleet map from the compacted capabilities topic (blocking)."""
+def read_fleet(
+    settings: KafkaConfig, *, timeout: float = 15.0, schemas: bool = False
+) -> list[FleetHost]:
+    """The fleet map from the compacted capabilities topic and the heartbeats (blocking).
+
+    Each host carries worker_id, status (live, stale, decommissioned-but-alive),
+    reason and last_heartbeat; `schemas` resolves its operation schemas by digest.
+    """
     from agent.transports.kafka.fleet import read_fleet as read  # noqa: PLC0415 (librdkafka)
 
-    return read(settings, timeout=timeout)
+    return read(settings, timeout=timeout, schemas=schemas)
 
 
 __all__ = ["SPEC", "KafkaConfig", "Selector", "Topics", "read_fleet"]

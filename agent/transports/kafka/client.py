@@ -16,7 +16,9 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.errors import UnavailableError
+from agent.jobs import utc_now
 from agent.transports.kafka.events import TERMINAL
+from agent.transports.kafka.heartbeat import decommission_key
 from agent.transports.kafka.settings import KafkaConfig
 from agent.transports.kafka.signing import sign
 from agent.transports.kafka.topics import Topics
@@ -200,8 +202,11 @@ class EventWatcher:
 
 
 def decommission(settings: KafkaConfig, worker_id: str) -> None:
-    """Remove a host from the fleet map: tombstones for its capabilities and heartbeat."""
+    """Remove a host from the fleet map: tombstones for its capabilities and heartbeat,
+    and a marker on <prefix>.fleet that tells a still-running agent to take no more
+    fleet jobs (README, "Fleet")."""
     topics = Topics(settings.topic_prefix)
+    marker = json.dumps({"worker_id": worker_id, "at": utc_now()}).encode()
     producer = Producer({"enable.idempotence": True, "acks": "all", **settings.client_config()})
     failures: list[str] = []
 
@@ -211,6 +216,9 @@ def decommission(settings: KafkaConfig, worker_id: str) -> None:
 
     for topic in (topics.capabilities, topics.heartbeats):
         producer.produce(topic, value=None, key=worker_id, on_delivery=delivered)
+    producer.produce(
+        topics.fleet, value=marker, key=decommission_key(worker_id), on_delivery=delivered
+    )
     if producer.flush(30) or failures:
         raise UnavailableError(
             f"Kafka did not take the decommission of {worker_id}",

@@ -7,6 +7,13 @@ resumes once the held batch is taken. Offsets come back through a queue and
 are stored only then: with `enable.auto.offset.store=false`, auto-commit
 commits just what the agent made durable. Concurrent poll and close from two
 threads can hang librdkafka (#2333), hence a single owner.
+
+A consumer whose topics have one reader (a host's job topic, the broadcast
+topic as this agent reads it, the fleet records) takes every partition by
+`assign()` instead of joining a group: the group then only keeps its offsets,
+and an idle agent sends no group heartbeats. Fetches wait seconds at the broker
+(it answers as soon as data arrives) and prefetch is bounded, so an idle
+consumer costs the brokers a request every FETCH_WAIT_MS.
 """
 
 from __future__ import annotations
@@ -19,14 +26,36 @@ from typing import Any
 
 import structlog
 import trio
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 log = structlog.get_logger("agent.transports.kafka")
 
 # How long a revocation waits for records in the agent's hands to become durable,
 # so that the next owner of the partition does not read them again.
 _REVOKE_WAIT_SECONDS = 10.0
-_POLL_SECONDS = 0.1
+# How long the idle thread waits in poll() (which returns at the first record;
+# consume() would wait out its whole timeout): this bounds only how late it sees a
+# store, a withhold or a cancel. While records are held it looks much sooner.
+_POLL_SECONDS = 1.0
+_HELD_POLL_SECONDS = 0.05
+# Idle cost: a fetch waits this long at the broker when there is nothing to read.
+FETCH_WAIT_MS = 10_000
+# Group members (pools) heartbeat this often; the session outlives three misses.
+_GROUP_HEARTBEAT_MS = 10_000
+_SESSION_TIMEOUT_MS = 45_000
+IDLE_CONSUMER: dict[str, Any] = {
+    "fetch.wait.max.ms": FETCH_WAIT_MS,
+    # Prefetch bounded to a few MiB per consumer instead of librdkafka's 64 MiB.
+    "queued.max.messages.kbytes": 4096,
+    "fetch.max.bytes": 4 * 1024 * 1024,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,23 +103,45 @@ class ConsumerThread:
         group_id: str,
         instance_id: str,
         batch: int,
+        assign: bool = False,
+        from_beginning: Sequence[str] = (),
+        legacy_groups: dict[str, str] | None = None,
     ) -> None:
+        """`assign`: take every partition of `topics` (one reader) instead of joining
+        `group_id`, which then only keeps offsets; `from_beginning` topics are read
+        whole at each start; `legacy_groups` (topic -> group) names where a topic's
+        offsets were kept before, read once when `group_id` has none for it."""
         self.topics = list(topics)
         self.group_id = group_id
         self._batch = batch
+        self._assign = assign
+        self._from_beginning = set(from_beginning)
+        self._legacy_groups = dict(legacy_groups or {})
         self._config: dict[str, Any] = {
             "group.id": group_id,
-            # Static membership: a restart within session.timeout.ms takes its
-            # partitions back without a rebalance of the whole group.
-            "group.instance.id": instance_id,
-            "partition.assignment.strategy": "cooperative-sticky",
             "enable.auto.offset.store": False,
             "enable.auto.commit": True,
             "auto.commit.interval.ms": 1000,
             "auto.offset.reset": "earliest",
             "error_cb": self._on_error,
+            **IDLE_CONSUMER,
             **client_config,
         }
+        if not assign:
+            session = int(client_config.get("session.timeout.ms", _SESSION_TIMEOUT_MS))
+            self._config = {
+                # Static membership: a restart within session.timeout.ms takes its
+                # partitions back without a rebalance of the whole group.
+                "group.instance.id": instance_id,
+                "partition.assignment.strategy": "cooperative-sticky",
+                # Three heartbeats per session, however short a site makes it.
+                "heartbeat.interval.ms": min(_GROUP_HEARTBEAT_MS, session // 3),
+                "session.timeout.ms": session,
+                **self._config,
+            }
+        # Topics whose records are no longer wanted (set from trio's thread).
+        self._withheld: frozenset[str] = frozenset()
+        self._paused_withheld: frozenset[str] = frozenset()
         self._commands: queue.SimpleQueue[list[TopicPartition]] = queue.SimpleQueue()
         # Next offset handed to the agent, and next offset stored, per partition.
         self._handed: dict[tuple[str, int], int] = {}
@@ -105,6 +156,10 @@ class ConsumerThread:
         # Health follows the producer (it sends a heartbeat every interval, so it
         # notices the brokers coming back); this is kept for the health figures.
         self.last_error = error.str()
+
+    def withhold(self, topics: Sequence[str]) -> None:
+        """Stop fetching `topics` (their records stay for the next start). Thread-safe."""
+        self._withheld = frozenset(topics)
 
     def store(self, records: Sequence[Record]) -> None:
         """Mark `records` done (durable, duplicate or rejected): their offsets may commit.
@@ -190,22 +245,96 @@ class ConsumerThread:
             self._handed.pop(tp, None)
             self._stored.pop(tp, None)
 
-    def _loop(self, channel: trio.MemorySendChannel[list[Record]]) -> None:
+    def _assignment(self, consumer: Consumer) -> list[TopicPartition]:
+        """Every partition of our topics, at its committed offset (or the start)."""
+        while True:
+            trio.from_thread.check_cancelled()
+            try:
+                partitions = [
+                    TopicPartition(topic, partition)
+                    for topic in self.topics
+                    for partition in sorted(
+                        consumer.list_topics(topic, timeout=10).topics[topic].partitions
+                    )
+                ]
+                committed = consumer.committed(partitions, timeout=10)
+            except (KafkaException, KeyError) as exc:
+                log.warning("kafka.assign_waiting", group=self.group_id, error=str(exc))
+                time.sleep(2)
+                continue
+            if partitions:
+                break
+            time.sleep(2)
+        for tp in committed:
+            if tp.topic in self._from_beginning:
+                tp.offset = OFFSET_BEGINNING
+        self._adopt_legacy_offsets(committed)
+        return committed
+
+    def _adopt_legacy_offsets(self, committed: list[TopicPartition]) -> None:
+        """Offsets a topic had under its former group, when ours has none for it."""
+        missing: dict[str, list[TopicPartition]] = {}
+        for tp in committed:
+            if tp.offset < 0 and tp.topic in self._legacy_groups and tp.offset != OFFSET_BEGINNING:
+                missing.setdefault(self._legacy_groups[tp.topic], []).append(tp)
+        for group, partitions in missing.items():
+            former = Consumer({**self._config, "group.id": group})
+            try:
+                found = former.committed(
+                    [TopicPartition(tp.topic, tp.partition) for tp in partitions], timeout=10
+                )
+            except KafkaException as exc:
+                log.warning("kafka.legacy_offsets_unread", group=group, error=str(exc))
+                continue
+            finally:
+                former.close()
+            offsets = {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
+            for tp in partitions:
+                tp.offset = offsets.get((tp.topic, tp.partition), tp.offset)
+            if offsets:
+                log.info("kafka.legacy_offsets_adopted", group=group, partitions=len(offsets))
+
+    def _open(self) -> Consumer:
         consumer = Consumer(self._config)
-        consumer.subscribe(
-            self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
-        )
+        if not self._assign:
+            consumer.subscribe(
+                self.topics,
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
+            )
+            return consumer
+        partitions = self._assignment(consumer)
+        consumer.assign(partitions)
+        self.assigned = [(tp.topic, tp.partition) for tp in partitions]
+        log.info("kafka.assigned", group=self.group_id, partitions=_names(partitions))
+        return consumer
+
+    def _apply_withhold(self, consumer: Consumer) -> None:
+        withheld = self._withheld
+        if withheld != self._paused_withheld:
+            consumer.pause([tp for tp in consumer.assignment() if tp.topic in withheld])
+            self._paused_withheld = withheld
+
+    def _loop(self, channel: trio.MemorySendChannel[list[Record]]) -> None:
+        consumer = self._open()
         try:
             while True:
                 trio.from_thread.check_cancelled()
                 self._apply_commands(consumer)
+                self._apply_withhold(consumer)
                 if self._held and self._hand_over(channel, self._held):
                     self._held = []
                 if not self._held and self.paused:
-                    consumer.resume(consumer.assignment())
+                    consumer.resume(
+                        [tp for tp in consumer.assignment() if tp.topic not in self._withheld]
+                    )
                     self.paused = False
-                messages = consumer.consume(self._batch, _POLL_SECONDS)
-                records = [_record(m) for m in messages if self._usable(m)]
+                messages = self._next_batch(consumer)
+                withheld = self._withheld
+                records = [
+                    _record(m) for m in messages if self._usable(m) and m.topic() not in withheld
+                ]
                 if not records:
                     continue
                 if self._held or not self._hand_over(channel, records):
@@ -218,6 +347,13 @@ class ConsumerThread:
         finally:
             self._apply_commands(consumer)
             consumer.close()
+
+    def _next_batch(self, consumer: Consumer) -> list[Message]:
+        """The records that arrive within the poll timeout, as soon as the first does."""
+        first = consumer.poll(_HELD_POLL_SECONDS if self._held else _POLL_SECONDS)
+        if first is None:
+            return []
+        return [first, *consumer.consume(self._batch - 1, 0)] if self._batch > 1 else [first]
 
     def _usable(self, message: Message) -> bool:
         error = message.error()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from agent.errors import ConflictError, UnreachableError, UsageError
 from agent.transports.kafka.fleet import FleetHost
@@ -22,22 +21,10 @@ def is_live(host: FleetHost) -> bool:
     return not host.stale
 
 
-def heartbeat_age(host: FleetHost, now: datetime | None = None) -> float | None:
-    """Seconds since the host's last heartbeat (None: it never sent one)."""
-    if not host.last_heartbeat:
-        return None
-    try:
-        at = datetime.fromisoformat(host.last_heartbeat.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return ((now or datetime.now(UTC)) - at).total_seconds()
-
-
 def describe(host: FleetHost) -> str:
-    """`a (stale, last heartbeat 42 s ago)`: a host as a refusal names it."""
-    age = heartbeat_age(host)
-    when = "no heartbeat" if age is None else f"last heartbeat {age:.0f} s ago"
-    return f"{host.worker_id} ({'live' if is_live(host) else 'stale'}, {when})"
+    """`a (stale: last heartbeat 42 s ago; ...)`: a host as a refusal names it (the map's
+    own status and reason, so the CLI and `fleet` never disagree)."""
+    return f"{host.worker_id} ({host.status}: {host.reason})"
 
 
 def nearest(name: str, names: Iterable[str], n: int = 3) -> list[str]:

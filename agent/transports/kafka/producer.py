@@ -30,6 +30,7 @@ _UNREACHABLE = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError.
 _TRY_AGAIN = {*_UNREACHABLE, KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT}
 # Shutdown waits this long for messages still queued (the outbox re-sends the rest).
 _FLUSH_SECONDS = 5.0
+_POLL_SECONDS = 1.0
 
 
 def refused(error: KafkaError) -> bool:
@@ -124,7 +125,9 @@ class EventProducer:
         try:
             while True:
                 trio.from_thread.check_cancelled()
-                self._producer.poll(0.1)
+                # Returns as soon as a delivery report is served; the timeout only
+                # bounds how late a cancel is seen (an idle agent wakes once a second).
+                self._producer.poll(_POLL_SECONDS)
         finally:
             left = self._producer.flush(_FLUSH_SECONDS)
             if left:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, Literal
 
@@ -77,7 +78,10 @@ class KafkaConfig(Section):
     create_topics: bool = Field(default=True, json_schema_extra=RESTART)
     partitions: int = Field(default=6, ge=1, json_schema_extra=RESTART)
     replication_factor: int = Field(default=-1, ge=-1, json_schema_extra=RESTART)
+    # The shortest heartbeat interval: it grows with the fleet so that the whole
+    # fleet sends at most max_heartbeats_per_second (README, "Fleet").
     heartbeat_interval_seconds: float = Field(default=10.0, gt=0, json_schema_extra=RESTART)
+    max_heartbeats_per_second: float = Field(default=200.0, gt=0, json_schema_extra=RESTART)
     # The capabilities record is re-asserted this often even when nothing changed,
     # and a change is published after this debounce plus up to as much again of jitter.
     capabilities_reassert_seconds: float = Field(default=600.0, gt=0, json_schema_extra=RESTART)
@@ -104,6 +108,8 @@ class KafkaConfig(Section):
         """Connection settings shared by every client the transport makes."""
         config: dict[str, Any] = {
             "logger": LIBRDKAFKA_LOG,
+            # Called only when librdkafka's statistics.interval.ms is set (bench/fleet.py).
+            "stats_cb": _log_statistics,
             "bootstrap.servers": self.bootstrap_servers,
             "security.protocol": self.security_protocol,
         }
@@ -138,3 +144,17 @@ class _LibrdkafkaLog:
 
 
 LIBRDKAFKA_LOG = _LibrdkafkaLog()
+_stats_log = structlog.get_logger("agent.transports.kafka")
+
+
+def _log_statistics(text: str) -> None:
+    """librdkafka's totals for one client (requests and bytes to and from the brokers)."""
+    stats = json.loads(text)
+    _stats_log.info(
+        "kafka.statistics",
+        client=stats.get("name"),
+        tx=stats.get("tx", 0),
+        txbytes=stats.get("tx_bytes", 0),
+        rx=stats.get("rx", 0),
+        rxbytes=stats.get("rx_bytes", 0),
+    )

@@ -61,6 +61,16 @@ class Topics:
     def heartbeats(self) -> str:
         return f"{self.prefix}.heartbeats"
 
+    @property
+    def schemas(self) -> str:
+        """Operation schema sets, compacted, key = their digest (README, "Fleet")."""
+        return f"{self.prefix}.schemas"
+
+    @property
+    def fleet(self) -> str:
+        """Small fleet-wide records, compacted: the fleet's size, decommission markers."""
+        return f"{self.prefix}.fleet"
+
     def kind(self, topic: str) -> str:
         """'host', 'pool' or 'broadcast': how a job topic addresses its agents."""
         if topic == self.broadcast:

@@ -1,7 +1,9 @@
 """The Kafka transport: jobs in from host, pool and broadcast topics; events out.
 
-One consumer (and group) per kind of job topic, each owned by its thread; one
-idempotent producer for events, capabilities and heartbeats. Events come from
+One consumer reads what this agent alone reads (its host topic, the broadcast
+topic, the fleet records) by assignment, with no group traffic; one consumer
+per pool is a member of the pool's group; each is owned by its thread. One
+idempotent producer sends events, capabilities and heartbeats. Events come from
 the durable outbox, so a broker outage or a crash delays them and loses none.
 The agent never exits because of Kafka: while no broker answers, the
 transport retries and its health component says degraded.
@@ -25,7 +27,8 @@ from agent.jobs import OutboxEntry, utc_now
 from agent.transports.kafka.announce import Announcer
 from agent.transports.kafka.consumer import ConsumerThread, Record
 from agent.transports.kafka.events import TERMINAL, EventType, ProgressGate, event_value
-from agent.transports.kafka.intake import TRANSPORT, Examiner
+from agent.transports.kafka.heartbeat import SIZE_KEY, decommission_key
+from agent.transports.kafka.intake import TRANSPORT, Examiner, Sorted
 from agent.transports.kafka.producer import Delivery, EventProducer, Outgoing, refused
 from agent.transports.kafka.settings import KafkaConfig
 from agent.transports.kafka.signing import TrustedKey, Verifier, load_public_key
@@ -46,8 +49,11 @@ _PARKED_KEPT = 10
 _BATCHES_IN_FLIGHT = 16
 # How often a full pending queue is looked at again.
 _ROOM_POLL_SECONDS = 0.05
-# Heartbeats are only interesting for a few intervals; capabilities are compacted.
+# Heartbeats are only interesting for a few intervals (compacted too, so a reader
+# finds about one per host plus the last minute's); capabilities are compacted.
 _HEARTBEAT_RETENTION_MS = "600000"
+# A tombstone stays this long: a full read of the map (seconds) always sees it.
+_TOMBSTONE_RETENTION_MS = "86400000"
 
 
 class KafkaTransport:
@@ -85,18 +91,17 @@ class KafkaTransport:
         self.labels = {**labels, **settings.selector_labels}
         self.topics = Topics(settings.topic_prefix)
         # Checks that worker_id and pools make legal topic names before anything starts.
-        self._consumed = {
-            "host": ([self.topics.host(worker_id)], self.topics.host_group(worker_id)),
-            "broadcast": ([self.topics.broadcast], self.topics.broadcast_group(worker_id)),
-            **{
-                f"pool:{pool}": ([self.topics.pool(pool)], self.topics.pool_group(pool))
-                for pool in settings.pools
-            },
-        }
+        self._own_topics = [self.topics.host(worker_id), self.topics.broadcast]
+        self._pools = {pool: self.topics.pool(pool) for pool in settings.pools}
         self.producer: EventProducer | None = None
         self.consumers: list[ConsumerThread] = []
         self.topics_ready = False
         self._gate = ProgressGate(settings.progress_interval_seconds)
+        # Decommission markers older than this process are for an earlier life of it.
+        self._started_ms = int(time.time() * 1000)
+        self.decommissioned_at: str | None = None
+        self._announcer: Announcer | None = None
+        self._pool_scopes: list[trio.CancelScope] = []
 
     def features(self) -> list[str]:
         return ["kafka"]
@@ -114,6 +119,17 @@ class KafkaTransport:
         }
         if self.parked:
             figures["last_parked"] = self.parked[-1]
+        if self._announcer is not None:
+            figures["heartbeat_interval_seconds"] = round(self._announcer.interval, 1)
+            figures["fleet_hosts"] = self._announcer.fleet_hosts
+        if self.decommissioned_at is not None:
+            figures["decommissioned_at"] = self.decommissioned_at
+            return (
+                "degraded",
+                f"decommissioned from the fleet at {self.decommissioned_at}: takes no fleet "
+                "jobs (restart the agent to rejoin)",
+                figures,
+            )
         if producer is None:
             return "degraded", "starting", figures
         figures["unsent_messages"] = producer.queued
@@ -155,7 +171,9 @@ class KafkaTransport:
             labels=self.labels,
             capabilities=intake.capabilities,
             health=intake.health,
+            events=intake.events,
         )
+        self._announcer = announcer
         await self._serve(
             intake,
             producer,
@@ -184,20 +202,50 @@ class KafkaTransport:
                 await self._ensure_topics(config)
             self.topics_ready = True
             nursery.start_soon(announcer.run)
-            for kind, (topics, group) in self._consumed.items():
+            own = ConsumerThread(
+                config,
+                topics=[*self._own_topics, self.topics.fleet],
+                group_id=self.topics.host_group(self.worker_id),
+                instance_id=self.worker_id,
+                batch=self.settings.intake_batch,
+                assign=True,
+                from_beginning=[self.topics.fleet],
+                # Before one consumer read both, broadcast offsets had a group of their own.
+                legacy_groups={self.topics.broadcast: self.topics.broadcast_group(self.worker_id)},
+            )
+            await self._consume(nursery, intake, examiner, own)
+            for pool, topic in self._pools.items():
                 consumer = ConsumerThread(
                     config,
-                    topics=topics,
-                    group_id=group,
+                    topics=[topic],
+                    group_id=self.topics.pool_group(pool),
                     instance_id=self.worker_id,
                     batch=self.settings.intake_batch,
                 )
-                self.consumers.append(consumer)
-                send, receive = trio.open_memory_channel[list[Record]](1)
-                await nursery.start(consumer.run, send)
-                nursery.start_soon(
-                    self._take, intake, examiner, consumer, receive, kind.partition(":")[0]
-                )
+                scope = trio.CancelScope()
+                self._pool_scopes.append(scope)
+                await self._consume(nursery, intake, examiner, consumer, scope=scope)
+
+    async def _consume(
+        self,
+        nursery: trio.Nursery,
+        intake: TransportIntake,
+        examiner: Examiner,
+        consumer: ConsumerThread,
+        *,
+        scope: trio.CancelScope | None = None,
+    ) -> None:
+        self.consumers.append(consumer)
+        send, receive = trio.open_memory_channel[list[Record]](1)
+
+        async def run(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            with scope or trio.CancelScope():
+                async with trio.open_nursery() as inner:
+                    await inner.start(consumer.run, send)
+                    task_status.started()
+                    await self._take(intake, examiner, consumer, receive)
+
+        await nursery.start(run)
 
     async def _take(
         self,
@@ -205,33 +253,81 @@ class KafkaTransport:
         examiner: Examiner,
         consumer: ConsumerThread,
         receive: trio.MemoryReceiveChannel[list[Record]],
-        kind: str,
     ) -> None:
         """Make each batch durable (or answered), then let its offsets commit."""
-        async for records in receive:
-            while True:
-                try:
-                    sorted_ = await examiner.sort(intake, records, kind)
-                except DrainingError:
-                    # Nothing was recorded and nothing is committed: the next start (or
-                    # another member of the group) reads these records again.
-                    await trio.sleep_forever()
-                except RefusedForNowError:
-                    # Another transport took the room wait_for_room saw, or the disk is full.
-                    # Meanwhile the consumer pauses (this channel is full) and keeps its group seat.
-                    await trio.sleep(_ROOM_POLL_SECONDS)
-                    continue
-                except Exception:
-                    # Not a record's doing (each record's failures end in its rejection):
-                    # the store, or a bug. Nothing is committed; the batch is tried again
-                    # (what went in is a duplicate then) and the agent lives.
-                    log.exception("kafka.batch_failed", records=len(records))
-                    await trio.sleep(_RETRY_SECONDS)
-                    continue
-                break
-            assert self.producer is not None
-            await self._settle(self.producer, sorted_.events)
-            consumer.store(records)
+        async for batch in receive:
+            by_kind: dict[str, list[Record]] = {}
+            for record in batch:
+                if record.topic == self.topics.fleet:
+                    self._fleet_record(record)
+                else:
+                    by_kind.setdefault(self.topics.kind(record.topic), []).append(record)
+            if self.decommissioned_at is not None:
+                # Not stored: these jobs wait on their topic for the host to rejoin.
+                continue
+            for kind, records in by_kind.items():
+                sorted_ = await self._sort(intake, examiner, records, kind)
+                assert self.producer is not None
+                await self._settle(self.producer, sorted_.events)
+            consumer.store(batch)
+
+    @staticmethod
+    async def _sort(
+        intake: TransportIntake, examiner: Examiner, records: list[Record], kind: str
+    ) -> Sorted:
+        """The records of one kind of topic made durable (or answered), tried until they are."""
+        while True:
+            try:
+                return await examiner.sort(intake, records, kind)
+            except DrainingError:
+                # Nothing was recorded and nothing is committed: the next start (or
+                # another member of the group) reads these records again.
+                await trio.sleep_forever()
+            except RefusedForNowError:
+                # Another transport took the room wait_for_room saw, or the disk is full.
+                # Meanwhile the consumer pauses (this channel is full) and keeps its group seat.
+                await trio.sleep(_ROOM_POLL_SECONDS)
+            except Exception:
+                # Not a record's doing (each record's failures end in its rejection):
+                # the store, or a bug. Nothing is committed; the batch is tried again
+                # (what went in is a duplicate then) and the agent lives.
+                log.exception("kafka.batch_failed", records=len(records))
+                await trio.sleep(_RETRY_SECONDS)
+
+    def _fleet_record(self, record: Record) -> None:
+        """A record of <prefix>.fleet: the fleet's size, or a decommission marker."""
+        key = (record.key or b"").decode(errors="replace")
+        try:
+            value = json.loads(record.value) if record.value else None
+        except ValueError:
+            log.warning("kafka.fleet_record_unreadable", key=key, offset=record.offset)
+            return
+        if not isinstance(value, dict):
+            return
+        if key == SIZE_KEY and isinstance(value.get("hosts"), int) and self._announcer:
+            self._announcer.fleet_hosts = value["hosts"]
+            log.info("kafka.fleet_size", hosts=value["hosts"], interval=self._announcer.interval)
+        elif key == decommission_key(self.worker_id) and record.timestamp_ms > self._started_ms:
+            self._decommissioned(str(value.get("at") or utc_now()))
+
+    def _decommissioned(self, at: str) -> None:
+        """The fleet removed this running host: take no more fleet jobs, say so, go on
+        heartbeating (the map shows it as decommissioned-but-alive)."""
+        if self.decommissioned_at is not None:
+            return
+        self.decommissioned_at = at
+        if self._announcer is not None:
+            self._announcer.decommissioned_at = at
+        for consumer in self.consumers:
+            consumer.withhold(self._own_topics)
+        for scope in self._pool_scopes:
+            scope.cancel()  # leaves the pools' groups: their jobs go to the other members
+        log.warning(
+            "kafka.decommissioned",
+            at=at,
+            reason="the fleet removed this host while it runs: it takes no fleet jobs "
+            "until restarted; local jobs go on",
+        )
 
     async def _settle(
         self, producer: EventProducer, messages: list[Outgoing], delivery: Delivery | None = None
@@ -354,29 +450,15 @@ class KafkaTransport:
         """Create the topics this agent uses (existing ones are left as they are)."""
         partitions, replicas = self.settings.partitions, self.settings.replication_factor
         wanted = [
-            NewTopic(topic, num_partitions=partitions, replication_factor=replicas)
-            for topics, _group in self._consumed.values()
-            for topic in topics
-        ]
-        wanted += [
-            NewTopic(self.topics.events, num_partitions=partitions, replication_factor=replicas),
-            NewTopic(
-                self.topics.capabilities,
-                num_partitions=1,
-                replication_factor=replicas,
-                config={
-                    "cleanup.policy": "compact",
-                    "segment.ms": "3600000",
-                    "min.cleanable.dirty.ratio": "0.1",
-                },
-            ),
-            NewTopic(
-                self.topics.heartbeats,
-                num_partitions=1,
-                replication_factor=replicas,
-                config={"retention.ms": _HEARTBEAT_RETENTION_MS, "segment.ms": "60000"},
-            ),
-        ]
+            # One reader: more partitions would only cost every fetch more bytes.
+            NewTopic(self.topics.host(self.worker_id), num_partitions=1,
+                     replication_factor=replicas),
+            NewTopic(self.topics.broadcast, num_partitions=partitions,
+                     replication_factor=replicas),
+            *(NewTopic(topic, num_partitions=partitions, replication_factor=replicas)
+              for topic in self._pools.values()),
+            *fleet_topics(self.settings),
+        ]  # fmt: skip
         admin = AdminClient(config)
         while True:
             missing = await trio.to_thread.run_sync(_create_topics, admin, wanted)
@@ -384,6 +466,33 @@ class KafkaTransport:
                 return
             log.warning("kafka.topics_not_created", topics=missing)
             await trio.sleep(_RETRY_SECONDS)
+
+
+def fleet_topics(settings: KafkaConfig) -> list[NewTopic]:
+    """The topics every agent shares: job events and the fleet map's four."""
+    topics = Topics(settings.topic_prefix)
+    replicas = settings.replication_factor
+    compacted = {
+        "cleanup.policy": "compact",
+        "segment.ms": "3600000",
+        "min.cleanable.dirty.ratio": "0.1",
+        "delete.retention.ms": _TOMBSTONE_RETENTION_MS,
+    }
+    return [
+        NewTopic(topics.events, num_partitions=settings.partitions, replication_factor=replicas),
+        NewTopic(topics.capabilities, num_partitions=1, replication_factor=replicas,
+                 config=compacted),
+        NewTopic(topics.schemas, num_partitions=1, replication_factor=replicas,
+                 config=compacted),
+        # The broker's clock stamps a decommission marker, which an agent compares
+        # with its own start.
+        NewTopic(topics.fleet, num_partitions=1, replication_factor=replicas,
+                 config={**compacted, "message.timestamp.type": "LogAppendTime"}),
+        NewTopic(topics.heartbeats, num_partitions=1, replication_factor=replicas,
+                 config={"cleanup.policy": "compact,delete", "retention.ms":
+                         _HEARTBEAT_RETENTION_MS, "segment.ms": "60000",
+                         "min.cleanable.dirty.ratio": "0.1"}),
+    ]  # fmt: skip
 
 
 def _create_topics(admin: AdminClient, wanted: list[NewTopic]) -> list[str]:

@@ -1,0 +1,486 @@
+"""A simulated fleet on a real broker: the host record, the map's rebuild, the
+heartbeat load, and what one idle agent costs the brokers.
+
+1. A real agent (Kafka configured) publishes its capabilities record; its size
+   is the host record's bytes (target <= 2 KB).
+2. For each --sizes N: N simulated hosts (the real record copied, with distinct
+   worker_ids and facts; the schema set copied when the record names one by
+   digest) and --beats heartbeats each go on a topic prefix of their own; a
+   fresh `hostagent fleet --json` process rebuilds the map (wall time, peak RSS,
+   hosts it saw). Targets: <= 2 s at 10k, <= 15 s at 100k. Bytes on the topics.
+3. The steady heartbeat rate of a 10,000-host fleet (the rule of the agent's
+   heartbeat interval) for --steady seconds: broker CPU and RSS, beside the
+   fixed 10-second interval of before.
+4. One idle agent with Kafka (librdkafka statistics) beside one without, for
+   --idle seconds: bytes/s and requests/s to the brokers (<= 100 B/s, <= 0.5
+   req/s), CPU seconds of each; then a host job's produce -> running p50 (<= 50 ms).
+
+The load average is printed with each figure (the machine is shared).
+Usage: python bench/fleet.py [--sizes 1000,10000,100000] [--idle 600] [--steady 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.machinery
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+# Run as a script, bench/ would come first on the path and its http.py would
+# shadow the standard library's `http` package.
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+
+from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
+from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+
+from agent.transports.kafka import KafkaConfig  # noqa: E402
+from agent.transports.kafka.client import EventWatcher  # noqa: E402
+from agent.transports.kafka.topics import Topics  # noqa: E402
+from tests.agentproc import AgentProcess  # noqa: E402
+from tests.transports.kafka.fleetkit import echo, kafka_agent, signed_headers  # noqa: E402
+
+REBUILD_TARGETS = {10_000: 2.0, 100_000: 15.0}
+RECORD_BYTES = 2048
+
+
+def verdict(ok: bool) -> str:
+    return "MET" if ok else "MISSED"
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load {one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def load_broker_script() -> Any:
+    loader = importlib.machinery.SourceFileLoader(
+        "kafka_broker_script", str(ROOT / "scripts/kafka-broker")
+    )
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[loader.name] = module
+    loader.exec_module(module)
+    return module
+
+
+def latest(bootstrap: str, topic: str) -> dict[bytes, bytes | None]:
+    """key -> latest value of a topic (blocking, up to its end now)."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "bench", "enable.auto.commit": False}
+    )
+    found: dict[bytes, bytes | None] = {}
+    try:
+        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            return found
+        ends = {}
+        for p in metadata.partitions:
+            _low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high:
+                ends[p] = high
+        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+        while ends:
+            for message in consumer.consume(1000, 1.0):
+                if message.error() is not None:
+                    continue
+                found[message.key() or b""] = message.value()
+                if message.offset() + 1 >= ends.get(message.partition(), 1 << 62):
+                    ends.pop(message.partition(), None)
+    finally:
+        consumer.close()
+    return found
+
+
+def wait_for_record(bootstrap: str, prefix: str, worker_id: str) -> dict[str, Any]:
+    topics = Topics(prefix)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        value = latest(bootstrap, topics.capabilities).get(worker_id.encode())
+        if value:
+            return dict(json.loads(value))
+        time.sleep(1)
+    raise SystemExit("the real agent published no capabilities record")
+
+
+def create(bootstrap: str, prefix: str) -> None:
+    """The fleet topics as an agent creates them."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    try:
+        from agent.transports.kafka.transport import fleet_topics  # noqa: PLC0415
+    except ImportError:  # before: only the topics the map needs, as the agent made them
+        topics = Topics(prefix)
+        wanted = [
+            NewTopic(topics.capabilities, num_partitions=1, config={"cleanup.policy": "compact"}),
+            NewTopic(topics.heartbeats, num_partitions=1),
+        ]
+    else:
+        wanted = fleet_topics(KafkaConfig(bootstrap_servers=bootstrap, topic_prefix=prefix))
+    for future in admin.create_topics(wanted, operation_timeout=30).values():
+        future.result(timeout=60)
+
+
+def simulate(  # noqa: PLR0917 (a script's one call)
+    bootstrap: str,
+    prefix: str,
+    template: dict[str, Any],
+    schemas: dict[bytes, bytes | None],
+    hosts: int,
+    beats: int,
+) -> None:
+    """`hosts` copies of `template` and `beats` heartbeats each, under `prefix`."""
+    topics = Topics(prefix)
+    create(bootstrap, prefix)
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 50, "batch.size": 1_000_000,
+         "queue.buffering.max.messages": 200_000, "acks": "all"}
+    )  # fmt: skip
+
+    def produce(topic: str, key: str | bytes, value: bytes) -> None:
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value)
+            except BufferError:
+                producer.poll(0.1)
+            else:
+                return
+
+    for digest, value in schemas.items():
+        if value is not None:
+            produce(f"{prefix}.schemas", digest, value)
+    now = datetime.now().astimezone().isoformat()
+    interval = max(10.0, hosts / 200)  # the heartbeat rule's interval (README, Fleet)
+    for i in range(hosts):
+        worker_id = f"sim-{i:06d}"
+        record = copy.copy(template)
+        record.update(
+            worker_id=worker_id,
+            hostname=f"hv{i:06d}.example.net",
+            memory_bytes=(64 + i % 8 * 64) << 30,
+            labels={"rack": f"r{i % 40}", "zone": f"z{i % 3}"},
+            seq=i,
+            generated_at=now,
+        )
+        produce(topics.capabilities, worker_id, json.dumps(record, default=str).encode())
+        for _ in range(beats):
+            beat = {"worker_id": worker_id, "at": now, "interval_seconds": interval,
+                    "health": "healthy", "components": {"store": "healthy", "kafka": "healthy"},
+                    "queue_depth": 0, "running": 0}  # fmt: skip
+            produce(topics.heartbeats, worker_id, json.dumps(beat).encode())
+        if i % 10_000 == 0:
+            producer.poll(0)
+    if producer.flush(300):
+        raise SystemExit("the broker did not take the simulated fleet")
+
+
+def topic_bytes(prefix: str) -> dict[str, int]:
+    """Bytes on each of the prefix's topics, from the broker's log directories."""
+    sizes: dict[str, int] = {}
+    for part in Path(BROKER_DIR).glob(f"node-*/data/{prefix}.*-*"):
+        topic = part.name.rsplit("-", 1)[0]
+        sizes[topic] = sizes.get(topic, 0) + sum(f.stat().st_size for f in part.glob("*.log"))
+    return sizes
+
+
+def rebuild(bootstrap: str, prefix: str, *, cli: bool) -> tuple[float, float, float, int]:
+    """A fresh `hostagent fleet --json` (or a fresh program's read_fleet()): seconds,
+    CPU seconds, peak RSS MB, hosts in its answer (CPU time is what a loaded
+    machine does not inflate)."""
+    argv = [sys.executable, "-m", "agent", "fleet", "--bootstrap", bootstrap,
+            "--topic-prefix", prefix, "--json", "--timeout", "300"]  # fmt: skip
+    if not cli:
+        argv = [sys.executable, "-c", READ_FLEET.format(bootstrap=bootstrap, prefix=prefix)]
+    with tempfile.TemporaryFile() as out:
+        began = time.monotonic()
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.DEVNULL)
+        _pid, status, usage = os.wait4(process.pid, 0)
+        seconds = time.monotonic() - began
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            raise SystemExit(f"hostagent fleet failed: exit {process.returncode}")
+        out.seek(0)
+        cpu = usage.ru_utime + usage.ru_stime
+        return seconds, cpu, usage.ru_maxrss / 1024, len(json.load(out))
+
+
+READ_FLEET = """
+import json
+from agent.transports.kafka import KafkaConfig, read_fleet
+settings = KafkaConfig(bootstrap_servers="{bootstrap}", topic_prefix="{prefix}")
+hosts = read_fleet(settings, timeout=300)
+print(json.dumps([None] * len(hosts)))
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def heartbeat_load(
+    bootstrap: str, prefix: str, broker_pid: int, rate: float, seconds: float
+) -> tuple[float, float]:
+    """Heartbeats at `rate`/s for `seconds`: broker CPU (fraction of a core) and RSS MB."""
+    create(bootstrap, prefix)
+    topic = Topics(prefix).heartbeats
+    # One message per request, as from 10,000 hosts each sending its own.
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 0, "batch.num.messages": 1, "acks": "all"}
+    )
+    cpu0 = cpu_seconds(broker_pid)
+    began = time.monotonic()
+    sent = 0
+    rss_peak = 0.0
+    while (elapsed := time.monotonic() - began) < seconds:
+        due = int(elapsed * rate)
+        while sent < due:
+            worker_id = f"sim-{sent % 10_000:06d}"
+            beat = {"worker_id": worker_id, "at": datetime.now().astimezone().isoformat(),
+                    "interval_seconds": 10_000 / rate, "health": "healthy",
+                    "components": {"store": "healthy", "kafka": "healthy"},
+                    "queue_depth": 0, "running": 0}  # fmt: skip
+            producer.produce(topic, key=worker_id, value=json.dumps(beat).encode())
+            sent += 1
+        producer.poll(0.01)
+        rss_peak = max(rss_peak, rss_mb(broker_pid))
+    producer.flush(30)
+    cpu = (cpu_seconds(broker_pid) - cpu0) / (time.monotonic() - began)
+    return cpu, rss_peak
+
+
+def stats_totals(agent: AgentProcess) -> list[tuple[float, dict[str, int]]]:
+    """(when, {tx, txbytes, rx, rxbytes} summed over the agent's clients) per statistics round."""
+    rounds: dict[str, dict[str, dict[str, int]]] = {}
+    series = []
+    for event in agent.events("kafka.statistics"):
+        client = str(event["client"])
+        rounds.setdefault("last", {})[client] = {
+            k: int(event[k])
+            for k in ("tx", "txbytes", "rx", "rxbytes")  # type: ignore[call-overload]
+        }
+        at = datetime.fromisoformat(str(event["timestamp"])).timestamp()
+        total = {
+            k: sum(c[k] for c in rounds["last"].values())
+            for k in ("tx", "txbytes", "rx", "rxbytes")
+        }
+        series.append((at, total))
+    return series
+
+
+def idle(bootstrap: str, home: Path, seconds: float) -> None:
+    prefix = "bench-idle"
+    extra = 'librdkafka = { "statistics.interval.ms" = "30000" }'
+    with_kafka = kafka_agent(home, bootstrap, prefix, "idle-k", heartbeat=10.0, extra=extra)
+    plain_home = home / "plain"
+    plain_home.mkdir()
+    (plain_home / "agent.toml").write_text('worker_id = "idle-plain"\nlog_level = "info"\n')
+    plain = AgentProcess(plain_home / "state", plain_home / "spool", "--config",
+                         str(plain_home / "agent.toml"))  # fmt: skip
+    with_kafka.start()
+    plain.start()
+    try:
+        time.sleep(30)  # topics created, groups joined, first heartbeats sent
+        assert with_kafka.process is not None
+        assert plain.process is not None
+        cpu_k0, cpu_p0 = cpu_seconds(with_kafka.process.pid), cpu_seconds(plain.process.pid)
+        began = time.time()
+        time.sleep(seconds)
+        ended = time.time()
+        cpu_k = cpu_seconds(with_kafka.process.pid) - cpu_k0
+        cpu_p = cpu_seconds(plain.process.pid) - cpu_p0
+        series = [(at, t) for at, t in stats_totals(with_kafka) if began - 31 <= at <= ended + 1]
+        print(f"idle agent over {seconds:.0f} s ({load()}):")
+        if len(series) >= 2:
+            (t0, first), (t1, last) = series[0], series[-1]
+            span = t1 - t0
+            sent = (last["txbytes"] - first["txbytes"]) / span
+            received = (last["rxbytes"] - first["rxbytes"]) / span
+            requests = (last["tx"] - first["tx"]) / span
+            print(f"  bytes/s to the brokers     {sent:8.1f}  (<= 100)  {verdict(sent <= 100)}"
+                  f"   [received {received:.1f} B/s; statistics over {span:.0f} s]")  # fmt: skip
+            ok = verdict(requests <= 0.5)
+            print(f"  requests/s to the brokers  {requests:8.3f}  (<= 0.5)  {ok}")
+        else:
+            print("  no librdkafka statistics in the agent's log (before: no statistics hook)")
+        print(
+            f"  CPU s with Kafka           {cpu_k:8.3f}  beside {cpu_p:.3f} without  "
+            f"(ratio {cpu_k / max(cpu_p, 1e-3):.1f}x)  {verdict(cpu_k <= cpu_p * 1.5 + 0.05)}"
+        )
+        latency(bootstrap, prefix)
+    finally:
+        with_kafka.kill()
+        plain.kill()
+
+
+def latency(bootstrap: str, prefix: str, jobs: int = 30) -> None:
+    """produce -> running of host jobs sent one at a time by one long-lived producer."""
+    settings = KafkaConfig(bootstrap_servers=bootstrap, topic_prefix=prefix)
+    topic = Topics(prefix).host("idle-k")
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    took = []
+    with EventWatcher(settings) as watcher:
+        producer.produce(topic, key=b"warm-up", value=b"{}", headers=[])
+        producer.flush(10)
+        for i in range(jobs):
+            job_id = f"lat-{time.time_ns()}-{i}"
+            value = json.dumps(echo(job_id)).encode()
+            headers = signed_headers(topic, job_id.encode(), value)
+            sent = time.time()
+            producer.produce(topic, key=job_id.encode(), value=value, headers=headers)
+            producer.flush(10)
+            for event in watcher.until_done([job_id], timeout=30):
+                if event["type"] == "running":
+                    took.append(datetime.fromisoformat(event["timestamp"]).timestamp() - sent)
+            time.sleep(0.5)
+    p50 = statistics.median(took) * 1000
+    print(
+        f"  host job produce -> running p50 {p50:6.1f} ms over {len(took)} jobs (<= 50)  "
+        f"{verdict(p50 <= 50)}  ({load()})"
+    )
+
+
+def host_topics(bootstrap: str, broker_pid: int, count: int) -> None:
+    """`count` per-host job topics (one partition each, the agent's layout): creation
+    time, broker RSS, and what an agent's metadata request costs with them there."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    rss0 = rss_mb(broker_pid)
+    began = time.monotonic()
+    names = [f"bench-topics.host.sim-{i:06d}.jobs" for i in range(count)]
+    for start in range(0, count, 500):
+        wanted = [NewTopic(name, num_partitions=1) for name in names[start : start + 500]]
+        for future in admin.create_topics(wanted, operation_timeout=120).values():
+            future.result(timeout=180)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-topics"})
+    # Created means in the metadata an agent gets.
+    while True:
+        listed = consumer.list_topics(timeout=120).topics
+        there = sum(1 for name in names if name in listed and not listed[name].error)
+        if there == count or time.monotonic() - began > 600:
+            break
+        time.sleep(1)
+    created = time.monotonic() - began
+    if there != count:
+        print(f"  !! only {there} of {count} topics appeared")
+    time.sleep(5)
+    rss1 = rss_mb(broker_pid)
+    began = time.monotonic()
+    consumer.list_topics(names[-1], timeout=30)
+    one = time.monotonic() - began
+    began = time.monotonic()
+    everything = len(consumer.list_topics(timeout=120).topics)
+    full = time.monotonic() - began
+    consumer.close()
+    print(f"{count} host topics: created in {created:.1f} s ({count / created:.0f}/s); broker RSS "
+          f"{rss0:.0f} -> {rss1:.0f} MB ({(rss1 - rss0) * 1024 / count:.0f} KB/topic); an agent's "
+          f"metadata for its topic {one * 1000:.0f} ms; all {everything} topics' metadata "
+          f"{full * 1000:.0f} ms ({load()})")  # fmt: skip
+
+
+BROKER_DIR = ""
+
+
+def main() -> None:
+    global BROKER_DIR  # noqa: PLW0603
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--runs", type=int, default=2, help="rebuilds per size (the best is kept)")
+    parser.add_argument("--beats", type=int, default=2, help="heartbeats per simulated host")
+    parser.add_argument("--steady", type=float, default=60.0)
+    parser.add_argument("--idle", type=float, default=600.0)
+    parser.add_argument("--topics", type=int, default=0, help="also create N host topics")
+    args = parser.parse_args()
+    script = load_broker_script()
+    with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
+        home = Path(tmp)
+        BROKER_DIR = str(home / "kafka")
+        cluster = script.Cluster.create(home / "kafka", 1)
+        cluster.start()
+        bootstrap = cluster.bootstrap
+        broker_pid = cluster.nodes[0].pid or cluster.nodes[0].process.pid
+        try:
+            source = kafka_agent(home, bootstrap, "bench-src", "real-host", heartbeat=10.0)
+            source.start()
+            try:
+                template = wait_for_record(bootstrap, "bench-src", "real-host")
+                raw = latest(bootstrap, Topics("bench-src").capabilities)[b"real-host"] or b""
+                schema_topic = getattr(Topics("bench-src"), "schemas", "bench-src.schemas")
+                schemas = latest(bootstrap, schema_topic)
+            finally:
+                source.kill()
+            size = len(raw)
+            print(f"host record: {size} bytes (<= {RECORD_BYTES})  {verdict(size <= RECORD_BYTES)}"
+                  f"  [schema sets on {schema_topic}: {len(schemas)}, "
+                  f"{sum(len(v or b'') for v in schemas.values())} bytes]")  # fmt: skip
+            if args.steady > 0:
+                try:
+                    from agent.transports.kafka.heartbeat import fleet_interval  # noqa: PLC0415
+                except ImportError:  # before: every 10 s whatever the fleet's size
+                    interval = 10.0
+                else:
+                    interval = fleet_interval(KafkaConfig(bootstrap_servers=bootstrap), 10_000)
+                # The broker with nothing to do, for comparison (a JVM is never at 0).
+                cpu0 = cpu_seconds(broker_pid)
+                time.sleep(args.steady / 2)
+                idle_cpu = (cpu_seconds(broker_pid) - cpu0) / (args.steady / 2)
+                print(f"broker doing nothing: CPU {idle_cpu * 100:.1f}% of a core, "
+                      f"RSS {rss_mb(broker_pid):.0f} MB ({load()})")  # fmt: skip
+                for label, rate in (("rule", 10_000 / interval), ("fixed 10 s", 1000.0)):
+                    cpu, rss = heartbeat_load(bootstrap, f"bench-beat-{int(rate)}", broker_pid,
+                                              rate, args.steady)  # fmt: skip
+                    print(f"10k hosts, heartbeats {label} ({rate:.0f}/s, "
+                          f"interval {10_000 / rate:.0f} s) "
+                          f"for {args.steady:.0f} s: broker CPU {cpu * 100:.1f}% of a core, "
+                          f"RSS {rss:.0f} MB ({load()})")  # fmt: skip
+            for hosts in [int(s) for s in args.sizes.split(",") if s]:
+                prefix = f"bench-{hosts}"
+                began = time.monotonic()
+                simulate(bootstrap, prefix, template, schemas, hosts, args.beats)
+                loaded = time.monotonic() - began
+                sizes = topic_bytes(prefix)
+                on_topics = ", ".join(
+                    f"{t.split('.', 1)[1]} {b / 1e6:.1f} MB" for t, b in sorted(sizes.items()) if b
+                )
+                target = REBUILD_TARGETS.get(hosts)
+                for cli in (True, False):
+                    times, cpus = [], []
+                    for _ in range(args.runs):
+                        seconds, cpu, rss, seen = rebuild(bootstrap, prefix, cli=cli)
+                        times.append(seconds)
+                        cpus.append(cpu)
+                        if seen != hosts:
+                            print(f"  !! the map had {seen} hosts, not {hosts}")
+                    best = min(times)
+                    mark = f"(<= {target} s)  {verdict(best <= target)}" if target else ""
+                    how = "hostagent fleet --json" if cli else "read_fleet() program"
+                    print(f"rebuild {hosts:>7} hosts, fresh {how}: {best:6.2f} s {mark}  runs "
+                          f"{', '.join(f'{t:.2f}' for t in times)}; CPU {min(cpus):.2f} s; "
+                          f"peak RSS {rss:.0f} MB ({load()}; loaded {loaded:.0f} s)")  # fmt: skip
+                print(f"  on the topics: {on_topics}")
+            if args.idle > 0:
+                idle(bootstrap, home, args.idle)
+            if args.topics > 0:
+                host_topics(bootstrap, broker_pid, args.topics)
+        finally:
+            cluster.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+"""The fleet at scale: records that name their schemas by digest, a 1,000-host map
+rebuilt by a fresh process, stale and decommissioned-but-alive hosts, the heartbeat
+rule, and an agent that sees its own decommission."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import trio
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
+
+from agent.config import Config
+from agent.errors import NotFoundError
+from agent.jobs import utc_now
+from agent.service.daemon import Agent
+from agent.service.settings import Settings
+from agent.transports.kafka import KafkaConfig
+from agent.transports.kafka.announce import canonical, schemas_digest
+from agent.transports.kafka.client import decommission
+from agent.transports.kafka.fleet import read_fleet
+from agent.transports.kafka.heartbeat import (
+    SIZE_KEY,
+    fleet_interval,
+    jittered,
+    stale_after,
+)
+from agent.transports.kafka.topics import Topics
+from agent.transports.kafka.transport import fleet_topics
+from tests.jobs import eventually
+from tests.transports.kafka.fleetkit import KEY_ENTRY, Events, echo, send_signed
+
+SCHEMAS = {
+    "system.echo": {"type": "object", "properties": {"message": {"type": "string"}}},
+    "vm.start": {"type": "object", "properties": {"name": {"type": "string"}}},
+}
+
+
+def test_heartbeat_interval_grows_with_the_fleet_to_hold_the_rate() -> None:
+    settings = KafkaConfig(heartbeat_interval_seconds=10, max_heartbeats_per_second=200)
+    assert fleet_interval(settings, 1) == 10
+    assert fleet_interval(settings, 2_000) == 10
+    assert fleet_interval(settings, 10_000) == 50
+    assert fleet_interval(settings, 100_000) == 500
+    # The whole fleet never sends more than the rate, whatever its size.
+    for hosts in (1, 500, 2_001, 10_000, 123_456):
+        assert hosts / fleet_interval(settings, hosts) <= 200
+    waits = [jittered(50) for _ in range(200)]
+    assert all(45 <= wait <= 55 for wait in waits)
+    assert len(set(waits)) > 100  # a fleet started at once spreads out
+    assert stale_after(50) == 152
+
+
+def test_schema_digest_is_of_the_canonical_json() -> None:
+    reordered = dict(reversed(list(SCHEMAS.items())))
+    assert schemas_digest(reordered) == schemas_digest(SCHEMAS)
+    assert canonical(SCHEMAS) == canonical(reordered)
+    assert schemas_digest({**SCHEMAS, "x": {}}) != schemas_digest(SCHEMAS)
+
+
+def create_topics(bootstrap: str, prefix: str) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    settings = KafkaConfig(bootstrap_servers=bootstrap, topic_prefix=prefix)
+    for future in admin.create_topics(fleet_topics(settings), operation_timeout=30).values():
+        future.result(timeout=60)
+
+
+def record(worker_id: str, **extra: Any) -> bytes:
+    document = {
+        "worker_id": worker_id,
+        "labels": {"rack": f"r{int(worker_id[-1], 36) % 4}"},
+        "pools": [],
+        "operations": sorted(SCHEMAS),
+        "features": ["kafka"],
+        "schemas_digest": schemas_digest(SCHEMAS),
+        "seq": 1,
+        **extra,
+    }
+    return json.dumps(document).encode()
+
+
+def beat(worker_id: str, at: str | None = None, **extra: Any) -> bytes:
+    value = {"worker_id": worker_id, "at": at or utc_now(), "interval_seconds": 10.0, **extra}
+    return json.dumps(value).encode()
+
+
+def ago(seconds: float) -> str:
+    return (datetime.now(UTC) - timedelta(seconds=seconds)).isoformat()
+
+
+def produce(bootstrap: str, messages: list[tuple[str, str, bytes | None]]) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "acks": "all"})
+    for topic, key, value in messages:
+        producer.produce(topic, key=key, value=value)
+    assert producer.flush(60) == 0
+
+
+@pytest.mark.slow
+def test_a_1000_host_map_is_rebuilt_by_a_fresh_process_with_schemas_by_digest(
+    kafka_broker: str, kafka_prefix: str
+) -> None:
+    topics = Topics(kafka_prefix)
+    create_topics(kafka_broker, kafka_prefix)
+    digest = schemas_digest(SCHEMAS)
+    hosts = [f"hv{i:04d}" for i in range(1000)]
+    old_schemas = {"system.echo": SCHEMAS["system.echo"]}
+    produce(
+        kafka_broker,
+        [
+            (topics.schemas, digest, canonical(SCHEMAS)),
+            *((topics.capabilities, host, record(host)) for host in hosts),
+            # A record from before digests: its schemas inline, no digest.
+            (topics.capabilities, "old-host", json.dumps(
+                {"worker_id": "old-host", "operations": ["system.echo"],
+                 "operation_schemas": old_schemas, "labels": {}}).encode()),
+            *((topics.heartbeats, host, beat(host)) for host in [*hosts, "old-host"]),
+        ],
+    )  # fmt: skip
+    program = (
+        "import json, sys\n"
+        "from agent.transports.kafka import KafkaConfig, read_fleet\n"
+        f"hosts = read_fleet(KafkaConfig(bootstrap_servers={kafka_broker!r}, "
+        f"topic_prefix={kafka_prefix!r}), schemas=True)\n"
+        "json.dump([h.to_dict(full=True) for h in hosts], sys.stdout)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    found = {host["worker_id"]: host for host in json.loads(done.stdout)}
+    assert set(found) == {*hosts, "old-host"}
+    assert all(found[h]["status"] == "live" for h in found)
+    assert all(found[h]["schemas"] == SCHEMAS for h in hosts)
+    assert {found[h]["schemas_digest"] for h in hosts} == {digest}
+    # The record itself stays small: the schemas are not in it.
+    assert "operation_schemas" not in found["hv0001"]["capabilities"]
+    assert found["old-host"]["schemas"] == old_schemas
+    assert found["old-host"]["schemas_digest"] is None
+    # The reader recorded the fleet's size for the agents' heartbeat rule.
+    assert read_fleet(KafkaConfig(bootstrap_servers=kafka_broker, topic_prefix=kafka_prefix))
+
+
+@pytest.mark.slow
+def test_stale_and_decommissioned_but_alive_hosts_are_shown_with_their_reason(
+    kafka_broker: str, kafka_prefix: str
+) -> None:
+    topics = Topics(kafka_prefix)
+    create_topics(kafka_broker, kafka_prefix)
+    produce(
+        kafka_broker,
+        [
+            *((topics.capabilities, h, record(h)) for h in ("live1", "stale1", "ghost1", "gone1")),
+            (topics.heartbeats, "live1", beat("live1")),
+            (topics.heartbeats, "stale1", beat("stale1", ago(60))),
+            (topics.heartbeats, "gone1", beat("gone1", ago(120))),
+            (topics.heartbeats, "ghost1", beat("ghost1", ago(5))),
+            # Decommissioned: ghost1 goes on heartbeating, gone1 is silent.
+            (topics.capabilities, "ghost1", None),
+            (topics.capabilities, "gone1", None),
+            (topics.heartbeats, "gone1", None),
+            (topics.heartbeats, "ghost1", beat("ghost1")),
+        ],
+    )
+    hosts = {
+        h.worker_id: h
+        for h in read_fleet(KafkaConfig(bootstrap_servers=kafka_broker, topic_prefix=kafka_prefix))
+    }
+    assert {w: h.status for w, h in hosts.items()} == {
+        "live1": "live",
+        "stale1": "stale",
+        "ghost1": "decommissioned-but-alive",
+    }
+    assert hosts["stale1"].stale
+    assert re.fullmatch(r"last heartbeat 6\d s ago; stale after 3 intervals of 10 s plus grace",
+                        hosts["stale1"].reason)  # fmt: skip
+    assert hosts["stale1"].last_heartbeat is not None
+    assert "still heartbeats" in hosts["ghost1"].reason
+    assert hosts["ghost1"].stale  # a broadcast does not wait for it
+    assert hosts["ghost1"].decommissioned_at is not None
+    assert not hosts["live1"].stale
+
+
+def with_kafka(config: Config, bootstrap: str, prefix: str, **extra: Any) -> Config:
+    settings = KafkaConfig(
+        bootstrap_servers=bootstrap,
+        topic_prefix=prefix,
+        heartbeat_interval_seconds=1.0,
+        **{"keys": [KEY_ENTRY], **extra},
+    )
+    data = config.model_dump()
+    data.update(worker_id="w1", kafka=settings.model_dump())
+    return Settings.model_validate(data)
+
+
+@asynccontextmanager
+async def running(config: Config) -> AsyncIterator[Agent]:
+    async with trio.open_nursery() as nursery:
+        agent: Agent = await nursery.start(Agent(config).run)
+        yield agent
+        nursery.cancel_scope.cancel()
+
+
+async def kafka_component(agent: Agent) -> dict[str, Any]:
+    return dict((await agent.health.report())["components"]["kafka"])
+
+
+def latest_heartbeat(settings: KafkaConfig, worker_id: str) -> dict[str, Any] | None:
+    hosts = read_fleet(settings, record_size=False)
+    return next((h.heartbeat for h in hosts if h.worker_id == worker_id), None)
+
+
+@pytest.mark.slow
+async def test_heartbeat_interval_follows_the_fleet_size_record(
+    config: Config, kafka_broker: str, kafka_prefix: str
+) -> None:
+    config = with_kafka(config, kafka_broker, kafka_prefix, max_heartbeats_per_second=1000.0)
+    await trio.to_thread.run_sync(create_topics, kafka_broker, kafka_prefix)
+    size = json.dumps({"hosts": 3000, "at": utc_now()}).encode()
+    fleet = Topics(kafka_prefix).fleet
+    await trio.to_thread.run_sync(produce, kafka_broker, [(fleet, SIZE_KEY, size)])
+    async with running(config) as agent:
+
+        async def stretched() -> bool:
+            beat = await trio.to_thread.run_sync(latest_heartbeat, config.kafka, "w1")
+            return bool(beat) and beat["interval_seconds"] == 3.0  # type: ignore[index]
+
+        # 3,000 hosts at most 1,000 heartbeats/s: every 3 s, not the configured 1 s.
+        await eventually(stretched, within=60, every=1)
+        assert (await kafka_component(agent))["heartbeat_interval_seconds"] == 3.0
+
+
+@pytest.mark.slow
+async def test_a_running_agent_that_is_decommissioned_takes_no_fleet_jobs(
+    config: Config, kafka_broker: str, kafka_prefix: str
+) -> None:
+    config = with_kafka(config, kafka_broker, kafka_prefix)
+    topics = Topics(kafka_prefix)
+    async with running(config) as agent:
+
+        async def healthy() -> bool:
+            return (await kafka_component(agent))["status"] == "healthy"
+
+        await eventually(healthy)
+        await trio.to_thread.run_sync(
+            lambda: send_signed(config.kafka, topics.host("w1"), [echo("before")])
+        )
+        events = Events(config.kafka)
+        await trio.to_thread.run_sync(lambda: events.read(["before"], timeout=60))
+        await trio.to_thread.run_sync(decommission, config.kafka, "w1")
+
+        async def decommissioned() -> bool:
+            return "decommissioned" in (await kafka_component(agent))["reason"]
+
+        await eventually(decommissioned)
+        component = await kafka_component(agent)
+        assert component["status"] == "degraded"
+        assert "takes no fleet jobs" in component["reason"]
+        await trio.to_thread.run_sync(
+            lambda: send_signed(config.kafka, topics.host("w1"), [echo("after")])
+        )
+
+        async def shown_alive() -> bool:
+            hosts = await trio.to_thread.run_sync(
+                lambda: read_fleet(config.kafka, record_size=False)
+            )
+            return [(h.worker_id, h.status) for h in hosts] == [("w1", "decommissioned-but-alive")]
+
+        # Its heartbeats go on (the map shows it), and the host job is not taken.
+        await eventually(shown_alive, within=30, every=0.5)
+        await trio.sleep(3)
+        with pytest.raises(NotFoundError):
+            await agent.intake.status("after")
+    # Restarted, it rejoins: the held job runs, the map shows it live again.
+    async with running(config) as agent:
+        await eventually(healthy_again(agent))
+        await trio.to_thread.run_sync(lambda: events.read(["after"], timeout=60))
+        assert events.types("after")[-1] == "completed"
+        hosts = await trio.to_thread.run_sync(lambda: read_fleet(config.kafka, record_size=False))
+        assert [(h.worker_id, h.status) for h in hosts] == [("w1", "live")]
+
+
+def healthy_again(agent: Agent) -> Any:
+    async def check() -> bool:
+        return (await kafka_component(agent))["status"] == "healthy"
+
+    return check
