@@ -59,6 +59,7 @@ from agent.core.registry import Registry  # noqa: E402
 from agent.core.services import Services  # noqa: E402
 from agent.handlers import system  # noqa: E402
 from agent.jobs import fingerprint, parse_document, parse_json  # noqa: E402
+from agent.policy.allowlist import Caller  # noqa: E402
 from agent.service.logs import configure_logging  # noqa: E402
 from agent.store import SqliteStore, writes  # noqa: E402
 from agent.store.outbox_sql import OutboxTargets  # noqa: E402
@@ -131,7 +132,7 @@ def stages(registry: Registry, core: Core, jobs: int, repeat: int) -> dict[str, 
         "parse_document": per_job_us(lambda i: parse_document(raws[i]), jobs, repeat),
         "validate_payload+admit": per_job_us(
             lambda i: registry.admission(
-                docs[i], registry.validate_payload(docs[i]), privileged=False
+                docs[i], registry.validate_payload(docs[i]), caller=Caller("http")
             ),
             jobs,
             repeat,

@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 
 from agent.cli.support import EXIT_NOT_FOUND
-from agent.core.targets import job_target
-from agent.transports.http.audit import REDACTED, refused_value
+from agent.core.targets import REDACTED, job_target, refused_value
 from tests.agentproc import AgentProcess
 from tests.jobs import wait_for
 from tests.localapi import socket_agent

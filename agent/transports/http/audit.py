@@ -21,6 +21,7 @@ import structlog
 from prometheus_client import Counter as CounterChild  # labels() gives one of its own
 
 from agent.core import metrics
+from agent.core.targets import refused_value
 from agent.transports.http.auth import Principal
 from agent.transports.http.local import peer_of
 
@@ -59,34 +60,6 @@ def _reason(envelope: dict[str, Any]) -> tuple[str | None, str | None]:
     details = envelope.get("details") if isinstance(envelope.get("details"), dict) else {}
     reason = details.get("reason") if details else None
     return str(envelope.get("error")), str(reason or envelope.get("message"))
-
-
-# A field whose value is a secret: its value is never logged.
-_SECRET = re.compile(r"password|passphrase|secret|token|credential|private_key", re.IGNORECASE)
-REDACTED = "<redacted>"
-MAX_VALUE = 200  # a log line names the value; it does not carry a payload
-
-
-def refused_value(field: str, request_body: bytes) -> str | None:
-    """The value the request gave `field` (a dotted path: payload.data.disks.0.path),
-    as a log line shows it: None when the body has none, redacted for a secret."""
-    if not field or not request_body:
-        return None
-    try:
-        value: Any = json.loads(request_body)
-    except (ValueError, RecursionError):  # the body the refusal was about: anything
-        return None
-    for part in field.split("."):
-        if isinstance(value, dict) and part in value:
-            value = value[part]
-        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
-            value = value[int(part)]
-        else:
-            return None
-    if _SECRET.search(field):
-        return REDACTED
-    shown = value if isinstance(value, str) else json.dumps(value)
-    return shown if len(shown) <= MAX_VALUE else shown[:MAX_VALUE] + "..."
 
 
 @functools.lru_cache(maxsize=1024)

@@ -18,6 +18,7 @@ import structlog
 import trio
 
 from agent.core import submitter
+from agent.core.targets import refused_value
 from agent.errors import (
     AgentError,
     ExpiredError,
@@ -105,6 +106,10 @@ class Examiner:
         where = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
         # The details' own keys, unless one would collide with these (or the event's name).
         details = {k: v for k, v in error.details.items() if k not in {*where, "error", "event"}}
+        # What the record gave the refused field (a secret's value redacted), as http.refused.
+        field = error.details.get("field")
+        if isinstance(field, str):
+            details["value"] = refused_value(field, record.value or b"")
         log.warning("kafka.rejected", **where, error=error.message, **details)
         return self.event("rejected", record, job_id=job_id, data={"error": error.to_dict()})
 

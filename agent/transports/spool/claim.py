@@ -18,6 +18,7 @@ from pathlib import Path
 import structlog
 
 from agent.core import periodic as background
+from agent.core.targets import refused_value
 from agent.errors import (
     AgentError,
     BadRequestError,
@@ -49,12 +50,16 @@ Prepare = Callable[[object, str | None, str, int], NewJob]
 class Ready:
     name: str
     job: NewJob
+    # The file's bytes: a refusal at submit names the value they gave the refused field.
+    document: bytes = b""
 
 
 @dataclass(frozen=True)
 class Refused:
     name: str
     error: AgentError
+    # The file's bytes as read (empty when it was refused unread: a link, a FIFO, too big).
+    document: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -138,7 +143,7 @@ def examine(claimed: Path, name: str, config: SpoolConfig, prepare: Prepare) -> 
     # A fault of ours the file exposed: refused with the reason, the next file goes on.
     except Exception as exc:
         log.exception("spool.examine_failed", file=shown_name(name))
-        return Refused(name, internal_error("judging the file", exc))
+        return Refused(name, internal_error("judging the file", exc), read[0])
 
 
 def internal_error(step: str, exc: BaseException) -> AgentError:
@@ -158,34 +163,36 @@ def _judge(
     try:
         raw = parse_json(data)  # the very parse HTTP uses: depth, duplicate keys, NaN
     except ValidationError as refusal:
-        return Refused(name, refusal)
+        return Refused(name, refusal, data)
     except ValueError as exc:  # not JSON (yet): JSONDecodeError, UnicodeDecodeError
         unchanged_for = time.time() - info.st_mtime
         if unchanged_for < config.settle_seconds:
             # Possibly still being copied in: look again once it has settled.
             return Unsettled(name, config.settle_seconds - unchanged_for + 0.05)
         return Refused(
-            name, ValidationError(f"not valid JSON: {exc}", field="document", reason=str(exc))
+            name,
+            ValidationError(f"not valid JSON: {exc}", field="document", reason=str(exc)),
+            data,
         )
     stable_id = None
     if isinstance(raw, dict) and not raw.get("job_id"):
         identity = (name, str(info.st_ino), str(info.st_ctime_ns), hashlib.sha256(data).hexdigest())
         stable_id = str(uuid.uuid5(_SPOOL_ID_NAMESPACE, "\0".join(identity)))
-    return _prepared(name, raw, stable_id, info.st_uid, prepare)
+    return _prepared(name, raw, stable_id, info.st_uid, prepare, data=data)
 
 
 def _prepared(
-    name: str, raw: object, stable_id: str | None, owner: int, prepare: Prepare
+    name: str, raw: object, stable_id: str | None, owner: int, prepare: Prepare, *, data: bytes
 ) -> Examined:
     try:
-        return Ready(name, prepare(raw, stable_id, name, owner))
+        return Ready(name, prepare(raw, stable_id, name, owner), data)
     except (ValidationError, ForbiddenError) as refusal:  # ForbiddenError: the host policy
-        return Refused(name, refusal)
+        return Refused(name, refusal, data)
     except UnavailableError as exc:  # what admission asks (libvirt) is away: look again later
         background.note_failure("spool.prepare", exc)
         return Unsettled(name, _UNAVAILABLE_RETRY_SECONDS)
     except AgentError as refusal:
-        return Refused(name, refusal)
+        return Refused(name, refusal, data)
 
 
 class LinkRefusedError(ForbiddenError):
@@ -295,10 +302,13 @@ def quarantine(claimed: Path, failed: Path, item: Refused) -> bool:
         raise
     os.replace(staged, target.with_name(f"{target.name}.error.json"))
     details = item.error.details
+    field = details.get("field")
     log.warning(
         "spool.quarantined",
         file=shown,
         reason=str(details.get("reason")),
-        field=str(details.get("field")),
+        field=str(field),
+        # What the file gave the refused field (a secret's value redacted), as http.refused.
+        value=refused_value(field, item.document) if isinstance(field, str) else None,
     )
     return True

@@ -332,7 +332,7 @@ class SpoolTransport:
                 if answer is None:  # draining, a full queue or store trouble: next time
                     self._claimed[item.name] = trio.current_time() + 1.0
                 elif isinstance(answer, AgentError):
-                    refused.append(claim.Refused(item.name, answer))
+                    refused.append(claim.Refused(item.name, answer, item.document))
                 elif not answer.created:
                     duplicates.append(item.name)  # the same document is a job already
         # A new job's file moves on when its "accepted" entry is delivered.

@@ -31,6 +31,7 @@ export async function hostView(main, view) {
           <input name="networks" placeholder="networks (default)">
           <input name="cdrom" placeholder="cdrom: /path.iso or pool/volume">
           <button type="submit" ${submit}>Add template</button>
+          <button type="button" id="template-cancel" hidden>Cancel edit</button>
           <span id="template-result"></span>
         </form>
         <div id="template-job" hidden><span class="job-id"></span> <span class="job-status"></span></div>
@@ -123,37 +124,97 @@ export async function hostView(main, view) {
           <td>${t.disks.map((d) => (d.size ? `${d.size} GB` : `copy of ${esc(d.volume)}`)).join(", ")}</td>
           <td>${esc(t.storagepool)}</td><td>${esc(t.networks.join(", "))}</td>
           <td><input data-vm-name placeholder="VM name (optional)"> <button data-create="${esc(t.name)}" ${submit}>Create VM</button>
+              <button data-edit="${esc(t.name)}" ${submit}>Edit</button>
               <button data-delete="${esc(t.name)}" ${submit}>Delete</button></td></tr>`)
         .join("") || `<tr><td colspan="8" class="muted">none yet</td></tr>`);
   };
 
-  main.querySelector("#template-form").addEventListener("submit", async (event) => {
+  // The form adds a template, or (after a row's Edit) replaces one with PUT: the
+  // template as the agent has it, with the form's fields over it, so what the form
+  // does not show (folder, icon, graphics, further disks) is kept.
+  const templateForm = main.querySelector("#template-form");
+  const cancelEdit = main.querySelector("#template-cancel");
+  let editing = null;
+  const editMode = (template) => {
+    editing = template;
+    const field = (key) => templateForm.elements[key];
+    templateForm.dataset.editing = template ? template.name : "";
+    if (!template) delete templateForm.dataset.editing;
+    field("name").readOnly = !!template;
+    templateForm.querySelector("button[type=submit]").textContent = template ? "Save template" : "Add template";
+    cancelEdit.hidden = !template;
+    const first = template?.disks.find((d) => d.index === 0) ?? template?.disks[0];
+    field("disk").disabled = !!template && !first?.size; // a copied volume: no size to edit
+    if (!template) {
+      templateForm.reset();
+      return;
+    }
+    field("name").value = template.name;
+    field("os_distro").value = template.os_distro === "unknown" ? "" : template.os_distro;
+    field("os_version").value = template.os_version === "unknown" ? "" : template.os_version;
+    field("cpus").value = template.cpus;
+    field("memory").value = template.memory;
+    field("disk").value = first?.size ?? "";
+    field("storagepool").value = template.storagepool;
+    field("networks").value = template.networks.join(", ");
+    field("cdrom").value = template.cdrom ?? "";
+    field("os_distro").focus();
+  };
+  cancelEdit.addEventListener("click", () => {
+    editMode(null);
+    main.querySelector("#template-result").textContent = "";
+  });
+  templateForm.addEventListener("submit", async (event) => {
     event.preventDefault();
     const form = new FormData(event.target);
     const text = (key, fallback) => (form.get(key) || "").trim() || fallback;
-    const body = {
+    const fields = {
       name: text("name"),
       os_distro: text("os_distro", "unknown"),
       os_version: text("os_version", "unknown"),
       cpus: Number(form.get("cpus")),
       memory: Number(form.get("memory")),
-      disks: [{ index: 0, size: Number(form.get("disk")) }],
       storagepool: text("storagepool", "default"),
       networks: text("networks", "default").split(",").map((n) => n.trim()).filter(Boolean),
     };
-    if (text("cdrom")) body.cdrom = text("cdrom");
     const result = main.querySelector("#template-result");
     try {
-      await api("POST", "/templates", body);
-      result.innerHTML = `<span class="ok">added ${esc(body.name)}</span>`;
+      if (editing) {
+        const { created_at, updated_at, ...kept } = editing; // the agent's, not the template's
+        const body = { ...kept, ...fields, cdrom: text("cdrom") || null };
+        const first = kept.disks.find((d) => d.index === 0) ?? kept.disks[0];
+        if (first?.size && form.has("disk")) {
+          body.disks = kept.disks.map((d) => (d === first ? { ...d, size: Number(form.get("disk")) } : d));
+        }
+        await api("PUT", `/templates/${encodeURIComponent(editing.name)}`, body);
+        result.innerHTML = `<span class="ok">saved ${esc(body.name)}</span>`;
+        editMode(null);
+      } else {
+        const body = { ...fields, disks: [{ index: 0, size: Number(form.get("disk")) }] };
+        if (text("cdrom")) body.cdrom = text("cdrom");
+        await api("POST", "/templates", body);
+        result.innerHTML = `<span class="ok">added ${esc(body.name)}</span>`;
+      }
       await templates();
     } catch (exc) {
       result.innerHTML = `<span class="error">${esc(explain(exc))}</span>`;
     }
   });
   main.querySelector("#templates").addEventListener("click", async (event) => {
+    const edit = event.target.closest("button[data-edit]");
+    if (edit) {
+      const result = main.querySelector("#template-result");
+      try {
+        editMode(await api("GET", `/templates/${encodeURIComponent(edit.dataset.edit)}`));
+        result.innerHTML = `<span class="muted">editing ${esc(edit.dataset.edit)}</span>`;
+      } catch (exc) {
+        if (exc.name !== "AbortError") result.innerHTML = `<span class="error">${esc(explain(exc))}</span>`;
+      }
+      return;
+    }
     const create = event.target.closest("button[data-create]");
     const remove = event.target.closest("button[data-delete]");
+    if (!create && !remove) return;
     const box = main.querySelector("#template-job");
     box.hidden = false;
     const status = box.querySelector(".job-status");
