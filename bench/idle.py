@@ -2,7 +2,9 @@
 and that sleeping did not cost the spool its latency.
 
 Starts the agent as `make run` does (HTTP on loopback without tokens, the
-spool, libvirt's test driver) with a NOTIFY_SOCKET of its own, then:
+spool, libvirt's test driver) with a NOTIFY_SOCKET of its own (--config FILE:
+that file, e.g. make run's ./hostagent.toml with its runbooks and local socket,
+its state and spool moved to a temporary directory and HTTP to a free port), then:
 1. exec to READY=1 (the systemd notification), median of --starts starts, and
    the CPU time it took (steadier than wall time on a shared machine);
 2. over --seconds of idleness: CPU seconds (utime+stime of every thread),
@@ -14,6 +16,7 @@ run without PYTHONDONTWRITEBYTECODE leaves it); --no-compile measures starts
 that compile every module of the agent from source.
 
 Usage: python bench/idle.py [--seconds 60] [--starts 3] [--latency-jobs 200] [--no-compile]
+                           [--config hostagent.toml]
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ def verdict(ok: bool) -> str:
     return "MET" if ok else "MISSED"
 
 
+CONFIG: Path | None = None  # --config
+
+
 def start(root: Path) -> tuple[subprocess.Popen[bytes], float, socket.socket]:
     """Start an agent; answer it once READY=1 arrived, and the seconds that took."""
     notify_path = root / "notify.sock"
@@ -47,6 +53,8 @@ def start(root: Path) -> tuple[subprocess.Popen[bytes], float, socket.socket]:
     notify.bind(str(notify_path))
     notify.settimeout(60)
     argv = [sys.executable, "-m", "agent", "run", "--state-dir", str(root / "state")]
+    if CONFIG is not None:
+        argv += ["--config", str(CONFIG)]
     argv += ["--spool-dir", str(root / "spool"), "--libvirt-uri", "test:///default"]
     argv += ["--insecure-no-auth", "--http-bind", "127.0.0.1:0", "--log-level", "warning"]
     env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
@@ -151,7 +159,10 @@ def main() -> None:
     parser.add_argument("--starts", type=int, default=3)
     parser.add_argument("--latency-jobs", type=int, default=200)
     parser.add_argument("--no-compile", action="store_true", help="leave byte-code as it is")
+    parser.add_argument("--config", type=Path, help="a config file (make run's: hostagent.toml)")
     args = parser.parse_args()
+    global CONFIG  # noqa: PLW0603 (one setting for every start)
+    CONFIG = args.config.resolve() if args.config else None
     if not args.no_compile:
         compileall.compile_dir(Path(__file__).resolve().parent.parent / "agent", quiet=1)
 
@@ -194,6 +205,7 @@ def main() -> None:
         f"cpus={os.cpu_count()} load average {os.getloadavg()[0]:.2f} "
         f"idle window={args.seconds:g} s"
         f" byte-code {'as found' if args.no_compile else 'compiled first'}"
+        f" config {CONFIG or 'flags only'}"
     )
     print(
         f"idle CPU: {cpu:.3f} s (target <= {TARGETS['cpu_s']}) "

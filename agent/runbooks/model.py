@@ -30,7 +30,7 @@ ParamType = Literal["string", "integer", "number", "boolean", "array", "object"]
 class Parameter(BaseModel):
     """A typed parameter; without a default it is required."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     type: ParamType
     description: str = Field(default="", max_length=1000)
@@ -81,7 +81,7 @@ class Parameter(BaseModel):
 class Step(BaseModel):
     """One operation of the procedure, run as a child job of the runbook's job."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     name: str = Field(pattern=STEP_NAME_PATTERN)
     operation: str = Field(min_length=3, max_length=128)
@@ -112,7 +112,7 @@ class Step(BaseModel):
 class Runbook(BaseModel):
     """A runbook document (schema_version 1)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     schema_version: Annotated[int, Strict()]
     name: str = Field(pattern=NAME_PATTERN)

@@ -19,7 +19,13 @@ CURSOR_PATTERN = r"^[0-9]{1,18}$"
 OPERATION_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$"
 
 
-class ErrorBody(BaseModel):
+class _Deferred(BaseModel):
+    # Most of these only document the API (OpenAPI, built on the first docs request);
+    # building every validator at import cost an idle agent ~1 MB it may never use.
+    model_config = ConfigDict(defer_build=True)
+
+
+class ErrorBody(_Deferred):
     """Every error answer."""
 
     error: str = Field(description="VALIDATION_ERROR, BAD_REQUEST, UNAUTHORIZED, ...")
@@ -27,7 +33,7 @@ class ErrorBody(BaseModel):
     details: dict[str, Any] = Field(description="`field` and `reason` where one is to blame")
 
 
-class Submitted(BaseModel):
+class Submitted(_Deferred):
     """Answer to a submit; an identical re-submit answers the same, with created=false."""
 
     job_id: str
@@ -37,7 +43,7 @@ class Submitted(BaseModel):
     job: JobState
 
 
-class BatchRequest(BaseModel):
+class BatchRequest(_Deferred):
     # Objects, each validated as a JobDocument on its own and answered in `results`
     # (one bad job does not refuse the batch); anything but an object refuses it all.
     jobs: list[dict[str, Any]] = Field(
@@ -45,7 +51,7 @@ class BatchRequest(BaseModel):
     )
 
 
-class BatchItem(BaseModel):
+class BatchItem(_Deferred):
     """One job's answer in a batch: `data` as for POST /jobs, or the error's fields."""
 
     success: bool
@@ -55,13 +61,13 @@ class BatchItem(BaseModel):
     details: dict[str, Any] | None = None
 
 
-class BatchAnswer(BaseModel):
+class BatchAnswer(_Deferred):
     results: list[BatchItem] = Field(description="one per job, in the order sent")
     submitted: int
     failed: int
 
 
-class JobListQuery(BaseModel):
+class JobListQuery(_Deferred):
     model_config = ConfigDict(extra="forbid")
 
     status: JobStatus | None = None
@@ -85,30 +91,30 @@ class JobListQuery(BaseModel):
         raise AssertionError("unreachable")
 
 
-class JobList(BaseModel):
+class JobList(_Deferred):
     jobs: list[JobState]
     total: int = Field(description="jobs matching the filters, all pages")
     next_cursor: str | None = Field(description="pass as `cursor` for the next page; null: last")
 
 
-class LogEntry(BaseModel):
+class LogEntry(_Deferred):
     at: str
     type: str = Field(description="log or progress")
     data: dict[str, Any]
 
 
-class JobLogs(BaseModel):
+class JobLogs(_Deferred):
     job_id: str
     logs: list[LogEntry]
 
 
-class HealthReport(BaseModel):
+class HealthReport(_Deferred):
     status: Literal["healthy", "degraded", "unhealthy"]
     timestamp: str
     components: dict[str, Any]
 
 
-class CapabilitiesReport(BaseModel):
+class CapabilitiesReport(_Deferred):
     model_config = ConfigDict(extra="allow")
 
     worker_id: str
@@ -120,7 +126,7 @@ class CapabilitiesReport(BaseModel):
     labels: dict[str, str]
 
 
-class AnyResult(BaseModel):
+class AnyResult(_Deferred):
     """The handler's result object, as the handler returned it."""
 
     model_config = ConfigDict(extra="allow")
