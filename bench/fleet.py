@@ -396,6 +396,34 @@ def broker_rss(cluster: Any) -> str:
     )
 
 
+def live_heap_mb(pid: int) -> float:
+    """The JVM's heap still in use after a full collection (jcmd): what the broker
+    needs, where RSS only shows how far a lazy collector let the heap grow."""
+    subprocess.run(["jcmd", str(pid), "GC.run"], capture_output=True, timeout=120, check=False)
+    info = subprocess.run(["jcmd", str(pid), "GC.heap_info"], capture_output=True, text=True,
+                          timeout=120, check=False).stdout  # fmt: skip
+    used = 0
+    for line in info.splitlines():
+        words = line.split()
+        if "used" in words and words[0] in {"def", "tenured"}:  # SerialGC's two generations
+            used += int(words[words.index("used") + 1].rstrip("K,"))
+    return used / 1024
+
+
+def open_files(pid: int) -> tuple[int, int, int, int]:
+    """(open files, their limit, memory maps, their limit): a partition replica holds
+    one file open and two maps (offset and time index)."""
+    files = len(os.listdir(f"/proc/{pid}/fd"))
+    limit = next(int(line.split()[3]) for line in Path(f"/proc/{pid}/limits").read_text()
+                 .splitlines() if line.startswith("Max open files"))  # fmt: skip
+    maps = len(Path(f"/proc/{pid}/maps").read_text().splitlines())
+    return files, limit, maps, int(Path("/proc/sys/vm/max_map_count").read_text())
+
+
+def replicas_on_disk(cluster: Any, prefix: str) -> list[int]:
+    return [len(list((n.directory / "data").glob(f"{prefix}*"))) for n in cluster.nodes]
+
+
 def create_host_topics(bootstrap: str, names: list[str], replicas: int) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     for start in range(0, len(names), 500):
@@ -422,7 +450,7 @@ def failover(cluster: Any, names: list[str]) -> None:
     consumer = Consumer({**quiet, "group.id": "bench-failover", "enable.auto.commit": False})
     try:
         producer.produce(topic, key=b"warm", value=b"before")
-        if producer.flush(30):
+        if producer.flush(120):
             raise SystemExit("failover: the warm-up message was not acknowledged")
         consumer.assign([TopicPartition(topic, 0, 0)])
         while not any(m.value() == b"before" for m in consumer.consume(10, 1.0) if not m.error()):
@@ -478,23 +506,33 @@ def host_topics(cluster: Any, count: int) -> None:
     full0, listed0 = full_metadata_ms(bootstrap)
     began = time.monotonic()
     create_host_topics(bootstrap, names[20:], replicas)
+    accepted = time.monotonic() - began
+    # The controller answers once the topics are in its metadata log; each broker then
+    # creates its replicas' logs, and only then is a topic usable there.
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-topics"})
-    # Created means in the metadata an agent gets, with a leader.
-    while True:
+    while time.monotonic() - began < 900:
+        on_disk = replicas_on_disk(cluster, "bench-topics.host.")
         listed = consumer.list_topics(timeout=120).topics
         there = sum(1 for n in names if n in listed and not listed[n].error
                     and listed[n].partitions[0].leader >= 0)  # fmt: skip
-        if there == count or time.monotonic() - began > 900:
+        if there == count and all(d == count for d in on_disk):
             break
         time.sleep(1)
     consumer.close()
-    created = time.monotonic() - began
-    if there != count:
-        print(f"  !! only {there} of {count} topics appeared")
-    print(f"  created in {created:.1f} s ({(count - 20) / created:.0f} topics/s, "
-          f"{(count - 20) * replicas / created:.0f} replicas/s) ({load()})")  # fmt: skip
+    placed = time.monotonic() - began
+    if there != count or any(d != count for d in on_disk):
+        print(f"  !! after {placed:.0f} s: {there} of {count} topics in the metadata, "
+              f"replicas on disk per broker {on_disk}")  # fmt: skip
+    print(f"  created: the controller accepted all in {accepted:.1f} s; every replica's log on "
+          f"every broker after {placed:.1f} s ({(count - 20) * replicas / placed:.0f} "
+          f"replicas/s) ({load()})")  # fmt: skip
     time.sleep(10)
     print(f"  broker RSS MB (node:RSS) {rss0} -> {broker_rss(cluster)} ({load()})")
+    for node in cluster.nodes:
+        files, files_max, maps, maps_max = open_files(node.pid)
+        print(f"  node {node.node_id}: live heap after a full GC {live_heap_mb(node.pid):.0f} MB "
+              f"(max {cluster.heap_mb}); open files {files} of {files_max}; memory maps "
+              f"{maps} of {maps_max}")  # fmt: skip
     start1, again1 = metadata_cost(bootstrap, names)
     full1, listed1 = full_metadata_ms(bootstrap)
     print(
