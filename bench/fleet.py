@@ -15,8 +15,18 @@ heartbeat load, and what one idle agent costs the brokers.
    --idle seconds: bytes/s and requests/s to the brokers (<= 100 B/s, <= 0.5
    req/s), CPU seconds of each; then a host job's produce -> running p50 (<= 50 ms).
 
-The load average is printed with each figure (the machine is shared).
+5. --topics N (--layout: only this): N per-host job topics, the agent's layout, on
+   --brokers 1 or 3 (replication factor min(brokers, 3), --heap MB each): the
+   controller's answer and the time until every broker holds every replica's log,
+   each broker's RSS, live heap after a full GC and open files/maps against their
+   limits, an agent's metadata at start and at a refresh, all topics' metadata; on
+   3 brokers, kill -9 of the active controller: a new one, and a long-lived
+   producer/consumer on a topic the dead node led working again.
+
+The load average is printed with each figure (the machine is shared). Brokers
+are stopped and their directories removed however the bench ends.
 Usage: python bench/fleet.py [--sizes 1000,10000,100000] [--idle 600] [--steady 60]
+       python bench/fleet.py --layout --topics 10000 --brokers 3 --heap 1024
 """
 
 from __future__ import annotations
