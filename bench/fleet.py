@@ -15,8 +15,18 @@ heartbeat load, and what one idle agent costs the brokers.
    --idle seconds: bytes/s and requests/s to the brokers (<= 100 B/s, <= 0.5
    req/s), CPU seconds of each; then a host job's produce -> running p50 (<= 50 ms).
 
-The load average is printed with each figure (the machine is shared).
+5. --topics N (--layout: only this): N per-host job topics, the agent's layout, on
+   --brokers 1 or 3 (replication factor min(brokers, 3), --heap MB each): the
+   controller's answer and the time until every broker holds every replica's log,
+   each broker's RSS, live heap after a full GC and open files/maps against their
+   limits, an agent's metadata at start and at a refresh, all topics' metadata; on
+   3 brokers, kill -9 of the active controller: a new one, and a long-lived
+   producer/consumer on a topic the dead node led working again.
+
+The load average is printed with each figure (the machine is shared). Brokers
+are stopped and their directories removed however the bench ends.
 Usage: python bench/fleet.py [--sizes 1000,10000,100000] [--idle 600] [--steady 60]
+       python bench/fleet.py --layout --topics 10000 --brokers 3 --heap 1024
 """
 
 from __future__ import annotations
@@ -357,47 +367,198 @@ def latency(bootstrap: str, prefix: str, jobs: int = 30) -> None:
     )
 
 
-def host_topics(bootstrap: str, broker_pid: int, count: int) -> None:
-    """`count` per-host job topics (one partition each, the agent's layout): creation
-    time, broker RSS, and what an agent's metadata request costs with them there."""
+def metadata_cost(bootstrap: str, names: list[str], samples: int = 15) -> tuple[float, float]:
+    """What an agent pays for metadata, median ms: a fresh client's first request for
+    its own topic (connect, ApiVersions, Metadata: an agent's start), and the same
+    client asking again (a refresh: librdkafka asks only for the topics it uses,
+    every topic.metadata.refresh.interval.ms, 5 min by default)."""
+    first, again = [], []
+    for name in names[:: max(1, len(names) // samples)][:samples]:
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-metadata"})
+        try:
+            began = time.monotonic()
+            consumer.list_topics(name, timeout=30)
+            first.append(time.monotonic() - began)
+            began = time.monotonic()
+            consumer.list_topics(name, timeout=30)
+            again.append(time.monotonic() - began)
+        finally:
+            consumer.close()
+    return statistics.median(first) * 1000, statistics.median(again) * 1000
+
+
+def full_metadata_ms(bootstrap: str) -> tuple[float, int]:
+    """One request for every topic's metadata (a regex subscription or an operator's
+    `list_topics()` pays this; the agent names its topics and does not)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-metadata"})
+    try:
+        consumer.list_topics(timeout=60)  # connected
+        began = time.monotonic()
+        count = len(consumer.list_topics(timeout=120).topics)
+        return (time.monotonic() - began) * 1000, count
+    finally:
+        consumer.close()
+
+
+def broker_rss(cluster: Any) -> str:
+    return " ".join(
+        f"{n.node_id}:{rss_mb(n.pid):.0f}" if n.pid else f"{n.node_id}:-" for n in cluster.nodes
+    )
+
+
+def live_heap_mb(pid: int) -> float:
+    """The JVM's heap still in use after a full collection (jcmd): what the broker
+    needs, where RSS only shows how far a lazy collector let the heap grow."""
+    subprocess.run(["jcmd", str(pid), "GC.run"], capture_output=True, timeout=120, check=False)
+    info = subprocess.run(["jcmd", str(pid), "GC.heap_info"], capture_output=True, text=True,
+                          timeout=120, check=False).stdout  # fmt: skip
+    used = 0
+    for line in info.splitlines():
+        words = line.split()
+        if "used" in words and words[0] in {"def", "tenured"}:  # SerialGC's two generations
+            used += int(words[words.index("used") + 1].rstrip("K,"))
+    return used / 1024
+
+
+def open_files(pid: int) -> tuple[int, int, int, int]:
+    """(open files, their limit, memory maps, their limit): a partition replica holds
+    one file open and two maps (offset and time index)."""
+    files = len(os.listdir(f"/proc/{pid}/fd"))
+    limit = next(int(line.split()[3]) for line in Path(f"/proc/{pid}/limits").read_text()
+                 .splitlines() if line.startswith("Max open files"))  # fmt: skip
+    maps = len(Path(f"/proc/{pid}/maps").read_text().splitlines())
+    return files, limit, maps, int(Path("/proc/sys/vm/max_map_count").read_text())
+
+
+def replicas_on_disk(cluster: Any, prefix: str) -> list[int]:
+    return [len(list((n.directory / "data").glob(f"{prefix}*"))) for n in cluster.nodes]
+
+
+def create_host_topics(bootstrap: str, names: list[str], replicas: int) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    rss0 = rss_mb(broker_pid)
-    began = time.monotonic()
+    for start in range(0, len(names), 500):
+        wanted = [NewTopic(name, num_partitions=1, replication_factor=replicas)
+                  for name in names[start : start + 500]]  # fmt: skip
+        for future in admin.create_topics(wanted, operation_timeout=300).values():
+            future.result(timeout=600)
+
+
+def failover(cluster: Any, names: list[str]) -> None:
+    """kill -9 the active controller; time until a new one is active (its quorum
+    record), until a long-lived producer's message to a topic that node led is
+    acknowledged (acks=all), and until a long-lived consumer reads it back."""
+    bootstrap = cluster.bootstrap
+    leader, epoch = cluster.active_controller()
+    victim = next(n for n in cluster.nodes if n.node_id == leader)
+    listed = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-failover"})
+    topics = listed.list_topics(timeout=120).topics
+    listed.close()
+    led = [n for n in names if topics[n].partitions[0].leader == leader]
+    topic = led[len(led) // 2] if led else names[len(names) // 2]
+    quiet = {"bootstrap.servers": bootstrap, "log_level": 2}  # the kill's disconnects are expected
+    producer = Producer({**quiet, "acks": "all", "enable.idempotence": True})
+    consumer = Consumer({**quiet, "group.id": "bench-failover", "enable.auto.commit": False})
+    try:
+        producer.produce(topic, key=b"warm", value=b"before")
+        if producer.flush(120):
+            raise SystemExit("failover: the warm-up message was not acknowledged")
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        while not any(m.value() == b"before" for m in consumer.consume(10, 1.0) if not m.error()):
+            pass
+        acked: list[float] = []
+
+        def delivered(err: Any, _message: Any) -> None:
+            if err is None:
+                acked.append(time.monotonic())
+
+        began = time.monotonic()
+        cluster.kill(victim)
+        producer.produce(topic, key=b"after", value=b"after", on_delivery=delivered)
+        elected = read = 0.0
+        while not (elected and acked and read) and time.monotonic() - began < 300:
+            now_leader, now_epoch = cluster.active_controller()
+            if not elected and now_epoch > epoch and now_leader not in (-1, leader):
+                elected = time.monotonic() - began
+            producer.poll(0)
+            for message in consumer.consume(10, 0.05):
+                if not message.error() and message.value() == b"after" and not read:
+                    read = time.monotonic() - began
+        ack = acked[0] - began if acked else 0.0
+        where = "it led" if led else "(none led by it)"
+        print(f"  failover (kill -9 controller {leader}, a topic {where}): new active controller "
+              f"{cluster.active_controller()[0]} in {elected:.1f} s; a long-lived producer's "
+              f"message acknowledged (acks=all) in {ack:.1f} s; read back by a long-lived "
+              f"consumer in {read:.1f} s ({load()})")  # fmt: skip
+        began = time.monotonic()
+        fresh = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+        fresh.produce(topic, value=b"fresh")
+        left = " (NOT acknowledged)" if fresh.flush(60) else ""
+        print(f"  after failover, a fresh producer (an agent starting) produces in "
+              f"{time.monotonic() - began:.2f} s{left}")  # fmt: skip
+    finally:
+        producer.flush(5)
+        consumer.close()
+
+
+def host_topics(cluster: Any, count: int) -> None:
+    """`count` per-host job topics (one partition each, the agent's layout, replication
+    factor min(brokers, 3)): creation time, each broker's RSS, what an agent's
+    metadata costs before and after, and, on 3 brokers, the controller's failover."""
+    bootstrap = cluster.bootstrap
+    replicas = min(len(cluster.nodes), 3)
     names = [f"bench-topics.host.sim-{i:06d}.jobs" for i in range(count)]
-    for start in range(0, count, 500):
-        wanted = [NewTopic(name, num_partitions=1) for name in names[start : start + 500]]
-        for future in admin.create_topics(wanted, operation_timeout=120).values():
-            future.result(timeout=180)
+    create_host_topics(bootstrap, names[:20], replicas)  # the baseline's own topics
+    time.sleep(5)
+    print(f"{count} host topics on {len(cluster.nodes)} broker(s), replication factor "
+          f"{replicas}, heap {cluster.heap_mb} MB each ({load()}):")  # fmt: skip
+    rss0 = broker_rss(cluster)
+    start0, again0 = metadata_cost(bootstrap, names[:20])
+    full0, listed0 = full_metadata_ms(bootstrap)
+    began = time.monotonic()
+    create_host_topics(bootstrap, names[20:], replicas)
+    accepted = time.monotonic() - began
+    # The controller answers once the topics are in its metadata log; each broker then
+    # creates its replicas' logs, and only then is a topic usable there.
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-topics"})
-    # Created means in the metadata an agent gets.
-    while True:
+    while time.monotonic() - began < 900:
+        on_disk = replicas_on_disk(cluster, "bench-topics.host.")
         listed = consumer.list_topics(timeout=120).topics
-        there = sum(1 for name in names if name in listed and not listed[name].error)
-        if there == count or time.monotonic() - began > 600:
+        there = sum(1 for n in names if n in listed and not listed[n].error
+                    and listed[n].partitions[0].leader >= 0)  # fmt: skip
+        if there == count and all(d == count for d in on_disk):
             break
         time.sleep(1)
-    created = time.monotonic() - began
-    if there != count:
-        print(f"  !! only {there} of {count} topics appeared")
-    time.sleep(5)
-    rss1 = rss_mb(broker_pid)
-    began = time.monotonic()
-    consumer.list_topics(names[-1], timeout=30)
-    one = time.monotonic() - began
-    began = time.monotonic()
-    everything = len(consumer.list_topics(timeout=120).topics)
-    full = time.monotonic() - began
     consumer.close()
-    print(f"{count} host topics: created in {created:.1f} s ({count / created:.0f}/s); broker RSS "
-          f"{rss0:.0f} -> {rss1:.0f} MB ({(rss1 - rss0) * 1024 / count:.0f} KB/topic); an agent's "
-          f"metadata for its topic {one * 1000:.0f} ms; all {everything} topics' metadata "
-          f"{full * 1000:.0f} ms ({load()})")  # fmt: skip
+    placed = time.monotonic() - began
+    if there != count or any(d != count for d in on_disk):
+        print(f"  !! after {placed:.0f} s: {there} of {count} topics in the metadata, "
+              f"replicas on disk per broker {on_disk}")  # fmt: skip
+    print(f"  created: the controller accepted all in {accepted:.1f} s; every replica's log on "
+          f"every broker after {placed:.1f} s ({(count - 20) * replicas / placed:.0f} "
+          f"replicas/s) ({load()})")  # fmt: skip
+    time.sleep(10)
+    print(f"  broker RSS MB (node:RSS) {rss0} -> {broker_rss(cluster)} ({load()})")
+    for node in cluster.nodes:
+        files, files_max, maps, maps_max = open_files(node.pid)
+        print(f"  node {node.node_id}: live heap after a full GC {live_heap_mb(node.pid):.0f} MB "
+              f"(max {cluster.heap_mb}); open files {files} of {files_max}; memory maps "
+              f"{maps} of {maps_max}")  # fmt: skip
+    start1, again1 = metadata_cost(bootstrap, names)
+    full1, listed1 = full_metadata_ms(bootstrap)
+    print(
+        f"  an agent's metadata, its own topic (median of 15): at start {start0:.1f} -> "
+        f"{start1:.1f} ms, each refresh {again0:.1f} -> {again1:.1f} ms ({load()})"
+    )
+    print(f"  every topic's metadata in one request: {listed0} topics {full0:.0f} ms -> "
+          f"{listed1} topics {full1:.0f} ms")  # fmt: skip
+    if len(cluster.nodes) >= 3:
+        failover(cluster, names)
 
 
 BROKER_DIR = ""
 
 
-def main() -> None:
+def main() -> None:  # noqa: PLR0912 (a script's parts, in order)
     global BROKER_DIR  # noqa: PLW0603
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="1000,10000,100000")
@@ -406,16 +567,23 @@ def main() -> None:
     parser.add_argument("--steady", type=float, default=60.0)
     parser.add_argument("--idle", type=float, default=600.0)
     parser.add_argument("--topics", type=int, default=0, help="also create N host topics")
+    parser.add_argument("--brokers", type=int, choices=[1, 3], default=1)
+    parser.add_argument("--heap", type=int, default=128, help="each broker's maximum heap, MB")
+    parser.add_argument("--layout", action="store_true", help="only the host topics (--topics)")
     args = parser.parse_args()
     script = load_broker_script()
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
         home = Path(tmp)
         BROKER_DIR = str(home / "kafka")
-        cluster = script.Cluster.create(home / "kafka", 1)
-        cluster.start()
-        bootstrap = cluster.bootstrap
-        broker_pid = cluster.nodes[0].pid or cluster.nodes[0].process.pid
+        cluster = script.Cluster.create(home / "kafka", args.brokers, args.heap)
         try:
+            cluster.start()
+            print(f"{len(cluster.nodes)} broker(s) started ({load()})", flush=True)
+            if args.layout:
+                host_topics(cluster, args.topics)
+                return
+            bootstrap = cluster.bootstrap
+            broker_pid = cluster.nodes[0].pid or cluster.nodes[0].process.pid
             source = kafka_agent(home, bootstrap, "bench-src", "real-host", heartbeat=10.0)
             source.start()
             try:
@@ -477,7 +645,7 @@ def main() -> None:
             if args.idle > 0:
                 idle(bootstrap, home, args.idle)
             if args.topics > 0:
-                host_topics(bootstrap, broker_pid, args.topics)
+                host_topics(cluster, args.topics)
         finally:
             cluster.stop()
 
