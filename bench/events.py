@@ -240,6 +240,7 @@ def main() -> None:
                 used = cpu_seconds(agent.pid)
                 watched.append(submit_all(port, f"watched{number}", args.jobs))
                 subscribers.wait_for(args.jobs * args.subscribers)
+                delivered = subscribers.created
                 cpu["watched"].append(cpu_seconds(agent.pid) - used)
                 subscribers.close()
                 latencies += subscribers.latencies
@@ -248,7 +249,8 @@ def main() -> None:
                     f"round {number + 1}: alone {alone[-1]:.0f} jobs/s, watched "
                     f"{watched[-1]:.0f} jobs/s; agent CPU alone {cpu['alone'][-1]:.2f} s, "
                     f"watched {cpu['watched'][-1]:.2f} s; reader CPU {subscribers.cpu:.2f} s; "
-                    f"cut off {subscribers.cut_off}; load {os.getloadavg()[0]:.1f}",
+                    f"cut off {subscribers.cut_off}; created events delivered {delivered} of "
+                    f"{args.jobs * args.subscribers}; load {os.getloadavg()[0]:.1f}",
                     flush=True,
                 )
                 time.sleep(1)
