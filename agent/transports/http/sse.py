@@ -82,6 +82,7 @@ class _Stream:
     def __init__(self, intake: JobReads, job_ids: list[str], cursor: int) -> None:
         self.intake = intake
         self.job_ids = job_ids
+        self._wanted = frozenset(job_ids)  # matched per event: a set, not the list
         self.cursor = cursor
         self.finished: set[str] = set()
         # A progress or log event came by that the log has not been read for
@@ -90,10 +91,7 @@ class _Stream:
 
     @property
     def done(self) -> bool:
-        return bool(self.job_ids) and self.finished >= set(self.job_ids)
-
-    def wants(self, job_id: object) -> bool:
-        return not self.job_ids or job_id in self.job_ids
+        return bool(self._wanted) and self.finished >= self._wanted
 
     async def durable(self) -> AsyncGenerator[bytes, None]:
         """Every logged event after the cursor, oldest first."""
@@ -120,9 +118,10 @@ class _Stream:
             if shared is not None:
                 return shared
         parts: list[bytes] = []
+        wanted, finished = self._wanted, self.finished
         for event in feed.events_between(first, end):
             job_id = event.get("job_id")
-            if not self.wants(job_id) or job_id in self.finished:
+            if (wanted and job_id not in wanted) or job_id in finished:
                 continue
             kind = event.get("type")
             if kind in _DURABLE:
