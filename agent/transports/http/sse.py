@@ -8,9 +8,12 @@ it missed, then each followed job's current status. A stream that follows
 given jobs (`?job_id=`, repeatable) ends once all of them have finished.
 
 What a hundred subscribers cost: each takes every event waiting for it at
-once and sends them in one write, then lets the next run gather for
-COALESCE_SECONDS or until half its buffer waits, so under load a stream costs
-one write per interval rather than one per event. Each event's JSON is
+once and sends them in one write, then lets the next run gather until the next
+tick (a multiple of COALESCE_SECONDS on trio's clock, the same for every stream)
+or until half its buffer waits, so under load a stream costs one write per
+interval rather than one per event. Streams woken together (one tick, one
+publish) take the same run (Feed.take(at=)), so unfiltered ones at the same
+place send the same bytes object, copied once for all. Each event's JSON is
 encoded once for all (the bus's SharedEvent), and so are the frames that
 unfiltered streams send (_SharedFrames, kept by the bus): such a stream's
 write is one slice of them, whatever the number of events it holds, where
