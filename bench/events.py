@@ -109,11 +109,14 @@ class Subscribers:
             sock = socket.create_connection(("127.0.0.1", port))
             if self._websocket:
                 _open_websocket(sock)
+                buffers[sock] = b""
             else:
                 sock.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: bench\r\n\r\n")
+                # Subscribed once the stream's first line came (`retry:`): a round that
+                # began before would miss the first batch's events on a busy machine.
+                buffers[sock] = _read_past(sock, b"retry: ")
             sock.setblocking(False)
             selector.register(sock, selectors.EVENT_READ)
-            buffers[sock] = b""
         self._ready.set()
         latencies: list[float] = []
         cut_off = 0
@@ -181,9 +184,24 @@ def _open_websocket(sock: socket.socket) -> None:
         answer += sock.recv(4096)
     if b" 101 " not in answer.split(b"\r\n", 1)[0]:
         raise SystemExit(f"websocket refused: {answer[:80]!r}")
-    payload, mask = b'{"type":"subscribe_all"}', os.urandom(4)
-    masked = bytes(byte ^ mask[n % 4] for n, byte in enumerate(payload))
-    sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
+    for payload in (b'{"type":"subscribe_all"}', b'{"type":"ping"}'):
+        mask = os.urandom(4)
+        masked = bytes(byte ^ mask[n % 4] for n, byte in enumerate(payload))
+        sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
+    # The pong comes after subscribe_all took effect: from here on every event is sent.
+    _read_past(sock, b'"pong"')
+
+
+def _read_past(sock: socket.socket, marker: bytes) -> bytes:
+    """Read (blocking) until `marker` came; what follows it in the last read."""
+    seen = b""
+    while marker not in seen:
+        data = sock.recv(65536)
+        if not data:
+            raise SystemExit(f"stream ended before {marker!r}")
+        seen += data
+    tail = seen[seen.index(marker) + len(marker) :]
+    return tail[tail.find(b"\n\n") + 2 :] if b"\n\n" in tail else b""
 
 
 def _submitted_at(frames: bytes, found: int) -> float:
@@ -240,6 +258,7 @@ def main() -> None:
                 used = cpu_seconds(agent.pid)
                 watched.append(submit_all(port, f"watched{number}", args.jobs))
                 subscribers.wait_for(args.jobs * args.subscribers)
+                delivered = subscribers.created
                 cpu["watched"].append(cpu_seconds(agent.pid) - used)
                 subscribers.close()
                 latencies += subscribers.latencies
@@ -248,7 +267,8 @@ def main() -> None:
                     f"round {number + 1}: alone {alone[-1]:.0f} jobs/s, watched "
                     f"{watched[-1]:.0f} jobs/s; agent CPU alone {cpu['alone'][-1]:.2f} s, "
                     f"watched {cpu['watched'][-1]:.2f} s; reader CPU {subscribers.cpu:.2f} s; "
-                    f"cut off {subscribers.cut_off}; load {os.getloadavg()[0]:.1f}",
+                    f"cut off {subscribers.cut_off}; created events delivered {delivered} of "
+                    f"{args.jobs * args.subscribers}; load {os.getloadavg()[0]:.1f}",
                     flush=True,
                 )
                 time.sleep(1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import math
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
@@ -23,6 +24,8 @@ import trio
 Event = dict[str, Any]
 _T = TypeVar("_T")
 log = structlog.get_logger("agent.core.events")
+# Wake-up keys whose positions the bus remembers (see EventBus.mark).
+_MARKS = 8
 
 
 class SharedEvent(dict[str, Any]):
@@ -120,11 +123,22 @@ class Feed:
         while self.cursor >= self._bus.published and not self.closed:
             await self._bus.wait_for_more()
 
-    async def gather(self, seconds: float) -> None:
-        """Let events gather for up to `seconds`, or until half the buffer waits
-        (so gathering never makes a subscriber lag), or the bus closes."""
-        with trio.move_on_after(seconds):
+    async def wait_woken(self) -> Hashable:
+        """`wait`, then the key of the wake-up: every subscriber that one publish woke
+        gets the same key, so `take(at=key)` hands them all the same run."""
+        await self.wait()
+        return ("woken", self._bus.wakes)
+
+    async def gather(self, seconds: float) -> Hashable | None:
+        """Let events gather until the next multiple of `seconds` on trio's clock
+        (at most `seconds`; the same moment for every subscriber, so they all take
+        the same run there: the returned key, for `take(at=)`), or until half the
+        buffer waits (so gathering never makes a subscriber lag: None), or the bus
+        closes (None)."""
+        tick = (math.floor(trio.current_time() / seconds) + 1) * seconds
+        with trio.move_on_at(tick) as timer:
             await self._bus.alarm(self.cursor + self.buffer // 2).wait()
+        return ("tick", tick) if timer.cancelled_caught else None
 
     def shared(self, key: tuple[Any, ...], make: Callable[[], bytes]) -> bytes:
         """See EventBus.shared (the key need not name the bus)."""
@@ -141,13 +155,21 @@ class Feed:
         self.cursor += len(events)
         return events
 
-    def take(self, limit: int) -> tuple[int, int]:
+    def take(self, limit: int, *, at: Hashable | None = None) -> tuple[int, int]:
         """Take up to `limit` waiting events without listing them: their positions
-        (first, end), read with `events_between` or a `kept` encoding; ends as receive does."""
+        (first, end), read with `events_between` or a `kept` encoding; ends as receive does.
+        With `at` (a key of `gather` or `wait_woken`), only the events published when the
+        first subscriber took at that key: subscribers woken together take the same run
+        (and can share its encoding), whatever was published while they took turns."""
         if self.lagged:
             raise trio.EndOfChannel
         first = self.cursor
-        end = min(first + limit, self._bus.published)
+        end = self._bus.published
+        if at is not None:
+            marked = self._bus.mark(at)
+            if first < marked:
+                end = marked
+        end = min(first + limit, end)
         if first == end and self.closed:
             raise trio.EndOfChannel
         self.cursor = end
@@ -221,6 +243,8 @@ class EventBus:
         self._alarms: list[tuple[int, int, trio.Event]] = []
         self._ties = count()
         self._kept: dict[Hashable, Any] = {}
+        self.wakes = 0  # publishes that woke waiting subscribers
+        self._marks: dict[Hashable, int] = {}
 
     @contextmanager
     def subscribe(self, *, buffer: int = 1024) -> Iterator[Subscription]:
@@ -253,6 +277,16 @@ class EventBus:
             found = self._kept[key] = make()
         return found
 
+    def mark(self, key: Hashable) -> int:
+        """The number of events published when `key` was first asked for (the last
+        few keys are kept): where subscribers woken together stop taking."""
+        found = self._marks.get(key)
+        if found is None:
+            if len(self._marks) >= _MARKS:
+                del self._marks[next(iter(self._marks))]  # the oldest
+            found = self._marks[key] = self.published
+        return found
+
     @property
     def log_window(self) -> deque[SharedEvent]:
         """The events still held, oldest first."""
@@ -269,6 +303,7 @@ class EventBus:
         self._log.append(SharedEvent(event))
         self.published += 1
         if self._more:
+            self.wakes += 1
             self._more.unpark_all()
         while self._alarms and self._alarms[0][0] <= self.published:
             heapq.heappop(self._alarms)[2].set()

@@ -123,3 +123,56 @@ def test_feeds_take_positions_and_share_what_the_bus_keeps() -> None:
         with pytest.raises(trio.EndOfChannel):
             one.receive.take(1)  # 15 behind, past its buffer: cut off
         assert one.lagged
+
+
+def _status(number: int) -> dict[str, object]:
+    return {"type": "status", "job_id": f"j{number}", "data": {}}
+
+
+async def test_subscribers_woken_by_one_publish_take_the_same_run() -> None:
+    bus = EventBus()
+    keys: list[object] = []
+    runs: list[tuple[int, int]] = []
+    with bus.subscribe(buffer=64) as one, bus.subscribe(buffer=64) as two:
+
+        async def stream(subscription: Subscription) -> None:
+            key = await subscription.receive.wait_woken()
+            keys.append(key)
+            runs.append(subscription.receive.take(64, at=key))
+            bus.publish(_status(len(runs) + 10))  # published while the other takes its turn
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stream, one)
+            nursery.start_soon(stream, two)
+            await trio.testing.wait_all_tasks_blocked()
+            bus.publish(_status(0))
+            bus.publish(_status(1))
+        assert keys[0] == keys[1]
+        assert runs == [(0, 2), (0, 2)]  # not (0, 3) for the second: the same run
+        # Taken without a key (or past the mark), everything waiting is taken.
+        assert one.receive.take(64) == (2, 4)
+        assert two.receive.take(64, at=keys[0]) == (2, 4)
+
+
+async def test_gathering_subscribers_wake_at_the_same_tick_and_take_the_same_run(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    bus = EventBus()
+    woken: list[tuple[float, object, tuple[int, int]]] = []
+    with bus.subscribe(buffer=64) as one, bus.subscribe(buffer=64) as two:
+
+        async def stream(subscription: Subscription, delay: float) -> None:
+            await trio.sleep(delay)  # their last writes at different moments
+            key = await subscription.receive.gather(0.2)
+            woken.append((trio.current_time(), key, subscription.receive.take(64, at=key)))
+            bus.publish(_status(99))
+
+        began = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stream, one, 0.01)
+            nursery.start_soon(stream, two, 0.13)
+            await trio.sleep(0.15)
+            bus.publish(_status(0))
+        assert woken[0][:2] == woken[1][:2]  # one moment, one key
+        assert woken[0][0] - began <= 0.2 + 1e-9
+        assert woken[0][2] == woken[1][2] == (0, 1)

@@ -19,7 +19,7 @@ an `initial_status` first); without it every event is sent.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any
 
 import structlog
@@ -125,17 +125,22 @@ async def event_socket() -> None:
 async def _forward(subscription: Subscription, chosen: _Filter, send_lock: trio.Lock) -> bool:
     """Send the subscribed events until the feed ends; True if the client was
     too slow to take them. Events are taken as runs and sent under one lock
-    and one deadline, then the next run gathers (sse.COALESCE_SECONDS), so a busy
-    stream costs a wake-up per interval rather than per event (a websocket
-    still needs a message, and hypercorn a write, per event)."""
+    and one deadline, then the next run gathers until the next tick shared by all
+    streams (sse.COALESCE_SECONDS), so a busy stream costs a wake-up per interval
+    rather than per event (a websocket still needs a message, and hypercorn a
+    write, per event)."""
     feed = subscription.receive
+    woken: Hashable | None = None  # as in sse._live: streams woken together take one run
     while True:
-        await feed.wait()
+        if woken is None:
+            woken = await feed.wait_woken()
         try:
-            events = feed.receive_many(feed.buffer)
+            first, end = feed.take(feed.buffer, at=woken)
         except (trio.EndOfChannel, trio.ClosedResourceError):
             return False
-        texts = [_text(event) for event in events if chosen.wants(event)]
+        woken = None
+        wants = chosen.wants
+        texts = [_text(event) for event in feed.events_between(first, end) if wants(event)]
         if not texts:
             continue
         with trio.move_on_after(SEND_TIMEOUT_SECONDS) as deadline:
@@ -144,7 +149,7 @@ async def _forward(subscription: Subscription, chosen: _Filter, send_lock: trio.
                     await websocket.send(text)
         if deadline.cancelled_caught:
             return True
-        await feed.gather(sse.COALESCE_SECONDS)
+        woken = await feed.gather(sse.COALESCE_SECONDS)
 
 
 def _text(event: Event) -> str:

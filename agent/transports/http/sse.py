@@ -8,9 +8,12 @@ it missed, then each followed job's current status. A stream that follows
 given jobs (`?job_id=`, repeatable) ends once all of them have finished.
 
 What a hundred subscribers cost: each takes every event waiting for it at
-once and sends them in one write, then lets the next run gather for
-COALESCE_SECONDS or until half its buffer waits, so under load a stream costs
-one write per interval rather than one per event. Each event's JSON is
+once and sends them in one write, then lets the next run gather until the next
+tick (a multiple of COALESCE_SECONDS on trio's clock, the same for every stream)
+or until half its buffer waits, so under load a stream costs one write per
+interval rather than one per event. Streams woken together (one tick, one
+publish) take the same run (Feed.take(at=)), so unfiltered ones at the same
+place send the same bytes object, copied once for all. Each event's JSON is
 encoded once for all (the bus's SharedEvent), and so are the frames that
 unfiltered streams send (_SharedFrames, kept by the bus): such a stream's
 write is one slice of them, whatever the number of events it holds, where
@@ -20,7 +23,7 @@ each stream used to look at every event and join its frames itself.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Hashable, Mapping
 from contextlib import ExitStack, aclosing
 from typing import Any
 
@@ -82,6 +85,7 @@ class _Stream:
     def __init__(self, intake: JobReads, job_ids: list[str], cursor: int) -> None:
         self.intake = intake
         self.job_ids = job_ids
+        self._wanted = frozenset(job_ids)  # matched per event: a set, not the list
         self.cursor = cursor
         self.finished: set[str] = set()
         # A progress or log event came by that the log has not been read for
@@ -90,10 +94,7 @@ class _Stream:
 
     @property
     def done(self) -> bool:
-        return bool(self.job_ids) and self.finished >= set(self.job_ids)
-
-    def wants(self, job_id: object) -> bool:
-        return not self.job_ids or job_id in self.job_ids
+        return bool(self._wanted) and self.finished >= self._wanted
 
     async def durable(self) -> AsyncGenerator[bytes, None]:
         """Every logged event after the cursor, oldest first."""
@@ -120,9 +121,10 @@ class _Stream:
             if shared is not None:
                 return shared
         parts: list[bytes] = []
+        wanted, finished = self._wanted, self.finished
         for event in feed.events_between(first, end):
             job_id = event.get("job_id")
-            if not self.wants(job_id) or job_id in self.finished:
+            if (wanted and job_id not in wanted) or job_id in finished:
                 continue
             kind = event.get("type")
             if kind in _DURABLE:
@@ -177,6 +179,7 @@ class _FrameRun:
         self._frames = bytearray()
         self._offsets = [0]  # where each held event's frame starts, then the end
         self._logged = [0]  # logged events before each held event, then in all
+        self._last: tuple[tuple[int, int], bytes] = ((-1, -1), b"")  # the last slice made
 
     @property
     def end(self) -> int:
@@ -186,15 +189,19 @@ class _FrameRun:
         if end > self.end:
             self._extend(feed.events_between(self.end, end))
         self._trim(feed.oldest)
+        if self._last[0] == (first, end):
+            return self._last[1]  # streams woken together take the same run: one copy
         low, high = first - self.start, end - self.start
         if self._logged[high] != self._logged[low]:
             return None
         base = self._base
         # One copy (a bytearray's slice would be a second): the view is gone before the
         # frames next grow.
-        return bytes(
+        made = bytes(
             memoryview(self._frames)[self._offsets[low] - base : self._offsets[high] - base]
         )
+        self._last = ((first, end), made)
+        return made
 
     def _extend(self, events: list[Event]) -> None:
         frames, line = self._frames, self.line
@@ -272,19 +279,24 @@ async def _skip_to_end(stream: _Stream) -> None:
 
 async def _live(subscription: Subscription, stream: _Stream) -> AsyncGenerator[bytes, None]:
     feed = subscription.receive
+    woken: Hashable | None = None  # the key of a gathering's tick: take what it holds
     while True:
-        with trio.move_on_after(KEEPALIVE_SECONDS) as idle:
-            await feed.wait()
-        if idle.cancelled_caught:
-            yield b": keepalive\n\n"
-            continue
+        if woken is None:
+            # Idle: no timer but the keepalive's until an event comes.
+            with trio.move_on_after(KEEPALIVE_SECONDS) as idle:
+                woken = await feed.wait_woken()
+            if idle.cancelled_caught:
+                yield b": keepalive\n\n"
+                continue
         try:
-            first, end = feed.take(feed.buffer)
+            first, end = feed.take(feed.buffer, at=woken)
         except (trio.EndOfChannel, trio.ClosedResourceError):
             if subscription.lagged:
                 yield _frame({"type": "error", "data": _LAGGED}, stream.cursor)
             return
         chunk = await stream.frames(feed, first, end)
+        woken = None
         if chunk:
             yield chunk
-            await feed.gather(COALESCE_SECONDS)
+            # Every busy stream writes at the same ticks, the same bytes when unfiltered.
+            woken = await feed.gather(COALESCE_SECONDS)

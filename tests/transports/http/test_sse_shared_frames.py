@@ -57,3 +57,16 @@ def test_frames_of_events_the_bus_let_go_are_dropped_and_the_rest_stay_right() -
                 )
         [run] = frames._runs.values()
         assert run.start >= 200 - 2 * 8  # no more than about twice the bus's window kept
+
+
+def test_streams_taking_the_same_run_send_one_bytes_object() -> None:
+    bus = EventBus()
+    with bus.subscribe(buffer=16) as one, bus.subscribe(buffer=16) as two:
+        frames = one.receive.kept(_SharedFrames, _SharedFrames)
+        for number in range(6):
+            bus.publish(status(number))
+        sent = frames.between(one.receive, 0, 6, 3)
+        assert frames.between(two.receive, 0, 6, 3) is sent  # no copy per stream
+        assert sent == alone(one.receive, 0, 6, 3)
+        other = frames.between(two.receive, 0, 6, 4)  # another id line: its own bytes
+        assert other == alone(one.receive, 0, 6, 4)
