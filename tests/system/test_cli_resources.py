@@ -14,6 +14,7 @@ import structlog
 import trio
 
 from agent.cli.command import main
+from agent.cli.support import EXIT_NOT_FOUND
 from agent.config import Config
 from agent.service.daemon import Agent
 from tests.http_helpers import ADMIN, http_of, serving, with_http
@@ -99,5 +100,5 @@ async def test_pool_volume_net_host_nouns(
     code, out, _ = await hostagent(capsys, "host", "info")
     assert "hypervisor" in out
     code, _, err = await hostagent(capsys, "net", "info", "ghost")
-    assert code == 1
+    assert code == EXIT_NOT_FOUND
     assert "hostagent: network 'ghost' not found" in err

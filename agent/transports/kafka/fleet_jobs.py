@@ -127,6 +127,7 @@ class HostRun:
             "transport": "kafka",
             "attempts": self.attempts,
             "priority": priority,
+            "parent": None,  # sent to the fleet by a client, not a runbook's step
             "result": self.result,
             **(self.result_fields or {}),
             "worker_id": self.worker_id,

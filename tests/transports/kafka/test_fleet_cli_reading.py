@@ -37,8 +37,12 @@ def event(
 
 def host(worker_id: str, *, stale: bool, pools: list[str] = (), **labels: str) -> FleetHost:  # type: ignore[assignment]
     beat = (NOW - timedelta(seconds=40 if stale else 1)).isoformat()
+    status, reason = (
+        ("stale", "last heartbeat 40 s ago") if stale else ("live", "heartbeat 1 s ago")
+    )
     return FleetHost(worker_id=worker_id, labels=labels, pools=list(pools),
-                     operations=["system.echo"], last_heartbeat=beat, stale=stale)  # fmt: skip
+                     operations=["system.echo"], last_heartbeat=beat, stale=stale,
+                     status=status, reason=reason)  # fmt: skip
 
 
 def test_since_takes_durations_and_rfc3339_times_and_names_the_option_otherwise() -> None:
@@ -69,7 +73,8 @@ def test_a_hosts_events_become_the_job_document_a_local_wait_prints() -> None:
         "job_id": "j1", "operation": "system.echo", "status": "Completed",
         "submitted_at": "2026-12-07T12:00:00Z", "started_at": "2026-12-07T12:00:01Z",
         "completed_at": "2026-12-07T12:00:03Z", "error": None, "progress": 50.0,
-        "transport": "kafka", "attempts": 1, "priority": 7, "result": {"message": "hi"},
+        "transport": "kafka", "attempts": 1, "priority": 7, "parent": None,
+        "result": {"message": "hi"},
         "worker_id": "a",
     }  # fmt: skip
     assert job.target == "host a"
@@ -126,7 +131,7 @@ def test_the_map_refuses_a_typo_a_stale_only_target_and_a_live_decommission() ->
     with pytest.raises(UsageError, match=r"'alpah' is not in the fleet map.*nearest: alpha"):
         check_host(hosts, "alpah")
     reach = broadcast_reach(hosts, operations=["system.echo"], labels={"rack": "r2"})
-    with pytest.raises(UnreachableError, match=r"only stale hosts: beta \(stale, last heartbeat"):
+    with pytest.raises(UnreachableError, match=r"only stale hosts: beta \(stale: last heartbeat"):
         require_live(reach, "--broadcast --selector rack=r2")
     with pytest.raises(UnreachableError, match="matches no host"):
         require_live(broadcast_reach(hosts, operations=["vm.start"], labels={}), "--broadcast")
