@@ -45,6 +45,9 @@ _REVOKE_WAIT_SECONDS = 10.0
 # store, a withhold or a cancel. While records are held it looks much sooner.
 _POLL_SECONDS = 1.0
 _HELD_POLL_SECONDS = 0.05
+# How long a polled batch waits for the agent to take it before the thread pauses
+# its partitions (and goes on polling, for the group's sake).
+_HAND_OVER_SECONDS = 1.0
 # Idle cost: a fetch waits this long at the broker when there is nothing to read.
 FETCH_WAIT_MS = 10_000
 # Group members (pools) heartbeat this often; the session outlives three misses.
@@ -148,6 +151,8 @@ class ConsumerThread:
         self._stored: dict[tuple[str, int], int] = {}
         self.assigned: list[tuple[str, int]] = []
         self.paused = False
+        # How often the agent had no room for a batch within _HAND_OVER_SECONDS.
+        self.pauses = 0
         # Records polled while the agent had no room, handed over once it has.
         self._held: list[Record] = []
         self.last_error: str | None = None
@@ -194,10 +199,18 @@ class ConsumerThread:
                 self._stored[(tp.topic, tp.partition)] = tp.offset
 
     def _hand_over(
-        self, channel: trio.MemorySendChannel[list[Record]], records: list[Record]
+        self,
+        channel: trio.MemorySendChannel[list[Record]],
+        records: list[Record],
+        *,
+        wait: float = 0,
     ) -> bool:
+        """Give `records` to the agent, waiting up to `wait` seconds for room."""
         try:
-            trio.from_thread.run_sync(channel.send_nowait, records)
+            if wait > 0:
+                trio.from_thread.run(_send_within, channel, records, wait)
+            else:
+                trio.from_thread.run_sync(channel.send_nowait, records)
         except trio.WouldBlock:
             return False
         for record in records:
@@ -337,13 +350,17 @@ class ConsumerThread:
                 ]
                 if not records:
                     continue
-                if self._held or not self._hand_over(channel, records):
+                # A busy agent takes the batch within moments: wait for it rather
+                # than pause, as a resume waits out a fetch already parked at the
+                # broker for up to FETCH_WAIT_MS (jobs/s fell tenfold).
+                if self._held or not self._hand_over(channel, records, wait=_HAND_OVER_SECONDS):
                     self._held += records
                     if not self.paused:
                         # The agent has no room: stop fetching but keep polling, so
                         # the group still sees this member alive.
                         consumer.pause(consumer.assignment())
                         self.paused = True
+                        self.pauses += 1
         finally:
             self._apply_commands(consumer)
             consumer.close()
@@ -362,6 +379,16 @@ class ConsumerThread:
         if error.code() != KafkaError._PARTITION_EOF:
             log.warning("kafka.consume_error", group=self.group_id, error=error.str())
         return False
+
+
+async def _send_within(
+    channel: trio.MemorySendChannel[list[Record]], records: list[Record], seconds: float
+) -> None:
+    """Raises trio.WouldBlock when the channel has no room within `seconds`."""
+    with trio.move_on_after(seconds):
+        await channel.send(records)
+        return
+    raise trio.WouldBlock
 
 
 def _names(partitions: list[TopicPartition]) -> list[str]:

@@ -1,8 +1,12 @@
 """The Producer, used from trio: idempotent, acks=all, delivery reports awaited.
 
-`produce()` is thread-safe and never blocks; one worker thread polls for
-delivery reports and errors, and a batch's waiter is woken once, by its last
-report, through the trio token (a wake-up per message cost more than the send).
+`produce()` is thread-safe and never blocks; a worker thread polls for
+delivery reports and errors while messages are in flight, and a batch's waiter
+is woken once, by its last report, through the trio token (a wake-up per
+message cost more than the send). With nothing in flight nothing polls:
+confluent-kafka's poll() wakes every 200 ms whatever its timeout, which was
+most of an idle agent's wake-ups. An error the brokers cause meanwhile is
+served with the next message's reports (a heartbeat at the latest).
 """
 
 from __future__ import annotations
@@ -98,6 +102,10 @@ class EventProducer:
         }
         self._producer = Producer(config)
         self._token: trio.lowlevel.TrioToken | None = None
+        # Set when a message is queued: the poll thread runs until none is in flight.
+        self._sent = trio.Event()
+        # True while the poll thread runs (an idle agent polls nothing).
+        self.polling = False
         # time.monotonic() when the brokers stopped answering; None while they answer.
         self.unreachable_since: float | None = None
         self.last_error: str | None = None
@@ -116,24 +124,38 @@ class EventProducer:
         return len(self._producer)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Poll for delivery reports until cancelled."""
+        """Poll for delivery reports whenever messages are in flight, until cancelled."""
         self._token = trio.lowlevel.current_trio_token()
         task_status.started()
-        await trio.to_thread.run_sync(self._poll_loop, abandon_on_cancel=False)
-
-    def _poll_loop(self) -> None:
         try:
             while True:
+                await self._sent.wait()
+                # Reset before polling: a message queued while the thread winds down
+                # sets the new event, and the loop polls again.
+                self._sent = trio.Event()
+                await trio.to_thread.run_sync(self._poll_while_in_flight, abandon_on_cancel=False)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self._close)
+
+    def _poll_while_in_flight(self) -> None:
+        self.polling = True
+        try:
+            # len() counts messages not yet acknowledged and reports not yet served.
+            while len(self._producer):
                 trio.from_thread.check_cancelled()
                 # Returns as soon as a delivery report is served; the timeout only
-                # bounds how late a cancel is seen (an idle agent wakes once a second).
+                # bounds how late a cancel is seen.
                 self._producer.poll(_POLL_SECONDS)
         finally:
-            left = self._producer.flush(_FLUSH_SECONDS)
-            if left:
-                log.warning("kafka.producer_unflushed", messages=left)
-            # Stops librdkafka's own threads (and their reconnect attempts) now, not at GC.
-            self._producer.close()
+            self.polling = False
+
+    def _close(self) -> None:
+        left = self._producer.flush(_FLUSH_SECONDS)
+        if left:
+            log.warning("kafka.producer_unflushed", messages=left)
+        # Stops librdkafka's own threads (and their reconnect attempts) now, not at GC.
+        self._producer.close()
 
     async def send_many(self, messages: Sequence[Outgoing]) -> None:
         """Send `messages` in order; return once every one is acknowledged.
@@ -176,6 +198,7 @@ class EventProducer:
             # message only; the rest of the batch goes on.
             if error is not None and batch.fail(index, error) == 0:
                 batch.done.set()
+        self._sent.set()
         return batch
 
     async def _produce(
@@ -186,6 +209,7 @@ class EventProducer:
                 self._producer.produce(topic, value=value, key=key, on_delivery=callback)
             except BufferError:
                 # The local queue is full: the poll thread drains it as the brokers answer.
+                self._sent.set()
                 await trio.sleep(0.01)
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]
