@@ -104,6 +104,8 @@ def add_route(method: str, rule: str, name: str, view: View, **spec: Any) -> Non
 
 
 def add_read(rule: str, name: str, view: View, summary: str, **spec: Any) -> None:
+    # Every read answers 401/403 to a caller without the scope: documented by default.
+    spec.setdefault("errors", READ_ERRORS)
     add_route("GET", rule, name, view, scope="read", summary=summary, **spec)
 
 
