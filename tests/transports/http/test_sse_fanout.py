@@ -48,6 +48,10 @@ async def read_until_done(stream: trio.SocketStream) -> list[tuple[int, dict[str
                 frames.append((event_id, message))
                 if message["type"] == "status" and message["data"]["status"] == "Completed":
                     finished.add(message["job_id"])
+                    if len(finished) == JOBS:
+                        # Up to the last completion only: what a chunk holds after it
+                        # depends on where the stream's writes fell, not on the order.
+                        return frames
     return frames
 
 
@@ -71,7 +75,14 @@ async def test_streams_woken_together_all_get_every_event_once_in_order(config: 
     seen = [
         [(m["type"], m["job_id"], m["data"].get("status")) for _, m in frames] for frames in got
     ]
-    assert seen[0] == seen[1] == seen[2]  # one order for all
+    # The bus's events in one order for all; progress comes from the durable log, read
+    # when a stream next looks (its place among other jobs' events, and how much of it a
+    # stream has read by the last completion, is per stream): held to its job's order.
+    live = [[frame for frame in frames if frame[0] not in ("progress", "log")] for frames in seen]
+    assert live[0] == live[1] == live[2]
+    for frames in seen:  # a job's progress before its completion, in every stream
+        done_at = {f[1]: i for i, f in enumerate(frames) if f[2] == "Completed"}
+        assert all(i < done_at[f[1]] for i, f in enumerate(frames) if f[0] == "progress")
     created = [job_id for kind, job_id, _ in seen[0] if kind == "created"]
     assert created == [f"fan{number}" for number in range(JOBS)]  # each once, in order
     for frames in got:
