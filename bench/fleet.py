@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.machinery
-import importlib.util
 import json
 import os
 import statistics
@@ -58,6 +56,7 @@ from agent.transports.kafka import KafkaConfig  # noqa: E402
 from agent.transports.kafka.client import EventWatcher  # noqa: E402
 from agent.transports.kafka.topics import Topics  # noqa: E402
 from tests.agentproc import AgentProcess  # noqa: E402
+from tests.kafka_broker import Cluster  # noqa: E402
 from tests.transports.kafka.fleetkit import echo, kafka_agent, signed_headers  # noqa: E402
 
 REBUILD_TARGETS = {10_000: 2.0, 100_000: 15.0}
@@ -71,18 +70,6 @@ def verdict(ok: bool) -> str:
 def load() -> str:
     one, five, fifteen = os.getloadavg()
     return f"load {one:.2f} {five:.2f} {fifteen:.2f}"
-
-
-def load_broker_script() -> Any:
-    loader = importlib.machinery.SourceFileLoader(
-        "kafka_broker_script", str(ROOT / "scripts/kafka-broker")
-    )
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[loader.name] = module
-    loader.exec_module(module)
-    return module
 
 
 def latest(bootstrap: str, topic: str) -> dict[bytes, bytes | None]:
@@ -571,11 +558,10 @@ def main() -> None:  # noqa: PLR0912 (a script's parts, in order)
     parser.add_argument("--heap", type=int, default=128, help="each broker's maximum heap, MB")
     parser.add_argument("--layout", action="store_true", help="only the host topics (--topics)")
     args = parser.parse_args()
-    script = load_broker_script()
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
         home = Path(tmp)
         BROKER_DIR = str(home / "kafka")
-        cluster = script.Cluster.create(home / "kafka", args.brokers, args.heap)
+        cluster = Cluster.create(home / "kafka", args.brokers, args.heap)
         try:
             cluster.start()
             print(f"{len(cluster.nodes)} broker(s) started ({load()})", flush=True)

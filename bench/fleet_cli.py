@@ -13,8 +13,6 @@ Usage: python bench/fleet_cli.py [--tries 10] [--wait-timeout 5] [--jobs 10000] 
 from __future__ import annotations
 
 import argparse
-import importlib.machinery
-import importlib.util
 import json
 import resource
 import subprocess
@@ -33,20 +31,9 @@ from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 from agent.transports.kafka.events import event_value  # noqa: E402
 from agent.transports.kafka.topics import Topics  # noqa: E402
+from tests.kafka_broker import Cluster  # noqa: E402
 
 PREFIX = "bench"
-
-
-def load_broker_script() -> object:
-    loader = importlib.machinery.SourceFileLoader(
-        "kafka_broker_script", str(ROOT / "scripts/kafka-broker")
-    )
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[loader.name] = module
-    loader.exec_module(module)
-    return module
 
 
 def hostagent(*args: str) -> tuple[int, float, str]:
@@ -103,9 +90,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--hosts", type=int, default=10)
     args = parser.parse_args()
-    broker = load_broker_script()
     with tempfile.TemporaryDirectory() as tmp:
-        cluster = broker.Cluster.create(Path(tmp) / "kafka", 1)  # type: ignore[attr-defined]
+        cluster = Cluster.create(Path(tmp) / "kafka", 1)
         cluster.start()
         try:
             connect = ["--topic-prefix", PREFIX]

@@ -10,8 +10,6 @@ come from /proc. Usage: python bench/kafka.py [--jobs N]
 from __future__ import annotations
 
 import argparse
-import importlib.machinery
-import importlib.util
 import json
 import os
 import signal
@@ -35,19 +33,8 @@ from agent.transports.http.auth import create_token  # noqa: E402
 from agent.transports.kafka import KafkaConfig  # noqa: E402
 from agent.transports.kafka.client import EventWatcher, send_jobs  # noqa: E402
 from agent.transports.kafka.topics import Topics  # noqa: E402
+from tests.kafka_broker import Cluster  # noqa: E402
 from tests.transports.kafka.fleetkit import SIGNER, echo, kafka_toml  # noqa: E402
-
-
-def load_broker_script() -> object:
-    loader = importlib.machinery.SourceFileLoader(
-        "kafka_broker_script", str(ROOT / "scripts/kafka-broker")
-    )
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[loader.name] = module
-    loader.exec_module(module)
-    return module
 
 
 def http_end_to_end(home: Path, jobs: int, batch: int = 500) -> float:
@@ -191,10 +178,9 @@ def main() -> int:
         "--profile", type=Path, help="profile the single Kafka agent into this file"
     )
     args = parser.parse_args()
-    script = load_broker_script()
     with tempfile.TemporaryDirectory() as tmp:
         http_rate = http_end_to_end(Path(tmp) / "http", args.jobs)
-        cluster = script.Cluster.create(Path(tmp) / "kafka", 1)  # type: ignore[attr-defined]
+        cluster = Cluster.create(Path(tmp) / "kafka", 1)
         cluster.start()
         try:
             one = run(cluster.bootstrap, Path(tmp) / "agents1", 1, args.jobs, args.profile)
