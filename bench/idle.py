@@ -10,13 +10,21 @@ its state and spool moved to a temporary directory and HTTP to a free port), the
 2. over --seconds of idleness: CPU seconds (utime+stime of every thread),
    wake-ups/s (context switches of every thread, voluntary and not), RSS;
 3. drop->running latency of --latency-jobs spool jobs dropped one at a time.
+Each start also records RSS and PSS once start-up settled (--settle seconds
+after READY=1); their medians over the starts are printed beside the idle
+window's.
+
+--baseline DIR runs the same figures for another tree's agent package (DIR
+holds agent/, e.g. `git archive main agent | tar -x -C DIR`) in the same run,
+its starts interleaved with this tree's (A, B, A, B...), and prints both; the
+baseline runs in DIR (relative paths of --config resolve there).
 
 The agent's byte-code is compiled first, as the .deb's postinst does (and as any
 run without PYTHONDONTWRITEBYTECODE leaves it); --no-compile measures starts
 that compile every module of the agent from source.
 
 Usage: python bench/idle.py [--seconds 60] [--starts 3] [--latency-jobs 200] [--no-compile]
-                           [--config hostagent.toml]
+                           [--config hostagent.toml] [--settle 3] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 TARGETS = {"cpu_s": 0.03, "rss_mb": 50.0, "ready_s": 0.5, "drop_p50_ms": 5.0}
 
@@ -45,8 +54,11 @@ def verdict(ok: bool) -> str:
 CONFIG: Path | None = None  # --config
 
 
-def start(root: Path) -> tuple[subprocess.Popen[bytes], float, socket.socket]:
-    """Start an agent; answer it once READY=1 arrived, and the seconds that took."""
+def start(
+    root: Path, tree: Path | None = None
+) -> tuple[subprocess.Popen[bytes], float, socket.socket]:
+    """Start an agent (this checkout's, or the agent package under `tree`); answer it
+    once READY=1 arrived, and the seconds that took."""
     notify_path = root / "notify.sock"
     notify_path.unlink(missing_ok=True)
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -58,8 +70,11 @@ def start(root: Path) -> tuple[subprocess.Popen[bytes], float, socket.socket]:
     argv += ["--spool-dir", str(root / "spool"), "--libvirt-uri", "test:///default"]
     argv += ["--insecure-no-auth", "--http-bind", "127.0.0.1:0", "--log-level", "warning"]
     env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)  # before the editable install's finder
+    # `python -m` puts the working directory first on sys.path: run in the tree.
     began = time.monotonic()
-    agent = subprocess.Popen(argv, env=env, stderr=subprocess.DEVNULL)
+    agent = subprocess.Popen(argv, env=env, cwd=tree, stderr=subprocess.DEVNULL)
     while True:
         message = notify.recv(4096).decode()
         if "READY=1" in message.split("\n"):
@@ -153,6 +168,96 @@ def drop_latencies(root: Path, count: int) -> list[float]:
     return latencies
 
 
+def memory(pid: int) -> dict[str, float]:
+    """RSS (anonymous and file-backed) and PSS now, MB."""
+    return {
+        "rss": rss_mb(pid),
+        "anon": rss_mb(pid, "RssAnon"),
+        "file": rss_mb(pid, "RssFile"),
+        "pss": pss_mb(pid),
+    }
+
+
+def one_start(tree: Path | None, settle: float) -> tuple[float, float, dict[str, float]]:
+    """exec -> READY=1 seconds, CPU to READY=1, and memory once start-up settled."""
+    with tempfile.TemporaryDirectory(prefix="hostagent-idle-") as tmp:
+        agent, ready, notify = start(Path(tmp), tree)
+        try:
+            cpu = cpu_exact(agent.pid)
+            time.sleep(settle)
+            settled = memory(agent.pid)
+        finally:
+            agent.terminate()
+            agent.wait(timeout=60)
+            notify.close()
+    return ready, cpu, settled
+
+
+def idle_window(tree: Path | None, seconds: float, latency_jobs: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="hostagent-idle-") as tmp:
+        root = Path(tmp)
+        agent, _, notify = start(root, tree)
+        try:
+            time.sleep(3)  # start-up work (first capability probe, gc) settles
+            cpu0, switches0 = cpu_seconds(agent.pid), switches_by_thread(agent.pid)
+            time.sleep(seconds)
+            cpu1, switches1 = cpu_seconds(agent.pid), switches_by_thread(agent.pid)
+            figures: dict[str, Any] = memory(agent.pid)
+            figures["latencies"] = drop_latencies(root, latency_jobs)
+        finally:
+            agent.terminate()
+            agent.wait(timeout=60)
+            notify.close()
+    figures["cpu"] = cpu1 - cpu0
+    figures["woke"] = wakeups(switches0, switches1) / seconds
+    return figures
+
+
+def report(
+    name: str, starts: list[tuple[float, float, dict[str, float]]], idle: dict[str, Any]
+) -> None:
+    """Print one tree's figures with MET/MISSED."""
+    ready_times = [ready for ready, _, _ in starts]
+    ready = statistics.median(ready_times)
+
+    def median_of(key: str) -> float:
+        return statistics.median(settled[key] for _, _, settled in starts)
+
+    def each(key: str) -> str:
+        return ", ".join(f"{settled[key]:.1f}" for _, _, settled in starts)
+
+    latencies = idle["latencies"]
+    p50 = statistics.median(latencies)
+    p99 = sorted(latencies)[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+    rss = idle["rss"]
+    print(f"== {name}")
+    print(
+        f"idle CPU: {idle['cpu']:.3f} s (target <= {TARGETS['cpu_s']}) "
+        f"{verdict(idle['cpu'] <= TARGETS['cpu_s'])}; wake-ups {idle['woke']:.1f}/s"
+    )
+    print(
+        f"idle RSS: {rss:.1f} MB (target <= {TARGETS['rss_mb']:g}) "
+        f"{verdict(rss <= TARGETS['rss_mb'])}; anonymous {idle['anon']:.1f} MB, "
+        f"file-backed {idle['file']:.1f} MB, PSS {idle['pss']:.1f} MB"
+    )
+    print(
+        f"settled RSS, median of {len(starts)} starts: {median_of('rss'):.1f} MB "
+        f"({each('rss')}); anonymous "
+        f"{median_of('anon'):.1f}, file-backed {median_of('file'):.1f}, "
+        f"PSS {median_of('pss'):.1f} MB ({each('pss')})"
+    )
+    print(
+        f"exec to READY=1: median {ready:.3f} s of {len(starts)} "
+        f"({', '.join(f'{t:.3f}' for t in ready_times)}) (target <= {TARGETS['ready_s']}) "
+        f"{verdict(ready <= TARGETS['ready_s'])}; CPU to READY=1 median "
+        f"{statistics.median(cpu for _, cpu, _ in starts):.3f} s"
+    )
+    print(
+        f"spool drop->running after idling: p50 {p50:.2f} ms p99 {p99:.2f} ms "
+        f"(target p50 <= {TARGETS['drop_p50_ms']:g}) {verdict(p50 <= TARGETS['drop_p50_ms'])}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0)
@@ -160,71 +265,34 @@ def main() -> None:
     parser.add_argument("--latency-jobs", type=int, default=200)
     parser.add_argument("--no-compile", action="store_true", help="leave byte-code as it is")
     parser.add_argument("--config", type=Path, help="a config file (make run's: hostagent.toml)")
+    parser.add_argument("--settle", type=float, default=3.0, help="seconds after READY=1")
+    parser.add_argument("--baseline", type=Path, help="a tree holding another agent/ to compare")
     args = parser.parse_args()
     global CONFIG  # noqa: PLW0603 (one setting for every start)
     CONFIG = args.config.resolve() if args.config else None
+    here = Path(__file__).resolve().parent.parent
+    trees: dict[str, Path | None] = {"this tree": None}
+    if args.baseline is not None:
+        trees = {f"baseline {args.baseline}": args.baseline.resolve(), "this tree": None}
     if not args.no_compile:
-        compileall.compile_dir(Path(__file__).resolve().parent.parent / "agent", quiet=1)
+        for tree in trees.values():
+            compileall.compile_dir((tree or here) / "agent", quiet=1)
 
-    ready_times, ready_cpu = [], []
+    starts: dict[str, list[tuple[float, float, dict[str, float]]]] = {name: [] for name in trees}
     for _ in range(args.starts):
-        with tempfile.TemporaryDirectory(prefix="hostagent-idle-") as tmp:
-            agent, ready, notify = start(Path(tmp))
-            ready_times.append(ready)
-            ready_cpu.append(cpu_exact(agent.pid))
-            agent.terminate()
-            agent.wait(timeout=60)
-            notify.close()
-
-    with tempfile.TemporaryDirectory(prefix="hostagent-idle-") as tmp:
-        root = Path(tmp)
-        agent, _, notify = start(root)
-        try:
-            time.sleep(3)  # start-up work (first capability probe, gc) settles
-            cpu0, switches0 = cpu_seconds(agent.pid), switches_by_thread(agent.pid)
-            time.sleep(args.seconds)
-            cpu1, switches1 = cpu_seconds(agent.pid), switches_by_thread(agent.pid)
-            rss = rss_mb(agent.pid)
-            anon, file, pss = (
-                rss_mb(agent.pid, "RssAnon"),
-                rss_mb(agent.pid, "RssFile"),
-                pss_mb(agent.pid),
-            )
-            latencies = drop_latencies(root, args.latency_jobs)
-        finally:
-            agent.terminate()
-            agent.wait(timeout=60)
-            notify.close()
-
-    cpu = cpu1 - cpu0
-    woke = wakeups(switches0, switches1) / args.seconds
-    ready = statistics.median(ready_times)
-    p50 = statistics.median(latencies)
-    p99 = sorted(latencies)[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+        for name, tree in trees.items():  # interleaved: A, B, A, B...
+            starts[name].append(one_start(tree, args.settle))
+    idle = {
+        name: idle_window(tree, args.seconds, args.latency_jobs) for name, tree in trees.items()
+    }
     print(
         f"cpus={os.cpu_count()} load average {os.getloadavg()[0]:.2f} "
         f"idle window={args.seconds:g} s"
         f" byte-code {'as found' if args.no_compile else 'compiled first'}"
         f" config {CONFIG or 'flags only'}"
     )
-    print(
-        f"idle CPU: {cpu:.3f} s (target <= {TARGETS['cpu_s']}) "
-        f"{verdict(cpu <= TARGETS['cpu_s'])}; wake-ups {woke:.1f}/s"
-    )
-    print(
-        f"idle RSS: {rss:.1f} MB (target <= {TARGETS['rss_mb']:g}) {verdict(rss <= 50)}; "
-        f"anonymous {anon:.1f} MB, file-backed {file:.1f} MB, PSS {pss:.1f} MB"
-    )
-    print(
-        f"exec to READY=1: median {ready:.3f} s of {args.starts} "
-        f"({', '.join(f'{t:.3f}' for t in ready_times)}) (target <= {TARGETS['ready_s']}) "
-        f"{verdict(ready <= TARGETS['ready_s'])}; CPU to READY=1 median "
-        f"{statistics.median(ready_cpu):.3f} s"
-    )
-    print(
-        f"spool drop->running after idling: p50 {p50:.2f} ms p99 {p99:.2f} ms "
-        f"(target p50 <= {TARGETS['drop_p50_ms']:g}) {verdict(p50 <= TARGETS['drop_p50_ms'])}"
-    )
+    for name in trees:
+        report(name, starts[name], idle[name])
 
 
 if __name__ == "__main__":
