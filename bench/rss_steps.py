@@ -55,7 +55,7 @@ STEPS: list[tuple[str, Callable[[], object]]] = [
     ("pydantic, pydantic_core", imports("pydantic", "pydantic.main")),
     ("agent.config, agent.jobs (first models)", imports("agent.config", "agent.jobs")),
     ("agent.service.settings (every section)", imports("agent.service.settings")),
-    ("agent.core.metrics", imports("agent.core.metrics")),
+    ("agent.core.metrics (prometheus_client)", imports("agent.core.metrics")),
     ("agent.service.daemon (core, store, handlers)", imports("agent.service.daemon")),
     ("agent.transports.spool.transport", imports("agent.transports.spool.transport")),
     (
@@ -63,7 +63,6 @@ STEPS: list[tuple[str, Callable[[], object]]] = [
         imports("agent.transports.http.transport"),
     ),
     ("yaml (a YAML runbook read)", imports("yaml")),
-    ("prometheus_client (first /metrics scrape)", imports("prometheus_client")),
 ]
 
 
