@@ -140,7 +140,13 @@ async def _forward(subscription: Subscription, chosen: _Filter, send_lock: trio.
             return False
         woken = None
         wants = chosen.wants
-        texts = [_text(event) for event in feed.events_between(first, end) if wants(event)]
+        # A client following given jobs looks them up in the run's index (feed.events_of).
+        events = (
+            feed.events_between(first, end)
+            if chosen.everything
+            else feed.events_of(chosen.jobs, first, end)
+        )
+        texts = [_text(event) for event in events if wants(event)]
         if not texts:
             continue
         with trio.move_on_after(SEND_TIMEOUT_SECONDS) as deadline:

@@ -122,9 +122,12 @@ class _Stream:
                 return shared
         parts: list[bytes] = []
         wanted, finished = self._wanted, self.finished
-        for event in feed.events_between(first, end):
+        # A stream that follows jobs looks up theirs in the run's index by job (built
+        # once for all such streams), not through every event of the run.
+        events = feed.events_of(wanted, first, end) if wanted else feed.events_between(first, end)
+        for event in events:
             job_id = event.get("job_id")
-            if (wanted and job_id not in wanted) or job_id in finished:
+            if job_id in finished:
                 continue
             kind = event.get("type")
             if kind in _DURABLE:
