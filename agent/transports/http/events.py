@@ -88,6 +88,7 @@ async def _initial_status(intake: JobReads, job_id: str) -> dict[str, Any]:
 
 async def event_socket() -> None:
     api = state()
+    sse.keep_heap_for_streams()
     await websocket.accept()
     chosen = _Filter(everything=False)
     send_lock = trio.Lock()
