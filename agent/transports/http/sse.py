@@ -63,7 +63,10 @@ _LAGGED = {
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _STREAM_MMAP_THRESHOLD = 8 << 20
-_STREAM_TRIM_THRESHOLD = 16 << 20
+# What is in flight at once: with 100 busy streams, 16-64 MB (a stream's buffer is
+# held while its send waits for the reader): 16 MB still trimmed and refaulted
+# ~58,000 pages a round, 32 MB ~5,000-12,000, 64 MB ~150 but kept 64 MB after a burst.
+_STREAM_TRIM_THRESHOLD = 32 << 20
 
 
 @functools.cache
@@ -73,8 +76,8 @@ def keep_heap_for_streams() -> None:
     Every stream's write is a fresh buffer of up to a few MB (h11 joins a chunk's
     framing to it). glibc handed each back to the kernel once freed (munmap, or a
     trim of the heap's top) and took it again for the next: 100 subscribers to a
-    busy agent cost ~80,000 page faults per 5,000 jobs, ~45,000 with this (bench/events.py;
-    what is left is mostly buffers held past 16 MB while sends wait for slow readers).
+    busy agent cost ~80,000 page faults per 5,000 jobs, 5,000-12,000 with this once the
+    heap has grown (bench/events.py).
     Only with streams: an agent that serves none keeps glibc's defaults (and its idle
     RSS). Not glibc (musl): left as it is.
     """
