@@ -25,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import json
+import os
 from collections.abc import AsyncGenerator, AsyncIterator, Hashable, Mapping
 from contextlib import ExitStack, aclosing
 from typing import Any
@@ -74,19 +75,26 @@ def keep_heap_for_streams() -> None:
     """Once streams are served, let freed write buffers stay in the heap.
 
     Every stream's write is a fresh buffer of up to a few MB (h11 joins a chunk's
-    framing to it). glibc handed each back to the kernel once freed (munmap, or a
-    trim of the heap's top) and took it again for the next: 100 subscribers to a
-    busy agent cost ~80,000 page faults per 5,000 jobs, 5,000-12,000 with this once the
-    heap has grown (bench/events.py).
-    Only with streams: an agent that serves none keeps glibc's defaults (and its idle
-    RSS). Not glibc (musl): left as it is.
+    framing to it). Past the fixed 128 KiB mmap threshold, glibc handed each back to
+    the kernel once freed (munmap, or a trim of the heap's top) and took it again for
+    the next: 100 subscribers to a busy agent cost ~80,000 page faults per 5,000 jobs,
+    5,000-12,000 with this once the heap has grown (bench/events.py). Only with
+    streams: an agent that serves none keeps run's settings (and its idle RSS); one
+    that did may keep up to 32 MB of freed heap (trimming it when the last stream
+    closed made the next streams fault it all in again: +0.36 s CPU a bench round, not
+    +0.1). Not glibc (musl): left as it is.
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return
-    mallopt(_M_MMAP_THRESHOLD, _STREAM_MMAP_THRESHOLD)
-    mallopt(_M_TRIM_THRESHOLD, _STREAM_TRIM_THRESHOLD)
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    # As `hostagent run` (agent/cli/run.py, which fixes both at 128 KiB for the RSS's
+    # sake): a setting the environment gives is left to it.
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        mallopt(_M_MMAP_THRESHOLD, _STREAM_MMAP_THRESHOLD)
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        mallopt(_M_TRIM_THRESHOLD, _STREAM_TRIM_THRESHOLD)
 
 
 def _frame(message: Mapping[str, Any], cursor: int) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -23,9 +24,14 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def faults(mode: str) -> int:
+def faults(mode: str, **environ: str) -> int:
+    clean = {name: value for name, value in os.environ.items() if not name.startswith("MALLOC_")}
     done = subprocess.run(
-        [sys.executable, "-c", _WRITES, mode], capture_output=True, text=True, check=True
+        [sys.executable, "-c", _WRITES, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=clean | environ,
     )
     return int(done.stdout)
 
@@ -35,3 +41,9 @@ def test_freed_write_buffers_are_not_handed_back_and_faulted_in_again() -> None:
     default, kept = faults("default"), faults("kept")
     assert default > 5000  # glibc alone: each buffer's pages faulted in again
     assert kept < default / 4
+
+
+@pytest.mark.slow
+def test_thresholds_the_environment_gives_are_left_to_it() -> None:
+    fixed = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+    assert faults("kept", **fixed) > faults("kept") * 4
