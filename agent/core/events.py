@@ -12,7 +12,7 @@ import heapq
 import json
 import math
 from collections import deque
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Collection, Hashable, Iterator, Mapping
 from contextlib import contextmanager
 from itertools import count, islice
 from typing import Any, TypeVar
@@ -26,6 +26,8 @@ _T = TypeVar("_T")
 log = structlog.get_logger("agent.core.events")
 # Wake-up keys whose positions the bus remembers (see EventBus.mark).
 _MARKS = 8
+# Runs whose events JobIndex holds by job: streams woken together take one run.
+_INDEXED_RUNS = 4
 
 
 class SharedEvent(dict[str, Any]):
@@ -188,6 +190,12 @@ class Feed:
         """See EventBus.kept (the key need not name the bus)."""
         return self._bus.kept(key, make)
 
+    def events_of(self, jobs: Collection[str], first: int, end: int) -> list[Event]:
+        """The events of `jobs` among positions first..end-1, in the bus's order: looked
+        up in the run's index by job (JobIndex, built once for every subscriber that
+        takes this run), not found by each subscriber looking at every event."""
+        return self._bus.kept(JobIndex, JobIndex).events_of(self, jobs, first, end)
+
     async def receive(self) -> Event:
         while True:
             try:
@@ -209,6 +217,34 @@ class Feed:
 
     def close(self) -> None:
         self.closed = True
+
+
+class JobIndex:
+    """The events of the last few runs (first, end) of the bus by job: subscribers that
+    follow given jobs and took the same run (Feed.take(at=)) share one index of it, so
+    a run of n events costs n lookups once, then one per followed job per subscriber,
+    where each subscriber used to look at all n."""
+
+    def __init__(self) -> None:
+        self._runs: dict[tuple[int, int], dict[Any, list[tuple[int, Event]]]] = {}
+
+    def events_of(self, feed: Feed, jobs: Collection[str], first: int, end: int) -> list[Event]:
+        index = self._runs.get((first, end))
+        if index is None:
+            if len(self._runs) >= _INDEXED_RUNS:
+                del self._runs[next(iter(self._runs))]  # the oldest
+            index = self._runs[first, end] = {}
+            for position, event in enumerate(feed.events_between(first, end), first):
+                found = index.get(event.get("job_id"))
+                if found is None:
+                    index[event.get("job_id")] = [(position, event)]
+                else:
+                    found.append((position, event))
+        runs = [index[job] for job in jobs if job in index]
+        if len(runs) == 1:
+            return [event for _, event in runs[0]]
+        # (position, event) pairs: positions differ, so events are never compared.
+        return [event for _, event in heapq.merge(*runs)]
 
 
 class Subscription:

@@ -88,6 +88,7 @@ async def _initial_status(intake: JobReads, job_id: str) -> dict[str, Any]:
 
 async def event_socket() -> None:
     api = state()
+    sse.keep_heap_for_streams()
     await websocket.accept()
     chosen = _Filter(everything=False)
     send_lock = trio.Lock()
@@ -140,7 +141,13 @@ async def _forward(subscription: Subscription, chosen: _Filter, send_lock: trio.
             return False
         woken = None
         wants = chosen.wants
-        texts = [_text(event) for event in feed.events_between(first, end) if wants(event)]
+        # A client following given jobs looks them up in the run's index (feed.events_of).
+        events = (
+            feed.events_between(first, end)
+            if chosen.everything
+            else feed.events_of(chosen.jobs, first, end)
+        )
+        texts = [_text(event) for event in events if wants(event)]
         if not texts:
             continue
         with trio.move_on_after(SEND_TIMEOUT_SECONDS) as deadline:

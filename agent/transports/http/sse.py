@@ -22,7 +22,10 @@ each stream used to look at every event and join its frames itself.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
+import os
 from collections.abc import AsyncGenerator, AsyncIterator, Hashable, Mapping
 from contextlib import ExitStack, aclosing
 from typing import Any
@@ -53,6 +56,45 @@ _LAGGED = {
     "message": "Events were dropped because this client fell behind; reconnect",
     "details": {"reason": "Client buffer full"},
 }
+
+
+# glibc's mallopt parameters, and what streams need of them: writes of up to a few
+# MB (a run of up to event_buffer events, as hypercorn frames it: one copy per
+# stream) come from the heap, and freed ones stay there for the next tick's writes.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_STREAM_MMAP_THRESHOLD = 8 << 20
+# What is in flight at once: with 100 busy streams, 16-64 MB (a stream's buffer is
+# held while its send waits for the reader): 16 MB still trimmed and refaulted
+# ~58,000 pages a round, 32 MB ~5,000-12,000, 64 MB ~150 but kept 64 MB after a burst.
+_STREAM_TRIM_THRESHOLD = 32 << 20
+
+
+@functools.cache
+def keep_heap_for_streams() -> None:
+    """Once streams are served, let freed write buffers stay in the heap.
+
+    Every stream's write is a fresh buffer of up to a few MB (h11 joins a chunk's
+    framing to it). Past the fixed 128 KiB mmap threshold, glibc handed each back to
+    the kernel once freed (munmap, or a trim of the heap's top) and took it again for
+    the next: 100 subscribers to a busy agent cost ~80,000 page faults per 5,000 jobs,
+    5,000-12,000 with this once the heap has grown (bench/events.py). Only with
+    streams: an agent that serves none keeps run's settings (and its idle RSS); one
+    that did may keep up to 32 MB of freed heap (trimming it when the last stream
+    closed made the next streams fault it all in again: +0.36 s CPU a bench round, not
+    +0.1). Not glibc (musl): left as it is.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    # As `hostagent run` (agent/cli/run.py, which fixes both at 128 KiB for the RSS's
+    # sake): a setting the environment gives is left to it.
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        mallopt(_M_MMAP_THRESHOLD, _STREAM_MMAP_THRESHOLD)
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        mallopt(_M_TRIM_THRESHOLD, _STREAM_TRIM_THRESHOLD)
 
 
 def _frame(message: Mapping[str, Any], cursor: int) -> bytes:
@@ -122,9 +164,12 @@ class _Stream:
                 return shared
         parts: list[bytes] = []
         wanted, finished = self._wanted, self.finished
-        for event in feed.events_between(first, end):
+        # A stream that follows jobs looks up theirs in the run's index by job (built
+        # once for all such streams), not through every event of the run.
+        events = feed.events_of(wanted, first, end) if wanted else feed.events_between(first, end)
+        for event in events:
             job_id = event.get("job_id")
-            if (wanted and job_id not in wanted) or job_id in finished:
+            if job_id in finished:
                 continue
             kind = event.get("type")
             if kind in _DURABLE:
@@ -228,6 +273,7 @@ class _FrameRun:
 
 async def event_stream() -> Response:
     api = state()
+    keep_heap_for_streams()
     job_ids = request.args.getlist("job_id")
     stream = _Stream(api.intake, job_ids, _last_event_id())
     resuming = stream.cursor > 0
