@@ -14,11 +14,11 @@ core keep the worker threads' free memory in fewer places.
 
 from __future__ import annotations
 
-import ctypes
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from agent.core.heap import M_ARENA_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, set_heap
 from agent.errors import AgentError
 
 if TYPE_CHECKING:
@@ -27,36 +27,14 @@ if TYPE_CHECKING:
     from agent.config import Config
 
 
-# mallopt(3) parameters (malloc.h).
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-_M_ARENA_MAX = -8
-
 # glibc's own starting values, kept fixed; the arena count fits a host's few cores
 # (the GIL lets one Python thread run at a time; SQLite works without it).
-SETTINGS = {
-    "MALLOC_MMAP_THRESHOLD_": (_M_MMAP_THRESHOLD, 128 * 1024),
-    "MALLOC_TRIM_THRESHOLD_": (_M_TRIM_THRESHOLD, 128 * 1024),
-    "MALLOC_ARENA_MAX": (_M_ARENA_MAX, 2),
-}
+SETTINGS = {M_MMAP_THRESHOLD: 128 * 1024, M_TRIM_THRESHOLD: 128 * 1024, M_ARENA_MAX: 2}
 
 
 def tune_malloc(environ: Mapping[str, str] = os.environ) -> list[str]:
-    """Apply SETTINGS before any thread starts; answers the names applied.
-
-    A setting the environment already gives (glibc reads these variables) is left
-    to it; a libc without mallopt (not glibc) is left alone.
-    """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return []
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    applied = []
-    for name, (param, value) in SETTINGS.items():
-        if name not in environ and mallopt(param, value) == 1:
-            applied.append(name)
-    return applied
+    """Apply SETTINGS before any thread starts; answers the names applied."""
+    return set_heap(SETTINGS, environ)
 
 
 def run(config: Config, *, reload: Callable[[], Config]) -> int:

@@ -22,10 +22,8 @@ each stream used to look at every event and join its frames itself.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import json
-import os
 from collections.abc import AsyncGenerator, AsyncIterator, Hashable, Mapping
 from contextlib import ExitStack, aclosing
 from typing import Any
@@ -34,6 +32,7 @@ import trio
 from quart import Response, request
 
 from agent.core.events import Event, Feed, SharedEvent, Subscription
+from agent.core.heap import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, set_heap
 from agent.core.intake import JobReads
 from agent.errors import BadRequestError
 from agent.jobs import JobStatus
@@ -58,11 +57,9 @@ _LAGGED = {
 }
 
 
-# glibc's mallopt parameters, and what streams need of them: writes of up to a few
+# What streams need of glibc's heap: writes of up to a few
 # MB (a run of up to event_buffer events, as hypercorn frames it: one copy per
 # stream) come from the heap, and freed ones stay there for the next tick's writes.
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
 _STREAM_MMAP_THRESHOLD = 8 << 20
 # What is in flight at once: with 100 busy streams, 16-64 MB (a stream's buffer is
 # held while its send waits for the reader): 16 MB still trimmed and refaulted
@@ -84,17 +81,9 @@ def keep_heap_for_streams() -> None:
     closed made the next streams fault it all in again: +0.36 s CPU a bench round, not
     +0.1). Not glibc (musl): left as it is.
     """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     # As `hostagent run` (agent/cli/run.py, which fixes both at 128 KiB for the RSS's
-    # sake): a setting the environment gives is left to it.
-    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-        mallopt(_M_MMAP_THRESHOLD, _STREAM_MMAP_THRESHOLD)
-    if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
-        mallopt(_M_TRIM_THRESHOLD, _STREAM_TRIM_THRESHOLD)
+    # sake), a setting the environment gives is left to it.
+    set_heap({M_MMAP_THRESHOLD: _STREAM_MMAP_THRESHOLD, M_TRIM_THRESHOLD: _STREAM_TRIM_THRESHOLD})
 
 
 def _frame(message: Mapping[str, Any], cursor: int) -> bytes:
