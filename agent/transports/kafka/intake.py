@@ -143,7 +143,8 @@ class Examiner:
 
     def signatures(self, records: Sequence[Record]) -> list[Signed]:
         """Each record's signer (or why it is refused). ~0.1-0.2 ms of CPU a record:
-        `sort` calls it on a worker thread, so a batch never holds up the trio thread."""
+        called on a worker thread (by the transport, for the next batch while one is
+        stored; by `sort` otherwise), so a batch never holds up the trio thread."""
         return [self.signature(record) for record in records]
 
     def signature(self, record: Record) -> Signer | _Unsigned | AgentError:
@@ -241,11 +242,20 @@ class Examiner:
         operation = raw.get("operation")
         return chosen.matches(self.labels, self.operations) and operation in self.operations
 
-    async def sort(self, intake: TransportIntake, records: Sequence[Record], kind: str) -> Sorted:
+    async def sort(
+        self,
+        intake: TransportIntake,
+        records: Sequence[Record],
+        kind: str,
+        checked: Sequence[Signed] | None = None,
+    ) -> Sorted:
+        """`checked`: the records' `signatures()` answers, when the caller checked them
+        already (the transport does, for the next batch, while this one is stored)."""
         jobs: list[Any] = []
         events: list[Outgoing] = []
         job_records: list[Record] = []
-        checked = await trio.to_thread.run_sync(self.signatures, records)
+        if checked is None:
+            checked = await trio.to_thread.run_sync(self.signatures, records)
         for record, signed in zip(records, checked, strict=True):
             outcome = self.examine(intake, record, kind, signed)
             if outcome is None:
