@@ -12,9 +12,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.errors import UnauthorizedError
+from agent.service.daemon import Agent
 from agent.transports.kafka.events import event_value
+from agent.transports.kafka.intake import _may_hold_surrogates
 from agent.transports.kafka.signing import SIGNATURE, TrustedKey, Verifier, sign
-from tests.transports.kafka.test_examiner import TOPIC
+from tests.transports.kafka.fleetkit import echo
+from tests.transports.kafka.test_examiner import TOPIC, examiner, record
 
 NOW = 1_800_000_000.0
 
@@ -54,3 +57,38 @@ def test_an_event_value_is_the_same_json_and_what_orjson_refuses_is_still_sent()
     # Beyond 64 bits and a lone surrogate: json writes them (the surrogate escaped).
     odd = {"big": 2**70, "text": "\ud800"}
     assert json.loads(event_value(type="completed", data=odd, **common))["data"] == odd
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "value",
+    [
+        json.dumps(echo("j", "\udfff")).encode(),  # the escape \udfff
+        # Bytes of a surrogate (not UTF-8: parse_json reads them with surrogatepass).
+        json.dumps(echo("j", "x"), ensure_ascii=False)
+        .replace('"x"', '"\udfff"')
+        .encode("utf-8", "surrogatepass"),
+        # UTF-16 (parse_json reads it), the surrogate written as such.
+        json.dumps(echo("j", "\udfff"), ensure_ascii=False).encode("utf-16", "surrogatepass"),
+    ],
+    ids=["escape", "utf-8-bytes", "utf-16"],
+)
+async def test_a_lone_surrogate_is_refused_naming_its_field_however_it_is_written(
+    agent: Agent, value: bytes
+) -> None:
+    # The walk is not skipped (the fingerprint would refuse it too, later).
+    assert _may_hold_surrogates(value)
+    outcome = examiner().examine(agent.intake, record(b"j", value), "host")
+    assert isinstance(outcome, tuple), outcome
+    event = json.loads(outcome[2] or b"")
+    assert event["type"] == "rejected"
+    assert event["data"]["error"]["details"]["field"] == "payload.data.message"
+
+
+def test_the_walk_is_skipped_only_for_strict_utf8_without_a_surrogate_escape() -> None:
+    assert not _may_hold_surrogates(json.dumps(echo("j", "héllo \u00e9 \\ud7ff")).encode())
+    assert not _may_hold_surrogates('{"m": "héllo"}'.encode())
+    # An escaped backslash before "ud800" is no surrogate: a false alarm, walked.
+    assert _may_hold_surrogates(b'{"m": "\\\\ud800"}')
+    assert _may_hold_surrogates(b'{"m": "\\uDBFF"}')
+    assert _may_hold_surrogates('{"m": "x"}'.encode("utf-32"))
