@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,6 +79,7 @@ def http_end_to_end(home: Path, jobs: int, batch: int = 500) -> float:
                         raise
                 time.sleep(0.05)
             start_cpu = cpu_seconds(agent.pid)
+            threads_before = thread_cpu(agent.pid)
             began = time.monotonic()
             for first in range(0, jobs, batch):
                 body = {"jobs": [echo(f"h-{n}") for n in range(first, min(first + batch, jobs))]}
@@ -89,12 +91,14 @@ def http_end_to_end(home: Path, jobs: int, batch: int = 500) -> float:
                 time.sleep(0.02)
             elapsed = time.monotonic() - began
             cpu = cpu_seconds(agent.pid) - start_cpu
+            threads = {k: v - threads_before.get(k, 0.0) for k, v in thread_cpu(agent.pid).items()}
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.wait(30)
     rate = jobs / elapsed
+    split = ", ".join(f"{k} {v:.1f}" for k, v in sorted(threads.items()))
     print(f"http batch, 1 agent: {rate:8.0f} jobs/s end to end ({elapsed:.1f} s); "
-          f"agent CPU s: {cpu:.1f}")  # fmt: skip
+          f"agent CPU s: {cpu:.1f} ({split})")  # fmt: skip
     return rate
 
 
@@ -114,6 +118,13 @@ def wait_for_group(settings: KafkaConfig, group: str, members: int) -> None:
             return
         time.sleep(0.2)
     raise SystemExit(f"group {group} did not settle with {members} members")
+
+
+def _seconds(timestamp: object) -> float:
+    """Unix seconds of an event's RFC 3339 timestamp (0 when it has none)."""
+    if not isinstance(timestamp, str):
+        return 0.0
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -186,6 +197,7 @@ def run(
         threads_before = thread_cpu(procs[0].pid)
         with EventWatcher(settings) as watcher:
             began = time.monotonic()
+            began_wall = time.time()
             send_jobs(
                 settings,
                 Topics(prefix).pool("bench"),
@@ -195,15 +207,22 @@ def run(
             )
             produced = time.monotonic() - began
             done = 0
+            # When the agent accepted / finished its last job (its own timestamps),
+            # against when the last event arrived: which side the time went to.
+            last: dict[str, float] = {}
             for event in watcher.until_done(ids, timeout=600):
                 done += event["type"] == "completed"
+                moment = _seconds(event.get("timestamp")) - began_wall
+                last[event["type"]] = max(last.get(event["type"], 0.0), moment)
             elapsed = time.monotonic() - began
         cpu = [cpu_seconds(pid) - start for pid, start in before.items()]
         threads = {k: v - threads_before.get(k, 0.0) for k, v in thread_cpu(procs[0].pid).items()}
         print(
             f"kafka{'' if root == ROOT else ' (' + str(root) + ')'}, {agents} agent(s): "
             f"{jobs / elapsed:8.0f} jobs/s end to end "
-            f"({done}/{jobs} completed in {elapsed:.1f} s; produce {produced:.1f} s); "
+            f"({done}/{jobs} completed in {elapsed:.1f} s; produce {produced:.1f} s; last "
+            f"accepted {last.get('accepted', 0):.1f} s, "
+            f"completed {last.get('completed', 0):.1f} s); "
             f"agent CPU s: {', '.join(f'{c:.1f}' for c in cpu)} "
             f"(first agent: {', '.join(f'{k} {v:.1f}' for k, v in sorted(threads.items()))})"
         )
