@@ -278,18 +278,22 @@ def main() -> int:
         finally:
             cluster.stop()
     one, http_rate = statistics.median(ones), statistics.median(https)
-    share = one / http_rate
+    # Each round's ratio, then their median: the load moves between rounds, and a
+    # ratio of medians would pair a busy round's figure with a quiet one's.
     ratios = sorted(o / h for o, h in zip(ones, https, strict=True))
+    share = statistics.median(ratios)
     print(
         f"medians of {args.rounds}: kafka {one:.0f}, http {http_rate:.0f} jobs/s; "
         f"one agent / http batch {share:4.0%} (rounds {' '.join(f'{r:.2f}' for r in ratios)}; "
         f">= 80% {'MET' if share >= 0.8 else 'MISSED'}); load {os.getloadavg()[0]:.1f}"
     )
     if bases:
+        versus = sorted(o / b for o, b in zip(ones, bases, strict=True))
+        base_share = statistics.median(b / h for b, h in zip(bases, https, strict=True))
         print(
             f"baseline {args.baseline}: median {statistics.median(bases):.0f} jobs/s, "
-            f"/ http {statistics.median(bases) / http_rate:4.0%}; this / baseline "
-            f"{one / statistics.median(bases):.2f}"
+            f"/ http {base_share:4.0%}; this / baseline {statistics.median(versus):.2f} "
+            f"(rounds {' '.join(f'{r:.2f}' for r in versus)})"
         )
     if three is not None:
         print(f"three / one {three / one:4.2f} (>= 1 {'MET' if three >= one else 'MISSED'})")
