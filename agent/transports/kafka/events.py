@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
+import orjson
+
 from agent.jobs import utc_now
 
 EventType = Literal[
@@ -46,11 +48,13 @@ def event_value(
     }
     if operation is not None:
         value["operation"] = operation
-    return json.dumps(
-        value,
-        separators=(",", ":"),
-        default=str,
-    ).encode()
+    try:
+        # ~0.4 us against ~7 for json.dumps, three times a job on the trio thread.
+        return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:
+        # What orjson refuses and json takes (an integer over 64 bits, a lone
+        # surrogate, which json escapes).
+        return json.dumps(value, separators=(",", ":"), default=str).encode()
 
 
 class ProgressGate:

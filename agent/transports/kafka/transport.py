@@ -28,7 +28,7 @@ from agent.transports.kafka.announce import Announcer
 from agent.transports.kafka.consumer import ConsumerThread, Record
 from agent.transports.kafka.events import TERMINAL, EventType, ProgressGate, event_value
 from agent.transports.kafka.heartbeat import SIZE_KEY, decommission_key
-from agent.transports.kafka.intake import TRANSPORT, Examiner, Sorted
+from agent.transports.kafka.intake import TRANSPORT, Examiner, Signed, Sorted
 from agent.transports.kafka.producer import Delivery, EventProducer, Outgoing, refused
 from agent.transports.kafka.settings import KafkaConfig
 from agent.transports.kafka.signing import TrustedKey, Verifier, load_public_key
@@ -49,6 +49,8 @@ _PARKED_KEPT = 10
 _BATCHES_IN_FLIGHT = 16
 # How often a full pending queue is looked at again.
 _ROOM_POLL_SECONDS = 0.05
+# A consumed batch and its job records' signature checks (fleet records are not jobs).
+_Checked = tuple[list[Record], list[Signed]]
 # Heartbeats are only interesting for a few intervals (compacted too, so a reader
 # finds about one per host plus the last minute's); capabilities are compacted.
 _HEARTBEAT_RETENTION_MS = "600000"
@@ -237,48 +239,72 @@ class KafkaTransport:
     ) -> None:
         self.consumers.append(consumer)
         send, receive = trio.open_memory_channel[list[Record]](1)
+        checked_send, checked_receive = trio.open_memory_channel[_Checked](1)
 
         async def run(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
             with scope or trio.CancelScope():
                 async with trio.open_nursery() as inner:
                     await inner.start(consumer.run, send)
+                    inner.start_soon(self._check, examiner, receive, checked_send)
                     task_status.started()
-                    await self._take(intake, examiner, consumer, receive)
+                    await self._take(intake, examiner, consumer, checked_receive)
 
         await nursery.start(run)
+
+    async def _check(
+        self,
+        examiner: Examiner,
+        receive: trio.MemoryReceiveChannel[list[Record]],
+        send: trio.MemorySendChannel[_Checked],
+    ) -> None:
+        """Check each batch's signatures on a worker thread (~0.1-0.2 ms of CPU a record,
+        without the GIL) while `_take` makes the batch before it durable: the two
+        overlap, and the consumer hands its next batch over sooner."""
+        async with send:
+            async for batch in receive:
+                jobs = [record for record in batch if record.topic != self.topics.fleet]
+                checked = await trio.to_thread.run_sync(examiner.signatures, jobs) if jobs else []
+                await send.send((batch, checked))
 
     async def _take(
         self,
         intake: TransportIntake,
         examiner: Examiner,
         consumer: ConsumerThread,
-        receive: trio.MemoryReceiveChannel[list[Record]],
+        receive: trio.MemoryReceiveChannel[_Checked],
     ) -> None:
         """Make each batch durable (or answered), then let its offsets commit."""
-        async for batch in receive:
-            by_kind: dict[str, list[Record]] = {}
+        async for batch, checked in receive:
+            by_kind: dict[str, tuple[list[Record], list[Signed]]] = {}
+            signatures = iter(checked)
             for record in batch:
                 if record.topic == self.topics.fleet:
                     self._fleet_record(record)
                 else:
-                    by_kind.setdefault(self.topics.kind(record.topic), []).append(record)
+                    records, signed = by_kind.setdefault(self.topics.kind(record.topic), ([], []))
+                    records.append(record)
+                    signed.append(next(signatures))
             if self.decommissioned_at is not None:
                 # Not stored: these jobs wait on their topic for the host to rejoin.
                 continue
-            for kind, records in by_kind.items():
-                sorted_ = await self._sort(intake, examiner, records, kind)
+            for kind, (records, signed) in by_kind.items():
+                sorted_ = await self._sort(intake, examiner, records, kind, signed)
                 assert self.producer is not None
                 await self._settle(self.producer, sorted_.events)
             consumer.store(batch)
 
     @staticmethod
     async def _sort(
-        intake: TransportIntake, examiner: Examiner, records: list[Record], kind: str
+        intake: TransportIntake,
+        examiner: Examiner,
+        records: list[Record],
+        kind: str,
+        checked: list[Signed],
     ) -> Sorted:
         """The records of one kind of topic made durable (or answered), tried until they are."""
         while True:
             try:
-                return await examiner.sort(intake, records, kind)
+                return await examiner.sort(intake, records, kind, checked)
             except DrainingError:
                 # Nothing was recorded and nothing is committed: the next start (or
                 # another member of the group) reads these records again.
