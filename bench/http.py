@@ -190,6 +190,11 @@ def main() -> int:
     parser.add_argument("--conns", type=int, default=32)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--profile", type=Path, help="run the agent under cProfile, dump here")
+    parser.add_argument(
+        "--submits-only",
+        action="store_true",
+        help="only rounds of the ceilings and durable submits (jobs queued), with CPU per request",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("bench/http.py drives the load with wrk: `make bench-http` installs it")
@@ -282,6 +287,11 @@ def main() -> int:
             line(name, figures)
             return figures
 
+        if args.submits_only:
+            acknowledged += submits_only(args, url, auth, hellos, hello_ports, submits)
+            total = httpx.get(f"{url}/api/v1/jobs", params={"limit": 1}, headers=auth).json()
+            print(f"acknowledged jobs {acknowledged}, jobs in the store {total['data']['total']}")
+            return 0 if total["data"]["total"] >= acknowledged else 1
         print("-- jobs also run (system.echo, 2 job slots, same process)")
         running = submits("durable submits")
         wait_idle(url, auth)
@@ -293,10 +303,7 @@ def main() -> int:
         wait_idle(url, auth)
 
         # Intake alone: both job slots hold long sleeps, so accepted jobs only queue.
-        for slot in range(WORKERS):
-            httpx.post(f"{url}/api/v1/jobs", json=sleep_document(f"hold-{slot}"), headers=auth)
-        httpx.post(f"{url}/api/v1/jobs", json=echo_document("probe"), headers=auth)
-        acknowledged += WORKERS + 1
+        acknowledged += hold_job_slots(url, auth)
         rounds: list[dict[str, dict[str, Any]]] = []
         for number in range(1, args.rounds + 1):
             print(f"-- round {number}: jobs only queued (both job slots busy), "
@@ -348,6 +355,56 @@ def main() -> int:
         if args.profile:
             stats = pstats.Stats(str(args.profile))
             stats.sort_stats("tottime").print_stats(25)
+
+
+def hold_job_slots(url: str, auth: dict[str, str]) -> int:
+    """Both job slots hold long sleeps, so accepted jobs only queue; the jobs sent."""
+    for slot in range(WORKERS):
+        httpx.post(f"{url}/api/v1/jobs", json=sleep_document(f"hold-{slot}"), headers=auth)
+    httpx.post(f"{url}/api/v1/jobs", json=echo_document("probe"), headers=auth)
+    return WORKERS + 1
+
+
+def submits_only(  # noqa: PLR0917 (main's state, handed over once)
+    args: argparse.Namespace,
+    url: str,
+    auth: dict[str, str],
+    hellos: dict[str, subprocess.Popen[bytes]],
+    hello_ports: dict[str, int],
+    submits: Callable[[str], dict[str, Any]],
+) -> int:
+    """Interleaved rounds of the quart and raw ASGI ceilings and durable submits, jobs
+    queued: each rate against its round's ceilings, and the server's CPU per request
+    (which the machine's load moves less than the rates). Returns the jobs sent."""
+    sent = hold_job_slots(url, auth)
+    rounds: list[dict[str, dict[str, Any]]] = []
+    for number in range(1, args.rounds + 1):
+        print(f"-- round {number}, load average {load_average()}")
+        measures: dict[str, dict[str, Any]] = {}
+        for kind in ("quart", "asgi"):
+            measures[kind] = measured(hellos[kind].pid, lambda kind=kind: wrk(
+                f"http://127.0.0.1:{hello_ports[kind]}/", conns=args.conns, seconds=args.seconds
+            ))  # fmt: skip
+            line(f"ceiling: {CEILINGS[kind]} GET", measures[kind])
+        measures["single"] = submits("durable submits")
+        rounds.append(measures)
+
+    def cpu_us(figures: dict[str, Any]) -> float:
+        return float(figures["server_cpu"]) / figures["rate"] * 1e6
+
+    def median(figure: Callable[[dict[str, dict[str, Any]]], float]) -> float:
+        return statistics.median(figure(r) for r in rounds)
+
+    print(f"medians of {len(rounds)} rounds (load average {load_average()}):")
+    for kind in ("quart", "asgi", "single"):
+        title = "durable submits" if kind == "single" else CEILINGS[kind]
+        rate = median(lambda r, kind=kind: r[kind]["rate"])
+        cpu = median(lambda r, kind=kind: cpu_us(r[kind]))
+        print(f"  {title:24} {rate:7.0f} req/s  {cpu:5.0f} us CPU/request")
+    quart = median(lambda r: r["single"]["rate"] / r["quart"]["rate"])
+    asgi = median(lambda r: r["single"]["rate"] / r["asgi"]["rate"])
+    print(f"  durable submits / quart {quart:.3f} (target >= 0.8), / raw ASGI {asgi:.3f}")
+    return sent + sum(r["single"]["codes"].get("201", 0) for r in rounds)
 
 
 def summary(rounds: list[dict[str, dict[str, Any]]], batch: int) -> None:
