@@ -91,6 +91,26 @@ class _Finish:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Insert:
+    """Queued new jobs (a Queued's operation, recognisable in its batch: the inserts
+    queued one after another run as one writes.insert_jobs, see SqliteStore._commit)."""
+
+    targets: outbox_sql.OutboxTargets
+    jobs: Sequence[NewJob]
+
+    def __call__(self, conn: sqlite3.Connection) -> list[Any]:
+        return writes.insert_jobs(conn, self.targets, self.jobs)
+
+
+def _inserts_from(batch: list[Queued], start: int) -> int:
+    """The end of the run of inserts that begins at `start` (itself included)."""
+    end = start
+    while end < len(batch) and isinstance(batch[end].operation, _Insert):
+        end += 1
+    return end
+
+
 def _starts_to_fold(batch: list[Queued]) -> dict[int, Queued]:
     """By id of a job's start in the batch, its outcome later in the same batch with
     nothing else about any job between (only other starts and outcomes), so the two
@@ -258,7 +278,17 @@ class SqliteStore:
         folded: dict[int, Any] = {}  # by id of an outcome: its value, already written
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for item in batch:
+            index = alone_until = 0  # before alone_until, inserts run one by one
+            while index < len(batch):
+                item = batch[index]
+                index += 1
+                if isinstance(item.operation, _Insert) and index > alone_until:
+                    end = _inserts_from(batch, index)
+                    if end > index:
+                        if self._insert_together(conn, batch[index - 1 : end]):
+                            index = end
+                            continue
+                        alone_until = end
                 conn.execute("SAVEPOINT op")
                 try:
                     if id(item) in folded:
@@ -291,6 +321,30 @@ class SqliteStore:
             return again
         self.disk_full = False
         return []
+
+    def _insert_together(self, conn: sqlite3.Connection, run: list[Queued]) -> bool:
+        """Several submits' inserts as one writes.insert_jobs (one lookup of the known
+        ids, one INSERT, one count per operation: a third of the statements of each
+        alone), each answered its own part. False: it raised (nothing of it is left),
+        so each runs alone, as any other write, and gets its own error."""
+        inserts = [item.operation for item in run]
+        jobs = [job for insert in inserts if isinstance(insert, _Insert) for job in insert.jobs]
+        conn.execute("SAVEPOINT inserts")
+        try:
+            outcomes = writes.insert_jobs(conn, self._targets, jobs)
+        except sqlite3.Error:
+            raise  # the transaction itself is in trouble: fail the batch
+        except Exception:  # noqa: BLE001 (each insert is run again alone below)
+            conn.execute("ROLLBACK TO inserts")
+            conn.execute("RELEASE inserts")
+            return False
+        conn.execute("RELEASE inserts")
+        first = 0
+        for item, insert in zip(run, inserts, strict=True):
+            assert isinstance(insert, _Insert)
+            item.value = outcomes[first : first + len(insert.jobs)]
+            first += len(insert.jobs)
+        return True
 
     def _start_and_finish(
         self, conn: sqlite3.Connection, start: Queued, finish: Queued, folded: dict[int, Any]
@@ -337,7 +391,7 @@ class SqliteStore:
     ) -> list[tuple[JobState, PendingJob | None] | AgentError]:
         # Not retried: a new job on a full disk is refused (503), never kept waiting.
         result: list[tuple[JobState, PendingJob | None] | AgentError] = await self._writes.settle(
-            self._writes.queue(lambda conn: writes.insert_jobs(conn, self._targets, jobs))
+            self._writes.queue(_Insert(self._targets, jobs))
         )
         return result
 

@@ -193,6 +193,74 @@ async def test_a_lazy_write_shares_the_commit_of_the_next_write(tmp_path: Path) 
         await store.aclose()
 
 
+async def test_submits_in_one_batch_insert_together_and_each_gets_its_own_answer(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.insert_jobs([new_job("old")])
+    calls: list[int] = []
+    insert_jobs = writes.insert_jobs
+
+    def counted(conn: sqlite3.Connection, targets: object, jobs: list[NewJob]) -> object:
+        calls.append(len(jobs))
+        return insert_jobs(conn, targets, jobs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(writes, "insert_jobs", counted)
+    batches: list[int] = []
+    run_batch = store._writes._run_batch
+    store._writes._run_batch = lambda batch: (batches.append(len(batch)), run_batch(batch))[1]
+    submits = {
+        "new": [new_job("n1"), new_job("n2")],
+        "again": [new_job("old")],  # already recorded: the same document
+        "conflict": [new_job("old", fingerprint="b")],
+        "twice": [new_job("n1")],  # the same document as a submit of the same batch
+        "taken": [new_job("n2", fingerprint="b")],
+        "bad": [new_job("bad", document={"job_id": object()})],  # cannot be encoded
+        "last": [new_job("n3")],
+    }
+    answers: dict[str, list[object]] = {}
+
+    async def submit(name: str) -> None:
+        try:
+            answers[name] = list(await store.insert_jobs(submits[name]))
+        except TypeError as exc:
+            answers[name] = [exc]
+
+    gate = threading.Event()
+    async with trio.open_nursery() as nursery:
+        # The writer busy meanwhile, the submits queue in this order for the next batch.
+        nursery.start_soon(store.settle, store._queue_write(lambda conn: gate.wait(10)))
+        await trio.testing.wait_all_tasks_blocked()
+        for name in submits:
+            nursery.start_soon(submit, name)
+            await trio.testing.wait_all_tasks_blocked()
+        gate.set()
+    assert batches == [1, len(submits)]  # one commit for all the submits
+    # Tried together; the unencodable one made that fail, so each ran alone.
+    assert calls == [8, 2, 1, 1, 1, 1, 1, 1]
+
+    def created(name: str) -> list[bool]:
+        return [isinstance(a, tuple) and a[1] is not None for a in answers[name]]
+
+    assert created("new") == [True, True]
+    assert created("again") == [False]
+    assert isinstance(answers["conflict"][0], ConflictError)
+    assert created("twice") == [False]
+    assert isinstance(answers["taken"][0], ConflictError)
+    assert isinstance(answers["bad"][0], TypeError)
+    assert created("last") == [True]
+    # Without the bad one, the batch's submits are one insert.
+    calls.clear()
+    batches.clear()
+    async with trio.open_nursery() as nursery:
+        for n in range(5):
+            nursery.start_soon(store.insert_jobs, [new_job(f"m{n}")])
+    assert batches == [5]
+    assert calls == [5]
+    conn = connect(store.path, readonly=True)
+    ids = {row[0] for row in conn.execute("SELECT job_id FROM jobs")}
+    assert ids == {"old", "n1", "n2", "n3", "m0", "m1", "m2", "m3", "m4"}
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     with small_tmpfs(tmp_path / "small", "2m") as mount:
