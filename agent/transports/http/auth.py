@@ -8,6 +8,7 @@ token's hash with every configured hash in constant time.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
@@ -57,7 +58,7 @@ class Principal:
         """The caller as the submitter recorded with its jobs (None: anonymous)."""
         return None if self is ANONYMOUS else submitter.of_token(self.name)
 
-    @property
+    @functools.cached_property
     def caller(self) -> Caller:
         """The caller as the intake (and its allowlist) sees it: a token over HTTP."""
         return Caller(
