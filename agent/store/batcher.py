@@ -94,6 +94,12 @@ class Batcher:
         self._running = False
         self._forming = False
         self._batch_ended = trio.Event()
+        # The running batch's operations (by id), and where the callers whose
+        # operations are queued for the batch after it wait: at its end one of them
+        # is woken to run that batch, the others only once it has ended (each woke
+        # at both ends before: twice per operation).
+        self._in_flight: set[int] = set()
+        self._next_lot = trio.lowlevel.ParkingLot()
         self._failed_batches = 0  # in a row
         self._retry_at = 0.0
         self.finished = 0  # operations run so far, committed or failed
@@ -132,13 +138,14 @@ class Batcher:
                     await self._batch_ended.wait()
         while not item.finished:
             if self._running:
-                await self._batch_ended.wait()
+                await self._wait_for_batch(item)
                 continue
             if item.held and trio.current_time() < self._retry_at:
                 with trio.move_on_at(self._retry_at):
                     await self._batch_ended.wait()
                 continue
             self._running = True
+            waiting: trio.lowlevel.ParkingLot | None = None
             try:
                 # Shielded: the batch holds others' operations too.
                 with trio.CancelScope(shield=True):
@@ -148,6 +155,9 @@ class Batcher:
                     await trio.lowlevel.checkpoint()
                     self._forming = False
                     batch, self._queue = self._queue, []
+                    self._in_flight = {id(queued) for queued in batch}
+                    # Who waits for this batch: those parked for the operations it takes.
+                    waiting, self._next_lot = self._next_lot, trio.lowlevel.ParkingLot()
                     if self._thread is not None:
                         again = await self._thread.run(batch)
                     else:
@@ -159,11 +169,24 @@ class Batcher:
                     self._after_batch()
             finally:
                 self._running = False
+                self._in_flight = set()
                 ended, self._batch_ended = self._batch_ended, trio.Event()
                 ended.set()
+                if waiting is not None:
+                    waiting.unpark_all()  # their operations ran (or are held: try again)
+                if self._queue:  # one of those who queued meanwhile runs the next batch
+                    self._next_lot.unpark()
         if item.error is not None:
             raise item.error
         return item.value
+
+    async def _wait_for_batch(self, item: Queued) -> None:
+        """While a batch runs: until it ends if it holds `item`; else until the batch
+        after it ends, or until this caller is woken to run that batch."""
+        if id(item) in self._in_flight:
+            await self._batch_ended.wait()
+        else:
+            await self._next_lot.park()
 
     def close(self) -> None:
         """Let the batches' own thread go (the Batcher can still be used: it starts again)."""

@@ -261,6 +261,43 @@ async def test_submits_in_one_batch_insert_together_and_each_gets_its_own_answer
     assert ids == {"old", "n1", "n2", "n3", "m0", "m1", "m2", "m3", "m4"}
 
 
+class _Steps(trio.abc.Instrument):
+    """How many times each task ran (was scheduled), by its name."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, int] = {}
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps[task.name] = self.steps.get(task.name, 0) + 1
+
+
+async def test_a_write_queued_behind_a_batch_wakes_once_unless_it_runs_the_next(
+    store: SqliteStore,
+) -> None:
+    gate = threading.Event()
+    steps = _Steps()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store.settle, store._queue_write(lambda conn: gate.wait(10)))
+        await trio.testing.wait_all_tasks_blocked()
+        trio.lowlevel.add_instrument(steps)
+        try:
+            for n in range(8):
+                nursery.start_soon(store.insert_jobs, [new_job(f"q{n}")], name=f"submit-{n}")
+            await trio.testing.wait_all_tasks_blocked()
+            gate.set()
+        finally:
+            await trio.testing.wait_all_tasks_blocked()
+    trio.lowlevel.remove_instrument(steps)
+    counts = sorted(steps.steps[f"submit-{n}"] for n in range(8))
+    # One ran the next batch (its forming pass and the writer's answer: more steps);
+    # the seven others ran twice: to queue, and once their batch had ended.
+    assert counts[:7] == [2] * 7
+    assert counts[7] > 2
+    assert {job.job_id for job in (await store.list_jobs(limit=20))[0]} >= {
+        f"q{n}" for n in range(8)
+    }
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     with small_tmpfs(tmp_path / "small", "2m") as mount:
