@@ -14,7 +14,12 @@ running system.echo jobs, the intake) with no transport at all, and measures:
    and the next submit (an HTTP client's round trip; 0: none): jobs/s
    (gaps included) and submit latency p50/p99;
 3. batches: --batches submit_many calls of --batch prepared jobs (prepare
-   timed apart from the insert and commit): jobs/s.
+   timed apart from the insert and commit): jobs/s;
+4. the HTTP front without sockets: --front submits from --conns concurrent
+   tasks through the front router's submit route (token, JSON body, slots,
+   the answer's bytes) into this core, jobs only queued: CPU per submit, and
+   two figures the machine's load does not move: trio task steps per submit
+   and submits per commit.
 2 and 3 run first with the jobs only queued (no dispatcher), then again
 with the dispatcher running them.
 
@@ -26,7 +31,7 @@ for the batch, whether the core alone leaves room for the target (MET/MISSED
 against --ceiling).
 
 Usage: python bench/submit_core.py [--single 2000] [--batch 500] [--batches 10]
-       [--gap 0.001] [--ceiling 1350] [--profile core.prof]
+       [--gap 0.001] [--ceiling 1350] [--front 4000] [--conns 32] [--profile core.prof]
 """
 
 from __future__ import annotations
@@ -63,6 +68,11 @@ from agent.policy.allowlist import Caller  # noqa: E402
 from agent.service.logs import configure_logging  # noqa: E402
 from agent.store import SqliteStore, writes  # noqa: E402
 from agent.store.outbox_sql import OutboxTargets  # noqa: E402
+from agent.transports.http import job_api  # noqa: E402
+from agent.transports.http.auth import TokenTable, create_token  # noqa: E402
+from agent.transports.http.front import Front  # noqa: E402
+from agent.transports.http.routes import ApiState  # noqa: E402
+from agent.transports.http.settings import HttpConfig  # noqa: E402
 
 
 def document(job_id: str) -> dict[str, Any]:
@@ -215,6 +225,60 @@ async def batches(
     )
 
 
+class _Steps(trio.abc.Instrument):
+    """Task steps (a task scheduled and run until it next waits), all tasks."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.count += 1
+
+
+async def front_loop(core: Core, count: int, conns: int) -> tuple[float, float, float]:
+    """(CPU us, task steps and commits per submit) of `count` submits through the
+    HTTP front's submit route from `conns` concurrent tasks (no sockets)."""
+    token, entry = create_token("bench", ["submit"])
+    config = HttpConfig()
+    front = Front(None, ApiState(core.intake, config, TokenTable([entry])), job_api.ROUTES)
+    answered: list[int] = []
+
+    async def client(number: int, jobs: int) -> None:
+        for n in range(jobs):
+            body = json.dumps(document(f"front-{number}-{n}")).encode()
+            headers = [
+                (b"authorization", b"Bearer " + token.encode()),
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(body)),
+            ]
+            scope = {"type": "http", "method": "POST", "path": "/api/v1/jobs", "headers": headers}
+
+            async def receive(body: bytes = body) -> dict[str, Any]:
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            async def send(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.start":
+                    answered.append(message["status"])
+
+            await front(scope, receive, send)
+
+    steps = _Steps()
+    commits = core.commits
+    began_cpu = time.process_time()
+    trio.lowlevel.add_instrument(steps)
+    try:
+        async with trio.open_nursery() as nursery:
+            for number in range(conns):
+                nursery.start_soon(client, number, count // conns)
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+    cpu = time.process_time() - began_cpu
+    if set(answered) != {201}:
+        raise SystemExit(f"the front answered {sorted(set(answered))}")
+    done = len(answered)
+    return cpu / done * 1e6, steps.count / done, done / max(1, core.commits - commits)
+
+
 async def drain(core: Core) -> None:
     while core.dispatcher.queue_depth or core.dispatcher.running_count:
         await trio.sleep(0.01)
@@ -237,6 +301,8 @@ async def run(args: argparse.Namespace) -> None:
                 core, args.single, "q", args.gap, jobs_run=False
             )
             figures["batch, queued"] = await batches(core, args.batch, args.batches, "q")
+            if args.front:
+                figures["front"] = await front_loop(core, args.front, args.conns)
             async with trio.open_nursery() as nursery:
                 await nursery.start(core.dispatcher.run)
                 await drain(core)
@@ -264,6 +330,13 @@ async def run(args: argparse.Namespace) -> None:
             f"{name:15s} ({args.single} jobs): {rate:6.0f} jobs/s  "
             f"p50 {p50 * 1000:.2f} ms  p99 {p99 * 1000:.2f} ms  {commits:.2f} commits/job  "
             f"(CPU {cpu * 1e6:.0f} us/job)"
+        )
+    if "front" in figures:
+        cpu, steps, per_commit = figures["front"]
+        print(
+            f"front, {args.conns} concurrent ({args.front} submits, jobs queued): "
+            f"CPU {cpu:.0f} us/submit, {steps:.2f} task steps/submit, "
+            f"{per_commit:.1f} submits/commit"
         )
     for name in ("batch, queued", "batch, run"):
         rate, prepare_us, commit_us, prepare_cpu, commit_cpu = figures[name]
@@ -293,6 +366,8 @@ def main() -> None:
     parser.add_argument("--stage-jobs", type=int, default=500)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--ceiling", type=float, default=1350.0)
+    parser.add_argument("--front", type=int, default=4000, help="submits at the front (0: none)")
+    parser.add_argument("--conns", type=int, default=32, help="concurrent submitters at the front")
     parser.add_argument("--profile", help="write a cProfile of the loops to this file")
     configure_logging(level="warning")  # as the benches run the daemon
     trio.run(run, parser.parse_args())
