@@ -5,6 +5,7 @@ fleet_commands, fleet_targets and fleet_jobs)."""
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import time
@@ -220,14 +221,17 @@ def fleet(args: argparse.Namespace, config: KafkaConfig) -> int:
 
     settings = settings_from(args, config)
     labels = dict(parse_selector_args(args.label)["labels"])
-    hosts = [
-        host
-        for host in read_fleet(settings, timeout=args.timeout)
-        if host.matches(operations=args.op, labels=labels)
-    ]
+    # The map is millions of objects and no cycles, and this process ends once it is
+    # printed: the cyclic collector's passes over it cost a 10,000-host map a tenth of
+    # its time (read_fleet turns it off only while it reads).
+    gc.disable()
+    hosts = read_fleet(settings, timeout=args.timeout, records=False)
+    if args.op or labels:
+        hosts = [host for host in hosts if host.matches(operations=args.op, labels=labels)]
     if args.json:
-        # One compact line by orjson: a 10,000-host map indented by json took a second more
-        # than reading it from the brokers (bench/fleet.py).
+        # One compact line by orjson, straight to stdout's buffer: a 10,000-host map
+        # indented by json took a second more than reading it from the brokers.
+        sys.stdout.flush()
         sys.stdout.buffer.write(orjson.dumps([host.to_dict() for host in hosts]) + b"\n")
     else:
         print(render_table(hosts))
@@ -248,7 +252,7 @@ def retire(args: argparse.Namespace, config: KafkaConfig) -> int:
     if args.force:
         print(f"hostagent: --force: not checking {args.worker_id} in the map", file=sys.stderr)
     else:
-        host = check_decommission(read_fleet(settings), args.worker_id)
+        host = check_decommission(read_fleet(settings, records=False), args.worker_id)
         print(f"hostagent: removing {describe(host)}", file=sys.stderr)
     decommission(settings, args.worker_id)
     print(f"{args.worker_id} removed from the fleet map")
