@@ -57,8 +57,10 @@ _BATCH = 5000
 # consume() waits this long unless a whole batch is there: short, so the last
 # partial batch of a topic costs little.
 _BATCH_WAIT_SECONDS = 0.1
-# Lists of a record most hosts share (kept once per distinct content).
+# Lists of a record most hosts share (kept once per distinct content), and maps of
+# such lists (the operations each transport may run: two thirds of a record).
 _SHARED_LISTS = ("operations", "features", "disk_formats", "pools", "image_roots")
+_SHARED_MAPS = ("allowed_operations",)
 
 __all__ = [
     "DECOMMISSIONED_BUT_ALIVE",
@@ -359,9 +361,13 @@ class _RecordDecoder:
         if not isinstance(document, dict):
             document = {}
         for key in _SHARED_LISTS:
+            if key in document:
+                document[key] = self._share(document[key])
+        for key in _SHARED_MAPS if self._keep_record else ():
             found = document.get(key)
-            if isinstance(found, list):
-                document[key] = self._shared.setdefault(tuple(found), found)
+            if isinstance(found, dict):
+                for name, names in found.items():
+                    found[name] = self._share(names)
         return FleetHost(
             worker_id="",
             labels=document.get("labels", {}),
@@ -377,6 +383,15 @@ class _RecordDecoder:
             schemas=document.get("operation_schemas") if self._keep_schemas else None,
             capabilities=document if self._keep_record else {},
         )
+
+    def _share(self, value: Any) -> Any:
+        """The one copy of a list of names hosts alike carry (anything else as it is)."""
+        if not isinstance(value, list):
+            return value
+        try:
+            return self._shared.setdefault(tuple(value), value)
+        except TypeError:  # not names (a list of objects): nothing to share
+            return value
 
 
 def _age(now: datetime, at: str | None) -> float | None:
