@@ -59,10 +59,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    from agent.cli.parser import RESOURCE_NOUNS, build_parser
+    from agent.cli.parser import RESOURCE_NOUNS, build_fleet_parser, build_parser
     from agent.cli.support import run_command
 
-    parser = build_parser()
+    # `fleet` (scripts run it often, and time it) builds only its own parser.
+    parser = build_fleet_parser() if argv[:1] == ["fleet"] else build_parser()
     args = parser.parse_args(argv)
 
     def command() -> int:
@@ -89,6 +90,8 @@ def _main(argv: list[str]) -> int:
             check_allowlist(config_path(args.config))  # all bad rules, before the config loads
         if args.command in RESOURCE_NOUNS:
             return _resource(args, _config(args))
+        if args.command == "fleet":
+            return _fleet(args)
         return int(_COMMANDS[args.command](args, _config(args)) or 0)
 
     code = run_command(command, daemon=args.command == "run")
@@ -388,10 +391,12 @@ def _policy(args: argparse.Namespace, config: Settings) -> int:
     return cli_policy.run(args, config)
 
 
-def _fleet(args: argparse.Namespace, config: Settings) -> int:
+def _fleet(args: argparse.Namespace) -> int:
+    from agent.cli.support import config_path
     from agent.transports.kafka import cli as kafka_cli
 
-    return kafka_cli.fleet(args, config.kafka)
+    # The [kafka] section alone: the daemon's settings would load every transport.
+    return kafka_cli.fleet(args, kafka_cli.load_kafka_config(config_path(args.config)))
 
 
 def _decommission(args: argparse.Namespace, config: Settings) -> int:
@@ -427,7 +432,6 @@ _COMMANDS = {
     "health": _health,
     "token": _token,
     "config": _config_show,
-    "fleet": _fleet,
     "decommission": _decommission,
     "key": _key,
     "prune": _prune,

@@ -7,13 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.cli import policy as cli_policy
-from agent.cli import prune as cli_prune
-from agent.cli import runbook as cli_runbook
-from agent.cli.resources import add_commands
 from agent.cli.support import EXIT_CODES_HELP, add_client_options
-from agent.handlers._guestfs_host import PACKAGED_APPLIANCE
 from agent.transports.kafka import cli as kafka_cli
+
+# The modules other commands' options come from are imported by build_parser:
+# build_fleet_parser (`hostagent fleet`, which scripts run often) does without them
+# (the handlers pull in libvirt; the policy commands, the daemon's settings).
 
 DESCRIPTION = "hostagent: the per-host job agent, and the command line to talk to it."
 
@@ -35,13 +34,28 @@ def _json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="the full answer as JSON")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _top() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(
         prog="hostagent",
         description=DESCRIPTION,
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+def build_fleet_parser() -> argparse.ArgumentParser:
+    """The parser of `hostagent fleet [jobs]` alone (the same options as in build_parser)."""
+    parser = _top()
+    commands = parser.add_subparsers(dest="command", required=True)
+    kafka_cli.add_fleet_command(commands, _common)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from agent.cli import runbook as cli_runbook
+    from agent.cli.resources import add_commands
+
+    parser = _top()
     parser.add_argument("--version", action="version", version=f"hostagent {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -195,6 +209,10 @@ def _add_reads(commands: Commands) -> None:
 
 
 def _add_admin(commands: Commands) -> None:
+    from agent.cli import policy as cli_policy
+    from agent.cli import prune as cli_prune
+    from agent.handlers._guestfs_host import PACKAGED_APPLIANCE
+
     token = commands.add_parser("token", help="API tokens")
     token_commands = token.add_subparsers(dest="token_command", required=True)
     create = token_commands.add_parser(

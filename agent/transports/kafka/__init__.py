@@ -6,22 +6,21 @@ without `[kafka]` configured never loads librdkafka.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from agent.config import Config
-from agent.transports.base import TransportSpec
 from agent.transports.kafka.settings import KafkaConfig
 from agent.transports.kafka.topics import Selector, Topics
 
 if TYPE_CHECKING:
     from agent.core.services import Services
-    from agent.transports.base import Transport
+    from agent.transports.base import Transport, TransportSpec
     from agent.transports.kafka.fleet import FleetHost
 
 
 def _build(settings: KafkaConfig, services: Services) -> Transport | None:
     if not settings.enabled:
         return None
+    from agent.config import Config  # noqa: PLC0415
     from agent.transports.kafka.transport import KafkaTransport  # noqa: PLC0415 (librdkafka)
 
     core = services.get(Config)
@@ -34,7 +33,20 @@ def _build(settings: KafkaConfig, services: Services) -> Transport | None:
     )
 
 
-SPEC = TransportSpec(name="kafka", settings=KafkaConfig, build=_build)
+if TYPE_CHECKING:
+    SPEC: TransportSpec[KafkaConfig]
+
+
+def __getattr__(name: str) -> Any:
+    # Made on first use (the daemon's settings): `hostagent fleet` and read_fleet()
+    # programs do without the transport seam's modules (trio, the core).
+    if name != "SPEC":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from agent.transports.base import TransportSpec  # noqa: PLC0415
+
+    spec = TransportSpec(name="kafka", settings=KafkaConfig, build=_build)
+    globals()["SPEC"] = spec
+    return spec
 
 
 def read_fleet(

@@ -3,14 +3,15 @@
 Blocking on purpose (the CLI and programs call it; the agent never does). One
 consumer reads the compacted capabilities topic, the heartbeats and the fleet
 records together, in batches, from their beginning up to the high watermarks
-taken at the start, keeping the latest value per key. A host is `live`, `stale`
+taken at the start, keeping the latest value per key; a record is parsed as it
+arrives (while librdkafka fetches the next batch). A host is `live`, `stale`
 (no heartbeat for 3 of its intervals plus grace: heartbeat.py) or
 `decommissioned-but-alive` (its record was tombstoned, or never came, and it
 still heartbeats: shown, never dropped); a tombstoned host that is silent is gone.
 
-A full rebuild reads for seconds (bench/fleet.py: ~1 s at 10,000 hosts), far
-inside the capabilities topic's `delete.retention.ms` (a day), so a tombstone
-written while a reader is at work is always seen by it.
+A full rebuild reads for seconds (bench/fleet.py: ~1 s at 10,000 hosts, ~11 s
+at 100,000), far inside the capabilities topic's `delete.retention.ms` (a day),
+so a tombstone written while a reader is at work is always seen by it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import gc
 import json
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -57,8 +58,10 @@ _BATCH = 5000
 # consume() waits this long unless a whole batch is there: short, so the last
 # partial batch of a topic costs little.
 _BATCH_WAIT_SECONDS = 0.1
-# Lists of a record most hosts share (kept once per distinct content).
+# Lists of a record most hosts share (kept once per distinct content), and maps of
+# such lists (the operations each transport may run: two thirds of a record).
 _SHARED_LISTS = ("operations", "features", "disk_formats", "pools", "image_roots")
+_SHARED_MAPS = ("allowed_operations",)
 
 __all__ = [
     "DECOMMISSIONED_BUT_ALIVE",
@@ -140,8 +143,8 @@ class FleetHost:
         )
 
 
-# key -> (latest value, its timestamp in ms), per topic.
-Latest = dict[str, tuple[bytes | None, int]]
+# key -> (latest value, bytes or as decoded; a tombstone's timestamp in ms), per topic.
+Latest = dict[str, tuple[Any, int]]
 
 
 def _reader(settings: KafkaConfig) -> Consumer:
@@ -156,23 +159,22 @@ def _reader(settings: KafkaConfig) -> Consumer:
     )
 
 
-def _read_latest(consumer: Consumer, topics: list[str], timeout: float) -> dict[str, Latest]:
-    """topic -> key -> latest (value, timestamp), up to the ends the topics had at the start."""
+def _read_latest(
+    consumer: Consumer,
+    topics: list[str],
+    timeout: float,
+    decoders: Mapping[str, Callable[[bytes], Any]] | None = None,
+) -> dict[str, Latest]:
+    """topic -> key -> latest (value, timestamp of a tombstone), up to the ends the
+    topics had at the start. A topic's values go through its `decoders` entry as they
+    arrive: parsed while librdkafka fetches the next batch, and a record's bytes are
+    not kept once it is parsed."""
     deadline = time.monotonic() + timeout
-    ends: dict[tuple[str, int], int] = {}
-    for topic in topics:
-        described = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
-        if described is None or described.error is not None:
-            continue
-        for partition in described.partitions:
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=timeout
-            )
-            if high > low:
-                ends[(topic, partition)] = high
+    ends = _ends(consumer, topics, timeout)
     latest: dict[str, Latest] = {topic: {} for topic in topics}
     if not ends:
         return latest
+    decoding = dict(decoders or {})
     consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in ends])
     while ends:
         if time.monotonic() > deadline:
@@ -182,8 +184,8 @@ def _read_latest(consumer: Consumer, topics: list[str], timeout: float) -> dict[
                 reason="timed out before the end of " + ", ".join(sorted({t for t, _ in ends})),
             )
         for message in consumer.consume(_BATCH, _BATCH_WAIT_SECONDS):
-            topic, partition = message.topic() or "", message.partition() or 0
             error = message.error()
+            topic, partition = message.topic() or "", message.partition() or 0
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
                     ends.pop((topic, partition), None)
@@ -191,14 +193,44 @@ def _read_latest(consumer: Consumer, topics: list[str], timeout: float) -> dict[
             key = message.key()
             if key is not None:
                 value = message.value()
-                latest[topic][key.decode() if isinstance(key, bytes) else str(key)] = (
-                    value if isinstance(value, bytes) or value is None else str(value).encode(),
-                    message.timestamp()[1],
-                )
+                if value is None:
+                    # Only a tombstone's time is used (when its host was decommissioned).
+                    latest[topic][_text(key)] = (None, message.timestamp()[1])
+                else:
+                    decode = decoding.get(topic)
+                    latest[topic][_text(key)] = (
+                        decode(_raw(value)) if decode is not None else _raw(value),
+                        0,
+                    )
             if (message.offset() or 0) + 1 >= ends.get((topic, partition), 1 << 62):
                 ends.pop((topic, partition), None)
     consumer.unassign()
     return latest
+
+
+def _ends(consumer: Consumer, topics: list[str], timeout: float) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> its high watermark now, for each partition holding records."""
+    ends: dict[tuple[str, int], int] = {}
+    for topic in topics:
+        # Named: a fleet with a job topic per host makes every topic's metadata costly.
+        found = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        if found is None or found.error is not None:
+            continue
+        for partition in found.partitions:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=timeout
+            )
+            if high > low:
+                ends[(topic, partition)] = high
+    return ends
+
+
+def _text(key: str | bytes) -> str:
+    return key.decode() if isinstance(key, bytes) else key
+
+
+def _raw(value: str | bytes) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
 
 
 def read_fleet(
@@ -207,6 +239,7 @@ def read_fleet(
     timeout: float = 15.0,
     schemas: bool = False,
     record_size: bool = True,
+    records: bool = True,
 ) -> list[FleetHost]:
     """The fleet map, sorted by worker_id (blocking; see the module docstring).
 
@@ -214,6 +247,9 @@ def read_fleet(
     <prefix>.schemas). `record_size`: when the count of hosts moved by more than
     10 % from the fleet's size record, write the new one (agents stretch their
     heartbeat interval by it); a reader that may not write just skips it.
+    `records=False` (a listing): each host's fields without its whole record
+    (`capabilities` stays empty, and an old record's inline schemas are kept only
+    with `schemas`): at 100,000 hosts the records were most of the memory.
     """
     topics = Topics(settings.topic_prefix)
     consumer = _reader(settings)
@@ -223,8 +259,12 @@ def read_fleet(
     gc.disable()
     try:
         try:
+            decode = _RecordDecoder(keep_record=records, keep_schemas=records or schemas)
             found = _read_latest(
-                consumer, [topics.capabilities, topics.heartbeats, topics.fleet], timeout
+                consumer,
+                [topics.capabilities, topics.heartbeats, topics.fleet],
+                timeout,
+                {topics.capabilities: decode},
             )
         except KafkaException as exc:
             raise _unavailable(exc) from exc
@@ -242,21 +282,19 @@ def read_fleet(
 
 
 def _hosts(capabilities: Latest, heartbeats: Latest, fleet: Latest) -> list[FleetHost]:
+    """The map from each host's decoded record (a FleetHost: _RecordDecoder) and last
+    heartbeat."""
     now = datetime.now(UTC)
     hosts = []
-    shared: dict[tuple[str, ...], list[str]] = {}
     for worker_id in capabilities.keys() | heartbeats.keys():
-        # Popped: each record's bytes go as soon as it is parsed.
+        # Popped: each heartbeat's bytes go as soon as it is parsed.
         value, tombstoned_ms = capabilities.pop(worker_id, (None, 0))
         beat_value, _ = heartbeats.pop(worker_id, (None, 0))
         beat: dict[str, Any] = orjson.loads(beat_value) if beat_value else {}
         if value is None and not beat:
             continue  # decommissioned (or never announced) and silent: gone
-        host = (
-            _host(worker_id, orjson.loads(value), shared)
-            if value is not None
-            else FleetHost(worker_id)
-        )
+        host: FleetHost = value if value is not None else FleetHost(worker_id)
+        host.worker_id = worker_id
         host.heartbeat = beat
         host.last_heartbeat = beat.get("at")
         host.interval_seconds = float(beat.get("interval_seconds", 10.0)) if beat else None
@@ -310,29 +348,51 @@ def _details_digest(host: FleetHost) -> str | None:
     return digest if isinstance(digest, str) else None
 
 
-def _host(
-    worker_id: str, document: dict[str, Any], shared: dict[tuple[str, ...], list[str]]
-) -> FleetHost:
-    for key in _SHARED_LISTS:
+class _RecordDecoder:
+    """A capabilities record's bytes -> its FleetHost (worker_id set by the caller)."""
+
+    def __init__(self, *, keep_record: bool, keep_schemas: bool) -> None:
+        self._keep_record = keep_record
+        self._keep_schemas = keep_schemas
         # Hosts alike carry the same lists: one copy of each for all of them.
-        found = document.get(key)
-        if isinstance(found, list):
-            document[key] = shared.setdefault(tuple(found), found)
-    return FleetHost(
-        worker_id=worker_id,
-        labels=document.get("labels", {}),
-        pools=document.get("pools", []),
-        hypervisor=document.get("hypervisor"),
-        operations=document.get("operations", []),
-        features=document.get("features", []),
-        agent_version=document.get("agent_version"),
-        seq=document.get("seq"),
-        generated_at=document.get("generated_at"),
-        schemas_digest=document.get("schemas_digest"),
-        # A record from before schemas went by digest carries them inline.
-        schemas=document.get("operation_schemas"),
-        capabilities=document,
-    )
+        self._shared: dict[tuple[str, ...], list[str]] = {}
+
+    def __call__(self, value: bytes) -> FleetHost:
+        document = orjson.loads(value)
+        if not isinstance(document, dict):
+            document = {}
+        for key in _SHARED_LISTS:
+            if key in document:
+                document[key] = self._share(document[key])
+        for key in _SHARED_MAPS if self._keep_record else ():
+            found = document.get(key)
+            if isinstance(found, dict):
+                for name, names in found.items():
+                    found[name] = self._share(names)
+        return FleetHost(
+            worker_id="",
+            labels=document.get("labels", {}),
+            pools=document.get("pools", []),
+            hypervisor=document.get("hypervisor"),
+            operations=document.get("operations", []),
+            features=document.get("features", []),
+            agent_version=document.get("agent_version"),
+            seq=document.get("seq"),
+            generated_at=document.get("generated_at"),
+            schemas_digest=document.get("schemas_digest"),
+            # A record from before schemas went by digest carries them inline.
+            schemas=document.get("operation_schemas") if self._keep_schemas else None,
+            capabilities=document if self._keep_record else {},
+        )
+
+    def _share(self, value: Any) -> Any:
+        """The one copy of a list of names hosts alike carry (anything else as it is)."""
+        if not isinstance(value, list):
+            return value
+        try:
+            return self._shared.setdefault(tuple(value), value)
+        except TypeError:  # not names (a list of objects): nothing to share
+            return value
 
 
 def _age(now: datetime, at: str | None) -> float | None:

@@ -89,7 +89,7 @@ def check_target(
     if force and not (waiting and args.broadcast):
         _warn("--force: the target is not checked against the fleet map")
         return {args.host} if args.host is not None else None
-    hosts = read_fleet(settings, timeout=max(0.5, remaining(deadline) * _MAP_SHARE))
+    hosts = read_fleet(settings, timeout=max(0.5, remaining(deadline) * _MAP_SHARE), records=False)
     if args.host is not None:
         host = check_host(hosts, args.host)
         if not is_live(host):

@@ -11,6 +11,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,7 +37,14 @@ from agent.transports.kafka.heartbeat import (
 from agent.transports.kafka.topics import Topics
 from agent.transports.kafka.transport import fleet_topics
 from tests.jobs import eventually
-from tests.transports.kafka.fleetkit import KEY_ENTRY, Events, echo, send_signed
+from tests.transports.kafka.fleetkit import (
+    KEY_ENTRY,
+    Events,
+    echo,
+    kafka_agent,
+    send_signed,
+    signed_headers,
+)
 
 SCHEMAS = {
     "system.echo": {"type": "object", "properties": {"message": {"type": "string"}}},
@@ -237,54 +245,120 @@ async def test_heartbeat_interval_follows_the_fleet_size_record(
         assert (await kafka_component(agent))["heartbeat_interval_seconds"] == 3.0
 
 
+def send_to_every_partition(bootstrap: str, topic: str, job_ids: list[str]) -> None:
+    """Job i to partition i of `topic`, signed: one job on each partition whoever holds it."""
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    for partition, job_id in enumerate(job_ids):
+        key, value = job_id.encode(), json.dumps(echo(job_id)).encode()
+        headers = signed_headers(topic, key, value)
+        producer.produce(topic, key=key, value=value, partition=partition, headers=headers)
+    assert producer.flush(30) == 0
+
+
+def ran_on(events: Events, job_ids: list[str]) -> dict[str, str]:
+    """job_id -> the worker that completed it (each exactly once, by one agent only)."""
+    workers = {}
+    for job_id in job_ids:
+        assert len({e["worker_id"] for e in events.by_job[job_id]}) == 1, events.by_job[job_id]
+        (completed,) = [e for e in events.by_job[job_id] if e["type"] == "completed"]
+        workers[job_id] = str(completed["worker_id"])
+    return workers
+
+
 @pytest.mark.slow
 async def test_a_running_agent_that_is_decommissioned_takes_no_fleet_jobs(
-    config: Config, kafka_broker: str, kafka_prefix: str
+    config: Config, kafka_broker: str, kafka_prefix: str, tmp_path: Path
 ) -> None:
-    config = with_kafka(config, kafka_broker, kafka_prefix)
+    """Its host jobs wait, its pools' jobs go to the other member; restarted, it rejoins
+    (its pools too) and runs the jobs that waited."""
+    config = with_kafka(config, kafka_broker, kafka_prefix, pools=["p1"])
     topics = Topics(kafka_prefix)
-    async with running(config) as agent:
+    pool = topics.pool("p1")
+    partitions = config.kafka.partitions
+    # The pool's other member: an agent process of its own.
+    other = kafka_agent(tmp_path, kafka_broker, kafka_prefix, "w2", pools=["p1"])
+    events = Events(config.kafka)
+    try:
+        async with running(config) as agent:
 
-        async def healthy() -> bool:
-            return (await kafka_component(agent))["status"] == "healthy"
+            async def healthy() -> bool:
+                return (await kafka_component(agent))["status"] == "healthy"
 
-        await eventually(healthy)
-        await trio.to_thread.run_sync(
-            lambda: send_signed(config.kafka, topics.host("w1"), [echo("before")])
-        )
-        events = Events(config.kafka)
-        await trio.to_thread.run_sync(lambda: events.read(["before"], timeout=60))
-        await trio.to_thread.run_sync(decommission, config.kafka, "w1")
+            await eventually(healthy)
+            await trio.to_thread.run_sync(other.start)
 
-        async def decommissioned() -> bool:
-            return "decommissioned" in (await kafka_component(agent))["reason"]
+            async def pool_shared() -> bool:
+                # w2 joined: the group moved some of the pool's partitions to it.
+                return any(e.get("group") == topics.pool_group("p1")
+                           for e in other.events("kafka.assigned"))  # fmt: skip
 
-        await eventually(decommissioned)
-        component = await kafka_component(agent)
-        assert component["status"] == "degraded"
-        assert "takes no fleet jobs" in component["reason"]
-        await trio.to_thread.run_sync(
-            lambda: send_signed(config.kafka, topics.host("w1"), [echo("after")])
-        )
+            await eventually(pool_shared, within=60, every=0.5)
+            before = [f"pool-before-{i}" for i in range(partitions)]
+            await trio.to_thread.run_sync(send_to_every_partition, kafka_broker, pool, before)
+            await trio.to_thread.run_sync(
+                lambda: send_signed(config.kafka, topics.host("w1"), [echo("before")])
+            )
+            await trio.to_thread.run_sync(lambda: events.read([*before, "before"], timeout=60))
+            # Both are members: each took the jobs of the partitions it holds.
+            assert set(ran_on(events, before).values()) == {"w1", "w2"}
+            await trio.to_thread.run_sync(decommission, config.kafka, "w1")
 
-        async def shown_alive() -> bool:
+            async def decommissioned() -> bool:
+                return "decommissioned" in (await kafka_component(agent))["reason"]
+
+            await eventually(decommissioned)
+            component = await kafka_component(agent)
+            assert component["status"] == "degraded"
+            assert "takes no fleet jobs" in component["reason"]
+            after = [f"pool-after-{i}" for i in range(partitions)]
+            await trio.to_thread.run_sync(send_to_every_partition, kafka_broker, pool, after)
+            await trio.to_thread.run_sync(
+                lambda: send_signed(config.kafka, topics.host("w1"), [echo("after")])
+            )
+            # It left the pool: every partition's job is taken by w2, none by w1. (A static
+            # member sends no LeaveGroup: its partitions move once its session times out.)
+            await trio.to_thread.run_sync(lambda: events.read(after, timeout=120))
+            assert set(ran_on(events, after).values()) == {"w2"}
+            for job_id in after:
+                with pytest.raises(NotFoundError):
+                    await agent.intake.status(job_id)
+
+            async def shown_alive() -> bool:
+                hosts = await trio.to_thread.run_sync(
+                    lambda: read_fleet(config.kafka, record_size=False)
+                )
+                shown = {h.worker_id: h.status for h in hosts}
+                return shown == {"w1": "decommissioned-but-alive", "w2": "live"}
+
+            # Its heartbeats go on (the map shows it), and the host job is not taken.
+            await eventually(shown_alive, within=30, every=0.5)
+            await trio.sleep(3)
+            with pytest.raises(NotFoundError):
+                await agent.intake.status("after")
+        # Restarted, it rejoins: the held host job runs, the map shows it live again,
+        # and it is a pool member again (it takes the jobs of the partitions it gets).
+        async with running(config) as agent:
+            await eventually(healthy_again(agent))
+            await trio.to_thread.run_sync(lambda: events.read(["after"], timeout=60))
+            assert ran_on(events, ["after"]) == {"after": "w1"}
             hosts = await trio.to_thread.run_sync(
                 lambda: read_fleet(config.kafka, record_size=False)
             )
-            return [(h.worker_id, h.status) for h in hosts] == [("w1", "decommissioned-but-alive")]
+            assert {h.worker_id: h.status for h in hosts} == {"w1": "live", "w2": "live"}
+            # Its own consumer holds the host topic, the broadcast's partitions and the
+            # fleet records; more means the pool gave it some of its partitions back.
+            own = 1 + partitions + 1
 
-        # Its heartbeats go on (the map shows it), and the host job is not taken.
-        await eventually(shown_alive, within=30, every=0.5)
-        await trio.sleep(3)
-        with pytest.raises(NotFoundError):
-            await agent.intake.status("after")
-    # Restarted, it rejoins: the held job runs, the map shows it live again.
-    async with running(config) as agent:
-        await eventually(healthy_again(agent))
-        await trio.to_thread.run_sync(lambda: events.read(["after"], timeout=60))
-        assert events.types("after")[-1] == "completed"
-        hosts = await trio.to_thread.run_sync(lambda: read_fleet(config.kafka, record_size=False))
-        assert [(h.worker_id, h.status) for h in hosts] == [("w1", "live")]
+            async def in_the_pool() -> bool:
+                return int((await kafka_component(agent))["assigned_partitions"]) > own
+
+            await eventually(in_the_pool, within=90, every=0.5)
+            rejoined = [f"pool-rejoined-{i}" for i in range(partitions)]
+            await trio.to_thread.run_sync(send_to_every_partition, kafka_broker, pool, rejoined)
+            await trio.to_thread.run_sync(lambda: events.read(rejoined, timeout=60))
+            assert set(ran_on(events, rejoined).values()) == {"w1", "w2"}
+    finally:
+        other.kill()
 
 
 def healthy_again(agent: Agent) -> Any:
