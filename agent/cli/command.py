@@ -70,6 +70,8 @@ def _main(argv: list[str]) -> int:
         from agent.cli.usage import check_arguments
 
         check_arguments(args)
+        if args.command != "run":
+            _log_to_stderr()
         if args.command == "completion":
             from agent.cli.commands import completion
 
@@ -101,6 +103,23 @@ def _main(argv: list[str]) -> int:
         # The reader of a pipe left before the last buffered line went out.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return code
+
+
+def _log_to_stderr() -> None:
+    """A command's answer is stdout (often JSON a script parses); what is logged on
+    the way (librdkafka's "Connection refused" while a broker is down) goes to
+    stderr, warnings and worse only (the command's own message says what failed; a
+    broker that is down would add a debug line per retry). structlog writes everything
+    to stdout until configured; the daemon configures its own."""
+    import logging
+
+    import structlog
+
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        # Looked up at each line, not bound once: whoever replaces sys.stderr is followed.
+        logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
+    )
 
 
 def _run(args: argparse.Namespace, config: Settings) -> int:
