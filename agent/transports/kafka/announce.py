@@ -7,8 +7,9 @@ does not arrive as one burst) and re-asserted now and then; the heartbeat
 compacted record only changes when the capabilities do.
 
 The record names its large parts by digest (sha256 of their canonical JSON):
-the operation schemas (`schemas_digest`) and libvirt's host and domain
-capabilities (`libvirt.details_digest`); the parts themselves go once per
+the operation schemas (`schemas_digest`), libvirt's host and domain
+capabilities (`libvirt.details_digest`) and what each transport's callers may
+run under the allowlist (`policy_digest`); the parts themselves go once per
 process and digest to the compacted `<prefix>.schemas`, key = digest, where
 hosts alike share them, so a host record stays under 2 KB.
 The heartbeat interval follows the fleet's size (heartbeat.py). Once the fleet
@@ -53,6 +54,9 @@ _CHANGE_CHECK_SECONDS = 30.0
 _EVENT_BUFFER = 1024
 # libvirt's facts that go by digest (alike on alike hosts, and most of the bytes).
 DETAILS = frozenset({"host", "domain"})
+# The allowlist's answer per transport (agent/core/capabilities.py): by digest too,
+# each transport naming most operations would be two thirds of a record.
+POLICY = frozenset({"allowed_operations", "allowed_resources"})
 # Keys of the capabilities document that change without the host changing.
 _VOLATILE = {"generated_at", "seq"}
 
@@ -108,6 +112,8 @@ class Announcer:
             summary = {k: v for k, v in libvirt.items() if k not in DETAILS}
             details = {k: v for k, v in libvirt.items() if k in DETAILS}
             document["libvirt"] = {**summary, "details_digest": self._by_digest(details)}
+        if policy := {key: document.pop(key) for key in POLICY if key in document}:
+            document["policy_digest"] = self._by_digest(policy)
         document["worker_id"] = self._worker_id
         document["labels"] = dict(self._labels)
         document["pools"] = list(self._settings.pools)

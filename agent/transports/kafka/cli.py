@@ -104,6 +104,12 @@ def add_fleet_command(commands: Any, common: Callable[[argparse.ArgumentParser],
     )
     fleet.add_argument("--json", action="store_true", help="JSON for programs")
     fleet.add_argument(
+        "--schemas",
+        action="store_true",
+        help="JSON of each host's whole record, with the parts it names by digest"
+        " (operation schemas, libvirt details, allowlist) fetched from <prefix>.schemas",
+    )
+    fleet.add_argument(
         "--timeout", type=float, default=15.0, help="seconds to read the fleet (default 15)"
     )
     common(fleet)
@@ -246,14 +252,16 @@ def fleet(args: argparse.Namespace, config: KafkaConfig) -> int:
     # printed: the cyclic collector's passes over it cost a 10,000-host map a tenth of
     # its time (read_fleet turns it off only while it reads).
     gc.disable()
-    hosts = read_fleet(settings, timeout=args.timeout, records=False)
+    full = args.schemas
+    hosts = read_fleet(settings, timeout=args.timeout, records=full, schemas=full)
     if args.op or labels:
         hosts = [host for host in hosts if host.matches(operations=args.op, labels=labels)]
-    if args.json:
+    if args.json or full:
         # One compact line by orjson, straight to stdout's buffer: a 10,000-host map
         # indented by json took a second more than reading it from the brokers.
         sys.stdout.flush()
-        sys.stdout.buffer.write(orjson.dumps([host.to_dict() for host in hosts]) + b"\n")
+        data = [host.to_dict(full=full) for host in hosts]
+        sys.stdout.buffer.write(orjson.dumps(data) + b"\n")
     else:
         print(render_table(hosts))
     return 0

@@ -58,10 +58,8 @@ _BATCH = 5000
 # consume() waits this long unless a whole batch is there: short, so the last
 # partial batch of a topic costs little.
 _BATCH_WAIT_SECONDS = 0.1
-# Lists of a record most hosts share (kept once per distinct content), and maps of
-# such lists (the operations each transport may run: two thirds of a record).
+# Lists of a record most hosts share (kept once per distinct content).
 _SHARED_LISTS = ("operations", "features", "disk_formats", "pools", "image_roots")
-_SHARED_MAPS = ("allowed_operations",)
 
 __all__ = [
     "DECOMMISSIONED_BUT_ALIVE",
@@ -243,10 +241,12 @@ def read_fleet(
 ) -> list[FleetHost]:
     """The fleet map, sorted by worker_id (blocking; see the module docstring).
 
-    `schemas`: resolve each host's operation schemas by digest (one read of
-    <prefix>.schemas). `record_size`: when the count of hosts moved by more than
-    10 % from the fleet's size record, write the new one (agents stretch their
-    heartbeat interval by it); a reader that may not write just skips it.
+    `schemas`: resolve each host's parts named by digest (one read of
+    <prefix>.schemas): its operation schemas and, with `records`, its libvirt
+    details and allowlist into `capabilities`. `record_size`: when the count of
+    hosts moved by more than 10 % from the fleet's size record, write the new one
+    (agents stretch their heartbeat interval by it); a reader that may not write
+    just skips it.
     `records=False` (a listing): each host's fields without its whole record
     (`capabilities` stays empty, and an old record's inline schemas are kept only
     with `schemas`): at 100,000 hosts the records were most of the memory.
@@ -330,9 +330,10 @@ def _hosts(capabilities: Latest, heartbeats: Latest, fleet: Latest) -> list[Flee
 
 
 def _resolve(settings: KafkaConfig, hosts: list[FleetHost], timeout: float) -> None:
-    """Each host's operation schemas and libvirt details, from their digests."""
+    """Each host's operation schemas, libvirt details and allowlist, from their digests."""
     wanted = {h.schemas_digest for h in hosts if h.schemas is None and h.schemas_digest}
     wanted |= {digest for h in hosts if (digest := _details_digest(h))}
+    wanted |= {digest for h in hosts if (digest := _policy_digest(h))}
     parts = read_schemas(settings, wanted, timeout=timeout) if wanted else {}
     for host in hosts:
         if host.schemas is None and host.schemas_digest:
@@ -340,6 +341,14 @@ def _resolve(settings: KafkaConfig, hosts: list[FleetHost], timeout: float) -> N
         digest = _details_digest(host)
         if digest and digest in parts:
             host.capabilities["libvirt"] = {**host.capabilities["libvirt"], **parts[digest]}
+        digest = _policy_digest(host)
+        if digest and isinstance(policy := parts.get(digest), dict):
+            host.capabilities.update(policy)
+
+
+def _policy_digest(host: FleetHost) -> str | None:
+    digest = host.capabilities.get("policy_digest")
+    return digest if isinstance(digest, str) else None
 
 
 def _details_digest(host: FleetHost) -> str | None:
@@ -364,11 +373,6 @@ class _RecordDecoder:
         for key in _SHARED_LISTS:
             if key in document:
                 document[key] = self._share(document[key])
-        for key in _SHARED_MAPS if self._keep_record else ():
-            found = document.get(key)
-            if isinstance(found, dict):
-                for name, names in found.items():
-                    found[name] = self._share(names)
         return FleetHost(
             worker_id="",
             labels=document.get("labels", {}),
@@ -411,8 +415,8 @@ def _iso(ms: int) -> str:
 def read_schemas(
     settings: KafkaConfig, digests: Iterable[str], *, timeout: float = 15.0
 ) -> dict[str, dict[str, Any]]:
-    """digest -> part (an operation schema set, libvirt details) from <prefix>.schemas
-    (blocking)."""
+    """digest -> part (an operation schema set, libvirt details, an allowlist's answer)
+    from <prefix>.schemas (blocking)."""
     wanted = set(digests)
     topic = Topics(settings.topic_prefix).schemas
     consumer = _reader(settings)

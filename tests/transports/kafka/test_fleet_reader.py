@@ -14,8 +14,6 @@ from agent.errors import ConfigError
 from agent.transports.kafka.cli import load_kafka_config
 from agent.transports.kafka.fleet import _RecordDecoder
 
-ALLOWED = {"spool": ["system.echo", "vm.start"], "http": ["system.echo"]}
-
 
 def record(worker_id: str, **extra: object) -> bytes:
     document = {
@@ -23,7 +21,6 @@ def record(worker_id: str, **extra: object) -> bytes:
         "labels": {"rack": "r1"},
         "pools": ["p1"],
         "operations": ["system.echo", "vm.start"],
-        "allowed_operations": {name: list(ops) for name, ops in ALLOWED.items()},
         "operation_schemas": {"system.echo": {"type": "object"}},
         **extra,
     }
@@ -36,11 +33,6 @@ def test_hosts_alike_share_one_copy_of_their_lists_of_names() -> None:
     assert one.operations == ["system.echo", "vm.start"]
     assert one.operations is two.operations
     assert one.pools is two.pools
-    allowed_one = one.capabilities["allowed_operations"]
-    allowed_two = two.capabilities["allowed_operations"]
-    assert allowed_one == ALLOWED
-    assert allowed_one["spool"] is allowed_two["spool"]
-    assert allowed_one["http"] is not allowed_one["spool"]
     # A list of objects is kept as it is (nothing to share, and no failure).
     odd = decode(record("c", features=[{"name": "kafka"}]))
     assert odd.features == [{"name": "kafka"}]

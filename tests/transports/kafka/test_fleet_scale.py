@@ -22,6 +22,7 @@ from confluent_kafka.admin import AdminClient
 from agent.config import Config
 from agent.errors import NotFoundError
 from agent.jobs import utc_now
+from agent.policy.allowlist import AllowRule
 from agent.service.daemon import Agent
 from agent.service.settings import Settings
 from agent.transports.kafka import KafkaConfig
@@ -366,3 +367,39 @@ def healthy_again(agent: Agent) -> Any:
         return (await kafka_component(agent))["status"] == "healthy"
 
     return check
+
+
+@pytest.mark.slow
+async def test_a_real_agents_record_names_its_allowlist_by_digest_and_stays_under_2_kb(
+    config: Config, kafka_broker: str, kafka_prefix: str
+) -> None:
+    config = with_kafka(config, kafka_broker, kafka_prefix)
+    only_echo = AllowRule.model_validate({"transports": ["kafka"], "operations": ["system.echo"]})
+    policy = config.policy.model_copy(update={"allow": [only_echo]})
+    config = config.model_copy(update={"policy": policy})
+
+    def host(schemas: bool) -> Any:
+        hosts = read_fleet(config.kafka, record_size=False, schemas=schemas)
+        return next((h for h in hosts if h.worker_id == "w1"), None)
+
+    async with running(config) as agent:
+        await eventually(lambda: trio.to_thread.run_sync(host, False), within=60, every=0.5)
+        operations = agent.registry.operations
+    record = (await trio.to_thread.run_sync(host, False)).capabilities
+    assert "allowed_operations" not in record
+    assert len(canonical(record)) <= 2048  # the bound for a host record
+    resolved = (await trio.to_thread.run_sync(host, True)).capabilities
+    assert resolved["policy_digest"] == record["policy_digest"]
+    assert resolved["allowed_operations"]["kafka"] == ["system.echo"]
+    assert resolved["allowed_operations"]["spool"] == operations
+    # The same from the command line.
+    connect = ["--bootstrap", kafka_broker, "--topic-prefix", kafka_prefix]
+    shown = subprocess.run(
+        [sys.executable, "-m", "agent", "fleet", "--schemas", *connect],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    (listed,) = [h for h in json.loads(shown.stdout) if h["worker_id"] == "w1"]
+    assert listed["capabilities"]["allowed_operations"]["kafka"] == ["system.echo"]
+    assert set(listed["schemas"]) == set(operations)
