@@ -268,7 +268,11 @@ def stats_totals(agent: AgentProcess) -> list[tuple[float, dict[str, int]]]:
     """(when, {tx, txbytes, rx, rxbytes} summed over the agent's clients) per statistics round."""
     rounds: dict[str, dict[str, dict[str, int]]] = {}
     series = []
-    for event in agent.events("kafka.statistics"):
+    events = agent.events("kafka.statistics")
+    # A total is a sum over every client: one client's first round arriving inside the
+    # window would count all it sent since its start (the capabilities, the schemas).
+    clients = {str(event["client"]) for event in events}
+    for event in events:
         client = str(event["client"])
         rounds.setdefault("last", {})[client] = {
             k: int(event[k])
@@ -279,7 +283,8 @@ def stats_totals(agent: AgentProcess) -> list[tuple[float, dict[str, int]]]:
             k: sum(c[k] for c in rounds["last"].values())
             for k in ("tx", "txbytes", "rx", "rxbytes")
         }
-        series.append((at, total))
+        if len(rounds["last"]) == len(clients):
+            series.append((at, total))
     return series
 
 

@@ -23,6 +23,7 @@ to serve (wakeup.py), which `store`, `withhold` and cancellation also write to.
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -168,6 +169,8 @@ class ConsumerThread:
         self.last_error: str | None = None
         # Set while the thread runs, when librdkafka can wake it (else it polls).
         self.wakeup: Wakeup | None = None
+        # The thread's id for the kernel (its wake-ups are in /proc/self/task/ID).
+        self.native_id: int | None = None
 
     def _on_error(self, error: KafkaError) -> None:
         # Health follows the producer (it sends a heartbeat every interval, so it
@@ -359,6 +362,7 @@ class ConsumerThread:
             self._paused_withheld = withheld
 
     def _loop(self, channel: trio.MemorySendChannel[list[Record]]) -> None:
+        self.native_id = threading.get_native_id()
         consumer = self._open()
         self.wakeup = Wakeup.open(consumer, str(self._config.get("client.id", "rdkafka")))
         try:
