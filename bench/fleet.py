@@ -324,7 +324,10 @@ def wakeups(
 
 def idle(bootstrap: str, home: Path, seconds: float) -> None:
     prefix = "bench-idle"
-    extra = 'librdkafka = { "statistics.interval.ms" = "30000" }'
+    # Statistics cost the agent CPU too (librdkafka's JSON, parsed and logged): about
+    # four rounds per window, at least 30 s apart.
+    every_ms = int(max(30.0, min(150.0, seconds / 4)) * 1000)
+    extra = f'librdkafka = {{ "statistics.interval.ms" = "{every_ms}" }}'
     with_kafka = kafka_agent(home, bootstrap, prefix, "idle-k", heartbeat=10.0, extra=extra)
     plain_home = home / "plain"
     plain_home.mkdir()
@@ -346,7 +349,11 @@ def idle(bootstrap: str, home: Path, seconds: float) -> None:
         cpu_p = cpu_seconds(plain.process.pid) - cpu_p0
         wakes_k, rows_k = wakeups(with_kafka.process.pid, threads_k0, ended - began)
         wakes_p, rows_p = wakeups(plain.process.pid, threads_p0, ended - began)
-        series = [(at, t) for at, t in stats_totals(with_kafka) if began - 31 <= at <= ended + 1]
+        series = [
+            (at, t)
+            for at, t in stats_totals(with_kafka)
+            if began - every_ms / 1000 - 1 <= at <= ended + 1
+        ]
         print(f"idle agent over {seconds:.0f} s ({load()}):")
         if len(series) >= 2:
             (t0, first), (t1, last) = series[0], series[-1]
