@@ -11,6 +11,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from agent.transports.kafka.consumer import _IDLE_WAIT_SECONDS, ConsumerThread, Record
+from agent.transports.kafka.wakeup import Wakeup
 
 
 def switches(native_id: int) -> int:
@@ -75,3 +76,17 @@ async def test_an_idle_consumer_sleeps_until_a_record_store_or_cancel_wakes_it(
     # The cancel woke the sleeping thread (else it ends after _IDLE_WAIT_SECONDS).
     assert trio.current_time() - cancelled_at < _IDLE_WAIT_SECONDS / 2
     assert consumer.wakeup is None  # closed with the consumer
+
+
+def test_a_handle_that_does_not_answer_to_its_name_is_not_used() -> None:
+    """The client handle is read from the Python object and checked by its name: a
+    mismatch leaves the thread polling as before, never a pipe on the wrong client."""
+    consumer = Consumer({"bootstrap.servers": "127.0.0.1:1", "group.id": "g", "client.id": "me"})
+    try:
+        assert Wakeup.open(consumer, "someone-else") is None
+        wakeup = Wakeup.open(consumer, "me")
+        assert wakeup is not None
+        wakeup.close()
+        wakeup.wake()  # after close: a no-op, not a write to a reused descriptor
+    finally:
+        consumer.close()
