@@ -364,8 +364,8 @@ class ConsumerThread:
     def _loop(self, channel: trio.MemorySendChannel[list[Record]]) -> None:
         self.native_id = threading.get_native_id()
         consumer = self._open()
-        self.wakeup = Wakeup.open(consumer, str(self._config.get("client.id", "rdkafka")))
         try:
+            self.wakeup = Wakeup.open(consumer, str(self._config.get("client.id", "rdkafka")))
             while True:
                 trio.from_thread.check_cancelled()
                 self._apply_commands(consumer)

@@ -94,7 +94,12 @@ class Wakeup:
         queue = lib.rd_kafka_queue_get_consumer(handle)
         if not queue:
             return None
-        read, write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            read, write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:  # out of descriptors: poll as before
+            lib.rd_kafka_queue_destroy(queue)
+            log.warning("kafka.wakeup_unavailable", reason=str(exc))
+            return None
         lib.rd_kafka_queue_io_event_enable(queue, write, b"\1", 1)
         return cls(lib, queue, read, write)
 
