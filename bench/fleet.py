@@ -29,6 +29,7 @@ are stopped and their directories removed however the bench ends.
 Usage: python bench/fleet.py [--sizes 1000,10000,100000] [--idle 600] [--steady 60]
        python bench/fleet.py --steady 0 --idle 0      (the record and the rebuilds only)
        python bench/fleet.py --layout --topics 10000 --brokers 3 --heap 1024
+       python bench/fleet.py --only idle --idle 600
 """
 
 from __future__ import annotations
@@ -292,7 +293,11 @@ def stats_totals(agent: AgentProcess) -> list[tuple[float, dict[str, int]]]:
     """(when, {tx, txbytes, rx, rxbytes} summed over the agent's clients) per statistics round."""
     rounds: dict[str, dict[str, dict[str, int]]] = {}
     series = []
-    for event in agent.events("kafka.statistics"):
+    events = agent.events("kafka.statistics")
+    # A total is a sum over every client: one client's first round arriving inside the
+    # window would count all it sent since its start (the capabilities, the schemas).
+    clients = {str(event["client"]) for event in events}
+    for event in events:
         client = str(event["client"])
         rounds.setdefault("last", {})[client] = {
             k: int(event[k])
@@ -303,13 +308,51 @@ def stats_totals(agent: AgentProcess) -> list[tuple[float, dict[str, int]]]:
             k: sum(c[k] for c in rounds["last"].values())
             for k in ("tx", "txbytes", "rx", "rxbytes")
         }
-        series.append((at, total))
+        if len(rounds["last"]) == len(clients):
+            series.append((at, total))
     return series
+
+
+def threads(pid: int) -> dict[str, tuple[str, int, int]]:
+    """tid -> (name, context switches voluntary and not, nanoseconds on a CPU) of each
+    live thread: each switch is a wake-up (librdkafka names its threads rdk:*)."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            status = (task / "status").read_text().splitlines()
+            ran = int((task / "schedstat").read_text().split()[0])
+        except OSError:
+            continue  # a thread that ended meanwhile
+        switches = sum(int(line.split()[1]) for line in status if "ctxt_switches" in line)
+        found[task.name] = (name, switches, ran)
+    return found
+
+
+def wakeups(
+    pid: int, before: dict[str, tuple[str, int, int]], seconds: float
+) -> tuple[float, list[tuple[str, float, float]]]:
+    """Wake-ups/s of the whole process since `before`, and per thread kind (name, the
+    main thread as `main`): (kind, wake-ups/s, CPU ms/min), busiest first."""
+    after = threads(pid)
+    kinds: dict[str, list[float]] = {}
+    for tid, (name, switches, ran) in after.items():
+        _, switches0, ran0 = before.get(tid, (name, 0, 0))
+        kind = "main" if tid == str(pid) else name
+        kind = kind.rstrip("0123456789") if kind.startswith("rdk:broker") else kind
+        total = kinds.setdefault(kind, [0.0, 0.0])
+        total[0] += (switches - switches0) / seconds
+        total[1] += (ran - ran0) / 1e6 / seconds * 60
+    rows = sorted(((k, v[0], v[1]) for k, v in kinds.items()), key=lambda r: -r[1])
+    return sum(r[1] for r in rows), rows
 
 
 def idle(bootstrap: str, home: Path, seconds: float) -> None:
     prefix = "bench-idle"
-    extra = 'librdkafka = { "statistics.interval.ms" = "30000" }'
+    # Statistics cost the agent CPU too (librdkafka's JSON, parsed and logged): about
+    # four rounds per window, at least 30 s apart.
+    every_ms = int(max(30.0, min(150.0, seconds / 4)) * 1000)
+    extra = f'librdkafka = {{ "statistics.interval.ms" = "{every_ms}" }}'
     with_kafka = kafka_agent(home, bootstrap, prefix, "idle-k", heartbeat=10.0, extra=extra)
     plain_home = home / "plain"
     plain_home.mkdir()
@@ -323,12 +366,19 @@ def idle(bootstrap: str, home: Path, seconds: float) -> None:
         assert with_kafka.process is not None
         assert plain.process is not None
         cpu_k0, cpu_p0 = cpu_seconds(with_kafka.process.pid), cpu_seconds(plain.process.pid)
+        threads_k0, threads_p0 = threads(with_kafka.process.pid), threads(plain.process.pid)
         began = time.time()
         time.sleep(seconds)
         ended = time.time()
         cpu_k = cpu_seconds(with_kafka.process.pid) - cpu_k0
         cpu_p = cpu_seconds(plain.process.pid) - cpu_p0
-        series = [(at, t) for at, t in stats_totals(with_kafka) if began - 31 <= at <= ended + 1]
+        wakes_k, rows_k = wakeups(with_kafka.process.pid, threads_k0, ended - began)
+        wakes_p, rows_p = wakeups(plain.process.pid, threads_p0, ended - began)
+        series = [
+            (at, t)
+            for at, t in stats_totals(with_kafka)
+            if began - every_ms / 1000 - 1 <= at <= ended + 1
+        ]
         print(f"idle agent over {seconds:.0f} s ({load()}):")
         if len(series) >= 2:
             (t0, first), (t1, last) = series[0], series[-1]
@@ -346,6 +396,9 @@ def idle(bootstrap: str, home: Path, seconds: float) -> None:
             f"  CPU s with Kafka           {cpu_k:8.3f}  beside {cpu_p:.3f} without  "
             f"(ratio {cpu_k / max(cpu_p, 1e-3):.1f}x)  {verdict(cpu_k <= cpu_p * 1.5 + 0.05)}"
         )
+        for label, wakes, rows in (("with", wakes_k, rows_k), ("without", wakes_p, rows_p)):
+            kinds = ", ".join(f"{kind} {w:.2f}/s {ms:.0f} ms/min" for kind, w, ms in rows if w)
+            print(f"  wake-ups/s {label} Kafka     {wakes:8.2f}  [{kinds}]")
         latency(bootstrap, prefix)
     finally:
         with_kafka.kill()
@@ -582,6 +635,7 @@ def main() -> None:
     parser.add_argument("--brokers", type=int, choices=[1, 3], default=1)
     parser.add_argument("--heap", type=int, default=128, help="each broker's maximum heap, MB")
     parser.add_argument("--layout", action="store_true", help="only the host topics (--topics)")
+    parser.add_argument("--only", choices=["idle"], help="only this step (4: the idle agent)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
         home = Path(tmp)
@@ -592,6 +646,9 @@ def main() -> None:
             print(f"{len(cluster.nodes)} broker(s) started ({load()})", flush=True)
             if args.layout:
                 host_topics(cluster, args.topics)
+                return
+            if args.only == "idle":
+                idle(cluster.bootstrap, home, args.idle)
                 return
             bootstrap = cluster.bootstrap
             broker_pid = cluster.nodes[0].pid or cluster.nodes[0].process.pid

@@ -14,11 +14,16 @@ topic as this agent reads it, the fleet records) takes every partition by
 and an idle agent sends no group heartbeats. Fetches wait seconds at the broker
 (it answers as soon as data arrives) and prefetch is bounded, so an idle
 consumer costs the brokers a request every FETCH_WAIT_MS.
+
+An idle thread does not sit in poll() (confluent-kafka wakes it every 200 ms
+there): it waits on a pipe librdkafka writes to when the consumer has anything
+to serve (wakeup.py), which `store`, `withhold` and cancellation also write to.
 """
 
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +40,8 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from agent.transports.kafka.wakeup import Wakeup
+
 log = structlog.get_logger("agent.transports.kafka")
 
 # How long a revocation waits for records in the agent's hands to become durable,
@@ -45,6 +52,10 @@ _REVOKE_WAIT_SECONDS = 10.0
 # store, a withhold or a cancel. While records are held it looks much sooner.
 _POLL_SECONDS = 1.0
 _HELD_POLL_SECONDS = 0.05
+# With a wake-up pipe the thread sleeps until librdkafka or the agent writes to it;
+# this only bounds how long a lost wake-up could go unnoticed, and keeps poll()
+# called well within a pool member's max.poll.interval.ms.
+_IDLE_WAIT_SECONDS = 30.0
 # How long a polled batch waits for the agent to take it before the thread pauses
 # its partitions (and goes on polling, for the group's sake).
 _HAND_OVER_SECONDS = 1.0
@@ -156,6 +167,10 @@ class ConsumerThread:
         # Records polled while the agent had no room, handed over once it has.
         self._held: list[Record] = []
         self.last_error: str | None = None
+        # Set while the thread runs, when librdkafka can wake it (else it polls).
+        self.wakeup: Wakeup | None = None
+        # The thread's id for the kernel (its wake-ups are in /proc/self/task/ID).
+        self.native_id: int | None = None
 
     def _on_error(self, error: KafkaError) -> None:
         # Health follows the producer (it sends a heartbeat every interval, so it
@@ -165,6 +180,12 @@ class ConsumerThread:
     def withhold(self, topics: Sequence[str]) -> None:
         """Stop fetching `topics` (their records stay for the next start). Thread-safe."""
         self._withheld = frozenset(topics)
+        self._wake()
+
+    def _wake(self) -> None:
+        wakeup = self.wakeup
+        if wakeup is not None:
+            wakeup.wake()
 
     def store(self, records: Sequence[Record]) -> None:
         """Mark `records` done (durable, duplicate or rejected): their offsets may commit.
@@ -175,6 +196,7 @@ class ConsumerThread:
         for record in records:
             last[(record.topic, record.partition)] = record.offset + 1
         self._commands.put([TopicPartition(t, p, offset) for (t, p), offset in last.items()])
+        self._wake()
 
     async def run(
         self,
@@ -184,7 +206,17 @@ class ConsumerThread:
     ) -> None:
         task_status.started()
         with channel:
-            await trio.to_thread.run_sync(self._loop, channel, abandon_on_cancel=False)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._wake_when_cancelled)
+                await trio.to_thread.run_sync(self._loop, channel, abandon_on_cancel=False)
+                nursery.cancel_scope.cancel()
+
+    async def _wake_when_cancelled(self) -> None:
+        """The thread notices a cancel only when it wakes: wake it then."""
+        try:
+            await trio.sleep_forever()
+        finally:
+            self._wake()
 
     def _apply_commands(self, consumer: Consumer) -> None:
         while True:
@@ -330,8 +362,10 @@ class ConsumerThread:
             self._paused_withheld = withheld
 
     def _loop(self, channel: trio.MemorySendChannel[list[Record]]) -> None:
+        self.native_id = threading.get_native_id()
         consumer = self._open()
         try:
+            self.wakeup = Wakeup.open(consumer, str(self._config.get("client.id", "rdkafka")))
             while True:
                 trio.from_thread.check_cancelled()
                 self._apply_commands(consumer)
@@ -363,11 +397,24 @@ class ConsumerThread:
                         self.pauses += 1
         finally:
             self._apply_commands(consumer)
+            wakeup, self.wakeup = self.wakeup, None
+            if wakeup is not None:
+                wakeup.close()
             consumer.close()
 
     def _next_batch(self, consumer: Consumer) -> list[Message]:
         """The records that arrive within the poll timeout, as soon as the first does."""
-        first = consumer.poll(_HELD_POLL_SECONDS if self._held else _POLL_SECONDS)
+        wakeup = self.wakeup
+        if wakeup is None or self._held:
+            first = consumer.poll(_HELD_POLL_SECONDS if self._held else _POLL_SECONDS)
+        else:
+            # A timeout of 0 is served in one call (no 200 ms slices). Only once the
+            # queue is empty does the thread sleep: librdkafka writes to the pipe
+            # when it next gets something, including between this poll and the wait.
+            first = consumer.poll(0)
+            if first is None:
+                wakeup.wait(_IDLE_WAIT_SECONDS)
+                return []
         if first is None:
             return []
         return [first, *consumer.consume(self._batch - 1, 0)] if self._batch > 1 else [first]

@@ -485,13 +485,16 @@ class KafkaTransport:
               for topic in self._pools.values()),
             *fleet_topics(self.settings),
         ]  # fmt: skip
-        admin = AdminClient(config)
-        while True:
-            missing = await trio.to_thread.run_sync(_create_topics, admin, wanted)
-            if not missing:
-                return
-            log.warning("kafka.topics_not_created", topics=missing)
-            await trio.sleep(_RETRY_SECONDS)
+        # Closed on leaving, not when collected: a topic that exists (every restart)
+        # leaves a cycle through its future's traceback, which kept this client and
+        # its four threads waking every second until the cyclic GC ran.
+        with AdminClient(config) as admin:
+            while True:
+                missing = await trio.to_thread.run_sync(_create_topics, admin, wanted)
+                if not missing:
+                    return
+                log.warning("kafka.topics_not_created", topics=missing)
+                await trio.sleep(_RETRY_SECONDS)
 
 
 def fleet_topics(settings: KafkaConfig) -> list[NewTopic]:
