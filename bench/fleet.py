@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # shadow the standard library's `http` package.
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
-from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 from agent.transports.kafka import KafkaConfig  # noqa: E402
@@ -107,7 +107,10 @@ def wait_for_record(bootstrap: str, prefix: str, worker_id: str) -> dict[str, An
     topics = Topics(prefix)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        value = latest(bootstrap, topics.capabilities).get(worker_id.encode())
+        try:
+            value = latest(bootstrap, topics.capabilities).get(worker_id.encode())
+        except KafkaException:  # the agent's topics are new: no leader elected yet
+            value = None
         if value:
             return dict(json.loads(value))
         time.sleep(1)
