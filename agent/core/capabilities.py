@@ -36,6 +36,9 @@ class Capabilities:
         self._facts: dict[str, Any] | None = None
         self.fingerprint: str | None = None
         self._refresh_requested = trio.Event()
+        # Set (and replaced) when the fingerprint changes: watchers wait on it instead
+        # of following every event of the bus (a subscriber makes every job's events).
+        self._changed = trio.Event()
 
     def reload(self, config: Config) -> None:
         """Describe a reloaded config (labels, limits, the allowlist) from now on."""
@@ -76,8 +79,17 @@ class Capabilities:
                         "data": {"changed": changed, "fingerprint": fingerprint},
                     }
                 )
-        self.fingerprint = fingerprint
+        if fingerprint != self.fingerprint:
+            self.fingerprint = fingerprint
+            self._changed.set()
+            self._changed = trio.Event()
         return facts
+
+    async def changed(self, since: str | None) -> str:
+        """The fingerprint, once it is known and differs from `since`."""
+        while self.fingerprint is None or self.fingerprint == since:
+            await self._changed.wait()
+        return self.fingerprint
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Fingerprint now, then periodically and whenever a refresh is requested."""

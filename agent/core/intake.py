@@ -114,6 +114,10 @@ class JobReads(Protocol):
     async def logs(self, job_id: str) -> list[dict[str, Any]]: ...
     async def cancel(self, job_id: str) -> JobState: ...
     async def capabilities(self) -> dict[str, Any]: ...
+
+    async def capabilities_changed(self, since: str | None) -> str:
+        """Waits until the capabilities' fingerprint is known and differs from `since`."""
+
     async def health(self) -> dict[str, Any]: ...
 
     async def list_jobs(
@@ -441,6 +445,9 @@ class Intake:
 
     async def capabilities(self) -> dict[str, Any]:
         return await self._capabilities.describe()
+
+    async def capabilities_changed(self, since: str | None) -> str:
+        return await self._capabilities.changed(since)
 
     async def health(self) -> dict[str, Any]:
         return await self._health.report()

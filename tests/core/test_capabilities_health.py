@@ -139,6 +139,34 @@ async def test_capabilities_refresh_publishes_a_change(
     assert (await capabilities.describe())["hypervisor"] == {"type": "QEMU"}
 
 
+async def test_a_watcher_of_changes_wakes_only_when_the_fingerprint_changes(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    facts: dict[str, Any] = {"hypervisor": {"type": "QEMU"}}
+
+    async def contributor() -> dict[str, Any]:
+        return dict(facts)
+
+    bus = EventBus()
+    config = Config(state_dir=tmp_path, capabilities_refresh_seconds=300)
+    capabilities = Capabilities(config, build_registry(), bus)
+    capabilities.contribute(contributor)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(capabilities.run)
+        first = await capabilities.changed(None)  # known: answered at once
+        assert first == capabilities.fingerprint
+        capabilities.request_refresh()  # the same facts: no change to wake for
+        with trio.move_on_after(60) as waited:
+            await capabilities.changed(first)
+        assert waited.cancelled_caught
+        facts["hypervisor"] = None
+        capabilities.request_refresh()
+        assert await capabilities.changed(first) not in {first, None}
+        # Nobody followed the bus for it: job events are not built for a watcher.
+        assert not bus.listening
+        nursery.cancel_scope.cancel()
+
+
 def test_libvirt_uri_from_flag_env_and_file(tmp_path: Path) -> None:
     args = build_parser().parse_args(["run", "--libvirt-uri", "test:///default"])
     assert _config(args).libvirt.uri == "test:///default"

@@ -23,7 +23,6 @@ import json
 import random
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -38,20 +37,17 @@ from agent.transports.kafka.settings import KafkaConfig
 from agent.transports.kafka.topics import Topics
 
 if TYPE_CHECKING:
-    from agent.core.events import Subscription
+    pass
 
 log = structlog.get_logger("agent.transports.kafka")
 
 Describe = Callable[[], Awaitable[dict[str, Any]]]
-# The agent's live events (TransportIntake.events): a `capabilities` event says
-# the facts changed.
-Subscribe = Callable[..., AbstractContextManager["Subscription"]]
+# Waits until the capabilities' fingerprint differs from the one given
+# (TransportIntake.capabilities_changed); answers the new one.
+Changed = Callable[[str | None], Awaitable[str]]
 # Describing the agent costs ~80 ms (every handler's payload schema): it is
-# described again only after a `capabilities` event (or when the record is due),
-# never on a timer, so an idle agent spends nothing on it. Without events,
-# a change is looked for at most this often.
-_CHANGE_CHECK_SECONDS = 30.0
-_EVENT_BUFFER = 1024
+# described again only after the fingerprint changed (or when the record is due),
+# never on a timer, so an idle agent spends nothing on it.
 # libvirt's facts that go by digest (alike on alike hosts, and most of the bytes).
 DETAILS = frozenset({"host", "domain"})
 # The allowlist's answer per transport (agent/core/capabilities.py): by digest too,
@@ -71,7 +67,7 @@ class Announcer:
         labels: dict[str, str],
         capabilities: Describe,
         health: Describe,
-        events: Subscribe | None = None,
+        changed: Changed,
     ) -> None:
         self._producer = producer
         self._settings = settings
@@ -80,14 +76,13 @@ class Announcer:
         self._labels = labels
         self._capabilities = capabilities
         self._health = health
-        self._events = events
-        # Facts may have changed since the last description (a `capabilities` event).
+        self._changed = changed
+        # Facts may have changed since the last description.
         self._maybe_changed = False
         # Increases across restarts too (a reader keeps the highest).
         self._seq = time.time_ns() // 1_000_000
         self._published: str | None = None
         self.last_published: float | None = None
-        self._last_checked: float | None = None
         # Parts named by digest: those of the last document, and those this
         # process has put on <prefix>.schemas.
         self._parts: dict[str, bytes] = {}
@@ -166,20 +161,15 @@ class Announcer:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Heartbeat every interval; publish capabilities when due or changed."""
         async with trio.open_nursery() as nursery:
-            if self._events is not None:
-                nursery.start_soon(self._watch_changes, self._events)
+            nursery.start_soon(self._watch_changes)
             task_status.started()
             await self._beat_forever()
 
-    async def _watch_changes(self, events: Subscribe) -> None:
+    async def _watch_changes(self) -> None:
+        fingerprint = await self._changed(None)
         while True:
-            with events(buffer=_EVENT_BUFFER) as subscription:
-                async for event in subscription.receive:
-                    if event.get("type") == "capabilities":
-                        self._maybe_changed = True
-            # Fell behind a busy agent's events: one may have been a change.
+            fingerprint = await self._changed(fingerprint)
             self._maybe_changed = True
-            await trio.sleep(_CHANGE_CHECK_SECONDS)
 
     async def _beat_forever(self) -> None:
         while True:
@@ -200,11 +190,7 @@ class Announcer:
             self.last_published is None
             or now - self.last_published >= self._settings.capabilities_reassert_seconds
         )
-        polled = self._events is None and (
-            self._last_checked is None or now - self._last_checked >= _CHANGE_CHECK_SECONDS
-        )
-        if due or polled or self._maybe_changed:
-            self._last_checked = now
+        if due or self._maybe_changed:
             self._maybe_changed = False
             document = await self.document()
             if self._published is not None and _digest(document) != self._published:

@@ -173,7 +173,7 @@ class KafkaTransport:
             labels=self.labels,
             capabilities=intake.capabilities,
             health=intake.health,
-            events=intake.events,
+            changed=intake.capabilities_changed,
         )
         self._announcer = announcer
         await self._serve(

@@ -403,3 +403,30 @@ async def test_a_real_agents_record_names_its_allowlist_by_digest_and_stays_unde
     (listed,) = [h for h in json.loads(shown.stdout) if h["worker_id"] == "w1"]
     assert listed["capabilities"]["allowed_operations"]["kafka"] == ["system.echo"]
     assert set(listed["schemas"]) == set(operations)
+
+
+@pytest.mark.slow
+async def test_a_capabilities_change_is_republished_without_following_the_event_bus(
+    config: Config, kafka_broker: str, kafka_prefix: str
+) -> None:
+    config = with_kafka(config, kafka_broker, kafka_prefix, capabilities_debounce_seconds=0.1)
+
+    def digest() -> str | None:
+        hosts = read_fleet(config.kafka, record_size=False)
+        host = next((h for h in hosts if h.worker_id == "w1"), None)
+        return host.capabilities.get("policy_digest") if host else None
+
+    async with running(config) as agent:
+        await eventually(lambda: trio.to_thread.run_sync(digest), within=60, every=0.5)
+        first = await trio.to_thread.run_sync(digest)
+        # The announcer waits on the fingerprint: with no stream open, nothing
+        # subscribes to the bus, so no job's events are built.
+        assert not agent.bus.listening
+        only_echo = AllowRule.model_validate({"transports": ["kafka"], "operations": ["system.*"]})
+        policy = config.policy.model_copy(update={"allow": [only_echo]})
+        agent.capabilities.reload(config.model_copy(update={"policy": policy}))
+
+        async def republished() -> bool:
+            return await trio.to_thread.run_sync(digest) not in {first, None}
+
+        await eventually(republished, within=60, every=0.5)
