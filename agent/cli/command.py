@@ -41,8 +41,11 @@ def _config(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: list[str] | None = None) -> int:
+    as_program = argv is None  # not called with arguments by a test or another program
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] != ["run"]:
+        if as_program:
+            _log_to_stderr()
         return _main(argv)
     from agent.cli.run import tune_malloc
 
@@ -70,8 +73,6 @@ def _main(argv: list[str]) -> int:
         from agent.cli.usage import check_arguments
 
         check_arguments(args)
-        if args.command != "run":
-            _log_to_stderr()
         if args.command == "completion":
             from agent.cli.commands import completion
 
@@ -110,15 +111,15 @@ def _log_to_stderr() -> None:
     the way (librdkafka's "Connection refused" while a broker is down) goes to
     stderr, warnings and worse only (the command's own message says what failed; a
     broker that is down would add a debug line per retry). structlog writes everything
-    to stdout until configured; the daemon configures its own."""
+    to stdout until configured; the daemon configures its own. For the process only:
+    structlog's set-up is global, and a caller of main(argv) (a test) keeps its own."""
     import logging
 
     import structlog
 
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        # Looked up at each line, not bound once: whoever replaces sys.stderr is followed.
-        logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
     )
 
 
