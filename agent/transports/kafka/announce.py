@@ -8,8 +8,10 @@ compacted record only changes when the capabilities do.
 
 The record names its large parts by digest (sha256 of their canonical JSON):
 the operation schemas (`schemas_digest`), libvirt's host and domain
-capabilities (`libvirt.details_digest`) and what each transport's callers may
-run under the allowlist (`policy_digest`); the parts themselves go once per
+capabilities (`libvirt.details_digest`), the host policy (what each
+transport's callers may run under the allowlist, the image roots:
+`policy_digest`) and the installed runbooks
+(`runbooks_digest`); the parts themselves go once per
 process and digest to the compacted `<prefix>.schemas`, key = digest, where
 hosts alike share them, so a host record stays under 2 KB.
 The heartbeat interval follows the fleet's size (heartbeat.py). Once the fleet
@@ -50,9 +52,17 @@ Changed = Callable[[str | None], Awaitable[str]]
 # never on a timer, so an idle agent spends nothing on it.
 # libvirt's facts that go by digest (alike on alike hosts, and most of the bytes).
 DETAILS = frozenset({"host", "domain"})
-# The allowlist's answer per transport (agent/core/capabilities.py): by digest too,
-# each transport naming most operations would be two thirds of a record.
-POLICY = frozenset({"allowed_operations", "allowed_resources"})
+# Parts of the capabilities that go by digest too, by the key that names them: the
+# host policy (the allowlist's answer per transport: each transport naming most
+# operations would be two thirds of a record; the image roots) and the installed
+# runbooks (a name, version and sha256 each).
+BY_DIGEST = {
+    "policy_digest": frozenset({"allowed_operations", "allowed_resources", "image_roots"}),
+    "runbooks_digest": frozenset({"runbooks"}),
+}
+# Left out of the record: the capabilities' own fingerprint (the record changes
+# when they do, and a reader compares records, not fingerprints).
+_NOT_PUBLISHED = ("fingerprint",)
 # Keys of the capabilities document that change without the host changing.
 _VOLATILE = {"generated_at", "seq"}
 
@@ -107,8 +117,11 @@ class Announcer:
             summary = {k: v for k, v in libvirt.items() if k not in DETAILS}
             details = {k: v for k, v in libvirt.items() if k in DETAILS}
             document["libvirt"] = {**summary, "details_digest": self._by_digest(details)}
-        if policy := {key: document.pop(key) for key in POLICY if key in document}:
-            document["policy_digest"] = self._by_digest(policy)
+        for key in _NOT_PUBLISHED:
+            document.pop(key, None)
+        for name, keys in BY_DIGEST.items():
+            if part := {key: document.pop(key) for key in keys if document.get(key)}:
+                document[name] = self._by_digest(part)
         document["worker_id"] = self._worker_id
         document["labels"] = dict(self._labels)
         document["pools"] = list(self._settings.pools)

@@ -243,7 +243,7 @@ def read_fleet(
 
     `schemas`: resolve each host's parts named by digest (one read of
     <prefix>.schemas): its operation schemas and, with `records`, its libvirt
-    details and allowlist into `capabilities`. `record_size`: when the count of
+    details, allowlist and runbooks into `capabilities`. `record_size`: when the count of
     hosts moved by more than 10 % from the fleet's size record, write the new one
     (agents stretch their heartbeat interval by it); a reader that may not write
     just skips it.
@@ -330,10 +330,11 @@ def _hosts(capabilities: Latest, heartbeats: Latest, fleet: Latest) -> list[Flee
 
 
 def _resolve(settings: KafkaConfig, hosts: list[FleetHost], timeout: float) -> None:
-    """Each host's operation schemas, libvirt details and allowlist, from their digests."""
+    """Each host's operation schemas, libvirt details, allowlist and runbooks, from their
+    digests."""
     wanted = {h.schemas_digest for h in hosts if h.schemas is None and h.schemas_digest}
     wanted |= {digest for h in hosts if (digest := _details_digest(h))}
-    wanted |= {digest for h in hosts if (digest := _policy_digest(h))}
+    wanted |= {digest for h in hosts for digest in _part_digests(h)}
     parts = read_schemas(settings, wanted, timeout=timeout) if wanted else {}
     for host in hosts:
         if host.schemas is None and host.schemas_digest:
@@ -341,14 +342,15 @@ def _resolve(settings: KafkaConfig, hosts: list[FleetHost], timeout: float) -> N
         digest = _details_digest(host)
         if digest and digest in parts:
             host.capabilities["libvirt"] = {**host.capabilities["libvirt"], **parts[digest]}
-        digest = _policy_digest(host)
-        if digest and isinstance(policy := parts.get(digest), dict):
-            host.capabilities.update(policy)
+        for digest in _part_digests(host):
+            if isinstance(part := parts.get(digest), dict):
+                host.capabilities.update(part)
 
 
-def _policy_digest(host: FleetHost) -> str | None:
-    digest = host.capabilities.get("policy_digest")
-    return digest if isinstance(digest, str) else None
+def _part_digests(host: FleetHost) -> list[str]:
+    """The digests of the record's parts that go back into its capabilities."""
+    found = (host.capabilities.get(name) for name in ("policy_digest", "runbooks_digest"))
+    return [digest for digest in found if isinstance(digest, str)]
 
 
 def _details_digest(host: FleetHost) -> str | None:
@@ -415,8 +417,8 @@ def _iso(ms: int) -> str:
 def read_schemas(
     settings: KafkaConfig, digests: Iterable[str], *, timeout: float = 15.0
 ) -> dict[str, dict[str, Any]]:
-    """digest -> part (an operation schema set, libvirt details, an allowlist's answer)
-    from <prefix>.schemas (blocking)."""
+    """digest -> part (an operation schema set, libvirt details, an allowlist's answer,
+    runbooks) from <prefix>.schemas (blocking)."""
     wanted = set(digests)
     topic = Topics(settings.topic_prefix).schemas
     consumer = _reader(settings)

@@ -19,7 +19,7 @@ import trio
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
-from agent.config import Config
+from agent.config import Config, PolicyConfig, RunbooksConfig
 from agent.errors import NotFoundError, UnavailableError
 from agent.jobs import utc_now
 from agent.policy.allowlist import AllowRule
@@ -375,8 +375,13 @@ async def test_a_real_agents_record_names_its_allowlist_by_digest_and_stays_unde
 ) -> None:
     config = with_kafka(config, kafka_broker, kafka_prefix)
     only_echo = AllowRule.model_validate({"transports": ["kafka"], "operations": ["system.echo"]})
-    policy = config.policy.model_copy(update={"allow": [only_echo]})
-    config = config.model_copy(update={"policy": policy})
+    # A host as installed: the default image roots (a test's are long temporary
+    # paths, and they are in the record) and the example runbooks.
+    policy = config.policy.model_copy(
+        update={"allow": [only_echo], "image_roots": PolicyConfig().image_roots}
+    )
+    runbooks = RunbooksConfig(dirs=[Path(__file__).parents[3] / "etc/hostagent/runbooks"])
+    config = config.model_copy(update={"policy": policy, "runbooks": runbooks})
 
     def host(schemas: bool) -> Any:
         try:
@@ -390,11 +395,20 @@ async def test_a_real_agents_record_names_its_allowlist_by_digest_and_stays_unde
         operations = agent.registry.operations
     record = (await trio.to_thread.run_sync(host, False)).capabilities
     assert "allowed_operations" not in record
+    assert "runbooks" not in record
+    assert "image_roots" not in record
     assert len(canonical(record)) <= 2048  # the bound for a host record
     resolved = (await trio.to_thread.run_sync(host, True)).capabilities
     assert resolved["policy_digest"] == record["policy_digest"]
     assert resolved["allowed_operations"]["kafka"] == ["system.echo"]
     assert resolved["allowed_operations"]["spool"] == operations
+    # The configured roots, and the directories of libvirt's pools.
+    assert {str(root) for root in PolicyConfig().image_roots} <= set(resolved["image_roots"])
+    assert {runbook["name"] for runbook in resolved["runbooks"]} == {
+        "inspect-volume",
+        "retire-vm",
+        "snapshot-resize",
+    }
     # The same from the command line.
     connect = ["--bootstrap", kafka_broker, "--topic-prefix", kafka_prefix]
     shown = subprocess.run(
