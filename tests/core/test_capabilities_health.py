@@ -108,10 +108,8 @@ async def test_spool_health(tmp_path: Path) -> None:
     assert "missing or not writable" in reason
 
 
-async def test_capabilities_refresh_publishes_a_change(
-    autojump_clock: trio.testing.MockClock, tmp_path: Path
-) -> None:
-    facts: dict[str, Any] = {"hypervisor": {"type": "QEMU"}}
+def described(facts: dict[str, Any], tmp_path: Path) -> tuple[Capabilities, EventBus]:
+    """Capabilities whose one contributor answers `facts` as they are when asked."""
 
     async def contributor() -> dict[str, Any]:
         return dict(facts)
@@ -120,6 +118,14 @@ async def test_capabilities_refresh_publishes_a_change(
     config = Config(state_dir=tmp_path, capabilities_refresh_seconds=300)
     capabilities = Capabilities(config, build_registry(), bus)
     capabilities.contribute(contributor)
+    return capabilities, bus
+
+
+async def test_capabilities_refresh_publishes_a_change(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    facts: dict[str, Any] = {"hypervisor": {"type": "QEMU"}}
+    capabilities, bus = described(facts, tmp_path)
     with bus.subscribe() as events:
         async with trio.open_nursery() as nursery:
             await nursery.start(capabilities.run)
@@ -143,14 +149,7 @@ async def test_a_watcher_of_changes_wakes_only_when_the_fingerprint_changes(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
     facts: dict[str, Any] = {"hypervisor": {"type": "QEMU"}}
-
-    async def contributor() -> dict[str, Any]:
-        return dict(facts)
-
-    bus = EventBus()
-    config = Config(state_dir=tmp_path, capabilities_refresh_seconds=300)
-    capabilities = Capabilities(config, build_registry(), bus)
-    capabilities.contribute(contributor)
+    capabilities, bus = described(facts, tmp_path)
     async with trio.open_nursery() as nursery:
         await nursery.start(capabilities.run)
         first = await capabilities.changed(None)  # known: answered at once
